@@ -1,0 +1,17 @@
+FROM python:3.11-slim-bookworm
+
+WORKDIR /app
+
+# Metadata first so the layer order matches the install inputs.
+COPY pyproject.toml README.md ./
+# One COPY per package: a multi-source COPY would flatten the directories' contents into /app.
+COPY hub ./hub
+COPY signaling ./signaling
+COPY recorder ./recorder
+COPY web ./web
+
+RUN pip install --no-cache-dir .
+
+EXPOSE 8080
+
+CMD ["python", "-m", "hub", "serve", "--host", "0.0.0.0"]

@@ -1,0 +1,393 @@
+"""A Python WHIP/WHEP client: publishes a synthetic pattern or a media file,
+views a stream, and accounts for every encoded frame.
+
+Tests and benchmarks use it as a library; `python -m hub bot` runs it.
+The publisher encodes with PyAV itself and hands aiortc ready packets, so
+it knows the exact bytes of every frame it sent; the viewer records the
+exact bytes of every frame it received (before any decoder). Comparing the
+two proves that nothing between them re-encoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import hashlib
+import queue
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import av
+import numpy as np
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from yarl import URL
+
+VIDEO_CLOCK = 90000
+AUDIO_CLOCK = 48000
+
+
+class ClientError(Exception):
+    """The hub refused a request; the message carries its problem details."""
+
+
+def frame_key(mime_type: str, data: bytes) -> bytes:
+    """A digest of an encoded frame that survives RTP packetization.
+
+    VP8 and Opus frames cross RTP unchanged. H.264 access units are split
+    into NAL units and rejoined with 4-byte start codes by the receiver, so
+    both sides are compared as their list of NAL units.
+    """
+    if mime_type.lower() == "video/h264":
+        data = b"".join(b"\x00\x00\x00\x01" + nal for nal in split_nal_units(data))
+    return hashlib.sha1(data).digest()
+
+
+def split_nal_units(data: bytes) -> Iterator[bytes]:
+    starts = []
+    i = data.find(b"\x00\x00\x01")
+    while i != -1:
+        starts.append(i + 3)
+        i = data.find(b"\x00\x00\x01", i + 3)
+    for n, start in enumerate(starts):
+        end = len(data) if n + 1 == len(starts) else starts[n + 1] - 3
+        nal = data[start:end]
+        if n + 1 < len(starts) and nal.endswith(b"\x00"):
+            nal = nal[:-1]  # the leading zero of a 4-byte start code
+        if nal:
+            yield nal
+
+
+def is_keyframe(mime_type: str, data: bytes) -> bool:
+    mime_type = mime_type.lower()
+    if mime_type == "video/vp8":
+        return bool(data) and not data[0] & 0x01
+    if mime_type == "video/h264":
+        return any(nal[0] & 0x1F == 5 for nal in split_nal_units(data))
+    return True
+
+
+# -- publishing ---------------------------------------------------------------
+
+
+@dataclass
+class SentFrame:
+    index: int
+    sent_at: float
+    keyframe: bool
+
+
+class EncodedTrack(MediaStreamTrack):
+    """A track that yields encoded `av.Packet`s, paced in real time.
+
+    aiortc's sender packetizes packets as they are (`Encoder.pack`); the
+    track keeps the digest and send time of every frame it hands over.
+    """
+
+    def __init__(self, kind: str, mime_type: str, packets: Iterator[av.Packet], rate: float) -> None:
+        super().__init__()
+        self.kind = kind
+        self.mime_type = mime_type
+        self.sent: dict[bytes, SentFrame] = {}
+        self._packets = packets
+        self._interval = 1 / rate
+        self._start: float | None = None
+        self._count = 0
+
+    async def recv(self) -> av.Packet:  # type: ignore[override]
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        delay = self._start + self._count * self._interval - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        packet = next(self._packets, None)
+        if packet is None:
+            self.stop()
+            raise MediaStreamError
+        data = bytes(packet)
+        self.sent[frame_key(self.mime_type, data)] = SentFrame(self._count, time.monotonic(), bool(packet.is_keyframe))
+        self._count += 1
+        return packet
+
+    def request_keyframe(self) -> None:
+        """Called when the far end sends PLI/FIR; file sources ignore it."""
+
+
+def pattern_image(width: int, height: int, index: int) -> np.ndarray:
+    """A moving gradient with the frame number written as 16 white/black blocks."""
+    x = np.arange(width, dtype=np.uint16)
+    y = np.arange(height, dtype=np.uint16)[:, None]
+    img = np.empty((height, width, 3), dtype=np.uint8)
+    img[..., 0] = (x + index * 4) % 256
+    img[..., 1] = (y + index * 2) % 256
+    img[..., 2] = ((x + y) // 2 + index) % 256
+    block = max(4, width // 32)
+    for bit in range(16):
+        img[:block, bit * block : (bit + 1) * block] = 255 if index >> bit & 1 else 0
+    return img
+
+
+class SyntheticVideo(EncodedTrack):
+    """A live-encoded test pattern; a keyframe request makes the next frame a keyframe."""
+
+    def __init__(
+        self,
+        codec: str = "vp8",
+        width: int = 640,
+        height: int = 480,
+        fps: int = 30,
+        frames: int | None = None,
+        bitrate: int = 400_000,
+    ) -> None:
+        self._want_keyframe = False
+        mime = {"vp8": "video/VP8", "h264": "video/H264"}[codec]
+        ctx = av.CodecContext.create("libvpx" if codec == "vp8" else "libx264", "w")
+        ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
+        ctx.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+        ctx.framerate = fractions.Fraction(fps, 1)
+        ctx.bit_rate = bitrate
+        ctx.gop_size = 10 * fps
+        if codec == "vp8":
+            ctx.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "error-resilient": "1"}
+        else:
+            ctx.profile = "Baseline"
+            ctx.options = {"preset": "ultrafast", "tune": "zerolatency", "bf": "0"}
+        self._ctx = ctx
+        self._fps = fps
+        self._frames = frames
+        super().__init__("video", mime, self._encode(), fps)
+
+    def request_keyframe(self) -> None:
+        self._want_keyframe = True
+
+    def _encode(self) -> Iterator[av.Packet]:
+        index = 0
+        while self._frames is None or index < self._frames:
+            frame = av.VideoFrame.from_ndarray(pattern_image(self._ctx.width, self._ctx.height, index), format="rgb24")
+            frame = frame.reformat(format="yuv420p")
+            frame.pts = index * VIDEO_CLOCK // self._fps
+            frame.time_base = self._ctx.time_base
+            if self._want_keyframe:
+                self._want_keyframe = False
+                frame.pict_type = av.video.frame.PictureType.I
+            for packet in self._ctx.encode(frame):
+                packet.time_base = self._ctx.time_base
+                yield packet
+            index += 1
+
+
+class SyntheticAudio(EncodedTrack):
+    """A 440 Hz tone in 20 ms Opus packets."""
+
+    def __init__(self, frames: int | None = None) -> None:
+        ctx = av.CodecContext.create("libopus", "w")
+        ctx.sample_rate, ctx.layout, ctx.format = AUDIO_CLOCK, "stereo", "s16"
+        ctx.time_base = fractions.Fraction(1, AUDIO_CLOCK)
+        ctx.bit_rate = 32000
+        self._ctx = ctx
+        self._frames = frames
+        super().__init__("audio", "audio/opus", self._encode(), 50)
+
+    def _encode(self) -> Iterator[av.Packet]:
+        samples = AUDIO_CLOCK // 50
+        index = 0
+        while self._frames is None or index < self._frames:
+            t = (np.arange(samples) + index * samples) / AUDIO_CLOCK
+            tone = (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16)
+            frame = av.AudioFrame.from_ndarray(np.repeat(tone, 2)[None, :], format="s16", layout="stereo")
+            frame.sample_rate, frame.pts, frame.time_base = AUDIO_CLOCK, index * samples, self._ctx.time_base
+            for packet in self._ctx.encode(frame):
+                packet.time_base = self._ctx.time_base
+                yield packet
+            index += 1
+
+
+class FileTracks:
+    """Packets of a media file's first video and audio streams, as stored."""
+
+    def __init__(self, path: Path) -> None:
+        self._container = av.open(str(path))
+        self.tracks: list[EncodedTrack] = []
+        for stream in (*self._container.streams.video[:1], *self._container.streams.audio[:1]):
+            mime = {"vp8": "video/VP8", "h264": "video/H264", "opus": "audio/opus"}.get(stream.codec_context.name)
+            if mime is None:
+                raise ClientError(f"{path}: {stream.codec_context.name} cannot be forwarded; use VP8, H.264 or Opus")
+            rate = float(stream.average_rate or 30) if stream.type == "video" else 50.0
+            self.tracks.append(EncodedTrack(stream.type, mime, self._packets(stream), rate))
+
+    def _packets(self, stream: av.stream.Stream) -> Iterator[av.Packet]:
+        for packet in self._container.demux(stream):
+            if packet.size:
+                yield packet
+
+
+# -- viewing ------------------------------------------------------------------
+
+
+@dataclass
+class ReceivedFrame:
+    key: bytes
+    received_at: float
+    keyframe: bool
+    size: int
+
+
+@dataclass
+class TrackLog:
+    """Every encoded frame one viewer track received, in order."""
+
+    kind: str
+    mime_type: str = ""
+    frames: list[ReceivedFrame] = field(default_factory=list)
+    first_keyframe_at: float | None = None
+    decoded: int = 0
+
+
+class _RecordingQueue(queue.Queue):  # type: ignore[type-arg]
+    """Stands in for aiortc's decoder queue, which receives whole encoded
+    frames from the jitter buffer: records each, and passes it on to the
+    decoder only when pictures are wanted."""
+
+    def __init__(self, log: TrackLog, decode: bool) -> None:
+        super().__init__()
+        self._log = log
+        self._decode = decode
+
+    def put(self, item, block=True, timeout=None):  # type: ignore[no-untyped-def]
+        if item is not None:
+            codec, frame = item
+            log = self._log
+            log.mime_type = codec.mimeType
+            key = is_keyframe(codec.mimeType, frame.data)
+            now = time.monotonic()
+            if key and log.first_keyframe_at is None:
+                log.first_keyframe_at = now
+            log.frames.append(ReceivedFrame(frame_key(codec.mimeType, frame.data), now, key, len(frame.data)))
+            if not self._decode:
+                return
+        super().put(item, block, timeout)
+
+
+def record_receiver(receiver: RTCRtpReceiver, log: TrackLog, decode: bool) -> None:
+    receiver._RTCRtpReceiver__decoder_queue = _RecordingQueue(log, decode)  # type: ignore[attr-defined]
+
+
+# -- sessions -----------------------------------------------------------------
+
+
+@dataclass
+class Session:
+    """A WHIP or WHEP session: its peer connection and its resource URL."""
+
+    pc: RTCPeerConnection
+    location: str
+    http: aiohttp.ClientSession
+    token: str
+    logs: dict[str, TrackLog] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def resource_id(self) -> str:
+        return self.location.rstrip("/").rsplit("/", 1)[-1]
+
+    async def close(self) -> None:
+        try:
+            async with self.http.delete(self.location, headers=_auth(self.token)) as response:
+                if response.status >= 400 and response.status != 404:
+                    raise ClientError(f"DELETE {self.location}: {response.status} {await response.text()}")
+        finally:
+            await self.pc.close()
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def _exchange(http: aiohttp.ClientSession, url: str, token: str, pc: RTCPeerConnection) -> str:
+    await pc.setLocalDescription(await pc.createOffer())  # gathers all candidates: no trickle
+    headers = _auth(token) | {"Content-Type": "application/sdp"}
+    async with http.post(url, data=pc.localDescription.sdp, headers=headers) as response:
+        body = await response.text()
+        if response.status != 201:
+            await pc.close()
+            raise ClientError(f"POST {url}: {response.status} {body}")
+        location = str(response.url.join(URL(response.headers["Location"])))
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+    return location
+
+
+async def publish(
+    http: aiohttp.ClientSession,
+    base_url: str,
+    token: str,
+    room_id: str,
+    tracks: list[EncodedTrack],
+    kind: str = "camera",
+) -> Session:
+    pc = RTCPeerConnection()
+    for track in tracks:
+        transceiver = pc.addTransceiver(track, direction="sendonly")
+        codecs = [
+            c
+            for c in RTCRtpReceiver.getCapabilities(track.kind).codecs
+            if c.mimeType.lower() in (track.mime_type.lower(), f"{track.kind}/rtx")
+        ]
+        transceiver.setCodecPreferences(codecs)
+        # aiortc's sender would only flag its own (unused) encoder on PLI/FIR.
+        transceiver.sender._send_keyframe = track.request_keyframe  # type: ignore[method-assign]
+    location = await _exchange(http, f"{base_url}/whip/{room_id}?kind={kind}", token, pc)
+    return Session(pc, location, http, token)
+
+
+async def view(
+    http: aiohttp.ClientSession,
+    base_url: str,
+    token: str,
+    stream_id: str,
+    kinds: tuple[str, ...] = ("video", "audio"),
+    decode: bool = False,
+) -> Session:
+    pc = RTCPeerConnection()
+    logs = {}
+    for kind in kinds:
+        transceiver = pc.addTransceiver(kind, direction="recvonly")
+        logs[kind] = TrackLog(kind)
+        record_receiver(transceiver.receiver, logs[kind], decode)
+    started = time.monotonic()
+    location = await _exchange(http, f"{base_url}/whep/{stream_id}", token, pc)
+    return Session(pc, location, http, token, logs, started)
+
+
+@dataclass
+class Delivery:
+    """How a viewer's frames compare with what the publisher sent."""
+
+    sent: int
+    received: int
+    matched: int
+    in_order: bool
+    latencies: list[float]
+
+    @property
+    def ratio(self) -> float:
+        return self.matched / self.sent if self.sent else 0.0
+
+
+def compare(track: EncodedTrack, log: TrackLog, since: float = 0.0) -> Delivery:
+    """Match received frames to sent ones by digest; frames sent before
+    `since` (monotonic) are not expected."""
+    expected = {k: f for k, f in track.sent.items() if f.sent_at >= since}
+    indices, latencies = [], []
+    for frame in log.frames:
+        sent = track.sent.get(frame.key)
+        if sent is not None:
+            indices.append(sent.index)
+            latencies.append(frame.received_at - sent.sent_at)
+    matched = sum(1 for f in log.frames if f.key in expected)
+    in_order = all(a < b for a, b in zip(indices, indices[1:]))
+    return Delivery(len(expected), len(log.frames), matched, in_order, latencies)

@@ -1,0 +1,62 @@
+"""Settings of one hub process: command-line flags override HUB_* environment variables."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEMO_SITES = Path(__file__).with_name("demo_sites.json")
+
+
+class Settings(BaseSettings):
+    """Everything a hub needs to know about its deployment.
+
+    pydantic-settings gives typed parsing of HUB_* variables and one place
+    that documents them; `docs/operate.md` lists the same fields.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="HUB_")
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data: Path = Path("hub-data")
+    redis: str | None = None
+    sites: Path | None = None
+    #: Local addresses ICE gathers host candidates on; empty = every interface
+    #: address (aioice's default, which leaves out loopback).
+    ice_addresses: list[str] = Field(default_factory=list)
+    #: Public address written into host candidates for a hub behind NAT
+    #: (mediasoup's announcedIp, LiveKit's node_ip).
+    announced_ip: str | None = None
+    #: Public URL used in printed links; defaults to http://host:port.
+    public_url: str | None = None
+    max_sdp_bytes: int = 64 * 1024
+    max_ws_message_bytes: int = 16 * 1024
+    #: Depth of each viewer's packet queue; a viewer that falls this far
+    #: behind drops packets until the next keyframe.
+    viewer_queue_packets: int = 512
+    #: Minimum seconds between keyframe requests sent to one publisher.
+    keyframe_interval: float = 0.3
+
+    @property
+    def secret_path(self) -> Path:
+        return self.data / "secret.key"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data / "hub.sqlite3"
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+    def signing_secret(self) -> str:
+        """The token signing secret, generated and stored on first use."""
+        self.data.mkdir(parents=True, exist_ok=True)
+        if not self.secret_path.exists():
+            self.secret_path.write_text(secrets.token_urlsafe(48))
+            self.secret_path.chmod(0o600)
+        return self.secret_path.read_text().strip()

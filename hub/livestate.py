@@ -1,0 +1,243 @@
+"""Live state: rooms, participants, the stream directory and the event bus.
+
+One interface, two backends. `MemoryLiveState` serves a single hub process;
+`RedisLiveState` lets several hub processes share one picture of what is
+live, with Redis pub/sub carrying events between them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from abc import ABC, abstractmethod
+from typing import Any
+
+import redis.asyncio as aioredis
+
+log = logging.getLogger(__name__)
+
+Record = dict[str, Any]
+
+#: Bound of each local subscriber's event queue; a subscriber that falls
+#: this far behind is dropped rather than growing without limit.
+SUBSCRIBER_QUEUE = 1000
+
+
+class LiveState(ABC):
+    """What is live now. Records are JSON-able dicts keyed by their "id"."""
+
+    def __init__(self) -> None:
+        self._subscribers: set[asyncio.Queue[Record | None]] = set()
+
+    async def start(self) -> None:
+        """Connect to the backend; called once before use."""
+
+    async def close(self) -> None:
+        for queue in tuple(self._subscribers):
+            self._drop(queue)
+
+    @abstractmethod
+    async def put_room(self, room: Record) -> None: ...
+
+    @abstractmethod
+    async def get_room(self, room_id: str) -> Record | None: ...
+
+    @abstractmethod
+    async def rooms(self) -> list[Record]: ...
+
+    @abstractmethod
+    async def add_participant(self, room_id: str, participant: Record) -> None: ...
+
+    @abstractmethod
+    async def remove_participant(self, room_id: str, participant_id: str) -> bool:
+        """Remove a participant; False if it was not there."""
+
+    @abstractmethod
+    async def participants(self, room_id: str) -> list[Record]: ...
+
+    @abstractmethod
+    async def active_rooms(self) -> dict[str, int]:
+        """Room id -> participant count, for rooms with anyone in them."""
+
+    @abstractmethod
+    async def add_stream(self, stream: Record) -> None: ...
+
+    @abstractmethod
+    async def remove_stream(self, stream_id: str) -> Record | None: ...
+
+    @abstractmethod
+    async def get_stream(self, stream_id: str) -> Record | None: ...
+
+    @abstractmethod
+    async def streams(self, room_id: str) -> list[Record]: ...
+
+    @abstractmethod
+    async def publish(self, event: Record) -> None:
+        """Deliver an event to every subscriber of every hub process."""
+
+    def subscribe(self) -> asyncio.Queue[Record | None]:
+        """A queue of every event; None means the subscription was dropped."""
+        queue: asyncio.Queue[Record | None] = asyncio.Queue(SUBSCRIBER_QUEUE)
+        self._subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[Record | None]) -> None:
+        self._subscribers.discard(queue)
+
+    def _deliver(self, event: Record) -> None:
+        for queue in tuple(self._subscribers):
+            try:
+                queue.put_nowait(event)
+            except asyncio.QueueFull:
+                log.warning("dropping an event subscriber that fell %d events behind", SUBSCRIBER_QUEUE)
+                self._drop(queue)
+
+    def _drop(self, queue: asyncio.Queue[Record | None]) -> None:
+        self._subscribers.discard(queue)
+        with contextlib.suppress(asyncio.QueueEmpty):
+            while True:
+                queue.get_nowait()
+        queue.put_nowait(None)
+
+
+class MemoryLiveState(LiveState):
+    def __init__(self) -> None:
+        super().__init__()
+        self._rooms: dict[str, Record] = {}
+        self._participants: dict[str, dict[str, Record]] = {}
+        self._streams: dict[str, Record] = {}
+
+    async def put_room(self, room: Record) -> None:
+        self._rooms[room["id"]] = room
+
+    async def get_room(self, room_id: str) -> Record | None:
+        return self._rooms.get(room_id)
+
+    async def rooms(self) -> list[Record]:
+        return list(self._rooms.values())
+
+    async def add_participant(self, room_id: str, participant: Record) -> None:
+        self._participants.setdefault(room_id, {})[participant["id"]] = participant
+
+    async def remove_participant(self, room_id: str, participant_id: str) -> bool:
+        room = self._participants.get(room_id, {})
+        removed = room.pop(participant_id, None) is not None
+        if not room:
+            self._participants.pop(room_id, None)
+        return removed
+
+    async def participants(self, room_id: str) -> list[Record]:
+        return list(self._participants.get(room_id, {}).values())
+
+    async def active_rooms(self) -> dict[str, int]:
+        return {room_id: len(p) for room_id, p in self._participants.items()}
+
+    async def add_stream(self, stream: Record) -> None:
+        self._streams[stream["id"]] = stream
+
+    async def remove_stream(self, stream_id: str) -> Record | None:
+        return self._streams.pop(stream_id, None)
+
+    async def get_stream(self, stream_id: str) -> Record | None:
+        return self._streams.get(stream_id)
+
+    async def streams(self, room_id: str) -> list[Record]:
+        return [s for s in self._streams.values() if s["room_id"] == room_id]
+
+    async def publish(self, event: Record) -> None:
+        self._deliver(event)
+
+
+class RedisLiveState(LiveState):
+    """Keys: hub:rooms (hash), hub:participants:<room> (hash), hub:active
+    (set of rooms with participants), hub:streams (hash), channel hub:events."""
+
+    CHANNEL = "hub:events"
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self._redis = aioredis.from_url(url, decode_responses=True)
+        self._listener: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def start(self) -> None:
+        await self._redis.ping()
+        self._listener = asyncio.create_task(self._listen())
+        await self._ready.wait()
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        await self._redis.aclose()
+        await super().close()
+
+    async def _listen(self) -> None:
+        async with self._redis.pubsub() as pubsub:
+            await pubsub.subscribe(self.CHANNEL)
+            self._ready.set()
+            async for message in pubsub.listen():
+                if message["type"] == "message":
+                    self._deliver(json.loads(message["data"]))
+
+    async def put_room(self, room: Record) -> None:
+        await self._redis.hset("hub:rooms", room["id"], json.dumps(room))
+
+    async def get_room(self, room_id: str) -> Record | None:
+        raw = await self._redis.hget("hub:rooms", room_id)
+        return json.loads(raw) if raw else None
+
+    async def rooms(self) -> list[Record]:
+        return [json.loads(v) for v in (await self._redis.hgetall("hub:rooms")).values()]
+
+    async def add_participant(self, room_id: str, participant: Record) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(f"hub:participants:{room_id}", participant["id"], json.dumps(participant))
+            pipe.sadd("hub:active", room_id)
+            await pipe.execute()
+
+    async def remove_participant(self, room_id: str, participant_id: str) -> bool:
+        key = f"hub:participants:{room_id}"
+        removed = bool(await self._redis.hdel(key, participant_id))
+        if not await self._redis.hlen(key):
+            await self._redis.srem("hub:active", room_id)
+        return removed
+
+    async def participants(self, room_id: str) -> list[Record]:
+        return [json.loads(v) for v in (await self._redis.hgetall(f"hub:participants:{room_id}")).values()]
+
+    async def active_rooms(self) -> dict[str, int]:
+        rooms = sorted(await self._redis.smembers("hub:active"))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for room_id in rooms:
+                pipe.hlen(f"hub:participants:{room_id}")
+            counts = await pipe.execute()
+        return {room_id: n for room_id, n in zip(rooms, counts) if n}
+
+    async def add_stream(self, stream: Record) -> None:
+        await self._redis.hset("hub:streams", stream["id"], json.dumps(stream))
+
+    async def remove_stream(self, stream_id: str) -> Record | None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hget("hub:streams", stream_id)
+            pipe.hdel("hub:streams", stream_id)
+            raw, _ = await pipe.execute()
+        return json.loads(raw) if raw else None
+
+    async def get_stream(self, stream_id: str) -> Record | None:
+        raw = await self._redis.hget("hub:streams", stream_id)
+        return json.loads(raw) if raw else None
+
+    async def streams(self, room_id: str) -> list[Record]:
+        every = (json.loads(v) for v in (await self._redis.hgetall("hub:streams")).values())
+        return [s for s in every if s["room_id"] == room_id]
+
+    async def publish(self, event: Record) -> None:
+        await self._redis.publish(self.CHANNEL, json.dumps(event))
+
+
+def open_live_state(redis_url: str | None) -> LiveState:
+    return RedisLiveState(redis_url) if redis_url else MemoryLiveState()

@@ -1,0 +1,226 @@
+"""Rooms, participants and streams: the domain the signaling plane drives.
+
+Every method takes the caller's claims and checks jurisdiction itself, so no
+door into the hub can forget to.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+
+from .access import Forbidden, can_enter_room, can_reach_site
+from .livestate import LiveState, Record
+from .sfu import Consumer, Producer, Router
+from .sites import SiteTree, standing_room_id
+from .tokens import Claims
+
+ROOM_KINDS = ("standing", "mediation", "training", "call", "conference")
+STREAM_KINDS = ("camera", "screen")
+
+
+class NotFound(Exception):
+    """No such room, stream or session."""
+
+
+class Elsewhere(Exception):
+    """The stream lives on another hub process; `url` is where to ask."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(f"stream is hosted at {url}")
+        self.url = url
+
+
+@dataclass
+class Publication:
+    stream: Record
+    producer: Producer
+    own_participant: bool
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(6)}"
+
+
+class Rooms:
+    def __init__(self, tree: SiteTree, state: LiveState, router: Router, node_id: str, node_url: str) -> None:
+        self.tree = tree
+        self.node_url = node_url
+        self.state = state
+        self.router = router
+        self.node_id = node_id
+        self._publications: dict[str, Publication] = {}
+        router.on_producer_closed = self._producer_closed
+
+    # -- rooms ---------------------------------------------------------------
+
+    async def room(self, claims: Claims, room_id: str) -> Record:
+        room = await self._room(room_id)
+        if not can_enter_room(self.tree, claims, room_id, room["site_id"]):
+            raise Forbidden(f"room {room_id} is outside your jurisdiction")
+        return room
+
+    async def _room(self, room_id: str) -> Record:
+        site = self.tree.site_of_room(room_id)
+        if site is not None:
+            return {"id": room_id, "site_id": site.id, "kind": "standing", "title": site.name}
+        room = await self.state.get_room(room_id)
+        if room is None:
+            raise NotFound(f"no room {room_id}")
+        return room
+
+    async def room_detail(self, claims: Claims, room_id: str) -> Record:
+        room = await self.room(claims, room_id)
+        return room | {
+            "participants": await self.state.participants(room_id),
+            "streams": await self.state.streams(room_id),
+        }
+
+    async def open_room(self, claims: Claims, site_id: str, kind: str, title: str) -> Record:
+        if kind not in ROOM_KINDS or kind == "standing":
+            raise ValueError(f"kind must be one of {', '.join(ROOM_KINDS[1:])}")
+        if self.tree.get(site_id) is None:
+            raise NotFound(f"no site {site_id}")
+        if not can_reach_site(self.tree, claims, site_id):
+            raise Forbidden(f"site {site_id} is outside your jurisdiction")
+        room = {
+            "id": _new_id("room"),
+            "site_id": site_id,
+            "kind": kind,
+            "title": title,
+            "created_by": claims.user,
+            "created_at": time.time(),
+        }
+        await self.state.put_room(room)
+        await self.state.publish({"type": "room-opened", "room_id": room["id"], "room": room})
+        return room
+
+    async def rooms(self, claims: Claims) -> list[Record]:
+        """Rooms in the caller's jurisdiction that are live or were opened."""
+        active = await self.state.active_rooms()
+        ids = set(active) | {r["id"] for r in await self.state.rooms()}
+        out = []
+        for room_id in sorted(ids):
+            try:
+                room = await self.room(claims, room_id)
+            except (NotFound, Forbidden):
+                continue
+            out.append(room | {"participant_count": active.get(room_id, 0)})
+        return out
+
+    def standing_room(self, site_id: str) -> str:
+        return standing_room_id(site_id)
+
+    # -- participants --------------------------------------------------------
+
+    async def join(self, claims: Claims, room_id: str, name: str | None = None, via: str = "ws") -> Record:
+        room = await self.room(claims, room_id)
+        participant = {
+            "id": _new_id("p"),
+            "room_id": room_id,
+            "user": claims.user,
+            "name": name or claims.display_name(),
+            "role": claims.role,
+            "site_id": claims.site,
+            "via": via,
+            "node": self.node_id,
+            "joined_at": time.time(),
+        }
+        await self.state.add_participant(room["id"], participant)
+        await self.state.publish({"type": "participant-joined", "room_id": room_id, "participant": participant})
+        return participant
+
+    async def leave(self, room_id: str, participant_id: str) -> None:
+        for stream in await self.state.streams(room_id):
+            if stream["participant_id"] == participant_id and stream["id"] in self._publications:
+                await self.unpublish_stream(stream["id"])
+        if await self.state.remove_participant(room_id, participant_id):
+            await self.state.publish({"type": "participant-left", "room_id": room_id, "participant_id": participant_id})
+
+    # -- streams -------------------------------------------------------------
+
+    async def publish(
+        self, claims: Claims, room_id: str, offer: str, kind: str = "camera", participant_id: str | None = None
+    ) -> tuple[Record, str]:
+        if kind not in STREAM_KINDS:
+            raise ValueError(f"stream kind must be one of {', '.join(STREAM_KINDS)}")
+        room = await self.room(claims, room_id)
+        participant = None
+        if participant_id is not None:
+            participant = next((p for p in await self.state.participants(room_id) if p["id"] == participant_id), None)
+            if participant is None or participant["user"] != claims.user:
+                raise NotFound(f"no participant {participant_id} of yours in room {room_id}")
+        producer, answer = await self.router.publish(offer)
+        own = participant is None
+        if participant is None:
+            participant = await self.join(claims, room_id, via="whip")
+        stream = {
+            "id": producer.id,
+            "room_id": room["id"],
+            "kind": kind,
+            "tracks": sorted(producer.sources),
+            "codecs": {k: s.codec.mimeType for k, s in producer.sources.items() if s.codec},
+            "participant_id": participant["id"],
+            "user": claims.user,
+            "name": participant["name"],
+            "site_id": claims.site,
+            "node": self.node_id,
+            "node_url": self.node_url,
+            "created_at": producer.created,
+        }
+        self._publications[producer.id] = Publication(stream, producer, own)
+        await self.state.add_stream(stream)
+        await self.state.publish({"type": "stream-added", "room_id": room_id, "stream": stream})
+        return stream, answer
+
+    async def stream(self, claims: Claims, stream_id: str) -> Record:
+        stream = await self.state.get_stream(stream_id)
+        if stream is None:
+            raise NotFound(f"no stream {stream_id}")
+        await self.room(claims, stream["room_id"])
+        return stream
+
+    async def unpublish(self, claims: Claims, room_id: str, stream_id: str) -> None:
+        publication = self._publications.get(stream_id)
+        if publication is None or publication.stream["room_id"] != room_id:
+            raise NotFound(f"no stream {stream_id} in room {room_id} on this hub")
+        await self.room(claims, room_id)
+        if publication.stream["user"] != claims.user and claims.role not in ("operator", "admin"):
+            raise Forbidden("only its publisher or an operator may end a stream")
+        await self.unpublish_stream(stream_id)
+
+    async def unpublish_stream(self, stream_id: str) -> None:
+        publication = self._publications.get(stream_id)
+        if publication is not None:
+            await self.router.close_producer(publication.producer.id)
+
+    async def _producer_closed(self, producer: Producer) -> None:
+        publication = self._publications.pop(producer.id, None)
+        if publication is None:
+            return
+        stream = publication.stream
+        await self.state.remove_stream(stream["id"])
+        await self.state.publish({"type": "stream-removed", "room_id": stream["room_id"], "stream_id": stream["id"]})
+        if publication.own_participant:
+            await self.leave(stream["room_id"], stream["participant_id"])
+
+    # -- viewing -------------------------------------------------------------
+
+    async def view(self, claims: Claims, stream_id: str, offer: str) -> tuple[Consumer, str]:
+        stream = await self.stream(claims, stream_id)
+        if stream_id not in self.router.producers:
+            if stream["node"] == self.node_id:
+                raise NotFound(f"stream {stream_id} has ended")
+            raise Elsewhere(stream["node_url"])
+        return await self.router.consume(stream_id, offer)
+
+    async def end_view(self, claims: Claims, stream_id: str, session_id: str) -> None:
+        consumer = self.router.consumers.get(session_id)
+        if consumer is None or consumer.producer.id != stream_id:
+            raise NotFound(f"no viewing session {session_id} of stream {stream_id}")
+        await self.stream(claims, stream_id)
+        await self.router.close_consumer(session_id)
+
+    async def close(self) -> None:
+        await self.router.close()

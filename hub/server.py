@@ -1,0 +1,84 @@
+"""Wiring one hub process: settings -> store, sites, live state, SFU, web app."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from signaling.app import make_app
+
+from .config import DEMO_SITES, Settings
+from .ice import use_addresses
+from .livestate import LiveState, open_live_state
+from .rooms import Rooms
+from .sfu import Router
+from .sites import SiteTree, load_sites_file
+from .store import Store
+from .tokens import Claims, issue
+
+log = logging.getLogger("hub")
+
+
+def site_tree(settings: Settings) -> SiteTree:
+    """The stored tree; `--sites FILE` (or an empty store) imports one first."""
+    store = Store(settings.db_path)
+    try:
+        tree = store.site_tree()
+        if settings.sites is not None or tree is None:
+            tree = load_sites_file(settings.sites or DEMO_SITES)
+            store.replace_sites(tree)
+        return tree
+    finally:
+        store.close()
+
+
+@dataclass
+class Hub:
+    settings: Settings
+    rooms: Rooms
+    state: LiveState
+    app: web.Application
+
+
+async def build(settings: Settings) -> Hub:
+    use_addresses(settings.ice_addresses)
+    tree = site_tree(settings)
+    state = open_live_state(settings.redis)
+    await state.start()
+    router = Router(settings.announced_ip, settings.viewer_queue_packets, settings.keyframe_interval)
+    rooms = Rooms(tree, state, router, node_id=secrets.token_hex(4), node_url=settings.base_url)
+    app = make_app(rooms, settings, settings.signing_secret())
+
+    async def shutdown(_: web.Application) -> None:
+        await rooms.close()
+        await state.close()
+
+    app.on_shutdown.append(shutdown)
+    return Hub(settings, rooms, state, app)
+
+
+def operator_link(settings: Settings, tree: SiteTree) -> str:
+    root = next(iter(tree))
+    token = issue(settings.signing_secret(), Claims(user="duty-operator", site=root.id, role="operator", name="值班员"))
+    return f"{settings.base_url}/?token={token}"
+
+
+def serve(settings: Settings) -> None:
+    async def start() -> web.Application:
+        hub = await build(settings)
+        log.info(
+            "hub node %s: %d sites, live state in %s",
+            hub.rooms.node_id,
+            len(hub.rooms.tree),
+            "redis" if settings.redis else "memory",
+        )
+        print(
+            f"Hub ready on {settings.base_url}\nOperator link (valid 12 h):\n  {operator_link(settings, hub.rooms.tree)}",
+            flush=True,
+        )
+        return hub.app
+
+    web.run_app(start(), host=settings.host, port=settings.port, print=None, access_log=None)

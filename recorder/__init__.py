@@ -1,0 +1,2 @@
+"""Recording: remuxes forwarded packets into segmented files (PyAV); see issue "Recording and playback".
+"""

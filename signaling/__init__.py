@@ -1,0 +1,1 @@
+"""The control plane: REST API, event WebSocket, WHIP and WHEP, serving web/."""

@@ -1,0 +1,93 @@
+"""The REST API: who am I, the site tree, rooms and streams, health."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from hub.access import Forbidden, can_reach_site
+from hub.rooms import NotFound
+
+from .auth import claims_of
+from .keys import ROOMS
+from .problems import Problem
+
+
+def json_response(data: object, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, ensure_ascii=False))
+
+
+async def me(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    site = request.app[ROOMS].tree.get(claims.site)
+    return json_response(
+        {
+            "user": claims.user,
+            "name": claims.display_name(),
+            "role": claims.role,
+            "site": site.to_json() if site else None,
+            "room": claims.room,
+        }
+    )
+
+
+async def list_sites(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    tree = request.app[ROOMS].tree
+    if claims.role == "guest":
+        return json_response([])
+    return json_response([s.to_json() for s in tree.jurisdiction(claims.site)])
+
+
+async def get_site(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    tree = request.app[ROOMS].tree
+    site_id = request.match_info["site_id"]
+    site = tree.get(site_id)
+    if site is None:
+        raise NotFound(f"no site {site_id}")
+    if not can_reach_site(tree, claims, site_id):
+        raise Forbidden(f"site {site_id} is outside your jurisdiction")
+    children = [s.id for s in tree.jurisdiction(site_id)[1:] if s.parent == site_id]
+    return json_response(site.to_json() | {"children": children})
+
+
+async def list_rooms(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    return json_response(await request.app[ROOMS].rooms(claims))
+
+
+async def open_room(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise Problem(400, "Bad Request", "expected a JSON object") from exc
+    if not isinstance(body, dict) or not isinstance(body.get("site_id"), str):
+        raise Problem(400, "Bad Request", 'expected {"site_id", "kind", "title"}')
+    title = str(body.get("title", ""))[:200]
+    room = await request.app[ROOMS].open_room(claims, body["site_id"], str(body.get("kind", "")), title)
+    return json_response(room, status=201)
+
+
+async def get_room(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    return json_response(await request.app[ROOMS].room_detail(claims, request.match_info["room_id"]))
+
+
+async def get_stream(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    return json_response(await request.app[ROOMS].stream(claims, request.match_info["stream_id"]))
+
+
+async def health(request: web.Request) -> web.Response:
+    rooms = request.app[ROOMS]
+    return json_response(
+        {
+            "status": "ok",
+            "node": rooms.node_id,
+            "producers": len(rooms.router.producers),
+            "consumers": len(rooms.router.consumers),
+        }
+    )

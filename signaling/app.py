@@ -1,0 +1,49 @@
+"""The aiohttp application: routes, middleware, and the hub it drives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+
+from hub.config import Settings
+from hub.rooms import Rooms
+
+from . import api, events, whip
+from .keys import ROOMS, SECRET, SETTINGS
+from .openapi import document
+from .problems import problems_middleware
+
+WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(document())
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(WEB_ROOT / "index.html")
+
+
+def make_app(rooms: Rooms, settings: Settings, secret: str) -> web.Application:
+    app = web.Application(middlewares=[problems_middleware], client_max_size=settings.max_sdp_bytes * 2)
+    app[ROOMS] = rooms
+    app[SETTINGS] = settings
+    app[SECRET] = secret
+    app.router.add_get("/healthz", api.health)
+    app.router.add_get("/api/openapi.json", openapi)
+    app.router.add_get("/api/me", api.me)
+    app.router.add_get("/api/sites", api.list_sites)
+    app.router.add_get("/api/sites/{site_id}", api.get_site)
+    app.router.add_get("/api/rooms", api.list_rooms)
+    app.router.add_post("/api/rooms", api.open_room)
+    app.router.add_get("/api/rooms/{room_id}", api.get_room)
+    app.router.add_get("/api/streams/{stream_id}", api.get_stream)
+    app.router.add_post("/whip/{room_id}", whip.whip_publish)
+    app.router.add_delete("/whip/{room_id}/{stream_id}", whip.whip_delete)
+    app.router.add_post("/whep/{stream_id}", whip.whep_view)
+    app.router.add_delete("/whep/{stream_id}/{session_id}", whip.whep_delete)
+    app.router.add_get("/ws", events.websocket)
+    app.router.add_get("/", index)
+    app.router.add_static("/web/", WEB_ROOT, name="web")
+    return app

@@ -1,0 +1,150 @@
+"""The event WebSocket: join rooms, receive their roster and live events.
+
+Messages are JSON objects with a "type"; `docs/protocol.md` documents them.
+Client messages are validated with pydantic: an unknown or malformed
+message gets an `error` reply and changes nothing; an oversized one closes
+the socket (1009).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Annotated, Literal
+
+from aiohttp import WSCloseCode, WSMsgType, web
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from hub.access import Forbidden
+from hub.livestate import Record
+from hub.rooms import NotFound, Rooms
+from hub.tokens import Claims, TokenError
+
+from .auth import claims_of
+from .keys import ROOMS, SETTINGS
+from .problems import problem_response
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Join(_Message):
+    type: Literal["join"]
+    room: str = Field(min_length=1, max_length=100)
+    name: str | None = Field(default=None, min_length=1, max_length=64)
+
+
+class Leave(_Message):
+    type: Literal["leave"]
+    room: str = Field(min_length=1, max_length=100)
+
+
+class Ping(_Message):
+    type: Literal["ping"]
+
+
+ClientMessage = TypeAdapter(Annotated[Join | Leave | Ping, Field(discriminator="type")])
+
+
+class Session:
+    """One WebSocket: the rooms it joined and the events it forwards."""
+
+    def __init__(self, ws: web.WebSocketResponse, rooms: Rooms, claims: Claims) -> None:
+        self.ws = ws
+        self.rooms = rooms
+        self.claims = claims
+        self.joined: dict[str, str] = {}  # room id -> participant id
+
+    async def send(self, message: Record) -> None:
+        await self.ws.send_str(json.dumps(message, ensure_ascii=False))
+
+    async def error(self, code: str, message: str) -> None:
+        await self.send({"type": "error", "code": code, "message": message})
+
+    async def handle(self, raw: str) -> None:
+        try:
+            message = ClientMessage.validate_json(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            await self.error("bad-message", f"{where}: {first['msg']}" if where else first["msg"])
+            return
+        if isinstance(message, Ping):
+            await self.send({"type": "pong"})
+        elif isinstance(message, Join):
+            await self.join(message)
+        else:
+            await self.leave(message.room)
+
+    async def join(self, message: Join) -> None:
+        if message.room in self.joined:
+            await self.error("already-joined", f"already in room {message.room}")
+            return
+        try:
+            room = await self.rooms.room(self.claims, message.room)
+        except NotFound as exc:
+            await self.error("not-found", str(exc))
+            return
+        except Forbidden as exc:
+            await self.error("forbidden", str(exc))
+            return
+        participant = await self.rooms.join(self.claims, room["id"], message.name)
+        self.joined[room["id"]] = participant["id"]
+        detail = await self.rooms.room_detail(self.claims, room["id"])
+        await self.send(
+            {"type": "joined", "room": room, "participant": participant}
+            | {
+                "participants": detail["participants"],
+                "streams": detail["streams"],
+            }
+        )
+
+    async def leave(self, room_id: str) -> None:
+        participant_id = self.joined.pop(room_id, None)
+        if participant_id is None:
+            await self.error("not-joined", f"not in room {room_id}")
+            return
+        await self.rooms.leave(room_id, participant_id)
+        await self.send({"type": "left", "room_id": room_id})
+
+    async def forward_events(self) -> None:
+        queue = self.rooms.state.subscribe()
+        try:
+            while (event := await queue.get()) is not None:
+                if event.get("room_id") in self.joined:
+                    await self.send(event)
+            await self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"event stream overflow")
+        finally:
+            self.rooms.state.unsubscribe(queue)
+
+    async def close(self) -> None:
+        for room_id, participant_id in tuple(self.joined.items()):
+            await self.rooms.leave(room_id, participant_id)
+        self.joined.clear()
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    try:
+        claims = claims_of(request)
+    except TokenError as exc:
+        return problem_response(401, "Unauthorized", str(exc), request.path)
+    limit = request.app[SETTINGS].max_ws_message_bytes
+    ws = web.WebSocketResponse(heartbeat=20, max_msg_size=limit)
+    await ws.prepare(request)
+    session = Session(ws, request.app[ROOMS], claims)
+    forwarder = asyncio.create_task(session.forward_events())
+    try:
+        await session.send({"type": "hello", "user": claims.user, "role": claims.role, "site": claims.site})
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                await session.handle(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await session.error("bad-message", "messages are JSON text")
+    finally:
+        forwarder.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await forwarder
+        await session.close()
+    return ws

@@ -1,0 +1,10 @@
+"""Typed keys for what the application holds."""
+
+from aiohttp import web
+
+from hub.config import Settings
+from hub.rooms import Rooms
+
+ROOMS = web.AppKey("rooms", Rooms)
+SECRET = web.AppKey("secret", str)
+SETTINGS = web.AppKey("settings", Settings)

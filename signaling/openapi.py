@@ -1,0 +1,260 @@
+"""The OpenAPI 3 description of every HTTP route (tests check it is complete)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_PROBLEM = {
+    "description": "Problem details (RFC 9457)",
+    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
+_ERRORS = {"401": _PROBLEM, "403": _PROBLEM, "404": _PROBLEM}
+_SDP_BODY = {"required": True, "content": {"application/sdp": {"schema": {"type": "string"}}}}
+_SDP_CREATED = {
+    "description": "SDP answer; Location names the session to DELETE",
+    "headers": {"Location": {"schema": {"type": "string"}}},
+    "content": {"application/sdp": {"schema": {"type": "string"}}},
+}
+_SDP_ERRORS = _ERRORS | {"400": _PROBLEM, "413": _PROBLEM, "415": _PROBLEM}
+
+
+def _json(ref: str, description: str = "OK") -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}},
+    }
+
+
+def _param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Linked governance video hub",
+            "version": "0.1.0",
+            "description": "Every call except /healthz and /api/openapi.json needs "
+            "'Authorization: Bearer <token>' (or ?token= where headers cannot be set).",
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "schemas": {
+                "Problem": {
+                    "type": "object",
+                    "properties": {
+                        "type": {"type": "string"},
+                        "title": {"type": "string"},
+                        "status": {"type": "integer"},
+                        "detail": {"type": "string"},
+                        "instance": {"type": "string"},
+                    },
+                },
+                "Site": {
+                    "type": "object",
+                    "required": ["id", "name", "level", "parent", "room_id"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "name": {"type": "string"},
+                        "name_en": {"type": "string"},
+                        "level": {"enum": ["province", "prefecture", "county", "township", "village"]},
+                        "parent": {"type": ["string", "null"]},
+                        "room_id": {"type": "string", "description": "the site's standing room"},
+                        "children": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+                "Room": {
+                    "type": "object",
+                    "required": ["id", "site_id", "kind"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "site_id": {"type": "string"},
+                        "kind": {"enum": ["standing", "mediation", "training", "call", "conference"]},
+                        "title": {"type": "string"},
+                        "participant_count": {"type": "integer"},
+                        "participants": {"type": "array", "items": {"$ref": "#/components/schemas/Participant"}},
+                        "streams": {"type": "array", "items": {"$ref": "#/components/schemas/Stream"}},
+                    },
+                },
+                "Participant": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "room_id": {"type": "string"},
+                        "user": {"type": "string"},
+                        "name": {"type": "string"},
+                        "role": {"type": "string"},
+                        "site_id": {"type": "string"},
+                        "via": {"enum": ["ws", "whip"]},
+                        "joined_at": {"type": "number"},
+                    },
+                },
+                "Stream": {
+                    "type": "object",
+                    "required": ["id", "kind", "room_id"],
+                    "properties": {
+                        "id": {"type": "string", "description": "use with POST /whep/{stream_id}"},
+                        "kind": {"enum": ["camera", "screen"]},
+                        "room_id": {"type": "string"},
+                        "tracks": {"type": "array", "items": {"enum": ["audio", "video"]}},
+                        "codecs": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "participant_id": {"type": "string"},
+                        "user": {"type": "string"},
+                        "name": {"type": "string"},
+                        "site_id": {"type": "string"},
+                        "node": {"type": "string"},
+                        "node_url": {"type": "string"},
+                    },
+                },
+            },
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness of this hub process",
+                    "security": [],
+                    "responses": {"200": {"description": "OK"}},
+                }
+            },
+            "/api/openapi.json": {
+                "get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OK"}}}
+            },
+            "/api/me": {
+                "get": {
+                    "summary": "The caller's identity and home site",
+                    "responses": {"200": {"description": "OK"}, "401": _PROBLEM},
+                }
+            },
+            "/api/sites": {
+                "get": {
+                    "summary": "Sites of the caller's jurisdiction, parents first",
+                    "responses": {
+                        "200": {
+                            "description": "OK",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"type": "array", "items": {"$ref": "#/components/schemas/Site"}}
+                                }
+                            },
+                        },
+                        "401": _PROBLEM,
+                    },
+                }
+            },
+            "/api/sites/{site_id}": {
+                "get": {
+                    "summary": "One site with its standing room and children",
+                    "parameters": [_param("site_id")],
+                    "responses": {"200": _json("Site")} | _ERRORS,
+                }
+            },
+            "/api/rooms": {
+                "get": {
+                    "summary": "Live or opened rooms in the caller's jurisdiction",
+                    "responses": {
+                        "200": {
+                            "description": "OK",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"type": "array", "items": {"$ref": "#/components/schemas/Room"}}
+                                }
+                            },
+                        },
+                        "401": _PROBLEM,
+                    },
+                },
+                "post": {
+                    "summary": "Open a room at a site",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["site_id", "kind"],
+                                    "properties": {
+                                        "site_id": {"type": "string"},
+                                        "kind": {"enum": ["mediation", "training", "call", "conference"]},
+                                        "title": {"type": "string"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {"201": _json("Room", "Created"), "400": _PROBLEM} | _ERRORS,
+                },
+            },
+            "/api/rooms/{room_id}": {
+                "get": {
+                    "summary": "A room with its participants and streams",
+                    "parameters": [_param("room_id")],
+                    "responses": {"200": _json("Room")} | _ERRORS,
+                }
+            },
+            "/api/streams/{stream_id}": {
+                "get": {
+                    "summary": "One live stream",
+                    "parameters": [_param("stream_id")],
+                    "responses": {"200": _json("Stream")} | _ERRORS,
+                }
+            },
+            "/whip/{room_id}": {
+                "post": {
+                    "summary": "Publish a stream into a room (WHIP, RFC 9725)",
+                    "parameters": [
+                        _param("room_id"),
+                        {"name": "kind", "in": "query", "schema": {"enum": ["camera", "screen"]}},
+                        {
+                            "name": "participant",
+                            "in": "query",
+                            "schema": {"type": "string"},
+                            "description": "attach the stream to this WebSocket participant of yours",
+                        },
+                    ],
+                    "requestBody": _SDP_BODY,
+                    "responses": {"201": _SDP_CREATED} | _SDP_ERRORS,
+                }
+            },
+            "/whip/{room_id}/{stream_id}": {
+                "delete": {
+                    "summary": "End a published stream",
+                    "parameters": [_param("room_id"), _param("stream_id")],
+                    "responses": {"200": {"description": "Ended"}} | _ERRORS,
+                }
+            },
+            "/whep/{stream_id}": {
+                "post": {
+                    "summary": "View a stream (WHEP); 307 to the hub process that hosts it",
+                    "parameters": [_param("stream_id")],
+                    "requestBody": _SDP_BODY,
+                    "responses": {"201": _SDP_CREATED, "307": {"description": "Hosted by another hub process"}}
+                    | _SDP_ERRORS,
+                }
+            },
+            "/whep/{stream_id}/{session_id}": {
+                "delete": {
+                    "summary": "End a viewing session",
+                    "parameters": [_param("stream_id"), _param("session_id")],
+                    "responses": {"200": {"description": "Ended"}} | _ERRORS,
+                }
+            },
+            "/ws": {
+                "get": {
+                    "summary": "Event WebSocket (see docs/protocol.md)",
+                    "parameters": [{"name": "token", "in": "query", "schema": {"type": "string"}}],
+                    "responses": {"101": {"description": "Switching protocols"}, "401": _PROBLEM},
+                }
+            },
+            "/": {"get": {"summary": "The web app", "security": [], "responses": {"200": {"description": "HTML"}}}},
+            "/web/{path}": {
+                "get": {
+                    "summary": "The web app's static files",
+                    "security": [],
+                    "parameters": [_param("path")],
+                    "responses": {"200": {"description": "OK"}, "404": _PROBLEM},
+                }
+            },
+        },
+    }

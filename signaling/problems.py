@@ -1,0 +1,71 @@
+"""Errors as RFC 9457 problem details, and the middleware that maps the
+hub's exceptions onto them so handlers can simply raise."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from hub.access import Forbidden
+from hub.rooms import Elsewhere, NotFound
+from hub.sfu import SdpError
+from hub.tokens import TokenError
+
+log = logging.getLogger(__name__)
+
+PROBLEM_TYPE = "application/problem+json"
+
+
+class Problem(Exception):
+    def __init__(self, status: int, title: str, detail: str = "") -> None:
+        super().__init__(detail or title)
+        self.status = status
+        self.title = title
+        self.detail = detail
+
+
+def problem_response(status: int, title: str, detail: str = "", instance: str = "") -> web.Response:
+    body: dict[str, object] = {"type": "about:blank", "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    if instance:
+        body["instance"] = instance
+    headers = {"WWW-Authenticate": 'Bearer realm="hub"'} if status == 401 else None
+    return web.Response(
+        status=status, text=json.dumps(body, ensure_ascii=False), content_type=PROBLEM_TYPE, headers=headers
+    )
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def problems_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    path = request.path
+    try:
+        return await handler(request)
+    except Problem as exc:
+        return problem_response(exc.status, exc.title, exc.detail, path)
+    except TokenError as exc:
+        return problem_response(401, "Unauthorized", str(exc), path)
+    except Forbidden as exc:
+        return problem_response(403, "Forbidden", str(exc), path)
+    except NotFound as exc:
+        return problem_response(404, "Not Found", str(exc), path)
+    except Elsewhere as exc:
+        raise web.HTTPTemporaryRedirect(exc.url + request.path_qs) from exc
+    except SdpError as exc:
+        return problem_response(400, "Bad SDP offer", str(exc), path)
+    except ValueError as exc:
+        return problem_response(400, "Bad Request", str(exc), path)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        detail = "" if exc.text == f"{exc.status}: {exc.reason}" else (exc.text or "")
+        return problem_response(exc.status, exc.reason, detail, path)
+    except Exception:
+        log.exception("unexpected error on %s %s", request.method, path)
+        return problem_response(500, "Internal Server Error", "the hub logged the details", path)

@@ -1,0 +1,70 @@
+"""WHIP (RFC 9725) publishing and WHEP viewing: SDP offer in, answer out."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from hub.sfu import check_offer
+
+from .auth import claims_of
+from .keys import ROOMS, SETTINGS
+from .problems import Problem
+
+SDP_TYPE = "application/sdp"
+
+
+async def read_offer(request: web.Request) -> str:
+    if request.content_type != SDP_TYPE:
+        raise Problem(415, "Unsupported Media Type", f"send the offer as {SDP_TYPE}")
+    limit = request.app[SETTINGS].max_sdp_bytes
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        raise Problem(413, "Content Too Large", f"SDP offers are limited to {limit} bytes")
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Problem(400, "Bad SDP offer", "SDP must be UTF-8 text") from exc
+
+
+def sdp_created(answer: str, location: str) -> web.Response:
+    return web.Response(status=201, text=answer, content_type=SDP_TYPE, headers={"Location": location})
+
+
+async def whip_publish(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    room_id = request.match_info["room_id"]
+    rooms = request.app[ROOMS]
+    await rooms.room(claims, room_id)  # jurisdiction before reading the body
+    offer = await read_offer(request)
+    check_offer(offer, request.app[SETTINGS].max_sdp_bytes)
+    stream, answer = await rooms.publish(
+        claims,
+        room_id,
+        offer,
+        kind=request.query.get("kind", "camera"),
+        participant_id=request.query.get("participant"),
+    )
+    return sdp_created(answer, f"/whip/{room_id}/{stream['id']}")
+
+
+async def whip_delete(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    await request.app[ROOMS].unpublish(claims, request.match_info["room_id"], request.match_info["stream_id"])
+    return web.Response(status=200)
+
+
+async def whep_view(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    stream_id = request.match_info["stream_id"]
+    rooms = request.app[ROOMS]
+    await rooms.stream(claims, stream_id)
+    offer = await read_offer(request)
+    check_offer(offer, request.app[SETTINGS].max_sdp_bytes)
+    consumer, answer = await rooms.view(claims, stream_id, offer)
+    return sdp_created(answer, f"/whep/{stream_id}/{consumer.id}")
+
+
+async def whep_delete(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    await request.app[ROOMS].end_view(claims, request.match_info["stream_id"], request.match_info["session_id"])
+    return web.Response(status=200)
