@@ -81,7 +81,10 @@ def _vp8_keyframe_start(payload: bytes) -> bool:
     return len(payload) > pos and not payload[pos] & 0x01  # P bit 0 = keyframe
 
 
-_H264_KEY_NALS = (5, 7)  # IDR slice, sequence parameter set
+# A viewer can only start decoding H.264 where a sequence parameter set
+# arrives (it precedes the IDR slice in every keyframe an encoder like
+# Chromium's or x264's emits); an IDR alone is useless without it.
+_H264_SPS = 7
 
 
 def _h264_keyframe_start(payload: bytes) -> bool:
@@ -91,13 +94,13 @@ def _h264_keyframe_start(payload: bytes) -> bool:
         pos = 1
         while pos + 2 < len(payload):
             size = int.from_bytes(payload[pos : pos + 2], "big")
-            if payload[pos + 2] & 0x1F in _H264_KEY_NALS:
+            if payload[pos + 2] & 0x1F == _H264_SPS:
                 return True
             pos += 2 + size
         return False
     if nal_type == 28:
-        return len(payload) > 1 and bool(payload[1] & 0x80) and payload[1] & 0x1F in _H264_KEY_NALS
-    return nal_type in _H264_KEY_NALS
+        return len(payload) > 1 and bool(payload[1] & 0x80) and payload[1] & 0x1F == _H264_SPS
+    return nal_type == _H264_SPS
 
 
 def restrict_codecs(transceiver: RTCRtpTransceiver, codec: RTCRtpCodecParameters) -> None:

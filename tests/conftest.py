@@ -1,0 +1,127 @@
+"""Fixtures: real hub processes, real redis-server, tokens, loopback-only media."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from hub.ice import use_addresses
+
+ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK_ONLY = '["127.0.0.1"]'
+
+# Every peer connection the tests create offers only 127.0.0.1.
+use_addresses(["127.0.0.1"])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
+
+
+def run_hub_cli(data: Path, *args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "hub", *args, "--data", str(data)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+    )
+    return out.stdout
+
+
+@dataclass
+class HubProcess:
+    url: str
+    data: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def token(self, user: str, site: str, role: str, room: str | None = None, ttl: int | None = None) -> str:
+        args = ["token", "--user", user, "--site", site, "--role", role]
+        if room:
+            args += ["--room", room]
+        if ttl is not None:
+            args += ["--ttl", str(ttl)]
+        return run_hub_cli(self.data, *args).strip()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_hub(data: Path, *extra: str, env: dict[str, str] | None = None) -> HubProcess:
+    port = free_port()
+    data.mkdir(parents=True, exist_ok=True)
+    log = data / f"hub-{port}.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hub", "serve", "--port", str(port), "--data", str(data), *extra],
+        cwd=ROOT,
+        env=os.environ | {"HUB_ICE_ADDRESSES": LOOPBACK_ONLY} | (env or {}),
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port, proc)
+    except Exception:
+        proc.kill()
+        raise RuntimeError(f"hub did not start: {log.read_text()[-2000:]}") from None
+    return HubProcess(f"http://127.0.0.1:{port}", data, proc, log)
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
+    """One hub process shared by the tests that need only an ordinary hub."""
+    process = start_hub(tmp_path_factory.mktemp("hub"))
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on loopback, private to this test run."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (the README's test command installs it)")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+         "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+    )
+    wait_for_port(port, proc)  # type: ignore[arg-type]
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)

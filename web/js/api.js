@@ -1,0 +1,443 @@
+// The hub's client library: REST calls, WHIP publishing, WHEP viewing and the
+// event WebSocket. It knows nothing about any view and shows no text; errors
+// carry a machine-readable `kind` the views translate.
+
+const TOKEN_KEY = "hub.token";
+const SDP = "application/sdp";
+
+// -- sign-in ------------------------------------------------------------------
+
+/**
+ * Take `?token=` from the address bar into sessionStorage and remove it from
+ * the URL (so it is not bookmarked, shared or left in history). Returns the
+ * token to use: the one from the URL, else the one stored earlier.
+ */
+export function takeToken(location = window.location) {
+  const url = new URL(location.href);
+  const fromUrl = url.searchParams.get("token");
+  if (fromUrl !== null) {
+    url.searchParams.delete("token");
+    history.replaceState(history.state, "", url.pathname + url.search + url.hash);
+    if (fromUrl.trim()) {
+      sessionStorage.setItem(TOKEN_KEY, fromUrl.trim());
+    } else {
+      sessionStorage.removeItem(TOKEN_KEY);
+    }
+  }
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+export function forgetToken() {
+  sessionStorage.removeItem(TOKEN_KEY);
+}
+
+// -- errors -------------------------------------------------------------------
+
+/**
+ * A failed call. `kind` is one of: "unauthorized" (401), "forbidden" (403),
+ * "not-found" (404), "unreachable" (no HTTP answer), "timeout", "http" (any
+ * other status), "webrtc" (the peer connection failed locally).
+ * `problem` holds the hub's RFC 9457 problem details when it sent them.
+ */
+export class ApiError extends Error {
+  constructor(kind, message, { status = 0, problem = null } = {}) {
+    super(message);
+    this.name = "ApiError";
+    this.kind = kind;
+    this.status = status;
+    this.problem = problem;
+  }
+}
+
+function kindOfStatus(status) {
+  return { 401: "unauthorized", 403: "forbidden", 404: "not-found" }[status] ?? "http";
+}
+
+async function errorFrom(response, what) {
+  let problem = null;
+  const type = response.headers.get("Content-Type") || "";
+  try {
+    if (type.includes("json")) problem = await response.json();
+  } catch {
+    // a body that is not the promised JSON: keep the status alone
+  }
+  const detail = problem?.detail || problem?.title || response.statusText;
+  return new ApiError(kindOfStatus(response.status), `${what}: ${response.status} ${detail}`, {
+    status: response.status,
+    problem,
+  });
+}
+
+// -- the client -----------------------------------------------------------------
+
+/** Wait until a peer connection has gathered every ICE candidate (the hub does not trickle). */
+export function iceGatheringComplete(pc, timeoutMs = 5000) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      pc.removeEventListener("icegatheringstatechange", check);
+      pc.removeEventListener("icecandidate", onCandidate);
+      resolve();
+    };
+    const check = () => {
+      if (pc.iceGatheringState === "complete") done();
+    };
+    const onCandidate = (event) => {
+      if (event.candidate === null) done();
+    };
+    // Gathering can stall on an unreachable interface; send what we have then.
+    const timer = setTimeout(done, timeoutMs);
+    pc.addEventListener("icegatheringstatechange", check);
+    pc.addEventListener("icecandidate", onCandidate);
+  });
+}
+
+/**
+ * One WHIP or WHEP session: its peer connection and the resource to DELETE.
+ * `stream` is the MediaStream a WHEP session plays (null for WHIP).
+ */
+export class MediaSession {
+  constructor(client, pc, location, stream = null) {
+    this.client = client;
+    this.pc = pc;
+    this.location = location;
+    this.stream = stream;
+    this.closed = false;
+  }
+
+  /** The id at the end of the Location (the stream id for WHIP, the viewing session for WHEP). */
+  get resourceId() {
+    return new URL(this.location).pathname.replace(/\/$/, "").split("/").pop();
+  }
+
+  /** End the session: DELETE its resource (best effort) and close the peer connection. */
+  async close() {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      const response = await this.client.fetch(this.location, { method: "DELETE" }, 5000);
+      if (!response.ok && response.status !== 404) throw await errorFrom(response, `DELETE ${this.location}`);
+    } finally {
+      this.pc.close();
+    }
+  }
+}
+
+export class HubClient {
+  /**
+   * @param {string} token bearer token
+   * @param {object} [options]
+   * @param {string} [options.baseUrl] the hub's URL (default: this page's origin)
+   * @param {RTCIceServer[]} [options.iceServers] STUN/TURN servers for media
+   * @param {number} [options.timeoutMs] bound of each HTTP call
+   */
+  constructor(token, { baseUrl = window.location.origin, iceServers = [], timeoutMs = 15000 } = {}) {
+    this.token = token;
+    this.baseUrl = baseUrl.replace(/\/$/, "");
+    this.iceServers = iceServers;
+    this.timeoutMs = timeoutMs;
+  }
+
+  url(path) {
+    return new URL(path, this.baseUrl + "/").href;
+  }
+
+  /** fetch() with the bearer token and a time bound; network failures become ApiError("unreachable"). */
+  async fetch(path, init = {}, timeoutMs = this.timeoutMs) {
+    const headers = new Headers(init.headers || {});
+    headers.set("Authorization", `Bearer ${this.token}`);
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), timeoutMs);
+    try {
+      return await fetch(this.url(path), { ...init, headers, signal: controller.signal });
+    } catch (err) {
+      if (controller.signal.aborted) throw new ApiError("timeout", `${init.method || "GET"} ${path}: timed out`);
+      throw new ApiError("unreachable", `${init.method || "GET"} ${path}: ${err.message}`);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** A JSON API call; resolves to the decoded body, rejects with ApiError. */
+  async request(method, path, body = undefined) {
+    const init = { method, headers: { Accept: "application/json" } };
+    if (body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    const response = await this.fetch(path, init);
+    if (!response.ok) throw await errorFrom(response, `${method} ${path}`);
+    return response.json();
+  }
+
+  /** The caller: {user, name, role, site, room}. */
+  me() {
+    return this.request("GET", "/api/me");
+  }
+
+  /** Sites of the caller's jurisdiction, parents first. */
+  sites() {
+    return this.request("GET", "/api/sites");
+  }
+
+  site(siteId) {
+    return this.request("GET", `/api/sites/${encodeURIComponent(siteId)}`);
+  }
+
+  /** Live or opened rooms in the caller's jurisdiction, each with participant_count. */
+  rooms() {
+    return this.request("GET", "/api/rooms");
+  }
+
+  /** A room with its participants and streams. */
+  room(roomId) {
+    return this.request("GET", `/api/rooms/${encodeURIComponent(roomId)}`);
+  }
+
+  openRoom(siteId, kind, title = "") {
+    return this.request("POST", "/api/rooms", { site_id: siteId, kind, title });
+  }
+
+  stream(streamId) {
+    return this.request("GET", `/api/streams/${encodeURIComponent(streamId)}`);
+  }
+
+  /** POST an SDP offer; resolves to {answer, location} with the Location made absolute. */
+  async exchange(path, offer) {
+    const response = await this.fetch(path, { method: "POST", headers: { "Content-Type": SDP }, body: offer });
+    if (response.status !== 201) throw await errorFrom(response, `POST ${path}`);
+    const answer = await response.text();
+    const location = response.headers.get("Location");
+    if (!location) throw new ApiError("http", `POST ${path}: 201 without a Location`, { status: 201 });
+    return { answer, location: new URL(location, response.url).href };
+  }
+
+  async _negotiate(pc, path) {
+    try {
+      await pc.setLocalDescription(await pc.createOffer());
+      await iceGatheringComplete(pc);
+      const { answer, location } = await this.exchange(path, pc.localDescription.sdp);
+      await pc.setRemoteDescription({ type: "answer", sdp: answer });
+      return location;
+    } catch (err) {
+      pc.close();
+      if (err instanceof ApiError) throw err;
+      throw new ApiError("webrtc", `${path}: ${err.message}`);
+    }
+  }
+
+  /**
+   * Watch a stream with WHEP: receive its video and audio and play them in
+   * `videoElement` (its srcObject is set as tracks arrive). Resolves to a
+   * MediaSession; close() it to stop watching.
+   */
+  async whepView(streamId, videoElement) {
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers });
+    pc.addTransceiver("video", { direction: "recvonly" });
+    pc.addTransceiver("audio", { direction: "recvonly" });
+    const stream = new MediaStream();
+    pc.addEventListener("track", (event) => {
+      stream.addTrack(event.track);
+      if (videoElement && videoElement.srcObject !== stream) videoElement.srcObject = stream;
+    });
+    const location = await this._negotiate(pc, `/whep/${encodeURIComponent(streamId)}`);
+    return new MediaSession(this, pc, location, stream);
+  }
+
+  /**
+   * Publish a MediaStream (at most one video and one audio track) into a
+   * room with WHIP. `kind` is "camera" or "screen"; `participant` attaches
+   * the stream to the caller's event-socket participant in that room.
+   * Resolves to a MediaSession whose resourceId is the new stream's id.
+   */
+  async whipPublish(roomId, mediaStream, { kind = "camera", participant = null } = {}) {
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers });
+    for (const track of mediaStream.getTracks()) {
+      pc.addTransceiver(track, { direction: "sendonly", streams: [mediaStream] });
+    }
+    const query = new URLSearchParams({ kind });
+    if (participant) query.set("participant", participant);
+    const location = await this._negotiate(pc, `/whip/${encodeURIComponent(roomId)}?${query}`);
+    return new MediaSession(this, pc, location);
+  }
+
+  /** The event WebSocket for this client's token (not yet connected). */
+  events(options = {}) {
+    return new Events(this.token, { baseUrl: this.baseUrl, ...options });
+  }
+}
+
+// -- the event WebSocket --------------------------------------------------------
+
+const REPLY_TYPES = new Set(["joined", "left", "pong", "error"]);
+
+/**
+ * The event WebSocket (`/ws?token=`): join and leave rooms, receive their
+ * events. Listen with `events.on(type, fn)` for any message type — "hello",
+ * "participant-joined", "participant-left", "stream-added", "stream-removed",
+ * "room-opened" — or "message" for all of them, and "state" for the
+ * connection state ("connecting", "open", "closed"; detail `{state}`).
+ *
+ * join/leave/ping resolve with the hub's reply (joined/left/pong) or reject
+ * with an Error carrying `code` when it answers `error`. The hub answers in
+ * order, so replies are matched to requests first-in first-out.
+ *
+ * After an unexpected close it reconnects with backoff and joins its rooms
+ * again; each new `joined` reply carries a fresh snapshot of the room.
+ */
+export class Events {
+  constructor(token, { baseUrl = window.location.origin, reconnect = true, replyTimeoutMs = 10000 } = {}) {
+    const url = new URL("/ws", baseUrl);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    url.searchParams.set("token", token);
+    this.url = url.href;
+    this.reconnect = reconnect;
+    this.replyTimeoutMs = replyTimeoutMs;
+    this.rooms = new Map(); // room id -> join name (rooms to be in)
+    this.state = "closed";
+    this._target = new EventTarget();
+    this._pending = [];
+    this._ws = null;
+    this._retry = 0;
+    this._retryTimer = null;
+    this._stopped = false;
+  }
+
+  on(type, fn) {
+    const listener = (event) => fn(event.detail);
+    this._target.addEventListener(type, listener);
+    return () => this._target.removeEventListener(type, listener);
+  }
+
+  _emit(type, detail) {
+    this._target.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  _setState(state) {
+    if (this.state === state) return;
+    this.state = state;
+    this._emit("state", { state });
+  }
+
+  /** Open the socket; resolves on the hub's hello. */
+  connect() {
+    this._stopped = false;
+    return new Promise((resolve, reject) => {
+      let greeted = false;
+      this._setState("connecting");
+      const ws = new WebSocket(this.url);
+      this._ws = ws;
+      ws.addEventListener("message", (event) => {
+        let message;
+        try {
+          message = JSON.parse(event.data);
+        } catch {
+          return;
+        }
+        if (message.type === "hello" && !greeted) {
+          greeted = true;
+          this._retry = 0;
+          this._setState("open");
+          resolve(message);
+          this._rejoin();
+        }
+        this._dispatch(message);
+      });
+      ws.addEventListener("close", () => {
+        if (this._ws !== ws) return;
+        this._ws = null;
+        this._failPending(new Error("event socket closed"));
+        this._setState("closed");
+        if (!greeted) reject(new ApiError("unreachable", "event socket closed before hello"));
+        this._scheduleReconnect();
+      });
+    });
+  }
+
+  _dispatch(message) {
+    if (REPLY_TYPES.has(message.type) && this._pending.length) {
+      const pending = this._pending.shift();
+      clearTimeout(pending.timer);
+      if (message.type === "error") {
+        const err = new Error(message.message);
+        err.code = message.code;
+        pending.reject(err);
+      } else {
+        pending.resolve(message);
+      }
+    }
+    this._emit(message.type, message);
+    this._emit("message", message);
+  }
+
+  _failPending(err) {
+    for (const pending of this._pending.splice(0)) {
+      clearTimeout(pending.timer);
+      pending.reject(err);
+    }
+  }
+
+  _scheduleReconnect() {
+    if (this._stopped || !this.reconnect || this._retryTimer) return;
+    const delay = Math.min(10000, 500 * 2 ** this._retry++);
+    this._retryTimer = setTimeout(() => {
+      this._retryTimer = null;
+      this.connect().catch(() => {});
+    }, delay);
+  }
+
+  _rejoin() {
+    for (const [room, name] of this.rooms) {
+      this._request({ type: "join", room, ...(name ? { name } : {}) }).catch((err) => {
+        this.rooms.delete(room);
+        this._emit("join-failed", { room, error: err });
+      });
+    }
+  }
+
+  _request(message) {
+    return new Promise((resolve, reject) => {
+      if (!this._ws || this._ws.readyState !== WebSocket.OPEN) {
+        reject(new Error("event socket is not open"));
+        return;
+      }
+      const pending = { resolve, reject, timer: null };
+      pending.timer = setTimeout(() => {
+        const i = this._pending.indexOf(pending);
+        if (i >= 0) this._pending.splice(i, 1);
+        reject(new Error(`no reply to ${message.type}`));
+      }, this.replyTimeoutMs);
+      this._pending.push(pending);
+      this._ws.send(JSON.stringify(message));
+    });
+  }
+
+  /** Join a room: resolves to the `joined` reply {room, participant, participants, streams}. */
+  async join(room, name = null) {
+    const reply = await this._request({ type: "join", room, ...(name ? { name } : {}) });
+    this.rooms.set(room, name);
+    return reply;
+  }
+
+  async leave(room) {
+    this.rooms.delete(room);
+    return this._request({ type: "leave", room });
+  }
+
+  ping() {
+    return this._request({ type: "ping" });
+  }
+
+  /** Close for good: no reconnect. */
+  close() {
+    this._stopped = true;
+    clearTimeout(this._retryTimer);
+    this._retryTimer = null;
+    const ws = this._ws;
+    this._ws = null;
+    this._failPending(new Error("event socket closed"));
+    if (ws) ws.close(1000);
+    this._setState("closed");
+  }
+}
