@@ -311,12 +311,22 @@ def _auth(token: str) -> dict[str, str]:
 async def _exchange(http: aiohttp.ClientSession, url: str, token: str, pc: RTCPeerConnection) -> str:
     await pc.setLocalDescription(await pc.createOffer())  # gathers all candidates: no trickle
     headers = _auth(token) | {"Content-Type": "application/sdp"}
-    async with http.post(url, data=pc.localDescription.sdp, headers=headers) as response:
-        body = await response.text()
-        if response.status != 201:
-            await pc.close()
-            raise ClientError(f"POST {url}: {response.status} {body}")
-        location = str(response.url.join(URL(response.headers["Location"])))
+    # Redirects are followed by hand: aiohttp drops the Authorization header
+    # when a redirect crosses to another hub process (another origin).
+    for _ in range(3):
+        async with http.post(url, data=pc.localDescription.sdp, headers=headers, allow_redirects=False) as response:
+            body = await response.text()
+            if response.status in (307, 308):
+                url = str(response.url.join(URL(response.headers["Location"])))
+                continue
+            if response.status != 201:
+                await pc.close()
+                raise ClientError(f"POST {url}: {response.status} {body}")
+            location = str(response.url.join(URL(response.headers["Location"])))
+            break
+    else:
+        await pc.close()
+        raise ClientError(f"POST {url}: too many redirects")
     await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
     return location
 

@@ -207,12 +207,15 @@ class Rooms:
 
     # -- viewing -------------------------------------------------------------
 
-    async def view(self, claims: Claims, stream_id: str, offer: str) -> tuple[Consumer, str]:
-        stream = await self.stream(claims, stream_id)
-        if stream_id not in self.router.producers:
+    def ensure_local(self, stream: Record) -> None:
+        """Raise unless this process hosts the stream's media."""
+        if stream["id"] not in self.router.producers:
             if stream["node"] == self.node_id:
-                raise NotFound(f"stream {stream_id} has ended")
+                raise NotFound(f"stream {stream['id']} has ended")
             raise Elsewhere(stream["node_url"])
+
+    async def view(self, claims: Claims, stream_id: str, offer: str) -> tuple[Consumer, str]:
+        self.ensure_local(await self.stream(claims, stream_id))
         return await self.router.consume(stream_id, offer)
 
     async def end_view(self, claims: Claims, stream_id: str, session_id: str) -> None:

@@ -56,6 +56,9 @@ class Session:
         self.rooms = rooms
         self.claims = claims
         self.joined: dict[str, str] = {}  # room id -> participant id
+        # Events of a room being joined wait until its "joined" reply is out,
+        # so a client always sees its roster before changes to it.
+        self.pending: dict[str, list[Record]] = {}
 
     async def send(self, message: Record) -> None:
         await self.ws.send_str(json.dumps(message, ensure_ascii=False))
@@ -90,16 +93,18 @@ class Session:
         except Forbidden as exc:
             await self.error("forbidden", str(exc))
             return
-        participant = await self.rooms.join(self.claims, room["id"], message.name)
-        self.joined[room["id"]] = participant["id"]
-        detail = await self.rooms.room_detail(self.claims, room["id"])
-        await self.send(
-            {"type": "joined", "room": room, "participant": participant}
-            | {
-                "participants": detail["participants"],
-                "streams": detail["streams"],
-            }
-        )
+        self.pending[room["id"]] = []
+        try:
+            participant = await self.rooms.join(self.claims, room["id"], message.name)
+            self.joined[room["id"]] = participant["id"]
+            detail = await self.rooms.room_detail(self.claims, room["id"])
+            await self.send(
+                {"type": "joined", "room": room, "participant": participant}
+                | {"participants": detail["participants"], "streams": detail["streams"]}
+            )
+        finally:
+            for event in self.pending.pop(room["id"]):
+                await self.send(event)
 
     async def leave(self, room_id: str) -> None:
         participant_id = self.joined.pop(room_id, None)
@@ -113,7 +118,10 @@ class Session:
         queue = self.rooms.state.subscribe()
         try:
             while (event := await queue.get()) is not None:
-                if event.get("room_id") in self.joined:
+                room_id = event.get("room_id")
+                if room_id in self.pending:
+                    self.pending[room_id].append(event)
+                elif room_id in self.joined:
                     await self.send(event)
             await self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"event stream overflow")
         finally:

@@ -57,7 +57,7 @@ async def whep_view(request: web.Request) -> web.Response:
     claims = claims_of(request)
     stream_id = request.match_info["stream_id"]
     rooms = request.app[ROOMS]
-    await rooms.stream(claims, stream_id)
+    rooms.ensure_local(await rooms.stream(claims, stream_id))  # redirect before reading the body
     offer = await read_offer(request)
     check_offer(offer, request.app[SETTINGS].max_sdp_bytes)
     consumer, answer = await rooms.view(claims, stream_id, offer)

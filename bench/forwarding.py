@@ -1,0 +1,1023 @@
+"""What forwarding one published stream to N viewers costs, measured end to end.
+
+For each N the benchmark runs two setups, each in fresh processes:
+
+* **hub**: `python -m hub serve`, one publisher (`hub.bot.publish`, synthetic
+  VP8 640x480 30 fps) and N viewers (`hub.bot.view`) spread over worker
+  processes. The hub forwards RTP packets without decoding.
+* **relay**: a minimal WHIP/WHEP server written below (`--role relay`) that
+  decodes the stream once and re-encodes it for every viewer through aiortc's
+  `MediaRelay` - what aiortc's own examples do.
+
+Next to either, one more viewer takes the publisher's packets over a direct
+aiortc link, with no server in between; the difference in latency is what the
+server adds. After the window a late joiner measures time to first keyframe.
+
+Run from the repository root (all media stays on 127.0.0.1):
+
+    .venv/bin/python -m bench.forwarding --quick
+    .venv/bin/python -m bench.forwarding --viewers 1,8,16,32 --seconds 10 --json bench.json
+
+The report (a markdown table) goes to stdout, progress to stderr. The same
+file runs every child process: `--role publisher|viewers|relay` (internal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import datetime
+import json
+import math
+import os
+import platform
+import secrets
+import signal
+import socket
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import aiortc
+import av
+import numpy as np
+import psutil
+from aiohttp import web
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.contrib.media import MediaRelay
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python bench/forwarding.py` puts bench/, not the repository, on the path
+    sys.path.insert(0, str(ROOT))
+
+from hub import bot  # noqa: E402
+from hub.ice import use_addresses  # noqa: E402
+from hub.rtpforward import offered_codecs, restrict_codecs  # noqa: E402
+
+LOOPBACK = ["127.0.0.1"]
+ROOM = "site-qinghai"
+WIDTH, HEIGHT, FPS = 640, 480, 30
+#: Worker reports carry every frame digest of up to 8 viewers on one line.
+LINE_LIMIT = 64 * 1024 * 1024
+#: Frames still in flight when the window closes get this long to arrive.
+DRAIN_SECONDS = 1.0
+CONNECT_TIMEOUT = 30.0
+
+
+class BenchError(Exception):
+    """A step of the benchmark failed; the message says which and why."""
+
+
+# == shared helpers ============================================================
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile: always one of the measured values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def pattern_index(frame: av.VideoFrame) -> int:
+    """The frame number `hub.bot.pattern_image` draws as 16 black/white blocks.
+
+    It survives a decode and re-encode, so it identifies a frame the relay
+    re-encoded, whose digest no longer matches anything the publisher sent.
+    """
+    luma = frame.to_ndarray(format="gray")
+    block = max(4, frame.width // 32)
+    row = luma[block // 2]
+    return sum(1 << bit for bit in range(16) if row[bit * block + block // 2] > 128)
+
+
+def vp8_only(pc: RTCPeerConnection) -> None:
+    """Answer with VP8: the packets (or the relay's encoder) are VP8 whatever the offer lists first."""
+    for transceiver in pc.getTransceivers():
+        codec = next((c for c in offered_codecs(transceiver) if c.mimeType.lower() == "video/vp8"), None)
+        if codec is None:
+            raise web.HTTPUnsupportedMediaType(text="this benchmark server only speaks VP8")
+        restrict_codecs(transceiver, codec)
+
+
+async def wait_for_state(pc: RTCPeerConnection, state: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while pc.connectionState != state:
+        if pc.connectionState in ("failed", "closed") or time.monotonic() > deadline:
+            raise BenchError(f"peer connection is {pc.connectionState}, not {state}, after {timeout:.0f} s")
+        await asyncio.sleep(0.05)
+
+
+async def outbound_stats(sender: RTCRtpSender) -> tuple[int, int]:
+    for stats in (await sender.getStats()).values():
+        if stats.type == "outbound-rtp":
+            return stats.packetsSent, stats.bytesSent
+    return 0, 0
+
+
+# == child side: one JSON object per line, commands on stdin, events on stdout ==
+
+
+class Control:
+    """The orchestrator's end of a child process.
+
+    stdin reaching EOF means the orchestrator is gone: the child then ends,
+    so a killed benchmark leaves nothing running.
+    """
+
+    def __init__(self) -> None:
+        self._reader = asyncio.StreamReader(limit=LINE_LIMIT)
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(self._reader), sys.stdin)
+
+    async def next(self) -> dict[str, Any]:
+        line = await self._reader.readline()
+        if not line:
+            raise EOFError
+        message: dict[str, Any] = json.loads(line)
+        return message
+
+    @staticmethod
+    def emit(event: str, **data: Any) -> None:
+        sys.stdout.write(json.dumps({"event": event, **data}) + "\n")
+        sys.stdout.flush()
+
+
+# -- publisher -----------------------------------------------------------------
+
+
+class TeeVideo(bot.SyntheticVideo):
+    """The synthetic pattern, each encoded packet also handed to copy tracks.
+
+    aiortc's sender pulls frames with recv(), so one track cannot feed two
+    senders; copies let the direct link send the very packets the server gets,
+    whose digests are in the same `sent` map.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("vp8", WIDTH, HEIGHT, FPS)
+        self.copies: set[asyncio.Queue[av.Packet]] = set()
+
+    async def recv(self) -> av.Packet:  # type: ignore[override]
+        packet = await super().recv()
+        for queue in self.copies:
+            with contextlib.suppress(asyncio.QueueFull):  # a stalled copy loses packets, never stalls the original
+                queue.put_nowait(packet)
+        return packet
+
+
+class CopyTrack(MediaStreamTrack):
+    kind = "video"
+
+    def __init__(self, tee: TeeVideo) -> None:
+        super().__init__()
+        self._tee = tee
+        self._queue: asyncio.Queue[av.Packet] = asyncio.Queue(maxsize=2 * FPS)
+        tee.copies.add(self._queue)
+
+    async def recv(self) -> av.Packet:  # type: ignore[override]
+        if self.readyState != "live":
+            raise MediaStreamError
+        return await self._queue.get()
+
+    def stop(self) -> None:
+        self._tee.copies.discard(self._queue)
+        super().stop()
+
+
+class SdpServer:
+    """A bare aiohttp server on 127.0.0.1 for WHIP/WHEP-style POSTs; no auth."""
+
+    def __init__(self) -> None:
+        self.app = web.Application()
+        self.pcs: dict[str, RTCPeerConnection] = {}
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+        self.on_close: dict[str, Callable[[], None]] = {}
+
+    async def start(self, port: int = 0) -> None:
+        self.app.router.add_get("/healthz", self._health)
+        self.app.router.add_delete("/{kind}/{stream}/{session}", self._delete)
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", port))
+        await web.SockSite(self._runner, sock).start()
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+    async def answer(
+        self, request: web.Request, setup: Callable[[RTCPeerConnection, str], None], on_close: Callable[[], None]
+    ) -> web.Response:
+        pc = RTCPeerConnection()
+        session = secrets.token_hex(6)
+        self.pcs[session] = pc
+        self.on_close[session] = on_close
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=await request.text(), type="offer"))
+            vp8_only(pc)
+            setup(pc, session)
+            await pc.setLocalDescription(await pc.createAnswer())
+        except BaseException:
+            await self.close_session(session)
+            raise
+        location = f"{request.path}/{session}"
+        return web.Response(status=201, text=pc.localDescription.sdp, content_type="application/sdp",
+                            headers={"Location": location})
+
+    async def close_session(self, session: str) -> bool:
+        pc = self.pcs.pop(session, None)
+        self.on_close.pop(session, lambda: None)()
+        if pc is None:
+            return False
+        await pc.close()
+        return True
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        return web.Response(status=200 if await self.close_session(request.match_info["session"]) else 404)
+
+    async def _health(self, _: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def close(self) -> None:
+        for session in tuple(self.pcs):
+            with contextlib.suppress(Exception):
+                await self.close_session(session)
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+def direct_server(tee: TeeVideo) -> SdpServer:
+    """POST /whep/direct: a viewer gets the publisher's packets with no server in between."""
+    server = SdpServer()
+
+    async def whep(request: web.Request) -> web.Response:
+        copy = CopyTrack(tee)
+
+        def setup(pc: RTCPeerConnection, _: str) -> None:
+            sender = pc.addTrack(copy)
+            # The viewer's PLI has to reach the encoder, as in hub.bot.publish.
+            sender._send_keyframe = tee.request_keyframe  # type: ignore[method-assign]
+            tee.request_keyframe()
+
+        return await server.answer(request, setup, copy.stop)
+
+    server.app.router.add_post("/whep/{stream}", whep)
+    return server
+
+
+async def publisher_role(ctl: Control) -> None:
+    cmd = await ctl.next()
+    tee = TeeVideo()
+    direct = direct_server(tee)
+    await direct.start()
+    async with aiohttp.ClientSession() as http:
+        session = await bot.publish(http, cmd["url"], cmd["token"], cmd["room"], [tee])
+        try:
+            await wait_for_state(session.pc, "connected", CONNECT_TIMEOUT)
+            sender = session.pc.getSenders()[0]
+            while (await outbound_stats(sender))[0] == 0:
+                await asyncio.sleep(0.05)
+            ctl.emit("published", stream=session.resource_id, direct_url=direct.url)
+            while True:
+                cmd = await ctl.next()
+                if cmd["cmd"] == "mark":
+                    packets, octets = await outbound_stats(sender)
+                    ctl.emit("mark", t=time.monotonic(), packets=packets, bytes=octets)
+                elif cmd["cmd"] == "sent":
+                    since = cmd["since"]
+                    frames = [[k.hex(), f.index, f.sent_at] for k, f in tee.sent.items() if f.sent_at >= since]
+                    ctl.emit("sent", frames=frames)
+                elif cmd["cmd"] == "stop":
+                    break
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(session.close(), 5)
+            tee.stop()
+            await direct.close()
+    ctl.emit("stopped")
+
+
+# -- viewers -------------------------------------------------------------------
+
+
+class _ArrivalQueue(bot._RecordingQueue):
+    """bot's recording decoder queue, also noting when each RTP timestamp's
+    frame arrived, so that a decoded picture can be traced back to it."""
+
+    def __init__(self, log: bot.TrackLog, arrivals: dict[int, float]) -> None:
+        super().__init__(log, decode=True)
+        self._log = log
+        self._arrivals = arrivals
+
+    def put(self, item, block=True, timeout=None):  # type: ignore[no-untyped-def]
+        super().put(item, block, timeout)
+        if item is not None:
+            self._arrivals[item[1].timestamp] = self._log.frames[-1].received_at
+
+
+@dataclass
+class Viewer:
+    session: bot.Session
+    probe: list[tuple[int, float]] = field(default_factory=list)  # (frame number in the picture, arrival)
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def log(self) -> bot.TrackLog:
+        return self.session.logs["video"]
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        await self.session.close()
+
+
+async def open_viewer(http: aiohttp.ClientSession, cmd: dict[str, Any], probe: bool) -> Viewer:
+    session = await bot.view(http, cmd["url"], cmd["token"], cmd["stream"], kinds=("video",), decode=probe)
+    viewer = Viewer(session)
+    if probe:
+        # Decoding is only needed to read frame numbers; one viewer per run pays for it.
+        receiver = session.pc.getTransceivers()[0].receiver
+        arrivals: dict[int, float] = {}
+        # Safe to swap here: aiortc hands the queue to its decoder thread only once DTLS is up.
+        receiver._RTCRtpReceiver__decoder_queue = _ArrivalQueue(viewer.log, arrivals)  # type: ignore[attr-defined]
+        viewer.task = asyncio.create_task(read_frame_numbers(receiver.track, arrivals, viewer.probe))
+    return viewer
+
+
+async def read_frame_numbers(track: MediaStreamTrack, arrivals: dict[int, float], out: list[tuple[int, float]]) -> None:
+    with contextlib.suppress(MediaStreamError):
+        while True:
+            frame = await track.recv()
+            arrived = arrivals.pop(frame.pts, None)
+            if arrived is not None:
+                out.append((pattern_index(frame), arrived))
+
+
+async def wait_keyframes(viewers: list[Viewer], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while any(v.log.first_keyframe_at is None for v in viewers) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
+async def inbound_packets(viewer: Viewer) -> int:
+    stats = await viewer.session.pc.getTransceivers()[0].receiver.getStats()
+    return sum(s.packetsReceived for s in stats.values() if s.type == "inbound-rtp")
+
+
+async def viewers_role(ctl: Control) -> None:
+    cmd = await ctl.next()
+    async with aiohttp.ClientSession() as http:
+        viewers: list[Viewer] = []
+        try:
+            opened = await asyncio.gather(
+                *(open_viewer(http, cmd, cmd["probe"] and i == 0) for i in range(cmd["count"])),
+                return_exceptions=True,
+            )
+            viewers = [v for v in opened if isinstance(v, Viewer)]
+            failed = [repr(e) for e in opened if isinstance(e, BaseException)]
+            if failed:
+                raise BenchError(f"{len(failed)} of {cmd['count']} viewers failed to connect: {failed[0]}")
+            await wait_keyframes(viewers, CONNECT_TIMEOUT)
+            ctl.emit("connected", without_keyframe=sum(v.log.first_keyframe_at is None for v in viewers))
+            while True:
+                cmd = await ctl.next()
+                if cmd["cmd"] == "mark":
+                    ctl.emit("mark", t=time.monotonic(), packets=[await inbound_packets(v) for v in viewers])
+                elif cmd["cmd"] == "report":
+                    since = cmd["since"]
+                    ctl.emit(
+                        "report",
+                        frames=[
+                            [[f.key.hex(), f.received_at, f.size] for f in v.log.frames if f.received_at >= since]
+                            for v in viewers
+                        ],
+                        probe=[[i, t] for v in viewers for i, t in v.probe if t >= since],
+                    )
+                elif cmd["cmd"] == "join":
+                    ctl.emit("joined", ms=await late_join(http, cmd))
+                elif cmd["cmd"] == "stop":
+                    break
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.gather(*(v.close() for v in viewers), return_exceptions=True), 10)
+    ctl.emit("stopped")
+
+
+async def late_join(http: aiohttp.ClientSession, cmd: dict[str, Any]) -> float | None:
+    viewer = await open_viewer(http, cmd, probe=False)
+    try:
+        await wait_keyframes([viewer], 10)
+        first = viewer.log.first_keyframe_at
+        return None if first is None else (first - viewer.session.started_at) * 1000
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(viewer.close(), 5)
+
+
+# -- transcoding relay ---------------------------------------------------------
+
+
+async def relay_role(ctl: Control) -> None:
+    """aiortc's usual fan-out: decode once, `MediaRelay`, one encoder per viewer."""
+    server = SdpServer()
+    relay = MediaRelay()
+    source: list[MediaStreamTrack] = []
+    drains: list[asyncio.Task[None]] = []
+
+    async def drain(track: MediaStreamTrack) -> None:
+        # A received track queues every decoded frame until someone reads it;
+        # reading from the start keeps the first viewer from getting a backlog.
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                await track.recv()
+
+    async def whip(request: web.Request) -> web.Response:
+        def setup(pc: RTCPeerConnection, _: str) -> None:
+            @pc.on("track")
+            def on_track(track: MediaStreamTrack) -> None:
+                if track.kind == "video":
+                    source[:] = [track]
+                    drains.append(asyncio.ensure_future(drain(relay.subscribe(track, buffered=False))))
+
+            # aiortc emits "track" while applying the offer, before setup runs.
+            for transceiver in pc.getTransceivers():
+                if transceiver.kind == "video" and not source:
+                    on_track(transceiver.receiver.track)
+
+        return await server.answer(request, setup, lambda: None)
+
+    async def whep(request: web.Request) -> web.Response:
+        if not source:
+            raise web.HTTPNotFound(text="nothing published yet")
+        track = relay.subscribe(source[0])
+        return await server.answer(request, lambda pc, _: pc.addTrack(track) and None, track.stop)
+
+    server.app.router.add_post("/whip/{room}", whip)
+    server.app.router.add_post("/whep/{stream}", whep)
+    await server.start()
+    try:
+        ctl.emit("ready", url=server.url, pid=os.getpid())
+        while (await ctl.next())["cmd"] != "stop":
+            pass
+    finally:
+        for task in drains:
+            task.cancel()
+        await server.close()
+    ctl.emit("stopped")
+
+
+CHILD_ROLES: dict[str, Callable[[Control], Awaitable[None]]] = {
+    "publisher": publisher_role,
+    "viewers": viewers_role,
+    "relay": relay_role,
+}
+
+
+def child_main(role: str, max_seconds: float) -> int:
+    async def run() -> int:
+        use_addresses(LOOPBACK)
+        ctl = Control()
+        await ctl.open()
+        try:
+            await asyncio.wait_for(CHILD_ROLES[role](ctl), max_seconds)
+        except EOFError:
+            return 0  # the orchestrator is gone
+        except Exception:
+            ctl.emit("error", message=traceback.format_exc())
+            return 1
+        return 0
+
+    return asyncio.run(run())
+
+
+# == orchestrator ==============================================================
+
+
+def _die_with_parent() -> None:
+    # Runs in the forked child: if the benchmark is killed, the kernel sends SIGTERM.
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def child_env() -> dict[str, str]:
+    path = os.environ.get("PYTHONPATH")
+    return os.environ | {
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{path}" if path else str(ROOT),
+        "HUB_ICE_ADDRESSES": json.dumps(LOOPBACK),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def log_tail(path: Path, size: int = 3000) -> str:
+    with contextlib.suppress(OSError), path.open("rb") as f:
+        f.seek(max(0, path.stat().st_size - size))
+        return f.read().decode(errors="replace")
+    return ""
+
+
+async def stop_process(proc: asyncio.subprocess.Process, grace: float = 10) -> None:
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), grace)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+
+class Child:
+    """A child process running one role of this script."""
+
+    def __init__(self, name: str, proc: asyncio.subprocess.Process, log: Path) -> None:
+        self.name = name
+        self.proc = proc
+        self.log = log
+
+    @classmethod
+    async def spawn(cls, name: str, role: str, workdir: Path, max_seconds: float) -> Child:
+        log = workdir / f"{name}.log"
+        with log.open("wb") as err:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bench.forwarding", "--role", role, "--max-seconds", str(max_seconds),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err,
+                cwd=ROOT, env=child_env(), preexec_fn=_die_with_parent, limit=LINE_LIMIT,
+            )  # fmt: skip
+        return cls(name, proc, log)
+
+    async def send(self, cmd: str, **data: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps({"cmd": cmd, **data}) + "\n").encode())
+        await self.proc.stdin.drain()
+
+    async def expect(self, event: str, timeout: float) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = await asyncio.wait_for(self.proc.stdout.readline(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise BenchError(f"{self.name}: no '{event}' within {timeout:.0f} s\n{log_tail(self.log)}") from None
+            if not line:
+                await self.proc.wait()
+                raise BenchError(f"{self.name} exited ({self.proc.returncode}) before '{event}'\n{log_tail(self.log)}")
+            try:
+                message: dict[str, Any] = json.loads(line)
+            except ValueError:
+                continue  # a library printed to stdout
+            if message.get("event") == "error":
+                raise BenchError(f"{self.name} failed:\n{message.get('message')}")
+            if message.get("event") == event:
+                return message
+
+    async def ask(self, cmd: str, event: str, timeout: float = 30, **data: Any) -> dict[str, Any]:
+        await self.send(cmd, **data)
+        return await self.expect(event, timeout)
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(Exception):
+                await self.ask("stop", "stopped", timeout=15)
+        await stop_process(self.proc, grace=5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def make_token(data: Path) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hub", "token", "--data", str(data),
+        "--user", "bench", "--site", "qinghai", "--role", "operator",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT, env=child_env(),
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    except TimeoutError:
+        await stop_process(proc, grace=1)
+        raise BenchError("python -m hub token did not answer within 60 s") from None
+    if proc.returncode != 0:
+        raise BenchError(f"python -m hub token failed: {err.decode()}")
+    return out.decode().strip()
+
+
+async def start_hub(data: Path, workdir: Path) -> tuple[asyncio.subprocess.Process, str]:
+    port = free_port()
+    with (workdir / "hub.log").open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "hub", "serve", "--data", str(data), "--port", str(port),
+            stdout=log, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
+            cwd=ROOT, env=child_env(), preexec_fn=_die_with_parent,
+        )  # fmt: skip
+    return proc, f"http://127.0.0.1:{port}"
+
+
+async def wait_healthy(proc: asyncio.subprocess.Process, url: str, log: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            if proc.returncode is not None:
+                raise BenchError(f"hub exited ({proc.returncode})\n{log_tail(log)}")
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with http.get(f"{url}/healthz", timeout=aiohttp.ClientTimeout(total=1)) as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.1)
+    raise BenchError(f"hub did not answer /healthz within {timeout:.0f} s\n{log_tail(log)}")
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+@dataclass
+class Config:
+    viewers: list[int]
+    seconds: float
+    warmup: float
+    per_worker: int
+    relay_max_viewers: int
+    modes: list[str]
+
+
+@dataclass
+class Figures:
+    mode: str
+    viewers: int
+    requested_viewers: int
+    window_s: float
+    cpu_percent: float
+    cpu_per_viewer: float
+    us_per_packet: float | None
+    stream_kbps: float
+    packet_rate: float
+    forwarded_packets: int
+    viewer_packets: int
+    frames_sent: int
+    delivered_percent: float | None
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    latency_samples: int
+    latency_source: str
+    direct_p50_ms: float | None
+    direct_p95_ms: float | None
+    direct_delivered_percent: float | None
+    late_joiner_ms: float | None
+    viewers_without_keyframe: int
+    probe_p50_ms: float | None = None
+    probe_p95_ms: float | None = None
+
+    @property
+    def capped(self) -> bool:
+        return self.viewers < self.requested_viewers
+
+    def adds(self) -> tuple[float | None, float | None]:
+        def minus(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None else a - b
+
+        return minus(self.latency_p50_ms, self.direct_p50_ms), minus(self.latency_p95_ms, self.direct_p95_ms)
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def digest_delivery(
+    sent: dict[str, float], window: tuple[float, float], frames: list[list[Any]]
+) -> tuple[float | None, list[float]]:
+    """Share of the frames sent in the window that arrived (any time), and their latencies in ms."""
+    expected = {k: t for k, t in sent.items() if window[0] <= t <= window[1]}
+    latencies = [(received - expected[key]) * 1000 for key, received, _ in frames if key in expected]
+    return (100 * len(latencies) / len(expected) if expected else None), latencies
+
+
+async def run_phase(mode: str, n: int, requested: int, cfg: Config, data: Path, token: str, workdir: Path) -> Figures:
+    """One server, one publisher, one direct viewer and n viewers, in fresh processes."""
+    budget = cfg.warmup + cfg.seconds + 90 + n
+    counts = [min(cfg.per_worker, n - i) for i in range(0, n, cfg.per_worker)]
+    async with contextlib.AsyncExitStack() as stack:
+        # Spawn everything at once: imports overlap while the server boots.
+        # The exit stack stops children in reverse: viewers, publisher, server.
+        relay: Child | None = None
+        if mode == "hub":
+            hub_proc, url = await start_hub(data, workdir)
+            stack.push_async_callback(stop_process, hub_proc)
+            server_pid = hub_proc.pid
+        else:
+            relay = await Child.spawn("relay", "relay", workdir, budget)
+            stack.push_async_callback(relay.stop)
+        publisher = await Child.spawn(f"{mode}-publisher", "publisher", workdir, budget)
+        stack.push_async_callback(publisher.stop)
+        direct = await Child.spawn(f"{mode}-direct", "viewers", workdir, budget)
+        workers = [await Child.spawn(f"{mode}-viewers{i}", "viewers", workdir, budget) for i in range(len(counts))]
+        stack.push_async_callback(lambda: asyncio.gather(*(c.stop() for c in (direct, *workers))))
+
+        if relay is not None:
+            ready = await relay.expect("ready", CONNECT_TIMEOUT)
+            url, server_pid = ready["url"], ready["pid"]
+        else:
+            await wait_healthy(hub_proc, url, workdir / "hub.log")
+        server = psutil.Process(server_pid)
+        published = await publisher.ask("publish", "published", CONNECT_TIMEOUT, url=url, token=token, room=ROOM)
+        stream = published["stream"]
+        await direct.send("connect", url=published["direct_url"], token=token, stream="direct", count=1, probe=False)
+        for i, (worker, count) in enumerate(zip(workers, counts, strict=True)):
+            # One viewer decodes, to read frame numbers where digests cannot match (the relay re-encodes).
+            await worker.send("connect", url=url, token=token, stream=stream, count=count, probe=i == 0)
+        connected = await asyncio.gather(*(c.expect("connected", CONNECT_TIMEOUT + 10) for c in (direct, *workers)))
+        without_keyframe = sum(c["without_keyframe"] for c in connected)
+        progress(f"{mode} N={n}: {n} viewers connected; warming up {cfg.warmup:.0f} s, measuring {cfg.seconds:.0f} s")
+        await asyncio.sleep(cfg.warmup)
+
+        cpu0, t0 = cpu_seconds(server), time.monotonic()
+        pub0 = await publisher.ask("mark", "mark")
+        marks0 = await asyncio.gather(*(w.ask("mark", "mark") for w in workers))
+        await asyncio.sleep(cfg.seconds)
+        cpu1, t1 = cpu_seconds(server), time.monotonic()
+        pub1 = await publisher.ask("mark", "mark")
+        marks1 = await asyncio.gather(*(w.ask("mark", "mark") for w in workers))
+        await asyncio.sleep(DRAIN_SECONDS)
+
+        since = t0 - 2
+        sent_frames = (await publisher.ask("sent", "sent", since=since))["frames"]
+        reports = await asyncio.gather(*(c.ask("report", "report", 60, since=since) for c in (direct, *workers)))
+        late = await workers[-1].ask("join", "joined", 30, url=url, token=token, stream=stream, count=1, probe=False)
+
+    window = t1 - t0
+    pub_dt = pub1["t"] - pub0["t"]
+    packet_rate = (pub1["packets"] - pub0["packets"]) / pub_dt
+    kbps = (pub1["bytes"] - pub0["bytes"]) * 8 / pub_dt / 1000
+    viewer_packets = sum(b - a for m0, m1 in zip(marks0, marks1, strict=True)
+                         for a, b in zip(m0["packets"], m1["packets"], strict=True))  # fmt: skip
+    sent = {key: sent_at for key, _, sent_at in sent_frames}
+    sent_by_index = {index: sent_at for _, index, sent_at in sent_frames}
+    in_window = sum(1 for t in sent.values() if t0 <= t <= t1)
+    viewer_frames = [frames for r in reports[1:] for frames in r["frames"]]
+    probe = [(index, arrived) for r in reports[1:] for index, arrived in r["probe"]]
+    probe_latencies = [
+        (arrived - sent_by_index[i]) * 1000 for i, arrived in probe if t0 <= sent_by_index.get(i, -1.0) <= t1
+    ]
+    direct_delivered, direct_latencies = digest_delivery(sent, (t0, t1), reports[0]["frames"][0])
+
+    if mode == "hub":
+        # Passthrough: every viewer gets the publisher's packets as they are.
+        forwarded = round(packet_rate * window * n)
+        shares, latencies = [], []
+        for frames in viewer_frames:
+            share, lat = digest_delivery(sent, (t0, t1), frames)
+            shares.append(share or 0.0)
+            latencies += lat
+        source = "frame digests, all viewers"
+    else:
+        # Re-encoded frames match no digest: count what was received, and
+        # time frames by the number drawn in the picture (one probe viewer).
+        forwarded = viewer_packets
+        shares = [100 * sum(1 for _, t, _ in frames if t0 <= t <= t1) / in_window for frames in viewer_frames]
+        latencies = probe_latencies
+        received_bytes = sum(size for frames in viewer_frames for _, t, size in frames if t0 <= t <= t1)
+        kbps = received_bytes * 8 / window / 1000 / n
+        packet_rate = viewer_packets / (marks1[0]["t"] - marks0[0]["t"]) / n
+        source = "frame number in the picture, 1 decoding viewer"
+
+    cpu = cpu1 - cpu0
+    return Figures(
+        mode=mode,
+        viewers=n,
+        requested_viewers=requested,
+        window_s=round(window, 3),
+        cpu_percent=100 * cpu / window,
+        cpu_per_viewer=100 * cpu / window / n,
+        us_per_packet=cpu / forwarded * 1e6 if forwarded else None,
+        stream_kbps=kbps,
+        packet_rate=packet_rate,
+        forwarded_packets=forwarded,
+        viewer_packets=viewer_packets,
+        frames_sent=in_window,
+        delivered_percent=sum(shares) / len(shares) if shares else None,
+        latency_p50_ms=percentile(latencies, 50),
+        latency_p95_ms=percentile(latencies, 95),
+        latency_samples=len(latencies),
+        latency_source=source,
+        direct_p50_ms=percentile(direct_latencies, 50),
+        direct_p95_ms=percentile(direct_latencies, 95),
+        direct_delivered_percent=direct_delivered,
+        late_joiner_ms=late["ms"],
+        viewers_without_keyframe=without_keyframe,
+        probe_p50_ms=percentile(probe_latencies, 50),
+        probe_p95_ms=percentile(probe_latencies, 95),
+    )
+
+
+# -- report --------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "aiortc": aiortc.__version__,
+        "av": av.__version__,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+def fmt(value: float | None, digits: int = 1, sign: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def pair(a: float | None, b: float | None, sign: bool = False) -> str:
+    if a is None and b is None:
+        return "n/a"
+    return f"{fmt(a, 0, sign)} / {fmt(b, 0, sign)}"
+
+
+def fit_slope(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope: the marginal cost of one more viewer, free of the fixed ingest cost."""
+    if len({x for x, _ in points}) < 2:
+        return None
+    mx = sum(x for x, _ in points) / len(points)
+    my = sum(y for _, y in points) / len(points)
+    return sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
+
+
+def summarize(results: list[Figures]) -> dict[str, Any]:
+    hub = {r.viewers: r for r in results if r.mode == "hub"}
+    ratios = []
+    for r in results:
+        if r.mode == "relay" and r.requested_viewers in hub and hub[r.requested_viewers].cpu_per_viewer > 0:
+            h = hub[r.requested_viewers]
+            ratios.append({"n": r.requested_viewers, "relay_n": r.viewers, "ratio": r.cpu_per_viewer / h.cpu_per_viewer})
+    marginal = {}
+    for mode in ("hub", "relay"):
+        rows = [r for r in results if r.mode == mode]
+        slope = fit_slope([(r.viewers, r.cpu_percent) for r in rows])
+        if slope is not None:
+            rate = sum(r.packet_rate for r in rows) / len(rows)
+            marginal[mode] = {"cpu_percent_per_viewer": slope, "us_per_packet": slope / 100 / rate * 1e6}
+    return {"ratios": ratios, "marginal": marginal}
+
+
+def render(info: dict[str, Any], cfg: Config, results: list[Figures], summary: dict[str, Any], runtime: float) -> str:
+    load = ", ".join(f"{x:.2f}" for x in info["load_average_at_start"])
+    lines = [
+        f"Machine: {info['cpu']}, {info['cores']} cores; Python {info['python']}, aiortc {info['aiortc']}, "
+        f"av {info['av']}; {info['date']}; load average at start {load}",
+        f"Stream: synthetic VP8 {WIDTH}x{HEIGHT} {FPS} fps, no audio; window {cfg.seconds:.0f} s after "
+        f"{cfg.warmup:.0f} s warm-up; all processes on 127.0.0.1; runtime {runtime:.0f} s",
+        "",
+        "| mode | N | CPU % of a core | CPU % per viewer | µs per forwarded packet | stream kbps | pkt/s "
+        "| delivered % | latency p50 / p95 ms | direct p50 / p95 ms | adds p50 / p95 ms | late joiner first keyframe ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        mode = "hub (passthrough)" if r.mode == "hub" else "relay (re-encode)"
+        n = f"{r.viewers} (capped from {r.requested_viewers})" if r.capped else str(r.viewers)
+        latency = pair(r.latency_p50_ms, r.latency_p95_ms)
+        lines.append(
+            f"| {mode} | {n} | {fmt(r.cpu_percent)} | {fmt(r.cpu_per_viewer, 2)} | {fmt(r.us_per_packet, 0)} "
+            f"| {fmt(r.stream_kbps, 0)} | {fmt(r.packet_rate, 0)} | {fmt(r.delivered_percent)} "
+            f"| {latency}{'¹' if r.mode == 'relay' else ''} | {pair(r.direct_p50_ms, r.direct_p95_ms)} "
+            f"| {pair(*r.adds(), sign=True)} | {fmt(r.late_joiner_ms, 0)} |"
+        )
+    lines += [
+        "",
+        "- CPU: user+system time of the server process (hub or relay) over the window; per viewer = CPU / N.",
+        "- µs per forwarded packet: server CPU time / packets sent to all viewers in the window (hub: publisher's "
+        "packet rate x N; relay: packets its viewers received, since it re-encodes).",
+        "- stream kbps, pkt/s: RTP payload one viewer gets (hub: the publisher's stream, forwarded as is; relay: "
+        "the re-encoded stream, mean per viewer).",
+        "- delivered: hub = frames sent in the window that reached a viewer byte for byte (matched by digest), "
+        "mean over viewers; relay = frames received in the window / frames sent in it.",
+        "- latency: publisher's track handing the encoded frame to aiortc -> the viewer's jitter buffer completing "
+        "it, all viewers pooled. aiortc releases a frame when the next one starts, so every path holds one frame "
+        "interval; 'adds' subtracts the direct aiortc-to-aiortc link measured in the same run.",
+        "- ¹ relay latency: re-encoded frames match no digest, so one viewer decodes and reads the frame number "
+        "drawn in the picture.",
+        "- late joiner: one more viewer after the window, from its WHEP POST (ICE gathering included) to its "
+        "first complete keyframe.",
+    ]
+    for r in results:
+        if r.viewers_without_keyframe:
+            lines.append(f"- WARNING: {r.mode} N={r.viewers}: {r.viewers_without_keyframe} viewer(s) got no keyframe")
+        if r.mode == "relay" and r.capped:
+            lines.append(
+                f"- relay capped at {r.viewers} viewers (--relay-max-viewers) instead of {r.requested_viewers}: "
+                "more would saturate this machine."
+            )
+    for ratio in summary["ratios"]:
+        capped = f" (relay at N={ratio['relay_n']})" if ratio["relay_n"] != ratio["n"] else ""
+        lines.append(f"- relay / hub CPU per viewer at N={ratio['n']}{capped}: {ratio['ratio']:.1f}x")
+    for mode, m in summary["marginal"].items():
+        lines.append(
+            f"- {mode}: marginal cost of one more viewer (least-squares over N): "
+            f"{m['cpu_percent_per_viewer']:.2f}% of a core, {m['us_per_packet']:.0f} µs per forwarded packet"
+        )
+    return "\n".join(lines)
+
+
+async def run_sweep(cfg: Config, json_path: Path | None) -> int:
+    info = machine()
+    started = time.monotonic()
+    results: list[Figures] = []
+    with tempfile.TemporaryDirectory(prefix="bench-forwarding-") as tmp:
+        workdir = Path(tmp)
+        data = workdir / "hub-data"
+        # Before any hub starts: the token command creates the signing secret the hubs then share.
+        token = await make_token(data)
+        for n in cfg.viewers:
+            for mode in cfg.modes:
+                served = min(n, cfg.relay_max_viewers) if mode == "relay" else n
+                progress(f"{mode} N={served}: starting")
+                timeout = cfg.warmup + cfg.seconds + 120 + 2 * served
+                try:
+                    figures = await asyncio.wait_for(run_phase(mode, served, n, cfg, data, token, workdir), timeout)
+                except TimeoutError:
+                    raise BenchError(f"{mode} N={served} did not finish within {timeout:.0f} s") from None
+                results.append(figures)
+                progress(
+                    f"{mode} N={served}: {figures.cpu_percent:.1f}% of a core, delivered "
+                    f"{fmt(figures.delivered_percent)}%, latency p50 {fmt(figures.latency_p50_ms, 0)} ms"
+                )
+    runtime = time.monotonic() - started
+    summary = summarize(results)
+    print(render(info, cfg, results, summary, runtime))
+    if json_path is not None:
+        payload = {
+            "machine": info,
+            "config": asdict(cfg),
+            "runtime_s": runtime,
+            "results": [asdict(r) | {"capped": r.capped, "adds_p50_ms": r.adds()[0], "adds_p95_ms": r.adds()[1]}
+                        for r in results],
+            **summary,
+        }  # fmt: skip
+        json_path.write_text(json.dumps(payload, indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--viewers", default="1,8,16,32", help="comma-separated viewer counts (default 1,8,16,32)")
+    parser.add_argument("--seconds", type=float, default=10, help="measurement window (default 10)")
+    parser.add_argument("--warmup", type=float, default=3, help="seconds after all viewers connected (default 3)")
+    parser.add_argument("--relay-max-viewers", type=int, default=16, help="cap for the transcoding relay (default 16)")
+    parser.add_argument("--per-worker", type=int, default=8, help="viewers per worker process (default 8)")
+    parser.add_argument("--modes", default="hub,relay", help="which setups to run (default hub,relay)")
+    parser.add_argument("--quick", action="store_true", help="smoke test: viewers 1,4 and a 4 s window")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--role", choices=sorted(CHILD_ROLES), help=argparse.SUPPRESS)
+    parser.add_argument("--max-seconds", type=float, default=300, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.role:
+        return child_main(args.role, args.max_seconds)
+
+    if args.quick:
+        args.viewers, args.seconds = "1,4", 4.0
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not set(modes) <= {"hub", "relay"}:
+        parser.error("--modes takes hub and/or relay")
+    cfg = Config(
+        viewers=[int(v) for v in args.viewers.split(",")],
+        seconds=args.seconds,
+        warmup=args.warmup,
+        per_worker=args.per_worker,
+        relay_max_viewers=args.relay_max_viewers,
+        modes=modes,
+    )
+    if min(cfg.viewers) < 1 or cfg.per_worker < 1 or cfg.relay_max_viewers < 1:
+        parser.error("viewer counts must be positive")
+    use_addresses(LOOPBACK)
+    try:
+        return asyncio.run(run_sweep(cfg, args.json))
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Headless Chromium for browser tests (see NOTES.md, "Headless Chromium with WebRTC").
+
+Media must stay on loopback: start the hub with HUB_ICE_ADDRESSES='["127.0.0.1"]'
+and use `hub.ice.use_addresses(["127.0.0.1"])` for Python peers in the test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from playwright.async_api import Browser, Locator, async_playwright
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+]
+
+
+@asynccontextmanager
+async def chromium(timeout_ms: float = 30_000) -> AsyncIterator[Browser]:
+    """A headless Chromium that may use the fake camera and loopback ICE."""
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, timeout=timeout_ms
+        )
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+_VIDEO_STATS = """(video) => {
+    const q = video.getVideoPlaybackQuality ? video.getVideoPlaybackQuality() : null;
+    let brightness = null;
+    if (video.videoWidth > 0) {
+        const canvas = document.createElement("canvas");
+        canvas.width = 64;
+        canvas.height = 48;
+        const ctx = canvas.getContext("2d", { willReadFrequently: true });
+        ctx.drawImage(video, 0, 0, canvas.width, canvas.height);
+        const px = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+        let sum = 0;
+        for (let i = 0; i < px.length; i += 4) sum += (px[i] + px[i + 1] + px[i + 2]) / 3;
+        brightness = sum / (px.length / 4);
+    }
+    return {
+        width: video.videoWidth,
+        height: video.videoHeight,
+        frames: q ? q.totalVideoFrames : null,
+        currentTime: video.currentTime,
+        paused: video.paused,
+        brightness,
+    };
+}"""
+
+
+async def video_stats(video: Locator, timeout_ms: float = 5_000) -> dict:
+    """Size, decoded frame count, paused state and mean brightness (0-255) of a <video>."""
+    return await video.evaluate(_VIDEO_STATS, timeout=timeout_ms)

@@ -1,0 +1,681 @@
+// The home view of the command centre: the site tree of the caller's
+// jurisdiction with live rooms marked, and the pictures of the chosen site.
+// It talks to the hub only through api.js.
+
+import { ApiError, HubClient, takeToken } from "./api.js";
+import * as i18n from "./i18n.js";
+
+const { t } = i18n;
+
+const ROOMS_REFRESH_MS = 5000;
+const BOOT_RETRY_MS = 5000;
+const RETRY_TILE_MS = 3000;
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === "class") node.className = value;
+    else if (key === "dataset") Object.assign(node.dataset, value);
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value === true ? "" : value);
+  }
+  node.append(...children.filter((c) => c !== null && c !== undefined));
+  return node;
+}
+
+function errorKey(err) {
+  if (!(err instanceof ApiError)) return ["error.unreachable", {}];
+  switch (err.kind) {
+    case "unauthorized":
+      return ["error.unauthorized", {}];
+    case "forbidden":
+      return ["error.forbidden", {}];
+    case "not-found":
+      return ["error.notFound", {}];
+    case "unreachable":
+    case "timeout":
+      return ["error.unreachable", {}];
+    default:
+      return ["error.server", { status: err.status || "?" }];
+  }
+}
+
+// -- state ------------------------------------------------------------------------
+
+const state = {
+  client: null,
+  events: null,
+  me: null,
+  sites: [],
+  byId: new Map(),
+  children: new Map(), // site id -> child ids
+  roots: [],
+  depth: new Map(),
+  rooms: [], // from GET /api/rooms
+  expanded: new Set(),
+  selectedSite: null,
+  shownRoom: null, // room id whose pictures are on the stage
+  showSeq: 0, // guards against late replies for a room no longer shown
+  ownParticipant: null, // our participant id in shownRoom (the event socket joins it)
+  participants: new Map(), // of shownRoom
+  rosterLoaded: false,
+  tiles: new Map(), // stream id -> Tile
+  fatal: null, // [key, params]
+  banner: null, // [key, params]
+  refreshTimer: null,
+  stopped: false,
+};
+
+// -- messages -----------------------------------------------------------------------
+
+function showFatal(key, params = {}, { retrying = false } = {}) {
+  state.fatal = [key, params, retrying];
+  renderFatal();
+}
+
+function renderFatal() {
+  const box = $("fatal");
+  if (!state.fatal) {
+    box.hidden = true;
+    return;
+  }
+  const [key, params, retrying] = state.fatal;
+  $("fatal-message").textContent = retrying ? `${t(key, params)} ${t("error.retrying")}` : t(key, params);
+  $("fatal-message").dataset.error = key;
+  box.hidden = false;
+  $("layout").hidden = true;
+}
+
+function setBanner(key = null, params = {}) {
+  state.banner = key ? [key, params] : null;
+  renderBanner();
+}
+
+function renderBanner() {
+  const banner = $("banner");
+  if (!state.banner) {
+    banner.hidden = true;
+    banner.textContent = "";
+    delete banner.dataset.error;
+    return;
+  }
+  const [key, params] = state.banner;
+  banner.textContent = t(key, params);
+  banner.dataset.error = key;
+  banner.hidden = false;
+}
+
+/** A failed call after start-up: an expired token ends the session, anything else is a banner. */
+function reportError(err) {
+  console.warn(err);
+  const [key, params] = errorKey(err);
+  if (err instanceof ApiError && err.kind === "unauthorized") {
+    stop();
+    showFatal(key, params);
+  } else {
+    setBanner(key, params);
+  }
+}
+
+function stop() {
+  state.stopped = true;
+  clearTimeout(state.refreshTimer);
+  state.events?.close();
+  for (const tile of state.tiles.values()) tile.close();
+  state.tiles.clear();
+}
+
+// -- header -------------------------------------------------------------------------
+
+function renderHeader() {
+  document.title = t("app.title");
+  $("clock").textContent = i18n.formatClock(new Date());
+  const user = $("user");
+  if (state.me) {
+    const site = state.me.site ? i18n.siteName(state.me.site) : "";
+    user.textContent = [state.me.name, t(`user.role.${state.me.role}`), site].filter(Boolean).join(" · ");
+    user.hidden = false;
+  }
+  renderConn();
+}
+
+function renderConn() {
+  const conn = $("conn");
+  const events = state.events;
+  if (!events) {
+    conn.hidden = true;
+    return;
+  }
+  const key = { open: "conn.live", connecting: "conn.connecting" }[events.state] ?? "conn.lost";
+  conn.dataset.state = events.state;
+  $("conn-text").textContent = t(key);
+  conn.hidden = false;
+}
+
+// -- the site tree ------------------------------------------------------------------
+
+function setSites(sites) {
+  state.sites = sites;
+  state.byId = new Map(sites.map((s) => [s.id, s]));
+  state.children = new Map(sites.map((s) => [s.id, []]));
+  state.roots = [];
+  state.depth = new Map();
+  for (const site of sites) {
+    // Parents come first; a site whose parent lies outside the jurisdiction is a root.
+    if (site.parent && state.children.has(site.parent)) {
+      state.children.get(site.parent).push(site.id);
+      state.depth.set(site.id, state.depth.get(site.parent) + 1);
+    } else {
+      state.roots.push(site.id);
+      state.depth.set(site.id, 0);
+    }
+  }
+  for (const site of sites) {
+    if (state.depth.get(site.id) < 2) state.expanded.add(site.id);
+  }
+}
+
+/** Live rooms of a site, standing room first; `live` counts people other than us. */
+function liveRoomsOf(siteId) {
+  return state.rooms
+    .filter((r) => r.site_id === siteId)
+    .map((r) => ({ ...r, live: liveCount(r) }))
+    .filter((r) => r.live > 0)
+    .sort((a, b) => (a.kind === "standing" ? -1 : 0) - (b.kind === "standing" ? -1 : 0) || a.id.localeCompare(b.id));
+}
+
+/** People in a room other than us: for the room on the stage, from its live roster. */
+function liveCount(room) {
+  if (room.id === state.shownRoom && state.rosterLoaded) {
+    return [...state.participants.keys()].filter((id) => id !== state.ownParticipant).length;
+  }
+  return room.participant_count || 0;
+}
+
+function expandToLiveSites() {
+  for (const room of state.rooms) {
+    if (liveCount(room) <= 0) continue;
+    let site = state.byId.get(room.site_id);
+    while (site && site.parent && state.byId.has(site.parent)) {
+      state.expanded.add(site.parent);
+      site = state.byId.get(site.parent);
+    }
+  }
+}
+
+function renderTree() {
+  const tree = $("tree");
+  const scroll = tree.parentElement.scrollTop;
+  tree.replaceChildren(...state.roots.map(renderNode));
+  if (!state.sites.length) tree.append(el("li", { class: "tree-empty" }, t("tree.empty")));
+  tree.parentElement.scrollTop = scroll;
+  const liveSites = new Set(state.rooms.filter((r) => liveCount(r) > 0).map((r) => r.site_id));
+  $("tree-summary").textContent = t("tree.summary", { sites: state.sites.length, live: liveSites.size });
+}
+
+function renderNode(siteId) {
+  const site = state.byId.get(siteId);
+  const kids = state.children.get(siteId);
+  const open = state.expanded.has(siteId);
+  const live = liveRoomsOf(siteId).reduce((n, r) => n + r.live, 0);
+  const twisty = kids.length
+    ? el("button", {
+        class: "twisty",
+        type: "button",
+        "aria-label": t(open ? "tree.collapse" : "tree.expand"),
+        dataset: { toggle: siteId },
+      })
+    : el("span", { class: "twisty leaf", "aria-hidden": "true" });
+  const row = el(
+    "div",
+    {
+      class: `node${state.selectedSite === siteId ? " selected" : ""}${live ? " live" : ""}`,
+      style: `--depth:${state.depth.get(siteId)}`,
+      dataset: { select: siteId },
+      tabindex: "0",
+    },
+    twisty,
+    el("span", { class: `level level-${site.level}` }, i18n.levelLabel(site.level)),
+    el("span", { class: "name" }, i18n.siteName(site)),
+    live ? el("span", { class: "badge-live", title: t("tree.liveCount", { n: live }) }, t("tree.live")) : null,
+  );
+  const item = el(
+    "li",
+    {
+      role: "treeitem",
+      "aria-selected": state.selectedSite === siteId ? "true" : "false",
+      "aria-expanded": kids.length ? String(open) : null,
+      dataset: { siteId },
+    },
+    row,
+  );
+  if (kids.length && open) item.append(el("ul", { role: "group" }, ...kids.map(renderNode)));
+  return item;
+}
+
+function onTreeClick(event) {
+  const toggle = event.target.closest("[data-toggle]");
+  if (toggle) {
+    const id = toggle.dataset.toggle;
+    if (state.expanded.has(id)) state.expanded.delete(id);
+    else state.expanded.add(id);
+    renderTree();
+    return;
+  }
+  const row = event.target.closest("[data-select]");
+  if (row) selectSite(row.dataset.select);
+}
+
+function onTreeKey(event) {
+  const row = event.target.closest("[data-select]");
+  if (!row) return;
+  const id = row.dataset.select;
+  if (event.key === "Enter" || event.key === " ") {
+    event.preventDefault();
+    selectSite(id);
+  } else if (event.key === "ArrowRight" || event.key === "ArrowLeft") {
+    if (event.key === "ArrowRight") state.expanded.add(id);
+    else state.expanded.delete(id);
+    renderTree();
+    document.querySelector(`[data-select="${CSS.escape(id)}"]`)?.focus();
+  }
+}
+
+// -- rooms ----------------------------------------------------------------------------
+
+async function refreshRooms() {
+  clearTimeout(state.refreshTimer);
+  if (state.stopped) return;
+  try {
+    state.rooms = await state.client.rooms();
+    if (state.banner && ["error.unreachable", "error.server"].includes(state.banner[0])) setBanner(null);
+    renderTree();
+    syncStage();
+  } catch (err) {
+    reportError(err);
+  }
+  if (!state.stopped) state.refreshTimer = setTimeout(refreshRooms, ROOMS_REFRESH_MS);
+}
+
+// -- the stage --------------------------------------------------------------------------
+
+function selectSite(siteId) {
+  if (!state.byId.has(siteId)) return;
+  state.selectedSite = siteId;
+  renderTree();
+  syncStage();
+}
+
+/** Show the right room for the selected site: keep the one shown if it is still there. */
+function syncStage() {
+  const siteId = state.selectedSite;
+  if (!siteId) {
+    renderStage();
+    return;
+  }
+  const live = liveRoomsOf(siteId);
+  const shown = state.shownRoom && state.rooms.find((r) => r.id === state.shownRoom);
+  if (shown && shown.site_id === siteId) {
+    renderStage();
+    return;
+  }
+  if (live.length) showRoom(live[0].id);
+  else {
+    hideRoom();
+    renderStage();
+  }
+}
+
+async function showRoom(roomId) {
+  if (state.shownRoom === roomId) return;
+  hideRoom();
+  state.shownRoom = roomId;
+  const seq = ++state.showSeq;
+  renderStage();
+  try {
+    const detail = await state.client.room(roomId);
+    if (seq !== state.showSeq) return;
+    setRoster(detail.participants);
+    reconcileTiles(detail.streams);
+  } catch (err) {
+    if (seq === state.showSeq) reportError(err);
+    return;
+  }
+  if (!state.events || state.events.state !== "open") return; // joined on reconnect via syncJoin
+  try {
+    const reply = await state.events.join(roomId);
+    if (seq !== state.showSeq) {
+      state.events.leave(roomId).catch(() => {});
+      return;
+    }
+    onJoined(reply);
+  } catch (err) {
+    console.warn("join", roomId, err);
+  }
+}
+
+function hideRoom() {
+  const roomId = state.shownRoom;
+  state.showSeq++;
+  state.shownRoom = null;
+  state.ownParticipant = null;
+  state.participants.clear();
+  state.rosterLoaded = false;
+  for (const tile of state.tiles.values()) tile.close();
+  state.tiles.clear();
+  if (roomId && state.events?.rooms.has(roomId)) state.events.leave(roomId).catch(() => {});
+}
+
+function onJoined(reply) {
+  if (reply.room?.id !== state.shownRoom) return;
+  state.ownParticipant = reply.participant?.id ?? null;
+  setRoster(reply.participants);
+  reconcileTiles(reply.streams);
+}
+
+function setRoster(participants) {
+  state.participants = new Map((participants || []).map((p) => [p.id, p]));
+  state.rosterLoaded = true;
+  renderTree();
+  renderStage();
+}
+
+function reconcileTiles(streams) {
+  const ids = new Set(streams.map((s) => s.id));
+  for (const [id, tile] of state.tiles) {
+    if (!ids.has(id)) removeTile(id, tile);
+  }
+  for (const stream of streams) addTile(stream);
+}
+
+function addTile(stream) {
+  if (state.tiles.has(stream.id) || stream.room_id !== state.shownRoom) return;
+  const tile = new Tile(stream);
+  state.tiles.set(stream.id, tile);
+  $("grid").append(tile.el);
+  tile.start();
+  renderStage();
+}
+
+function removeTile(streamId, tile = state.tiles.get(streamId)) {
+  if (!tile) return;
+  state.tiles.delete(streamId);
+  tile.close();
+  renderStage();
+}
+
+function renderStage() {
+  const siteId = state.selectedSite;
+  const header = $("stage-header");
+  const grid = $("grid");
+  const empty = $("empty");
+  if (!siteId) {
+    header.hidden = true;
+    showEmpty("home.pickSite", "home.pickSiteHint");
+    return;
+  }
+  const site = state.byId.get(siteId);
+  header.hidden = false;
+  $("stage-level").textContent = i18n.levelLabel(site.level);
+  $("stage-level").className = `level level-${site.level}`;
+  $("stage-site").textContent = i18n.siteName(site);
+
+  const live = liveRoomsOf(siteId);
+  const tabs = $("room-tabs");
+  const tabRooms = [...live];
+  if (state.shownRoom && !tabRooms.some((r) => r.id === state.shownRoom)) {
+    const shown = state.rooms.find((r) => r.id === state.shownRoom);
+    if (shown) tabRooms.unshift({ ...shown, live: liveCount(shown) });
+  }
+  tabs.replaceChildren(
+    ...tabRooms.map((room) =>
+      el(
+        "button",
+        {
+          type: "button",
+          class: `room-tab${room.id === state.shownRoom ? " active" : ""}`,
+          dataset: { room: room.id },
+          onclick: () => showRoom(room.id),
+        },
+        room.kind === "standing" || !room.title
+          ? t(`room.kind.${room.kind}`)
+          : `${t(`room.kind.${room.kind}`)} · ${room.title}`,
+      ),
+    ),
+  );
+  tabs.hidden = tabRooms.length < 2;
+
+  if (!state.shownRoom) {
+    $("stage-stats").textContent = "";
+    grid.hidden = true;
+    showEmpty("home.noLiveRoom", "home.noLiveRoomHint");
+    return;
+  }
+  const others = [...state.participants.values()].filter((p) => p.id !== state.ownParticipant).length;
+  $("stage-stats").textContent = [
+    t(`room.kind.${state.rooms.find((r) => r.id === state.shownRoom)?.kind ?? "standing"}`),
+    t("home.participants", { n: others }),
+    t("home.streams", { n: state.tiles.size }),
+  ].join(" · ");
+  grid.hidden = state.tiles.size === 0;
+  grid.dataset.count = String(state.tiles.size);
+  if (state.tiles.size) empty.hidden = true;
+  else showEmpty("home.noStreams", "home.noStreamsHint");
+}
+
+function showEmpty(titleKey, hintKey) {
+  $("grid").hidden = true;
+  $("empty").hidden = false;
+  $("empty").dataset.state = titleKey;
+  $("empty-title").textContent = t(titleKey);
+  $("empty-hint").textContent = t(hintKey);
+}
+
+// -- video tiles ----------------------------------------------------------------------
+
+class Tile {
+  constructor(stream) {
+    this.stream = stream;
+    this.session = null;
+    this.closed = false;
+    this.status = "tile.connecting";
+    this.retryTimer = null;
+    this.video = el("video", { autoplay: true, playsinline: true, muted: true });
+    this.video.muted = true; // autoplay without a gesture needs a muted element
+    this.video.addEventListener("playing", () => this.setStatus("tile.live"));
+    this.statusEl = el("span", { class: "tile-status" });
+    this.nameEl = el("span", { class: "tile-name" });
+    this.siteEl = el("span", { class: "tile-site" });
+    this.kindEl = el("span", { class: "tile-kind" });
+    this.retryEl = el("button", { class: "tile-retry", type: "button", hidden: true, onclick: () => this.restart() });
+    this.el = el(
+      "figure",
+      { class: "tile", dataset: { streamId: stream.id } },
+      el("div", { class: "tile-video" }, this.video, this.statusEl, this.retryEl),
+      el("figcaption", {}, this.nameEl, this.siteEl, this.kindEl),
+    );
+    this.render();
+  }
+
+  render() {
+    const site = state.byId.get(this.stream.site_id);
+    this.nameEl.textContent = this.stream.name || this.stream.user || "";
+    this.siteEl.textContent = site ? i18n.siteName(site) : t("tile.unknownSite");
+    this.kindEl.textContent = this.stream.kind === "screen" ? t("stream.kind.screen") : "";
+    this.kindEl.hidden = this.stream.kind !== "screen";
+    this.statusEl.textContent = t(this.status);
+    this.el.dataset.status = this.status.slice("tile.".length);
+    this.retryEl.textContent = t("tile.retry");
+  }
+
+  setStatus(status) {
+    this.status = status;
+    this.retryEl.hidden = status !== "tile.failed";
+    this.render();
+  }
+
+  async start() {
+    this.setStatus("tile.connecting");
+    try {
+      const session = await state.client.whepView(this.stream.id, this.video);
+      if (this.closed) {
+        session.close().catch(() => {});
+        return;
+      }
+      this.session = session;
+      session.pc.addEventListener("connectionstatechange", () => {
+        if (this.closed || this.session !== session) return;
+        if (session.pc.connectionState === "failed") this.fail();
+      });
+    } catch (err) {
+      if (this.closed) return;
+      console.warn("whep", this.stream.id, err);
+      if (err instanceof ApiError && err.kind === "not-found") {
+        removeTile(this.stream.id, this); // the stream ended before we got to it
+      } else if (err instanceof ApiError && err.kind === "unauthorized") {
+        reportError(err);
+      } else {
+        this.fail();
+      }
+    }
+  }
+
+  fail() {
+    this.setStatus("tile.failed");
+    this.dropSession();
+    clearTimeout(this.retryTimer);
+    this.retryTimer = setTimeout(() => this.restart(), RETRY_TILE_MS);
+  }
+
+  restart() {
+    clearTimeout(this.retryTimer);
+    if (this.closed) return;
+    this.dropSession();
+    this.start();
+  }
+
+  dropSession() {
+    const session = this.session;
+    this.session = null;
+    session?.close().catch(() => {});
+  }
+
+  close() {
+    this.closed = true;
+    clearTimeout(this.retryTimer);
+    this.dropSession();
+    this.video.srcObject = null;
+    this.el.remove();
+  }
+}
+
+// -- live events --------------------------------------------------------------------------
+
+function openEvents() {
+  const events = state.client.events();
+  state.events = events;
+  events.on("state", ({ state: s }) => {
+    renderConn();
+    if (s === "closed" && state.ownParticipant) {
+      state.participants.delete(state.ownParticipant); // the hub removed us with the socket
+      state.ownParticipant = null;
+    }
+    if (s === "open") syncJoin();
+  });
+  events.on("joined", onJoined);
+  events.on("join-failed", ({ room }) => room === state.shownRoom && console.warn("rejoin failed", room));
+  events.on("stream-added", (m) => m.room_id === state.shownRoom && addTile(m.stream));
+  events.on("stream-removed", (m) => m.room_id === state.shownRoom && removeTile(m.stream_id));
+  events.on("participant-joined", (m) => {
+    if (m.room_id !== state.shownRoom) return;
+    state.participants.set(m.participant.id, m.participant);
+    renderTree();
+    renderStage();
+  });
+  events.on("participant-left", (m) => {
+    if (m.room_id !== state.shownRoom) return;
+    state.participants.delete(m.participant_id);
+    renderTree();
+    renderStage();
+  });
+  events.on("room-opened", () => refreshRooms());
+  events.connect().catch((err) => console.warn("event socket", err));
+}
+
+/** After (re)connecting: make sure the shown room is joined. */
+function syncJoin() {
+  const roomId = state.shownRoom;
+  if (!roomId || state.events.rooms.has(roomId)) return; // rejoined by the client itself
+  const seq = state.showSeq;
+  state.events
+    .join(roomId)
+    .then((reply) => (seq === state.showSeq ? onJoined(reply) : state.events.leave(roomId).catch(() => {})))
+    .catch((err) => console.warn("join", roomId, err));
+}
+
+// -- start-up ---------------------------------------------------------------------------------
+
+function rerenderAll() {
+  renderHeader();
+  renderFatal();
+  renderBanner();
+  if (state.sites.length || state.me) {
+    renderTree();
+    renderStage();
+    for (const tile of state.tiles.values()) tile.render();
+  }
+  $("lang-toggle").textContent = t("lang.toggle");
+}
+
+async function boot() {
+  const token = takeToken();
+  if (!token) {
+    showFatal("error.noToken");
+    return;
+  }
+  state.client = new HubClient(token);
+  try {
+    state.me = await state.client.me();
+    const [sites, rooms] = await Promise.all([state.client.sites(), state.client.rooms()]);
+    setSites(sites);
+    state.rooms = rooms;
+  } catch (err) {
+    console.warn(err);
+    const [key, params] = errorKey(err);
+    const retry = !(err instanceof ApiError) || ["unreachable", "timeout", "http"].includes(err.kind);
+    showFatal(key, params, { retrying: retry });
+    if (retry) setTimeout(boot, BOOT_RETRY_MS);
+    return;
+  }
+  state.fatal = null;
+  renderFatal();
+  expandToLiveSites();
+  $("layout").hidden = false;
+  renderHeader();
+  renderTree();
+  renderStage();
+  openEvents();
+  state.refreshTimer = setTimeout(refreshRooms, ROOMS_REFRESH_MS);
+}
+
+function init() {
+  i18n.apply(document);
+  $("lang-toggle").addEventListener("click", () => i18n.setLang(i18n.otherLang()));
+  $("fatal-reload").addEventListener("click", () => window.location.reload());
+  $("tree").addEventListener("click", onTreeClick);
+  $("tree").addEventListener("keydown", onTreeKey);
+  i18n.onLangChange(rerenderAll);
+  renderHeader();
+  setInterval(() => ($("clock").textContent = i18n.formatClock(new Date())), 1000);
+  window.addEventListener("pagehide", () => {
+    // End viewing sessions so the hub frees their forwarders now, not at ICE timeout.
+    for (const tile of state.tiles.values()) tile.close();
+    state.events?.close();
+  });
+  boot();
+}
+
+init();
