@@ -48,7 +48,6 @@ from typing import Any
 import aiohttp
 import aiortc
 import av
-import numpy as np
 import psutil
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
@@ -232,8 +231,9 @@ class SdpServer:
             await self.close_session(session)
             raise
         location = f"{request.path}/{session}"
-        return web.Response(status=201, text=pc.localDescription.sdp, content_type="application/sdp",
-                            headers={"Location": location})
+        return web.Response(
+            status=201, text=pc.localDescription.sdp, content_type="application/sdp", headers={"Location": location}
+        )
 
     async def close_session(self, session: str) -> bool:
         pc = self.pcs.pop(session, None)
@@ -444,24 +444,24 @@ async def relay_role(ctl: Control) -> None:
 
     async def whip(request: web.Request) -> web.Response:
         def setup(pc: RTCPeerConnection, _: str) -> None:
-            @pc.on("track")
-            def on_track(track: MediaStreamTrack) -> None:
-                if track.kind == "video":
+            # The offer is applied already: its receivers (and their tracks) exist.
+            for transceiver in pc.getTransceivers():
+                if transceiver.kind == "video":
+                    track = transceiver.receiver.track
                     source[:] = [track]
                     drains.append(asyncio.ensure_future(drain(relay.subscribe(track, buffered=False))))
-
-            # aiortc emits "track" while applying the offer, before setup runs.
-            for transceiver in pc.getTransceivers():
-                if transceiver.kind == "video" and not source:
-                    on_track(transceiver.receiver.track)
 
         return await server.answer(request, setup, lambda: None)
 
     async def whep(request: web.Request) -> web.Response:
         if not source:
             raise web.HTTPNotFound(text="nothing published yet")
-        track = relay.subscribe(source[0])
-        return await server.answer(request, lambda pc, _: pc.addTrack(track) and None, track.stop)
+        track = relay.subscribe(source[0])  # buffered, as in aiortc's examples: a slow encoder delays, never skips
+
+        def setup(pc: RTCPeerConnection, _: str) -> None:
+            pc.addTrack(track)
+
+        return await server.answer(request, setup, track.stop)
 
     server.app.router.add_post("/whip/{room}", whip)
     server.app.router.add_post("/whep/{stream}", whep)
@@ -871,8 +871,8 @@ def summarize(results: list[Figures]) -> dict[str, Any]:
     ratios = []
     for r in results:
         if r.mode == "relay" and r.requested_viewers in hub and hub[r.requested_viewers].cpu_per_viewer > 0:
-            h = hub[r.requested_viewers]
-            ratios.append({"n": r.requested_viewers, "relay_n": r.viewers, "ratio": r.cpu_per_viewer / h.cpu_per_viewer})
+            ratio = r.cpu_per_viewer / hub[r.requested_viewers].cpu_per_viewer
+            ratios.append({"n": r.requested_viewers, "relay_n": r.viewers, "ratio": ratio})
     marginal = {}
     for mode in ("hub", "relay"):
         rows = [r for r in results if r.mode == mode]
@@ -891,8 +891,8 @@ def render(info: dict[str, Any], cfg: Config, results: list[Figures], summary: d
         f"Stream: synthetic VP8 {WIDTH}x{HEIGHT} {FPS} fps, no audio; window {cfg.seconds:.0f} s after "
         f"{cfg.warmup:.0f} s warm-up; all processes on 127.0.0.1; runtime {runtime:.0f} s",
         "",
-        "| mode | N | CPU % of a core | CPU % per viewer | µs per forwarded packet | stream kbps | pkt/s "
-        "| delivered % | latency p50 / p95 ms | direct p50 / p95 ms | adds p50 / p95 ms | late joiner first keyframe ms |",
+        "| mode | N | CPU % of a core | CPU % per viewer | µs per forwarded packet | stream kbps | pkt/s | delivered % "
+        "| latency p50 / p95 ms | direct p50 / p95 ms | adds p50 / p95 ms | late joiner first keyframe ms |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:

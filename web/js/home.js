@@ -213,7 +213,7 @@ function renderTree() {
   if (!state.sites.length) tree.append(el("li", { class: "tree-empty" }, t("tree.empty")));
   tree.parentElement.scrollTop = scroll;
   const liveSites = new Set(state.rooms.filter((r) => liveCount(r) > 0).map((r) => r.site_id));
-  $("tree-summary").textContent = t("tree.summary", { sites: state.sites.length, live: liveSites.size });
+  $("tree-summary").textContent = `${t("tree.sites", { n: state.sites.length })} · ${t("tree.liveSites", { n: liveSites.size })}`;
 }
 
 function renderNode(siteId) {
@@ -239,7 +239,7 @@ function renderNode(siteId) {
     },
     twisty,
     el("span", { class: `level level-${site.level}` }, i18n.levelLabel(site.level)),
-    el("span", { class: "name" }, i18n.siteName(site)),
+    el("span", { class: "name", title: i18n.siteName(site) }, i18n.siteName(site)),
     live ? el("span", { class: "badge-live", title: t("tree.liveCount", { n: live }) }, t("tree.live")) : null,
   );
   const item = el(

@@ -34,7 +34,8 @@ const MESSAGES = {
     "tree.live": "在线",
     "tree.liveCount": "{n} 人",
     "tree.empty": "辖区内没有站点",
-    "tree.summary": "{sites} 个站点 · {live} 个在线",
+    "tree.sites": "{n} 个站点",
+    "tree.liveSites": "{n} 个在线",
     "home.pickSite": "请在左侧选择一个站点",
     "home.pickSiteHint": "标有“在线”的站点正在进行视频会商，点击即可查看实时画面。",
     "home.noLiveRoom": "该站点当前没有进行中的视频会议",
@@ -92,7 +93,9 @@ const MESSAGES = {
     "tree.live": "LIVE",
     "tree.liveCount": "{n}",
     "tree.empty": "No sites in your jurisdiction",
-    "tree.summary": "{sites} sites · {live} live",
+    "tree.sites": "{n} sites",
+    "tree.sites.one": "1 site",
+    "tree.liveSites": "{n} live",
     "home.pickSite": "Choose a site on the left",
     "home.pickSiteHint": "Sites marked LIVE are in session; click one to watch.",
     "home.noLiveRoom": "No live room at this site",
@@ -101,7 +104,9 @@ const MESSAGES = {
     "home.noStreamsHint": "Pictures appear here as soon as a terminal publishes.",
     "home.rooms": "Rooms",
     "home.participants": "{n} participants",
+    "home.participants.one": "1 participant",
     "home.streams": "{n} streams",
+    "home.streams.one": "1 stream",
     "tile.connecting": "Connecting",
     "tile.live": "Live",
     "tile.failed": "Connection failed",
@@ -167,9 +172,13 @@ export function onLangChange(fn) {
   return () => listeners.delete(fn);
 }
 
-/** Translate `key`, substituting {name} placeholders from `params`. */
+/**
+ * Translate `key`, substituting {name} placeholders from `params`. When
+ * params.n is 1 and the language has a `key.one` form, that form is used.
+ */
 export function t(key, params = {}) {
-  const text = MESSAGES[current][key] ?? MESSAGES[DEFAULT_LANG][key];
+  const one = Number(params.n) === 1 ? MESSAGES[current][`${key}.one`] : undefined;
+  const text = one ?? MESSAGES[current][key] ?? MESSAGES[DEFAULT_LANG][key];
   if (text === undefined) {
     console.warn(`i18n: no message ${key}`);
     return key;

@@ -1,0 +1,106 @@
+"""The command line doors operators' scripts depend on, and the deployment file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jwt
+import pytest
+
+from hub.config import DEMO_SITES
+from hub.sites import LEVELS, SiteTree, SiteTreeError, load_sites_file, sites_from_json
+from hub.tokens import Claims, TokenError, issue, verify
+
+from .conftest import ROOT, run_hub_cli
+
+SECRET = "a-test-signing-secret-of-forty-eight-characters!!"
+
+
+def test_sites_json_and_token(tmp_path: Path):
+    sites = json.loads(run_hub_cli(tmp_path, "sites", "--json"))
+    assert all(set(s) == {"id", "name", "level", "parent"} for s in sites)
+    ids = {s["id"] for s in sites}
+    # The places the seed article names are in the demo tree.
+    assert {"qinghai", "chengdong", "chengzhong", "guinan", "guomaying", "rianxiuma", "golmud", "minkang",
+            "chenduo", "qingshuihe", "ledu", "chengtai", "taizi", "qutan", "delingha", "huochezhan"} <= ids
+    assert {s["level"] for s in sites} == set(LEVELS)
+
+    out = run_hub_cli(tmp_path, "token", "--user", "li", "--site", "guinan", "--role", "operator", "--ttl", "60")
+    assert out.count("\n") == 1
+    claims = verify((tmp_path / "secret.key").read_text().strip(), out.strip())
+    assert claims == Claims(user="li", site="guinan", role="operator")
+    # The secret is generated once and kept.
+    again = run_hub_cli(tmp_path, "token", "--user", "li", "--site", "guinan", "--role", "operator")
+    verify((tmp_path / "secret.key").read_text().strip(), again.strip())
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--site", "atlantis", "--role", "operator"],
+        ["--site", "guinan", "--role", "guest"],  # a guest needs a room
+        ["--site", "guinan", "--role", "operator", "--room", "site-golmud"],  # outside its jurisdiction
+    ],
+)
+def test_token_refuses_bad_requests(tmp_path: Path, args: list[str]):
+    result = subprocess.run(
+        [sys.executable, "-m", "hub", "token", "--user", "x", *args,
+         "--data", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stdout == "" and result.stderr.startswith("error:")
+
+
+def test_jurisdiction_is_a_site_and_everything_below():
+    tree = load_sites_file(DEMO_SITES)
+    assert tree.covers("guinan", "rianxiuma")
+    assert tree.covers("guinan", "guinan")
+    assert not tree.covers("guinan", "hainan")  # above
+    assert not tree.covers("guinan", "golmud")  # beside
+    assert [s.id for s in tree.jurisdiction("guomaying")] == ["guomaying", "rianxiuma", "shangzhai"]
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        ([{"id": "a", "name": "A", "level": "province", "parent": None},
+          {"id": "b", "name": "B", "level": "county", "parent": "missing"}], "listed before"),
+        ([{"id": "a", "name": "A", "level": "county", "parent": None},
+          {"id": "b", "name": "B", "level": "prefecture", "parent": "a"}], "cannot sit below"),
+        ([{"id": "a b", "name": "A", "level": "province", "parent": None}], "ASCII"),
+        ([{"id": "a", "name": "A", "level": "kingdom", "parent": None}], "level"),
+        ([{"id": "a", "name": "A", "level": "province", "parent": None},
+          {"id": "b", "name": "B", "level": "province", "parent": None}], "one root"),
+        ([{"id": "a", "level": "province"}], "needs id, name"),
+    ],
+)
+def test_bad_site_files_are_refused(items: list[dict], message: str):
+    with pytest.raises(SiteTreeError, match=message):
+        SiteTree(sites_from_json(items))
+
+
+def test_tokens_are_checked():
+    token = issue(SECRET, Claims(user="u", site="guinan", role="mediator"))
+    assert verify(SECRET, token).site == "guinan"
+    with pytest.raises(TokenError):
+        verify(SECRET[::-1], token)
+    with pytest.raises(TokenError, match="expired"):
+        verify(SECRET, issue(SECRET, Claims(user="u", site="guinan", role="mediator"), ttl=-1))
+    forged = jwt.encode({"sub": "u", "site": "qinghai", "role": "operator", "exp": 2**33}, SECRET, algorithm="HS384")
+    with pytest.raises(TokenError):
+        verify(SECRET, forged)
+    with pytest.raises(ValueError):
+        issue(SECRET, Claims(user="u", site="guinan", role="guest"))
+
+
+def test_docker_compose_file_is_valid():
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.fail("docker-compose is not installed (the README's test command installs it)")
+    result = subprocess.run([binary, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
