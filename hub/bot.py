@@ -399,5 +399,5 @@ def compare(track: EncodedTrack, log: TrackLog, since: float = 0.0) -> Delivery:
             indices.append(sent.index)
             latencies.append(frame.received_at - sent.sent_at)
     matched = sum(1 for f in log.frames if f.key in expected)
-    in_order = all(a < b for a, b in zip(indices, indices[1:]))
+    in_order = all(a < b for a, b in zip(indices, indices[1:], strict=False))
     return Delivery(len(expected), len(log.frames), matched, in_order, latencies)

@@ -31,6 +31,7 @@ class LiveState(ABC):
     def __init__(self) -> None:
         self._subscribers: set[asyncio.Queue[Record | None]] = set()
 
+    @abstractmethod
     async def start(self) -> None:
         """Connect to the backend; called once before use."""
 
@@ -108,6 +109,9 @@ class MemoryLiveState(LiveState):
         self._rooms: dict[str, Record] = {}
         self._participants: dict[str, dict[str, Record]] = {}
         self._streams: dict[str, Record] = {}
+
+    async def start(self) -> None:
+        """Nothing to connect to."""
 
     async def put_room(self, room: Record) -> None:
         self._rooms[room["id"]] = room
@@ -215,7 +219,7 @@ class RedisLiveState(LiveState):
             for room_id in rooms:
                 pipe.hlen(f"hub:participants:{room_id}")
             counts = await pipe.execute()
-        return {room_id: n for room_id, n in zip(rooms, counts) if n}
+        return {room_id: n for room_id, n in zip(rooms, counts, strict=True) if n}
 
     async def add_stream(self, stream: Record) -> None:
         await self._redis.hset("hub:streams", stream["id"], json.dumps(stream))

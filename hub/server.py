@@ -75,10 +75,8 @@ def serve(settings: Settings) -> None:
             len(hub.rooms.tree),
             "redis" if settings.redis else "memory",
         )
-        print(
-            f"Hub ready on {settings.base_url}\nOperator link (valid 12 h):\n  {operator_link(settings, hub.rooms.tree)}",
-            flush=True,
-        )
+        link = operator_link(settings, hub.rooms.tree)
+        print(f"Hub ready on {settings.base_url}\nOperator link (valid 12 h):\n  {link}", flush=True)
         return hub.app
 
     web.run_app(start(), host=settings.host, port=settings.port, print=None, access_log=None)

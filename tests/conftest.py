@@ -45,7 +45,11 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20)
 def run_hub_cli(data: Path, *args: str) -> str:
     out = subprocess.run(
         [sys.executable, "-m", "hub", *args, "--data", str(data)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     return out.stdout
 
@@ -117,8 +121,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(workdir)],
         stdout=subprocess.DEVNULL,
     )
     wait_for_port(port, proc)  # type: ignore[arg-type]

@@ -23,8 +23,11 @@ def main() -> None:
     if len(sys.argv) > 5:
         options |= {"cert_file": sys.argv[4], "key_file": sys.argv[5]}
     out = av.open(url, "w", format="whip", options=options)
-    video = out.add_stream("libx264", rate=30, options={"preset": "ultrafast", "tune": "zerolatency", "bf": "0",
-                                                        "g": "30", "profile": "baseline"})
+    video = out.add_stream(
+        "libx264",
+        rate=30,
+        options={"preset": "ultrafast", "tune": "zerolatency", "bf": "0", "g": "30", "profile": "baseline"},
+    )
     video.width, video.height, video.pix_fmt = 320, 240, "yuv420p"
     audio = out.add_stream("libopus", rate=48000, layout="stereo")
     samples = 960

@@ -57,7 +57,12 @@ async def test_site_api_follows_jurisdiction(hub: HubProcess, http: aiohttp.Clie
         site = await r.json()
         assert r.status == 200
     assert site | {"children": []} == site
-    assert {site[k] for k in ("id", "level", "parent", "room_id")} == {"rianxiuma", "village", "guomaying", "site-rianxiuma"}
+    assert {site[k] for k in ("id", "level", "parent", "room_id")} == {
+        "rianxiuma",
+        "village",
+        "guomaying",
+        "site-rianxiuma",
+    }
     for outside in ("guinan", "minkang", "qinghai"):  # above, beside, root
         async with http.get(f"{hub.url}/api/sites/{outside}", headers=auth(township)) as r:
             assert r.status == 403
@@ -73,8 +78,12 @@ async def test_site_api_follows_jurisdiction(hub: HubProcess, http: aiohttp.Clie
 )
 async def test_no_or_bad_token_is_401_everywhere(hub: HubProcess, http: aiohttp.ClientSession, headers):
     for method, path in [
-        ("GET", "/api/sites"), ("GET", "/api/rooms/site-taizi"), ("POST", "/whip/site-taizi"),
-        ("POST", "/whep/anything"), ("GET", "/api/me"), ("GET", "/ws"),
+        ("GET", "/api/sites"),
+        ("GET", "/api/rooms/site-taizi"),
+        ("POST", "/whip/site-taizi"),
+        ("POST", "/whep/anything"),
+        ("GET", "/api/me"),
+        ("GET", "/ws"),
     ]:
         async with http.request(method, hub.url + path, headers=headers) as r:
             assert r.status == 401, (method, path)
@@ -96,13 +105,20 @@ async def test_whip_whep_jurisdiction(hub: HubProcess, http: aiohttp.ClientSessi
     chengtai = hub.token("op-chengtai", "chengtai", "operator")
     qutan = hub.token("op-qutan", "qutan", "operator")
     taizi_publisher = await bot.publish(
-        http, hub.url, hub.token("m-taizi", "taizi", "mediator"), "site-taizi", [bot.SyntheticVideo("vp8", 160, 120, 15)]
+        http,
+        hub.url,
+        hub.token("m-taizi", "taizi", "mediator"),
+        "site-taizi",
+        [bot.SyntheticVideo("vp8", 160, 120, 15)],
     )
     try:
         offer = await offer_sdp()
         for token, status in [(qutan, 403), (chengtai, 201)]:
-            async with http.post(f"{hub.url}/whep/{taizi_publisher.resource_id}", data=offer,
-                                 headers=auth(token) | {"Content-Type": "application/sdp"}) as r:
+            async with http.post(
+                f"{hub.url}/whep/{taizi_publisher.resource_id}",
+                data=offer,
+                headers=auth(token) | {"Content-Type": "application/sdp"},
+            ) as r:
                 assert r.status == status, await r.text()
                 if status == 201:
                     location = r.headers["Location"]
@@ -114,8 +130,9 @@ async def test_whip_whep_jurisdiction(hub: HubProcess, http: aiohttp.ClientSessi
         async with http.delete(hub.url + location, headers=auth(chengtai)) as r:
             assert r.status == 404
         # Publishing beside one's jurisdiction is refused before any SDP is read.
-        async with http.post(f"{hub.url}/whip/site-qutancun", data=offer,
-                             headers=auth(chengtai) | {"Content-Type": "application/sdp"}) as r:
+        async with http.post(
+            f"{hub.url}/whip/site-qutancun", data=offer, headers=auth(chengtai) | {"Content-Type": "application/sdp"}
+        ) as r:
             assert r.status == 403
         # Nor may another site end the stream.
         async with http.delete(taizi_publisher.location, headers=auth(qutan)) as r:
@@ -135,8 +152,11 @@ async def test_guest_token_reaches_its_room_only(hub: HubProcess, http: aiohttp.
         assert r.status == 403
     publisher = await bot.publish(http, hub.url, guest, "site-hongzhuang", [bot.SyntheticVideo("vp8", 160, 120, 15)])
     try:
-        async with http.post(f"{hub.url}/whip/site-taizi", data=await offer_sdp(),
-                             headers=auth(guest) | {"Content-Type": "application/sdp"}) as r:
+        async with http.post(
+            f"{hub.url}/whip/site-taizi",
+            data=await offer_sdp(),
+            headers=auth(guest) | {"Content-Type": "application/sdp"},
+        ) as r:
             assert r.status == 403
     finally:
         await publisher.close()
@@ -151,11 +171,13 @@ async def test_guest_token_reaches_its_room_only(hub: HubProcess, http: aiohttp.
         ("{}", "application/json", 415),
     ],
 )
-async def test_bad_offers_are_refused_and_change_nothing(hub: HubProcess, http: aiohttp.ClientSession,
-                                                         body: str, content_type: str, status: int):
+async def test_bad_offers_are_refused_and_change_nothing(
+    hub: HubProcess, http: aiohttp.ClientSession, body: str, content_type: str, status: int
+):
     token = hub.token("m-xinzhuang", "xinzhuang", "mediator")
-    async with http.post(f"{hub.url}/whip/site-xinzhuang", data=body,
-                         headers=auth(token) | {"Content-Type": content_type}) as r:
+    async with http.post(
+        f"{hub.url}/whip/site-xinzhuang", data=body, headers=auth(token) | {"Content-Type": content_type}
+    ) as r:
         assert r.status == status
         assert r.content_type == PROBLEM
         assert (await r.json())["title"]
@@ -180,15 +202,20 @@ async def test_unknown_room_and_stream(hub: HubProcess, http: aiohttp.ClientSess
 
 async def test_open_room_and_list(hub: HubProcess, http: aiohttp.ClientSession):
     mediator = hub.token("m-guomaying", "guomaying", "mediator")
-    async with http.post(f"{hub.url}/api/rooms", json={"site_id": "shangzhai", "kind": "mediation", "title": "土地纠纷"},
-                         headers=auth(mediator)) as r:
+    async with http.post(
+        f"{hub.url}/api/rooms",
+        json={"site_id": "shangzhai", "kind": "mediation", "title": "土地纠纷"},
+        headers=auth(mediator),
+    ) as r:
         assert r.status == 201
         room = await r.json()
-    async with http.post(f"{hub.url}/api/rooms", json={"site_id": "guinan", "kind": "mediation"},
-                         headers=auth(mediator)) as r:
+    async with http.post(
+        f"{hub.url}/api/rooms", json={"site_id": "guinan", "kind": "mediation"}, headers=auth(mediator)
+    ) as r:
         assert r.status == 403
-    async with http.post(f"{hub.url}/api/rooms", json={"site_id": "shangzhai", "kind": "party"},
-                         headers=auth(mediator)) as r:
+    async with http.post(
+        f"{hub.url}/api/rooms", json={"site_id": "shangzhai", "kind": "party"}, headers=auth(mediator)
+    ) as r:
         assert r.status == 400
     async with http.get(f"{hub.url}/api/rooms", headers=auth(mediator)) as r:
         assert room["id"] in [x["id"] for x in await r.json()]

@@ -27,7 +27,6 @@ from playwright.async_api import BrowserContext, Page, expect
 
 from hub import bot
 from hub.ice import use_addresses
-
 from tests.browser import chromium, video_stats
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -267,9 +266,7 @@ async def test_unreachable_and_forbidden_are_explained(hub_server: HubProcess, b
         problem = {"type": "about:blank", "title": "Forbidden", "status": 403, "detail": "outside"}
         await page.route(
             "**/api/sites",
-            lambda route: route.fulfill(
-                status=403, content_type="application/problem+json", body=json.dumps(problem)
-            ),
+            lambda route: route.fulfill(status=403, content_type="application/problem+json", body=json.dumps(problem)),
         )
         await page.reload()
         await expect(message).to_have_attribute("data-error", "error.forbidden")

@@ -25,8 +25,24 @@ def test_sites_json_and_token(tmp_path: Path):
     assert all(set(s) == {"id", "name", "level", "parent"} for s in sites)
     ids = {s["id"] for s in sites}
     # The places the seed article names are in the demo tree.
-    assert {"qinghai", "chengdong", "chengzhong", "guinan", "guomaying", "rianxiuma", "golmud", "minkang",
-            "chenduo", "qingshuihe", "ledu", "chengtai", "taizi", "qutan", "delingha", "huochezhan"} <= ids
+    assert {
+        "qinghai",
+        "chengdong",
+        "chengzhong",
+        "guinan",
+        "guomaying",
+        "rianxiuma",
+        "golmud",
+        "minkang",
+        "chenduo",
+        "qingshuihe",
+        "ledu",
+        "chengtai",
+        "taizi",
+        "qutan",
+        "delingha",
+        "huochezhan",
+    } <= ids
     assert {s["level"] for s in sites} == set(LEVELS)
 
     out = run_hub_cli(tmp_path, "token", "--user", "li", "--site", "guinan", "--role", "operator", "--ttl", "60")
@@ -48,8 +64,11 @@ def test_sites_json_and_token(tmp_path: Path):
 )
 def test_token_refuses_bad_requests(tmp_path: Path, args: list[str]):
     result = subprocess.run(
-        [sys.executable, "-m", "hub", "token", "--user", "x", *args,
-         "--data", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "hub", "token", "--user", "x", *args, "--data", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert result.stdout == "" and result.stderr.startswith("error:")
@@ -67,14 +86,29 @@ def test_jurisdiction_is_a_site_and_everything_below():
 @pytest.mark.parametrize(
     ("items", "message"),
     [
-        ([{"id": "a", "name": "A", "level": "province", "parent": None},
-          {"id": "b", "name": "B", "level": "county", "parent": "missing"}], "listed before"),
-        ([{"id": "a", "name": "A", "level": "county", "parent": None},
-          {"id": "b", "name": "B", "level": "prefecture", "parent": "a"}], "cannot sit below"),
+        (
+            [
+                {"id": "a", "name": "A", "level": "province", "parent": None},
+                {"id": "b", "name": "B", "level": "county", "parent": "missing"},
+            ],
+            "listed before",
+        ),
+        (
+            [
+                {"id": "a", "name": "A", "level": "county", "parent": None},
+                {"id": "b", "name": "B", "level": "prefecture", "parent": "a"},
+            ],
+            "cannot sit below",
+        ),
         ([{"id": "a b", "name": "A", "level": "province", "parent": None}], "ASCII"),
         ([{"id": "a", "name": "A", "level": "kingdom", "parent": None}], "level"),
-        ([{"id": "a", "name": "A", "level": "province", "parent": None},
-          {"id": "b", "name": "B", "level": "province", "parent": None}], "one root"),
+        (
+            [
+                {"id": "a", "name": "A", "level": "province", "parent": None},
+                {"id": "b", "name": "B", "level": "province", "parent": None},
+            ],
+            "one root",
+        ),
         ([{"id": "a", "level": "province"}], "needs id, name"),
     ],
 )
@@ -101,6 +135,7 @@ def test_docker_compose_file_is_valid():
     binary = shutil.which("docker-compose")
     if binary is None:
         pytest.fail("docker-compose is not installed (the README's test command installs it)")
-    result = subprocess.run([binary, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [binary, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr

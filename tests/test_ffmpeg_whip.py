@@ -27,15 +27,20 @@ def ecdsa_certificate(directory: Path) -> tuple[Path, Path]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ffmpeg-whip")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = directory / "whip.crt", directory / "whip.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
@@ -43,9 +48,19 @@ async def test_ffmpeg_whip_muxer_publishes_h264_and_opus(hub: HubProcess, http: 
     token = hub.token("encoder-1", "xinhua", "terminal")
     cert, key = ecdsa_certificate(tmp_path)
     publisher = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "ffmpeg_whip.py"), f"{hub.url}/whip/site-xinhua", token, "8",
-         str(cert), str(key)],
-        cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            str(ROOT / "tests" / "ffmpeg_whip.py"),
+            f"{hub.url}/whip/site-xinhua",
+            token,
+            "8",
+            str(cert),
+            str(key),
+        ],
+        cwd=ROOT,
+        env=os.environ | {"PYTHONPATH": str(ROOT)},
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         stream = None

@@ -93,9 +93,26 @@ async def test_stalled_viewer_loses_only_its_own_frames(hub: HubProcess, http: a
     video = bot.SyntheticVideo("vp8", 320, 240, 30, frames=240)
     publisher = await bot.publish(http, hub.url, token, "site-qutancun", [video])
     stalled = subprocess.Popen(
-        [sys.executable, "-m", "hub", "bot", "view", "--url", hub.url, "--token", token,
-         "--stream", publisher.resource_id, "--seconds", "6", "--ice-address", "127.0.0.1"],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "hub",
+            "bot",
+            "view",
+            "--url",
+            hub.url,
+            "--token",
+            token,
+            "--stream",
+            publisher.resource_id,
+            "--seconds",
+            "6",
+            "--ice-address",
+            "127.0.0.1",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     healthy = await bot.view(http, hub.url, token, publisher.resource_id, kinds=("video",))
     try:

@@ -27,7 +27,10 @@ async def test_two_hubs_share_rooms_participants_and_streams(two_hubs, http: aio
     a, b = two_hubs
     token = a.token("m-heping", "heping", "mediator")
     headers = {"Authorization": f"Bearer {token}"}
-    async with http.ws_connect(f"{a.url}/ws?token={token}") as on_a, http.ws_connect(f"{b.url}/ws?token={token}") as on_b:
+    async with (
+        http.ws_connect(f"{a.url}/ws?token={token}") as on_a,
+        http.ws_connect(f"{b.url}/ws?token={token}") as on_b,
+    ):
         for ws in (on_a, on_b):
             assert (await ws.receive_json(timeout=5))["type"] == "hello"
         await on_a.send_json({"type": "join", "room": "site-heping", "name": "甲"})
@@ -52,8 +55,12 @@ async def test_two_hubs_share_rooms_participants_and_streams(two_hubs, http: aio
             async with http.get(f"{b.url}/api/streams/{publisher.resource_id}", headers=headers) as r:
                 stream = await r.json()
             assert stream["node_url"] == a.url
-            async with http.post(f"{b.url}/whep/{publisher.resource_id}", data="v=0", allow_redirects=False,
-                                 headers=headers | {"Content-Type": "application/sdp"}) as r:
+            async with http.post(
+                f"{b.url}/whep/{publisher.resource_id}",
+                data="v=0",
+                allow_redirects=False,
+                headers=headers | {"Content-Type": "application/sdp"},
+            ) as r:
                 assert r.status == 307
                 assert r.headers["Location"] == f"{a.url}/whep/{publisher.resource_id}"
             viewer = await bot.view(http, b.url, token, publisher.resource_id, kinds=("video",))

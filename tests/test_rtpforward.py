@@ -17,7 +17,9 @@ from hub.rtpforward import TrackSink, TrackSource, is_keyframe_start
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
 H264 = RTCRtpCodecParameters(
-    mimeType="video/H264", clockRate=90000, payloadType=102,
+    mimeType="video/H264",
+    clockRate=90000,
+    payloadType=102,
     parameters={"packetization-mode": "1", "profile-level-id": "42e01f"},
 )
 

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install the hub into ./.venv and run it with embedded defaults:
+# 127.0.0.1:8080, SQLite and the demo site tree in ./hub-data, live state in memory.
+# Extra arguments go to `python -m hub serve` (e.g. --port 9000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c "import ensurepip" 2>/dev/null; then
+    SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq python3-venv python3-pip
+fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e .
+exec .venv/bin/python -m hub serve "$@"

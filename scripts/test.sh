@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install everything the tests need (Debian packages, Python packages) and run them.
+# Extra arguments go to pytest (e.g. -k forwarding).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
+need=()
+for pkg in redis-server chromium docker-compose python3-venv; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e ".[test]"
+.venv/bin/ruff check hub signaling recorder tests bench
+# The tests start their own redis-server and hub processes on 127.0.0.1.
+exec .venv/bin/python -m pytest "$@"
