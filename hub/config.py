@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import time
 from pathlib import Path
 
 from pydantic import Field
@@ -56,7 +58,18 @@ class Settings(BaseSettings):
     def signing_secret(self) -> str:
         """The token signing secret, generated and stored on first use."""
         self.data.mkdir(parents=True, exist_ok=True)
-        if not self.secret_path.exists():
-            self.secret_path.write_text(secrets.token_urlsafe(48))
-            self.secret_path.chmod(0o600)
-        return self.secret_path.read_text().strip()
+        try:
+            # O_EXCL: of two processes starting on one data directory, one
+            # writes the secret and both use it.
+            fd = os.open(self.secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(48))
+        for _ in range(50):
+            secret = self.secret_path.read_text().strip()
+            if secret:
+                return secret
+            time.sleep(0.01)  # the other process is still writing it
+        raise RuntimeError(f"{self.secret_path} is empty")
