@@ -167,8 +167,18 @@ class TeeVideo(bot.SyntheticVideo):
     def __init__(self) -> None:
         super().__init__("vp8", WIDTH, HEIGHT, FPS)
         self.copies: set[asyncio.Queue[av.Packet]] = set()
+        self._due: float | None = None
 
     async def recv(self) -> av.Packet:  # type: ignore[override]
+        # EncodedTrack catches up on a missed schedule with back-to-back
+        # encodes and never suspends meanwhile (nor does aiortc's send path):
+        # on a busy machine that starved this whole process for seconds.
+        # Pacing here always yields and lets a late frame slip instead of
+        # bursting, so the base class then never needs to wait.
+        now = time.monotonic()
+        due = now if self._due is None or self._due < now - 1 / FPS else self._due
+        await asyncio.sleep(max(0.0, due - now))
+        self._due = due + 1 / FPS
         packet = await super().recv()
         for queue in self.copies:
             with contextlib.suppress(asyncio.QueueFull):  # a stalled copy loses packets, never stalls the original
@@ -280,8 +290,9 @@ async def publisher_role(ctl: Control) -> None:
     cmd = await ctl.next()
     tee = TeeVideo()
     direct = direct_server(tee)
-    await direct.start()
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession() as http, contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(direct.close)
+        await direct.start()
         session = await bot.publish(http, cmd["url"], cmd["token"], cmd["room"], [tee])
         try:
             await wait_for_state(session.pc, "connected", CONNECT_TIMEOUT)
@@ -304,7 +315,6 @@ async def publisher_role(ctl: Control) -> None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(session.close(), 5)
             tee.stop()
-            await direct.close()
     ctl.emit("stopped")
 
 
@@ -317,13 +327,13 @@ class _ArrivalQueue(bot._RecordingQueue):
 
     def __init__(self, log: bot.TrackLog, arrivals: dict[int, float]) -> None:
         super().__init__(log, decode=True)
-        self._log = log
+        self._frames = log.frames
         self._arrivals = arrivals
 
     def put(self, item, block=True, timeout=None):  # type: ignore[no-untyped-def]
         super().put(item, block, timeout)
         if item is not None:
-            self._arrivals[item[1].timestamp] = self._log.frames[-1].received_at
+            self._arrivals[item[1].timestamp] = self._frames[-1].received_at
 
 
 @dataclass
@@ -670,6 +680,7 @@ class Figures:
     forwarded_packets: int
     viewer_packets: int
     frames_sent: int
+    sent_fps: float
     delivered_percent: float | None
     latency_p50_ms: float | None
     latency_p95_ms: float | None
@@ -680,6 +691,7 @@ class Figures:
     direct_delivered_percent: float | None
     late_joiner_ms: float | None
     viewers_without_keyframe: int
+    machine_busy_percent: float
     probe_p50_ms: float | None = None
     probe_p95_ms: float | None = None
 
@@ -715,10 +727,10 @@ async def run_phase(mode: str, n: int, requested: int, cfg: Config, data: Path, 
         # Spawn everything at once: imports overlap while the server boots.
         # The exit stack stops children in reverse: viewers, publisher, server.
         relay: Child | None = None
+        hub_proc: asyncio.subprocess.Process | None = None
         if mode == "hub":
             hub_proc, url = await start_hub(data, workdir)
             stack.push_async_callback(stop_process, hub_proc)
-            server_pid = hub_proc.pid
         else:
             relay = await Child.spawn("relay", "relay", workdir, budget)
             stack.push_async_callback(relay.stop)
@@ -728,12 +740,13 @@ async def run_phase(mode: str, n: int, requested: int, cfg: Config, data: Path, 
         workers = [await Child.spawn(f"{mode}-viewers{i}", "viewers", workdir, budget) for i in range(len(counts))]
         stack.push_async_callback(lambda: asyncio.gather(*(c.stop() for c in (direct, *workers))))
 
-        if relay is not None:
-            ready = await relay.expect("ready", CONNECT_TIMEOUT)
-            url, server_pid = ready["url"], ready["pid"]
-        else:
+        if hub_proc is not None:
             await wait_healthy(hub_proc, url, workdir / "hub.log")
-        server = psutil.Process(server_pid)
+            server = psutil.Process(hub_proc.pid)
+        else:
+            assert relay is not None
+            ready = await relay.expect("ready", CONNECT_TIMEOUT)
+            url, server = ready["url"], psutil.Process(ready["pid"])
         published = await publisher.ask("publish", "published", CONNECT_TIMEOUT, url=url, token=token, room=ROOM)
         stream = published["stream"]
         await direct.send("connect", url=published["direct_url"], token=token, stream="direct", count=1, probe=False)
@@ -745,11 +758,13 @@ async def run_phase(mode: str, n: int, requested: int, cfg: Config, data: Path, 
         progress(f"{mode} N={n}: {n} viewers connected; warming up {cfg.warmup:.0f} s, measuring {cfg.seconds:.0f} s")
         await asyncio.sleep(cfg.warmup)
 
+        psutil.cpu_percent()  # starts the machine-wide measurement: other users' load skews every figure
         cpu0, t0 = cpu_seconds(server), time.monotonic()
         pub0 = await publisher.ask("mark", "mark")
         marks0 = await asyncio.gather(*(w.ask("mark", "mark") for w in workers))
         await asyncio.sleep(cfg.seconds)
         cpu1, t1 = cpu_seconds(server), time.monotonic()
+        machine_busy = psutil.cpu_percent()
         pub1 = await publisher.ask("mark", "mark")
         marks1 = await asyncio.gather(*(w.ask("mark", "mark") for w in workers))
         await asyncio.sleep(DRAIN_SECONDS)
@@ -788,7 +803,7 @@ async def run_phase(mode: str, n: int, requested: int, cfg: Config, data: Path, 
         # Re-encoded frames match no digest: count what was received, and
         # time frames by the number drawn in the picture (one probe viewer).
         forwarded = viewer_packets
-        shares = [100 * sum(1 for _, t, _ in frames if t0 <= t <= t1) / in_window for frames in viewer_frames]
+        shares = [100 * sum(1 for _, t, _ in frames if t0 <= t <= t1) / max(1, in_window) for frames in viewer_frames]
         latencies = probe_latencies
         received_bytes = sum(size for frames in viewer_frames for _, t, size in frames if t0 <= t <= t1)
         kbps = received_bytes * 8 / window / 1000 / n
@@ -809,6 +824,7 @@ async def run_phase(mode: str, n: int, requested: int, cfg: Config, data: Path, 
         forwarded_packets=forwarded,
         viewer_packets=viewer_packets,
         frames_sent=in_window,
+        sent_fps=in_window / window,
         delivered_percent=sum(shares) / len(shares) if shares else None,
         latency_p50_ms=percentile(latencies, 50),
         latency_p95_ms=percentile(latencies, 95),
@@ -819,6 +835,7 @@ async def run_phase(mode: str, n: int, requested: int, cfg: Config, data: Path, 
         direct_delivered_percent=direct_delivered,
         late_joiner_ms=late["ms"],
         viewers_without_keyframe=without_keyframe,
+        machine_busy_percent=machine_busy,
         probe_p50_ms=percentile(probe_latencies, 50),
         probe_p95_ms=percentile(probe_latencies, 95),
     )
@@ -891,9 +908,10 @@ def render(info: dict[str, Any], cfg: Config, results: list[Figures], summary: d
         f"Stream: synthetic VP8 {WIDTH}x{HEIGHT} {FPS} fps, no audio; window {cfg.seconds:.0f} s after "
         f"{cfg.warmup:.0f} s warm-up; all processes on 127.0.0.1; runtime {runtime:.0f} s",
         "",
-        "| mode | N | CPU % of a core | CPU % per viewer | µs per forwarded packet | stream kbps | pkt/s | delivered % "
-        "| latency p50 / p95 ms | direct p50 / p95 ms | adds p50 / p95 ms | late joiner first keyframe ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| mode | N | CPU % of a core | CPU % per viewer | µs per forwarded packet | stream kbps | pkt/s | sent fps "
+        "| delivered % | latency p50 / p95 ms | direct p50 / p95 ms | adds p50 / p95 ms "
+        "| late joiner first keyframe ms | machine busy % |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         mode = "hub (passthrough)" if r.mode == "hub" else "relay (re-encode)"
@@ -901,9 +919,9 @@ def render(info: dict[str, Any], cfg: Config, results: list[Figures], summary: d
         latency = pair(r.latency_p50_ms, r.latency_p95_ms)
         lines.append(
             f"| {mode} | {n} | {fmt(r.cpu_percent)} | {fmt(r.cpu_per_viewer, 2)} | {fmt(r.us_per_packet, 0)} "
-            f"| {fmt(r.stream_kbps, 0)} | {fmt(r.packet_rate, 0)} | {fmt(r.delivered_percent)} "
+            f"| {fmt(r.stream_kbps, 0)} | {fmt(r.packet_rate, 0)} | {fmt(r.sent_fps)} | {fmt(r.delivered_percent)} "
             f"| {latency}{'¹' if r.mode == 'relay' else ''} | {pair(r.direct_p50_ms, r.direct_p95_ms)} "
-            f"| {pair(*r.adds(), sign=True)} | {fmt(r.late_joiner_ms, 0)} |"
+            f"| {pair(*r.adds(), sign=True)} | {fmt(r.late_joiner_ms, 0)} | {fmt(r.machine_busy_percent, 0)} |"
         )
     lines += [
         "",
@@ -913,14 +931,18 @@ def render(info: dict[str, Any], cfg: Config, results: list[Figures], summary: d
         "- stream kbps, pkt/s: RTP payload one viewer gets (hub: the publisher's stream, forwarded as is; relay: "
         "the re-encoded stream, mean per viewer).",
         "- delivered: hub = frames sent in the window that reached a viewer byte for byte (matched by digest), "
-        "mean over viewers; relay = frames received in the window / frames sent in it.",
+        "mean over viewers; relay = frames received in the window / frames sent in it (a rate: a frame over 100 "
+        "is possible).",
         "- latency: publisher's track handing the encoded frame to aiortc -> the viewer's jitter buffer completing "
         "it, all viewers pooled. aiortc releases a frame when the next one starts, so every path holds one frame "
         "interval; 'adds' subtracts the direct aiortc-to-aiortc link measured in the same run.",
+        "- sent fps: frames the publisher sent in the window; below 30 the publisher itself was short of CPU.",
         "- ¹ relay latency: re-encoded frames match no digest, so one viewer decodes and reads the frame number "
-        "drawn in the picture.",
+        "drawn in the picture (on the hub the same probe agrees with the digests: probe_p50_ms in --json).",
         "- late joiner: one more viewer after the window, from its WHEP POST (ICE gathering included) to its "
         "first complete keyframe.",
+        "- machine busy: all cores, all processes (this benchmark's and anyone else's) during the window; "
+        f"100% = {info['cores']} cores busy.",
     ]
     for r in results:
         if r.viewers_without_keyframe:
@@ -1017,6 +1039,8 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130  # children were stopped on the way out
 
 
 if __name__ == "__main__":

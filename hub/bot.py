@@ -22,11 +22,13 @@ from pathlib import Path
 import aiohttp
 import av
 import numpy as np
-from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from yarl import URL
 
 VIDEO_CLOCK = 90000
+#: Host candidates only: aiortc's default would ask a public STUN server.
+NO_ICE_SERVERS = RTCConfiguration(iceServers=[])
 AUDIO_CLOCK = 48000
 
 
@@ -339,7 +341,7 @@ async def publish(
     tracks: list[EncodedTrack],
     kind: str = "camera",
 ) -> Session:
-    pc = RTCPeerConnection()
+    pc = RTCPeerConnection(NO_ICE_SERVERS)
     for track in tracks:
         transceiver = pc.addTransceiver(track, direction="sendonly")
         codecs = [
@@ -362,7 +364,7 @@ async def view(
     kinds: tuple[str, ...] = ("video", "audio"),
     decode: bool = False,
 ) -> Session:
-    pc = RTCPeerConnection()
+    pc = RTCPeerConnection(NO_ICE_SERVERS)
     logs = {}
     for kind in kinds:
         transceiver = pc.addTransceiver(kind, direction="recvonly")

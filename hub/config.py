@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     #: Local addresses ICE gathers host candidates on; empty = every interface
     #: address (aioice's default, which leaves out loopback).
     ice_addresses: list[str] = Field(default_factory=list)
+    #: STUN/TURN servers the hub's own ICE agent uses, e.g. ["stun:stun.example.org:3478"].
+    #: Empty by default: aiortc would otherwise ask a public STUN server.
+    ice_servers: list[str] = Field(default_factory=list)
     #: Public address written into host candidates for a hub behind NAT
     #: (mediasoup's announcedIp, LiveKit's node_ip).
     announced_ip: str | None = None

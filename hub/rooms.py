@@ -216,13 +216,15 @@ class Rooms:
 
     async def view(self, claims: Claims, stream_id: str, offer: str) -> tuple[Consumer, str]:
         self.ensure_local(await self.stream(claims, stream_id))
-        return await self.router.consume(stream_id, offer)
+        return await self.router.consume(stream_id, offer, claims.user)
 
     async def end_view(self, claims: Claims, stream_id: str, session_id: str) -> None:
         consumer = self.router.consumers.get(session_id)
         if consumer is None or consumer.producer.id != stream_id:
             raise NotFound(f"no viewing session {session_id} of stream {stream_id}")
         await self.stream(claims, stream_id)
+        if consumer.user != claims.user and claims.role not in ("operator", "admin"):
+            raise Forbidden("only its viewer or an operator may end a viewing session")
         await self.router.close_consumer(session_id)
 
     async def close(self) -> None:

@@ -48,7 +48,9 @@ async def build(settings: Settings) -> Hub:
     tree = site_tree(settings)
     state = open_live_state(settings.redis)
     await state.start()
-    router = Router(settings.announced_ip, settings.viewer_queue_packets, settings.keyframe_interval)
+    router = Router(
+        settings.announced_ip, settings.viewer_queue_packets, settings.keyframe_interval, settings.ice_servers
+    )
     rooms = Rooms(tree, state, router, node_id=secrets.token_hex(4), node_url=settings.base_url)
     app = make_app(rooms, settings, settings.signing_secret())
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcpeerconnection import is_codec_compatible
 
@@ -48,6 +48,7 @@ class Consumer:
     producer: Producer
     pc: RTCPeerConnection
     sinks: dict[str, TrackSink]
+    user: str
     created: float = field(default_factory=time.time)
 
 
@@ -93,7 +94,10 @@ async def _answer(pc: RTCPeerConnection, offer: str, prepare: Callable[[], None]
 class Router:
     """Owns the producers and consumers hosted by this hub process."""
 
-    def __init__(self, announced_ip: str | None, max_queue: int, keyframe_interval: float) -> None:
+    def __init__(
+        self, announced_ip: str | None, max_queue: int, keyframe_interval: float, ice_servers: list[str]
+    ) -> None:
+        self._configuration = RTCConfiguration(iceServers=[RTCIceServer(url) for url in ice_servers])
         self.producers: dict[str, Producer] = {}
         self.consumers: dict[str, Consumer] = {}
         self._announced_ip = announced_ip
@@ -103,7 +107,7 @@ class Router:
         self.on_producer_closed: Callable[[Producer], Awaitable[None]] | None = None
 
     async def publish(self, offer: str) -> tuple[Producer, str]:
-        pc = RTCPeerConnection()
+        pc = RTCPeerConnection(self._configuration)
         sources: dict[str, TrackSource] = {}
 
         def prepare() -> None:
@@ -126,9 +130,9 @@ class Router:
         self._watch(pc, lambda: self.close_producer(producer.id))
         return producer, announce(answer, self._announced_ip)
 
-    async def consume(self, producer_id: str, offer: str) -> tuple[Consumer, str]:
+    async def consume(self, producer_id: str, offer: str, user: str) -> tuple[Consumer, str]:
         producer = self.producers[producer_id]
-        pc = RTCPeerConnection()
+        pc = RTCPeerConnection(self._configuration)
         sinks: dict[str, TrackSink] = {}
 
         def prepare() -> None:
@@ -153,7 +157,7 @@ class Router:
             for sink in sinks.values():
                 sink.close()
             raise
-        consumer = Consumer(id=secrets.token_urlsafe(9), producer=producer, pc=pc, sinks=sinks)
+        consumer = Consumer(id=secrets.token_urlsafe(9), producer=producer, pc=pc, sinks=sinks, user=user)
         self.consumers[consumer.id] = consumer
         producer.consumers.add(consumer)
         self._watch(pc, lambda: self.close_consumer(consumer.id))

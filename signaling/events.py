@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from aiohttp import WSCloseCode, WSMsgType, web
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from hub.access import Forbidden
+from hub.access import Forbidden, can_enter_room
 from hub.livestate import Record
 from hub.rooms import NotFound, Rooms
 from hub.tokens import Claims, TokenError
@@ -121,11 +121,17 @@ class Session:
                 room_id = event.get("room_id")
                 if room_id in self.pending:
                     self.pending[room_id].append(event)
-                elif room_id in self.joined:
+                elif room_id in self.joined or self._announces_room_for_me(event):
                     await self.send(event)
             await self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"event stream overflow")
         finally:
             self.rooms.state.unsubscribe(queue)
+
+    def _announces_room_for_me(self, event: Record) -> bool:
+        """A new room is announced to everyone who may enter it, joined or not."""
+        return event["type"] == "room-opened" and can_enter_room(
+            self.rooms.tree, self.claims, event["room"]["id"], event["room"]["site_id"]
+        )
 
     async def close(self) -> None:
         for room_id, participant_id in tuple(self.joined.items()):

@@ -17,7 +17,10 @@ async def read_offer(request: web.Request) -> str:
     if request.content_type != SDP_TYPE:
         raise Problem(415, "Unsupported Media Type", f"send the offer as {SDP_TYPE}")
     limit = request.app[SETTINGS].max_sdp_bytes
-    body = await request.content.read(limit + 1)
+    body = b""
+    # read() returns what has arrived so far; loop to the end or the limit.
+    while len(body) <= limit and (chunk := await request.content.read(limit + 1 - len(body))):
+        body += chunk
     if len(body) > limit:
         raise Problem(413, "Content Too Large", f"SDP offers are limited to {limit} bytes")
     try:

@@ -24,7 +24,7 @@ def auth(token: str) -> dict[str, str]:
 async def offer_sdp(kinds: tuple[str, ...] = ("video",)) -> str:
     from aiortc import RTCPeerConnection
 
-    pc = RTCPeerConnection()
+    pc = RTCPeerConnection(bot.NO_ICE_SERVERS)
     for kind in kinds:
         pc.addTransceiver(kind, direction="recvonly")
     await pc.setLocalDescription(await pc.createOffer())
@@ -125,6 +125,9 @@ async def test_whip_whep_jurisdiction(hub: HubProcess, http: aiohttp.ClientSessi
                     assert location.startswith(f"/whep/{taizi_publisher.resource_id}/")
         async with http.delete(hub.url + location, headers=auth(qutan)) as r:
             assert r.status == 403
+        another_viewer = hub.token("m-chengtai", "chengtai", "mediator")
+        async with http.delete(hub.url + location, headers=auth(another_viewer)) as r:
+            assert r.status == 403
         async with http.delete(hub.url + location, headers=auth(chengtai)) as r:
             assert r.status == 200
         async with http.delete(hub.url + location, headers=auth(chengtai)) as r:
@@ -202,6 +205,10 @@ async def test_unknown_room_and_stream(hub: HubProcess, http: aiohttp.ClientSess
 
 async def test_open_room_and_list(hub: HubProcess, http: aiohttp.ClientSession):
     mediator = hub.token("m-guomaying", "guomaying", "mediator")
+    county = await http.ws_connect(f"{hub.url}/ws?token={hub.token('op-guinan', 'guinan', 'operator')}")
+    beside = await http.ws_connect(f"{hub.url}/ws?token={hub.token('op-golmud', 'golmud', 'operator')}")
+    for ws in (county, beside):
+        assert (await ws.receive_json(timeout=5))["type"] == "hello"
     async with http.post(
         f"{hub.url}/api/rooms",
         json={"site_id": "shangzhai", "kind": "mediation", "title": "土地纠纷"},
@@ -217,6 +224,13 @@ async def test_open_room_and_list(hub: HubProcess, http: aiohttp.ClientSession):
         f"{hub.url}/api/rooms", json={"site_id": "shangzhai", "kind": "party"}, headers=auth(mediator)
     ) as r:
         assert r.status == 400
+    # The county above hears of the new room without having joined anything; Golmud does not.
+    announced = await county.receive_json(timeout=5)
+    assert announced["type"] == "room-opened" and announced["room"]["id"] == room["id"]
+    await beside.send_json({"type": "ping"})
+    assert (await beside.receive_json(timeout=5))["type"] == "pong"
+    await county.close()
+    await beside.close()
     async with http.get(f"{hub.url}/api/rooms", headers=auth(mediator)) as r:
         assert room["id"] in [x["id"] for x in await r.json()]
     async with http.get(f"{hub.url}/api/rooms", headers=auth(hub.token("op-golmud", "golmud", "operator"))) as r:
@@ -266,3 +280,22 @@ async def test_websocket_roster_events_and_bad_messages(hub: HubProcess, http: a
         assert (await wa.receive_json(timeout=5))["type"] == "pong"
     async with http.get(f"{hub.url}/api/rooms/site-zhaduo", headers=auth(b)) as r:
         assert (await r.json())["participants"] == []
+
+
+async def test_offer_arriving_in_pieces_is_read_whole(hub: HubProcess, http: aiohttp.ClientSession):
+    import asyncio
+
+    token = hub.token("m-changjianglu", "changjianglu", "mediator")
+    offer = (await offer_sdp(("video",))).encode()
+
+    async def slowly():  # type: ignore[no-untyped-def]
+        yield offer[:100]
+        await asyncio.sleep(0.3)
+        yield offer[100:]
+
+    async with http.post(f"{hub.url}/whip/site-changjianglu", data=slowly(),
+                         headers=auth(token) | {"Content-Type": "application/sdp"}) as r:
+        assert r.status == 201, await r.text()
+        location = r.headers["Location"]
+    async with http.delete(hub.url + location, headers=auth(token)) as r:
+        assert r.status == 200

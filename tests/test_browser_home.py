@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import aioice.ice
 import pytest
 from playwright.async_api import BrowserContext, Page, expect
 
@@ -109,9 +110,11 @@ async def browser():
 
 @pytest.fixture
 def loopback_media():
+    """Python peers of this test offer only 127.0.0.1; whatever was chosen before is restored."""
+    before = aioice.ice.get_host_addresses
     use_addresses(["127.0.0.1"])
     yield
-    use_addresses([])
+    aioice.ice.get_host_addresses = before
 
 
 async def new_page(browser, **context_options) -> tuple[BrowserContext, Page]:
