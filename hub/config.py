@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     public_url: str | None = None
     max_sdp_bytes: int = 64 * 1024
     max_ws_message_bytes: int = 16 * 1024
+    #: Seconds after which a silent hub process's rooms and streams are
+    #: swept from shared live state (it refreshes its heartbeat every third).
+    node_ttl: float = 15.0
     #: Depth of each viewer's packet queue; a viewer that falls this far
     #: behind drops packets until the next keyframe.
     viewer_queue_packets: int = 512

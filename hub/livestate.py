@@ -35,6 +35,10 @@ class LiveState(ABC):
     async def start(self) -> None:
         """Connect to the backend; called once before use."""
 
+    @abstractmethod
+    async def live_nodes(self) -> set[str]:
+        """Ids of the hub processes that are running now."""
+
     async def close(self) -> None:
         for queue in tuple(self._subscribers):
             self._drop(queue)
@@ -104,14 +108,18 @@ class LiveState(ABC):
 
 
 class MemoryLiveState(LiveState):
-    def __init__(self) -> None:
+    def __init__(self, node_id: str) -> None:
         super().__init__()
+        self.node_id = node_id
         self._rooms: dict[str, Record] = {}
         self._participants: dict[str, dict[str, Record]] = {}
         self._streams: dict[str, Record] = {}
 
     async def start(self) -> None:
         """Nothing to connect to."""
+
+    async def live_nodes(self) -> set[str]:
+        return {self.node_id}
 
     async def put_room(self, room: Record) -> None:
         self._rooms[room["id"]] = room
@@ -156,36 +164,65 @@ class MemoryLiveState(LiveState):
 
 class RedisLiveState(LiveState):
     """Keys: hub:rooms (hash), hub:participants:<room> (hash), hub:active
-    (set of rooms with participants), hub:streams (hash), channel hub:events."""
+    (set of rooms with participants), hub:streams (hash), hub:node:<id>
+    (expiring heartbeat of each running process), channel hub:events."""
 
     CHANNEL = "hub:events"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, node_id: str, node_ttl: float) -> None:
         super().__init__()
         self._redis = aioredis.from_url(url, decode_responses=True)
-        self._listener: asyncio.Task[None] | None = None
+        self._node_key = f"hub:node:{node_id}"
+        self._node_ttl = node_ttl
+        self._tasks: list[asyncio.Task[None]] = []
         self._ready = asyncio.Event()
 
     async def start(self) -> None:
-        await self._redis.ping()
-        self._listener = asyncio.create_task(self._listen())
+        await self._beat()
+        self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._heartbeat())]
         await self._ready.wait()
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+                await task
+        with contextlib.suppress(aioredis.RedisError, OSError):
+            await self._redis.delete(self._node_key)
         await self._redis.aclose()
         await super().close()
 
+    async def _beat(self) -> None:
+        await self._redis.set(self._node_key, "1", px=int(self._node_ttl * 1000))
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self._node_ttl / 3)
+            try:
+                await self._beat()
+            except (aioredis.RedisError, OSError) as exc:
+                log.warning("redis heartbeat failed: %s", exc)
+
+    async def live_nodes(self) -> set[str]:
+        return {key.removeprefix("hub:node:") async for key in self._redis.scan_iter("hub:node:*")}
+
     async def _listen(self) -> None:
-        async with self._redis.pubsub() as pubsub:
-            await pubsub.subscribe(self.CHANNEL)
-            self._ready.set()
-            async for message in pubsub.listen():
-                if message["type"] == "message":
-                    self._deliver(json.loads(message["data"]))
+        """Relay the event channel to local subscribers, resubscribing after
+        a lost connection (events published meanwhile are lost to this node)."""
+        delay = 0.5
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self.CHANNEL)
+                    self._ready.set()
+                    delay = 0.5
+                    async for message in pubsub.listen():
+                        if message["type"] == "message":
+                            self._deliver(json.loads(message["data"]))
+            except (ConnectionError, OSError, aioredis.RedisError) as exc:
+                log.warning("redis event channel lost (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10)
 
     async def put_room(self, room: Record) -> None:
         await self._redis.hset("hub:rooms", room["id"], json.dumps(room))
@@ -243,5 +280,5 @@ class RedisLiveState(LiveState):
         await self._redis.publish(self.CHANNEL, json.dumps(event))
 
 
-def open_live_state(redis_url: str | None) -> LiveState:
-    return RedisLiveState(redis_url) if redis_url else MemoryLiveState()
+def open_live_state(redis_url: str | None, node_id: str, node_ttl: float) -> LiveState:
+    return RedisLiveState(redis_url, node_id, node_ttl) if redis_url else MemoryLiveState(node_id)

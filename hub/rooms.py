@@ -227,5 +227,23 @@ class Rooms:
             raise Forbidden("only its viewer or an operator may end a viewing session")
         await self.router.close_consumer(session_id)
 
+    async def sweep(self) -> int:
+        """Remove participants and streams of hub processes that died
+        without saying so (shared live state only); returns how many."""
+        alive = await self.state.live_nodes()
+        swept = 0
+        for room_id in await self.state.active_rooms():
+            for stream in await self.state.streams(room_id):
+                if stream["node"] not in alive and await self.state.remove_stream(stream["id"]):
+                    swept += 1
+                    await self.state.publish({"type": "stream-removed", "room_id": room_id, "stream_id": stream["id"]})
+            for participant in await self.state.participants(room_id):
+                if participant["node"] not in alive and await self.state.remove_participant(room_id, participant["id"]):
+                    swept += 1
+                    await self.state.publish(
+                        {"type": "participant-left", "room_id": room_id, "participant_id": participant["id"]}
+                    )
+        return swept
+
     async def close(self) -> None:
         await self.router.close()

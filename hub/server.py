@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from dataclasses import dataclass
@@ -46,20 +47,35 @@ class Hub:
 async def build(settings: Settings) -> Hub:
     use_addresses(settings.ice_addresses)
     tree = site_tree(settings)
-    state = open_live_state(settings.redis)
+    node_id = secrets.token_hex(4)
+    state = open_live_state(settings.redis, node_id, settings.node_ttl)
     await state.start()
     router = Router(
         settings.announced_ip, settings.viewer_queue_packets, settings.keyframe_interval, settings.ice_servers
     )
-    rooms = Rooms(tree, state, router, node_id=secrets.token_hex(4), node_url=settings.base_url)
+    rooms = Rooms(tree, state, router, node_id=node_id, node_url=settings.base_url)
     app = make_app(rooms, settings, settings.signing_secret())
 
+    sweeper = asyncio.create_task(_sweep_forever(rooms, settings.node_ttl)) if settings.redis else None
+
     async def shutdown(_: web.Application) -> None:
+        if sweeper is not None:
+            sweeper.cancel()
         await rooms.close()
         await state.close()
 
     app.on_shutdown.append(shutdown)
     return Hub(settings, rooms, state, app)
+
+
+async def _sweep_forever(rooms: Rooms, period: float) -> None:
+    while True:
+        await asyncio.sleep(period)
+        try:
+            if swept := await rooms.sweep():
+                log.info("swept %d records of hub processes that stopped", swept)
+        except Exception:  # keep sweeping; Redis may come back
+            log.exception("sweep failed")
 
 
 def operator_link(settings: Settings, tree: SiteTree) -> str:

@@ -16,8 +16,9 @@ from .conftest import HubProcess, start_hub
 @pytest.fixture
 def two_hubs(tmp_path: Path, redis_url: str) -> Iterator[tuple[HubProcess, HubProcess]]:
     # One data directory: both processes sign and verify with the same secret.
-    first = start_hub(tmp_path, "--redis", redis_url)
-    second = start_hub(tmp_path, "--redis", redis_url)
+    # A short heartbeat so that a killed process is swept within seconds.
+    first = start_hub(tmp_path, "--redis", redis_url, env={"HUB_NODE_TTL": "2"})
+    second = start_hub(tmp_path, "--redis", redis_url, env={"HUB_NODE_TTL": "2"})
     yield first, second
     first.stop()
     second.stop()
@@ -77,3 +78,25 @@ async def test_two_hubs_share_rooms_participants_and_streams(two_hubs, http: aio
             await publisher.close()
         async with http.get(f"{b.url}/api/rooms/site-heping", headers=headers) as r:
             assert (await r.json())["streams"] == []
+
+
+async def test_a_killed_hub_process_is_swept_from_shared_state(two_hubs, http: aiohttp.ClientSession):
+    a, b = two_hubs
+    token = a.token("m-xiazhai", "xiazhai", "mediator")
+    headers = {"Authorization": f"Bearer {token}"}
+    publisher = await bot.publish(http, a.url, token, "site-xiazhai", [bot.SyntheticVideo("vp8", 160, 120, 15)])
+    async with http.ws_connect(f"{b.url}/ws?token={token}") as on_b:
+        assert (await on_b.receive_json(timeout=5))["type"] == "hello"
+        await on_b.send_json({"type": "join", "room": "site-xiazhai"})
+        joined = await on_b.receive_json(timeout=5)
+        assert [s["id"] for s in joined["streams"]] == [publisher.resource_id]
+        a.proc.kill()  # SIGKILL: no goodbye
+        a.proc.wait(5)
+        seen = set()
+        while not {"stream-removed", "participant-left"} <= seen:
+            event = await on_b.receive_json(timeout=10)
+            seen.add(event["type"])
+    async with http.get(f"{b.url}/api/rooms/site-xiazhai", headers=headers) as r:
+        room = await r.json()
+    assert room["streams"] == [] and [p for p in room["participants"] if p["via"] == "whip"] == []
+    await publisher.pc.close()
