@@ -34,6 +34,9 @@ class Join(_Message):
     type: Literal["join"]
     room: str = Field(min_length=1, max_length=100)
     name: str | None = Field(default=None, min_length=1, max_length=64)
+    #: Receive the room's roster and events without becoming a participant
+    #: (an operator looking in is not attending).
+    watch: bool = False
 
 
 class Leave(_Message):
@@ -55,7 +58,7 @@ class Session:
         self.ws = ws
         self.rooms = rooms
         self.claims = claims
-        self.joined: dict[str, str] = {}  # room id -> participant id
+        self.joined: dict[str, str | None] = {}  # room id -> participant id (None: watching)
         # Events of a room being joined wait until its "joined" reply is out,
         # so a client always sees its roster before changes to it.
         self.pending: dict[str, list[Record]] = {}
@@ -95,8 +98,8 @@ class Session:
             return
         self.pending[room["id"]] = []
         try:
-            participant = await self.rooms.join(self.claims, room["id"], message.name)
-            self.joined[room["id"]] = participant["id"]
+            participant = None if message.watch else await self.rooms.join(self.claims, room["id"], message.name)
+            self.joined[room["id"]] = participant["id"] if participant else None
             detail = await self.rooms.room_detail(self.claims, room["id"])
             await self.send(
                 {"type": "joined", "room": room, "participant": participant}
@@ -107,11 +110,12 @@ class Session:
                 await self.send(event)
 
     async def leave(self, room_id: str) -> None:
-        participant_id = self.joined.pop(room_id, None)
-        if participant_id is None:
+        if room_id not in self.joined:
             await self.error("not-joined", f"not in room {room_id}")
             return
-        await self.rooms.leave(room_id, participant_id)
+        participant_id = self.joined.pop(room_id)
+        if participant_id is not None:
+            await self.rooms.leave(room_id, participant_id)
         await self.send({"type": "left", "room_id": room_id})
 
     async def forward_events(self) -> None:
@@ -135,7 +139,8 @@ class Session:
 
     async def close(self) -> None:
         for room_id, participant_id in tuple(self.joined.items()):
-            await self.rooms.leave(room_id, participant_id)
+            if participant_id is not None:
+                await self.rooms.leave(room_id, participant_id)
         self.joined.clear()
 
 

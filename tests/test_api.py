@@ -299,3 +299,23 @@ async def test_offer_arriving_in_pieces_is_read_whole(hub: HubProcess, http: aio
         location = r.headers["Location"]
     async with http.delete(hub.url + location, headers=auth(token)) as r:
         assert r.status == 200
+
+
+async def test_watching_a_room_is_not_attending_it(hub: HubProcess, http: aiohttp.ClientSession):
+    operator = hub.token("op-yinmajie", "yinmajie", "operator")
+    mediator = hub.token("m-beidajie", "beidajie", "mediator")
+    async with http.ws_connect(f"{hub.url}/ws?token={operator}") as watcher, \
+            http.ws_connect(f"{hub.url}/ws?token={mediator}") as member:
+        for ws in (watcher, member):
+            assert (await ws.receive_json(timeout=5))["type"] == "hello"
+        await watcher.send_json({"type": "join", "room": "site-beidajie", "watch": True})
+        reply = await watcher.receive_json(timeout=5)
+        assert reply["type"] == "joined" and reply["participant"] is None and reply["participants"] == []
+        await member.send_json({"type": "join", "room": "site-beidajie"})
+        assert (await member.receive_json(timeout=5))["type"] == "joined"
+        event = await watcher.receive_json(timeout=5)
+        assert event["type"] == "participant-joined" and event["participant"]["user"] == "m-beidajie"
+        async with http.get(f"{hub.url}/api/rooms/site-beidajie", headers=auth(operator)) as r:
+            assert [p["user"] for p in (await r.json())["participants"]] == ["m-beidajie"]
+        await watcher.send_json({"type": "leave", "room": "site-beidajie"})
+        assert (await watcher.receive_json(timeout=5))["type"] == "left"

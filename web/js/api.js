@@ -116,7 +116,8 @@ export class MediaSession {
     if (this.closed) return;
     this.closed = true;
     try {
-      const response = await this.client.fetch(this.location, { method: "DELETE" }, 5000);
+      // keepalive: the DELETE still goes out when the page is being closed.
+      const response = await this.client.fetch(this.location, { method: "DELETE", keepalive: true }, 5000);
       if (!response.ok && response.status !== 404) throw await errorFrom(response, `DELETE ${this.location}`);
     } finally {
       this.pc.close();
@@ -286,6 +287,10 @@ const REPLY_TYPES = new Set(["joined", "left", "pong", "error"]);
  * After an unexpected close it reconnects with backoff and joins its rooms
  * again; each new `joined` reply carries a fresh snapshot of the room.
  */
+function joinMessage(room, name, watch) {
+  return { type: "join", room, ...(name ? { name } : {}), ...(watch ? { watch } : {}) };
+}
+
 export class Events {
   constructor(token, { baseUrl = window.location.origin, reconnect = true, replyTimeoutMs = 10000 } = {}) {
     const url = new URL("/ws", baseUrl);
@@ -294,7 +299,7 @@ export class Events {
     this.url = url.href;
     this.reconnect = reconnect;
     this.replyTimeoutMs = replyTimeoutMs;
-    this.rooms = new Map(); // room id -> join name (rooms to be in)
+    this.rooms = new Map(); // room id -> {name, watch} (rooms to be in)
     this.state = "closed";
     this._target = new EventTarget();
     this._pending = [];
@@ -388,8 +393,8 @@ export class Events {
   }
 
   _rejoin() {
-    for (const [room, name] of this.rooms) {
-      this._request({ type: "join", room, ...(name ? { name } : {}) }).catch((err) => {
+    for (const [room, { name, watch }] of this.rooms) {
+      this._request(joinMessage(room, name, watch)).catch((err) => {
         this.rooms.delete(room);
         this._emit("join-failed", { room, error: err });
       });
@@ -413,10 +418,13 @@ export class Events {
     });
   }
 
-  /** Join a room: resolves to the `joined` reply {room, participant, participants, streams}. */
-  async join(room, name = null) {
-    const reply = await this._request({ type: "join", room, ...(name ? { name } : {}) });
-    this.rooms.set(room, name);
+  /**
+   * Join a room: resolves to the `joined` reply {room, participant, participants, streams}.
+   * With `watch`, receive the room's events without becoming a participant (participant: null).
+   */
+  async join(room, name = null, { watch = false } = {}) {
+    const reply = await this._request(joinMessage(room, name, watch));
+    this.rooms.set(room, { name, watch });
     return reply;
   }
 

@@ -59,7 +59,6 @@ const state = {
   selectedSite: null,
   shownRoom: null, // room id whose pictures are on the stage
   showSeq: 0, // guards against late replies for a room no longer shown
-  ownParticipant: null, // our participant id in shownRoom (the event socket joins it)
   participants: new Map(), // of shownRoom
   rosterLoaded: false,
   tiles: new Map(), // stream id -> Tile
@@ -123,7 +122,10 @@ function reportError(err) {
 function stop() {
   state.stopped = true;
   clearTimeout(state.refreshTimer);
-  state.events?.close();
+  const events = state.events;
+  state.events = null; // no "reconnecting" indicator over a fatal message
+  events?.close();
+  renderConn();
   for (const tile of state.tiles.values()) tile.close();
   state.tiles.clear();
 }
@@ -187,11 +189,9 @@ function liveRoomsOf(siteId) {
     .sort((a, b) => (a.kind === "standing" ? -1 : 0) - (b.kind === "standing" ? -1 : 0) || a.id.localeCompare(b.id));
 }
 
-/** People in a room other than us: for the room on the stage, from its live roster. */
+/** People in a room: for the room on the stage, from its live roster (we only watch it). */
 function liveCount(room) {
-  if (room.id === state.shownRoom && state.rosterLoaded) {
-    return [...state.participants.keys()].filter((id) => id !== state.ownParticipant).length;
-  }
+  if (room.id === state.shownRoom && state.rosterLoaded) return state.participants.size;
   return room.participant_count || 0;
 }
 
@@ -305,6 +305,7 @@ async function refreshRooms() {
 function selectSite(siteId) {
   if (!state.byId.has(siteId)) return;
   state.selectedSite = siteId;
+  if (state.banner && ["error.forbidden", "error.notFound"].includes(state.banner[0])) setBanner(null);
   renderTree();
   syncStage();
 }
@@ -344,11 +345,12 @@ async function showRoom(roomId) {
     if (seq === state.showSeq) reportError(err);
     return;
   }
-  if (!state.events || state.events.state !== "open") return; // joined on reconnect via syncJoin
+  const events = state.events;
+  if (!events || events.state !== "open") return; // syncJoin joins once the socket opens
   try {
-    const reply = await state.events.join(roomId);
+    const reply = await events.join(roomId, null, { watch: true });
     if (seq !== state.showSeq) {
-      state.events.leave(roomId).catch(() => {});
+      events.leave(roomId).catch(() => {});
       return;
     }
     onJoined(reply);
@@ -361,7 +363,6 @@ function hideRoom() {
   const roomId = state.shownRoom;
   state.showSeq++;
   state.shownRoom = null;
-  state.ownParticipant = null;
   state.participants.clear();
   state.rosterLoaded = false;
   for (const tile of state.tiles.values()) tile.close();
@@ -371,7 +372,6 @@ function hideRoom() {
 
 function onJoined(reply) {
   if (reply.room?.id !== state.shownRoom) return;
-  state.ownParticipant = reply.participant?.id ?? null;
   setRoster(reply.participants);
   reconcileTiles(reply.streams);
 }
@@ -454,7 +454,7 @@ function renderStage() {
     showEmpty("home.noLiveRoom", "home.noLiveRoomHint");
     return;
   }
-  const others = [...state.participants.values()].filter((p) => p.id !== state.ownParticipant).length;
+  const others = state.participants.size;
   $("stage-stats").textContent = [
     t(`room.kind.${state.rooms.find((r) => r.id === state.shownRoom)?.kind ?? "standing"}`),
     t("home.participants", { n: others }),
@@ -579,10 +579,6 @@ function openEvents() {
   state.events = events;
   events.on("state", ({ state: s }) => {
     renderConn();
-    if (s === "closed" && state.ownParticipant) {
-      state.participants.delete(state.ownParticipant); // the hub removed us with the socket
-      state.ownParticipant = null;
-    }
     if (s === "open") syncJoin();
   });
   events.on("joined", onJoined);
@@ -608,11 +604,12 @@ function openEvents() {
 /** After (re)connecting: make sure the shown room is joined. */
 function syncJoin() {
   const roomId = state.shownRoom;
-  if (!roomId || state.events.rooms.has(roomId)) return; // rejoined by the client itself
+  const events = state.events;
+  if (!roomId || !events || events.rooms.has(roomId)) return; // rejoined by the client itself
   const seq = state.showSeq;
-  state.events
-    .join(roomId)
-    .then((reply) => (seq === state.showSeq ? onJoined(reply) : state.events.leave(roomId).catch(() => {})))
+  events
+    .join(roomId, null, { watch: true })
+    .then((reply) => (seq === state.showSeq ? onJoined(reply) : events.leave(roomId).catch(() => {})))
     .catch((err) => console.warn("join", roomId, err));
 }
 
