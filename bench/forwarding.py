@@ -50,7 +50,7 @@ import aiortc
 import av
 import psutil
 from aiohttp import web
-from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
@@ -228,7 +228,8 @@ class SdpServer:
     async def answer(
         self, request: web.Request, setup: Callable[[RTCPeerConnection, str], None], on_close: Callable[[], None]
     ) -> web.Response:
-        pc = RTCPeerConnection()
+        # No STUN server: aiortc's default (Google's) is of no use on loopback.
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         session = secrets.token_hex(6)
         self.pcs[session] = pc
         self.on_close[session] = on_close
@@ -875,7 +876,7 @@ def pair(a: float | None, b: float | None, sign: bool = False) -> str:
 
 
 def fit_slope(points: list[tuple[float, float]]) -> float | None:
-    """Least-squares slope: the marginal cost of one more viewer, free of the fixed ingest cost."""
+    """Least-squares slope: the marginal cost, free of fixed costs (ingest, RTCP, the event loop)."""
     if len({x for x, _ in points}) < 2:
         return None
     mx = sum(x for x, _ in points) / len(points)
@@ -887,16 +888,26 @@ def summarize(results: list[Figures]) -> dict[str, Any]:
     hub = {r.viewers: r for r in results if r.mode == "hub"}
     ratios = []
     for r in results:
-        if r.mode == "relay" and r.requested_viewers in hub and hub[r.requested_viewers].cpu_per_viewer > 0:
-            ratio = r.cpu_per_viewer / hub[r.requested_viewers].cpu_per_viewer
-            ratios.append({"n": r.requested_viewers, "relay_n": r.viewers, "ratio": ratio})
+        h = hub.get(r.requested_viewers)
+        if r.mode == "relay" and h is not None and h.cpu_per_viewer > 0:
+            per_packet = r.us_per_packet / h.us_per_packet if r.us_per_packet and h.us_per_packet else None
+            ratios.append(
+                {"n": r.requested_viewers, "relay_n": r.viewers, "ratio": r.cpu_per_viewer / h.cpu_per_viewer}
+                | {"per_packet_ratio": per_packet}
+            )
     marginal = {}
     for mode in ("hub", "relay"):
         rows = [r for r in results if r.mode == mode]
-        slope = fit_slope([(r.viewers, r.cpu_percent) for r in rows])
+        # Against packets per second rather than N: on a busy machine the
+        # publisher's frame rate (so the packet rate) differs between runs.
+        slope = fit_slope([(r.forwarded_packets / r.window_s, r.cpu_percent / 100) for r in rows])
         if slope is not None:
-            rate = sum(r.packet_rate for r in rows) / len(rows)
-            marginal[mode] = {"cpu_percent_per_viewer": slope, "us_per_packet": slope / 100 / rate * 1e6}
+            full_rate = max(r.packet_rate for r in rows)
+            marginal[mode] = {
+                "us_per_packet": slope * 1e6,
+                "packet_rate": full_rate,
+                "cpu_percent_per_viewer": slope * full_rate * 100,
+            }
     return {"ratios": ratios, "marginal": marginal}
 
 
@@ -954,11 +965,16 @@ def render(info: dict[str, Any], cfg: Config, results: list[Figures], summary: d
             )
     for ratio in summary["ratios"]:
         capped = f" (relay at N={ratio['relay_n']})" if ratio["relay_n"] != ratio["n"] else ""
-        lines.append(f"- relay / hub CPU per viewer at N={ratio['n']}{capped}: {ratio['ratio']:.1f}x")
+        per_packet = f"{ratio['per_packet_ratio']:.0f}x" if ratio["per_packet_ratio"] else "n/a"
+        lines.append(
+            f"- relay / hub at N={ratio['n']}{capped}: CPU per viewer {ratio['ratio']:.1f}x, "
+            f"CPU per forwarded packet {per_packet}"
+        )
     for mode, m in summary["marginal"].items():
         lines.append(
-            f"- {mode}: marginal cost of one more viewer (least-squares over N): "
-            f"{m['cpu_percent_per_viewer']:.2f}% of a core, {m['us_per_packet']:.0f} µs per forwarded packet"
+            f"- {mode}: marginal cost (least squares of server CPU over forwarded packets/s, all N): "
+            f"{m['us_per_packet']:.0f} µs per forwarded packet, i.e. {m['cpu_percent_per_viewer']:.2f}% of a core "
+            f"per viewer at {m['packet_rate']:.0f} pkt/s"
         )
     return "\n".join(lines)
 

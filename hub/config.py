@@ -43,9 +43,9 @@ class Settings(BaseSettings):
     #: Seconds after which a silent hub process's rooms and streams are
     #: swept from shared live state (it refreshes its heartbeat every third).
     node_ttl: float = 15.0
-    #: Depth of each viewer's packet queue; a viewer that falls this far
-    #: behind drops packets until the next keyframe.
-    viewer_queue_packets: int = 512
+    #: Bytes a viewer's socket may hold unsent; a viewer further behind
+    #: drops packets until the next keyframe.
+    viewer_backlog_bytes: int = 256 * 1024
     #: Minimum seconds between keyframe requests sent to one publisher.
     keyframe_interval: float = 0.3
 

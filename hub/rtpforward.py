@@ -21,24 +21,31 @@ its own packets, then waits for the next keyframe, never holding up others.
 from __future__ import annotations
 
 import asyncio
-import collections
+import logging
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver, clock
+from aioice.ice import StunProtocol
+from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.codecs import is_rtx
+from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import (
     RTCP_PSFB_APP,
-    RTP_HISTORY_SIZE,
     RtcpPsfbPacket,
     RtpPacket,
+    pack_header_extensions,
     pack_remb_fci,
     unwrap_rtx,
 )
 from aiortc.utils import random16, random32
+
+log = logging.getLogger(__name__)
+_pack_header = struct.Struct("!BBHII").pack
 
 #: Codecs the hub forwards: their packets go out exactly as they came in.
 PASSTHROUGH_CODECS = ("video/vp8", "video/h264", "audio/opus", "audio/pcmu", "audio/pcma")
@@ -188,8 +195,13 @@ class TrackSource:
         self.codec = codec
         self.packets += 1
         self.octets += len(packet.payload)
+        shared = Outgoing.now()
         for sink in tuple(self.sinks):
-            sink.push(packet)
+            try:
+                sink.push(packet, shared)
+            except Exception:  # one broken viewer must not stop the others
+                log.exception("dropping a viewer whose send failed")
+                sink.close()
 
     def request_keyframe(self) -> None:
         """Ask the publisher for a keyframe, at most once per interval.
@@ -225,94 +237,184 @@ class SinkStats:
     packets: int = 0
     dropped: int = 0
     keyframe_waits: int = 0
-    first_packet_at: float | None = None
+
+
+#: NACKs can ask for any of this many recent packets of one viewer.
+HISTORY = 512
+_NTP_EPOCH = 2208988800
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """What every viewer's copy of one packet shares: the send time and the
+    extension blocks built so far, keyed by the viewers' negotiated layout."""
+
+    abs_send_time: int
+    ntp_time: int
+    extensions: dict[tuple[tuple[int, bytes], int, int], bytes]
+
+    @classmethod
+    def now(cls) -> Outgoing:
+        now = time.time()
+        # abs-send-time is 6.18 fixed-point seconds of the NTP clock.
+        return cls(int(now * 262144) & 0xFFFFFF, int((now + _NTP_EPOCH) * 4294967296), {})
 
 
 class TrackSink:
-    """One viewer's copy of a track: a bounded queue and an RTP writer task."""
+    """One viewer's copy of a track, written straight to its socket.
 
-    def __init__(self, source: TrackSource, sender: RTCRtpSender, max_queue: int) -> None:
+    `push` runs inside the publisher's receive path and never awaits: it
+    rewrites the header, encrypts (SRTP) and hands the datagram to the
+    viewer's own UDP transport. The bounded queue of each viewer is that
+    transport's write buffer: when it holds more than `max_backlog` bytes the
+    viewer is behind, so it drops what comes until the next keyframe.
+    Nobody else waits for it.
+    """
+
+    def __init__(self, source: TrackSource, sender: RTCRtpSender, max_backlog: int) -> None:
         self.source = source
         self.stats = SinkStats()
         self._sender = sender
-        self._queue: collections.deque[RtpPacket] = collections.deque()
-        self._max_queue = max_queue
-        self._wakeup = asyncio.Event()
-        self._closed = False
+        self._max_backlog = max_backlog
+        self._closed = asyncio.Event()
+        self._history: list[tuple[int, bytes] | None] = [None] * HISTORY
+        # Set when aiortc starts the sender, once DTLS is up.
+        self._payload_type: int | None = None
+        self._ext_layout: tuple[tuple[int, bytes], int, int] = ((0, b""), 0, 0)
+        self._ssrc = sender._ssrc
+        self._octets = 0
+        self._cached_pair: object = None
+        self._cached_route: tuple[Any, Any, tuple[str, int]] | None = None
+        self._seq_offset = 0
+        self._ts_offset = 0
         # Video starts at a keyframe; audio can start anywhere.
         self._waiting_keyframe = source.kind == "video"
         self.on_close: Callable[[], None] | None = None
         sender._run_rtp = self._run_rtp  # type: ignore[method-assign]
         sender._send_keyframe = source.request_keyframe  # type: ignore[method-assign]
+        sender._retransmit = self._retransmit  # type: ignore[method-assign]
         source.sinks.add(self)
-        if self._waiting_keyframe:
-            source.request_keyframe()
 
-    def push(self, packet: RtpPacket) -> None:
+    def push(self, packet: RtpPacket, shared: Outgoing) -> None:
+        if self._payload_type is None:
+            return  # not connected yet
         if self._waiting_keyframe:
             if not is_keyframe_start(self.source.mime_type, packet.payload):
                 self.stats.dropped += 1
                 return
             self._waiting_keyframe = False
-        if len(self._queue) >= self._max_queue:
-            # This viewer fell behind: forget what it has not sent and restart
-            # it at the next keyframe. Other viewers are not affected.
-            self.stats.dropped += len(self._queue) + 1
+        route = self._route()
+        if route is None:
+            return
+        if self._backlog(route) > self._max_backlog:
+            # This viewer's socket cannot keep up: skip to the next keyframe.
+            self.stats.dropped += 1
             self.stats.keyframe_waits += 1
-            self._queue.clear()
             self._waiting_keyframe = self.source.kind == "video"
             self.source.request_keyframe()
             return
-        self._queue.append(packet)
-        self._wakeup.set()
+        seq = (packet.sequence_number + self._seq_offset) & 0xFFFF
+        timestamp = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
+        # Viewers that negotiated the same extensions share one block per packet.
+        extensions = shared.extensions.get(self._ext_layout)
+        if extensions is None:
+            extensions = shared.extensions[self._ext_layout] = self._extensions(
+                shared.abs_send_time, packet.extensions.audio_level
+            )
+        data = (
+            _pack_header(
+                0x90 if extensions else 0x80,  # version 2, and the X bit when extensions follow
+                packet.marker << 7 | self._payload_type,
+                seq,
+                timestamp,
+                self._ssrc,
+            )
+            + extensions
+            + packet.payload
+        )
+        self._history[seq % HISTORY] = (seq, data)
+        self._send(data, route)
+        self.stats.packets += 1
+        self._octets += len(packet.payload)
+        if packet.marker:
+            self._update_sender_report(timestamp, shared.ntp_time)
+
+    def _update_sender_report(self, timestamp: int, ntp_time: int) -> None:
+        """What aiortc's sender puts in its RTCP sender reports, once a frame."""
+        s = self._sender
+        s._RTCRtpSender__ntp_timestamp = ntp_time  # type: ignore[attr-defined]
+        s._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]
+        s._RTCRtpSender__octet_count = self._octets  # type: ignore[attr-defined]
+        s._RTCRtpSender__packet_count = self.stats.packets  # type: ignore[attr-defined]
+
+    def _extensions(self, abs_send_time: int, audio_level: tuple[bool, int] | None) -> bytes:
+        """The header extension block (RFC 8285) this viewer negotiated."""
+        mid, abs_id, level_id = self._ext_layout
+        values = [mid] if mid[0] else []
+        if abs_id:
+            values.append((abs_id, abs_send_time.to_bytes(3, "big")))
+        if level_id and audio_level is not None:
+            values.append((level_id, bytes(((0x80 if audio_level[0] else 0) | (audio_level[1] & 0x7F),))))
+        profile, body = pack_header_extensions(values)
+        return profile.to_bytes(2, "big") + (len(body) // 4).to_bytes(2, "big") + body if body else b""
+
+    def _route(self) -> tuple[Any, Any, tuple[str, int]] | None:
+        """(SRTP session, UDP protocol, remote address) once DTLS is up.
+
+        Cached: it is asked for every packet, and only changes when ICE
+        nominates another candidate pair or DTLS leaves the connected state.
+        """
+        dtls = self._sender.transport
+        pair = dtls.transport._connection._nominated.get(1)
+        if pair is None or dtls._state is not DtlsState.CONNECTED:
+            self._cached_route = None
+            return None
+        if self._cached_pair is not pair or self._cached_route is None:
+            self._cached_pair = pair
+            self._cached_route = (dtls._tx_srtp, pair.protocol, pair.remote_addr)
+        return self._cached_route
+
+    def _backlog(self, route: tuple[Any, Any, tuple[str, int]]) -> int:
+        """Bytes queued in this viewer's UDP transport, not yet on the wire."""
+        return int(route[1].transport.get_write_buffer_size())
+
+    def _send(self, data: bytes, route: tuple[Any, Any, tuple[str, int]]) -> None:
+        # RTCDtlsTransport._send_rtp and aioice's send path, without their
+        # four coroutine layers per packet.
+        srtp, protocol, addr = route
+        if type(protocol) is StunProtocol:
+            protocol.transport.sendto(srtp.protect(data), addr)
+        else:  # TURN and others frame the data themselves
+            asyncio.ensure_future(protocol.send_data(srtp.protect(data), addr))
+
+    async def _retransmit(self, sequence_number: int) -> None:
+        entry = self._history[sequence_number % HISTORY]
+        route = self._route()
+        if entry is not None and entry[0] == sequence_number and route is not None:
+            self._send(entry[1], route)
 
     def close(self) -> None:
-        self._closed = True
         self.source.sinks.discard(self)
-        self._wakeup.set()
+        self._payload_type = None
+        self._closed.set()
 
     async def _run_rtp(self, codec: RTCRtpCodecParameters) -> None:
+        """Replaces the sender's encode loop: configure, then wait for the end."""
         s = self._sender
         s._RTCRtpSender__rtp_started.set()  # type: ignore[attr-defined]
-        ext_map = s._RTCRtpSender__rtp_header_extensions_map  # type: ignore[attr-defined]
-        history: dict[int, RtpPacket] = s._RTCRtpSender__rtp_history  # type: ignore[attr-defined]
-        mid = s._RTCRtpSender__mid  # type: ignore[attr-defined]
-        send = s.transport._send_rtp
-        ssrc = s._ssrc
-        payload_type = codec.payloadType
-        seq_offset: int | None = None
-        ts_offset: int | None = None
+        ids = s._RTCRtpSender__rtp_header_extensions_map._HeaderExtensionsMap__ids  # type: ignore[attr-defined]
+        mid = (s._RTCRtpSender__mid or "").encode()  # type: ignore[attr-defined]
+        self._ext_layout = (((ids.mid or 0) if mid else 0, mid), ids.abs_send_time or 0, ids.audio_level or 0)
+        # Random starting points, as RFC 3550 asks; fixed offsets keep
+        # retransmissions and reordering consistent.
+        self._seq_offset = random16() % 32768
+        self._ts_offset = random32()
+        self._payload_type = codec.payloadType
+        if self._waiting_keyframe:
+            self.source.request_keyframe()
         try:
-            while not self._closed:
-                await self._wakeup.wait()
-                self._wakeup.clear()
-                while self._queue:
-                    packet = self._queue.popleft()
-                    if seq_offset is None:
-                        # Random starting points, as RFC 3550 asks; the
-                        # mapping stays fixed so retransmissions line up.
-                        seq_offset = (random16() - packet.sequence_number) & 0x7FFF
-                        ts_offset = (random32() - packet.timestamp) & 0xFFFFFFFF
-                        self.stats.first_packet_at = time.monotonic()
-                    out = RtpPacket(
-                        payload_type=payload_type,
-                        marker=packet.marker,
-                        sequence_number=(packet.sequence_number + seq_offset) & 0xFFFF,
-                        timestamp=(packet.timestamp + ts_offset) & 0xFFFFFFFF,  # type: ignore[operator]
-                        ssrc=ssrc,
-                        payload=packet.payload,
-                    )
-                    out.extensions.mid = mid
-                    out.extensions.abs_send_time = (clock.current_ntp_time() >> 14) & 0x00FFFFFF
-                    out.extensions.audio_level = packet.extensions.audio_level
-                    history[out.sequence_number % RTP_HISTORY_SIZE] = out
-                    await send(out.serialize(ext_map))
-                    self.stats.packets += 1
-                    s._RTCRtpSender__ntp_timestamp = clock.current_ntp_time()  # type: ignore[attr-defined]
-                    s._RTCRtpSender__rtp_timestamp = out.timestamp  # type: ignore[attr-defined]
-                    s._RTCRtpSender__octet_count += len(out.payload)  # type: ignore[attr-defined]
-                    s._RTCRtpSender__packet_count += 1  # type: ignore[attr-defined]
-        except (asyncio.CancelledError, ConnectionError):
+            await self._closed.wait()
+        except asyncio.CancelledError:
             pass
         finally:
             self.close()

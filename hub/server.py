@@ -51,7 +51,7 @@ async def build(settings: Settings) -> Hub:
     state = open_live_state(settings.redis, node_id, settings.node_ttl)
     await state.start()
     router = Router(
-        settings.announced_ip, settings.viewer_queue_packets, settings.keyframe_interval, settings.ice_servers
+        settings.announced_ip, settings.viewer_backlog_bytes, settings.keyframe_interval, settings.ice_servers
     )
     rooms = Rooms(tree, state, router, node_id=node_id, node_url=settings.base_url)
     app = make_app(rooms, settings, settings.signing_secret())

@@ -95,13 +95,13 @@ class Router:
     """Owns the producers and consumers hosted by this hub process."""
 
     def __init__(
-        self, announced_ip: str | None, max_queue: int, keyframe_interval: float, ice_servers: list[str]
+        self, announced_ip: str | None, max_backlog: int, keyframe_interval: float, ice_servers: list[str]
     ) -> None:
         self._configuration = RTCConfiguration(iceServers=[RTCIceServer(url) for url in ice_servers])
         self.producers: dict[str, Producer] = {}
         self.consumers: dict[str, Consumer] = {}
         self._announced_ip = announced_ip
-        self._max_queue = max_queue
+        self._max_backlog = max_backlog
         self._keyframe_interval = keyframe_interval
         #: Called when a producer ends for any reason (DELETE, ICE failure, close).
         self.on_producer_closed: Callable[[Producer], Awaitable[None]] | None = None
@@ -147,7 +147,7 @@ class Router:
                 restrict_codecs(transceiver, codec)
                 transceiver.sender.replaceTrack(ForwardedTrack(transceiver.kind))
                 transceiver.direction = "sendonly"
-                sinks[transceiver.kind] = TrackSink(source, transceiver.sender, self._max_queue)
+                sinks[transceiver.kind] = TrackSink(source, transceiver.sender, self._max_backlog)
             if not sinks:
                 raise SdpError("the offer has no audio or video section this stream can fill")
 

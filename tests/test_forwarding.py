@@ -51,14 +51,14 @@ async def test_video_and_audio_forwarded_byte_identical(hub: HubProcess, http: a
     assert delivery.ratio >= 0.95, delivery
     assert delivery.in_order
     # Every received frame is byte for byte one that was sent: nothing re-encoded.
-    assert delivery.matched == delivery.received
+    assert delivery.unknown == 0
     assert log.mime_type.lower() == f"video/{codec}"
 
     audio_log = viewer.logs["audio"]
     audio_delivery = bot.compare(audio, audio_log, since=since)
     assert audio_log.mime_type.lower() == "audio/opus"
     assert audio_delivery.ratio >= 0.95, audio_delivery
-    assert audio_delivery.matched == audio_delivery.received
+    assert audio_delivery.unknown == 0 and audio_delivery.in_order
 
 
 async def test_publisher_leaving_ends_viewer_sessions(hub: HubProcess, http: aiohttp.ClientSession):

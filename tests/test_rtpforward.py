@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fractions
 
 import av
@@ -13,7 +14,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
 from hub.bot import pattern_image
-from hub.rtpforward import TrackSink, TrackSource, is_keyframe_start
+from hub.rtpforward import Outgoing, TrackSink, TrackSource, is_keyframe_start
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
 H264 = RTCRtpCodecParameters(
@@ -62,48 +63,99 @@ def rtp(seq: int, payload: bytes) -> RtpPacket:
     return RtpPacket(payload_type=96, sequence_number=seq, timestamp=seq * 3000, ssrc=1, payload=payload)
 
 
+KEYFRAME = b"\x10" + b"\x00" * 20  # VP8: S=1, partition 0, P=0
+DELTA = b"\x10\x01" + b"\x00" * 20  # P=1
+CONTINUATION = b"\x00\x01" + b"\x00" * 20
+
+
+class RecordingSink(TrackSink):
+    """A sink whose socket is replaced by a list and a settable backlog: the
+    rules above the socket are what is under test here."""
+
+    backlog = 0
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.sent: list[bytes] = []
+
+    def _route(self):  # type: ignore[no-untyped-def]
+        return (None, None, ("127.0.0.1", 9))
+
+    def _backlog(self, route) -> int:  # type: ignore[no-untyped-def]
+        return self.backlog
+
+    def _send(self, data: bytes, route) -> None:  # type: ignore[no-untyped-def]
+        self.sent.append(data)
+
+
 @pytest.fixture
 async def transport() -> RTCDtlsTransport:
     return RTCDtlsTransport(RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()])
+
+
+async def started_sink(source: TrackSource, transport: RTCDtlsTransport, payload_type: int = 100) -> RecordingSink:
+    sink = RecordingSink(source, RTCRtpSender("video", transport), max_backlog=1000)
+    task = asyncio.ensure_future(
+        sink._run_rtp(RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=payload_type))
+    )
+    await asyncio.sleep(0)
+    sink.task = task  # type: ignore[attr-defined]
+    return sink
+
+
+async def test_packets_are_rewritten_for_the_viewer_and_nothing_else(transport: RTCDtlsTransport):
+    source = TrackSource(RTCRtpReceiver("video", transport), "video", keyframe_interval=0)
+    source.codec = VP8
+    sink = await started_sink(source, transport, payload_type=120)
+    packets = [rtp(1000, KEYFRAME), rtp(1001, CONTINUATION), rtp(1002, DELTA)]
+    packets[0].marker = 1
+    for packet in packets:
+        sink.push(packet, Outgoing(0x123456, 0, {}))
+    out = [RtpPacket.parse(data) for data in sink.sent]
+    assert [p.payload for p in out] == [p.payload for p in packets]
+    assert {p.payload_type for p in out} == {120}
+    assert {p.ssrc for p in out} == {sink._sender._ssrc}
+    assert [p.marker for p in out] == [1, 0, 0]
+    assert [(p.sequence_number - out[0].sequence_number) & 0xFFFF for p in out] == [0, 1, 2]
+    assert [(p.timestamp - out[0].timestamp) & 0xFFFFFFFF for p in out] == [0, 3000, 6000]
+    # A NACK for the second packet resends exactly it.
+    await sink._retransmit(out[1].sequence_number)
+    assert sink.sent[-1] == sink.sent[1]
+    sink.close()
+    await sink.task  # type: ignore[attr-defined]
 
 
 async def test_slow_viewer_drops_its_own_packets_and_waits_for_a_keyframe(transport: RTCDtlsTransport):
     source = TrackSource(RTCRtpReceiver("video", transport), "video", keyframe_interval=0)
     source.codec = VP8
     source._media_ssrc = 1
-    slow = TrackSink(source, RTCRtpSender("video", transport), max_queue=8)
-    roomy = TrackSink(source, RTCRtpSender("video", transport), max_queue=100)
-    requests_at_join = source.keyframe_requests
+    slow = await started_sink(source, transport)
+    other = await started_sink(source, transport)
+    packets = [rtp(0, KEYFRAME)] + [rtp(i, CONTINUATION if i % 3 else DELTA) for i in range(1, 12)]
+    requests = source.keyframe_requests
+    for i, packet in enumerate(packets):
+        slow.backlog = 5000 if i == 6 else 0  # its socket backs up once
+        for sink in (slow, other):
+            sink.push(packet, Outgoing.now())
 
-    keyframe = b"\x10" + b"\x00" * 20  # S=1, partition 0, P=0
-    delta = b"\x10\x01" + b"\x00" * 20  # P=1
-    continuation = b"\x00\x01" + b"\x00" * 20
-    packets = [rtp(0, keyframe)] + [rtp(i, continuation if i % 3 else delta) for i in range(1, 12)]
-    for packet in packets:
-        for sink in (slow, roomy):
-            sink.push(packet)
-
-    # Neither sink's writer ran, so the slow one overflowed at its 9th packet.
-    assert len(roomy._queue) == 12
-    assert len(slow._queue) == 0
+    assert len(other.sent) == 12
+    assert len(slow.sent) == 6  # everything after the backlog waits for a keyframe
     assert slow.stats.keyframe_waits == 1
-    assert source.keyframe_requests == requests_at_join + 1
-    # Deltas are refused until the next keyframe; then it starts over.
-    slow.push(rtp(12, delta))
-    assert len(slow._queue) == 0
-    slow.push(rtp(13, keyframe))
-    assert [p.sequence_number for p in slow._queue] == [13]
-    assert len(roomy._queue) == 12  # nobody else lost anything
+    assert source.keyframe_requests == requests + 1
+    slow.push(rtp(12, DELTA), Outgoing.now())
+    assert len(slow.sent) == 6
+    slow.push(rtp(13, KEYFRAME), Outgoing.now())
+    assert len(slow.sent) == 7
 
 
 async def test_new_video_viewer_starts_at_a_keyframe(transport: RTCDtlsTransport):
     source = TrackSource(RTCRtpReceiver("video", transport), "video", keyframe_interval=10)
     source.codec = VP8
-    sink = TrackSink(source, RTCRtpSender("video", transport), max_queue=100)
-    sink.push(rtp(1, b"\x10\x01" + b"\x00" * 8))
-    assert not sink._queue
-    sink.push(rtp(2, b"\x10" + b"\x00" * 8))
-    assert len(sink._queue) == 1
+    sink = await started_sink(source, transport)
+    sink.push(rtp(1, DELTA), Outgoing.now())
+    assert not sink.sent
+    sink.push(rtp(2, KEYFRAME), Outgoing.now())
+    assert len(sink.sent) == 1
 
 
 def test_pattern_has_frame_number():
