@@ -282,6 +282,7 @@ class TrackSink:
         self._payload_type: int | None = None
         self._ext_layout: tuple[tuple[int, bytes], int, int] = ((0, b""), 0, 0)
         self._ssrc = sender._ssrc
+        self._audio = source.kind == "audio"
         self._octets = 0
         self._cached_pair: object = None
         self._cached_route: tuple[Any, Any, tuple[str, int]] | None = None
@@ -336,7 +337,7 @@ class TrackSink:
         self._send(data, route)
         self.stats.packets += 1
         self._octets += len(packet.payload)
-        if packet.marker:
+        if packet.marker or self._audio:  # once a video frame; audio packets are frames, and rarely marked
             self._update_sender_report(timestamp, shared.ntp_time)
 
     def _update_sender_report(self, timestamp: int, ntp_time: int) -> None:
