@@ -1,4 +1,4 @@
-"""python -m hub serve | token | sites | bot"""
+"""python -m hub serve | token | sites | verify | bot"""
 
 from __future__ import annotations
 
@@ -71,6 +71,33 @@ def cmd_sites(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from recorder.catalogue import Catalogue
+    from recorder.manifest import read_manifest, verify
+
+    settings = _settings(args)
+    catalogue = Catalogue(settings.db_path)
+    try:
+        row = catalogue.get(args.recording)
+    finally:
+        catalogue.close()
+    folder = settings.recordings_path / args.recording
+    if row is None or not folder.is_dir():
+        print(f"error: no recording {args.recording} in {settings.data}", file=sys.stderr)
+        return 2
+    verdict = verify(folder, read_manifest(folder), row["chain_head"] or None)
+    if verdict.intact:
+        print(f"intact: {verdict.segments} segments, hash chain unbroken")
+        return 0
+    for path in verdict.changed:
+        print(f"changed: {path}")
+    for path in verdict.missing:
+        print(f"missing: {path}")
+    if verdict.chain_broken:
+        print("hash chain broken: the manifest does not match the catalogue or its own links")
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hub", description="Linked governance video hub")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     sites.add_argument("--json", action="store_true", help='a JSON list of {"id", "name", "level", "parent"}')
     data_flags(sites)
     sites.set_defaults(func=cmd_sites)
+
+    verify = sub.add_parser("verify", help="recompute a recording's hashes: intact, or what changed (exit 1)")
+    verify.add_argument("recording", help="recording id, e.g. rec-20261125-130000-a1b2c3")
+    data_flags(verify)
+    verify.set_defaults(func=cmd_verify)
 
     from .botcli import add_bot_parser
 

@@ -48,6 +48,19 @@ class Settings(BaseSettings):
     viewer_backlog_bytes: int = 256 * 1024
     #: Minimum seconds between keyframe requests sent to one publisher.
     keyframe_interval: float = 0.3
+    #: Length of a recording segment; each is cut at a keyframe, so a kill
+    #: loses at most the open one's last second.
+    segment_seconds: float = 2.0
+    #: Recordings older than this many days are deleted; unset keeps them.
+    retention_days: float | None = None
+    #: Seconds between retention sweeps.
+    retention_check_seconds: float = 3600.0
+    #: Record mediation rooms from their first participant until the last one leaves.
+    record_mediation_rooms: bool = False
+
+    @property
+    def recordings_path(self) -> Path:
+        return self.data / "recordings"
 
     @property
     def secret_path(self) -> Path:

@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from .access import Forbidden, can_enter_room, can_reach_site
 from .livestate import LiveState, Record
 from .sfu import Consumer, Producer, Router
-from .sites import SiteTree, standing_room_id
+from .sites import Site, SiteTree, standing_room_id
 from .tokens import Claims
 
 ROOM_KINDS = ("standing", "mediation", "training", "call", "conference")
 STREAM_KINDS = ("camera", "screen")
+#: Roles that may call a higher-level site into a room.
+SITE_INVITER_ROLES = ("admin", "operator", "mediator")
 
 
 class NotFound(Exception):
@@ -130,6 +132,63 @@ class Rooms:
         await self.state.add_participant(room["id"], participant)
         await self.state.publish({"type": "participant-joined", "room_id": room_id, "participant": participant})
         return participant
+
+    async def participant(self, room_id: str, participant_id: str) -> Record:
+        found = next((p for p in await self.state.participants(room_id) if p["id"] == participant_id), None)
+        if found is None:
+            raise NotFound(f"no participant {participant_id} in room {room_id}")
+        return found
+
+    async def update_participant(self, room_id: str, participant_id: str, changes: Record) -> Record:
+        """Change a participant's live fields (mute state, raised hand) and
+        tell the room; add_participant overwrites the record by id."""
+        participant = await self.participant(room_id, participant_id) | changes
+        await self.state.add_participant(room_id, participant)
+        await self.state.publish({"type": "participant-updated", "room_id": room_id, "participant": participant})
+        return participant
+
+    async def chat(self, room_id: str, participant_id: str, text: str) -> Record:
+        participant = await self.participant(room_id, participant_id)
+        event = {
+            "type": "chat",
+            "room_id": room_id,
+            "participant_id": participant_id,
+            "name": participant["name"],
+            "text": text,
+            "at": time.time(),
+        }
+        await self.state.publish(event)
+        return event
+
+    def sites_above(self, site_id: str) -> list[Site]:
+        """The sites a room of `site_id` may call in: its ancestors, nearest first."""
+        out: list[Site] = []
+        site = self.tree.get(site_id)
+        while site is not None and site.parent is not None:
+            site = self.tree.get(site.parent)
+            if site is not None:
+                out.append(site)
+        return out
+
+    async def invite_site(self, claims: Claims, room_id: str, participant_id: str, site_id: str) -> Record:
+        """Invite a higher-level site into a room: its users are told live,
+        wherever they are, and may enter because the room lies in their
+        jurisdiction."""
+        if claims.role not in SITE_INVITER_ROLES:
+            raise Forbidden("only a mediator or an operator may invite a higher-level site")
+        room = await self.room(claims, room_id)
+        if site_id not in {s.id for s in self.sites_above(room["site_id"])}:
+            raise ValueError(f"site {site_id} is not above the room's site {room['site_id']}")
+        inviter = await self.participant(room_id, participant_id)
+        event = {
+            "type": "invitation",
+            "room_id": room_id,
+            "room": room,
+            "from": {"user": claims.user, "name": inviter["name"], "site_id": claims.site},
+            "site_id": site_id,
+        }
+        await self.state.publish(event)
+        return event
 
     async def leave(self, room_id: str, participant_id: str) -> None:
         for stream in await self.state.streams(room_id):

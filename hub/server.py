@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from recorder.retention import expire_forever
+from recorder.service import Recorder
 from signaling.app import make_app
 
 from .config import DEMO_SITES, Settings
@@ -54,13 +56,27 @@ async def build(settings: Settings) -> Hub:
         settings.announced_ip, settings.viewer_backlog_bytes, settings.keyframe_interval, settings.ice_servers
     )
     rooms = Rooms(tree, state, router, node_id=node_id, node_url=settings.base_url)
-    app = make_app(rooms, settings, settings.signing_secret())
+    recorder = Recorder(
+        rooms, settings.recordings_path, settings.db_path, settings.segment_seconds, settings.record_mediation_rooms
+    )
+    await recorder.start()
+    app = make_app(rooms, settings, settings.signing_secret(), recorder)
 
     sweeper = asyncio.create_task(_sweep_forever(rooms, settings.node_ttl)) if settings.redis else None
+    retention = None
+    if settings.retention_days is not None:
+        retention = asyncio.create_task(
+            expire_forever(
+                recorder.catalogue, recorder.root, settings.retention_days, settings.retention_check_seconds
+            )
+        )
 
     async def shutdown(_: web.Application) -> None:
         if sweeper is not None:
             sweeper.cancel()
+        if retention is not None:
+            retention.cancel()
+        await recorder.close()
         await rooms.close()
         await state.close()
 

@@ -8,8 +8,9 @@ from aiohttp import web
 
 from hub.config import Settings
 from hub.rooms import Rooms
+from recorder.service import Recorder
 
-from . import api, events, whip
+from . import api, events, invites, recordings, whip
 from .keys import ROOMS, SECRET, SETTINGS
 from .openapi import document
 from .problems import problems_middleware
@@ -25,7 +26,12 @@ async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(WEB_ROOT / "index.html")
 
 
-def make_app(rooms: Rooms, settings: Settings, secret: str) -> web.Application:
+async def room_page(request: web.Request) -> web.FileResponse:
+    # The page checks its token and the room itself, through the API.
+    return web.FileResponse(WEB_ROOT / "room.html")
+
+
+def make_app(rooms: Rooms, settings: Settings, secret: str, recorder: Recorder | None = None) -> web.Application:
     app = web.Application(middlewares=[problems_middleware], client_max_size=settings.max_sdp_bytes * 2)
     app[ROOMS] = rooms
     app[SETTINGS] = settings
@@ -38,12 +44,16 @@ def make_app(rooms: Rooms, settings: Settings, secret: str) -> web.Application:
     app.router.add_get("/api/rooms", api.list_rooms)
     app.router.add_post("/api/rooms", api.open_room)
     app.router.add_get("/api/rooms/{room_id}", api.get_room)
+    app.router.add_post("/api/rooms/{room_id}/invites", invites.create_invite)
+    app.router.add_get("/api/rooms/{room_id}/sites", invites.room_sites)
     app.router.add_get("/api/streams/{stream_id}", api.get_stream)
+    recordings.add_routes(app, recorder)
     app.router.add_post("/whip/{room_id}", whip.whip_publish)
     app.router.add_delete("/whip/{room_id}/{stream_id}", whip.whip_delete)
     app.router.add_post("/whep/{stream_id}", whip.whep_view)
     app.router.add_delete("/whep/{stream_id}/{session_id}", whip.whep_delete)
     app.router.add_get("/ws", events.websocket)
     app.router.add_get("/", index)
+    app.router.add_get("/rooms/{room_id}", room_page)
     app.router.add_static("/web/", WEB_ROOT, name="web")
     return app

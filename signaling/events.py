@@ -14,7 +14,7 @@ import json
 from typing import Annotated, Literal
 
 from aiohttp import WSCloseCode, WSMsgType, web
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
 
 from hub.access import Forbidden, can_enter_room
 from hub.livestate import Record
@@ -48,7 +48,35 @@ class Ping(_Message):
     type: Literal["ping"]
 
 
-ClientMessage = TypeAdapter(Annotated[Join | Leave | Ping, Field(discriminator="type")])
+class State(_Message):
+    """The sender's microphone and camera: on (True) or muted (False)."""
+
+    type: Literal["state"]
+    room: str = Field(min_length=1, max_length=100)
+    audio: StrictBool  # "no" or 0 is a mistake, not False
+    video: StrictBool
+
+
+class Chat(_Message):
+    type: Literal["chat"]
+    room: str = Field(min_length=1, max_length=100)
+    text: str = Field(min_length=1, max_length=1000)
+
+
+class Hand(_Message):
+    type: Literal["hand"]
+    room: str = Field(min_length=1, max_length=100)
+    raised: StrictBool
+
+
+class InviteSite(_Message):
+    type: Literal["invite-site"]
+    room: str = Field(min_length=1, max_length=100)
+    site: str = Field(min_length=1, max_length=100)
+
+
+RoomMessage = State | Chat | Hand | InviteSite
+ClientMessage = TypeAdapter(Annotated[Join | Leave | Ping | RoomMessage, Field(discriminator="type")])
 
 
 class Session:
@@ -81,8 +109,36 @@ class Session:
             await self.send({"type": "pong"})
         elif isinstance(message, Join):
             await self.join(message)
-        else:
+        elif isinstance(message, Leave):
             await self.leave(message.room)
+        else:
+            await self.in_room(message)
+
+    async def in_room(self, message: RoomMessage) -> None:
+        """Messages a participant sends into a room it has joined; each is
+        acknowledged so replies stay in request order."""
+        participant_id = self.joined.get(message.room)
+        if participant_id is None:
+            await self.error("not-joined", f"not a participant of room {message.room}")
+            return
+        try:
+            if isinstance(message, State):
+                changes = {"audio": message.audio, "video": message.video}
+                await self.rooms.update_participant(message.room, participant_id, changes)
+            elif isinstance(message, Hand):
+                await self.rooms.update_participant(message.room, participant_id, {"hand": message.raised})
+            elif isinstance(message, Chat):
+                await self.rooms.chat(message.room, participant_id, message.text)
+            else:
+                await self.rooms.invite_site(self.claims, message.room, participant_id, message.site)
+        except NotFound as exc:
+            await self.error("not-found", str(exc))
+        except Forbidden as exc:
+            await self.error("forbidden", str(exc))
+        except ValueError as exc:
+            await self.error("bad-message", str(exc))
+        else:
+            await self.send({"type": "ack", "of": message.type, "room_id": message.room})
 
     async def join(self, message: Join) -> None:
         if message.room in self.joined:
@@ -123,7 +179,10 @@ class Session:
         try:
             while (event := await queue.get()) is not None:
                 room_id = event.get("room_id")
-                if room_id in self.pending:
+                if event["type"] == "invitation":
+                    if self._invites_me(event):
+                        await self.send(event)
+                elif room_id in self.pending:
                     self.pending[room_id].append(event)
                 elif room_id in self.joined or self._announces_room_for_me(event):
                     await self.send(event)
@@ -136,6 +195,10 @@ class Session:
         return event["type"] == "room-opened" and can_enter_room(
             self.rooms.tree, self.claims, event["room"]["id"], event["room"]["site_id"]
         )
+
+    def _invites_me(self, event: Record) -> bool:
+        """An invitation goes to the users whose home is the invited site, joined or not."""
+        return self.claims.role != "guest" and self.claims.site == event["site_id"]
 
     async def close(self) -> None:
         for room_id, participant_id in tuple(self.joined.items()):

@@ -193,6 +193,61 @@ def document() -> dict[str, Any]:
                     "responses": {"200": _json("Room")} | _ERRORS,
                 }
             },
+            "/api/rooms/{room_id}/invites": {
+                "post": {
+                    "summary": "Create a guest invite link that opens this room only, until it expires",
+                    "parameters": [_param("room_id")],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["ttl"],
+                                    "additionalProperties": False,
+                                    "properties": {"ttl": {"enum": [1800, 7200, 86400]}},
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "201": {
+                            "description": "Created: the link (relative to the hub), its guest token and expiry",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {
+                                            "url": {"type": "string"},
+                                            "token": {"type": "string"},
+                                            "expires_at": {"type": "integer"},
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        "400": _PROBLEM,
+                    }
+                    | _ERRORS,
+                }
+            },
+            "/api/rooms/{room_id}/sites": {
+                "get": {
+                    "summary": "The room's site and the sites above it, nearest first (those may be invited)",
+                    "parameters": [_param("room_id")],
+                    "responses": {
+                        "200": {
+                            "description": "OK",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"type": "array", "items": {"$ref": "#/components/schemas/Site"}}
+                                }
+                            },
+                        }
+                    }
+                    | _ERRORS,
+                }
+            },
             "/api/streams/{stream_id}": {
                 "get": {
                     "summary": "One live stream",
@@ -200,6 +255,7 @@ def document() -> dict[str, Any]:
                     "responses": {"200": _json("Stream")} | _ERRORS,
                 }
             },
+            **_recording_paths(),
             "/whip/{room_id}": {
                 "post": {
                     "summary": "Publish a stream into a room (WHIP, RFC 9725)",
@@ -248,6 +304,14 @@ def document() -> dict[str, Any]:
                 }
             },
             "/": {"get": {"summary": "The web app", "security": [], "responses": {"200": {"description": "HTML"}}}},
+            "/rooms/{room_id}": {
+                "get": {
+                    "summary": "The room page (reads ?token= and &autojoin=1 in the browser)",
+                    "security": [],
+                    "parameters": [_param("room_id")],
+                    "responses": {"200": {"description": "HTML"}},
+                }
+            },
             "/web/{path}": {
                 "get": {
                     "summary": "The web app's static files",
@@ -256,5 +320,110 @@ def document() -> dict[str, Any]:
                     "responses": {"200": {"description": "OK"}, "404": _PROBLEM},
                 }
             },
+        },
+    }
+
+
+def _ok(description: str, content_type: str = "application/json") -> dict[str, Any]:
+    return {"description": description, "content": {content_type: {"schema": {"type": "object"}}}}
+
+
+def _query(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "schema": {"type": "string"}, "description": description}
+
+
+def _recording_paths() -> dict[str, Any]:
+    """Recording and playback (docs/api.md, "Recordings")."""
+    rec = _param("recording_id")
+    page = {"summary": "The playback page", "security": [], "responses": {"200": {"description": "HTML"}}}
+    return {
+        "/recordings": {"get": page},
+        "/recordings/{recording_id}": {"get": page | {"parameters": [rec]}},
+        "/api/rooms/{room_id}/recording": {
+            "get": {
+                "summary": "Whether the room is being recorded: {room_id, on, recording}",
+                "parameters": [_param("room_id")],
+                "responses": {"200": _ok("Recording state")} | _ERRORS,
+            },
+            "post": {
+                "summary": "Start or stop recording the room; the room gets recording-started/-stopped events",
+                "parameters": [_param("room_id")],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"type": "object", "required": ["on"], "properties": {"on": {"type": "boolean"}}}
+                        }
+                    },
+                },
+                "responses": {"200": _ok("Recording state"), "400": _PROBLEM} | _ERRORS,
+            },
+        },
+        "/api/recordings": {
+            "get": {
+                "summary": "Search recordings of the caller's jurisdiction, newest first",
+                "parameters": [
+                    _query("site", "a site of the jurisdiction: it and the sites below it (default: home site)"),
+                    _query("from", "ISO 8601 date/time (UTC if no offset) or epoch seconds"),
+                    _query("to", "ISO 8601 date/time (UTC if no offset) or epoch seconds"),
+                    _query("kind", "room kind: standing, mediation, training, call, conference"),
+                    _query("q", "text in title, room, site or participant names, or a recording id"),
+                ],
+                "responses": {"200": _ok("Recordings"), "400": _PROBLEM} | _ERRORS,
+            }
+        },
+        "/api/recordings/{recording_id}": {
+            "get": {
+                "summary": "A recording's manifest: participants, streams, segments, hashes",
+                "parameters": [rec],
+                "responses": {"200": _ok("Manifest")} | _ERRORS,
+            }
+        },
+        "/api/recordings/{recording_id}/files/{path}": {
+            "get": {
+                "summary": "A file of the recording (segment, manifest); supports Range (206); audited",
+                "parameters": [rec, _param("path"), _query("token", "for <video> elements, which cannot send headers")],
+                "responses": {
+                    "200": {"description": "The file"},
+                    "206": {"description": "The requested range"},
+                    "400": _PROBLEM,
+                }
+                | _ERRORS,
+            }
+        },
+        "/api/recordings/{recording_id}/verify": {
+            "get": {
+                "summary": "Recompute segment hashes and the hash chain: intact, or what changed",
+                "parameters": [rec],
+                "responses": {"200": _ok("Verdict: {intact, segments, changed, missing, chain_broken}")} | _ERRORS,
+            }
+        },
+        "/api/recordings/{recording_id}/export": {
+            "post": {
+                "summary": "Start rendering the session into one MP4 (grid, names, time, mixed audio)",
+                "parameters": [rec],
+                "responses": {"202": _ok("The job: {state, progress, ...}"), "409": _PROBLEM} | _ERRORS,
+            },
+            "get": {
+                "summary": "Progress of the export job",
+                "parameters": [rec],
+                "responses": {"200": _ok("The job: {state, progress, participants, width, height, duration}")}
+                | _ERRORS,
+            },
+        },
+        "/api/recordings/{recording_id}/export/file": {
+            "get": {
+                "summary": "Download the exported MP4 (audited)",
+                "parameters": [rec],
+                "responses": {"200": {"description": "MP4", "content": {"video/mp4": {}}}} | _ERRORS,
+            }
+        },
+        "/api/audit": {
+            "get": {
+                "summary": "Audit log of recordings in the caller's jurisdiction (operators and admins)",
+                "parameters": [_query("recording", "only this recording")],
+                "responses": {"200": _ok("Audit rows: {at, user, role, action, recording_id, site_id, detail}")}
+                | _ERRORS,
+            }
         },
     }

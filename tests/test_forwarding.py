@@ -129,8 +129,12 @@ async def test_stalled_viewer_loses_only_its_own_frames(hub: HubProcess, http: a
         await healthy.close()
         await publisher.close()
     log = healthy.logs["video"]
-    during = [f for f in log.frames if stopped_at <= f.received_at <= stopped_at + 2]
-    assert len(during) >= 0.95 * 60
+    # Every frame the publisher sent while the other viewer was frozen reached
+    # this one (counted by what was sent, so a busy machine does not matter).
+    sent_during = {k for k, f in video.sent.items() if stopped_at <= f.sent_at <= stopped_at + 2}
+    received = {f.key for f in log.frames}
+    assert len(sent_during) >= 20
+    assert len(sent_during & received) >= 0.95 * len(sent_during)
     assert bot.compare(video, log, since=video.sent[log.frames[0].key].sent_at).ratio >= 0.95
     report = json.loads(out.strip().splitlines()[-1])
     # It woke up and went on receiving to the end.

@@ -204,6 +204,16 @@ export class HubClient {
     return this.request("GET", `/api/streams/${encodeURIComponent(streamId)}`);
   }
 
+  /** A guest invite link for a room: {url, token, expires_at}; `ttl` is 1800, 7200 or 86400 seconds. */
+  createInvite(roomId, ttl) {
+    return this.request("POST", `/api/rooms/${encodeURIComponent(roomId)}/invites`, { ttl });
+  }
+
+  /** The room's site and the sites above it, nearest first. */
+  roomSites(roomId) {
+    return this.request("GET", `/api/rooms/${encodeURIComponent(roomId)}/sites`);
+  }
+
   /** POST an SDP offer; resolves to {answer, location} with the Location made absolute. */
   async exchange(path, offer) {
     const response = await this.fetch(path, { method: "POST", headers: { "Content-Type": SDP }, body: offer });
@@ -267,17 +277,68 @@ export class HubClient {
   events(options = {}) {
     return new Events(this.token, { baseUrl: this.baseUrl, ...options });
   }
+
+  // -- recordings ---------------------------------------------------------------
+
+  /** Start (true) or stop (false) recording a room: {room_id, on, recording}. */
+  setRecording(roomId, on) {
+    return this.request("POST", `/api/rooms/${encodeURIComponent(roomId)}/recording`, { on });
+  }
+
+  recordingState(roomId) {
+    return this.request("GET", `/api/rooms/${encodeURIComponent(roomId)}/recording`);
+  }
+
+  /** Search recordings; filters: {site, from, to, kind, q} (empty ones are left out). */
+  recordings(filters = {}) {
+    const query = new URLSearchParams(Object.entries(filters).filter(([, v]) => v !== "" && v != null));
+    return this.request("GET", `/api/recordings?${query}`);
+  }
+
+  /** A recording's manifest: participants, streams, segments with hashes. */
+  recording(id) {
+    return this.request("GET", `/api/recordings/${encodeURIComponent(id)}`);
+  }
+
+  /** URL of a file of a recording for a media element, which cannot send headers: the token rides in the query. */
+  recordingFileUrl(id, path) {
+    const encoded = path.split("/").map(encodeURIComponent).join("/");
+    return this.url(`/api/recordings/${encodeURIComponent(id)}/files/${encoded}?token=${encodeURIComponent(this.token)}`);
+  }
+
+  verifyRecording(id) {
+    return this.request("GET", `/api/recordings/${encodeURIComponent(id)}/verify`);
+  }
+
+  /** Start the one-file export; resolves to the job {state, progress, ...}. */
+  exportRecording(id) {
+    return this.request("POST", `/api/recordings/${encodeURIComponent(id)}/export`);
+  }
+
+  exportStatus(id) {
+    return this.request("GET", `/api/recordings/${encodeURIComponent(id)}/export`);
+  }
+
+  recordingExportUrl(id) {
+    return this.url(`/api/recordings/${encodeURIComponent(id)}/export/file?token=${encodeURIComponent(this.token)}`);
+  }
+
+  /** Audit rows of the caller's jurisdiction (operators and admins); optionally of one recording. */
+  audit(recordingId = "") {
+    const query = recordingId ? `?recording=${encodeURIComponent(recordingId)}` : "";
+    return this.request("GET", `/api/audit${query}`);
+  }
 }
 
 // -- the event WebSocket --------------------------------------------------------
 
-const REPLY_TYPES = new Set(["joined", "left", "pong", "error"]);
+const REPLY_TYPES = new Set(["joined", "left", "pong", "ack", "error"]);
 
 /**
  * The event WebSocket (`/ws?token=`): join and leave rooms, receive their
  * events. Listen with `events.on(type, fn)` for any message type — "hello",
- * "participant-joined", "participant-left", "stream-added", "stream-removed",
- * "room-opened" — or "message" for all of them, and "state" for the
+ * "participant-joined", "participant-left", "participant-updated", "stream-added",
+ * "stream-removed", "room-opened", "chat", "invitation" — or "message" for all of them, and "state" for the
  * connection state ("connecting", "open", "closed"; detail `{state}`).
  *
  * join/leave/ping resolve with the hub's reply (joined/left/pong) or reject
@@ -435,6 +496,24 @@ export class Events {
 
   ping() {
     return this._request({ type: "ping" });
+  }
+
+  /** Tell a joined room whether our microphone and camera are on. */
+  sendState(room, audio, video) {
+    return this._request({ type: "state", room, audio, video });
+  }
+
+  chat(room, text) {
+    return this._request({ type: "chat", room, text });
+  }
+
+  raiseHand(room, raised) {
+    return this._request({ type: "hand", room, raised });
+  }
+
+  /** Invite a site above the room's site; its users get an `invitation` event. */
+  inviteSite(room, site) {
+    return this._request({ type: "invite-site", room, site });
   }
 
   /** Close for good: no reconnect. */

@@ -62,6 +62,7 @@ const state = {
   participants: new Map(), // of shownRoom
   rosterLoaded: false,
   tiles: new Map(), // stream id -> Tile
+  invitations: [], // `invitation` events not yet acted on, newest last
   fatal: null, // [key, params]
   banner: null, // [key, params]
   refreshTimer: null,
@@ -448,6 +449,11 @@ function renderStage() {
   );
   tabs.hidden = tabRooms.length < 2;
 
+  const enter = $("enter-room");
+  enter.hidden = !state.shownRoom;
+  enter.textContent = t("home.enterRoom");
+  if (state.shownRoom) enter.href = `/rooms/${encodeURIComponent(state.shownRoom)}`;
+
   if (!state.shownRoom) {
     $("stage-stats").textContent = "";
     grid.hidden = true;
@@ -572,6 +578,47 @@ class Tile {
   }
 }
 
+// -- invitations from lower levels ----------------------------------------------------------
+
+function addInvitation(invitation) {
+  state.invitations = state.invitations.filter((i) => i.room_id !== invitation.room_id);
+  state.invitations.push(invitation);
+  renderInvitations();
+}
+
+function dismissInvitation(roomId) {
+  state.invitations = state.invitations.filter((i) => i.room_id !== roomId);
+  renderInvitations();
+}
+
+function renderInvitations() {
+  const siteOf = (id) => state.byId.get(id);
+  $("invitations").replaceChildren(
+    ...state.invitations.map((inv) => {
+      const roomSite = siteOf(inv.room.site_id);
+      const fromSite = siteOf(inv.from.site_id) ?? roomSite;
+      const kind = t(`room.kind.${inv.room.kind}`);
+      const room =
+        inv.room.kind === "standing" || !inv.room.title
+          ? `${roomSite ? i18n.siteName(roomSite) : ""} ${kind}`.trim()
+          : `${kind} · ${inv.room.title}`;
+      const site = fromSite ? i18n.siteName(fromSite) : t("tile.unknownSite");
+      return el(
+        "section",
+        { class: "invitation", role: "alert", dataset: { roomId: inv.room_id } },
+        el("h3", {}, t("invite.title")),
+        el("p", {}, t("invite.from", { name: inv.from.name, site, room })),
+        el(
+          "div",
+          { class: "invitation-actions" },
+          el("button", { type: "button", class: "button-ghost", onclick: () => dismissInvitation(inv.room_id) }, t("invite.dismiss")),
+          el("a", { class: "button invitation-join", href: `/rooms/${encodeURIComponent(inv.room_id)}` }, t("invite.join")),
+        ),
+      );
+    }),
+  );
+}
+
 // -- live events --------------------------------------------------------------------------
 
 function openEvents() {
@@ -598,6 +645,7 @@ function openEvents() {
     renderStage();
   });
   events.on("room-opened", () => refreshRooms());
+  events.on("invitation", addInvitation);
   events.connect().catch((err) => console.warn("event socket", err));
 }
 
@@ -623,6 +671,7 @@ function rerenderAll() {
     renderTree();
     renderStage();
     for (const tile of state.tiles.values()) tile.render();
+    renderInvitations();
   }
   $("lang-toggle").textContent = t("lang.toggle");
 }
@@ -664,6 +713,8 @@ function init() {
   $("fatal-reload").addEventListener("click", () => window.location.reload());
   $("tree").addEventListener("click", onTreeClick);
   $("tree").addEventListener("keydown", onTreeKey);
+  $("stage-header").append(el("a", { id: "enter-room", class: "button", hidden: true }));
+  document.body.append(el("div", { id: "invitations", class: "invitations", "aria-live": "polite" }));
   i18n.onLangChange(rerenderAll);
   renderHeader();
   setInterval(() => ($("clock").textContent = i18n.formatClock(new Date())), 1000);

@@ -1,0 +1,145 @@
+"""The recordings catalogue and the audit log, in the hub's SQLite file.
+
+Both tables live beside the site tree (`hub.sqlite3` in the data directory)
+so that one backup holds every durable record.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS recordings (
+    id TEXT PRIMARY KEY,
+    room_id TEXT NOT NULL,
+    site_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    title TEXT NOT NULL DEFAULT '',
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    status TEXT NOT NULL,
+    chain_head TEXT NOT NULL DEFAULT '',
+    node TEXT NOT NULL DEFAULT '',
+    search_text TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS recordings_site_time ON recordings (site_id, started_at);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    user TEXT NOT NULL,
+    role TEXT NOT NULL,
+    action TEXT NOT NULL,
+    recording_id TEXT NOT NULL,
+    site_id TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS audit_site_time ON audit (site_id, at);
+"""
+
+COLUMNS = ("id", "room_id", "site_id", "kind", "title", "started_at", "ended_at", "status", "chain_head", "node")
+AUDIT_COLUMNS = ("id", "at", "user", "role", "action", "recording_id", "site_id", "detail")
+
+
+class Catalogue:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Writer threads and the event loop both record segments; one lock
+        # around one connection is plenty for a handful of writes a second.
+        self._db = sqlite3.connect(path, check_same_thread=False, timeout=10)
+        self._lock = threading.Lock()
+        with self._lock, self._db:
+            self._db.executescript(SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(recordings)")}
+            if "node" not in columns:  # a catalogue from before recordings named their hub process
+                self._db.execute("ALTER TABLE recordings ADD COLUMN node TEXT NOT NULL DEFAULT ''")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def add(self, record: dict[str, Any]) -> None:
+        record = {"node": ""} | record
+        with self._lock, self._db:
+            self._db.execute(
+                f"INSERT INTO recordings ({', '.join(COLUMNS)}, search_text) VALUES ({', '.join('?' * 11)})",
+                [record.get(c) for c in COLUMNS] + [record.get("search_text", "")],
+            )
+
+    def update(self, recording_id: str, **fields: Any) -> None:
+        names = ", ".join(f"{k} = ?" for k in fields)
+        with self._lock, self._db:
+            self._db.execute(f"UPDATE recordings SET {names} WHERE id = ?", [*fields.values(), recording_id])
+
+    def get(self, recording_id: str) -> dict[str, Any] | None:
+        rows = self._select("WHERE id = ?", [recording_id])
+        return rows[0] if rows else None
+
+    def search(
+        self,
+        sites: Iterable[str],
+        since: float | None = None,
+        until: float | None = None,
+        kind: str | None = None,
+        text: str | None = None,
+        limit: int = 200,
+    ) -> list[dict[str, Any]]:
+        sites = list(sites)
+        where = [f"site_id IN ({', '.join('?' * len(sites))})"]
+        args: list[Any] = list(sites)
+        if since is not None:
+            where.append("COALESCE(ended_at, started_at + 86400) >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("started_at <= ?")
+            args.append(until)
+        if kind:
+            where.append("kind = ?")
+            args.append(kind)
+        if text:
+            where.append("(search_text LIKE ? OR id = ?)")
+            args += [f"%{text}%", text]
+        return self._select(f"WHERE {' AND '.join(where)} ORDER BY started_at DESC LIMIT ?", [*args, limit])
+
+    def unfinished(self) -> list[dict[str, Any]]:
+        return self._select("WHERE status = 'recording'", [])
+
+    def older_than(self, when: float) -> list[dict[str, Any]]:
+        return self._select("WHERE status != 'recording' AND started_at < ?", [when])
+
+    def delete(self, recording_id: str) -> None:
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM recordings WHERE id = ?", [recording_id])
+
+    def _select(self, tail: str, args: list[Any]) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM recordings {tail}", args).fetchall()
+        return [dict(zip(COLUMNS, row, strict=True)) for row in rows]
+
+    # -- audit ---------------------------------------------------------------
+
+    def audit(self, user: str, role: str, action: str, recording_id: str, site_id: str, detail: str = "") -> None:
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT INTO audit (at, user, role, action, recording_id, site_id, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [time.time(), user, role, action, recording_id, site_id, detail],
+            )
+
+    def audit_rows(
+        self, sites: Iterable[str], recording_id: str | None = None, limit: int = 500
+    ) -> list[dict[str, Any]]:
+        sites = list(sites)
+        where = f"site_id IN ({', '.join('?' * len(sites))})"
+        args: list[Any] = list(sites)
+        if recording_id:
+            where += " AND recording_id = ?"
+            args.append(recording_id)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit WHERE {where} ORDER BY id DESC LIMIT ?", [*args, limit]
+            ).fetchall()
+        return [dict(zip(AUDIT_COLUMNS, row, strict=True)) for row in rows]

@@ -1,0 +1,165 @@
+"""The recorder of one hub process: which rooms are being recorded, and
+keeping each session's streams and roster current from the room events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from hub.access import Forbidden
+from hub.livestate import Record
+from hub.rooms import NotFound, Rooms
+from hub.tokens import Claims
+
+from .catalogue import Catalogue
+from .manifest import MANIFEST, recover
+from .session import RecordingSession
+
+log = logging.getLogger(__name__)
+#: `started_by` of a mediation recorded from its first participant; it stops with the last one leaving.
+AUTO = "auto"
+
+
+class Recorder:
+    def __init__(
+        self, rooms: Rooms, root: Path, db_path: Path, segment_seconds: float = 2.0, record_mediation: bool = False
+    ) -> None:
+        self.rooms = rooms
+        self.root = root.resolve()
+        self.catalogue = Catalogue(db_path)
+        self.segment_seconds = segment_seconds
+        self.record_mediation = record_mediation
+        #: room id -> its session being recorded on this process
+        self.sessions: dict[str, RecordingSession] = {}
+        self._events: asyncio.Queue[Record | None] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self.recover, await self.rooms.state.live_nodes())
+        self._events = self.rooms.state.subscribe()
+        self._task = asyncio.create_task(self._follow(self._events))
+
+    def recover(self, live_nodes: set[str]) -> list[str]:
+        """Complete the manifests of sessions a killed process left open
+        (not those another running hub process is still recording)."""
+        done = []
+        for row in self.catalogue.unfinished():
+            if row["node"] in live_nodes:
+                continue
+            folder = self.root / row["id"]
+            if not (folder / MANIFEST).is_file():
+                self.catalogue.update(row["id"], status="interrupted")
+                continue
+            manifest = recover(folder)
+            self.catalogue.update(
+                row["id"], status="interrupted", ended_at=manifest["ended_at"], chain_head=manifest["chain_head"]
+            )
+            log.warning("recording %s was interrupted; recovered what is on disk", row["id"])
+            done.append(row["id"])
+        return done
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._events is not None:
+            self.rooms.state.unsubscribe(self._events)
+        for room_id in tuple(self.sessions):
+            await self._stop(room_id)
+        self.catalogue.close()
+
+    # -- control -------------------------------------------------------------
+
+    async def set_recording(self, claims: Claims, room_id: str, on: bool) -> dict[str, Any]:
+        room = await self.rooms.room(claims, room_id)
+        if claims.role == "guest":
+            raise Forbidden("guests cannot start or stop a recording")
+        if on:
+            session = self.sessions.get(room_id) or await self._start(room, claims.user)
+            return {"room_id": room_id, "on": True, "recording": session.summary()}
+        if room_id not in self.sessions:
+            raise NotFound(f"room {room_id} is not being recorded")
+        return {"room_id": room_id, "on": False, "recording": await self._stop(room_id)}
+
+    async def status(self, claims: Claims, room_id: str) -> dict[str, Any]:
+        await self.rooms.room(claims, room_id)
+        session = self.sessions.get(room_id)
+        return {"room_id": room_id, "on": session is not None, "recording": session.summary() if session else None}
+
+    async def _start(self, room: Record, started_by: str) -> RecordingSession:
+        site = self.rooms.tree.get(room["site_id"])
+        session = await asyncio.to_thread(
+            RecordingSession,
+            self.root,
+            self.catalogue,
+            room,
+            started_by,
+            self.segment_seconds,
+            site.name if site else "",
+            self.rooms.node_id,
+        )
+        self.sessions[room["id"]] = session
+        for participant in await self.rooms.state.participants(room["id"]):
+            session.participant_joined(participant)
+        for stream in await self.rooms.state.streams(room["id"]):
+            self._add_stream(session, stream)
+        log.info("recording %s of room %s started by %s", session.id, room["id"], started_by)
+        await self.rooms.state.publish(
+            {"type": "recording-started", "room_id": room["id"], "recording": session.summary()}
+        )
+        return session
+
+    async def _stop(self, room_id: str) -> dict[str, Any]:
+        session = self.sessions.pop(room_id)
+        summary = await session.stop()
+        log.info("recording %s of room %s stopped", session.id, room_id)
+        await self.rooms.state.publish({"type": "recording-stopped", "room_id": room_id, "recording": summary})
+        return summary
+
+    def _add_stream(self, session: RecordingSession, stream: Record) -> None:
+        producer = self.rooms.router.producers.get(stream["id"])
+        if producer is None:
+            return  # hosted by another hub process: its recorder is not this one
+        if not session.add_stream(stream, producer.sources):
+            log.warning("stream %s has no track the recorder can store (VP8, H.264, Opus)", stream["id"])
+
+    # -- room events ---------------------------------------------------------
+
+    async def _follow(self, events: asyncio.Queue[Record | None]) -> None:
+        while True:
+            event = await events.get()
+            if event is None:
+                log.warning("recorder fell behind the room events")
+                continue
+            try:
+                await self._on_event(event)
+            except Exception:
+                log.exception("recorder could not handle %s", event.get("type"))
+
+    async def _on_event(self, event: Record) -> None:
+        room_id = str(event.get("room_id") or "")
+        kind = event.get("type")
+        session = self.sessions.get(room_id)
+        if kind == "participant-joined":
+            if session is None and self.record_mediation:
+                room = await self.rooms.state.get_room(room_id)
+                if room is not None and room.get("kind") == "mediation":
+                    await self._start(room, AUTO)
+                    return
+            if session is not None:
+                session.participant_joined(event["participant"])
+        elif session is None:
+            return
+        elif kind == "participant-left":
+            session.participant_left(event["participant_id"])
+            if session.manifest["started_by"] == AUTO and not await self.rooms.state.participants(room_id):
+                await self._stop(room_id)  # the mediation is over
+        elif kind == "stream-added":
+            self._add_stream(session, event["stream"])
+        elif kind == "stream-removed":
+            await session.remove_stream(event["stream_id"])

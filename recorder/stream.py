@@ -1,0 +1,247 @@
+"""Recording one published stream: a sink per track and a writer thread.
+
+`TrackRecorder.push` runs in the hub's packet receive path, so it only
+copies what it needs into a queue. The stream's writer thread assembles
+frames, cuts segments at keyframes and remuxes them (`segments.py`).
+Audio and video of a stream share each segment file, so a stream plays
+back as one media element.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiortc.rtp import RtpPacket
+
+from hub.rtpforward import Outgoing, TrackSource
+
+from .frames import Frame, FrameAssembler, RtpIn
+from .segments import CODECS, SegmentWriter, TrackSpec, h264_parameter_sets, suffix, video_size
+
+log = logging.getLogger(__name__)
+
+#: Packets a stream may have queued for its writer before it drops and resyncs.
+MAX_QUEUED = 20_000
+#: Seconds between keyframe requests of a recorder that lost a frame.
+RESYNC_ASK = 1.0
+
+
+def recordable(source: TrackSource) -> bool:
+    return source.mime_type in CODECS
+
+
+@dataclass
+class Segment:
+    path: str  #: relative to the recording directory
+    start: float  #: seconds from the stream's start
+    duration: float
+    sha256: str
+    bytes: int
+
+
+class TrackRecorder:
+    """The sink the recorder puts on a `TrackSource`."""
+
+    def __init__(self, stream: StreamRecorder, kind: str, source: TrackSource) -> None:
+        self.stream = stream
+        self.kind = kind
+        self.source = source
+
+    def push(self, packet: RtpPacket, shared: Outgoing) -> None:
+        self.stream.enqueue(
+            self.kind,
+            RtpIn(packet.sequence_number, packet.timestamp, packet.marker, packet.payload, time.time()),
+        )
+
+    def close(self) -> None:
+        self.source.sinks.discard(self)  # type: ignore[arg-type]
+        self.stream.track_closed(self.kind)
+
+
+class StreamRecorder:
+    """Writes one stream's tracks into numbered segment files of its own directory."""
+
+    def __init__(
+        self,
+        root: Path,
+        folder: str,
+        sources: dict[str, TrackSource],
+        segment_seconds: float,
+        on_started: Callable[[float, dict[str, object]], None],
+        on_segment: Callable[[Segment], None],
+    ) -> None:
+        self.folder = folder
+        self._dir = root / folder
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._sources = {kind: s for kind, s in sources.items() if recordable(s)}
+        self._segment_seconds = segment_seconds
+        self._on_started = on_started
+        self._on_segment = on_segment
+        self._loop = asyncio.get_running_loop()
+        self._queue: queue.Queue[tuple[str, RtpIn] | None] = queue.Queue(MAX_QUEUED)
+        self._assemblers = {kind: FrameAssembler(s.codec) for kind, s in self._sources.items()}  # type: ignore[arg-type]
+        self._open_tracks = set(self._sources)
+        self._resync = False
+        self.dropped_packets = 0
+        self.frames_written = 0
+        # Writer-thread state.
+        self._writer: SegmentWriter | None = None
+        self._index = 0
+        self._start_wall: float | None = None
+        self._bases: dict[str, int] = {}  # kind -> unwrapped RTP timestamp at stream time 0
+        self._last_ts: dict[str, int] = {}
+        self._seg_start = 0.0  # seconds from stream start
+        self._keyframe_asked = False
+        self._last_ask = 0.0
+        self._size = (0, 0)
+        self._thread = threading.Thread(target=self._run, name=f"recorder-{folder}", daemon=True)
+        self._sinks = [TrackRecorder(self, kind, s) for kind, s in self._sources.items()]
+
+    @property
+    def tracks(self) -> list[str]:
+        return sorted(self._sources)
+
+    def start(self) -> None:
+        self._thread.start()
+        for sink in self._sinks:
+            sink.source.sinks.add(sink)  # type: ignore[arg-type]
+        if "video" in self._sources:
+            self._sources["video"].request_keyframe()
+
+    def enqueue(self, kind: str, packet: RtpIn) -> None:
+        try:
+            self._queue.put_nowait((kind, packet))
+        except queue.Full:
+            # The disk cannot keep up: lose packets, not the hub's time.
+            self.dropped_packets += 1
+            self._resync = True
+
+    def track_closed(self, kind: str) -> None:
+        self._open_tracks.discard(kind)
+        if not self._open_tracks:
+            self._queue.put(None)
+
+    def stop(self) -> None:
+        for sink in self._sinks:
+            sink.close()
+
+    async def wait(self) -> None:
+        await asyncio.to_thread(self._thread.join)
+
+    # -- writer thread -------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while (item := self._queue.get()) is not None:
+                kind, packet = item
+                if self._resync:
+                    self._resync = False
+                    for assembler in self._assemblers.values():
+                        assembler.waiting_keyframe = assembler.video
+                    self._ask_keyframe()
+                assembler = self._assemblers[kind]
+                for frame in assembler.add(packet):
+                    self._frame(kind, frame)
+                if assembler.waiting_keyframe and time.monotonic() - self._last_ask > RESYNC_ASK:
+                    self._ask_keyframe()  # lost a frame: nothing decodes until the next keyframe
+        except Exception:
+            log.exception("recording of %s failed", self.folder)
+        finally:
+            self._finish_segment()
+            dropped = {kind: a.dropped_frames for kind, a in self._assemblers.items()}
+            log.info(
+                "recorded %s: %d frames written, frames dropped %s, packets dropped %d",
+                self.folder,
+                self.frames_written,
+                dropped,
+                self.dropped_packets,
+            )
+
+    def _frame(self, kind: str, frame: Frame) -> None:
+        clock = CODECS[self._sources[kind].mime_type][1]
+        leader = "video" if "video" in self._sources else "audio"
+        if self._start_wall is None:
+            if kind != leader:
+                return  # a stream starts with its first (key)frame of video
+            self._start_wall = frame.arrival
+            if kind == "video":
+                self._size = video_size(self._sources["video"].mime_type, frame.data)
+            self._on_started(frame.arrival, {"width": self._size[0], "height": self._size[1]})
+        if kind not in self._bases:
+            # A track joining later is placed by its arrival time; there is
+            # no RTCP sender-report sync in the hub to do better.
+            self._bases[kind] = frame.timestamp - round((frame.arrival - self._start_wall) * clock)
+        pts = frame.timestamp - self._bases[kind]
+        seconds = pts / clock
+        if kind == leader:
+            elapsed = seconds - self._seg_start
+            due = self._writer is None or elapsed >= self._segment_seconds
+            if due and (frame.keyframe or kind == "audio"):
+                self._finish_segment()
+                self._open_segment(seconds, frame)
+            elif due and not self._keyframe_asked:
+                self._ask_keyframe()
+        if self._writer is None:
+            return
+        local = pts - round(self._seg_start * clock)
+        if local < 0:
+            return  # audio from before this segment's first video frame
+        previous = self._last_ts.get(kind)
+        usual = clock // 30 if kind == "video" else clock // 50
+        duration = frame.timestamp - previous if previous is not None and frame.timestamp > previous else usual
+        self._last_ts[kind] = frame.timestamp
+        self._writer.write(kind, frame.data, local, frame.keyframe, min(duration, 4 * usual))
+        self.frames_written += 1
+
+    def _ask_keyframe(self) -> None:
+        if "video" in self._sources:
+            self._keyframe_asked = True
+            self._last_ask = time.monotonic()
+            self._loop.call_soon_threadsafe(self._sources["video"].request_keyframe)
+
+    def _open_segment(self, seconds: float, frame: Frame) -> None:
+        extradata = b""
+        if frame.keyframe and "video" in self._sources:
+            mime_type = self._sources["video"].mime_type
+            self._size = video_size(mime_type, frame.data)
+            if mime_type == "video/h264":
+                extradata = h264_parameter_sets(frame.data)
+        self._index += 1
+        self._seg_start = seconds
+        self._keyframe_asked = False
+        specs = [
+            TrackSpec(kind, s.mime_type, *self._size, channels=s.codec.channels or 2)  # type: ignore[union-attr]
+            for kind, s in self._sources.items()
+        ]
+        for spec in specs:
+            if spec.kind == "video":
+                spec.extradata = extradata
+        name = f"{self._index:05d}{suffix([s.mime_type for s in self._sources.values()])}"
+        self._writer = SegmentWriter(self._dir / name, specs)
+
+    def _finish_segment(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        try:
+            writer.close()
+        except Exception:
+            log.exception("closing %s failed", writer.path)
+        data = writer.path.read_bytes()
+        self._on_segment(
+            Segment(
+                path=f"{self.folder}/{writer.path.name}",
+                start=round(self._seg_start, 3),
+                duration=round(writer.end, 3),
+                sha256=hashlib.sha256(data).hexdigest(),
+                bytes=len(data),
+            )
+        )

@@ -1,0 +1,53 @@
+"""Guest invite links: a token that opens one room until it expires, and
+the sites a room may call in."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+
+from aiohttp import web
+
+from hub.access import Forbidden
+from hub.tokens import Claims, issue
+
+from .api import json_response
+from .auth import claims_of
+from .keys import ROOMS, SECRET
+from .problems import Problem
+
+#: The lifetimes an invite link may have, in seconds: a session, an afternoon, a day.
+INVITE_TTLS = (1800, 7200, 86400)
+
+
+async def create_invite(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    room_id = request.match_info["room_id"]
+    if claims.role == "guest":
+        raise Forbidden("guests cannot invite")
+    room = await request.app[ROOMS].room(claims, room_id)  # jurisdiction before reading the body
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise Problem(400, "Bad Request", "expected a JSON object") from exc
+    ttl = body.get("ttl") if isinstance(body, dict) else None
+    if not isinstance(body, dict) or set(body) - {"ttl"} or type(ttl) is not int or ttl not in INVITE_TTLS:
+        raise Problem(400, "Bad Request", f'expected {{"ttl": one of {", ".join(map(str, INVITE_TTLS))}}}')
+    # Each link is its own guest user, so its streams and roster entries are told apart.
+    guest = Claims(user=f"guest-{secrets.token_hex(4)}", site=room["site_id"], role="guest", room=room_id)
+    token = issue(request.app[SECRET], guest, ttl)
+    return json_response(
+        {"url": f"/rooms/{room_id}?token={token}", "token": token, "expires_at": int(time.time()) + ttl}, status=201
+    )
+
+
+async def room_sites(request: web.Request) -> web.Response:
+    """The room's site and the sites above it, nearest first: the names a
+    participant's site may have, and the sites that may be invited."""
+    claims = claims_of(request)
+    rooms = request.app[ROOMS]
+    room = await rooms.room(claims, request.match_info["room_id"])
+    site = rooms.tree.get(room["site_id"])
+    chain = ([site] if site else []) + rooms.sites_above(room["site_id"])
+    return json_response([s.to_json() for s in chain])

@@ -1,0 +1,226 @@
+"""Recordings over HTTP: start/stop, search, detail, media with ranges,
+export, verify and the audit log. Every route checks the caller's token and
+jurisdiction: a recording belongs to its room's site."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from aiohttp import web
+
+from hub.access import Forbidden, can_reach_site
+from hub.rooms import NotFound
+from hub.tokens import Claims
+from recorder.export import Exports
+from recorder.manifest import MANIFEST, read_manifest, verify
+from recorder.service import Recorder
+
+from .api import json_response
+from .auth import claims_of
+from .keys import ROOMS
+from .problems import Problem
+
+RECORDER = web.AppKey("recorder", Recorder)
+EXPORTS = web.AppKey("exports", Exports)
+WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
+
+
+def _recorder(request: web.Request) -> Recorder:
+    recorder = request.app.get(RECORDER)
+    if recorder is None:
+        raise Problem(503, "Service Unavailable", "this hub process does not record")
+    return recorder
+
+
+def _recording(request: web.Request, claims: Claims) -> dict[str, Any]:
+    """The catalogue row of the route's recording, if the caller may reach it."""
+    recording_id = request.match_info["recording_id"]
+    row = _recorder(request).catalogue.get(recording_id)
+    if row is None:
+        raise NotFound(f"no recording {recording_id}")
+    if not can_reach_site(request.app[ROOMS].tree, claims, row["site_id"]):
+        raise Forbidden(f"recording {recording_id} is outside your jurisdiction")
+    return row
+
+
+def _audit(request: web.Request, claims: Claims, action: str, row: dict[str, Any], detail: str = "") -> None:
+    _recorder(request).catalogue.audit(claims.user, claims.role, action, row["id"], row["site_id"], detail)
+
+
+async def page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(WEB_ROOT / "recordings.html")
+
+
+# -- recording a room ---------------------------------------------------------
+
+
+async def set_recording(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise Problem(400, "Bad Request", 'expected {"on": true|false}') from exc
+    if not isinstance(body, dict) or not isinstance(body.get("on"), bool):
+        raise Problem(400, "Bad Request", 'expected {"on": true|false}')
+    return json_response(await _recorder(request).set_recording(claims, request.match_info["room_id"], body["on"]))
+
+
+async def recording_status(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    return json_response(await _recorder(request).status(claims, request.match_info["room_id"]))
+
+
+# -- catalogue ----------------------------------------------------------------
+
+
+def _when(value: str | None, name: str) -> float | None:
+    """Seconds since the epoch, or an ISO 8601 date/time (UTC unless it says)."""
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise Problem(400, "Bad Request", f"{name}: expected an ISO 8601 date or epoch seconds") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+async def search(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    tree = request.app[ROOMS].tree
+    if claims.role == "guest":
+        raise Forbidden("guests cannot search recordings")
+    site = request.query.get("site") or claims.site
+    if tree.get(site) is None:
+        raise NotFound(f"no site {site}")
+    if not can_reach_site(tree, claims, site):
+        raise Forbidden(f"site {site} is outside your jurisdiction")
+    rows = _recorder(request).catalogue.search(
+        (s.id for s in tree.jurisdiction(site)),
+        since=_when(request.query.get("from"), "from"),
+        until=_when(request.query.get("to"), "to"),
+        kind=request.query.get("kind") or None,
+        text=(request.query.get("q") or "").strip() or None,
+    )
+    names = {row["site_id"]: tree.get(row["site_id"]) for row in rows}
+    return json_response([row | {"site_name": getattr(names[row["site_id"]], "name", "")} for row in rows])
+
+
+async def detail(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    row = _recording(request, claims)
+    manifest = await asyncio.to_thread(read_manifest, _recorder(request).root / row["id"])
+    return json_response(manifest | {"status": row["status"], "ended_at": row["ended_at"]})
+
+
+def _safe_path(folder: Path, raw: str) -> Path:
+    """A file inside `folder`, or a problem: no absolute paths, no `..`."""
+    if not raw or "\\" in raw or "\x00" in raw:
+        raise Problem(400, "Bad Request", "bad file path")
+    relative = PurePosixPath(raw)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise Problem(400, "Bad Request", "file paths are relative to the recording and may not climb out of it")
+    path = (folder / relative).resolve()
+    if not path.is_relative_to(folder.resolve()) or not path.is_file():
+        raise NotFound(f"no file {raw} in this recording")
+    return path
+
+
+async def media_file(request: web.Request) -> web.FileResponse:
+    claims = claims_of(request)
+    row = _recording(request, claims)
+    raw = request.match_info["path"]
+    path = _safe_path(_recorder(request).root / row["id"], raw)
+    # A <video> element asks for many ranges of one file; the first request
+    # (no range, or one from byte 0) is the playback worth a row.
+    ranges = request.headers.get("Range", "")
+    if not ranges or ranges.replace(" ", "").startswith("bytes=0-"):
+        _audit(request, claims, "download" if raw == MANIFEST else "playback", row, raw)
+    content_type = {".webm": "video/webm", ".mkv": "video/x-matroska"}.get(path.suffix)
+    headers = {"Content-Type": content_type} if content_type else None
+    return web.FileResponse(path, headers=headers)
+
+
+async def verify_recording(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    row = _recording(request, claims)
+    folder = _recorder(request).root / row["id"]
+    manifest = await asyncio.to_thread(read_manifest, folder)
+    verdict = await asyncio.to_thread(verify, folder, manifest, row["chain_head"] or None)
+    _audit(request, claims, "verify", row, "intact" if verdict.intact else "altered")
+    return json_response({"id": row["id"]} | verdict.to_json())
+
+
+# -- export -------------------------------------------------------------------
+
+
+async def start_export(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    row = _recording(request, claims)
+    if row["status"] == "recording":
+        raise Problem(409, "Conflict", "the recording is still running; stop it first")
+    recorder = _recorder(request)
+    job = request.app[EXPORTS].start(recorder.root / row["id"])
+    _audit(request, claims, "export", row)
+    return json_response(job.to_json(), status=202)
+
+
+async def export_status(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    row = _recording(request, claims)
+    job = request.app[EXPORTS].get(_recorder(request).root / row["id"])
+    if job is None:
+        raise NotFound(f"recording {row['id']} has not been exported")
+    return json_response(job.to_json())
+
+
+async def export_file(request: web.Request) -> web.FileResponse:
+    claims = claims_of(request)
+    row = _recording(request, claims)
+    job = request.app[EXPORTS].get(_recorder(request).root / row["id"])
+    if job is None or job.state != "done":
+        raise NotFound(f"no finished export of recording {row['id']}")
+    _audit(request, claims, "download", row, job.output.name)
+    disposition = f'attachment; filename="{row["id"]}.mp4"'
+    return web.FileResponse(job.output, headers={"Content-Type": "video/mp4", "Content-Disposition": disposition})
+
+
+# -- audit --------------------------------------------------------------------
+
+
+async def audit_log(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    if claims.role not in ("operator", "admin"):
+        raise Forbidden("only operators and administrators read the audit log")
+    tree = request.app[ROOMS].tree
+    rows = _recorder(request).catalogue.audit_rows(
+        (s.id for s in tree.jurisdiction(claims.site)), recording_id=request.query.get("recording") or None
+    )
+    return json_response(rows)
+
+
+def add_routes(app: web.Application, recorder: Recorder | None) -> None:
+    if recorder is not None:
+        app[RECORDER] = recorder
+    app[EXPORTS] = Exports()
+    app.router.add_get("/recordings", page)
+    app.router.add_get("/recordings/{recording_id}", page)
+    app.router.add_get("/api/rooms/{room_id}/recording", recording_status)
+    app.router.add_post("/api/rooms/{room_id}/recording", set_recording)
+    app.router.add_get("/api/recordings", search)
+    app.router.add_get("/api/recordings/{recording_id}", detail)
+    app.router.add_get("/api/recordings/{recording_id}/files/{path:.+}", media_file)
+    app.router.add_get("/api/recordings/{recording_id}/verify", verify_recording)
+    app.router.add_post("/api/recordings/{recording_id}/export", start_export)
+    app.router.add_get("/api/recordings/{recording_id}/export", export_status)
+    app.router.add_get("/api/recordings/{recording_id}/export/file", export_file)
+    app.router.add_get("/api/audit", audit_log)
