@@ -56,6 +56,11 @@ class LiveState(ABC):
     async def add_participant(self, room_id: str, participant: Record) -> None: ...
 
     @abstractmethod
+    async def replace_participant(self, room_id: str, participant: Record) -> bool:
+        """Overwrite a participant's record only if it is still there: a
+        change racing with its leaving must not bring it back."""
+
+    @abstractmethod
     async def remove_participant(self, room_id: str, participant_id: str) -> bool:
         """Remove a participant; False if it was not there."""
 
@@ -132,6 +137,13 @@ class MemoryLiveState(LiveState):
 
     async def add_participant(self, room_id: str, participant: Record) -> None:
         self._participants.setdefault(room_id, {})[participant["id"]] = participant
+
+    async def replace_participant(self, room_id: str, participant: Record) -> bool:
+        room = self._participants.get(room_id, {})
+        if participant["id"] not in room:
+            return False
+        room[participant["id"]] = participant
+        return True
 
     async def remove_participant(self, room_id: str, participant_id: str) -> bool:
         room = self._participants.get(room_id, {})
@@ -239,6 +251,16 @@ class RedisLiveState(LiveState):
             pipe.hset(f"hub:participants:{room_id}", participant["id"], json.dumps(participant))
             pipe.sadd("hub:active", room_id)
             await pipe.execute()
+
+    # HSET only if the field exists, atomically (Redis has no HSETXX).
+    _REPLACE = (
+        "if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then "
+        "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return 1 end return 0"
+    )
+
+    async def replace_participant(self, room_id: str, participant: Record) -> bool:
+        key = f"hub:participants:{room_id}"
+        return bool(await self._redis.eval(self._REPLACE, 1, key, participant["id"], json.dumps(participant)))
 
     async def remove_participant(self, room_id: str, participant_id: str) -> bool:
         key = f"hub:participants:{room_id}"

@@ -143,7 +143,8 @@ class Rooms:
         """Change a participant's live fields (mute state, raised hand) and
         tell the room; add_participant overwrites the record by id."""
         participant = await self.participant(room_id, participant_id) | changes
-        await self.state.add_participant(room_id, participant)
+        if not await self.state.replace_participant(room_id, participant):
+            raise NotFound(f"participant {participant_id} has left room {room_id}")
         await self.state.publish({"type": "participant-updated", "room_id": room_id, "participant": participant})
         return participant
 

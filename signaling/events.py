@@ -20,10 +20,12 @@ from hub.access import Forbidden, can_enter_room
 from hub.livestate import Record
 from hub.rooms import NotFound, Rooms
 from hub.tokens import Claims, TokenError
+from recorder.service import Recorder
 
 from .auth import claims_of
 from .keys import ROOMS, SETTINGS
 from .problems import problem_response
+from .recordings import RECORDER
 
 
 class _Message(BaseModel):
@@ -75,16 +77,25 @@ class InviteSite(_Message):
     site: str = Field(min_length=1, max_length=100)
 
 
-RoomMessage = State | Chat | Hand | InviteSite
+class Recording(_Message):
+    """Start (on) or stop the room's recording; everyone in it is told."""
+
+    type: Literal["record"]
+    room: str = Field(min_length=1, max_length=100)
+    on: StrictBool
+
+
+RoomMessage = State | Chat | Hand | InviteSite | Recording
 ClientMessage = TypeAdapter(Annotated[Join | Leave | Ping | RoomMessage, Field(discriminator="type")])
 
 
 class Session:
     """One WebSocket: the rooms it joined and the events it forwards."""
 
-    def __init__(self, ws: web.WebSocketResponse, rooms: Rooms, claims: Claims) -> None:
+    def __init__(self, ws: web.WebSocketResponse, rooms: Rooms, claims: Claims, recorder: Recorder | None) -> None:
         self.ws = ws
         self.rooms = rooms
+        self.recorder = recorder
         self.claims = claims
         self.joined: dict[str, str | None] = {}  # room id -> participant id (None: watching)
         # Events of a room being joined wait until its "joined" reply is out,
@@ -129,6 +140,10 @@ class Session:
                 await self.rooms.update_participant(message.room, participant_id, {"hand": message.raised})
             elif isinstance(message, Chat):
                 await self.rooms.chat(message.room, participant_id, message.text)
+            elif isinstance(message, Recording):
+                if self.recorder is None:
+                    raise NotFound("this hub does not record")
+                await self.recorder.set_recording(self.claims, message.room, message.on)
             else:
                 await self.rooms.invite_site(self.claims, message.room, participant_id, message.site)
         except NotFound as exc:
@@ -215,7 +230,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     limit = request.app[SETTINGS].max_ws_message_bytes
     ws = web.WebSocketResponse(heartbeat=20, max_msg_size=limit)
     await ws.prepare(request)
-    session = Session(ws, request.app[ROOMS], claims)
+    session = Session(ws, request.app[ROOMS], claims, request.app.get(RECORDER))
     forwarder = asyncio.create_task(session.forward_events())
     try:
         await session.send({"type": "hello", "user": claims.user, "role": claims.role, "site": claims.site})

@@ -384,3 +384,24 @@ async def test_screen_share_is_a_second_stream(room_hub: HubProcess, browser: Br
     finally:
         await a.context.close()
         await b.context.close()
+
+
+async def test_everyone_sees_the_room_being_recorded(room_hub: HubProcess, browser: Browser) -> None:
+    room = "site-xinhua"
+    mediator = room_hub.token("m-xinhua", "xinhua", "mediator")
+    invite = room_hub.token("party-xinhua", "xinhua", "guest", room=room)
+    host, party = await new_page(browser), await new_page(browser)
+    try:
+        await join(host, f"{room_hub.url}/rooms/{room}?token={mediator}")
+        await join(party, f"{room_hub.url}/rooms/{room}?token={invite}", name="当事人乙")
+        await expect(party.locator("#btn-rec")).to_be_hidden()  # a party cannot switch it
+        await expect(party.locator("#rec-badge")).to_be_hidden()
+        await host.click("#btn-rec")
+        await expect(party.locator("#rec-badge")).to_be_visible()
+        await expect(party.locator("#rec-badge")).to_have_text("● 录制中")
+        await expect(host.locator("#btn-rec .ctl-label")).to_have_text("停止录制")
+        await host.click("#btn-rec")
+        await expect(party.locator("#rec-badge")).to_be_hidden()
+    finally:
+        for page in (host, party):
+            await page.context.close()

@@ -195,3 +195,32 @@ async def test_export_renders_one_mp4(hub: HubProcess, recorded: Recorded, http:
     assert abs(seconds - SECONDS) <= 0.05 * SECONDS
     assert abs(frames / 15 - SECONDS) <= 0.05 * SECONDS
     json.dumps(job)
+
+
+async def test_recording_is_switched_through_the_event_channel(hub: HubProcess, http: aiohttp.ClientSession):
+    mediator = hub.token("m-hongzhuang-rec", "hongzhuang", "mediator")
+    guest = hub.token("party-rec", "hongzhuang", "guest", room="site-hongzhuang")
+    async with http.ws_connect(f"{hub.url}/ws?token={mediator}") as ws, \
+            http.ws_connect(f"{hub.url}/ws?token={guest}") as guest_ws:
+        for socket in (ws, guest_ws):
+            assert (await socket.receive_json(timeout=5))["type"] == "hello"
+            await socket.send_json({"type": "join", "room": "site-hongzhuang"})
+            assert (await socket.receive_json(timeout=5))["type"] == "joined"
+
+        async def next_of(socket, kinds):  # type: ignore[no-untyped-def]
+            while (message := await socket.receive_json(timeout=10))["type"] not in kinds:
+                pass
+            return message
+
+        await guest_ws.send_json({"type": "record", "room": "site-hongzhuang", "on": True})
+        assert (await next_of(guest_ws, {"error", "ack"}))["code"] == "forbidden"
+        await ws.send_json({"type": "record", "room": "site-hongzhuang", "on": True})
+        assert (await next_of(ws, {"error", "ack"}))["type"] == "ack"
+        # Everyone in the room is told, the guest included.
+        started = await next_of(guest_ws, {"recording-started"})
+        assert started["room_id"] == "site-hongzhuang"
+        await ws.send_json({"type": "record", "room": "site-hongzhuang", "on": False})
+        assert (await next_of(ws, {"error", "ack"}))["type"] == "ack"
+        assert (await next_of(guest_ws, {"recording-stopped"}))["room_id"] == "site-hongzhuang"
+        await ws.send_json({"type": "record", "room": "site-hongzhuang", "on": "yes"})
+        assert (await next_of(ws, {"error", "ack"}))["code"] == "bad-message"

@@ -100,3 +100,19 @@ async def test_a_killed_hub_process_is_swept_from_shared_state(two_hubs, http: a
         room = await r.json()
     assert room["streams"] == [] and [p for p in room["participants"] if p["via"] == "whip"] == []
     await publisher.pc.close()
+
+
+async def test_a_change_racing_a_leave_does_not_bring_the_participant_back(redis_url: str):
+    from hub.livestate import MemoryLiveState, RedisLiveState
+
+    for state in (MemoryLiveState("n1"), RedisLiveState(redis_url, "n1", 5)):
+        await state.start()
+        try:
+            await state.add_participant("room-race", {"id": "p1", "name": "a"})
+            assert await state.replace_participant("room-race", {"id": "p1", "name": "b"})
+            assert [p["name"] for p in await state.participants("room-race")] == ["b"]
+            assert await state.remove_participant("room-race", "p1")
+            assert not await state.replace_participant("room-race", {"id": "p1", "name": "c"})
+            assert await state.participants("room-race") == []
+        finally:
+            await state.close()

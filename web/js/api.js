@@ -512,6 +512,11 @@ export class Events {
   }
 
   /** Invite a site above the room's site; its users get an `invitation` event. */
+  /** Start (on) or stop the room's recording; the room hears recording-started/-stopped. */
+  record(room, on) {
+    return this._request({ type: "record", room, on });
+  }
+
   inviteSite(room, site) {
     return this._request({ type: "invite-site", room, site });
   }

@@ -76,6 +76,7 @@ const state = {
   micId: null,
   audioOn: true,
   videoOn: true,
+  recording: false, // the room is being recorded (everyone sees it)
   hand: false,
   screen: null, // MediaStream being shared
   participantId: null,
@@ -250,6 +251,8 @@ async function join(event) {
   events.on("stream-added", (m) => m.room_id === state.roomId && addTile(m.stream));
   events.on("stream-removed", (m) => m.room_id === state.roomId && removeTile(m.stream_id));
   events.on("chat", (m) => m.room_id === state.roomId && addChat(m));
+  events.on("recording-started", (m) => m.room_id === state.roomId && setRecording(true));
+  events.on("recording-stopped", (m) => m.room_id === state.roomId && setRecording(false));
   try {
     await events.connect();
     await events.join(state.roomId, name && name !== state.me.name ? name : null);
@@ -282,6 +285,20 @@ function onJoined(reply) {
   if (state.screen) publishScreen();
   if (!state.audioOn || !state.videoOn) sendState();
   if (state.hand) state.events.raiseHand(state.roomId, true).catch((err) => console.warn("hand", err));
+  // A recording started before we joined (or while we were away) is announced by the API.
+  state.client
+    .recordingState(state.roomId)
+    .then((r) => setRecording(r.on))
+    .catch((err) => console.warn("recording state", err));
+}
+
+function setRecording(on) {
+  state.recording = on;
+  renderControls();
+}
+
+function toggleRecording() {
+  state.events?.record(state.roomId, !state.recording).catch((err) => reportError(socketError(err)));
 }
 
 function enterRoom() {
@@ -436,6 +453,11 @@ function renderControls() {
   const hand = $("btn-hand");
   hand.classList.toggle("active", state.hand);
   hand.querySelector(".ctl-label").textContent = t(state.hand ? "room.lowerHand" : "room.hand");
+  const rec = $("btn-rec");
+  rec.hidden = !state.me || state.me.role === "guest";
+  rec.classList.toggle("active", state.recording);
+  rec.querySelector(".ctl-label").textContent = t(state.recording ? "room.stopRecording" : "room.record");
+  $("rec-badge").hidden = !state.recording || !state.joined;
 }
 
 async function leave() {
@@ -911,6 +933,7 @@ function init() {
   $("btn-cam").addEventListener("click", toggleCamera);
   $("btn-share").addEventListener("click", toggleShare);
   $("btn-hand").addEventListener("click", toggleHand);
+  $("btn-rec").addEventListener("click", toggleRecording);
   $("btn-leave").addEventListener("click", leave);
   $("chat-form").addEventListener("submit", sendChat);
   $("invite-create").addEventListener("click", createInvite);
