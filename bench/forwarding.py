@@ -28,11 +28,9 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
-import datetime
 import json
 import math
 import os
-import platform
 import secrets
 import signal
 import socket
@@ -46,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiortc
 import av
 import psutil
 from aiohttp import web
@@ -58,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python bench/forwarding.py` puts bench/, not the repository, on the path
     sys.path.insert(0, str(ROOT))
 
+from bench.machine import machine  # noqa: E402
 from hub import bot  # noqa: E402
 from hub.ice import use_addresses  # noqa: E402
 from hub.rtpforward import offered_codecs, restrict_codecs  # noqa: E402
@@ -843,24 +841,6 @@ async def run_phase(mode: str, n: int, requested: int, cfg: Config, data: Path, 
 
 
 # -- report --------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    model = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "aiortc": aiortc.__version__,
-        "av": av.__version__,
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "load_average_at_start": os.getloadavg(),
-    }
 
 
 def fmt(value: float | None, digits: int = 1, sign: bool = False) -> str:

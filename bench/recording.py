@@ -26,11 +26,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import fractions
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -40,12 +38,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiortc
 import av
 import psutil
 from aiortc import RTCPeerConnection
 from aiortc.contrib.media import MediaRecorder
 
+from bench.machine import machine
 from hub import bot
 from hub.ice import use_addresses
 
@@ -116,24 +114,6 @@ async def media_recorder_role(url: str, token: str, streams: list[str], out: Pat
 
 
 # -- the run --------------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    model = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "aiortc": aiortc.__version__,
-        "av": av.__version__,
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "load_average_at_start": tuple(round(x, 2) for x in os.getloadavg()),
-    }
 
 
 def make_source(path: Path, seconds: float) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from playwright.async_api import Browser, Locator, async_playwright
+from playwright.async_api import Browser, Locator, Page, async_playwright
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -67,3 +67,17 @@ _VIDEO_STATS = """(video) => {
 async def video_stats(video: Locator, timeout_ms: float = 5_000) -> dict:
     """Size, decoded frame count, paused state and mean brightness (0-255) of a <video>."""
     return await video.evaluate(_VIDEO_STATS, timeout=timeout_ms)
+
+
+async def screen_text(page: Page) -> str:
+    """Everything visible except the language toggle, which names the other language."""
+    return await page.evaluate(
+        """() => {
+            const body = document.body.cloneNode(true);
+            body.querySelector("#lang-toggle").remove();
+            document.documentElement.append(body);
+            const text = body.innerText;
+            body.remove();
+            return text;
+        }"""
+    )

@@ -28,7 +28,7 @@ from playwright.async_api import BrowserContext, Page, expect
 
 from hub import bot
 from hub.ice import use_addresses
-from tests.browser import chromium, video_stats
+from tests.browser import chromium, screen_text, video_stats
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
@@ -124,20 +124,6 @@ async def new_page(browser, **context_options) -> tuple[BrowserContext, Page]:
     page.on("console", lambda m: print(f"[browser {m.type}] {m.text}"))
     page.on("pageerror", lambda e: print(f"[browser pageerror] {e}"))
     return context, page
-
-
-async def screen_text(page: Page) -> str:
-    """Everything visible except the language toggle, which names the other language."""
-    return await page.evaluate(
-        """() => {
-            const body = document.body.cloneNode(true);
-            body.querySelector("#lang-toggle").remove();
-            document.documentElement.append(body);
-            const text = body.innerText;
-            body.remove();
-            return text;
-        }"""
-    )
 
 
 async def publish(http: aiohttp.ClientSession, hub: HubProcess, token: str) -> bot.Session:

@@ -22,7 +22,7 @@ import pytest
 from playwright.async_api import Browser, Locator, Page, expect
 
 from hub import bot
-from tests.browser import chromium, video_stats
+from tests.browser import chromium, screen_text, video_stats
 
 from .conftest import LOOPBACK_ONLY, HubProcess, start_hub, wait_for_port
 
@@ -71,20 +71,6 @@ async def join(page: Page, url: str, name: str | None = None) -> None:
 
 def tile_of(page: Page, name: str) -> Locator:
     return page.locator(".room-tile:not(.self)", has=page.locator(".tile-name", has_text=name))
-
-
-async def screen_text(page: Page) -> str:
-    """Everything visible except the language toggle, which names the other language."""
-    return await page.evaluate(
-        """() => {
-            const body = document.body.cloneNode(true);
-            body.querySelector("#lang-toggle").remove();
-            document.documentElement.append(body);
-            const text = body.innerText;
-            body.remove();
-            return text;
-        }"""
-    )
 
 
 def restart(hub: HubProcess) -> HubProcess:

@@ -3,6 +3,7 @@
 // It talks to the hub only through api.js.
 
 import { ApiError, HubClient, takeToken } from "./api.js";
+import { $, apiErrorKey as errorKey, el } from "./dom.js";
 import * as i18n from "./i18n.js";
 
 const { t } = i18n;
@@ -10,38 +11,6 @@ const { t } = i18n;
 const ROOMS_REFRESH_MS = 5000;
 const BOOT_RETRY_MS = 5000;
 const RETRY_TILE_MS = 3000;
-
-const $ = (id) => document.getElementById(id);
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (value === undefined || value === null || value === false) continue;
-    if (key === "class") node.className = value;
-    else if (key === "dataset") Object.assign(node.dataset, value);
-    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else node.setAttribute(key, value === true ? "" : value);
-  }
-  node.append(...children.filter((c) => c !== null && c !== undefined));
-  return node;
-}
-
-function errorKey(err) {
-  if (!(err instanceof ApiError)) return ["error.unreachable", {}];
-  switch (err.kind) {
-    case "unauthorized":
-      return ["error.unauthorized", {}];
-    case "forbidden":
-      return ["error.forbidden", {}];
-    case "not-found":
-      return ["error.notFound", {}];
-    case "unreachable":
-    case "timeout":
-      return ["error.unreachable", {}];
-    default:
-      return ["error.server", { status: err.status || "?" }];
-  }
-}
 
 // -- state ------------------------------------------------------------------------
 

@@ -2,22 +2,11 @@
 // play one session with all its streams on one timeline (player.js).
 
 import { ApiError, HubClient, takeToken } from "./api.js";
+import { $, el } from "./dom.js";
 import * as i18n from "./i18n.js";
 import { SessionPlayer } from "./player.js";
 
 const { t } = i18n;
-const $ = (id) => document.getElementById(id);
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (key === "class") node.className = value;
-    else node.setAttribute(key, value);
-  }
-  node.append(...children);
-  return node;
-}
-
 function clock(seconds) {
   const s = Math.max(0, Math.floor(seconds));
   const m = Math.floor(s / 60);

@@ -4,6 +4,7 @@
 // watched with WHEP. It talks to the hub only through api.js.
 
 import { ApiError, HubClient, takeToken } from "./api.js";
+import { $, apiErrorKey, el } from "./dom.js";
 import * as i18n from "./i18n.js";
 import { DeviceError, audioLevel, listDevices, openCamera, openScreen, stopTracks } from "./media.js";
 
@@ -16,21 +17,6 @@ const SPEAKER_POLL_MS = 400;
 const SPEAKING_LEVEL = 0.02;
 const SITE_INVITER_ROLES = ["admin", "operator", "mediator"];
 
-const $ = (id) => document.getElementById(id);
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (value === undefined || value === null || value === false) continue;
-    if (key === "class") node.className = value;
-    else if (key === "dataset") Object.assign(node.dataset, value);
-    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else node.setAttribute(key, value === true ? "" : value);
-  }
-  node.append(...children.filter((c) => c !== null && c !== undefined));
-  return node;
-}
-
 /** The message for a failed API call on this page. */
 function errorKey(err) {
   if (err instanceof DeviceError) {
@@ -39,20 +25,11 @@ function errorKey(err) {
       { detail: err.message },
     ];
   }
-  if (!(err instanceof ApiError)) return ["error.unreachable", {}];
-  switch (err.kind) {
-    case "unauthorized":
-      return ["error.roomUnauthorized", {}];
-    case "forbidden":
-      return ["error.roomForbidden", {}];
-    case "not-found":
-      return ["error.roomNotFound", {}];
-    case "unreachable":
-    case "timeout":
-      return ["error.unreachable", {}];
-    default:
-      return ["error.server", { status: err.status || "?" }];
-  }
+  return apiErrorKey(err, {
+    unauthorized: "error.roomUnauthorized",
+    forbidden: "error.roomForbidden",
+    "not-found": "error.roomNotFound",
+  });
 }
 
 /** A WebSocket `error` reply as an ApiError, so it is explained like an HTTP one. */

@@ -1,0 +1,42 @@
+// Small helpers the views share: element lookup and creation, and what to
+// tell the user when the hub refuses or cannot be reached.
+
+import { ApiError } from "./api.js";
+
+export const $ = (id) => document.getElementById(id);
+
+/** Create an element: attributes (class, dataset, on<event> handlers) and children. */
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === "class") node.className = value;
+    else if (key === "dataset") Object.assign(node.dataset, value);
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value === true ? "" : value);
+  }
+  node.append(...children.filter((c) => c !== null && c !== undefined));
+  return node;
+}
+
+/**
+ * The i18n key and parameters explaining a failed call. `own` maps an
+ * ApiError kind to a view's more specific key (a room says "this room").
+ */
+export function apiErrorKey(err, own = {}) {
+  if (!(err instanceof ApiError)) return ["error.unreachable", {}];
+  if (own[err.kind]) return [own[err.kind], {}];
+  switch (err.kind) {
+    case "unauthorized":
+      return ["error.unauthorized", {}];
+    case "forbidden":
+      return ["error.forbidden", {}];
+    case "not-found":
+      return ["error.notFound", {}];
+    case "unreachable":
+    case "timeout":
+      return ["error.unreachable", {}];
+    default:
+      return ["error.server", { status: err.status || "?" }];
+  }
+}
