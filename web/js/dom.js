@@ -2,6 +2,7 @@
 // tell the user when the hub refuses or cannot be reached.
 
 import { ApiError } from "./api.js";
+import { t } from "./i18n.js";
 
 export const $ = (id) => document.getElementById(id);
 
@@ -39,4 +40,19 @@ export function apiErrorKey(err, own = {}) {
     default:
       return ["error.server", { status: err.status || "?" }];
   }
+}
+
+/**
+ * Fill the page's full-screen error box (#fatal) from [key, params, retrying],
+ * or hide it for null; returns whether it is shown, so the view can hide the rest.
+ */
+export function renderFatalBox(fatal) {
+  const box = $("fatal");
+  box.hidden = !fatal;
+  if (!fatal) return false;
+  const [key, params, retrying] = fatal;
+  const message = $("fatal-message");
+  message.textContent = retrying ? `${t(key, params)} ${t("error.retrying")}` : t(key, params);
+  message.dataset.error = key;
+  return true;
 }

@@ -3,7 +3,7 @@
 // It talks to the hub only through api.js.
 
 import { ApiError, HubClient, takeToken } from "./api.js";
-import { $, apiErrorKey as errorKey, el } from "./dom.js";
+import { $, apiErrorKey as errorKey, el, renderFatalBox } from "./dom.js";
 import * as i18n from "./i18n.js";
 
 const { t } = i18n;
@@ -46,16 +46,7 @@ function showFatal(key, params = {}, { retrying = false } = {}) {
 }
 
 function renderFatal() {
-  const box = $("fatal");
-  if (!state.fatal) {
-    box.hidden = true;
-    return;
-  }
-  const [key, params, retrying] = state.fatal;
-  $("fatal-message").textContent = retrying ? `${t(key, params)} ${t("error.retrying")}` : t(key, params);
-  $("fatal-message").dataset.error = key;
-  box.hidden = false;
-  $("layout").hidden = true;
+  if (renderFatalBox(state.fatal)) $("layout").hidden = true;
 }
 
 function setBanner(key = null, params = {}) {

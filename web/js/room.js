@@ -4,7 +4,7 @@
 // watched with WHEP. It talks to the hub only through api.js.
 
 import { ApiError, HubClient, takeToken } from "./api.js";
-import { $, apiErrorKey, el } from "./dom.js";
+import { $, apiErrorKey, el, renderFatalBox } from "./dom.js";
 import * as i18n from "./i18n.js";
 import { DeviceError, audioLevel, listDevices, openCamera, openScreen, stopTracks } from "./media.js";
 
@@ -83,17 +83,10 @@ function showFatal(key, params = {}, { retrying = false } = {}) {
 }
 
 function renderFatal() {
-  const box = $("fatal");
-  if (!state.fatal) {
-    box.hidden = true;
-    return;
+  if (renderFatalBox(state.fatal)) {
+    $("prejoin").hidden = true;
+    $("room").hidden = true;
   }
-  const [key, params, retrying] = state.fatal;
-  $("fatal-message").textContent = retrying ? `${t(key, params)} ${t("error.retrying")}` : t(key, params);
-  $("fatal-message").dataset.error = key;
-  box.hidden = false;
-  $("prejoin").hidden = true;
-  $("room").hidden = true;
 }
 
 function setBanner(key = null, params = {}) {
