@@ -11,6 +11,7 @@ two proves that nothing between them re-encoded.
 from __future__ import annotations
 
 import asyncio
+import collections
 import fractions
 import hashlib
 import queue
@@ -222,17 +223,28 @@ class FileTracks:
     def __init__(self, path: Path) -> None:
         self._container = av.open(str(path))
         self.tracks: list[EncodedTrack] = []
-        for stream in (*self._container.streams.video[:1], *self._container.streams.audio[:1]):
+        streams = (*self._container.streams.video[:1], *self._container.streams.audio[:1])
+        # One pass over the file feeds every track: packets read for one
+        # stream wait in the other's queue instead of being lost.
+        self._demuxer = self._container.demux(*streams)
+        self._queues: dict[int, collections.deque[av.Packet]] = {s.index: collections.deque() for s in streams}
+        for stream in streams:
             mime = {"vp8": "video/VP8", "h264": "video/H264", "opus": "audio/opus"}.get(stream.codec_context.name)
             if mime is None:
                 raise ClientError(f"{path}: {stream.codec_context.name} cannot be forwarded; use VP8, H.264 or Opus")
             rate = float(stream.average_rate or 30) if stream.type == "video" else 50.0
-            self.tracks.append(EncodedTrack(stream.type, mime, self._packets(stream), rate))
+            self.tracks.append(EncodedTrack(stream.type, mime, self._packets(stream.index), rate))
 
-    def _packets(self, stream: av.stream.Stream) -> Iterator[av.Packet]:
-        for packet in self._container.demux(stream):
-            if packet.size:
-                yield packet
+    def _packets(self, index: int) -> Iterator[av.Packet]:
+        queue = self._queues[index]
+        while True:
+            while not queue:
+                packet = next(self._demuxer, None)
+                if packet is None:
+                    return
+                if packet.size:
+                    self._queues[packet.stream.index].append(packet)
+            yield queue.popleft()
 
 
 # -- viewing ------------------------------------------------------------------
