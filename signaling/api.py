@@ -11,7 +11,7 @@ from hub.rooms import NotFound
 
 from .auth import claims_of
 from .keys import ROOMS
-from .problems import Problem
+from .problems import Problem, read_json_object
 
 
 def json_response(data: object, status: int = 200) -> web.Response:
@@ -60,11 +60,8 @@ async def list_rooms(request: web.Request) -> web.Response:
 
 async def open_room(request: web.Request) -> web.Response:
     claims = claims_of(request)
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise Problem(400, "Bad Request", "expected a JSON object") from exc
-    if not isinstance(body, dict) or not isinstance(body.get("site_id"), str):
+    body = await read_json_object(request, '{"site_id", "kind", "title"}')
+    if not isinstance(body.get("site_id"), str):
         raise Problem(400, "Bad Request", 'expected {"site_id", "kind", "title"}')
     title = str(body.get("title", ""))[:200]
     room = await request.app[ROOMS].open_room(claims, body["site_id"], str(body.get("kind", "")), title)

@@ -27,6 +27,9 @@ from .keys import ROOMS, SETTINGS
 from .problems import problem_response
 from .recordings import RECORDER
 
+#: A room or site id as a client may send it.
+Ident = Annotated[str, Field(min_length=1, max_length=100)]
+
 
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -34,7 +37,7 @@ class _Message(BaseModel):
 
 class Join(_Message):
     type: Literal["join"]
-    room: str = Field(min_length=1, max_length=100)
+    room: Ident
     name: str | None = Field(default=None, min_length=1, max_length=64)
     #: Receive the room's roster and events without becoming a participant
     #: (an operator looking in is not attending).
@@ -43,7 +46,7 @@ class Join(_Message):
 
 class Leave(_Message):
     type: Literal["leave"]
-    room: str = Field(min_length=1, max_length=100)
+    room: Ident
 
 
 class Ping(_Message):
@@ -54,34 +57,34 @@ class State(_Message):
     """The sender's microphone and camera: on (True) or muted (False)."""
 
     type: Literal["state"]
-    room: str = Field(min_length=1, max_length=100)
+    room: Ident
     audio: StrictBool  # "no" or 0 is a mistake, not False
     video: StrictBool
 
 
 class Chat(_Message):
     type: Literal["chat"]
-    room: str = Field(min_length=1, max_length=100)
+    room: Ident
     text: str = Field(min_length=1, max_length=1000)
 
 
 class Hand(_Message):
     type: Literal["hand"]
-    room: str = Field(min_length=1, max_length=100)
+    room: Ident
     raised: StrictBool
 
 
 class InviteSite(_Message):
     type: Literal["invite-site"]
-    room: str = Field(min_length=1, max_length=100)
-    site: str = Field(min_length=1, max_length=100)
+    room: Ident
+    site: Ident
 
 
 class Recording(_Message):
     """Start (on) or stop the room's recording; everyone in it is told."""
 
     type: Literal["record"]
-    room: str = Field(min_length=1, max_length=100)
+    room: Ident
     on: StrictBool
 
 

@@ -3,7 +3,6 @@ the sites a room may call in."""
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 
@@ -15,7 +14,7 @@ from hub.tokens import Claims, issue
 from .api import json_response
 from .auth import claims_of
 from .keys import ROOMS, SECRET
-from .problems import Problem
+from .problems import Problem, read_json_object
 
 #: The lifetimes an invite link may have, in seconds: a session, an afternoon, a day.
 INVITE_TTLS = (1800, 7200, 86400)
@@ -27,13 +26,11 @@ async def create_invite(request: web.Request) -> web.Response:
     if claims.role == "guest":
         raise Forbidden("guests cannot invite")
     room = await request.app[ROOMS].room(claims, room_id)  # jurisdiction before reading the body
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise Problem(400, "Bad Request", "expected a JSON object") from exc
-    ttl = body.get("ttl") if isinstance(body, dict) else None
-    if not isinstance(body, dict) or set(body) - {"ttl"} or type(ttl) is not int or ttl not in INVITE_TTLS:
-        raise Problem(400, "Bad Request", f'expected {{"ttl": one of {", ".join(map(str, INVITE_TTLS))}}}')
+    expected = f'{{"ttl": one of {", ".join(map(str, INVITE_TTLS))}}}'
+    body = await read_json_object(request, expected)
+    ttl = body.get("ttl")
+    if set(body) - {"ttl"} or type(ttl) is not int or ttl not in INVITE_TTLS:
+        raise Problem(400, "Bad Request", f"expected {expected}")
     # Each link is its own guest user, so its streams and roster entries are told apart.
     guest = Claims(user=f"guest-{secrets.token_hex(4)}", site=room["site_id"], role="guest", room=room_id)
     token = issue(request.app[SECRET], guest, ttl)

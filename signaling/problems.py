@@ -27,6 +27,17 @@ class Problem(Exception):
         self.detail = detail
 
 
+async def read_json_object(request: web.Request, expected: str) -> dict[str, object]:
+    """The request body as a JSON object, or a 400 naming what was `expected`."""
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise Problem(400, "Bad Request", f"expected {expected}") from exc
+    if not isinstance(body, dict):
+        raise Problem(400, "Bad Request", f"expected {expected}")
+    return body
+
+
 def problem_response(status: int, title: str, detail: str = "", instance: str = "") -> web.Response:
     body: dict[str, object] = {"type": "about:blank", "title": title, "status": status}
     if detail:

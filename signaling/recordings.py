@@ -5,7 +5,6 @@ jurisdiction: a recording belongs to its room's site."""
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -22,7 +21,7 @@ from recorder.service import Recorder
 from .api import json_response
 from .auth import claims_of
 from .keys import ROOMS
-from .problems import Problem
+from .problems import Problem, read_json_object
 
 RECORDER = web.AppKey("recorder", Recorder)
 EXPORTS = web.AppKey("exports", Exports)
@@ -60,11 +59,8 @@ async def page(request: web.Request) -> web.FileResponse:
 
 async def set_recording(request: web.Request) -> web.Response:
     claims = claims_of(request)
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise Problem(400, "Bad Request", 'expected {"on": true|false}') from exc
-    if not isinstance(body, dict) or not isinstance(body.get("on"), bool):
+    body = await read_json_object(request, '{"on": true|false}')
+    if not isinstance(body.get("on"), bool):
         raise Problem(400, "Bad Request", 'expected {"on": true|false}')
     return json_response(await _recorder(request).set_recording(claims, request.match_info["room_id"], body["on"]))
 
