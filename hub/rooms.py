@@ -220,7 +220,7 @@ class Rooms:
             "room_id": room["id"],
             "kind": kind,
             "tracks": sorted(producer.sources),
-            "codecs": {k: s.codec.mimeType for k, s in producer.sources.items() if s.codec},
+            "codecs": producer.codecs(),
             "participant_id": participant["id"],
             "user": claims.user,
             "name": participant["name"],

@@ -24,7 +24,6 @@ import asyncio
 import logging
 import struct
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,8 +135,6 @@ class TrackSource:
         self.kind = kind
         self.codec: RTCRtpCodecParameters | None = None
         self.sinks: set[TrackSink] = set()
-        self.packets = 0
-        self.octets = 0
         self._receiver = receiver
         self._media_ssrc: int | None = None
         self._keyframe_interval = keyframe_interval
@@ -193,8 +190,8 @@ class TrackSource:
 
         self._media_ssrc = packet.ssrc
         self.codec = codec
-        self.packets += 1
-        self.octets += len(packet.payload)
+        if not self.sinks:
+            return
         shared = Outgoing.now()
         for sink in tuple(self.sinks):
             try:
@@ -290,7 +287,6 @@ class TrackSink:
         self._ts_offset = 0
         # Video starts at a keyframe; audio can start anywhere.
         self._waiting_keyframe = source.kind == "video"
-        self.on_close: Callable[[], None] | None = None
         sender._run_rtp = self._run_rtp  # type: ignore[method-assign]
         sender._send_keyframe = source.request_keyframe  # type: ignore[method-assign]
         sender._retransmit = self._retransmit  # type: ignore[method-assign]
@@ -420,5 +416,3 @@ class TrackSink:
         finally:
             self.close()
             s._RTCRtpSender__rtp_exited.set()  # type: ignore[attr-defined]
-            if self.on_close is not None:
-                self.on_close()
