@@ -27,6 +27,8 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessi
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from yarl import URL
 
+from .annexb import join_nal_units, split_nal_units
+
 VIDEO_CLOCK = 90000
 #: Host candidates only: aiortc's default would ask a public STUN server.
 NO_ICE_SERVERS = RTCConfiguration(iceServers=[])
@@ -45,23 +47,8 @@ def frame_key(mime_type: str, data: bytes) -> bytes:
     both sides are compared as their list of NAL units.
     """
     if mime_type.lower() == "video/h264":
-        data = b"".join(b"\x00\x00\x00\x01" + nal for nal in split_nal_units(data))
+        data = join_nal_units(split_nal_units(data))
     return hashlib.sha1(data).digest()
-
-
-def split_nal_units(data: bytes) -> Iterator[bytes]:
-    starts = []
-    i = data.find(b"\x00\x00\x01")
-    while i != -1:
-        starts.append(i + 3)
-        i = data.find(b"\x00\x00\x01", i + 3)
-    for n, start in enumerate(starts):
-        end = len(data) if n + 1 == len(starts) else starts[n + 1] - 3
-        nal = data[start:end]
-        if n + 1 < len(starts) and nal.endswith(b"\x00"):
-            nal = nal[:-1]  # the leading zero of a 4-byte start code
-        if nal:
-            yield nal
 
 
 def is_keyframe(mime_type: str, data: bytes) -> bool:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import av
 
+from hub.annexb import join_nal_units, split_nal_units
+
 CLUSTER_MS = 1000
 #: RTP clock and PyAV codec name of each codec the recorder can store.
 CODECS = {"video/vp8": ("vp8", 90000), "video/h264": ("h264", 90000), "audio/opus": ("opus", 48000)}
@@ -35,13 +37,7 @@ def vp8_size(frame: bytes) -> tuple[int, int]:
 
 def h264_parameter_sets(frame: bytes) -> bytes:
     """The SPS and PPS of an Annex B keyframe, as the stream's extradata."""
-    nals = [nal for nal in _nal_units(frame) if nal and nal[0] & 0x1F in (7, 8)]
-    return b"".join(b"\x00\x00\x00\x01" + nal for nal in nals)
-
-
-def _nal_units(data: bytes) -> list[bytes]:
-    parts = data.split(b"\x00\x00\x01")
-    return [p.rstrip(b"\x00") if i + 1 < len(parts) else p for i, p in enumerate(parts[1:])]
+    return join_nal_units(nal for nal in split_nal_units(frame) if nal[0] & 0x1F in (7, 8))
 
 
 def video_size(mime_type: str, keyframe: bytes) -> tuple[int, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -40,6 +41,14 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20)
                 return
         time.sleep(0.1)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
+
+
+async def wait_until(predicate, timeout: float, step: float = 0.1) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(step)
 
 
 def run_hub_cli(data: Path, *args: str) -> str:

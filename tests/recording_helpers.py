@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,9 @@ import aiohttp
 import av
 
 from hub import bot
+from hub.annexb import join_nal_units
 
-from .conftest import HubProcess
+from .conftest import HubProcess, wait_until
 
 ROOM = "site-rianxiuma"  # a village under guomaying township, guinan county
 
@@ -27,14 +27,6 @@ async def set_recording(http: aiohttp.ClientSession, hub: HubProcess, token: str
     async with http.post(f"{hub.url}/api/rooms/{room}/recording", json={"on": on}, headers=auth(token)) as r:
         assert r.status == 200, await r.text()
         return await r.json()
-
-
-async def wait_for(predicate, timeout: float, step: float = 0.1) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(step)
 
 
 @dataclass
@@ -55,7 +47,7 @@ async def record(hub: HubProcess, seconds: float, room: str = ROOM, audio: bool 
         started = await set_recording(http, hub, token, room, True)
         publisher = await bot.publish(http, hub.url, token, room, tracks)
         try:
-            await wait_for(lambda: video.readyState == "ended", timeout=seconds + 20)
+            await wait_until(lambda: video.readyState == "ended", timeout=seconds + 20)
             await asyncio.sleep(0.5)  # the last frames in flight
         finally:
             await set_recording(http, hub, token, room, False)
@@ -84,12 +76,12 @@ def video_packets(folder: Path, stream: dict[str, Any], codec: str = "vp8") -> l
 
 
 def annex_b(data: bytes) -> bytes:
-    out, pos = [], 0
+    nals, pos = [], 0
     while pos + 4 <= len(data):
         size = int.from_bytes(data[pos : pos + 4], "big")
-        out.append(b"\x00\x00\x00\x01" + data[pos + 4 : pos + 4 + size])
+        nals.append(data[pos + 4 : pos + 4 + size])
         pos += 4 + size
-    return b"".join(out)
+    return join_nal_units(nals)
 
 
 def decoded_seconds(folder: Path, stream: dict[str, Any]) -> tuple[int, float]:

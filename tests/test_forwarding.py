@@ -15,15 +15,7 @@ import pytest
 
 from hub import bot
 
-from .conftest import ROOT, HubProcess
-
-
-async def wait_until(predicate, timeout: float, step: float = 0.1) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(step)
+from .conftest import ROOT, HubProcess, wait_until
 
 
 @pytest.mark.parametrize("codec", ["vp8", "h264"])
