@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python bench/forwarding.py` puts bench/, not the repository, on the path
     sys.path.insert(0, str(ROOT))
 
-from bench.machine import machine  # noqa: E402
+from bench.machine import free_port, machine  # noqa: E402
 from hub import bot  # noqa: E402
 from hub.ice import use_addresses  # noqa: E402
 from hub.rtpforward import offered_codecs, restrict_codecs  # noqa: E402
@@ -600,13 +600,6 @@ class Child:
             with contextlib.suppress(Exception):
                 await self.ask("stop", "stopped", timeout=15)
         await stop_process(self.proc, grace=5)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def make_token(data: Path) -> str:

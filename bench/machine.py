@@ -1,4 +1,5 @@
-"""What a benchmark ran on: printed beside every table of figures."""
+"""Where a benchmark runs: the machine (printed beside every table of
+figures) and a free loopback port for the servers it starts."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import datetime
 import os
 import platform
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -29,3 +31,9 @@ def machine() -> dict[str, Any]:
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "load_average_at_start": tuple(round(x, 2) for x in os.getloadavg()),
     }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -43,7 +43,7 @@ import psutil
 from aiortc import RTCPeerConnection
 from aiortc.contrib.media import MediaRecorder
 
-from bench.machine import machine
+from bench.machine import free_port, machine
 from hub import bot
 from hub.ice import use_addresses
 
@@ -54,12 +54,6 @@ LOOPBACK = '["127.0.0.1"]'
 
 def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cli(data: Path, *args: str) -> str:
