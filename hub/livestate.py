@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -83,6 +84,33 @@ class LiveState(ABC):
     @abstractmethod
     async def streams(self, room_id: str) -> list[Record]: ...
 
+    async def all_streams(self) -> list[Record]:
+        """Every stream of every room."""
+        return [s for room_id in await self.active_rooms() for s in await self.streams(room_id)]
+
+    # -- named records: small shared state of the features built on rooms
+    # (presence, alerts, calls, snapshots ...), grouped by `kind`. A `ttl`
+    # lets a record expire unless rewritten in time.
+
+    @abstractmethod
+    async def put_record(self, kind: str, key: str, record: Record, ttl: float | None = None) -> None: ...
+
+    @abstractmethod
+    async def claim_record(self, kind: str, key: str, record: Record, ttl: float | None = None) -> bool:
+        """Store the record only if the key is free; True if this call stored
+        it. Across hub processes exactly one of racing claims wins."""
+
+    @abstractmethod
+    async def get_record(self, kind: str, key: str) -> Record | None: ...
+
+    @abstractmethod
+    async def delete_record(self, kind: str, key: str) -> Record | None:
+        """Remove and return the record (None if it was not there)."""
+
+    @abstractmethod
+    async def records(self, kind: str) -> dict[str, Record]:
+        """Every live record of a kind, by key."""
+
     @abstractmethod
     async def publish(self, event: Record) -> None:
         """Deliver an event to every subscriber of every hub process."""
@@ -119,6 +147,7 @@ class MemoryLiveState(LiveState):
         self._rooms: dict[str, Record] = {}
         self._participants: dict[str, dict[str, Record]] = {}
         self._streams: dict[str, Record] = {}
+        self._records: dict[str, dict[str, tuple[Record, float | None]]] = {}
 
     async def start(self) -> None:
         """Nothing to connect to."""
@@ -170,6 +199,33 @@ class MemoryLiveState(LiveState):
     async def streams(self, room_id: str) -> list[Record]:
         return [s for s in self._streams.values() if s["room_id"] == room_id]
 
+    def _live(self, kind: str) -> dict[str, tuple[Record, float | None]]:
+        table = self._records.setdefault(kind, {})
+        now = time.monotonic()
+        for key in [k for k, (_, expires) in table.items() if expires is not None and expires <= now]:
+            del table[key]
+        return table
+
+    async def put_record(self, kind: str, key: str, record: Record, ttl: float | None = None) -> None:
+        self._live(kind)[key] = (record, None if ttl is None else time.monotonic() + ttl)
+
+    async def claim_record(self, kind: str, key: str, record: Record, ttl: float | None = None) -> bool:
+        if key in self._live(kind):
+            return False
+        await self.put_record(kind, key, record, ttl)
+        return True
+
+    async def get_record(self, kind: str, key: str) -> Record | None:
+        found = self._live(kind).get(key)
+        return found[0] if found else None
+
+    async def delete_record(self, kind: str, key: str) -> Record | None:
+        found = self._live(kind).pop(key, None)
+        return found[0] if found else None
+
+    async def records(self, kind: str) -> dict[str, Record]:
+        return {key: record for key, (record, _) in self._live(kind).items()}
+
     async def publish(self, event: Record) -> None:
         self._deliver(event)
 
@@ -177,7 +233,8 @@ class MemoryLiveState(LiveState):
 class RedisLiveState(LiveState):
     """Keys: hub:rooms (hash), hub:participants:<room> (hash), hub:active
     (set of rooms with participants), hub:streams (hash), hub:node:<id>
-    (expiring heartbeat of each running process), channel hub:events."""
+    (expiring heartbeat of each running process), hub:rec:<kind>:<key>
+    (named records) indexed by the set hub:rec:<kind>, channel hub:events."""
 
     CHANNEL = "hub:events"
 
@@ -297,6 +354,39 @@ class RedisLiveState(LiveState):
     async def streams(self, room_id: str) -> list[Record]:
         every = (json.loads(v) for v in (await self._redis.hgetall("hub:streams")).values())
         return [s for s in every if s["room_id"] == room_id]
+
+    async def put_record(self, kind: str, key: str, record: Record, ttl: float | None = None) -> None:
+        await self._set_record(kind, key, record, ttl, only_if_absent=False)
+
+    async def claim_record(self, kind: str, key: str, record: Record, ttl: float | None = None) -> bool:
+        return await self._set_record(kind, key, record, ttl, only_if_absent=True)
+
+    async def _set_record(self, kind: str, key: str, record: Record, ttl: float | None, only_if_absent: bool) -> bool:
+        px = None if ttl is None else max(1, int(ttl * 1000))
+        stored = await self._redis.set(f"hub:rec:{kind}:{key}", json.dumps(record), px=px, nx=only_if_absent)
+        if stored:
+            await self._redis.sadd(f"hub:rec:{kind}", key)
+        return bool(stored)
+
+    async def get_record(self, kind: str, key: str) -> Record | None:
+        raw = await self._redis.get(f"hub:rec:{kind}:{key}")
+        return json.loads(raw) if raw else None
+
+    async def delete_record(self, kind: str, key: str) -> Record | None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.getdel(f"hub:rec:{kind}:{key}")
+            pipe.srem(f"hub:rec:{kind}", key)
+            raw, _ = await pipe.execute()
+        return json.loads(raw) if raw else None
+
+    async def records(self, kind: str) -> dict[str, Record]:
+        keys = sorted(await self._redis.smembers(f"hub:rec:{kind}"))
+        if not keys:
+            return {}
+        values = await self._redis.mget([f"hub:rec:{kind}:{key}" for key in keys])
+        if expired := [key for key, raw in zip(keys, values, strict=True) if raw is None]:
+            await self._redis.srem(f"hub:rec:{kind}", *expired)
+        return {key: json.loads(raw) for key, raw in zip(keys, values, strict=True) if raw is not None}
 
     async def publish(self, event: Record) -> None:
         await self._redis.publish(self.CHANNEL, json.dumps(event))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from .access import Forbidden, can_enter_room, can_reach_site
 from .livestate import LiveState, Record
@@ -59,7 +60,7 @@ class Rooms:
 
     async def room(self, claims: Claims, room_id: str) -> Record:
         room = await self._room(room_id)
-        if not can_enter_room(self.tree, claims, room_id, room["site_id"]):
+        if not can_enter_room(self.tree, claims, room):
             raise Forbidden(f"room {room_id} is outside your jurisdiction")
         return room
 
@@ -79,20 +80,27 @@ class Rooms:
             "streams": await self.state.streams(room_id),
         }
 
-    async def open_room(self, claims: Claims, site_id: str, kind: str, title: str) -> Record:
+    async def open_room(
+        self, claims: Claims, site_id: str, kind: str, title: str, admit: list[str] | None = None, **fields: Any
+    ) -> Record:
+        """Open a room of a site. `admit` lets the people of other sites in
+        the caller's jurisdiction (each with everything below it) enter;
+        `fields` are extra attributes a feature keeps on the room."""
         if kind not in ROOM_KINDS or kind == "standing":
             raise ValueError(f"kind must be one of {', '.join(ROOM_KINDS[1:])}")
-        if self.tree.get(site_id) is None:
-            raise NotFound(f"no site {site_id}")
-        if not can_reach_site(self.tree, claims, site_id):
-            raise Forbidden(f"site {site_id} is outside your jurisdiction")
-        room = {
+        for site in (site_id, *(admit or ())):
+            if self.tree.get(site) is None:
+                raise NotFound(f"no site {site}")
+            if not can_reach_site(self.tree, claims, site):
+                raise Forbidden(f"site {site} is outside your jurisdiction")
+        room = fields | {
             "id": _new_id("room"),
             "site_id": site_id,
             "kind": kind,
             "title": title,
             "created_by": claims.user,
             "created_at": time.time(),
+            "admit": sorted(set(admit or ())),
         }
         await self.state.put_room(room)
         await self.state.publish({"type": "room-opened", "room_id": room["id"], "room": room})
@@ -187,6 +195,7 @@ class Rooms:
             "room": room,
             "from": {"user": claims.user, "name": inviter["name"], "site_id": claims.site},
             "site_id": site_id,
+            "to": {"sites": [site_id]},
         }
         await self.state.publish(event)
         return event

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from aiohttp import WSCloseCode, WSMsgType, web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
 
-from hub.access import Forbidden, can_enter_room
+from hub.access import Forbidden, addressed_to, can_enter_room
 from hub.livestate import Record
 from hub.rooms import NotFound, Rooms
 from hub.tokens import Claims, TokenError
@@ -197,8 +197,8 @@ class Session:
         try:
             while (event := await queue.get()) is not None:
                 room_id = event.get("room_id")
-                if event["type"] == "invitation":
-                    if self._invites_me(event):
+                if "to" in event:
+                    if addressed_to(self.rooms.tree, self.claims, event["to"]):
                         await self.send(event)
                 elif room_id in self.pending:
                     self.pending[room_id].append(event)
@@ -210,13 +210,7 @@ class Session:
 
     def _announces_room_for_me(self, event: Record) -> bool:
         """A new room is announced to everyone who may enter it, joined or not."""
-        return event["type"] == "room-opened" and can_enter_room(
-            self.rooms.tree, self.claims, event["room"]["id"], event["room"]["site_id"]
-        )
-
-    def _invites_me(self, event: Record) -> bool:
-        """An invitation goes to the users whose home is the invited site, joined or not."""
-        return self.claims.role != "guest" and self.claims.site == event["site_id"]
+        return event["type"] == "room-opened" and can_enter_room(self.rooms.tree, self.claims, event["room"])
 
     async def close(self) -> None:
         for room_id, participant_id in tuple(self.joined.items()):

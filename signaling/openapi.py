@@ -72,6 +72,11 @@ def document() -> dict[str, Any]:
                         "site_id": {"type": "string"},
                         "kind": {"enum": ["standing", "mediation", "training", "call", "conference"]},
                         "title": {"type": "string"},
+                        "admit": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "other sites whose people (and everyone below) may enter",
+                        },
                         "participant_count": {"type": "integer"},
                         "participants": {"type": "array", "items": {"$ref": "#/components/schemas/Participant"}},
                         "streams": {"type": "array", "items": {"$ref": "#/components/schemas/Stream"}},
