@@ -21,9 +21,9 @@ from pathlib import Path
 
 from aiortc.rtp import RtpPacket
 
+from hub.frames import Frame, FrameAssembler, RtpIn
 from hub.rtpforward import Outgoing, TrackSource
 
-from .frames import Frame, FrameAssembler, RtpIn
 from .segments import CODECS, SegmentWriter, TrackSpec, h264_parameter_sets, suffix, video_size
 
 log = logging.getLogger(__name__)

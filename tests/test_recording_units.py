@@ -12,8 +12,8 @@ from pathlib import Path
 import aiohttp
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
+from hub.frames import FrameAssembler, RtpIn
 from recorder.catalogue import Catalogue
-from recorder.frames import FrameAssembler, RtpIn
 from recorder.manifest import GENESIS, link, verify
 from recorder.retention import DAY, expire
 

@@ -1,4 +1,5 @@
-"""Whole encoded frames out of RTP packets, as the forwarding path leaves them.
+"""Whole encoded frames out of RTP packets, as the forwarding path leaves them
+(for the recorder and for snapshots).
 
 The hub forwards packets, never frames; a recording needs frames. A video
 frame is every packet with one RTP timestamp, ending at the marker bit, with
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from aiortc.codecs import depayload
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from hub.rtpforward import is_keyframe_start
+from .rtpforward import is_keyframe_start
 
 #: Seconds a frame with a missing packet waits for its retransmission.
 HOLD = 0.3
