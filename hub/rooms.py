@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,11 @@ SITE_INVITER_ROLES = ("admin", "operator", "mediator")
 
 class NotFound(Exception):
     """No such room, stream or session."""
+
+
+#: Checks whether a caller may publish into a room of one kind (with the
+#: participant the stream is attached to, if any); raises Forbidden if not.
+PublishGuard = Callable[[Claims, Record, Record | None], None]
 
 
 class Elsewhere(Exception):
@@ -54,6 +60,8 @@ class Rooms:
         self.router = router
         self.node_id = node_id
         self._publications: dict[str, Publication] = {}
+        #: Room kind -> its publish guard; a feature registers one for its rooms (training).
+        self.publish_guards: dict[str, PublishGuard] = {}
         router.on_producer_closed = self._producer_closed
 
     # -- rooms ---------------------------------------------------------------
@@ -220,6 +228,8 @@ class Rooms:
             participant = next((p for p in await self.state.participants(room_id) if p["id"] == participant_id), None)
             if participant is None or participant["user"] != claims.user:
                 raise NotFound(f"no participant {participant_id} of yours in room {room_id}")
+        if (guard := self.publish_guards.get(room["kind"])) is not None:
+            guard(claims, room, participant)
         producer, answer = await self.router.publish(offer)
         own = participant is None
         if participant is None:

@@ -1,0 +1,424 @@
+"""Training broadcasts along the site tree, and who attended them.
+
+A trainer opens a training room for a branch of the tree (a county with its
+townships and villages, say): the room belongs to the branch's root site and
+admits the whole branch. In it only the trainer and the attendees the
+trainer promoted to speaker may publish; everyone else watches.
+
+Attendance is kept in SQLite (the hub's `hub.sqlite3`, beside the recordings
+catalogue) from the room events every hub process already receives: each
+participant-joined of a training room opens a row, its participant-left
+closes it. A participant who reconnects gets a new participant, so a second
+row: both stay, and their minutes add up. Rows a killed hub process left
+open are closed when a hub starts again, at the last moment that process
+was known to be alive (its heartbeat in `attendance_nodes`), and marked
+`interrupted`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .access import Forbidden, can_reach_site
+from .livestate import Record
+from .rooms import NotFound, Rooms
+from .tokens import Claims
+
+log = logging.getLogger(__name__)
+
+#: Roles that may start a training.
+TRAINER_ROLES = ("trainer", "operator", "admin")
+#: Roles that may read the attendance of any training of their jurisdiction.
+ATTENDANCE_READERS = ("operator", "admin")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS trainings (
+    room_id TEXT PRIMARY KEY,
+    title TEXT NOT NULL,
+    site_id TEXT NOT NULL,
+    trainer TEXT NOT NULL,
+    trainer_name TEXT NOT NULL,
+    trainer_site TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL
+);
+CREATE INDEX IF NOT EXISTS trainings_site_time ON trainings (site_id, started_at);
+CREATE TABLE IF NOT EXISTS attendance (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    room_id TEXT NOT NULL,
+    participant_id TEXT NOT NULL,
+    site_id TEXT NOT NULL,
+    user TEXT NOT NULL,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    joined_at REAL NOT NULL,
+    left_at REAL,
+    node TEXT NOT NULL,
+    interrupted INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS attendance_room ON attendance (room_id, joined_at);
+CREATE INDEX IF NOT EXISTS attendance_time ON attendance (joined_at);
+CREATE TABLE IF NOT EXISTS attendance_nodes (
+    node TEXT PRIMARY KEY,
+    seen_at REAL NOT NULL
+);
+"""
+
+TRAINING_COLUMNS = ("room_id", "title", "site_id", "trainer", "trainer_name", "trainer_site", "started_at", "ended_at")
+ATTENDANCE_COLUMNS = (
+    "room_id",
+    "participant_id",
+    "site_id",
+    "user",
+    "name",
+    "role",
+    "joined_at",
+    "left_at",
+    "interrupted",
+)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, check_same_thread=False, timeout=10)
+    with db:
+        db.executescript(SCHEMA)
+    return db
+
+
+def attendance_by_site(db_path: Path, since: float, until: float) -> list[dict[str, Any]]:
+    """Training attendance per attending site over [since, until): rows
+    {site_id, trainings, people, minutes}, for the statistics page.
+
+    A row counts where it overlaps the period, clipped to it; a row still
+    open counts up to now. `trainings` is how many trainings someone of
+    the site attended, `people` how many distinct users.
+    """
+    db = _connect(db_path)
+    try:
+        now = time.time()
+        rows = db.execute(
+            """
+            SELECT site_id, COUNT(DISTINCT room_id), COUNT(DISTINCT user),
+                   SUM(MAX(0, MIN(COALESCE(left_at, :now), :until) - MAX(joined_at, :since)))
+            FROM attendance
+            WHERE joined_at < :until AND COALESCE(left_at, :now) > :since
+            GROUP BY site_id ORDER BY site_id
+            """,
+            {"since": since, "until": until, "now": now},
+        ).fetchall()
+    finally:
+        db.close()
+    return [
+        {"site_id": site, "trainings": trainings, "people": people, "minutes": round(seconds / 60, 1)}
+        for site, trainings, people, seconds in rows
+    ]
+
+
+class AttendanceBook:
+    """The trainings and attendance tables. One connection behind a lock:
+    a handful of short writes per join or leave."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = _connect(path)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _write(self, sql: str, args: list[Any] | dict[str, Any]) -> int:
+        with self._lock, self._db:
+            return self._db.execute(sql, args).rowcount
+
+    def _select(self, columns: tuple[str, ...], tail: str, args: list[Any]) -> list[dict[str, Any]]:
+        table = "trainings" if columns is TRAINING_COLUMNS else "attendance"
+        with self._lock:
+            rows = self._db.execute(f"SELECT {', '.join(columns)} FROM {table} {tail}", args).fetchall()
+        return [dict(zip(columns, row, strict=True)) for row in rows]
+
+    # -- trainings -------------------------------------------------------------
+
+    def add_training(self, training: dict[str, Any]) -> None:
+        self._write(
+            f"INSERT INTO trainings ({', '.join(TRAINING_COLUMNS)}) VALUES ({', '.join('?' * len(TRAINING_COLUMNS))})",
+            [training.get(c) for c in TRAINING_COLUMNS],
+        )
+
+    def end_training(self, room_id: str, at: float) -> bool:
+        sql = "UPDATE trainings SET ended_at = ? WHERE room_id = ? AND ended_at IS NULL"
+        return self._write(sql, [at, room_id]) > 0
+
+    def training(self, room_id: str) -> dict[str, Any] | None:
+        rows = self._select(TRAINING_COLUMNS, "WHERE room_id = ?", [room_id])
+        return rows[0] if rows else None
+
+    def trainings(self, live_only: bool, limit: int = 200) -> list[dict[str, Any]]:
+        where = "WHERE ended_at IS NULL " if live_only else ""
+        return self._select(TRAINING_COLUMNS, f"{where}ORDER BY started_at DESC LIMIT ?", [limit])
+
+    # -- attendance ------------------------------------------------------------
+
+    def joined(self, participant: Record, node: str) -> None:
+        self._write(
+            "INSERT INTO attendance (room_id, participant_id, site_id, user, name, role, joined_at, node)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                participant["room_id"],
+                participant["id"],
+                participant["site_id"],
+                participant["user"],
+                participant["name"],
+                participant["role"],
+                participant["joined_at"],
+                node,
+            ],
+        )
+
+    def left(self, room_id: str, participant_id: str, at: float) -> None:
+        self._write(
+            "UPDATE attendance SET left_at = ? WHERE room_id = ? AND participant_id = ? AND left_at IS NULL",
+            [at, room_id, participant_id],
+        )
+
+    def rows(self, room_id: str) -> list[dict[str, Any]]:
+        return self._select(ATTENDANCE_COLUMNS, "WHERE room_id = ? ORDER BY joined_at, id", [room_id])
+
+    def beat(self, node: str, at: float) -> None:
+        self._write(
+            "INSERT INTO attendance_nodes (node, seen_at) VALUES (?, ?)"
+            " ON CONFLICT (node) DO UPDATE SET seen_at = excluded.seen_at",
+            [node, at],
+        )
+
+    def close_dead(self, live_nodes: set[str], now: float) -> int:
+        """Close the rows and trainings of hub processes no longer running,
+        at the last moment each was seen; returns how many rows."""
+        with self._lock, self._db:
+            dead = {
+                node: seen
+                for node, seen in self._db.execute(
+                    "SELECT DISTINCT a.node, n.seen_at FROM attendance a LEFT JOIN attendance_nodes n USING (node)"
+                    " WHERE a.left_at IS NULL"
+                )
+                if node not in live_nodes
+            }
+            closed = 0
+            for node, seen in dead.items():
+                closed += self._db.execute(
+                    "UPDATE attendance SET left_at = MAX(joined_at, ?), interrupted = 1"
+                    " WHERE node = ? AND left_at IS NULL",
+                    [seen if seen is not None else now, node],
+                ).rowcount
+            for (node,) in self._db.execute("SELECT node FROM attendance_nodes").fetchall():
+                if node not in live_nodes:
+                    self._db.execute("DELETE FROM attendance_nodes WHERE node = ?", [node])
+        return closed
+
+
+def minutes(row: dict[str, Any], now: float) -> float:
+    return round(((row["left_at"] or now) - row["joined_at"]) / 60, 1)
+
+
+class Trainings:
+    """The training service of one hub process."""
+
+    def __init__(self, rooms: Rooms, db_path: Path, beat_seconds: float = 10.0) -> None:
+        self.rooms = rooms
+        self.book = AttendanceBook(db_path)
+        self.beat_seconds = beat_seconds
+        self._events: asyncio.Queue[Record | None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        rooms.publish_guards["training"] = self._may_publish
+
+    async def start(self) -> None:
+        """Close what a killed process left open, then follow the room events."""
+        live = await self.rooms.state.live_nodes()
+        now = time.time()
+        if closed := self.book.close_dead(live, now):
+            log.warning("closed %d attendance rows left open by hub processes that stopped", closed)
+        for training in self.book.trainings(live_only=True):
+            if await self.rooms.state.get_room(training["room_id"]) is None:
+                self.book.end_training(training["room_id"], now)  # its room went with the live state
+        self.book.beat(self.rooms.node_id, now)
+        self._events = self.rooms.state.subscribe()
+        self._tasks = [asyncio.create_task(self._follow(self._events)), asyncio.create_task(self._heartbeat())]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._events is not None:
+            self.rooms.state.unsubscribe(self._events)
+        self.book.close()
+
+    # -- trainings -------------------------------------------------------------
+
+    async def start_training(self, claims: Claims, title: str, branch: str) -> Record:
+        """Open a training room for a branch and invite everyone in it."""
+        if claims.role not in TRAINER_ROLES:
+            raise Forbidden("only a trainer, an operator or an admin may start a training")
+        if not title.strip():
+            raise ValueError("a training needs a title")
+        room = await self.rooms.open_room(
+            claims, branch, "training", title.strip(), admit=[branch], trainer=claims.user, branch=branch
+        )
+        training = {
+            "room_id": room["id"],
+            "title": room["title"],
+            "site_id": branch,
+            "trainer": claims.user,
+            "trainer_name": claims.display_name(),
+            "trainer_site": claims.site,
+            "started_at": room["created_at"],
+            "ended_at": None,
+        }
+        self.book.add_training(training)
+        # The shape of Rooms.invite_site's event: the home page shows it with one-click join.
+        await self.rooms.state.publish(
+            {
+                "type": "invitation",
+                "room_id": room["id"],
+                "room": room,
+                "from": {"user": claims.user, "name": claims.display_name(), "site_id": claims.site},
+                "site_id": branch,
+                "to": {"within": branch},
+            }
+        )
+        return training | {"room": room}
+
+    def _visible(self, claims: Claims, training: dict[str, Any]) -> bool:
+        """A training is listed to the people of its branch and those above it."""
+        tree = self.rooms.tree
+        site = training["site_id"]
+        return claims.role != "guest" and (tree.covers(claims.site, site) or tree.covers(site, claims.site))
+
+    async def visible(self, claims: Claims, include_ended: bool = False) -> list[Record]:
+        active = await self.rooms.state.active_rooms()
+        return [
+            t | {"participant_count": active.get(t["room_id"], 0)}
+            for t in self.book.trainings(live_only=not include_ended)
+            if self._visible(claims, t)
+        ]
+
+    def _training(self, claims: Claims, room_id: str) -> dict[str, Any]:
+        training = self.book.training(room_id)
+        if training is None or not self._visible(claims, training):
+            raise NotFound(f"no training {room_id}")
+        return training
+
+    def _may_manage(self, claims: Claims, training: dict[str, Any]) -> bool:
+        return claims.user == training["trainer"] or (
+            claims.role in ATTENDANCE_READERS and can_reach_site(self.rooms.tree, claims, training["site_id"])
+        )
+
+    async def end(self, claims: Claims, room_id: str) -> Record:
+        """End a training: its streams stop, its participants are let go and
+        the branch may no longer enter."""
+        training = self._training(claims, room_id)
+        if not self._may_manage(claims, training):
+            raise Forbidden("only the trainer or an operator above the training may end it")
+        now = time.time()
+        if not self.book.end_training(room_id, now):
+            raise ValueError(f"training {room_id} has already ended")
+        training["ended_at"] = now
+        room = await self.rooms.state.get_room(room_id)
+        if room is not None:
+            await self.rooms.state.put_room(room | {"ended_at": now, "admit": []})
+        await self.rooms.state.publish({"type": "training-ended", "room_id": room_id, "training": training})
+        for participant in await self.rooms.state.participants(room_id):
+            await self.rooms.leave(room_id, participant["id"])
+        return training
+
+    # -- speakers --------------------------------------------------------------
+
+    async def _trainer_room(self, claims: Claims, room_id: str) -> Record:
+        room = await self.rooms.room(claims, room_id)
+        if room.get("kind") != "training":
+            raise NotFound(f"room {room_id} is not a training")
+        if room.get("trainer") != claims.user:
+            raise Forbidden("only the trainer may choose who speaks")
+        if room.get("ended_at"):
+            raise ValueError(f"training {room_id} has ended")
+        return room
+
+    async def promote(self, claims: Claims, room_id: str, participant_id: str) -> Record:
+        """Let an attendee speak: they may publish until returned to watching."""
+        await self._trainer_room(claims, room_id)
+        return await self.rooms.update_participant(room_id, participant_id, {"speaker": True, "hand": False})
+
+    async def demote(self, claims: Claims, room_id: str, participant_id: str) -> Record:
+        """Return a speaker to watching; every hub process ends the streams it
+        hosts for them when it sees the participant-updated event."""
+        await self._trainer_room(claims, room_id)
+        return await self.rooms.update_participant(room_id, participant_id, {"speaker": False})
+
+    def _may_publish(self, claims: Claims, room: Record, participant: Record | None) -> None:
+        """Rooms.publish guard of training rooms."""
+        if room.get("ended_at"):
+            raise Forbidden("the training has ended")
+        if claims.user == room.get("trainer") or (participant is not None and participant.get("speaker")):
+            return
+        raise Forbidden("in a training only the trainer and the attendees they let speak may publish")
+
+    # -- attendance ------------------------------------------------------------
+
+    def attendance(self, claims: Claims, room_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        training = self._training(claims, room_id)
+        if not self._may_manage(claims, training):
+            raise Forbidden("only the trainer or an operator above the training may read its attendance")
+        now = time.time()
+        rows = self.book.rows(room_id)
+        return training, [row | {"interrupted": bool(row["interrupted"]), "minutes": minutes(row, now)} for row in rows]
+
+    # -- room events -----------------------------------------------------------
+
+    async def _follow(self, events: asyncio.Queue[Record | None]) -> None:
+        while True:
+            event = await events.get()
+            if event is None:
+                log.warning("training attendance fell behind the room events")
+                continue
+            try:
+                await self._on_event(event)
+            except Exception:
+                log.exception("training service could not handle %s", event.get("type"))
+
+    async def _on_event(self, event: Record) -> None:
+        kind = event.get("type")
+        room_id = str(event.get("room_id") or "")
+        if kind == "participant-joined":
+            participant = event["participant"]
+            # Each join is written once: by the hub process that hosts the participant.
+            if participant.get("node") != self.rooms.node_id:
+                return
+            room = await self.rooms.state.get_room(room_id)
+            if room is not None and room.get("kind") == "training":
+                self.book.joined(participant, self.rooms.node_id)
+        elif kind == "participant-left":
+            self.book.left(room_id, event["participant_id"], time.time())
+        elif kind == "participant-updated" and event["participant"].get("speaker") is False:
+            await self._end_streams(room_id, event["participant"]["id"])
+        elif kind == "training-ended":
+            await self._end_streams(room_id, None)
+
+    async def _end_streams(self, room_id: str, participant_id: str | None) -> None:
+        """End the streams this process hosts in a room: of one participant, or all."""
+        for stream in await self.rooms.state.streams(room_id):
+            if participant_id is None or stream["participant_id"] == participant_id:
+                await self.rooms.unpublish_stream(stream["id"])
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.beat_seconds)
+            try:
+                self.book.beat(self.rooms.node_id, time.time())
+            except sqlite3.Error:
+                log.exception("attendance heartbeat failed")
