@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     retention_check_seconds: float = 3600.0
     #: Record mediation rooms from their first participant until the last one leaves.
     record_mediation_rooms: bool = False
+    #: Seconds an emergency call rings at the operators before it counts as missed.
+    call_ring_seconds: float = 120.0
 
     @property
     def recordings_path(self) -> Path:

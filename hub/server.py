@@ -14,13 +14,17 @@ from recorder.service import Recorder
 from signaling.app import make_app
 
 from .config import DEMO_SITES, Settings
+from .console import Console
+from .dispatch import Dispatch
 from .ice import use_addresses
 from .livestate import LiveState, open_live_state
+from .presence import Presence
 from .rooms import Rooms
 from .sfu import Router
 from .sites import SiteTree, load_sites_file
 from .store import Store
 from .tokens import Claims, issue
+from .training import Trainings
 
 log = logging.getLogger("hub")
 
@@ -60,9 +64,25 @@ async def build(settings: Settings) -> Hub:
         rooms, settings.recordings_path, settings.db_path, settings.segment_seconds, settings.record_mediation_rooms
     )
     await recorder.start()
-    app = make_app(rooms, settings, settings.signing_secret(), recorder)
+    console = Console(rooms, settings.db_path)
+    presence = Presence(state, node_id)
+    dispatch = Dispatch(rooms, settings.db_path, settings.call_ring_seconds)
+    trainings = Trainings(rooms, settings.db_path)
+    await trainings.start()
+    app = make_app(
+        rooms,
+        settings,
+        settings.signing_secret(),
+        recorder,
+        console_service=console,
+        presence=presence,
+        dispatch_service=dispatch,
+        training_service=trainings,
+    )
 
     sweeper = asyncio.create_task(_sweep_forever(rooms, settings.node_ttl)) if settings.redis else None
+    # Presence of a process that died lingers in shared state until swept.
+    presence_sweeper = asyncio.create_task(presence.sweep_forever(settings.node_ttl)) if settings.redis else None
     retention = None
     if settings.retention_days is not None:
         retention = asyncio.create_task(
@@ -74,10 +94,15 @@ async def build(settings: Settings) -> Hub:
     async def shutdown(_: web.Application) -> None:
         if sweeper is not None:
             sweeper.cancel()
+        if presence_sweeper is not None:
+            presence_sweeper.cancel()
         if retention is not None:
             retention.cancel()
+        await dispatch.close()
+        await trainings.close()
         await recorder.close()
         await rooms.close()
+        console.close()
         await state.close()
 
     app.on_shutdown.append(shutdown)

@@ -7,10 +7,14 @@ from pathlib import Path
 from aiohttp import web
 
 from hub.config import Settings
+from hub.console import Console
+from hub.dispatch import Dispatch
+from hub.presence import Presence
 from hub.rooms import Rooms
+from hub.training import Trainings
 from recorder.service import Recorder
 
-from . import api, events, invites, recordings, whip
+from . import api, console, dispatch, events, invites, recordings, training, whip
 from .keys import ROOMS, SECRET, SETTINGS
 from .openapi import document
 from .problems import problems_middleware
@@ -31,7 +35,17 @@ async def room_page(request: web.Request) -> web.FileResponse:
     return web.FileResponse(WEB_ROOT / "room.html")
 
 
-def make_app(rooms: Rooms, settings: Settings, secret: str, recorder: Recorder | None = None) -> web.Application:
+def make_app(
+    rooms: Rooms,
+    settings: Settings,
+    secret: str,
+    recorder: Recorder | None = None,
+    *,
+    console_service: Console | None = None,
+    presence: Presence | None = None,
+    dispatch_service: Dispatch | None = None,
+    training_service: Trainings | None = None,
+) -> web.Application:
     app = web.Application(middlewares=[problems_middleware], client_max_size=settings.max_sdp_bytes * 2)
     app[ROOMS] = rooms
     app[SETTINGS] = settings
@@ -48,6 +62,9 @@ def make_app(rooms: Rooms, settings: Settings, secret: str, recorder: Recorder |
     app.router.add_get("/api/rooms/{room_id}/sites", invites.room_sites)
     app.router.add_get("/api/streams/{stream_id}", api.get_stream)
     recordings.add_routes(app, recorder)
+    console.add_routes(app, console_service, presence)
+    dispatch.add_routes(app, dispatch_service)
+    training.add_routes(app, training_service)
     app.router.add_post("/whip/{room_id}", whip.whip_publish)
     app.router.add_delete("/whip/{room_id}/{stream_id}", whip.whip_delete)
     app.router.add_post("/whep/{stream_id}", whip.whep_view)

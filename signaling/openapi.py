@@ -261,6 +261,9 @@ def document() -> dict[str, Any]:
                 }
             },
             **_recording_paths(),
+            **_console_paths(),
+            **_dispatch_paths(),
+            **_training_paths(),
             "/whip/{room_id}": {
                 "post": {
                     "summary": "Publish a stream into a room (WHIP, RFC 9725)",
@@ -428,6 +431,149 @@ def _recording_paths() -> dict[str, Any]:
                 "summary": "Audit log of recordings in the caller's jurisdiction (operators and admins)",
                 "parameters": [_query("recording", "only this recording")],
                 "responses": {"200": _ok("Audit rows: {at, user, role, action, recording_id, site_id, detail}")}
+                | _ERRORS,
+            }
+        },
+    }
+
+
+def _console_paths() -> dict[str, Any]:
+    """The command-centre console (docs/api.md, "Console")."""
+    layouts_body = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
+    layouts = "{layouts: [{name, grid, panes: [{stream_id|camera_id|site_id} | null], patrol}], current}"
+    return {
+        "/console": {
+            "get": {"summary": "The console page", "security": [], "responses": {"200": {"description": "HTML"}}}
+        },
+        "/api/console/status": {
+            "get": {
+                "summary": "Live status of every site of a branch with per-branch rollups",
+                "parameters": [_query("site", "the branch's root (default: the caller's home site)")],
+                "responses": {"200": _ok("{root, at, sites: [{id, online, rooms, streams, cameras, rollup, ...}]}")}
+                | _ERRORS,
+            }
+        },
+        "/api/console/layouts": {
+            "get": {
+                "summary": "The caller's saved video-wall layouts",
+                "responses": {"200": _ok(layouts)} | _ERRORS,
+            },
+            "put": {
+                "summary": "Replace the caller's video-wall layouts",
+                "requestBody": layouts_body,
+                "responses": {"200": _ok(layouts), "400": _PROBLEM} | _ERRORS,
+            },
+        },
+    }
+
+
+def _dispatch_paths() -> dict[str, Any]:
+    """Emergency calls and convening (docs/api.md, "Emergency calls and convening")."""
+    call = "{id, site_id, site_name, from: {user, name}, at, note, state, answered_by, room_id, ended_at}"
+    conflict = {"409": _PROBLEM | {"description": "The call ended or was answered first; `call` says by whom"}}
+    json_body = {"content": {"application/json": {"schema": {"type": "object"}}}}
+    call_id = _param("call_id")
+    return {
+        "/api/calls": {
+            "get": {
+                "summary": "Ringing and recent emergency calls of the caller's jurisdiction, newest first",
+                "responses": {"200": _ok(f"[{call}]")} | _ERRORS,
+            },
+            "post": {
+                "summary": "Call for help from the caller's home site; rings at the operators above it",
+                "requestBody": {"required": False} | json_body,
+                "responses": {"201": _ok(call), "400": _PROBLEM, "409": _PROBLEM} | _ERRORS,
+            },
+        },
+        "/api/calls/{call_id}/answer": {
+            "post": {
+                "summary": "Answer a ringing call (operators, admins): the first wins and gets the call room",
+                "parameters": [call_id],
+                "responses": {"200": _ok("{call, room}")} | conflict | _ERRORS,
+            }
+        },
+        "/api/calls/{call_id}": {
+            "delete": {
+                "summary": "Cancel one's own ringing call",
+                "parameters": [call_id],
+                "responses": {"200": _ok(call)} | conflict | _ERRORS,
+            }
+        },
+        "/api/conferences": {
+            "post": {
+                "summary": "Convene sites (operators, admins): a conference room at the caller's site, "
+                "each site invited live",
+                "requestBody": {"required": True} | json_body,
+                "responses": {"201": _json("Room", "Created"), "400": _PROBLEM} | _ERRORS,
+            }
+        },
+        "/api/conferences/{room_id}/rollcall": {
+            "get": {
+                "summary": "Per invited site: whether and who of it has joined the conference, since when",
+                "parameters": [_param("room_id")],
+                "responses": {"200": _ok("{room_id, title, sites: [{site_id, name, joined, since, participants}]}")}
+                | _ERRORS,
+            }
+        },
+    }
+
+
+def _training_paths() -> dict[str, Any]:
+    """Training broadcasts and attendance (docs/api.md, "Trainings")."""
+    training = "{room_id, title, site_id, trainer, trainer_name, trainer_site, started_at, ended_at}"
+    json_body = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
+    room = _param("room_id")
+    participant = "The participant record, `speaker` set (participant-updated goes to the room)"
+    return {
+        "/trainings": {
+            "get": {"summary": "The trainings page", "security": [], "responses": {"200": {"description": "HTML"}}}
+        },
+        "/api/trainings": {
+            "get": {
+                "summary": "Trainings of the caller's branch and of the branches below it, newest first",
+                "parameters": [_query("all", "1: ended trainings too")],
+                "responses": {"200": _ok(f"[{training} + participant_count]")} | _ERRORS,
+            },
+            "post": {
+                "summary": "Start a training for a branch (trainers, operators, admins): its room admits the "
+                "branch, whose users get an `invitation` event",
+                "requestBody": json_body,
+                "responses": {"201": _ok(f"{training} + room"), "400": _PROBLEM} | _ERRORS,
+            },
+        },
+        "/api/trainings/{room_id}/end": {
+            "post": {
+                "summary": "End a training (its trainer, or an operator above it): streams end, participants leave",
+                "parameters": [room],
+                "responses": {"200": _ok(training), "400": _PROBLEM} | _ERRORS,
+            }
+        },
+        "/api/trainings/{room_id}/speakers": {
+            "post": {
+                "summary": "Let an attendee speak (the trainer): they may publish until returned to watching",
+                "parameters": [room],
+                "requestBody": json_body,
+                "responses": {"200": _ok(participant), "400": _PROBLEM} | _ERRORS,
+            }
+        },
+        "/api/trainings/{room_id}/speakers/{participant_id}": {
+            "delete": {
+                "summary": "Return a speaker to watching (the trainer): their streams end",
+                "parameters": [room, _param("participant_id")],
+                "responses": {"200": _ok(participant), "400": _PROBLEM} | _ERRORS,
+            }
+        },
+        "/api/trainings/{room_id}/attendance": {
+            "get": {
+                "summary": "Who attended, from which site, from when to when (the trainer, operators above it)",
+                "parameters": [room, _query("format", "csv: a CSV file instead of JSON")],
+                "responses": {
+                    "200": {
+                        "description": "{training, attendance: [{site_id, site_name, user, name, role, "
+                        "participant_id, joined_at, left_at, minutes, interrupted}]}",
+                        "content": {"application/json": {"schema": {"type": "object"}}, "text/csv": {}},
+                    }
+                }
                 | _ERRORS,
             }
         },
