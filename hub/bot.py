@@ -346,7 +346,10 @@ async def publish(
     room_id: str,
     tracks: list[EncodedTrack],
     kind: str = "camera",
+    participant: str | None = None,
 ) -> Session:
+    """Publish tracks into a room; `participant` attaches the stream to the
+    caller's event-socket participant (else the hub makes one for it)."""
     pc = RTCPeerConnection(NO_ICE_SERVERS)
     for track in tracks:
         transceiver = pc.addTransceiver(track, direction="sendonly")
@@ -358,7 +361,8 @@ async def publish(
         transceiver.setCodecPreferences(codecs)
         # aiortc's sender would only flag its own (unused) encoder on PLI/FIR.
         transceiver.sender._send_keyframe = track.request_keyframe  # type: ignore[method-assign]
-    location = await _exchange(http, f"{base_url}/whip/{room_id}?kind={kind}", token, pc)
+    query = f"kind={kind}" + (f"&participant={participant}" if participant else "")
+    location = await _exchange(http, f"{base_url}/whip/{room_id}?{query}", token, pc)
     return Session(pc, location, http, token)
 
 
