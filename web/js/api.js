@@ -328,6 +328,61 @@ export class HubClient {
     const query = recordingId ? `?recording=${encodeURIComponent(recordingId)}` : "";
     return this.request("GET", `/api/audit${query}`);
   }
+
+  // -- the console ------------------------------------------------------------------
+
+  /** Live status of every site of a branch (default: the caller's home) with rollups. */
+  consoleStatus(siteId = "") {
+    const query = siteId ? `?site=${encodeURIComponent(siteId)}` : "";
+    return this.request("GET", `/api/console/status${query}`);
+  }
+
+  /** The caller's saved wall layouts: {layouts: [{name, grid, panes, patrol}], current}. */
+  consoleLayouts() {
+    return this.request("GET", "/api/console/layouts");
+  }
+
+  saveConsoleLayouts(layouts) {
+    return this.request("PUT", "/api/console/layouts", layouts);
+  }
+
+  /** URL of a stream's latest snapshot for an <img>, which cannot send headers. */
+  snapshotUrl(streamId) {
+    return this.url(`/api/streams/${encodeURIComponent(streamId)}/snapshot?token=${encodeURIComponent(this.token)}`);
+  }
+
+  // -- emergency calls and convening ---------------------------------------------
+  // A 409 (answered by someone else, cancelled, missed, or the site already
+  // rings) rejects with ApiError status 409 whose problem.call says how it ended.
+
+  /** Ringing and recent calls of the caller's jurisdiction, newest first. */
+  calls() {
+    return this.request("GET", "/api/calls");
+  }
+
+  /** Call for help from the caller's home site; resolves to the ringing call. */
+  callForHelp(note = "") {
+    return this.request("POST", "/api/calls", note ? { note } : {});
+  }
+
+  /** Answer a ringing call (operators): resolves to {call, room} for the one who wins. */
+  answerCall(callId) {
+    return this.request("POST", `/api/calls/${encodeURIComponent(callId)}/answer`);
+  }
+
+  cancelCall(callId) {
+    return this.request("DELETE", `/api/calls/${encodeURIComponent(callId)}`);
+  }
+
+  /** Convene sites into a conference at the caller's site; resolves to the room. */
+  convene(title, sites) {
+    return this.request("POST", "/api/conferences", { title, sites });
+  }
+
+  /** {room_id, title, sites: [{site_id, name, name_en, joined, since, participants}]} */
+  rollcall(roomId) {
+    return this.request("GET", `/api/conferences/${encodeURIComponent(roomId)}/rollcall`);
+  }
 }
 
 // -- the event WebSocket --------------------------------------------------------
@@ -361,6 +416,7 @@ export class Events {
     this.reconnect = reconnect;
     this.replyTimeoutMs = replyTimeoutMs;
     this.rooms = new Map(); // room id -> {name, watch} (rooms to be in)
+    this.monitoring = false; // sent {"type": "monitor"} (the console)
     this.state = "closed";
     this._target = new EventTarget();
     this._pending = [];
@@ -406,6 +462,7 @@ export class Events {
           this._retry = 0;
           this._setState("open");
           resolve(message);
+          if (this.monitoring) this._request({ type: "monitor", on: true }).catch(() => {});
           this._rejoin();
         }
         this._dispatch(message);
@@ -519,6 +576,12 @@ export class Events {
 
   inviteSite(room, site) {
     return this._request({ type: "invite-site", room, site });
+  }
+
+  /** Receive the room activity and presence of the whole jurisdiction (the console); sent again after a reconnect. */
+  async monitor(on = true) {
+    this.monitoring = on;
+    return this._request({ type: "monitor", on });
   }
 
   /** Close for good: no reconnect. */

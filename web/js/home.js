@@ -5,6 +5,7 @@
 import { ApiError, HubClient, takeToken } from "./api.js";
 import { $, apiErrorKey as errorKey, el, renderFatalBox } from "./dom.js";
 import * as i18n from "./i18n.js";
+import { mountHelp } from "./help.js"; // dispatch: the call-for-help button
 
 const { t } = i18n;
 
@@ -664,6 +665,8 @@ async function boot() {
   renderTree();
   renderStage();
   openEvents();
+  // dispatch: the call-for-help button for the people of a site (web/js/help.js).
+  mountHelp(document.querySelector(".topbar-right"), { client: state.client, events: state.events, me: state.me });
   state.refreshTimer = setTimeout(refreshRooms, ROOMS_REFRESH_MS);
 }
 
