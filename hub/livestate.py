@@ -352,8 +352,11 @@ class RedisLiveState(LiveState):
         return json.loads(raw) if raw else None
 
     async def streams(self, room_id: str) -> list[Record]:
-        every = (json.loads(v) for v in (await self._redis.hgetall("hub:streams")).values())
-        return [s for s in every if s["room_id"] == room_id]
+        return [s for s in await self.all_streams() if s["room_id"] == room_id]
+
+    async def all_streams(self) -> list[Record]:
+        # One read for the whole directory (the console asks for every branch's streams).
+        return [json.loads(v) for v in (await self._redis.hgetall("hub:streams")).values()]
 
     async def put_record(self, kind: str, key: str, record: Record, ttl: float | None = None) -> None:
         await self._set_record(kind, key, record, ttl, only_if_absent=False)

@@ -13,6 +13,8 @@ from recorder.retention import expire_forever
 from recorder.service import Recorder
 from signaling.app import make_app
 
+from .cameras import open_cameras
+from .cases import Cases
 from .config import DEMO_SITES, Settings
 from .console import Console
 from .dispatch import Dispatch
@@ -22,6 +24,7 @@ from .presence import Presence
 from .rooms import Rooms
 from .sfu import Router
 from .sites import SiteTree, load_sites_file
+from .snapshots import Snapshots
 from .store import Store
 from .tokens import Claims, issue
 from .training import Trainings
@@ -64,11 +67,17 @@ async def build(settings: Settings) -> Hub:
         rooms, settings.recordings_path, settings.db_path, settings.segment_seconds, settings.record_mediation_rooms
     )
     await recorder.start()
+    snapshots = Snapshots(rooms, settings.snapshot_seconds)
+    await snapshots.start()
     console = Console(rooms, settings.db_path)
     presence = Presence(state, node_id)
     dispatch = Dispatch(rooms, settings.db_path, settings.call_ring_seconds)
     trainings = Trainings(rooms, settings.db_path)
     await trainings.start()
+    cases = Cases(rooms, settings.db_path)
+    await cases.start()
+    cameras = open_cameras(settings, rooms)
+    await cameras.start()
     app = make_app(
         rooms,
         settings,
@@ -78,6 +87,9 @@ async def build(settings: Settings) -> Hub:
         presence=presence,
         dispatch_service=dispatch,
         training_service=trainings,
+        cases_service=cases,
+        snapshots=snapshots,
+        camera_service=cameras,
     )
 
     sweeper = asyncio.create_task(_sweep_forever(rooms, settings.node_ttl)) if settings.redis else None
@@ -100,6 +112,9 @@ async def build(settings: Settings) -> Hub:
             retention.cancel()
         await dispatch.close()
         await trainings.close()
+        await cases.close()
+        await cameras.close()
+        await snapshots.close()
         await recorder.close()
         await rooms.close()
         console.close()

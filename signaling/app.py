@@ -6,15 +6,18 @@ from pathlib import Path
 
 from aiohttp import web
 
+from hub.cameras import Cameras
+from hub.cases import Cases
 from hub.config import Settings
 from hub.console import Console
 from hub.dispatch import Dispatch
 from hub.presence import Presence
 from hub.rooms import Rooms
+from hub.snapshots import Snapshots
 from hub.training import Trainings
 from recorder.service import Recorder
 
-from . import api, console, dispatch, events, invites, recordings, training, whip
+from . import api, cameras, cases, console, dispatch, events, invites, monitoring, recordings, stats, training, whip
 from .keys import ROOMS, SECRET, SETTINGS
 from .openapi import document
 from .problems import problems_middleware
@@ -45,6 +48,9 @@ def make_app(
     presence: Presence | None = None,
     dispatch_service: Dispatch | None = None,
     training_service: Trainings | None = None,
+    cases_service: Cases | None = None,
+    snapshots: Snapshots | None = None,
+    camera_service: Cameras | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[problems_middleware], client_max_size=settings.max_sdp_bytes * 2)
     app[ROOMS] = rooms
@@ -65,6 +71,10 @@ def make_app(
     console.add_routes(app, console_service, presence)
     dispatch.add_routes(app, dispatch_service)
     training.add_routes(app, training_service)
+    cases.add_routes(app, cases_service)
+    monitoring.add_routes(app, snapshots)
+    cameras.add_routes(app, camera_service)
+    stats.add_routes(app)
     app.router.add_post("/whip/{room_id}", whip.whip_publish)
     app.router.add_delete("/whip/{room_id}/{stream_id}", whip.whip_delete)
     app.router.add_post("/whep/{stream_id}", whip.whep_view)

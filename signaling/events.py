@@ -23,6 +23,7 @@ from hub.tokens import Claims, TokenError
 from recorder.service import Recorder
 
 from .auth import claims_of
+from .console import PRESENCE
 from .keys import ROOMS, SETTINGS
 from .problems import problem_response
 from .recordings import RECORDER
@@ -88,8 +89,21 @@ class Recording(_Message):
     on: StrictBool
 
 
+class Monitor(_Message):
+    """Receive the room activity (who joins, leaves, publishes) of every room
+    the caller may enter, without joining them: the console's live tree."""
+
+    type: Literal["monitor"]
+    on: StrictBool
+
+
+#: Room events a monitoring session receives from every room it may enter.
+MONITORED = frozenset({"participant-joined", "participant-left", "stream-added", "stream-removed"})
+#: Addressed events only monitoring sessions receive (of interest to a console, noise elsewhere).
+MONITOR_ONLY = frozenset({"presence", "snapshot"})
+
 RoomMessage = State | Chat | Hand | InviteSite | Recording
-ClientMessage = TypeAdapter(Annotated[Join | Leave | Ping | RoomMessage, Field(discriminator="type")])
+ClientMessage = TypeAdapter(Annotated[Join | Leave | Ping | Monitor | RoomMessage, Field(discriminator="type")])
 
 
 class Session:
@@ -104,6 +118,8 @@ class Session:
         # Events of a room being joined wait until its "joined" reply is out,
         # so a client always sees its roster before changes to it.
         self.pending: dict[str, list[Record]] = {}
+        self.monitoring = False
+        self._may_enter: dict[str, bool] = {}  # room id -> may this caller enter it (monitoring)
 
     async def send(self, message: Record) -> None:
         await self.ws.send_str(json.dumps(message, ensure_ascii=False))
@@ -125,6 +141,9 @@ class Session:
             await self.join(message)
         elif isinstance(message, Leave):
             await self.leave(message.room)
+        elif isinstance(message, Monitor):
+            self.monitoring = message.on
+            await self.send({"type": "ack", "of": "monitor"})
         else:
             await self.in_room(message)
 
@@ -198,11 +217,15 @@ class Session:
             while (event := await queue.get()) is not None:
                 room_id = event.get("room_id")
                 if "to" in event:
-                    if addressed_to(self.rooms.tree, self.claims, event["to"]):
+                    if (self.monitoring or event["type"] not in MONITOR_ONLY) and addressed_to(
+                        self.rooms.tree, self.claims, event["to"]
+                    ):
                         await self.send(event)
                 elif room_id in self.pending:
                     self.pending[room_id].append(event)
                 elif room_id in self.joined or self._announces_room_for_me(event):
+                    await self.send(event)
+                elif self.monitoring and event["type"] in MONITORED and await self._may_enter_room(room_id):
                     await self.send(event)
             await self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"event stream overflow")
         finally:
@@ -211,6 +234,16 @@ class Session:
     def _announces_room_for_me(self, event: Record) -> bool:
         """A new room is announced to everyone who may enter it, joined or not."""
         return event["type"] == "room-opened" and can_enter_room(self.rooms.tree, self.claims, event["room"])
+
+    async def _may_enter_room(self, room_id: str) -> bool:
+        # A room's site never changes: ask live state once per room.
+        if room_id not in self._may_enter:
+            try:
+                await self.rooms.room(self.claims, room_id)
+                self._may_enter[room_id] = True
+            except (NotFound, Forbidden):
+                self._may_enter[room_id] = False
+        return self._may_enter[room_id]
 
     async def close(self) -> None:
         for room_id, participant_id in tuple(self.joined.items()):
@@ -229,6 +262,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     session = Session(ws, request.app[ROOMS], claims, request.app.get(RECORDER))
     forwarder = asyncio.create_task(session.forward_events())
+    presence = request.app.get(PRESENCE)
+    connection = await presence.connect(claims) if presence else None
     try:
         await session.send({"type": "hello", "user": claims.user, "role": claims.role, "site": claims.site})
         async for msg in ws:
@@ -241,4 +276,6 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         with contextlib.suppress(asyncio.CancelledError):
             await forwarder
         await session.close()
+        if presence:
+            await presence.disconnect(connection)
     return ws

@@ -264,6 +264,9 @@ def document() -> dict[str, Any]:
             **_console_paths(),
             **_dispatch_paths(),
             **_training_paths(),
+            **_case_paths(),
+            **_monitoring_paths(),
+            **_camera_paths(),
             "/whip/{room_id}": {
                 "post": {
                     "summary": "Publish a stream into a room (WHIP, RFC 9725)",
@@ -576,5 +579,196 @@ def _training_paths() -> dict[str, Any]:
                 }
                 | _ERRORS,
             }
+        },
+    }
+
+
+def _body(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    schema = {"type": "object", "additionalProperties": False, "properties": properties}
+    return {"required": True, "content": {"application/json": {"schema": schema | {"required": required or []}}}}
+
+
+def _case_paths() -> dict[str, Any]:
+    """Mediation cases and statistics (docs/api.md, "Cases" and "Statistics")."""
+    case = _param("case_id")
+    page = {"security": [], "responses": {"200": {"description": "HTML"}}}
+    period = [
+        _query("site", "a site of the jurisdiction: its branch (default: home site)"),
+        _query("from", "ISO 8601 date/time (UTC if no offset) or epoch seconds; default: 30 days before to"),
+        _query("to", "ISO 8601 date/time or epoch seconds; default: now"),
+    ]
+    conflict = {"409": _PROBLEM}
+    return {
+        "/cases": {"get": page | {"summary": "The cases page"}},
+        "/stats": {"get": page | {"summary": "The statistics page"}},
+        "/api/cases": {
+            "get": {
+                "summary": "Cases the caller may read (their origin lies in the branch), newest first",
+                "parameters": [
+                    _query("site", "a site of the jurisdiction: cases that have been in its branch"),
+                    _query("status", "open, mediating, agreement, failed, escalated or closed"),
+                    _query("queue", "'mine': only cases now at the caller's own site"),
+                ],
+                "responses": {"200": _ok("Cases"), "400": _PROBLEM} | _ERRORS,
+            },
+            "post": {
+                "summary": "Open a case at a site of the jurisdiction (default: home site)",
+                "requestBody": _body(
+                    {
+                        "site_id": {"type": "string"},
+                        "title": {"type": "string", "maxLength": 200},
+                        "dispute_type": {"enum": ["family", "neighbour", "land", "wages", "contract", "other"]},
+                        "parties": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "role": {"enum": ["applicant", "respondent", "other"]},
+                                    "phone": {"type": "string"},
+                                },
+                            },
+                        },
+                        "summary": {"type": "string", "maxLength": 4000},
+                    },
+                    ["title", "dispute_type", "parties"],
+                ),
+                "responses": {"201": _ok("The case"), "400": _PROBLEM} | _ERRORS,
+            },
+        },
+        "/api/cases/{case_id}": {
+            "get": {
+                "summary": "A case with its history, sessions and their recordings",
+                "parameters": [case],
+                "responses": {"200": _ok("The case")} | _ERRORS,
+            },
+            "patch": {
+                "summary": "Change status (along the allowed transitions) and/or the outcome note",
+                "parameters": [case],
+                "requestBody": _body(
+                    {
+                        "status": {"enum": ["open", "mediating", "agreement", "failed", "escalated", "closed"]},
+                        "outcome": {"type": "string", "maxLength": 2000},
+                    }
+                ),
+                "responses": {"200": _ok("The case"), "400": _PROBLEM} | _ERRORS | conflict,
+            },
+        },
+        "/api/cases/{case_id}/sessions": {
+            "post": {
+                "summary": "Hold a session: open a mediation room at the case's site, admitting the sites below",
+                "parameters": [case],
+                "responses": {"201": _ok("The session with its room")} | _ERRORS | conflict,
+            }
+        },
+        "/api/cases/{case_id}/escalate": {
+            "post": {
+                "summary": "Move the case to the parent site's queue; its readers get case-escalated",
+                "parameters": [case],
+                "requestBody": _body({"note": {"type": "string", "maxLength": 1000}}),
+                "responses": {"200": _ok("The case"), "400": _PROBLEM} | _ERRORS | conflict,
+            }
+        },
+        "/api/stats": {
+            "get": {
+                "summary": "Case and training statistics of a branch over a period (definitions included)",
+                "parameters": period,
+                "responses": {"200": _ok("Statistics"), "400": _PROBLEM} | _ERRORS,
+            }
+        },
+        "/api/stats.csv": {
+            "get": {
+                "summary": "The same statistics as CSV (section, item, metric, value; UTF-8 with BOM)",
+                "parameters": period,
+                "responses": {"200": {"description": "CSV", "content": {"text/csv": {}}}, "400": _PROBLEM} | _ERRORS,
+            }
+        },
+    }
+
+
+def _monitoring_paths() -> dict[str, Any]:
+    """Snapshots and video health alerts (docs/api.md, "Snapshots and alerts")."""
+    site = _query("site", "a site of the jurisdiction: it and the sites below it (default: home site)")
+    return {
+        "/api/streams/{stream_id}/snapshot": {
+            "get": {
+                "summary": "The stream's latest snapshot (JPEG, ~320 px wide); ETag, Cache-Control: no-cache",
+                "parameters": [_param("stream_id"), _query("token", "for <img> elements, which cannot send headers")],
+                "responses": {
+                    "200": {"description": "JPEG", "content": {"image/jpeg": {}}},
+                    "304": {"description": "Not modified since the ETag in If-None-Match"},
+                    "503": _PROBLEM,
+                }
+                | _ERRORS,
+            }
+        },
+        "/api/snapshots": {
+            "get": {
+                "summary": "Metadata of the latest snapshot of every stream in a branch of the tree",
+                "parameters": [site],
+                "responses": {"200": _ok("[{stream_id, site_id, room_id, camera_id?, at, width, height, bytes}]")}
+                | _ERRORS,
+            }
+        },
+        "/api/alerts": {
+            "get": {
+                "summary": "Active video health alerts (black, frozen, blur, covered) in a branch of the tree",
+                "parameters": [site],
+                "responses": {"200": _ok("[{id, stream_id, site_id, room_id, camera_id?, kind, since}]")} | _ERRORS,
+            }
+        },
+    }
+
+
+def _camera_paths() -> dict[str, Any]:
+    """Cameras the hub pulls (docs/api.md, "Cameras")."""
+    camera = _param("camera_id")
+    body = {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["site_id", "name", "url"],
+                    "properties": {
+                        "site_id": {"type": "string"},
+                        "name": {"type": "string"},
+                        "url": {"type": "string", "description": "rtsp://, rtsps://, http(s):// or file:///path"},
+                        "id": {"type": "string", "description": "optional; generated when absent"},
+                    },
+                }
+            }
+        },
+    }
+    record = (
+        "Camera: {id, site_id, name, url (password hidden), created_by, created_at, room_id,"
+        " status, since, error, stream_id}"
+    )
+    return {
+        "/api/cameras": {
+            "get": {
+                "summary": "Cameras of the caller's jurisdiction with their live status",
+                "parameters": [_query("site", "only this site and the sites below it")],
+                "responses": {"200": _ok(f"A list of {record}")} | _ERRORS,
+            },
+            "post": {
+                "summary": "Register a camera to a site (admins and operators of a site above it)",
+                "requestBody": body,
+                "responses": {"201": _ok(record), "400": _PROBLEM} | _ERRORS,
+            },
+        },
+        "/api/cameras/{camera_id}": {
+            "get": {
+                "summary": "One camera with its live status",
+                "parameters": [camera],
+                "responses": {"200": _ok(record)} | _ERRORS,
+            },
+            "delete": {
+                "summary": "Remove a camera: the hub stops pulling it",
+                "parameters": [camera],
+                "responses": {"204": {"description": "Removed"}} | _ERRORS,
+            },
         },
     }

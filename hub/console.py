@@ -1,0 +1,264 @@
+"""The command-centre console: live status of a branch of the site tree and
+the operators' saved video-wall layouts.
+
+Status is computed from a fixed handful of live-state reads (presence,
+active rooms, opened rooms, streams, cameras, alerts) whatever the number of
+sites, then rolled up bottom-up over the branch.
+
+Definitions (docs/operate.md repeats them):
+- a site's *connections* ("terminals online") are the open event WebSockets
+  of users whose home is that site, by role (presence);
+- a room is *in session* when someone is in it; a site is in session when
+  one of its rooms is;
+- a site is *online* when it has a connection or is in session (a WHIP-only
+  publisher, e.g. a hardware terminal, has no WebSocket but sits in a room);
+- a camera is *in alarm* when an active alert names it (or its stream).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .access import Forbidden, can_reach_site
+from .livestate import Record
+from .presence import KIND as PRESENCE
+from .presence import by_role
+from .rooms import NotFound, Rooms
+from .tokens import Claims
+
+#: Largest wall: 8 x 8 panes.
+MAX_GRID = 64
+MAX_LAYOUTS = 50
+MAX_PATROL_FEEDS = 500
+
+Ident = Annotated[str, Field(min_length=1, max_length=100)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Feed(_Strict):
+    """What a pane shows: a stream, a camera, or a site (its first live stream)."""
+
+    stream_id: Ident | None = None
+    camera_id: Ident | None = None
+    site_id: Ident | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Feed:
+        if sum(v is not None for v in (self.stream_id, self.camera_id, self.site_id)) != 1:
+            raise ValueError("a feed names exactly one of stream_id, camera_id, site_id")
+        return self
+
+
+class Patrol(_Strict):
+    feeds: list[Feed] = Field(default_factory=list, max_length=MAX_PATROL_FEEDS)
+    seconds: int = Field(default=10, ge=1, le=3600)
+
+
+class Layout(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+    grid: int = Field(ge=1, le=MAX_GRID)
+    #: One entry per pane, in reading order; null leaves a pane empty.
+    panes: list[Feed | None] = Field(default_factory=list, max_length=MAX_GRID)
+    patrol: Patrol | None = None
+
+    @model_validator(mode="after")
+    def _square(self) -> Layout:
+        side = round(self.grid**0.5)
+        if side * side != self.grid:
+            raise ValueError("grid must be a square number of panes (1, 4, 9, 16, ...)")
+        if len(self.panes) > self.grid:
+            raise ValueError("more panes than the grid holds")
+        return self
+
+
+class Layouts(_Strict):
+    layouts: list[Layout] = Field(default_factory=list, max_length=MAX_LAYOUTS)
+    #: The layout to open with.
+    current: str | None = Field(default=None, max_length=64)
+
+    @model_validator(mode="after")
+    def _names(self) -> Layouts:
+        names = [layout.name for layout in self.layouts]
+        if len(set(names)) != len(names):
+            raise ValueError("layout names must be unique")
+        if self.current is not None and self.current not in names:
+            raise ValueError("current must name one of the layouts")
+        return self
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS console_layouts (
+    user TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+"""
+
+
+class LayoutStore:
+    """Each user's wall layouts, one JSON document per user."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path)
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def get(self, user: str) -> Layouts:
+        row = self._db.execute("SELECT body FROM console_layouts WHERE user = ?", (user,)).fetchone()
+        return Layouts.model_validate_json(row[0]) if row else Layouts()
+
+    def put(self, user: str, layouts: Layouts) -> None:
+        with self._db:
+            self._db.execute(
+                "INSERT INTO console_layouts (user, body, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(user) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+                (user, layouts.model_dump_json(exclude_none=True), time.time()),
+            )
+
+
+def _empty_rollup() -> Counter[str]:
+    return Counter()
+
+
+class Console:
+    def __init__(self, rooms: Rooms, db_path: Path) -> None:
+        self.rooms = rooms
+        self.tree = rooms.tree
+        self.state = rooms.state
+        self.layouts = LayoutStore(db_path)
+
+    def close(self) -> None:
+        self.layouts.close()
+
+    async def status(self, claims: Claims, root_id: str | None = None) -> Record:
+        """Live status of every site of the branch under `root_id` (default:
+        the caller's home site), with per-branch rollups."""
+        root_id = root_id or claims.site
+        if self.tree.get(root_id) is None:
+            raise NotFound(f"no site {root_id}")
+        if not can_reach_site(self.tree, claims, root_id):
+            raise Forbidden(f"site {root_id} is outside your jurisdiction")
+        branch = self.tree.jurisdiction(root_id)
+        in_branch = {s.id for s in branch}
+        state = self.state
+
+        presence = by_role(await state.records(PRESENCE))
+        active = await state.active_rooms()
+        opened = {r["id"]: r for r in await state.rooms()}
+        streams = await state.all_streams()
+        cameras = await state.records("camera")
+        alerts = await state.records("alert")
+
+        site_rows: dict[str, Record] = {}
+        for site in branch:
+            connections = presence.get(site.id, Counter())
+            site_rows[site.id] = {
+                "id": site.id,
+                "connections": dict(connections),
+                "terminals": sum(connections.values()),
+                "rooms": [],
+                "streams": [],
+                "cameras": [],
+                "alerts": 0,
+            }
+
+        for room_id, count in active.items():
+            site = self.tree.site_of_room(room_id)
+            room = opened.get(room_id) or (
+                {"id": room_id, "site_id": site.id, "kind": "standing", "title": ""} if site else None
+            )
+            if room is None or room["site_id"] not in in_branch:
+                continue
+            site_rows[room["site_id"]]["rooms"].append(
+                {"id": room_id, "kind": room["kind"], "title": room.get("title", ""), "participants": count}
+            )
+        for stream in streams:
+            room = opened.get(stream["room_id"])
+            site = room["site_id"] if room else getattr(self.tree.site_of_room(stream["room_id"]), "id", None)
+            if site in in_branch:
+                site_rows[site]["streams"].append(
+                    {k: stream.get(k) for k in ("id", "room_id", "kind", "name", "user", "site_id")}
+                )
+
+        alarmed: set[str] = set()
+        for alert in alerts.values():
+            if alert.get("site_id") in in_branch:
+                site_rows[alert["site_id"]]["alerts"] += 1
+                alarmed.update(str(alert[k]) for k in ("camera_id", "stream_id") if alert.get(k))
+        for key, camera in cameras.items():
+            if camera.get("site_id") not in in_branch:
+                continue
+            camera_id = camera.get("id", key)
+            site_rows[camera["site_id"]]["cameras"].append(
+                {
+                    "id": camera_id,
+                    "name": camera.get("name", camera_id),
+                    "status": camera.get("status", "offline"),
+                    "stream_id": camera.get("stream_id"),
+                    "alarm": camera_id in alarmed or camera.get("stream_id") in alarmed,
+                }
+            )
+
+        for row in site_rows.values():
+            row["rooms"].sort(key=lambda r: (r["kind"] != "standing", r["id"]))
+            row["in_session"] = bool(row["rooms"])
+            row["online"] = row["terminals"] > 0 or row["in_session"]
+
+        self._roll_up(branch, site_rows)
+        return {"root": root_id, "at": time.time(), "sites": [site_rows[s.id] for s in branch]}
+
+    def _roll_up(self, branch: list[Any], rows: dict[str, Record]) -> None:
+        """Fill each site's "rollup": counts over it and everything below.
+        `branch` lists parents before children, so walking it backwards
+        finishes every child before its parent."""
+        totals: dict[str, Counter[str]] = {}
+        for site in reversed(branch):
+            row = rows[site.id]
+            cameras = row["cameras"]
+            own = Counter(
+                {
+                    "sites": 1,
+                    "sites_online": int(row["online"]),
+                    "sites_in_session": int(row["in_session"]),
+                    "villages": int(site.level == "village"),
+                    "villages_online": int(site.level == "village" and row["online"]),
+                    "rooms_in_session": len(row["rooms"]),
+                    "participants": sum(r["participants"] for r in row["rooms"]),
+                    "terminals": row["terminals"],
+                    "streams": len(row["streams"]),
+                    "cameras": len(cameras),
+                    "cameras_online": sum(c["status"] == "online" for c in cameras),
+                    "cameras_offline": sum(c["status"] == "offline" for c in cameras),
+                    "cameras_alarm": sum(c["alarm"] for c in cameras),
+                    "alerts": row["alerts"],
+                }
+            )
+            total = own + totals.pop(site.id, _empty_rollup())
+            # Counter's + drops zeros; the API promises every key.
+            row["rollup"] = {key: total.get(key, 0) for key in own}
+            if site.parent is not None and site.parent in rows:
+                totals[site.parent] = totals.get(site.parent, _empty_rollup()) + total
+
+    # -- layouts -----------------------------------------------------------------
+
+    def get_layouts(self, claims: Claims) -> Record:
+        return json.loads(self.layouts.get(claims.user).model_dump_json(exclude_none=True))
+
+    def put_layouts(self, claims: Claims, body: dict[str, Any]) -> Record:
+        """Replace the caller's layouts (validated: ValidationError → 400)."""
+        layouts = Layouts.model_validate(body)
+        self.layouts.put(claims.user, layouts)
+        return json.loads(layouts.model_dump_json(exclude_none=True))

@@ -1,0 +1,84 @@
+"""Presence: which sites have someone connected right now.
+
+Every event WebSocket counts as one connection of its user's home site: a
+named record (kind "presence", keyed by a connection id) lives while the
+socket is open. When a site's count changes, the operators whose
+jurisdiction covers it get a "presence" event. Records of a hub process
+that died without closing its sockets are swept once its heartbeat expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import Counter
+
+from .livestate import LiveState, Record
+from .tokens import Claims
+
+log = logging.getLogger(__name__)
+
+KIND = "presence"
+
+
+class Presence:
+    def __init__(self, state: LiveState, node_id: str) -> None:
+        self.state = state
+        self.node_id = node_id
+
+    async def counts(self) -> Counter[str]:
+        """Connections online per home site."""
+        return Counter(r["site_id"] for r in (await self.state.records(KIND)).values())
+
+    async def connect(self, claims: Claims) -> str | None:
+        """Mark a connection of the caller's home site online; returns its key.
+        Guests are not counted: they are visitors of a room, not a site."""
+        if claims.role == "guest":
+            return None
+        key = f"c-{secrets.token_hex(8)}"
+        record = {"site_id": claims.site, "user": claims.user, "role": claims.role, "node": self.node_id}
+        await self.state.put_record(KIND, key, record | {"since": time.time()})
+        await self._announce(claims.site)
+        return key
+
+    async def disconnect(self, key: str | None) -> None:
+        if key is None:
+            return
+        record = await self.state.delete_record(KIND, key)
+        if record is not None:
+            await self._announce(record["site_id"])
+
+    async def _announce(self, site_id: str) -> None:
+        online = (await self.counts())[site_id]
+        event = {"type": "presence", "site_id": site_id, "online": online, "to": {"covering": site_id}}
+        await self.state.publish(event)
+
+    async def sweep(self) -> int:
+        """Drop the connections of hub processes that are no longer running."""
+        alive = await self.state.live_nodes()
+        sites: set[str] = set()
+        for key, record in (await self.state.records(KIND)).items():
+            if record.get("node") not in alive and await self.state.delete_record(KIND, key) is not None:
+                sites.add(record["site_id"])
+        for site_id in sorted(sites):
+            await self._announce(site_id)
+        return len(sites)
+
+    async def sweep_forever(self, period: float) -> None:
+        while True:
+            await asyncio.sleep(period)
+            try:
+                if swept := await self.sweep():
+                    log.info("swept the presence of %d sites of hub processes that stopped", swept)
+            except Exception:  # keep sweeping; Redis may come back
+                log.exception("presence sweep failed")
+
+
+def by_role(records: dict[str, Record]) -> dict[str, Counter[str]]:
+    """Site id -> connections by role."""
+    out: dict[str, Counter[str]] = {}
+    for record in records.values():
+        out.setdefault(record["site_id"], Counter())[record["role"]] += 1
+    return out

@@ -1,0 +1,63 @@
+"""The console over HTTP: the page, live status of a branch, wall layouts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from hub.console import Console
+from hub.presence import Presence
+
+from .api import json_response
+from .auth import claims_of
+from .problems import Problem, read_json_object
+
+CONSOLE = web.AppKey("console", Console)
+PRESENCE = web.AppKey("presence", Presence)
+WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
+
+
+def _console(request: web.Request) -> Console:
+    console = request.app.get(CONSOLE)
+    if console is None:
+        raise Problem(503, "Service Unavailable", "this hub process has no console")
+    return console
+
+
+async def page(request: web.Request) -> web.FileResponse:
+    # The page checks its token and jurisdiction itself, through the API.
+    return web.FileResponse(WEB_ROOT / "console.html")
+
+
+async def status(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    return json_response(await _console(request).status(claims, request.query.get("site") or None))
+
+
+async def get_layouts(request: web.Request) -> web.Response:
+    return json_response(_console(request).get_layouts(claims_of(request)))
+
+
+async def put_layouts(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    body = await read_json_object(request, "a JSON object {layouts: [...], current}")
+    try:
+        saved = _console(request).put_layouts(claims, body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise Problem(400, "Bad Request", f"{where}: {first['msg']}" if where else first["msg"]) from exc
+    return json_response(saved)
+
+
+def add_routes(app: web.Application, console: Console | None, presence: Presence | None) -> None:
+    if presence is not None:
+        app[PRESENCE] = presence
+    if console is not None:
+        app[CONSOLE] = console
+    app.router.add_get("/console", page)
+    app.router.add_get("/api/console/status", status)
+    app.router.add_get("/api/console/layouts", get_layouts)
+    app.router.add_put("/api/console/layouts", put_layouts)

@@ -1,0 +1,616 @@
+// The command-centre console: the jurisdiction's site tree with live status
+// and per-branch rollups, a thumbnail grid of the selected branch's feeds,
+// the video wall with saved layouts and patrol, and the dispatch panel.
+// Status comes from GET /api/console/status, fetched again (debounced) on
+// every live event that may change it.
+
+import { ApiError, HubClient, takeToken } from "./api.js";
+import { mountDispatch } from "./dispatch.js";
+import { $, apiErrorKey as errorKey, el, renderFatalBox } from "./dom.js";
+import * as i18n from "./i18n.js";
+import { FEED_MIME, GRID_SIDES, Wall, feedKey } from "./wall.js";
+
+const { t } = i18n;
+
+const BOOT_RETRY_MS = 5000;
+const REFRESH_DEBOUNCE_MS = 250; // events come in bursts (join + publish)
+const REFRESH_POLL_MS = 30000; // a safety net: events lost during a reconnect
+const SAVE_DEBOUNCE_MS = 800;
+
+/** Events after which the status is fetched again. */
+const STATUS_EVENTS = [
+  "participant-joined",
+  "participant-left",
+  "stream-added",
+  "stream-removed",
+  "room-opened",
+  "presence",
+  "camera-status",
+  "alert-raised",
+  "alert-cleared",
+];
+
+const state = {
+  client: null,
+  events: null,
+  me: null,
+  sites: [],
+  byId: new Map(),
+  children: new Map(),
+  roots: [],
+  depth: new Map(),
+  status: new Map(), // site id -> status row
+  expanded: new Set(),
+  checked: new Set(), // sites ticked for dispatch
+  selected: null, // the branch shown in the thumbnail grid
+  search: "",
+  patrolPicks: new Set(), // feed keys ticked for patrol
+  snapshots: new Map(), // stream id -> last snapshot time (cache-busting)
+  layouts: { layouts: [], current: null },
+  wall: null,
+  fatal: null,
+  banner: null,
+  refreshTimer: null,
+  pollTimer: null,
+  saveTimer: null,
+  refreshing: false,
+  refreshAgain: false,
+};
+
+// -- messages ---------------------------------------------------------------------
+
+function showFatal(key, params = {}, { retrying = false } = {}) {
+  state.fatal = [key, params, retrying];
+  if (renderFatalBox(state.fatal)) $("layout").hidden = true;
+}
+
+function setBanner(key = null, params = {}) {
+  state.banner = key ? [key, params] : null;
+  renderBanner();
+}
+
+function renderBanner() {
+  const banner = $("banner");
+  banner.hidden = !state.banner;
+  banner.textContent = state.banner ? t(...state.banner) : "";
+  if (state.banner) banner.dataset.error = state.banner[0];
+  else delete banner.dataset.error;
+}
+
+function reportError(err) {
+  console.warn(err);
+  const [key, params] = errorKey(err);
+  if (err instanceof ApiError && err.kind === "unauthorized") {
+    state.events?.close();
+    state.wall?.close();
+    showFatal(key, params);
+  } else {
+    setBanner(key, params);
+  }
+}
+
+// -- header -----------------------------------------------------------------------
+
+function renderHeader() {
+  document.title = `${t("console.title")} · ${t("app.title")}`;
+  $("clock").textContent = i18n.formatClock(new Date());
+  if (state.me) {
+    const site = state.me.site ? i18n.siteName(state.me.site) : "";
+    $("user").textContent = [state.me.name, t(`user.role.${state.me.role}`), site].filter(Boolean).join(" · ");
+    $("user").hidden = false;
+  }
+  const events = state.events;
+  $("conn").hidden = !events;
+  if (events) {
+    $("conn").dataset.state = events.state;
+    $("conn-text").textContent = t({ open: "conn.live", connecting: "conn.connecting" }[events.state] ?? "conn.lost");
+  }
+}
+
+// -- sites and status ---------------------------------------------------------------
+
+function setSites(sites) {
+  state.sites = sites;
+  state.byId = new Map(sites.map((s) => [s.id, s]));
+  state.children = new Map(sites.map((s) => [s.id, []]));
+  state.roots = [];
+  for (const site of sites) {
+    if (site.parent && state.children.has(site.parent)) {
+      state.children.get(site.parent).push(site.id);
+      state.depth.set(site.id, state.depth.get(site.parent) + 1);
+    } else {
+      state.roots.push(site.id);
+      state.depth.set(site.id, 0);
+    }
+  }
+  for (const site of sites) if (state.depth.get(site.id) < 2) state.expanded.add(site.id);
+}
+
+function setStatus(status) {
+  state.status = new Map(status.sites.map((row) => [row.id, row]));
+}
+
+/** Fetch the status now; calls arriving meanwhile cause one more fetch after it. */
+async function refreshStatus() {
+  clearTimeout(state.refreshTimer);
+  state.refreshTimer = null;
+  if (state.refreshing) {
+    state.refreshAgain = true;
+    return;
+  }
+  state.refreshing = true;
+  try {
+    setStatus(await state.client.consoleStatus(state.me.site.id));
+    if (state.banner && ["error.unreachable", "error.server"].includes(state.banner[0])) setBanner(null);
+    renderAll();
+    state.wall.refresh();
+  } catch (err) {
+    reportError(err);
+  } finally {
+    state.refreshing = false;
+  }
+  if (state.refreshAgain) {
+    state.refreshAgain = false;
+    scheduleRefresh();
+  }
+  clearTimeout(state.pollTimer);
+  state.pollTimer = setTimeout(refreshStatus, REFRESH_POLL_MS);
+}
+
+function scheduleRefresh() {
+  if (state.refreshTimer === null) state.refreshTimer = setTimeout(refreshStatus, REFRESH_DEBOUNCE_MS);
+}
+
+// -- feeds ---------------------------------------------------------------------------
+
+/** Every feed of a branch: live streams and cameras, each {feed, key, label, site, streamId, ...}. */
+function feedsOf(rootId) {
+  const out = [];
+  for (const site of branchSites(rootId)) {
+    const row = state.status.get(site.id);
+    if (!row) continue;
+    const siteLabel = i18n.siteName(site);
+    const cameraStreams = new Set(row.cameras.map((c) => c.stream_id).filter(Boolean));
+    for (const stream of row.streams) {
+      if (cameraStreams.has(stream.id)) continue; // shown as its camera
+      const feed = { stream_id: stream.id };
+      out.push({ feed, key: feedKey(feed), streamId: stream.id, site, label: `${siteLabel} · ${stream.name || stream.user || ""}`, live: true });
+    }
+    for (const camera of row.cameras) {
+      const feed = { camera_id: camera.id };
+      out.push({
+        feed,
+        key: feedKey(feed),
+        streamId: camera.status === "online" ? camera.stream_id : null,
+        site,
+        label: `${siteLabel} · ${camera.name}`,
+        live: camera.status === "online",
+        camera,
+      });
+    }
+  }
+  return out;
+}
+
+function branchSites(rootId) {
+  const out = [];
+  const stack = rootId && state.byId.has(rootId) ? [rootId] : [...state.roots];
+  while (stack.length) {
+    const id = stack.pop();
+    out.push(state.byId.get(id));
+    stack.push(...[...state.children.get(id)].reverse());
+  }
+  return out;
+}
+
+/** What a wall pane plays for a feed now: {streamId, label} (streamId null: no picture). */
+function resolveFeed(feed) {
+  if (feed.stream_id) {
+    for (const [siteId, row] of state.status) {
+      const stream = row.streams.find((s) => s.id === feed.stream_id);
+      if (stream) return { streamId: stream.id, label: `${i18n.siteName(state.byId.get(siteId))} · ${stream.name || ""}` };
+    }
+    // Not (or no longer) listed in our jurisdiction: try it; the hub decides (403/404).
+    return { streamId: feed.stream_id, label: feed.stream_id };
+  }
+  if (feed.camera_id) {
+    for (const [siteId, row] of state.status) {
+      const camera = row.cameras.find((c) => c.id === feed.camera_id);
+      if (camera) {
+        const label = `${i18n.siteName(state.byId.get(siteId))} · ${camera.name}`;
+        return { streamId: camera.status === "online" ? camera.stream_id || null : null, label };
+      }
+    }
+    return { streamId: null, label: feed.camera_id };
+  }
+  const site = state.byId.get(feed.site_id);
+  const row = state.status.get(feed.site_id);
+  if (!site || !row) return { streamId: null, label: feed.site_id };
+  const standing = row.streams.find((s) => s.room_id === site.room_id) ?? row.streams[0];
+  return { streamId: standing?.id ?? null, label: i18n.siteName(site) };
+}
+
+// -- the tree ---------------------------------------------------------------------------
+
+function matches(site, query) {
+  return [site.name, site.name_en, site.id].some((s) => s && s.toLowerCase().includes(query));
+}
+
+/** With a search: the matching sites and their ancestors; null without one. */
+function visibleSites() {
+  const query = state.search.trim().toLowerCase();
+  if (!query) return null;
+  const shown = new Set();
+  for (const site of state.sites) {
+    if (!matches(site, query)) continue;
+    let current = site;
+    while (current && !shown.has(current.id)) {
+      shown.add(current.id);
+      current = current.parent ? state.byId.get(current.parent) : null;
+    }
+  }
+  return shown;
+}
+
+function renderTree() {
+  const tree = $("tree");
+  const scroll = tree.parentElement.scrollTop;
+  const visible = visibleSites();
+  tree.replaceChildren(...state.roots.filter((id) => !visible || visible.has(id)).map((id) => renderNode(id, visible)));
+  if (!tree.children.length) tree.append(el("li", { class: "tree-empty" }, t(state.sites.length ? "console.noMatch" : "tree.empty")));
+  tree.parentElement.scrollTop = scroll;
+  const root = state.status.get(state.roots[0]);
+  $("tree-summary").textContent = root
+    ? `${t("tree.sites", { n: root.rollup.sites })} · ${t("tree.liveSites", { n: root.rollup.sites_online })}`
+    : "";
+}
+
+function rollupText(rollup) {
+  const parts = [];
+  if (rollup.villages) parts.push(t("console.villagesOnline", { n: rollup.villages_online, total: rollup.villages }));
+  else parts.push(t("console.sitesOnline", { n: rollup.sites_online, total: rollup.sites }));
+  parts.push(t("console.inSession", { n: rollup.sites_in_session }));
+  if (rollup.cameras) parts.push(t("console.camerasOnline", { n: rollup.cameras_online, total: rollup.cameras }));
+  if (rollup.alerts) parts.push(t("console.alerts", { n: rollup.alerts }));
+  return parts.join(" · ");
+}
+
+function renderNode(siteId, visible) {
+  const site = state.byId.get(siteId);
+  const row = state.status.get(siteId);
+  const kids = state.children.get(siteId).filter((id) => !visible || visible.has(id));
+  const open = visible ? true : state.expanded.has(siteId);
+  const participants = row ? row.rooms.reduce((n, r) => n + r.participants, 0) : 0;
+  const badges = [];
+  if (row?.in_session) badges.push(el("span", { class: "badge-live", title: t("tree.liveCount", { n: participants }) }, t("console.session", { n: participants })));
+  if (row?.streams.length) badges.push(el("span", { class: "badge badge-streams" }, t("console.streams", { n: row.streams.length })));
+  if (row?.cameras.length) {
+    const online = row.cameras.filter((c) => c.status === "online").length;
+    badges.push(el("span", { class: "badge badge-cameras" }, t("console.cameras", { n: online, total: row.cameras.length })));
+  }
+  if (row?.alerts) badges.push(el("span", { class: "badge badge-alarm" }, t("console.alerts", { n: row.alerts })));
+  const node = el(
+    "div",
+    {
+      class: `node${state.selected === siteId ? " selected" : ""}${row?.online ? " online" : ""}`,
+      style: `--depth:${state.depth.get(siteId)}`,
+      dataset: { select: siteId, online: row?.online ? "true" : "false", inSession: row?.in_session ? "true" : "false" },
+      tabindex: "0",
+      draggable: "true",
+    },
+    kids.length
+      ? el("button", { class: "twisty", type: "button", "aria-label": t(open ? "tree.collapse" : "tree.expand"), dataset: { toggle: siteId } })
+      : el("span", { class: "twisty leaf", "aria-hidden": "true" }),
+    el("input", { type: "checkbox", class: "node-check", checked: state.checked.has(siteId), dataset: { check: siteId }, "aria-label": i18n.siteName(site) }),
+    el("span", { class: "dot", title: t(row?.online ? "console.online" : "console.offline") }),
+    el("span", { class: `level level-${site.level}` }, i18n.levelLabel(site.level)),
+    el("span", { class: "name", title: i18n.siteName(site) }, i18n.siteName(site)),
+    ...badges,
+  );
+  const item = el("li", { role: "treeitem", "aria-expanded": kids.length ? String(open) : null, dataset: { siteId } }, node);
+  if (row && state.children.get(siteId).length) item.append(el("div", { class: "rollup", style: `--depth:${state.depth.get(siteId)}`, dataset: { rollup: siteId } }, rollupText(row.rollup)));
+  if (kids.length && open) item.append(el("ul", { role: "group" }, ...kids.map((id) => renderNode(id, visible))));
+  return item;
+}
+
+function onTreeClick(event) {
+  const check = event.target.closest("[data-check]");
+  if (check) {
+    if (check.checked) state.checked.add(check.dataset.check);
+    else state.checked.delete(check.dataset.check);
+    document.dispatchEvent(new CustomEvent("console:selection", { detail: selectedSites() }));
+    return;
+  }
+  const toggle = event.target.closest("[data-toggle]");
+  if (toggle) {
+    const id = toggle.dataset.toggle;
+    if (state.expanded.has(id)) state.expanded.delete(id);
+    else state.expanded.add(id);
+    renderTree();
+    return;
+  }
+  const row = event.target.closest("[data-select]");
+  if (row) selectBranch(row.dataset.select);
+}
+
+function onTreeDragStart(event) {
+  const row = event.target.closest("[data-select]");
+  if (!row) return;
+  event.dataTransfer.setData(FEED_MIME, JSON.stringify({ site_id: row.dataset.select }));
+  event.dataTransfer.effectAllowed = "copy";
+}
+
+/** Ids of the sites ticked in the tree (tree order), for the dispatch panel. */
+export function selectedSites() {
+  return state.sites.filter((s) => state.checked.has(s.id)).map((s) => s.id);
+}
+
+function selectBranch(siteId) {
+  state.selected = siteId;
+  renderAll();
+}
+
+// -- the branch header and thumbnails ------------------------------------------------------
+
+function renderBranch() {
+  const site = state.byId.get(state.selected);
+  const row = state.status.get(state.selected);
+  $("branch-level").textContent = site ? i18n.levelLabel(site.level) : "";
+  $("branch-level").className = site ? `level level-${site.level}` : "level";
+  $("branch-name").textContent = site ? i18n.siteName(site) : "";
+  $("branch-rollup").textContent = row ? rollupText(row.rollup) : "";
+}
+
+function renderFeeds() {
+  const feeds = feedsOf(state.selected);
+  $("feeds-count").textContent = `(${feeds.length})`;
+  const grid = $("feeds");
+  if (!feeds.length) {
+    grid.replaceChildren(el("p", { class: "console-empty" }, t("console.noFeeds")));
+    return;
+  }
+  grid.replaceChildren(...feeds.map(renderThumb));
+}
+
+function renderThumb(item) {
+  const at = item.streamId ? state.snapshots.get(item.streamId) : undefined;
+  const picture = item.streamId
+    ? el("img", {
+        alt: "",
+        loading: "lazy",
+        src: `${state.client.snapshotUrl(item.streamId)}${at ? `&at=${at}` : ""}`,
+        onerror: (event) => event.target.replaceWith(placeholder(item)),
+      })
+    : placeholder(item);
+  const status = item.camera
+    ? t(`console.camera.${item.camera.alarm ? "alarm" : item.camera.status}`)
+    : t("console.camera.online");
+  return el(
+    "figure",
+    {
+      class: `thumb${item.live ? "" : " offline"}${item.camera?.alarm ? " alarm" : ""}`,
+      draggable: "true",
+      dataset: { feed: item.key, streamId: item.streamId ?? "" },
+      ondragstart: (event) => {
+        event.dataTransfer.setData(FEED_MIME, JSON.stringify(item.feed));
+        event.dataTransfer.effectAllowed = "copy";
+      },
+      onclick: (event) => {
+        if (event.target.closest("input")) return;
+        state.wall.stopPatrol();
+        state.wall.assign(null, item.feed);
+      },
+    },
+    el("div", { class: "thumb-picture" }, picture),
+    el(
+      "figcaption",
+      {},
+      el("input", {
+        type: "checkbox",
+        class: "thumb-patrol",
+        title: t("patrol.pick"),
+        "aria-label": t("patrol.pick"),
+        checked: state.patrolPicks.has(item.key),
+        onchange: (event) => {
+          if (event.target.checked) state.patrolPicks.add(item.key);
+          else state.patrolPicks.delete(item.key);
+        },
+      }),
+      el("span", { class: "thumb-label", title: item.label }, item.label),
+      el("span", { class: "thumb-status" }, status),
+    ),
+  );
+}
+
+function placeholder(item) {
+  return el("div", { class: "thumb-none" }, t(item.live ? "console.noSnapshot" : "console.noSignal"));
+}
+
+function onSnapshot(event) {
+  state.snapshots.set(event.stream_id, event.at ?? Date.now());
+  for (const img of document.querySelectorAll(`.thumb[data-stream-id="${CSS.escape(event.stream_id)}"] img`)) {
+    img.src = `${state.client.snapshotUrl(event.stream_id)}&at=${encodeURIComponent(state.snapshots.get(event.stream_id))}`;
+  }
+  const thumb = document.querySelector(`.thumb[data-stream-id="${CSS.escape(event.stream_id)}"] .thumb-none`);
+  if (thumb) renderFeeds(); // a first snapshot replaces the placeholder
+}
+
+// -- the wall toolbar, layouts and patrol ------------------------------------------------------
+
+function renderToolbar() {
+  const grid = $("wall-grid");
+  const options = GRID_SIDES.map((n) => el("option", { value: String(n * n), selected: n * n === state.wall.grid }, t("wall.gridOption", { n, count: n * n })));
+  grid.replaceChildren(...options);
+  const select = $("layout-select");
+  select.replaceChildren(
+    el("option", { value: "" }, t("wall.unsaved")),
+    ...state.layouts.layouts.map((l) => el("option", { value: l.name, selected: l.name === state.layouts.current }, l.name)),
+  );
+  $("layout-delete").disabled = !state.layouts.current;
+  const patrol = state.wall.patrol;
+  $("patrol-toggle").textContent = t(patrol ? "patrol.stop" : "patrol.start");
+  $("patrol-toggle").dataset.on = patrol ? "true" : "false";
+  $("patrol-status").textContent = patrol ? t("patrol.running", { n: patrol.feeds.length, s: patrol.seconds }) : "";
+}
+
+async function saveLayouts() {
+  try {
+    state.layouts = await state.client.saveConsoleLayouts(state.layouts);
+    renderToolbar();
+  } catch (err) {
+    reportError(err);
+  }
+}
+
+function onWallChange() {
+  if (!state.wall) return;
+  renderToolbar();
+  // Keep the current saved layout up to date as the operator changes the wall.
+  const current = state.layouts.layouts.find((l) => l.name === state.layouts.current);
+  if (!current) return;
+  Object.assign(current, state.wall.toLayout());
+  if (!state.wall.patrol) delete current.patrol;
+  clearTimeout(state.saveTimer);
+  state.saveTimer = setTimeout(saveLayouts, SAVE_DEBOUNCE_MS);
+}
+
+function saveAs() {
+  const name = $("layout-name").value.trim() || state.layouts.current || t("wall.defaultName");
+  const layout = { name, ...state.wall.toLayout() };
+  state.layouts.layouts = [...state.layouts.layouts.filter((l) => l.name !== name), layout];
+  state.layouts.current = name;
+  $("layout-name").value = "";
+  clearTimeout(state.saveTimer);
+  saveLayouts();
+}
+
+function deleteLayout() {
+  const name = state.layouts.current;
+  if (!name) return;
+  state.layouts.layouts = state.layouts.layouts.filter((l) => l.name !== name);
+  state.layouts.current = null;
+  saveLayouts();
+}
+
+function pickLayout(name) {
+  const layout = state.layouts.layouts.find((l) => l.name === name);
+  state.layouts.current = layout ? name : null;
+  if (layout) state.wall.applyLayout(layout);
+  clearTimeout(state.saveTimer);
+  saveLayouts();
+}
+
+function togglePatrol() {
+  if (state.wall.patrol) {
+    state.wall.stopPatrol();
+    return;
+  }
+  const feeds = feedsOf(state.selected);
+  const picked = feeds.filter((f) => state.patrolPicks.has(f.key));
+  const group = (picked.length ? picked : feeds).map((f) => f.feed);
+  if (!group.length) {
+    setBanner("patrol.none");
+    return;
+  }
+  const seconds = Math.max(1, Math.min(3600, Math.round(Number($("patrol-seconds").value) || 10)));
+  $("patrol-seconds").value = String(seconds);
+  state.wall.startPatrol(group, seconds);
+}
+
+// -- live events --------------------------------------------------------------------------------
+
+function openEvents() {
+  const events = state.client.events();
+  state.events = events;
+  events.on("state", ({ state: s }) => {
+    renderHeader();
+    if (s === "open") scheduleRefresh(); // catch up on what happened while disconnected
+  });
+  for (const type of STATUS_EVENTS) events.on(type, scheduleRefresh);
+  events.on("snapshot", onSnapshot);
+  events
+    .connect()
+    .then(() => events.monitor(true))
+    .catch((err) => console.warn("event socket", err));
+}
+
+// -- start-up ------------------------------------------------------------------------------------
+
+function renderAll() {
+  renderHeader();
+  renderBanner();
+  if (!state.me) return;
+  renderTree();
+  renderBranch();
+  renderFeeds();
+  if (state.wall) {
+    renderToolbar();
+    state.wall.rerender();
+  }
+}
+
+async function boot() {
+  const token = takeToken();
+  if (!token) {
+    showFatal("error.noToken");
+    return;
+  }
+  state.client = new HubClient(token);
+  try {
+    state.me = await state.client.me();
+    const [sites, status, layouts] = await Promise.all([
+      state.client.sites(),
+      state.client.consoleStatus(state.me.site.id),
+      state.client.consoleLayouts(),
+    ]);
+    setSites(sites);
+    setStatus(status);
+    state.layouts = layouts;
+  } catch (err) {
+    console.warn(err);
+    const [key, params] = errorKey(err);
+    const retry = !(err instanceof ApiError) || ["unreachable", "timeout", "http"].includes(err.kind);
+    showFatal(key, params, { retrying: retry });
+    if (retry) setTimeout(boot, BOOT_RETRY_MS);
+    return;
+  }
+  state.fatal = null;
+  renderFatalBox(null);
+  state.selected = state.roots[0] ?? null;
+  state.wall = new Wall($("wall"), { client: state.client, resolve: resolveFeed, t, onChange: onWallChange });
+  const current = state.layouts.layouts.find((l) => l.name === state.layouts.current);
+  if (current) state.wall.applyLayout(current);
+  $("layout").hidden = false;
+  renderAll();
+  openEvents();
+  mountDispatch($("dispatch"), { client: state.client, tree: state.sites, selectedSites, events: state.events });
+  state.pollTimer = setTimeout(refreshStatus, REFRESH_POLL_MS);
+}
+
+function init() {
+  i18n.apply(document);
+  $("lang-toggle").addEventListener("click", () => i18n.setLang(i18n.otherLang()));
+  $("fatal-reload").addEventListener("click", () => window.location.reload());
+  $("tree").addEventListener("click", onTreeClick);
+  $("tree").addEventListener("dragstart", onTreeDragStart);
+  $("search").addEventListener("input", (event) => {
+    state.search = event.target.value;
+    renderTree();
+  });
+  $("wall-grid").addEventListener("change", (event) => state.wall.setGrid(Number(event.target.value)));
+  $("layout-select").addEventListener("change", (event) => pickLayout(event.target.value));
+  $("layout-save").addEventListener("click", saveAs);
+  $("layout-delete").addEventListener("click", deleteLayout);
+  $("wall-clear").addEventListener("click", () => state.wall.clear());
+  $("patrol-toggle").addEventListener("click", togglePatrol);
+  i18n.onLangChange(renderAll);
+  renderHeader();
+  setInterval(() => ($("clock").textContent = i18n.formatClock(new Date())), 1000);
+  window.addEventListener("pagehide", () => {
+    state.wall?.close(); // end viewing sessions now, not at ICE timeout
+    state.events?.close();
+  });
+  boot();
+}
+
+init();
