@@ -104,6 +104,13 @@ class Catalogue:
             args += [f"%{text}%", text]
         return self._select(f"WHERE {' AND '.join(where)} ORDER BY started_at DESC LIMIT ?", [*args, limit])
 
+    def by_rooms(self, room_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """Recordings of these rooms, oldest first (a case lists its sessions')."""
+        room_ids = list(room_ids)
+        if not room_ids:
+            return []
+        return self._select(f"WHERE room_id IN ({', '.join('?' * len(room_ids))}) ORDER BY started_at", room_ids)
+
     def unfinished(self) -> list[dict[str, Any]]:
         return self._select("WHERE status = 'recording'", [])
 

@@ -1,0 +1,542 @@
+"""Mediation cases: a dispute worked at one site, escalated up the tree.
+
+A case sits in the queue of one site (`site_id`); escalating moves it to the
+parent site's queue and keeps everything it gathered: its history (every
+change, who, when, from/to site) and its sessions (mediation rooms, each
+with start/end times). Recordings of those rooms are found by room id in
+the recorder's catalogue by the signaling layer (the hub does not import
+the recorder).
+
+Status and its allowed transitions (PATCH; escalation has its own call):
+
+    open      -> mediating, closed
+    mediating -> agreement, failed, closed
+    failed    -> mediating, closed
+    escalated -> mediating, closed
+    agreement -> closed
+    closed    -> (final)
+
+Holding a session moves open/failed/escalated to mediating. Escalation is
+allowed from open, mediating, failed and escalated, to the parent site; it
+sets status "escalated". `result` keeps the outcome that counts in the
+statistics: "agreement" or "failed" when the case reaches that status; it is
+cleared when mediation resumes or the case is escalated, and kept on close.
+
+Who: cases hold parties' names and phone numbers, so only mediators,
+operators and admins see them. Escalation goes only upwards, so the sites a
+case has been at are its origin and origin's ancestors: exactly the users
+whose jurisdiction covers the origin may read it (levels above read cases
+below, the origin keeps reading its escalated case, siblings never do).
+Writing (status, sessions, escalation) needs the case's current site or a
+site above it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .access import Forbidden
+from .livestate import Record
+from .rooms import NotFound, Rooms, _new_id
+from .tokens import Claims
+
+log = logging.getLogger(__name__)
+
+DISPUTE_TYPES = ("family", "neighbour", "land", "wages", "contract", "other")
+STATUSES = ("open", "mediating", "agreement", "failed", "escalated", "closed")
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "open": ("mediating", "closed"),
+    "mediating": ("agreement", "failed", "closed"),
+    "failed": ("mediating", "closed"),
+    "escalated": ("mediating", "closed"),
+    "agreement": ("closed",),
+    "closed": (),
+}
+ESCALATABLE = ("open", "mediating", "failed", "escalated")
+#: A session may be held while the case is still being worked.
+SESSION_STATUSES = ("open", "mediating", "failed", "escalated")
+RESULTS = ("agreement", "failed")
+#: Roles that read and work cases.
+CASE_ROLES = ("admin", "operator", "mediator")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS cases (
+    id TEXT PRIMARY KEY,
+    site_id TEXT NOT NULL,
+    origin_site_id TEXT NOT NULL,
+    title TEXT NOT NULL,
+    dispute_type TEXT NOT NULL,
+    parties TEXT NOT NULL,
+    summary TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL,
+    result TEXT,
+    outcome TEXT NOT NULL DEFAULT '',
+    created_by TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cases_origin ON cases (origin_site_id, created_at);
+CREATE INDEX IF NOT EXISTS cases_site ON cases (site_id);
+CREATE TABLE IF NOT EXISTS case_history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    case_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    user TEXT NOT NULL,
+    role TEXT NOT NULL,
+    action TEXT NOT NULL,
+    from_status TEXT,
+    to_status TEXT,
+    from_site TEXT,
+    to_site TEXT,
+    room_id TEXT,
+    note TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS case_history_case ON case_history (case_id, id);
+CREATE TABLE IF NOT EXISTS case_sessions (
+    id TEXT PRIMARY KEY,
+    case_id TEXT NOT NULL,
+    room_id TEXT NOT NULL UNIQUE,
+    site_id TEXT NOT NULL,
+    admit TEXT NOT NULL,
+    opened_by TEXT NOT NULL,
+    opened_at REAL NOT NULL,
+    started_at REAL,
+    ended_at REAL
+);
+CREATE INDEX IF NOT EXISTS case_sessions_case ON case_sessions (case_id, opened_at);
+"""
+
+CASE_COLUMNS = (
+    "id",
+    "site_id",
+    "origin_site_id",
+    "title",
+    "dispute_type",
+    "parties",
+    "summary",
+    "status",
+    "result",
+    "outcome",
+    "created_by",
+    "created_at",
+    "updated_at",
+)
+HISTORY_COLUMNS = (
+    "at",
+    "user",
+    "role",
+    "action",
+    "from_status",
+    "to_status",
+    "from_site",
+    "to_site",
+    "room_id",
+    "note",
+)
+SESSION_COLUMNS = ("id", "case_id", "room_id", "site_id", "admit", "opened_by", "opened_at", "started_at", "ended_at")
+
+
+def works_cases(claims: Claims) -> bool:
+    """Mediators, operators and admins with an ordinary (not room-bound) token."""
+    return claims.role in CASE_ROLES and claims.room is None
+
+
+class Conflict(Exception):
+    """The change is not allowed in the case's current state (HTTP 409)."""
+
+
+class CaseStore:
+    """The three case tables in the hub's SQLite file; one connection, one lock."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, timeout=10)
+        self._lock = threading.Lock()
+        with self._lock, self._db:
+            self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def insert(self, case: Record, history: Record) -> None:
+        row = case | {"parties": json.dumps(case["parties"], ensure_ascii=False)}
+        with self._lock, self._db:
+            self._db.execute(
+                f"INSERT INTO cases ({', '.join(CASE_COLUMNS)}) VALUES ({', '.join('?' * len(CASE_COLUMNS))})",
+                [row[c] for c in CASE_COLUMNS],
+            )
+            self._add_history(case["id"], history)
+
+    def update(self, case_id: str, expect: Record, changes: Record, history: Record) -> bool:
+        """Apply `changes` only if the row still has the `expect`ed values (two
+        hub processes racing on one case: one wins, the other gets False)."""
+        sets = ", ".join(f"{k} = ?" for k in changes)
+        where = " AND ".join(f"{k} IS ?" for k in expect)
+        with self._lock, self._db:
+            cursor = self._db.execute(
+                f"UPDATE cases SET {sets} WHERE id = ? AND {where}", [*changes.values(), case_id, *expect.values()]
+            )
+            if cursor.rowcount != 1:
+                return False
+            self._add_history(case_id, history)
+            return True
+
+    def _add_history(self, case_id: str, entry: Record) -> None:
+        self._db.execute(
+            f"INSERT INTO case_history (case_id, {', '.join(HISTORY_COLUMNS)})"
+            f" VALUES (?, {', '.join('?' * len(HISTORY_COLUMNS))})",
+            [case_id, *(entry.get(c, "" if c == "note" else None) for c in HISTORY_COLUMNS)],
+        )
+
+    def get(self, case_id: str) -> Record | None:
+        rows = self.select("WHERE id = ?", [case_id])
+        return rows[0] if rows else None
+
+    def select(self, tail: str, args: list[Any]) -> list[Record]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {', '.join(CASE_COLUMNS)} FROM cases {tail}", args).fetchall()
+        out = []
+        for row in rows:
+            case = dict(zip(CASE_COLUMNS, row, strict=True))
+            case["parties"] = json.loads(case["parties"])
+            out.append(case)
+        return out
+
+    def history(self, case_ids: list[str]) -> dict[str, list[Record]]:
+        out: dict[str, list[Record]] = {c: [] for c in case_ids}
+        if not case_ids:
+            return out
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT case_id, {', '.join(HISTORY_COLUMNS)} FROM case_history"
+                f" WHERE case_id IN ({', '.join('?' * len(case_ids))}) ORDER BY id",
+                case_ids,
+            ).fetchall()
+        for case_id, *values in rows:
+            out[case_id].append(dict(zip(HISTORY_COLUMNS, values, strict=True)))
+        return out
+
+    def add_session(self, session: Record, history: Record) -> None:
+        row = session | {"admit": json.dumps(session["admit"])}
+        with self._lock, self._db:
+            self._db.execute(
+                f"INSERT INTO case_sessions ({', '.join(SESSION_COLUMNS)})"
+                f" VALUES ({', '.join('?' * len(SESSION_COLUMNS))})",
+                [row[c] for c in SESSION_COLUMNS],
+            )
+            self._add_history(session["case_id"], history)
+
+    def sessions(self, case_id: str) -> list[Record]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {', '.join(SESSION_COLUMNS)} FROM case_sessions WHERE case_id = ? ORDER BY opened_at",
+                [case_id],
+            ).fetchall()
+        out = []
+        for row in rows:
+            session = dict(zip(SESSION_COLUMNS, row, strict=True))
+            session["admit"] = json.loads(session["admit"])
+            out.append(session)
+        return out
+
+    def session_started(self, room_id: str, at: float) -> bool:
+        """Someone is in the session's room: it started (once) and has not ended."""
+        with self._lock, self._db:
+            cursor = self._db.execute(
+                "UPDATE case_sessions SET started_at = COALESCE(started_at, ?), ended_at = NULL WHERE room_id = ?",
+                [at, room_id],
+            )
+            return cursor.rowcount == 1
+
+    def session_ended(self, room_id: str, at: float) -> bool:
+        """The session's room emptied; a later join reopens it."""
+        with self._lock, self._db:
+            cursor = self._db.execute(
+                "UPDATE case_sessions SET ended_at = ? WHERE room_id = ? AND started_at IS NOT NULL", [at, room_id]
+            )
+            return cursor.rowcount == 1
+
+
+class Cases:
+    """The case workflow; every method checks the caller itself."""
+
+    def __init__(self, rooms: Rooms, db_path: Path) -> None:
+        self.rooms = rooms
+        self.tree = rooms.tree
+        self.store = CaseStore(db_path)
+        self._events: asyncio.Queue[Record | None] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._events = self.rooms.state.subscribe()
+        self._task = asyncio.create_task(self._follow(self._events))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._events is not None:
+            self.rooms.state.unsubscribe(self._events)
+        self.store.close()
+
+    async def _follow(self, events: asyncio.Queue[Record | None]) -> None:
+        while True:
+            event = await events.get()
+            if event is None:
+                log.warning("cases fell behind the room events")
+                continue
+            try:
+                await self.on_event(event)
+            except Exception:
+                log.exception("cases could not handle %s", event.get("type"))
+
+    # -- permissions ---------------------------------------------------------
+
+    def can_read(self, claims: Claims, case: Record) -> bool:
+        return works_cases(claims) and self.tree.covers(claims.site, case["origin_site_id"])
+
+    def _readable(self, claims: Claims, case_id: str) -> Record:
+        case = self.store.get(case_id)
+        if case is None:
+            raise NotFound(f"no case {case_id}")
+        if not self.can_read(claims, case):
+            raise Forbidden(f"case {case_id} is outside your jurisdiction")
+        return case
+
+    def _writable(self, claims: Claims, case_id: str) -> Record:
+        case = self._readable(claims, case_id)
+        if not self.tree.covers(claims.site, case["site_id"]):
+            raise Forbidden(f"case {case_id} is now handled at {case['site_id']}; only that site and above may act")
+        return case
+
+    def _site_for_new_case(self, claims: Claims, site_id: str) -> None:
+        if not works_cases(claims):
+            raise Forbidden("only mediators, operators and administrators open cases")
+        if self.tree.get(site_id) is None:
+            raise NotFound(f"no site {site_id}")
+        if not self.tree.covers(claims.site, site_id):
+            raise Forbidden(f"site {site_id} is outside your jurisdiction")
+
+    # -- reading -------------------------------------------------------------
+
+    def get(self, claims: Claims, case_id: str) -> Record:
+        """A case with its history and sessions, oldest first."""
+        case = self._readable(claims, case_id)
+        return case | {"history": self.store.history([case_id])[case_id], "sessions": self.store.sessions(case_id)}
+
+    def search(
+        self, claims: Claims, site: str | None = None, status: str | None = None, mine: bool = False
+    ) -> list[Record]:
+        """Cases the caller may read, newest first. `site`: cases that have
+        been at a site of that branch (it must be in the caller's
+        jurisdiction); `mine`: only the queue of the caller's own site."""
+        if not works_cases(claims):
+            raise Forbidden("only mediators, operators and administrators read cases")
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}")
+        branch = site or claims.site
+        if self.tree.get(branch) is None:
+            raise NotFound(f"no site {branch}")
+        if not self.tree.covers(claims.site, branch):
+            raise Forbidden(f"site {branch} is outside your jurisdiction")
+        ids = [s.id for s in self.tree.jurisdiction(branch)]
+        # A case has been at a site of the branch iff its origin lies in the
+        # branch: escalation only climbs, so every later site is an ancestor.
+        where = [f"origin_site_id IN ({', '.join('?' * len(ids))})"]
+        args: list[Any] = list(ids)
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        if mine:
+            where.append("site_id = ?")
+            args.append(claims.site)
+        return self.store.select(f"WHERE {' AND '.join(where)} ORDER BY created_at DESC", args)
+
+    def in_period(self, sites: list[str], since: float, until: float) -> list[Record]:
+        """Cases opened in [since, until) whose origin is one of `sites`, with
+        their history (for statistics; the caller checked the branch)."""
+        cases = self.store.select(
+            f"WHERE origin_site_id IN ({', '.join('?' * len(sites))}) AND created_at >= ? AND created_at < ?"
+            " ORDER BY created_at",
+            [*sites, since, until],
+        )
+        history = self.store.history([c["id"] for c in cases])
+        return [c | {"history": history[c["id"]]} for c in cases]
+
+    # -- changes -------------------------------------------------------------
+
+    async def open(
+        self, claims: Claims, site_id: str, title: str, dispute_type: str, parties: list[Record], summary: str
+    ) -> Record:
+        self._site_for_new_case(claims, site_id)
+        if dispute_type not in DISPUTE_TYPES:
+            raise ValueError(f"dispute_type must be one of {', '.join(DISPUTE_TYPES)}")
+        now = time.time()
+        case = {
+            "id": _new_id("case"),
+            "site_id": site_id,
+            "origin_site_id": site_id,
+            "title": title,
+            "dispute_type": dispute_type,
+            "parties": parties,
+            "summary": summary,
+            "status": "open",
+            "result": None,
+            "outcome": "",
+            "created_by": claims.user,
+            "created_at": now,
+            "updated_at": now,
+        }
+        self.store.insert(case, self._entry(claims, "opened", now, to_status="open", to_site=site_id))
+        await self._announce("case-updated", case)
+        return case
+
+    async def update(self, claims: Claims, case_id: str, status: str | None, outcome: str | None) -> Record:
+        """Change the status (along TRANSITIONS) and/or the outcome note."""
+        case = self._writable(claims, case_id)
+        if case["status"] == "closed":
+            raise Conflict(f"case {case_id} is closed")
+        changes: Record = {}
+        if status is not None and status != case["status"]:
+            if status not in STATUSES:
+                raise ValueError(f"status must be one of {', '.join(STATUSES)}")
+            if status not in TRANSITIONS[case["status"]]:
+                allowed = ", ".join(TRANSITIONS[case["status"]]) or "nothing"
+                raise Conflict(f"a case that is {case['status']} may become {allowed}, not {status}")
+            changes["status"] = status
+            if status in RESULTS:
+                changes["result"] = status
+            elif status == "mediating":
+                changes["result"] = None
+        if outcome is not None and outcome != case["outcome"]:
+            changes["outcome"] = outcome
+        if not changes:
+            return case
+        now = time.time()
+        changes["updated_at"] = now
+        entry = self._entry(
+            claims,
+            "status" if "status" in changes else "outcome",
+            now,
+            from_status=case["status"],
+            to_status=changes.get("status", case["status"]),
+            note=changes.get("outcome", ""),
+        )
+        await self._apply(case, changes, entry, "case-updated")
+        return case | changes
+
+    async def hold_session(self, claims: Claims, case_id: str) -> tuple[Record, Record]:
+        """Open the case's next mediation room at its current site; the sites
+        it came from are admitted (each with its branch) and invited."""
+        case = self._writable(claims, case_id)
+        if case["status"] not in SESSION_STATUSES:
+            raise Conflict(f"a case that is {case['status']} holds no more sessions")
+        below = self._visited(case)[:-1]
+        room = await self.rooms.open_room(
+            claims, case["site_id"], "mediation", case["title"], admit=below, case_id=case_id
+        )
+        now = time.time()
+        session = {
+            "id": _new_id("session"),
+            "case_id": case_id,
+            "room_id": room["id"],
+            "site_id": case["site_id"],
+            "admit": below,
+            "opened_by": claims.user,
+            "opened_at": now,
+            "started_at": None,
+            "ended_at": None,
+        }
+        self.store.add_session(
+            session, self._entry(claims, "session", now, to_site=case["site_id"], room_id=room["id"])
+        )
+        if case["status"] != "mediating":
+            changes = {"status": "mediating", "result": None, "updated_at": now}
+            entry = self._entry(claims, "status", now, from_status=case["status"], to_status="mediating")
+            await self._apply(case, changes, entry, None)
+            case = case | changes
+        await self._announce("case-updated", case)
+        for site_id in below:
+            # The shape the home page already shows with a one-click join.
+            await self.rooms.state.publish(
+                {
+                    "type": "invitation",
+                    "room_id": room["id"],
+                    "room": room,
+                    "from": {"user": claims.user, "name": claims.display_name(), "site_id": claims.site},
+                    "site_id": site_id,
+                    "to": {"sites": [site_id]},
+                }
+            )
+        return session, room
+
+    async def escalate(self, claims: Claims, case_id: str, note: str) -> Record:
+        case = self._writable(claims, case_id)
+        if case["status"] not in ESCALATABLE:
+            raise Conflict(f"a case that is {case['status']} cannot be escalated")
+        site = self.tree.get(case["site_id"])
+        if site is None or site.parent is None:
+            raise Conflict(f"there is no level above {case['site_id']}")
+        now = time.time()
+        changes = {"site_id": site.parent, "status": "escalated", "result": None, "updated_at": now}
+        entry = self._entry(
+            claims,
+            "escalated",
+            now,
+            from_status=case["status"],
+            to_status="escalated",
+            from_site=case["site_id"],
+            to_site=site.parent,
+            note=note,
+        )
+        await self._apply(case, changes, entry, "case-escalated")
+        return case | changes
+
+    # -- sessions follow their rooms ----------------------------------------
+
+    async def on_event(self, event: Record) -> None:
+        """Start/end times of a session from its room's roster events."""
+        kind = event.get("type")
+        room_id = str(event.get("room_id") or "")
+        if kind == "participant-joined":
+            self.store.session_started(room_id, float(event["participant"].get("joined_at") or time.time()))
+        elif kind == "participant-left" and not await self.rooms.state.participants(room_id):
+            self.store.session_ended(room_id, time.time())
+
+    # -- helpers -------------------------------------------------------------
+
+    def _visited(self, case: Record) -> list[str]:
+        """The sites the case has been at, from its origin up to where it is now."""
+        out, site = [], self.tree.get(case["origin_site_id"])
+        while site is not None:
+            out.append(site.id)
+            if site.id == case["site_id"]:
+                return out
+            site = self.tree.get(site.parent) if site.parent else None
+        return [case["site_id"]]  # the tree changed under the case: only its current site is sure
+
+    @staticmethod
+    def _entry(claims: Claims, action: str, at: float, **fields: Any) -> Record:
+        return {"at": at, "user": claims.user, "role": claims.role, "action": action} | fields
+
+    async def _apply(self, case: Record, changes: Record, entry: Record, event: str | None) -> None:
+        expect = {"status": case["status"], "site_id": case["site_id"], "updated_at": case["updated_at"]}
+        if not self.store.update(case["id"], expect, changes, entry):
+            raise Conflict(f"case {case['id']} changed meanwhile; reload it and try again")
+        if event is not None:
+            await self._announce(event, case | changes)
+
+    async def _announce(self, kind: str, case: Record) -> None:
+        # Its readers are exactly the users covering its origin (see the module doc).
+        await self.rooms.state.publish(
+            {"type": kind, "case": case, "to": {"covering": case["origin_site_id"], "roles": list(CASE_ROLES)}}
+        )

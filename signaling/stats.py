@@ -1,0 +1,71 @@
+"""Statistics over HTTP: JSON for the page, CSV for spreadsheets (hub/stats.py computes)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from hub.access import Forbidden
+from hub.cases import works_cases
+from hub.rooms import NotFound
+from hub.stats import compute, to_csv
+from hub.training import attendance_by_site
+
+from .api import json_response
+from .auth import claims_of
+from .cases import _cases
+from .keys import ROOMS, SETTINGS
+from .problems import Problem
+from .recordings import _when
+
+WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
+#: The period when the query names none: the last 30 days.
+DEFAULT_DAYS = 30
+
+
+async def page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(WEB_ROOT / "stats.html")
+
+
+def _stats(request: web.Request) -> dict[str, object]:
+    claims = claims_of(request)
+    if not works_cases(claims):
+        raise Forbidden("statistics are for mediators, operators and administrators")
+    tree = request.app[ROOMS].tree
+    site = request.query.get("site") or claims.site
+    if tree.get(site) is None:
+        raise NotFound(f"no site {site}")
+    if not tree.covers(claims.site, site):
+        raise Forbidden(f"site {site} is outside your jurisdiction")
+    until = _when(request.query.get("to"), "to") or time.time()
+    since = _when(request.query.get("from"), "from")
+    if since is None:
+        since = until - DEFAULT_DAYS * 86400
+    if since >= until:
+        raise Problem(400, "Bad Request", "from must be before to")
+    return compute(_cases(request), site, since, until, request.app[SETTINGS].db_path, attendance_by_site)
+
+
+async def stats_json(request: web.Request) -> web.Response:
+    return json_response(_stats(request))
+
+
+async def stats_csv(request: web.Request) -> web.Response:
+    stats = _stats(request)
+    # A byte order mark: Excel then reads the file as UTF-8 (Chinese names intact).
+    body = "\ufeff" + to_csv(stats)
+    name = f"stats-{stats['site']}-{time.strftime('%Y%m%d', time.gmtime(float(stats['to'])))}.csv"  # type: ignore[arg-type]
+    return web.Response(
+        body=body.encode("utf-8"),
+        content_type="text/csv",
+        charset="utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/stats", page)
+    app.router.add_get("/api/stats", stats_json)
+    app.router.add_get("/api/stats.csv", stats_csv)

@@ -1,0 +1,282 @@
+"""A mediation case walks village -> township -> county: history, sessions and
+recordings travel with it; permissions hold at every level; bad input is a
+400 and changes nothing. Recordings come from a real WHIP publisher in the
+case's rooms (mediation rooms record themselves on this hub)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from hub import bot
+
+from .conftest import HubProcess, start_hub, wait_until
+from .recording_helpers import auth, video_packets
+
+VILLAGE, TOWNSHIP, COUNTY = "qutancun", "qutan", "ledu"
+SIBLING_TOWNSHIP, SIBLING_VILLAGE = "chengtai", "xinzhuang"
+NEW_CASE = {
+    "title": "宅基地边界纠纷",
+    "dispute_type": "land",
+    "parties": [
+        {"name": "张三", "role": "applicant", "phone": "139 0000 0000"},
+        {"name": "李四", "role": "respondent"},
+    ],
+    "summary": "两户因院墙位置发生争执",
+}
+
+
+@pytest.fixture(scope="module")
+def case_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
+    process = start_hub(tmp_path_factory.mktemp("cases"), env={"HUB_RECORD_MEDIATION_ROOMS": "true"})
+    yield process
+    process.stop()
+
+
+class EventSocket:
+    """An event WebSocket whose messages are collected in the background."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.messages: list[dict[str, Any]] = []
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                self.messages.append(json.loads(msg.data))
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m["type"] == kind]
+
+    async def wait_for(self, kind: str, count: int = 1, timeout: float = 15) -> dict[str, Any]:
+        await wait_until(lambda: len(self.of(kind)) >= count, timeout)
+        return self.of(kind)[count - 1]
+
+    async def settle(self) -> None:
+        """A round trip: events published before it have been forwarded."""
+        pongs = len(self.of("pong"))
+        await self.ws.send_json({"type": "ping"})
+        await self.wait_for("pong", pongs + 1)
+
+    async def close(self) -> None:
+        await self.ws.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+@contextlib.asynccontextmanager
+async def event_socket(http: aiohttp.ClientSession, hub: HubProcess, token: str) -> AsyncIterator[EventSocket]:
+    sock = EventSocket(await http.ws_connect(f"{hub.url}/ws?token={token}"))
+    try:
+        await sock.wait_for("hello")
+        yield sock
+    finally:
+        await sock.close()
+
+
+async def call(http: aiohttp.ClientSession, method: str, url: str, token: str, **kw: Any) -> tuple[int, Any]:
+    async with http.request(method, url, headers=auth(token), **kw) as r:
+        return r.status, await r.json(content_type=None)
+
+
+async def publish_for(http: aiohttp.ClientSession, hub: HubProcess, token: str, room: str) -> bot.SyntheticVideo:
+    """Publish 2 s of VP8 into a room over WHIP, then leave (the room's recording stops with it)."""
+    video = bot.SyntheticVideo("vp8", 320, 240, 30, frames=60)
+    publisher = await bot.publish(http, hub.url, token, room, [video])
+    try:
+        await wait_until(lambda: video.readyState == "ended", timeout=30)
+        await asyncio.sleep(0.5)  # the last frames in flight
+    finally:
+        await publisher.close()
+    return video
+
+
+def assert_recorded(hub: HubProcess, recording: dict[str, Any], video: bot.SyntheticVideo) -> None:
+    """The recording holds the very frames the publisher sent."""
+    folder = hub.data / "recordings" / recording["id"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    [stream] = manifest["streams"]
+    keys = [bot.frame_key("video/VP8", data) for data, _ in video_packets(folder, stream)]
+    assert keys and all(key in video.sent for key in keys)
+    assert len(keys) >= 0.9 * len(video.sent)
+
+
+async def recordings_complete(http: aiohttp.ClientSession, url: str, token: str, count: int) -> dict[str, Any]:
+    """The case once `count` of its session recordings are complete."""
+    for _ in range(150):
+        status, case = await call(http, "GET", url, token)
+        assert status == 200
+        if sum(r["status"] == "complete" for r in case["recordings"]) >= count:
+            return case
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"recordings did not complete: {case['recordings']}")
+
+
+async def test_case_walks_from_village_to_county(case_hub: HubProcess, http: aiohttp.ClientSession):
+    hub = case_hub
+    village = hub.token("m-qutancun", VILLAGE, "mediator")
+    township = hub.token("m-qutan", TOWNSHIP, "mediator")
+    county = hub.token("m-ledu", COUNTY, "mediator")
+    sibling = hub.token("m-chengtai", SIBLING_TOWNSHIP, "mediator")
+    sibling_village = hub.token("m-xinzhuang", SIBLING_VILLAGE, "mediator")
+    terminal = hub.token("t-qutancun", VILLAGE, "terminal")
+
+    status, case = await call(http, "POST", f"{hub.url}/api/cases", village, json=NEW_CASE)
+    assert status == 201, case
+    assert (case["site_id"], case["origin_site_id"], case["status"]) == (VILLAGE, VILLAGE, "open")
+    url = f"{hub.url}/api/cases/{case['id']}"
+    assert (await call(http, "GET", url, terminal))[0] == 403  # parties' details are for case workers
+
+    async with (
+        event_socket(http, hub, township) as township_ws,
+        event_socket(http, hub, sibling) as sibling_ws,
+        event_socket(http, hub, county) as county_ws,
+        event_socket(http, hub, village) as village_ws,
+    ):
+        # -- the village holds a session: a mediation room, recorded --------------
+        status, session = await call(http, "POST", f"{url}/sessions", village)
+        assert status == 201, session
+        assert session["room"]["kind"] == "mediation" and session["room"]["case_id"] == case["id"]
+        assert session["room"]["site_id"] == VILLAGE and session["admit"] == []
+        village_video = await publish_for(http, hub, village, session["room_id"])
+        detail = await recordings_complete(http, url, village, 1)
+        assert detail["status"] == "mediating"
+        [held] = detail["sessions"]
+        assert held["started_at"] and held["ended_at"] and held["ended_at"] >= held["started_at"]
+        [recording] = held["recordings"]
+        assert recording["room_id"] == session["room_id"] and recording["playable"]
+        assert_recorded(hub, recording, village_video)
+
+        failed = {"status": "failed", "outcome": "双方未达成一致"}
+        status, changed = await call(http, "PATCH", url, village, json=failed)
+        assert status == 200 and (changed["status"], changed["result"]) == ("failed", "failed")
+        status, problem = await call(http, "PATCH", url, village, json={"status": "agreement"})
+        assert status == 409 and problem["status"] == 409  # failed -> mediating first
+
+        # -- escalation to the township: it sees the case arrive, siblings do not --
+        status, escalated = await call(http, "POST", f"{url}/escalate", village, json={"note": "请镇调委会调解"})
+        assert status == 200 and (escalated["site_id"], escalated["status"]) == (TOWNSHIP, "escalated")
+        arrived = await township_ws.wait_for("case-escalated")
+        assert arrived["case"]["id"] == case["id"] and arrived["case"]["site_id"] == TOWNSHIP
+        await county_ws.wait_for("case-escalated")  # levels above watch their branch too
+        await sibling_ws.settle()
+        assert not [m for m in sibling_ws.messages if m["type"].startswith("case-")]
+        for outsider in (sibling, sibling_village):
+            assert (await call(http, "GET", url, outsider))[0] == 403
+            assert (await call(http, "PATCH", url, outsider, json={"outcome": "x"}))[0] == 403
+        status, queue = await call(http, "GET", f"{hub.url}/api/cases?queue=mine", township)
+        assert [c["id"] for c in queue] == [case["id"]]
+        status, queue = await call(http, "GET", f"{hub.url}/api/cases?queue=mine", village)
+        assert queue == []
+        status, listed = await call(http, "GET", f"{hub.url}/api/cases", sibling)
+        assert status == 200 and listed == []
+        # The village keeps reading its case but no longer acts on it.
+        assert (await call(http, "GET", url, village))[0] == 200
+        assert (await call(http, "PATCH", url, village, json={"status": "closed"}))[0] == 403
+        assert (await call(http, "POST", f"{url}/sessions", village))[0] == 403
+        assert (await call(http, "POST", f"{url}/escalate", village, json={}))[0] == 403
+
+        # -- the township holds the next session; the village is admitted and invited
+        status, session2 = await call(http, "POST", f"{url}/sessions", township)
+        assert status == 201 and session2["room"]["site_id"] == TOWNSHIP and session2["admit"] == [VILLAGE]
+        invitation = await village_ws.wait_for("invitation")
+        assert invitation["room_id"] == session2["room_id"]
+        await village_ws.ws.send_json({"type": "join", "room": session2["room_id"]})
+        joined = await village_ws.wait_for("joined")
+        assert joined["room"]["id"] == session2["room_id"]
+        await sibling_ws.ws.send_json({"type": "join", "room": session2["room_id"]})
+        refused = await sibling_ws.wait_for("error")
+        assert refused["code"] == "forbidden"
+        # The village mediator's camera goes into the township's room.
+        township_video = await publish_for(http, hub, village, session2["room_id"])
+        await village_ws.ws.send_json({"type": "leave", "room": session2["room_id"]})
+        await village_ws.wait_for("left")
+        await recordings_complete(http, url, township, 2)
+        status, changed = await call(http, "PATCH", url, township, json={"status": "failed"})
+        assert status == 200
+
+        # -- on to the county ------------------------------------------------------
+        status, escalated = await call(http, "POST", f"{url}/escalate", township, json={"note": "涉及土地确权"})
+        assert status == 200 and escalated["site_id"] == COUNTY
+        arrived = await county_ws.wait_for("case-escalated", 2)
+        assert arrived["case"]["site_id"] == COUNTY
+        await sibling_ws.settle()
+        assert not [m for m in sibling_ws.messages if m["type"].startswith("case-")]
+
+    status, at_county = await call(http, "GET", url, county)
+    assert status == 200
+    moves = [(h["from_site"], h["to_site"]) for h in at_county["history"] if h["action"] == "escalated"]
+    assert moves == [(VILLAGE, TOWNSHIP), (TOWNSHIP, COUNTY)]
+    assert [h["note"] for h in at_county["history"] if h["action"] == "escalated"] == ["请镇调委会调解", "涉及土地确权"]
+    assert [h["action"] for h in at_county["history"]][:2] == ["opened", "session"]
+    assert all(h["user"] and h["at"] for h in at_county["history"])
+    assert [s["site_id"] for s in at_county["sessions"]] == [VILLAGE, TOWNSHIP]
+    assert [len(s["recordings"]) for s in at_county["sessions"]] == [1, 1]
+    assert all(r["playable"] and r["status"] == "complete" for r in at_county["recordings"])
+    assert_recorded(hub, at_county["sessions"][1]["recordings"][0], township_video)
+    # The origin reads all of it; the township's recording belongs to the township.
+    status, at_village = await call(http, "GET", url, village)
+    assert [r["playable"] for r in at_village["recordings"]] == [True, False]
+    # The township reads but no longer acts; the county does.
+    assert (await call(http, "PATCH", url, township, json={"status": "mediating"}))[0] == 403
+    status, changed = await call(http, "PATCH", url, county, json={"status": "mediating"})
+    assert status == 200 and changed["status"] == "mediating" and changed["result"] is None
+    agreed = {"status": "agreement", "outcome": "县司法局主持达成协议"}
+    status, changed = await call(http, "PATCH", url, county, json=agreed)
+    assert status == 200 and (changed["result"], changed["outcome"]) == ("agreement", "县司法局主持达成协议")
+    assert (await call(http, "POST", f"{url}/escalate", county, json={}))[0] == 409  # agreed cases stay
+    assert (await call(http, "POST", f"{url}/sessions", county))[0] == 409
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {k: v for k, v in NEW_CASE.items() if k != "title"},
+        NEW_CASE | {"title": ""},
+        NEW_CASE | {"title": "x" * 201},
+        NEW_CASE | {"dispute_type": "murder"},
+        NEW_CASE | {"parties": []},
+        NEW_CASE | {"parties": [{"name": ""}]},
+        NEW_CASE | {"parties": [{"name": "王五", "phone": "<script>"}]},
+        NEW_CASE | {"parties": "张三"},
+        NEW_CASE | {"status": "closed"},  # unknown fields are refused, not ignored
+        NEW_CASE | {"summary": 5},
+        [NEW_CASE],
+    ],
+)
+async def test_bad_case_input_is_400_and_changes_nothing(
+    case_hub: HubProcess, http: aiohttp.ClientSession, body: Any
+):
+    token = case_hub.token("m-bad", "hongzhuang", "mediator")
+    list_url = f"{case_hub.url}/api/cases"
+    status, problem = await call(http, "POST", list_url, token, json=body)
+    assert status == 400 and problem["status"] == 400 and problem["detail"]
+    assert (await call(http, "GET", list_url, token))[1] == []
+
+
+async def test_bad_changes_are_refused_and_change_nothing(case_hub: HubProcess, http: aiohttp.ClientSession):
+    token = case_hub.token("m-taizi", "taizi", "mediator")
+    status, case = await call(http, "POST", f"{case_hub.url}/api/cases", token, json=NEW_CASE)
+    url = f"{case_hub.url}/api/cases/{case['id']}"
+    for body in ({}, {"status": "resolved"}, {"outcome": 3}, {"status": "closed", "extra": 1}, "closed"):
+        status, problem = await call(http, "PATCH", url, token, json=body)
+        assert status == 400, problem
+    assert (await call(http, "PATCH", url, token, data=b"{not json"))[0] == 400
+    assert (await call(http, "POST", f"{url}/escalate", token, json={"note": "x" * 1001}))[0] == 400
+    assert (await call(http, "PATCH", url, token, json={"status": "escalated"}))[0] == 409  # escalate has its own call
+    assert (await call(http, "GET", f"{case_hub.url}/api/cases?status=whatever", token))[0] == 400
+    assert (await call(http, "GET", f"{case_hub.url}/api/cases?queue=all", token))[0] == 400
+    assert (await call(http, "GET", f"{case_hub.url}/api/cases?site=chengtai", token))[0] == 403
+    assert (await call(http, "GET", f"{case_hub.url}/api/cases/case-nothing", token))[0] == 404
+    other_site = NEW_CASE | {"site_id": "hongzhuang"}  # a sibling village: outside the jurisdiction
+    assert (await call(http, "POST", f"{case_hub.url}/api/cases", token, json=other_site))[0] == 403
+    status, unchanged = await call(http, "GET", url, token)
+    assert unchanged["status"] == "open" and unchanged["updated_at"] == case["updated_at"]
+    assert [h["action"] for h in unchanged["history"]] == ["opened"]
