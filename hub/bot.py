@@ -16,7 +16,7 @@ import fractions
 import hashlib
 import queue
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,8 +126,12 @@ def pattern_image(width: int, height: int, index: int) -> np.ndarray:
     return img
 
 
+#: Draws frame `index` of a synthetic feed: (width, height, index) -> RGB picture.
+Picture = Callable[[int, int, int], np.ndarray]
+
+
 class SyntheticVideo(EncodedTrack):
-    """A live-encoded test pattern; a keyframe request makes the next frame a keyframe."""
+    """A live-encoded test pattern (or any `picture`); a keyframe request makes the next frame a keyframe."""
 
     def __init__(
         self,
@@ -137,8 +141,10 @@ class SyntheticVideo(EncodedTrack):
         fps: int = 30,
         frames: int | None = None,
         bitrate: int = 400_000,
+        picture: Picture = pattern_image,
     ) -> None:
         self._want_keyframe = False
+        self._picture = picture
         mime = {"vp8": "video/VP8", "h264": "video/H264"}[codec]
         ctx = av.CodecContext.create("libvpx" if codec == "vp8" else "libx264", "w")
         ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
@@ -162,7 +168,7 @@ class SyntheticVideo(EncodedTrack):
     def _encode(self) -> Iterator[av.Packet]:
         index = 0
         while self._frames is None or index < self._frames:
-            frame = av.VideoFrame.from_ndarray(pattern_image(self._ctx.width, self._ctx.height, index), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(self._picture(self._ctx.width, self._ctx.height, index), format="rgb24")
             frame = frame.reformat(format="yuv420p")
             frame.pts = index * VIDEO_CLOCK // self._fps
             frame.time_base = self._ctx.time_base

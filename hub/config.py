@@ -57,8 +57,23 @@ class Settings(BaseSettings):
     retention_check_seconds: float = 3600.0
     #: Record mediation rooms from their first participant until the last one leaves.
     record_mediation_rooms: bool = False
+    #: Seconds between snapshots (JPEG thumbnail + health diagnostics) of each
+    #: live video stream; each asks the publisher for one keyframe. 0 turns them off.
+    snapshot_seconds: float = 10.0
     #: Seconds an emergency call rings at the operators before it counts as missed.
     call_ring_seconds: float = 120.0
+    #: Register the cameras of this JSON file at start (see docs/operate.md).
+    cameras: Path | None = None
+    #: Directories besides the data directory that file:// camera URLs may point into.
+    camera_paths: list[Path] = Field(default_factory=list)
+    #: Seconds a camera may send nothing before it counts as dropped.
+    camera_read_timeout: float = 5.0
+    #: Reconnect delays of a dropped camera: from the first, doubling up to the last.
+    camera_backoff_min: float = 1.0
+    camera_backoff_max: float = 30.0
+    #: Seconds a hub process holds a camera's lease (renewed every third of it)
+    #: before another process on the same Redis may take the camera over.
+    camera_lease_seconds: float = 15.0
 
     @property
     def recordings_path(self) -> Path:

@@ -253,12 +253,42 @@ class Rooms:
         await self.state.publish({"type": "stream-added", "room_id": room_id, "stream": stream})
         return stream, answer
 
+    async def publish_local(
+        self, room_id: str, producer: Producer, kind: str, name: str, site_id: str, **fields: Any
+    ) -> Record:
+        """Announce a stream the hub feeds itself (a camera it pulls) in a
+        room: no participant and no publisher's peer, otherwise a stream like
+        any other (viewed, recorded, snapshotted). The caller checked the
+        jurisdiction; `fields` are kept on the stream record."""
+        stream = fields | {
+            "id": producer.id,
+            "room_id": room_id,
+            "kind": kind,
+            "tracks": sorted(producer.sources),
+            "codecs": producer.codecs(),
+            "participant_id": None,
+            "user": "",
+            "name": name,
+            "site_id": site_id,
+            "node": self.node_id,
+            "node_url": self.node_url,
+            "created_at": producer.created,
+        }
+        self._publications[producer.id] = Publication(stream, producer, own_participant=False)
+        await self.state.add_stream(stream)
+        await self.state.publish({"type": "stream-added", "room_id": room_id, "stream": stream})
+        return stream
+
     async def stream(self, claims: Claims, stream_id: str) -> Record:
         stream = await self.state.get_stream(stream_id)
         if stream is None:
             raise NotFound(f"no stream {stream_id}")
         await self.room(claims, stream["room_id"])
         return stream
+
+    async def site_of_stream(self, stream: Record) -> str:
+        """The site whose room holds a stream: whoever covers it may see the stream."""
+        return str((await self._room(stream["room_id"]))["site_id"])
 
     async def unpublish(self, claims: Claims, room_id: str, stream_id: str) -> None:
         publication = self._publications.get(stream_id)

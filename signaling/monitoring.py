@@ -1,0 +1,77 @@
+"""Monitoring over HTTP: stream snapshots and video health alerts.
+
+Any hub process serves them from live state, whichever process took them.
+Jurisdiction: a stream's snapshot is visible to whoever may see the stream
+(its room); listings cover a branch of the tree the caller reaches.
+"""
+
+from __future__ import annotations
+
+from email.utils import formatdate
+
+from aiohttp import web
+
+from hub.access import Forbidden, can_reach_site
+from hub.rooms import NotFound
+from hub.snapshots import Snapshots
+from hub.tokens import Claims
+
+from .api import json_response
+from .auth import claims_of
+from .keys import ROOMS
+from .problems import Problem
+
+SNAPSHOTS = web.AppKey("snapshots", Snapshots)
+
+
+def _snapshots(request: web.Request) -> Snapshots:
+    snapshots = request.app.get(SNAPSHOTS)
+    if snapshots is None:
+        raise Problem(503, "Service Unavailable", "this hub process takes no snapshots")
+    return snapshots
+
+
+def _branch(request: web.Request, claims: Claims) -> str:
+    """The `site` query parameter (default: the caller's home site), if the caller reaches it."""
+    tree = request.app[ROOMS].tree
+    site = request.query.get("site") or claims.site
+    if tree.get(site) is None:
+        raise NotFound(f"no site {site}")
+    if not can_reach_site(tree, claims, site):
+        raise Forbidden(f"site {site} is outside your jurisdiction")
+    return site
+
+
+async def snapshot(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    stream_id = request.match_info["stream_id"]
+    await request.app[ROOMS].stream(claims, stream_id)  # NotFound / Forbidden
+    latest = await _snapshots(request).latest(stream_id)
+    if latest is None:
+        raise NotFound(f"stream {stream_id} has no snapshot yet")
+    meta, jpeg = latest
+    etag = f'"{stream_id}-{round(meta["at"] * 1000)}"'
+    # no-cache: a browser may keep the picture but must ask each time; the
+    # ETag makes that ask cheap when no newer snapshot was taken.
+    headers = {"ETag": etag, "Cache-Control": "no-cache", "Last-Modified": formatdate(meta["at"], usegmt=True)}
+    if etag in request.headers.get("If-None-Match", ""):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=jpeg, content_type="image/jpeg", headers=headers)
+
+
+async def list_snapshots(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    return json_response(await _snapshots(request).in_branch(_branch(request, claims)))
+
+
+async def list_alerts(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    return json_response(await _snapshots(request).alerts(_branch(request, claims)))
+
+
+def add_routes(app: web.Application, snapshots: Snapshots | None) -> None:
+    if snapshots is not None:
+        app[SNAPSHOTS] = snapshots
+    app.router.add_get("/api/streams/{stream_id}/snapshot", snapshot)
+    app.router.add_get("/api/snapshots", list_snapshots)
+    app.router.add_get("/api/alerts", list_alerts)
