@@ -1,0 +1,239 @@
+"""Training broadcast: one presenter, 21 viewing Python clients at three
+levels of a county's branch, a raised hand promoted to speaker and returned
+to watching, and the attendance the hub kept of it all."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import aiohttp
+import pytest
+
+from hub import bot
+from hub.config import Settings
+from hub.tokens import Claims, issue
+from hub.training import attendance_by_site
+
+from .conftest import HubProcess, wait_until
+from .test_room_api import PROBLEM, Socket, auth, socket
+
+BRANCH = "ledu"  # county -> chengtai, qutan (townships) -> taizi, hongzhuang, qutancun, xinzhuang (villages)
+VIEWER_SITES = ["ledu", "chengtai", "qutan", "taizi", "hongzhuang", "qutancun", "xinzhuang"]
+VIEWERS = 21
+
+
+def tokens(hub: HubProcess, people: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """Tokens signed with the hub's secret in this process: 20-odd CLI runs would take most of a minute."""
+    secret = Settings(data=hub.data).signing_secret()
+    return {user: issue(secret, Claims(user=user, site=site, role=role)) for user, (site, role) in people.items()}
+
+
+def delivered(track: bot.EncodedTrack, log: bot.TrackLog, until: float) -> float:
+    """Share of the frames sent from the viewer's first keyframe until `until` that it received."""
+    first = next(f for f in log.frames if f.keyframe)
+    since = track.sent[first.key].sent_at
+    expected = {k for k, f in track.sent.items() if since <= f.sent_at <= until}
+    return len(expected & {f.key for f in log.frames}) / len(expected)
+
+
+async def event(sock: Socket, type_: str, match: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """The next event of a type that matches, others skipped."""
+    while not match(found := await sock.next(type_, timeout=10)):
+        pass
+    return found
+
+
+async def status_of_publish(http: aiohttp.ClientSession, hub: HubProcess, token: str, room: str, **kw: str) -> int:
+    """POST a WHIP offer and return the status (the session is closed again if it was created)."""
+    track = bot.SyntheticVideo("vp8", 160, 120, 15)
+    try:
+        session = await bot.publish(http, hub.url, token, room, [track], **kw)
+    except bot.ClientError as exc:
+        return int(str(exc).split(": ", 2)[1].split()[0])
+    await session.close()
+    return 201
+
+
+async def test_training_broadcast_with_speaker_and_attendance(hub: HubProcess, http: aiohttp.ClientSession):
+    viewers = {f"trainee-{i:02d}": (VIEWER_SITES[i % len(VIEWER_SITES)], "terminal") for i in range(VIEWERS)}
+    keys = tokens(
+        hub,
+        viewers
+        | {
+            "trainer-haidong": ("haidong", "trainer"),
+            "outsider-guinan": ("guinan", "terminal"),
+            "op-ledu": ("ledu", "operator"),
+            "op-guinan": ("guinan", "operator"),
+        },
+    )
+    trainer = keys["trainer-haidong"]
+    async with AsyncExitStack() as stack:
+        # Everyone is on the home page (an event socket) before the training starts.
+        sockets: dict[str, Socket] = {}
+        for user in [*viewers, "outsider-guinan"]:
+            sockets[user] = await stack.enter_async_context(socket(http, hub, keys[user]))
+
+        async with http.post(
+            f"{hub.url}/api/trainings", json={"title": "调解法规", "branch": "guinan"}, headers=auth(trainer)
+        ) as r:
+            assert r.status == 403 and r.content_type == PROBLEM  # guinan is not the trainer's jurisdiction
+        async with http.post(
+            f"{hub.url}/api/trainings", json={"title": "调解法规", "branch": BRANCH}, headers=auth(keys["trainee-00"])
+        ) as r:
+            assert r.status == 403  # a terminal does not start trainings
+        async with http.post(
+            f"{hub.url}/api/trainings", json={"title": "调解法规培训", "branch": BRANCH}, headers=auth(trainer)
+        ) as r:
+            assert r.status == 201, await r.text()
+            training = await r.json()
+        room_id = training["room_id"]
+        assert training["room"]["kind"] == "training" and training["room"]["admit"] == [BRANCH]
+
+        # Every level of the branch is invited live; the neighbouring county is not.
+        for user in viewers:
+            invitation = await sockets[user].next("invitation", timeout=10)
+            assert invitation["room_id"] == room_id and invitation["from"]["user"] == "trainer-haidong"
+        assert await sockets["outsider-guinan"].nothing_of("invitation")
+        async with http.get(f"{hub.url}/api/trainings", headers=auth(keys["trainee-20"])) as r:
+            assert room_id in [t["room_id"] for t in await r.json()]
+        async with http.get(f"{hub.url}/api/trainings", headers=auth(keys["outsider-guinan"])) as r:
+            assert room_id not in [t["room_id"] for t in await r.json()]
+
+        # The presenter: the trainer's camera (and a socket of their own, to see hands).
+        video = bot.SyntheticVideo("vp8", 320, 240, 15)
+        presenter = await bot.publish(http, hub.url, trainer, room_id, [video])
+        stack.push_async_callback(presenter.close)
+        trainer_socket = await stack.enter_async_context(socket(http, hub, trainer))
+        assert (await trainer_socket.request({"type": "join", "room": room_id}))["type"] == "joined"
+
+        # Someone outside the branch cannot enter, watch or publish.
+        outsider = sockets["outsider-guinan"]
+        refused = await outsider.request({"type": "join", "room": room_id})
+        assert refused["type"] == "error" and refused["code"] == "forbidden"
+        async with http.get(f"{hub.url}/api/rooms/{room_id}", headers=auth(keys["outsider-guinan"])) as r:
+            assert r.status == 403
+        with pytest.raises(bot.ClientError, match=": 403 "):
+            await bot.view(http, hub.url, keys["outsider-guinan"], presenter.resource_id)
+        assert await status_of_publish(http, hub, keys["outsider-guinan"], room_id) == 403
+
+        # The viewers attend (event socket) and watch the presenter (WHEP).
+        participants: dict[str, str] = {}
+        for user in viewers:
+            joined = await sockets[user].request({"type": "join", "room": room_id, "name": f"学员{user[-2:]}"})
+            assert joined["type"] == "joined", joined
+            assert [s["id"] for s in joined["streams"]] == [presenter.resource_id]
+            participants[user] = joined["participant"]["id"]
+        sessions = await asyncio.gather(
+            *(bot.view(http, hub.url, keys[u], presenter.resource_id, kinds=("video",)) for u in viewers)
+        )
+        for session in sessions:
+            stack.push_async_callback(session.close)
+        logs = [s.logs["video"] for s in sessions]
+        await wait_until(lambda: all(sum(f.keyframe for f in log.frames) and len(log.frames) > 30 for log in logs), 30)
+        until = time.monotonic() - 0.5  # frames sent before this have had time to arrive
+        for user, log in zip(viewers, logs, strict=True):
+            assert delivered(video, log, until) >= 0.9, user
+            assert all(f.key in video.sent for f in log.frames), f"{user} got a frame that was never sent"
+
+        # An attendee may not publish before the trainer lets them speak.
+        speaker, speaker_key = "trainee-05", keys["trainee-05"]  # a village (taizi)
+        pid = participants[speaker]
+        assert await status_of_publish(http, hub, speaker_key, room_id, participant=pid) == 403
+        assert await status_of_publish(http, hub, speaker_key, room_id) == 403
+        await sockets[speaker].request({"type": "hand", "room": room_id, "raised": True})
+        raised = await trainer_socket.next("participant-updated", timeout=10)
+        assert raised["participant"]["id"] == pid and raised["participant"]["hand"] is True
+
+        speakers = f"{hub.url}/api/trainings/{room_id}/speakers"
+        async with http.post(speakers, json={"participant_id": pid}, headers=auth(keys["trainee-06"])) as r:
+            assert r.status == 403  # only the trainer chooses
+        async with http.post(speakers, json={"participant": pid}, headers=auth(trainer)) as r:
+            assert r.status == 400 and r.content_type == PROBLEM
+        async with http.post(speakers, json={"participant_id": "p-nobody"}, headers=auth(trainer)) as r:
+            assert r.status == 404
+        async with http.post(speakers, json={"participant_id": pid}, headers=auth(trainer)) as r:
+            assert r.status == 200
+            assert (await r.json())["speaker"] is True
+        promoted = await event(sockets["trainee-11"], "participant-updated", lambda e: "speaker" in e["participant"])
+        assert promoted["participant"]["id"] == pid and promoted["participant"]["speaker"] is True
+
+        # The speaker's stream reaches the others.
+        voice = bot.SyntheticVideo("vp8", 320, 240, 15)
+        spoken = await bot.publish(http, hub.url, speaker_key, room_id, [voice], participant=pid)
+        stack.push_async_callback(spoken.close)
+        listeners = ["trainee-00", "trainee-09", "trainee-20"]  # county, township, village
+        added = await event(sockets["trainee-09"], "stream-added", lambda e: e["stream"]["id"] == spoken.resource_id)
+        assert added["stream"]["participant_id"] == pid
+        hearing = [await bot.view(http, hub.url, keys[u], spoken.resource_id, kinds=("video",)) for u in listeners]
+        for session in hearing:
+            stack.push_async_callback(session.close)
+        await wait_until(lambda: all(len(s.logs["video"].frames) > 20 for s in hearing), 20)
+        until = time.monotonic() - 0.5
+        for user, session in zip(listeners, hearing, strict=True):
+            assert delivered(voice, session.logs["video"], until) >= 0.9, user
+
+        # Back to watching: their stream ends and they may not publish again.
+        async with http.delete(f"{speakers}/{pid}", headers=auth(trainer)) as r:
+            assert r.status == 200
+            assert (await r.json())["speaker"] is False
+        await event(sockets["trainee-00"], "stream-removed", lambda e: e["stream_id"] == spoken.resource_id)
+        await wait_until(lambda: all(s.pc.connectionState == "closed" for s in hearing), 10)
+        assert await status_of_publish(http, hub, speaker_key, room_id, participant=pid) == 403
+        # The presenter goes on.
+        seen = len(logs[0].frames)
+        await wait_until(lambda: len(logs[0].frames) > seen + 15, 10)
+
+        # The viewers leave.
+        left_at = time.time()
+        for user in viewers:
+            assert (await sockets[user].request({"type": "leave", "room": room_id}))["type"] == "left"
+
+    # Attendance: every viewer, from their site, with join and leave times.
+    attendance_url = f"{hub.url}/api/trainings/{room_id}/attendance"
+    async with http.get(attendance_url, headers=auth(keys["op-guinan"])) as r:
+        assert r.status == 404  # not in the neighbouring county's view at all
+    async with http.get(attendance_url, headers=auth(keys["trainee-01"])) as r:
+        assert r.status == 403
+    async with http.get(attendance_url, headers=auth(keys["op-ledu"])) as r:
+        assert r.status == 200
+    async with http.get(attendance_url, headers=auth(trainer)) as r:
+        assert r.status == 200
+        body = await r.json()
+    rows = {row["user"]: row for row in body["attendance"] if row["user"] in viewers}
+    assert set(rows) == set(viewers)
+    for user, (site, _) in viewers.items():
+        row = rows[user]
+        assert row["site_id"] == site and row["participant_id"] == participants[user]
+        assert training["started_at"] <= row["joined_at"] < row["left_at"] <= time.time()
+        assert row["left_at"] >= left_at - 60 and row["interrupted"] is False
+    assert {r["user"] for r in body["attendance"]} == set(viewers) | {"trainer-haidong"}
+    async with http.get(attendance_url, params={"format": "csv"}, headers=auth(trainer)) as r:
+        assert r.status == 200 and r.content_type == "text/csv"
+        table = list(csv.DictReader(io.StringIO((await r.text()).lstrip("\ufeff"))))
+    assert {row["user"] for row in table} >= set(viewers)
+    assert all(row["joined_at"] and row["left_at"] for row in table if row["user"] in viewers)
+
+    # The statistics page's view of it: every site of the branch attended.
+    by_site = {row["site_id"]: row for row in attendance_by_site(hub.data / "hub.sqlite3", left_at - 3600, time.time())}
+    for site in VIEWER_SITES:
+        assert by_site[site]["trainings"] >= 1 and by_site[site]["people"] == 3 and by_site[site]["minutes"] > 0
+
+    # Ending it: the trainer's stream stops and the branch may no longer enter.
+    async with http.post(f"{hub.url}/api/trainings/{room_id}/end", headers=auth(keys["trainee-02"])) as r:
+        assert r.status == 403
+    async with http.post(f"{hub.url}/api/trainings/{room_id}/end", headers=auth(trainer)) as r:
+        assert r.status == 200 and (await r.json())["ended_at"]
+    async with http.post(f"{hub.url}/api/trainings/{room_id}/end", headers=auth(trainer)) as r:
+        assert r.status == 400
+    async with http.get(f"{hub.url}/api/rooms/{room_id}", headers=auth(keys["trainee-03"])) as r:
+        assert r.status == 403
+    async with http.get(f"{hub.url}/api/trainings", headers=auth(trainer)) as r:
+        assert room_id not in [t["room_id"] for t in await r.json()]
+    async with http.get(f"{hub.url}/api/trainings?all=1", headers=auth(trainer)) as r:
+        assert room_id in [t["room_id"] for t in await r.json()]
