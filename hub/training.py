@@ -301,9 +301,17 @@ class Trainings:
         return claims.role != "guest" and (tree.covers(claims.site, site) or tree.covers(site, claims.site))
 
     async def visible(self, claims: Claims, include_ended: bool = False) -> list[Record]:
+        """Trainings the caller may see, newest first; `invited`: the caller's
+        home lies in the branch (the home page offers to join)."""
         active = await self.rooms.state.active_rooms()
+        tree = self.rooms.tree
         return [
-            t | {"participant_count": active.get(t["room_id"], 0)}
+            t
+            | {
+                "participant_count": active.get(t["room_id"], 0),
+                "site": site.to_json() if (site := tree.get(t["site_id"])) else None,
+                "invited": tree.covers(t["site_id"], claims.site) and claims.user != t["trainer"],
+            }
             for t in self.book.trainings(live_only=not include_ended)
             if self._visible(claims, t)
         ]

@@ -329,6 +329,44 @@ export class HubClient {
     return this.request("GET", `/api/audit${query}`);
   }
 
+  // -- trainings ----------------------------------------------------------------------
+
+  /** Trainings of the caller's branch and below, newest first; `all` includes ended ones. */
+  trainings(all = false) {
+    return this.request("GET", `/api/trainings${all ? "?all=1" : ""}`);
+  }
+
+  /** Start a training for a branch (its root site id): resolves to the training with its `room`. */
+  startTraining(title, branch) {
+    return this.request("POST", "/api/trainings", { title, branch });
+  }
+
+  endTraining(roomId) {
+    return this.request("POST", `/api/trainings/${encodeURIComponent(roomId)}/end`);
+  }
+
+  /** Let an attendee speak (publish); the room hears participant-updated with speaker: true. */
+  letSpeak(roomId, participantId) {
+    return this.request("POST", `/api/trainings/${encodeURIComponent(roomId)}/speakers`, { participant_id: participantId });
+  }
+
+  /** Return a speaker to watching; the hub ends their streams. */
+  stopSpeaking(roomId, participantId) {
+    const path = `/api/trainings/${encodeURIComponent(roomId)}/speakers/${encodeURIComponent(participantId)}`;
+    return this.request("DELETE", path);
+  }
+
+  /** {training, attendance: [{site_id, site_name, user, name, role, joined_at, left_at, minutes, interrupted}]} */
+  attendance(roomId) {
+    return this.request("GET", `/api/trainings/${encodeURIComponent(roomId)}/attendance`);
+  }
+
+  /** The attendance as a CSV download link (a link cannot send the token header). */
+  attendanceCsvUrl(roomId) {
+    const query = new URLSearchParams({ format: "csv", token: this.token });
+    return this.url(`/api/trainings/${encodeURIComponent(roomId)}/attendance?${query}`);
+  }
+
   // -- the console ------------------------------------------------------------------
 
   /** Live status of every site of a branch (default: the caller's home) with rollups. */
@@ -383,6 +421,53 @@ export class HubClient {
   rollcall(roomId) {
     return this.request("GET", `/api/conferences/${encodeURIComponent(roomId)}/rollcall`);
   }
+
+  // -- mediation cases and statistics ---------------------------------------------
+  // A change the case's state does not allow rejects with ApiError status 409.
+
+  /** Cases the caller may read, newest first; filters: {site, status, queue: "mine"}. */
+  cases(filters = {}) {
+    return this.request("GET", `/api/cases?${queryOf(filters)}`);
+  }
+
+  /** A case with history, sessions (each with its recordings) and the caller's allowed actions. */
+  caseDetail(caseId) {
+    return this.request("GET", `/api/cases/${encodeURIComponent(caseId)}`);
+  }
+
+  /** Open a case: {site_id?, title, dispute_type, parties: [{name, role?, phone?}], summary}. */
+  openCase(body) {
+    return this.request("POST", "/api/cases", body);
+  }
+
+  /** Change {status?, outcome?}. */
+  updateCase(caseId, changes) {
+    return this.request("PATCH", `/api/cases/${encodeURIComponent(caseId)}`, changes);
+  }
+
+  /** Hold a session: resolves to the session with its mediation room ({room_id, room, ...}). */
+  holdSession(caseId) {
+    return this.request("POST", `/api/cases/${encodeURIComponent(caseId)}/sessions`);
+  }
+
+  escalateCase(caseId, note = "") {
+    return this.request("POST", `/api/cases/${encodeURIComponent(caseId)}/escalate`, { note });
+  }
+
+  /** Statistics of a branch over a period; filters: {site, from, to}. */
+  stats(filters = {}) {
+    return this.request("GET", `/api/stats?${queryOf(filters)}`);
+  }
+
+  /** The same statistics as a CSV download link (a link cannot send the token header). */
+  statsCsvUrl(filters = {}) {
+    return this.url(`/api/stats.csv?${queryOf({ ...filters, token: this.token })}`);
+  }
+}
+
+/** A query string of the filters that are set. */
+function queryOf(filters) {
+  return new URLSearchParams(Object.entries(filters).filter(([, v]) => v !== "" && v != null));
 }
 
 // -- the event WebSocket --------------------------------------------------------

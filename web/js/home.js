@@ -102,6 +102,9 @@ function renderHeader() {
     const site = state.me.site ? i18n.siteName(state.me.site) : "";
     user.textContent = [state.me.name, t(`user.role.${state.me.role}`), site].filter(Boolean).join(" · ");
     user.hidden = false;
+    // Cases and statistics: the roles that work cases (hub/cases.py CASE_ROLES).
+    $("nav-cases").hidden = !["admin", "operator", "mediator"].includes(state.me.role) || Boolean(state.me.room);
+    $("nav-trainings").hidden = state.me.role === "guest";
   }
   renderConn();
 }
@@ -542,6 +545,7 @@ class Tile {
 // -- invitations from lower levels ----------------------------------------------------------
 
 function addInvitation(invitation) {
+  if (invitation.from?.user === state.me?.user) return; // a trainer inside the branch they train
   state.invitations = state.invitations.filter((i) => i.room_id !== invitation.room_id);
   state.invitations.push(invitation);
   renderInvitations();
@@ -610,6 +614,15 @@ function openEvents() {
   events.connect().catch((err) => console.warn("event socket", err));
 }
 
+/** Trainings under way for the caller's branch, offered like the live invitations (which only reach those online). */
+async function offerTrainings() {
+  const trainings = await state.client.trainings().catch((err) => (console.warn("trainings", err), []));
+  for (const tr of trainings.filter((x) => x.invited)) {
+    const room = { id: tr.room_id, kind: "training", title: tr.title, site_id: tr.site_id };
+    addInvitation({ room_id: tr.room_id, room, from: { user: tr.trainer, name: tr.trainer_name, site_id: tr.trainer_site } });
+  }
+}
+
 /** After (re)connecting: make sure the shown room is joined. */
 function syncJoin() {
   const roomId = state.shownRoom;
@@ -665,6 +678,7 @@ async function boot() {
   renderTree();
   renderStage();
   openEvents();
+  offerTrainings();
   // dispatch: the call-for-help button for the people of a site (web/js/help.js).
   mountHelp(document.querySelector(".topbar-right"), { client: state.client, events: state.events, me: state.me });
   state.refreshTimer = setTimeout(refreshRooms, ROOMS_REFRESH_MS);

@@ -7,6 +7,7 @@ import { ApiError, HubClient, takeToken } from "./api.js";
 import { $, apiErrorKey, el, renderFatalBox } from "./dom.js";
 import * as i18n from "./i18n.js";
 import { DeviceError, audioLevel, listDevices, openCamera, openScreen, stopTracks } from "./media.js";
+import * as training from "./training.js";
 
 const { t } = i18n;
 
@@ -223,6 +224,7 @@ async function join(event) {
   events.on("chat", (m) => m.room_id === state.roomId && addChat(m));
   events.on("recording-started", (m) => m.room_id === state.roomId && setRecording(true));
   events.on("recording-stopped", (m) => m.room_id === state.roomId && setRecording(false));
+  events.on("training-ended", (m) => m.room_id === state.roomId && trainingEnded());
   try {
     await events.connect();
     await events.join(state.roomId, name && name !== state.me.name ? name : null);
@@ -300,7 +302,7 @@ async function publishCamera() {
   closeSession(state.camera);
   state.camera = null;
   const seq = ++state.cameraSeq;
-  if (!state.local || !state.joined) return;
+  if (!state.local || !state.joined || !mayPublish()) return;
   try {
     const session = await state.client.whipPublish(state.roomId, state.local, { participant: state.participantId });
     if (!state.joined || seq !== state.cameraSeq) {
@@ -316,6 +318,17 @@ async function publishCamera() {
     reportError(err);
     setTimeout(() => seq === state.cameraSeq && publishCamera(), RETRY_MS);
   }
+}
+
+/** In a training only the trainer and the attendees they let speak publish; elsewhere everyone does. */
+function mayPublish() {
+  return training.mayPublish(state.room, state.me, state.participants.get(state.participantId));
+}
+
+function trainingContext() {
+  // The trainer's clicks must not end the room on a refusal: a banner says why.
+  const onError = (err) => setBanner(...errorKey(err));
+  return { client: state.client, room: state.room, me: state.me, participantId: state.participantId, onError };
 }
 
 async function publishScreen() {
@@ -419,7 +432,7 @@ function renderControls() {
   const share = $("btn-share");
   share.classList.toggle("active", Boolean(state.screen));
   share.querySelector(".ctl-label").textContent = t(state.screen ? "room.stopShare" : "room.share");
-  share.hidden = !navigator.mediaDevices?.getDisplayMedia;
+  share.hidden = !navigator.mediaDevices?.getDisplayMedia || !mayPublish();
   const hand = $("btn-hand");
   hand.classList.toggle("active", state.hand);
   hand.querySelector(".ctl-label").textContent = t(state.hand ? "room.lowerHand" : "room.hand");
@@ -435,6 +448,15 @@ async function leave() {
   await state.events?.leave(state.roomId).catch(() => {});
   teardown();
   $("room").hidden = true;
+  $("left").hidden = false;
+}
+
+function trainingEnded() {
+  teardown();
+  $("room").hidden = true;
+  $("left-message").textContent = t("training.endedMessage");
+  $("left-message").dataset.i18n = "training.endedMessage";
+  $("rejoin").hidden = true;
   $("left").hidden = false;
 }
 
@@ -455,7 +477,15 @@ function teardown() {
 // -- participants and chat ------------------------------------------------------------------
 
 function putParticipant(participant) {
+  const before = state.participants.get(participant.id);
   state.participants.set(participant.id, participant);
+  if (participant.id === state.participantId && Boolean(before?.speaker) !== Boolean(participant.speaker)) {
+    // The trainer let us speak (publish now) or returned us to watching (the hub ended our streams).
+    if (participant.speaker) state.hand = false;
+    else stopShare();
+    publishCamera();
+    renderControls();
+  }
   for (const tile of state.tiles.values()) if (tile.stream.participant_id === participant.id) tile.render();
   renderPeople();
   renderHeader();
@@ -486,9 +516,11 @@ function renderPeople() {
         p.hand ? el("span", { class: "badge badge-hand", title: t("room.handRaised") }, t("room.handRaised")) : null,
         p.audio === false ? el("span", { class: "icon-muted", title: t("room.muted") }) : null,
         p.video === false ? el("span", { class: "icon-cam-off", title: t("room.cameraOff") }) : null,
+        ...training.personExtras(trainingContext(), p),
       ),
     ),
   );
+  training.renderBar($("training-bar"), trainingContext(), state.participants);
 }
 
 function initial(name) {
