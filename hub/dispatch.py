@@ -218,9 +218,14 @@ class Dispatch:
             raise Forbidden("you cannot answer your own call")
         by = {"user": claims.user, "name": claims.display_name(), "site_id": claims.site}
         await self._claim_end(call, "answered", by)
-        room = await self.rooms.open_room(
-            claims, call["site_id"], "call", f"求助: {call['site_name']}", call_id=call_id
-        )
+        try:
+            room = await self.rooms.open_room(
+                claims, call["site_id"], "call", f"求助: {call['site_name']}", call_id=call_id
+            )
+        except BaseException:
+            # No room, no answer: let the call ring on for someone else.
+            await self.state.delete_record(CALL_END, call_id)
+            raise
         call = await self._finish(call, "answered", answered_by=by, room_id=room["id"])
         event = {"call": call, "answered_by": by, "room_id": room["id"]}
         await self.state.publish({"type": "call-answered", **event, "to": self._ringing_to(call["site_id"])})

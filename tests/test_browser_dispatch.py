@@ -21,12 +21,11 @@ from .test_room_api import auth
 VILLAGE_NAME = "上寨村"
 
 
-async def outcome(page: Page) -> str:
-    """'won' or 'lost', once the console shows which."""
-    won = page.locator("#dispatch .call-enter")
-    lost = page.locator("#dispatch .call-outcome", has_text="已由")
-    await expect(won.or_(lost)).to_be_visible()
-    return "won" if await won.count() else "lost"
+async def outcome(page: Page, call_id: str) -> str:
+    """'won' or 'lost', once the console shows which for this call."""
+    line = page.locator(f'#dispatch .call[data-call-id="{call_id}"][data-state="answered"]')
+    await expect(line).to_be_visible()
+    return "won" if await line.locator(".call-enter").count() else "lost"
 
 
 async def test_call_rings_in_two_consoles_and_one_answers(hub: HubProcess, http: aiohttp.ClientSession):
@@ -49,19 +48,21 @@ async def test_call_rings_in_two_consoles_and_one_answers(hub: HubProcess, http:
                 alert = page.locator(".call-alert", has_text=VILLAGE_NAME)
                 await expect(alert).to_be_visible()
                 answers.append(alert.locator(".call-answer"))
+            call_id = await consoles[0].locator(".call-alert .call").get_attribute("data-call-id")
             await asyncio.gather(*(button.click() for button in answers))
 
-            results = [await outcome(page) for page in consoles]
+            results = [await outcome(page, call_id) for page in consoles]
             assert sorted(results) == ["lost", "won"]
             winner = consoles[results.index("won")]
             loser = consoles[results.index("lost")]
             winner_user = "op-guinan" if winner is consoles[0] else "op-hainan"
-            await expect(loser.locator("#dispatch .call-outcome")).to_have_text(f"已由 {winner_user} 接听")
+            line = f'#dispatch .call[data-call-id="{call_id}"]'
+            await expect(loser.locator(f"{line} .call-outcome")).to_have_text(f"已由 {winner_user} 接听")
             for page in consoles:
                 await expect(page.locator(".call-alert")).to_have_count(0)  # no longer ringing anywhere
 
             # The caller is taken into the winner's call room, camera on, without a click.
-            link = await winner.locator("#dispatch .call-enter").get_attribute("href")
+            link = await winner.locator(f"{line} .call-enter").get_attribute("href")
             room_id = link.split("/rooms/")[1].split("?")[0]
             await expect(home.locator(".help-status")).to_contain_text(winner_user)
             await home.wait_for_url(f"**/rooms/{room_id}?autojoin=1")

@@ -125,7 +125,7 @@ export function mountDispatch(section, { client, tree = [], selectedSites = () =
         { class: "rollcall" },
         ...rows.map((row) => {
           const site = sites.get(row.site_id) ?? { name: row.name || row.site_id, name_en: row.name_en };
-          const who = row.participants.map((p) => p.name).join("、");
+          const who = row.participants.map((p) => p.name).join(i18n.lang() === "en" ? ", " : "、");
           const since = row.since ? i18n.formatClock(new Date(row.since * 1000)).split(" ").pop() : "";
           return el(
             "li",
@@ -221,7 +221,7 @@ export function mountDispatch(section, { client, tree = [], selectedSites = () =
 
   // -- live events ---------------------------------------------------------------
 
-  const onRoom = (m) => m.room_id === state.conference?.room.id && refreshRoll();
+  const onRoom = (m) => (m.room_id ?? m.room?.id) === state.conference?.room.id && refreshRoll();
   socket.on("call-ringing", (m) => remember(m.call));
   socket.on("call-answered", (m) => remember(m.call));
   socket.on("call-ended", (m) => remember(m.call));
