@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import re
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -14,13 +15,16 @@ from typing import Any
 
 import aiohttp
 import pytest
+from playwright.async_api import expect
 
 from hub import bot
 from hub.config import Settings
 from hub.tokens import Claims, issue
 from hub.training import attendance_by_site
 
+from .browser import chromium, screen_text
 from .conftest import HubProcess, wait_until
+from .test_browser_room import CJK, assert_playing, join, new_page
 from .test_room_api import PROBLEM, Socket, auth, socket
 
 BRANCH = "ledu"  # county -> chengtai, qutan (townships) -> taizi, hongzhuang, qutancun, xinzhuang (villages)
@@ -237,3 +241,67 @@ async def test_training_broadcast_with_speaker_and_attendance(hub: HubProcess, h
         assert room_id not in [t["room_id"] for t in await r.json()]
     async with http.get(f"{hub.url}/api/trainings?all=1", headers=auth(trainer)) as r:
         assert room_id in [t["room_id"] for t in await r.json()]
+
+
+async def test_training_in_browsers(hub: HubProcess, http: aiohttp.ClientSession):
+    """A trainer starts a training from the trainings page and presents; a
+    village attendee watches, raises a hand, is let speak (their page
+    publishes) and returned to watching (it stops); ending the training sends
+    the attendee out; the attendance reads in English."""
+    keys = tokens(hub, {"trainer-ledu": ("ledu", "trainer"), "trainee-hongzhuang": ("hongzhuang", "terminal")})
+    async with chromium() as browser:
+        trainer, attendee = await new_page(browser), await new_page(browser)
+        trainer.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+        await trainer.goto(f"{hub.url}/trainings?token={keys['trainer-ledu']}")
+        await trainer.fill("#t-title", "Mediation law")
+        await trainer.select_option("#t-branch", "ledu")
+        await trainer.click("#t-submit")
+        await trainer.wait_for_url(re.compile(r"/rooms/room-"))
+        room_id = trainer.url.rsplit("/", 1)[-1]
+        await join(trainer, trainer.url)
+        await expect(trainer.locator("#training-bar")).to_have_attribute("data-mode", "trainer")
+
+        await join(attendee, f"{hub.url}/rooms/{room_id}?token={keys['trainee-hongzhuang']}")
+        await expect(attendee.locator("#training-bar")).to_have_attribute("data-mode", "watching")
+        presenter = attendee.locator(
+            ".room-tile:not(.self)", has=attendee.locator(".tile-name", has_text="trainer-ledu")
+        )
+        await assert_playing(attendee, presenter)
+
+        async def streams_of(user: str) -> list[dict[str, Any]]:
+            async with http.get(f"{hub.url}/api/rooms/{room_id}", headers=auth(keys["trainer-ledu"])) as r:
+                return [s for s in (await r.json())["streams"] if s["user"] == user]
+
+        assert await streams_of("trainee-hongzhuang") == []  # an attendee watches
+
+        # A raised hand, "let speak": the attendee's page publishes and the trainer sees it.
+        await attendee.click("#btn-hand")
+        await trainer.click('#people [data-action="let-speak"]')
+        await expect(attendee.locator("#training-bar")).to_have_attribute("data-mode", "speaking")
+        speaker = trainer.locator(
+            ".room-tile:not(.self)", has=trainer.locator(".tile-name", has_text="trainee-hongzhuang")
+        )
+        await assert_playing(trainer, speaker)
+        assert len(await streams_of("trainee-hongzhuang")) == 1
+
+        # "Back to watching": the stream ends.
+        await trainer.click('#people [data-action="stop-speaking"]')
+        await expect(speaker).to_have_count(0)
+        await expect(attendee.locator("#training-bar")).to_have_attribute("data-mode", "watching")
+        assert await streams_of("trainee-hongzhuang") == []
+
+        # Ending the training sends everyone out.
+        await trainer.click("#training-bar .training-end")
+        await expect(attendee.locator("#left")).to_be_visible()
+        await expect(attendee.locator("#left-message")).to_have_text("培训已结束。")
+
+        # The attendance, in English.
+        await trainer.goto(f"{hub.url}/trainings?room={room_id}")
+        row = trainer.locator('#attendance-rows tr[data-user="trainee-hongzhuang"]')
+        await expect(row).to_contain_text("红庄村")
+        await trainer.click("#lang-toggle")
+        await expect(row).to_contain_text("Hongzhuang")
+        await expect(trainer.locator(f'#training-rows tr[data-room-id="{room_id}"]')).to_have_attribute(
+            "data-state", "ended"
+        )
+        assert not CJK.search(await screen_text(trainer))
