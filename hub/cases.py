@@ -329,9 +329,30 @@ class Cases:
     # -- reading -------------------------------------------------------------
 
     def get(self, claims: Claims, case_id: str) -> Record:
-        """A case with its history and sessions, oldest first."""
+        """A case with its history and sessions (oldest first) and what the caller may do."""
         case = self._readable(claims, case_id)
-        return case | {"history": self.store.history([case_id])[case_id], "sessions": self.store.sessions(case_id)}
+        return case | {
+            "history": self.store.history([case_id])[case_id],
+            "sessions": self.store.sessions(case_id),
+            "actions": self.actions(claims, case),
+            "sites": self.sites_of(case),
+        }
+
+    def sites_of(self, case: Record) -> dict[str, Record]:
+        """The sites the case has been at, by id, for naming them: a reader
+        below the case's current site cannot look that site up otherwise."""
+        return {s: site.to_json() for s in self._visited(case) if (site := self.tree.get(s)) is not None}
+
+    def actions(self, claims: Claims, case: Record) -> Record:
+        """What the caller may do with the case now (the page offers only these)."""
+        if not self.tree.covers(claims.site, case["site_id"]):
+            return {"statuses": [], "session": False, "escalate": False}
+        site = self.tree.get(case["site_id"])
+        return {
+            "statuses": list(TRANSITIONS[case["status"]]),
+            "session": case["status"] in SESSION_STATUSES,
+            "escalate": case["status"] in ESCALATABLE and site is not None and site.parent is not None,
+        }
 
     def search(
         self, claims: Claims, site: str | None = None, status: str | None = None, mine: bool = False
@@ -533,10 +554,16 @@ class Cases:
         if not self.store.update(case["id"], expect, changes, entry):
             raise Conflict(f"case {case['id']} changed meanwhile; reload it and try again")
         if event is not None:
-            await self._announce(event, case | changes)
+            await self._announce(event, case | changes, from_site=case["site_id"])
 
-    async def _announce(self, kind: str, case: Record) -> None:
-        # Its readers are exactly the users covering its origin (see the module doc).
-        await self.rooms.state.publish(
-            {"type": kind, "case": case, "to": {"covering": case["origin_site_id"], "roles": list(CASE_ROLES)}}
-        )
+    async def _announce(self, kind: str, case: Record, from_site: str | None = None) -> None:
+        """Tell the case's readers, live. They are exactly the users covering
+        its origin (see the module doc): the sites it has been at and those
+        above; siblings never."""
+        event = {
+            "type": kind,
+            "case": case,
+            "from_site": from_site or case["site_id"],
+            "to": {"covering": case["origin_site_id"], "roles": list(CASE_ROLES)},
+        }
+        await self.rooms.state.publish(event)

@@ -118,10 +118,11 @@ async def list_cases(request: web.Request) -> web.Response:
     queue = request.query.get("queue") or None
     if queue not in (None, "mine"):
         raise Problem(400, "Bad Request", "queue: expected 'mine' or nothing")
-    rows = _cases(request).search(
+    cases = _cases(request)
+    rows = cases.search(
         claims, site=request.query.get("site") or None, status=request.query.get("status") or None, mine=bool(queue)
     )
-    return json_response(rows)
+    return json_response([row | {"sites": cases.sites_of(row)} for row in rows])
 
 
 async def get_case(request: web.Request) -> web.Response:

@@ -561,7 +561,9 @@ function renderInvitations() {
   $("invitations").replaceChildren(
     ...state.invitations.map((inv) => {
       const roomSite = siteOf(inv.room.site_id);
-      const fromSite = siteOf(inv.from.site_id) ?? roomSite;
+      // A site above the caller's jurisdiction is not in its tree: the event may name it (dispatch: convening).
+      const named = inv.from.site_name ? { name: inv.from.site_name, name_en: inv.from.site_name_en } : null;
+      const fromSite = siteOf(inv.from.site_id) ?? named ?? roomSite;
       const kind = t(`room.kind.${inv.room.kind}`);
       const room =
         inv.room.kind === "standing" || !inv.room.title
