@@ -170,7 +170,7 @@ function renderDetail() {
   box.dataset.caseId = c.id;
   box.dataset.status = c.status;
   box.dataset.siteId = c.site_id;
-  box.replaceChildren(
+  const parts = [
     el("h2", {}, c.title, " ", el("span", { id: "case-status", class: `case-status status-${c.status}` }, t(`case.status.${c.status}`))),
     el("p", { class: "rec-meta" }, [
       t(`case.type.${c.dispute_type}`),
@@ -191,7 +191,8 @@ function renderDetail() {
     el("ol", { id: "case-history", class: "case-history" }, ...c.history.map((h) =>
       el("li", { dataset: { action: h.action } }, `${when(h.at)} · ${h.user} · ${historyText(h)}`, h.note ? el("span", { class: "case-note" }, ` — ${h.note}`) : null),
     )),
-  );
+  ];
+  box.replaceChildren(...parts.filter(Boolean));
 }
 
 async function act(call) {

@@ -110,10 +110,12 @@ function render() {
   const training = s.training || [];
   const minutesMax = Math.max(1, ...training.map((r) => r.minutes));
   $("chart-training").replaceChildren(
-    training.length
-      ? bars(training.map((r) => ({ item: r.site_id, label: siteLabel(r.site_id), value: r.minutes, text: `${r.trainings} · ${r.people} · ${r.minutes}` })), minutesMax, "training")
-      : el("p", { class: "rec-empty" }, t("stats.noTraining")),
-    training.length ? el("p", { class: "rec-meta" }, `${t("stats.col.trainings")} · ${t("stats.col.people")} · ${t("stats.col.minutes")}`) : null,
+    ...(training.length
+      ? [
+          bars(training.map((r) => ({ item: r.site_id, label: siteLabel(r.site_id), value: r.minutes, text: `${r.trainings} · ${r.people} · ${r.minutes}` })), minutesMax, "training"),
+          el("p", { class: "rec-meta" }, `${t("stats.col.trainings")} · ${t("stats.col.people")} · ${t("stats.col.minutes")}`),
+        ]
+      : [el("p", { class: "rec-empty" }, t("stats.noTraining"))]),
   );
 }
 
