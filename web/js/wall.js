@@ -269,11 +269,20 @@ export class Wall {
     return layout;
   }
 
+  /** Show a saved layout; onChange fires once, at the end (a listener may save the wall). */
   applyLayout(layout) {
-    this.stopPatrol(false);
-    this.setGrid(layout.grid || 4);
-    this.panes.forEach((pane, i) => pane.show(layout.panes?.[i] ?? null));
-    if (layout.patrol?.feeds?.length) this.startPatrol(layout.patrol.feeds, layout.patrol.seconds);
+    const { grid = 4, panes = [], patrol = null } = structuredClone(layout);
+    const onChange = this.onChange;
+    this.onChange = () => {};
+    try {
+      this.stopPatrol(false);
+      this.setGrid(grid);
+      this.panes.forEach((pane, i) => pane.show(panes[i] ?? null));
+      if (patrol?.feeds?.length) this.startPatrol(patrol.feeds, patrol.seconds);
+    } finally {
+      this.onChange = onChange;
+    }
+    onChange();
   }
 
   close() {

@@ -1,0 +1,180 @@
+"""The console's API against a real hub process: branch status and rollups,
+presence of event sockets, jurisdiction, saved wall layouts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from hub import bot
+
+from .conftest import HubProcess, start_hub
+
+
+@pytest.fixture(scope="module")
+def console_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
+    """A hub of its own: status counts start from nothing."""
+    process = start_hub(tmp_path_factory.mktemp("console-hub"))
+    yield process
+    process.stop()
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def status(http: aiohttp.ClientSession, hub: HubProcess, token: str, site: str = "") -> dict[str, Any]:
+    query = f"?site={site}" if site else ""
+    async with http.get(f"{hub.url}/api/console/status{query}", headers=auth(token)) as r:
+        assert r.status == 200, await r.text()
+        body = await r.json()
+    return {row["id"]: row for row in body["sites"]}
+
+
+async def next_of(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, Any]:
+    """The next message of a type, skipping others (room activity, other presence)."""
+    while True:
+        message = await ws.receive_json(timeout=10)
+        if message["type"] == kind:
+            return message
+
+
+async def test_status_rolls_up_a_joined_participant_and_a_published_stream(
+    console_hub: HubProcess, http: aiohttp.ClientSession
+) -> None:
+    operator = console_hub.token("op-ledu", "ledu", "operator")
+    terminal = console_hub.token("t-qutancun", "qutancun", "terminal")
+    publisher = console_hub.token("t-xinzhuang", "xinzhuang", "terminal")
+
+    before = await status(http, console_hub, operator)
+    assert set(before) == {"ledu", "chengtai", "taizi", "hongzhuang", "qutan", "qutancun", "xinzhuang"}
+    assert before["ledu"]["rollup"]["villages"] == 4 and before["ledu"]["rollup"]["villages_online"] == 0
+
+    async with http.ws_connect(f"{console_hub.url}/ws?token={terminal}") as ws:
+        await next_of(ws, "hello")
+        await ws.send_json({"type": "join", "room": "site-qutancun"})
+        await next_of(ws, "joined")
+        video = bot.SyntheticVideo("vp8", 160, 120, 10)
+        session = await asyncio.wait_for(bot.publish(http, console_hub.url, publisher, "site-xinzhuang", [video]), 20)
+        try:
+            now = await status(http, console_hub, operator)
+        finally:
+            await session.close()
+        after = await status(http, console_hub, operator)
+
+    # The village whose terminal joined: one connection, its room in session with one participant.
+    qutancun = now["qutancun"]
+    assert qutancun["online"] and qutancun["in_session"]
+    assert qutancun["connections"] == {"terminal": 1} and qutancun["terminals"] == 1
+    assert [(r["id"], r["participants"]) for r in qutancun["rooms"]] == [("site-qutancun", 1)]
+    # The village that publishes over WHIP alone: no socket, but in session with a live stream.
+    xinzhuang = now["xinzhuang"]
+    assert xinzhuang["online"] and xinzhuang["terminals"] == 0
+    assert [s["id"] for s in xinzhuang["streams"]] == [session.resource_id]
+    # Rollups: the township holding both, the county, and the township holding neither.
+    qutan = now["qutan"]["rollup"]
+    assert (qutan["villages"], qutan["villages_online"], qutan["sites_in_session"], qutan["streams"]) == (2, 2, 2, 1)
+    ledu = now["ledu"]["rollup"]
+    assert (ledu["villages"], ledu["villages_online"], ledu["sites_in_session"]) == (4, 2, 2)
+    assert (ledu["rooms_in_session"], ledu["participants"], ledu["streams"], ledu["terminals"]) == (2, 2, 1, 1)
+    assert now["chengtai"]["rollup"]["villages_online"] == 0 and not now["taizi"]["online"]
+    # Once the stream ended the publisher's site is idle again.
+    assert after["xinzhuang"]["streams"] == [] and not after["xinzhuang"]["in_session"]
+
+
+async def test_presence_follows_the_event_socket(console_hub: HubProcess, http: aiohttp.ClientSession) -> None:
+    operator = console_hub.token("op-guinan", "guinan", "operator")
+    outsider = console_hub.token("op-chengdong", "chengdong", "operator")
+    terminal = console_hub.token("t-shangzhai", "shangzhai", "terminal")
+    async with http.ws_connect(f"{console_hub.url}/ws?token={operator}") as console, http.ws_connect(
+        f"{console_hub.url}/ws?token={outsider}"
+    ) as other:
+        for ws in (console, other):
+            await next_of(ws, "hello")
+            await ws.send_json({"type": "monitor", "on": True})
+            assert (await next_of(ws, "ack"))["of"] == "monitor"
+        async with http.ws_connect(f"{console_hub.url}/ws?token={terminal}") as ws:
+            await next_of(ws, "hello")
+            event = await next_of(console, "presence")
+            assert (event["site_id"], event["online"]) == ("shangzhai", 1)
+            assert (await status(http, console_hub, operator))["shangzhai"]["connections"] == {"terminal": 1}
+            # Monitoring shows the room activity of the jurisdiction without joining.
+            await ws.send_json({"type": "join", "room": "site-shangzhai"})
+            joined = await next_of(console, "participant-joined")
+            assert joined["room_id"] == "site-shangzhai" and joined["participant"]["user"] == "t-shangzhai"
+        # Leaving the room comes first, then the site goes offline.
+        assert (await next_of(console, "participant-left"))["room_id"] == "site-shangzhai"
+        event = await next_of(console, "presence")
+        assert (event["site_id"], event["online"]) == ("shangzhai", 0)
+        row = (await status(http, console_hub, operator))["shangzhai"]
+        assert row["connections"] == {} and not row["online"]
+        # Another county's operator heard nothing of it: the next thing it hears is its own pong.
+        await other.send_json({"type": "ping"})
+        message = await other.receive_json(timeout=5)
+        assert message["type"] == "pong", message
+
+
+async def test_another_countys_branch_is_forbidden(console_hub: HubProcess, http: aiohttp.ClientSession) -> None:
+    guinan = console_hub.token("op-guinan", "guinan", "operator")
+    async with http.get(f"{console_hub.url}/api/console/status?site=ledu", headers=auth(guinan)) as r:
+        assert r.status == 403 and r.content_type == "application/problem+json"
+    async with http.get(f"{console_hub.url}/api/console/status?site=nowhere", headers=auth(guinan)) as r:
+        assert r.status == 404
+    async with http.get(f"{console_hub.url}/api/console/status") as r:
+        assert r.status == 401
+    # Default: the caller's own branch, nothing above or beside it.
+    assert set(await status(http, console_hub, guinan)) == {"guinan", "guomaying", "rianxiuma", "shangzhai"}
+    assert set(await status(http, console_hub, guinan, "guomaying")) == {"guomaying", "rianxiuma", "shangzhai"}
+
+
+LAYOUTS = {
+    "layouts": [
+        {"name": "值班 4 画面", "grid": 4, "panes": [{"site_id": "rianxiuma"}, None, {"stream_id": "s-1"}]},
+        {
+            "name": "patrol",
+            "grid": 9,
+            "panes": [],
+            "patrol": {"feeds": [{"camera_id": "cam-1"}, {"site_id": "shangzhai"}], "seconds": 15},
+        },
+    ],
+    "current": "patrol",
+}
+
+
+BAD_LAYOUTS = [
+    {"layouts": [{"name": "x", "grid": 5, "panes": []}]},  # not a square
+    {"layouts": [{"name": "x", "grid": 81, "panes": []}]},  # above 64
+    {"layouts": [{"name": "x", "grid": 1, "panes": [None, None]}]},  # more panes than the grid
+    {"layouts": [{"name": "x", "grid": 4, "panes": [{"site_id": "a", "stream_id": "b"}]}]},  # two sources
+    {"layouts": [{"name": "x", "grid": 4, "panes": [{}]}]},  # no source
+    {"layouts": [{"name": "x", "grid": 4, "panes": [], "colour": "red"}]},  # unknown field
+    {"layouts": [{"name": "x" * 65, "grid": 4, "panes": []}]},
+    {"layouts": [{"name": "x", "grid": 4, "patrol": {"feeds": [], "seconds": 0}}]},
+    {"layouts": [{"name": "x", "grid": 4}, {"name": "x", "grid": 9}]},  # duplicate names
+    {"layouts": [{"name": "x", "grid": 4}], "current": "y"},  # current must exist
+    {"layouts": [{"name": f"n{i}", "grid": 1} for i in range(51)]},
+    [1, 2],
+]
+
+
+async def test_layouts_round_trip_and_reject_bad_input(console_hub: HubProcess, http: aiohttp.ClientSession) -> None:
+    url = f"{console_hub.url}/api/console/layouts"
+    me = auth(console_hub.token("op-hainan", "hainan", "operator"))
+    async with http.put(url, json=LAYOUTS, headers=me) as r:
+        assert r.status == 200, await r.text()
+    async with http.get(url, headers=me) as r:
+        assert await r.json() == LAYOUTS
+    for bad in BAD_LAYOUTS:
+        async with http.put(url, json=bad, headers=me) as r:
+            assert r.status == 400 and r.content_type == "application/problem+json", (bad, await r.text())
+    async with http.put(url, data=b"{not json", headers=me) as r:
+        assert r.status == 400
+    async with http.get(url, headers=me) as r:
+        assert await r.json() == LAYOUTS  # nothing changed
+    # Layouts are the user's own.
+    async with http.get(url, headers=auth(console_hub.token("op-haixi", "haixi", "operator"))) as r:
+        assert await r.json() == {"layouts": []}
