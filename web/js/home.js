@@ -105,6 +105,8 @@ function renderHeader() {
     // Cases and statistics: the roles that work cases (hub/cases.py CASE_ROLES).
     $("nav-cases").hidden = !["admin", "operator", "mediator"].includes(state.me.role) || Boolean(state.me.room);
     $("nav-trainings").hidden = state.me.role === "guest";
+    // The command console: the duty roles (its status API itself only checks jurisdiction).
+    $("nav-console").hidden = !["admin", "operator"].includes(state.me.role) || Boolean(state.me.room);
   }
   renderConn();
 }
