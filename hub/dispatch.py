@@ -313,7 +313,10 @@ class Dispatch:
             raise ValueError(f"at most {MAX_CONVENED_SITES} sites")
         if claims.site in invited:
             raise ValueError("the conference is held at your own site; invite the sites below it")
+        home = self.tree.get(claims.site)
         convener = {"user": claims.user, "name": claims.display_name(), "site_id": claims.site}
+        # The invited may not see the convener's site in their own tree: name it.
+        convener |= {"site_name": home.name, "site_name_en": home.name_en} if home else {}
         room = await self.rooms.open_room(
             claims, claims.site, "conference", title, admit=invited, invited=invited, convened_by=convener
         )

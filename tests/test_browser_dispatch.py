@@ -101,6 +101,7 @@ async def test_convened_site_sees_the_invitation_and_the_roll_call_follows(hub: 
             # The village's home page shows the invitation live; one click leads into the room.
             invitation = home.locator(".invitation", has_text="防汛会商")
             await expect(invitation).to_be_visible()
+            await expect(invitation).to_contain_text("贵南县")  # the convener's site, above the village's own tree
             await invitation.locator(".invitation-join").click()
             await expect(home.locator("#prejoin")).to_be_visible()
             await home.fill("#name", "日安秀麻村值守")

@@ -55,7 +55,7 @@ export function mountDispatch(section, { client, tree = [], selectedSites = () =
     conference,
   );
 
-  function callLine(call) {
+  function callLine(call, tag = "li") {
     const from = t("dispatch.from", { site: siteLabel(call), name: call.from.name });
     const roomId = state.mine.get(call.id);
     let status;
@@ -83,7 +83,7 @@ export function mountDispatch(section, { client, tree = [], selectedSites = () =
     }
     if (call.note) status.unshift(el("span", { class: "call-note" }, call.note));
     return el(
-      "li",
+      tag,
       { class: `call call-${call.state}`, dataset: { callId: call.id, state: call.state } },
       el("strong", { class: "call-from" }, from),
       ...status,
@@ -100,10 +100,10 @@ export function mountDispatch(section, { client, tree = [], selectedSites = () =
     const ringing = all.filter((c) => c.state === "ringing");
     const ended = all.filter((c) => c.state !== "ringing").slice(0, RECENT_SHOWN);
     alerts.replaceChildren(
-      ...ringing.map((call) => el("div", { class: "call-alert" }, el("strong", {}, t("dispatch.alert")), " ", callLine(call))),
+      ...ringing.map((call) => el("div", { class: "call-alert" }, el("strong", {}, t("dispatch.alert")), callLine(call, "div"))),
     );
     alerts.hidden = !ringing.length;
-    list.replaceChildren(...(ended.length ? ended.map(callLine) : [el("li", { class: "dispatch-empty" }, t("dispatch.noCalls"))]));
+    list.replaceChildren(...(ended.length ? ended.map((call) => callLine(call)) : [el("li", { class: "dispatch-empty" }, t("dispatch.noCalls"))]));
     notice.hidden = !state.notice;
     notice.textContent = state.notice ? t(...state.notice) : "";
     renderConference();
@@ -136,7 +136,7 @@ export function mountDispatch(section, { client, tree = [], selectedSites = () =
           );
         }),
       ),
-      el("a", { class: "button", href: roomLink(conf.room.id), target: "_blank" }, t("dispatch.enterConference")),
+      el("a", { class: "button dispatch-enter", href: roomLink(conf.room.id), target: "_blank" }, t("dispatch.enterConference")),
     );
   }
 
