@@ -33,10 +33,7 @@ site above it.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import logging
 import sqlite3
 import threading
 import time
@@ -44,11 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from .access import Forbidden
-from .livestate import Record
+from .livestate import EventFollower, Record
 from .rooms import NotFound, Rooms, _new_id
 from .tokens import Claims
-
-log = logging.getLogger(__name__)
 
 DISPUTE_TYPES = ("family", "neighbour", "land", "wages", "contract", "other")
 STATUSES = ("open", "mediating", "agreement", "failed", "escalated", "closed")
@@ -247,6 +242,10 @@ class CaseStore:
             out.append(session)
         return out
 
+    def has_session(self, room_id: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM case_sessions WHERE room_id = ?", [room_id]).fetchone() is not None
+
     def session_started(self, room_id: str, at: float) -> bool:
         """Someone is in the session's room: it started (once) and has not ended."""
         with self._lock, self._db:
@@ -272,32 +271,14 @@ class Cases:
         self.rooms = rooms
         self.tree = rooms.tree
         self.store = CaseStore(db_path)
-        self._events: asyncio.Queue[Record | None] | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._follower = EventFollower(rooms.state, self.on_event, "cases")
 
     async def start(self) -> None:
-        self._events = self.rooms.state.subscribe()
-        self._task = asyncio.create_task(self._follow(self._events))
+        self._follower.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._events is not None:
-            self.rooms.state.unsubscribe(self._events)
+        await self._follower.stop()
         self.store.close()
-
-    async def _follow(self, events: asyncio.Queue[Record | None]) -> None:
-        while True:
-            event = await events.get()
-            if event is None:
-                log.warning("cases fell behind the room events")
-                continue
-            try:
-                await self.on_event(event)
-            except Exception:
-                log.exception("cases could not handle %s", event.get("type"))
 
     # -- permissions ---------------------------------------------------------
 
@@ -530,7 +511,11 @@ class Cases:
         room_id = str(event.get("room_id") or "")
         if kind == "participant-joined":
             self.store.session_started(room_id, float(event["participant"].get("joined_at") or time.time()))
-        elif kind == "participant-left" and not await self.rooms.state.participants(room_id):
+        elif (
+            kind == "participant-left"
+            and self.store.has_session(room_id)
+            and not await self.rooms.state.participants(room_id)
+        ):
             self.store.session_ended(room_id, time.time())
 
     # -- helpers -------------------------------------------------------------

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -397,3 +398,43 @@ class RedisLiveState(LiveState):
 
 def open_live_state(redis_url: str | None, node_id: str, node_ttl: float) -> LiveState:
     return RedisLiveState(redis_url, node_id, node_ttl) if redis_url else MemoryLiveState(node_id)
+
+
+class EventFollower:
+    """Hands every live event, in order, to `handle` in one task until
+    stopped: for features that keep durable records in step with the rooms.
+    An event that fails is logged and skipped; when the subscription is
+    dropped for falling behind, it subscribes again (the events in between
+    are lost, and logged as such)."""
+
+    def __init__(self, state: LiveState, handle: Callable[[Record], Awaitable[None]], name: str) -> None:
+        self._state = state
+        self._handle = handle
+        self._name = name
+        self._queue: asyncio.Queue[Record | None] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._queue = self._state.subscribe()
+        self._task = asyncio.create_task(self._run(self._queue))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._queue is not None:
+            self._state.unsubscribe(self._queue)
+
+    async def _run(self, queue: asyncio.Queue[Record | None]) -> None:
+        while True:
+            event = await queue.get()
+            if event is None:
+                log.warning("%s fell behind the events and lost some; following again", self._name)
+                queue = self._queue = self._state.subscribe()
+                continue
+            try:
+                await self._handle(event)
+            except Exception:
+                log.exception("%s could not handle %s", self._name, event.get("type"))
+

@@ -15,6 +15,9 @@ import aiohttp
 import pytest
 
 from hub import bot
+from hub.config import Settings
+from hub.livestate import SUBSCRIBER_QUEUE, EventFollower, MemoryLiveState, Record
+from hub.tokens import Claims, issue
 
 from .conftest import HubProcess, start_hub, wait_until
 from .recording_helpers import auth, video_packets
@@ -37,6 +40,11 @@ def case_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
     process = start_hub(tmp_path_factory.mktemp("cases"), env={"HUB_RECORD_MEDIATION_ROOMS": "true"})
     yield process
     process.stop()
+
+
+def token(hub: HubProcess, user: str, site: str, role: str) -> str:
+    """A token signed with the hub's own secret, without a CLI process per token (they add up)."""
+    return issue(Settings(data=hub.data).signing_secret(), Claims(user=user, site=site, role=role))
 
 
 class EventSocket:
@@ -121,12 +129,12 @@ async def recordings_complete(http: aiohttp.ClientSession, url: str, token: str,
 
 async def test_case_walks_from_village_to_county(case_hub: HubProcess, http: aiohttp.ClientSession):
     hub = case_hub
-    village = hub.token("m-qutancun", VILLAGE, "mediator")
-    township = hub.token("m-qutan", TOWNSHIP, "mediator")
-    county = hub.token("m-ledu", COUNTY, "mediator")
-    sibling = hub.token("m-chengtai", SIBLING_TOWNSHIP, "mediator")
-    sibling_village = hub.token("m-xinzhuang", SIBLING_VILLAGE, "mediator")
-    terminal = hub.token("t-qutancun", VILLAGE, "terminal")
+    village = token(hub, "m-qutancun", VILLAGE, "mediator")
+    township = token(hub, "m-qutan", TOWNSHIP, "mediator")
+    county = token(hub, "m-ledu", COUNTY, "mediator")
+    sibling = token(hub, "m-chengtai", SIBLING_TOWNSHIP, "mediator")
+    sibling_village = token(hub, "m-xinzhuang", SIBLING_VILLAGE, "mediator")
+    terminal = token(hub, "t-qutancun", VILLAGE, "terminal")
 
     status, case = await call(http, "POST", f"{hub.url}/api/cases", village, json=NEW_CASE)
     assert status == 201, case
@@ -238,48 +246,68 @@ async def test_case_walks_from_village_to_county(case_hub: HubProcess, http: aio
     assert (await call(http, "POST", f"{url}/sessions", county))[0] == 409
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        {k: v for k, v in NEW_CASE.items() if k != "title"},
-        NEW_CASE | {"title": ""},
-        NEW_CASE | {"title": "x" * 201},
-        NEW_CASE | {"dispute_type": "murder"},
-        NEW_CASE | {"parties": []},
-        NEW_CASE | {"parties": [{"name": ""}]},
-        NEW_CASE | {"parties": [{"name": "王五", "phone": "<script>"}]},
-        NEW_CASE | {"parties": "张三"},
-        NEW_CASE | {"status": "closed"},  # unknown fields are refused, not ignored
-        NEW_CASE | {"summary": 5},
-        [NEW_CASE],
-    ],
-)
-async def test_bad_case_input_is_400_and_changes_nothing(
-    case_hub: HubProcess, http: aiohttp.ClientSession, body: Any
-):
-    token = case_hub.token("m-bad", "hongzhuang", "mediator")
+BAD_BODIES: list[Any] = [
+    {k: v for k, v in NEW_CASE.items() if k != "title"},
+    NEW_CASE | {"title": ""},
+    NEW_CASE | {"title": "x" * 201},
+    NEW_CASE | {"dispute_type": "murder"},
+    NEW_CASE | {"parties": []},
+    NEW_CASE | {"parties": [{"name": ""}]},
+    NEW_CASE | {"parties": [{"name": "王五", "phone": "<script>"}]},
+    NEW_CASE | {"parties": "张三"},
+    NEW_CASE | {"status": "closed"},  # unknown fields are refused, not ignored
+    NEW_CASE | {"summary": 5},
+    [NEW_CASE],
+]
+
+
+async def test_bad_case_input_is_400_and_changes_nothing(case_hub: HubProcess, http: aiohttp.ClientSession):
+    mediator = token(case_hub, "m-bad", "hongzhuang", "mediator")
     list_url = f"{case_hub.url}/api/cases"
-    status, problem = await call(http, "POST", list_url, token, json=body)
-    assert status == 400 and problem["status"] == 400 and problem["detail"]
-    assert (await call(http, "GET", list_url, token))[1] == []
+    for body in BAD_BODIES:
+        status, problem = await call(http, "POST", list_url, mediator, json=body)
+        assert status == 400 and problem["status"] == 400 and problem["detail"], body
+    assert (await call(http, "GET", list_url, mediator))[1] == []
 
 
 async def test_bad_changes_are_refused_and_change_nothing(case_hub: HubProcess, http: aiohttp.ClientSession):
-    token = case_hub.token("m-taizi", "taizi", "mediator")
-    status, case = await call(http, "POST", f"{case_hub.url}/api/cases", token, json=NEW_CASE)
+    mediator = token(case_hub, "m-taizi", "taizi", "mediator")
+    status, case = await call(http, "POST", f"{case_hub.url}/api/cases", mediator, json=NEW_CASE)
     url = f"{case_hub.url}/api/cases/{case['id']}"
     for body in ({}, {"status": "resolved"}, {"outcome": 3}, {"status": "closed", "extra": 1}, "closed"):
-        status, problem = await call(http, "PATCH", url, token, json=body)
+        status, problem = await call(http, "PATCH", url, mediator, json=body)
         assert status == 400, problem
-    assert (await call(http, "PATCH", url, token, data=b"{not json"))[0] == 400
-    assert (await call(http, "POST", f"{url}/escalate", token, json={"note": "x" * 1001}))[0] == 400
-    assert (await call(http, "PATCH", url, token, json={"status": "escalated"}))[0] == 409  # escalate has its own call
-    assert (await call(http, "GET", f"{case_hub.url}/api/cases?status=whatever", token))[0] == 400
-    assert (await call(http, "GET", f"{case_hub.url}/api/cases?queue=all", token))[0] == 400
-    assert (await call(http, "GET", f"{case_hub.url}/api/cases?site=chengtai", token))[0] == 403
-    assert (await call(http, "GET", f"{case_hub.url}/api/cases/case-nothing", token))[0] == 404
+    assert (await call(http, "PATCH", url, mediator, data=b"{not json"))[0] == 400
+    assert (await call(http, "POST", f"{url}/escalate", mediator, json={"note": "x" * 1001}))[0] == 400
+    # Escalation has its own call.
+    assert (await call(http, "PATCH", url, mediator, json={"status": "escalated"}))[0] == 409
+    assert (await call(http, "GET", f"{case_hub.url}/api/cases?status=whatever", mediator))[0] == 400
+    assert (await call(http, "GET", f"{case_hub.url}/api/cases?queue=all", mediator))[0] == 400
+    assert (await call(http, "GET", f"{case_hub.url}/api/cases?site=chengtai", mediator))[0] == 403
+    assert (await call(http, "GET", f"{case_hub.url}/api/cases/case-nothing", mediator))[0] == 404
     other_site = NEW_CASE | {"site_id": "hongzhuang"}  # a sibling village: outside the jurisdiction
-    assert (await call(http, "POST", f"{case_hub.url}/api/cases", token, json=other_site))[0] == 403
-    status, unchanged = await call(http, "GET", url, token)
+    assert (await call(http, "POST", f"{case_hub.url}/api/cases", mediator, json=other_site))[0] == 403
+    status, unchanged = await call(http, "GET", url, mediator)
     assert unchanged["status"] == "open" and unchanged["updated_at"] == case["updated_at"]
     assert [h["action"] for h in unchanged["history"]] == ["opened"]
+
+
+async def test_a_follower_that_falls_behind_follows_again():
+    """Cases keep session times from the room events through an EventFollower:
+    dropped for falling behind, it subscribes again instead of going deaf."""
+    state = MemoryLiveState("node-test")
+    seen: list[Record] = []
+
+    async def handle(event: Record) -> None:
+        seen.append(event)
+
+    follower = EventFollower(state, handle, "test")
+    follower.start()
+    try:
+        for i in range(SUBSCRIBER_QUEUE + 10):  # no await yields here: the queue overflows
+            await state.publish({"type": "flood", "i": i})
+        await asyncio.sleep(0.05)
+        await state.publish({"type": "after"})
+        await wait_until(lambda: any(e["type"] == "after" for e in seen), timeout=5)
+    finally:
+        await follower.stop()

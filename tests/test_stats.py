@@ -13,6 +13,7 @@ import aiohttp
 
 from .conftest import HubProcess
 from .recording_helpers import auth
+from .test_cases import token
 
 # The yushu branch: chenduo county > qingshuihe township > xiazhai, zhaduo villages.
 COUNTY, TOWNSHIP = "chenduo", "qingshuihe"
@@ -40,7 +41,7 @@ async def _walk(http: aiohttp.ClientSession, hub: HubProcess, token: str, site: 
 
 async def test_rates_from_known_cases_and_the_csv_agrees(hub: HubProcess, http: aiohttp.ClientSession):
     started = time.time()
-    county = hub.token("op-chenduo", COUNTY, "operator")
+    county = token(hub, "op-chenduo", COUNTY, "operator")
     await _walk(http, hub, county, "xiazhai", "mediating", "agreement")  # A: village, agreement
     await _walk(http, hub, county, "xiazhai", "mediating", "failed")  # B: village, failed
     await _walk(http, hub, county, "xiazhai", "up", "mediating", "agreement")  # C: township, agreement
@@ -110,9 +111,9 @@ async def test_rates_from_known_cases_and_the_csv_agrees(hub: HubProcess, http: 
 
 
 async def test_statistics_follow_jurisdiction_and_reject_bad_periods(hub: HubProcess, http: aiohttp.ClientSession):
-    outsider = hub.token("m-chengtai", "chengtai", "mediator")
-    terminal = hub.token("t-chenduo", COUNTY, "terminal")
-    for token, params, status in [
+    outsider = token(hub, "m-chengtai", "chengtai", "mediator")
+    terminal = token(hub, "t-chenduo", COUNTY, "terminal")
+    for caller, params, status in [
         (outsider, {"site": COUNTY}, 403),
         (terminal, {}, 403),
         (outsider, {"site": "nowhere"}, 404),
@@ -120,5 +121,5 @@ async def test_statistics_follow_jurisdiction_and_reject_bad_periods(hub: HubPro
         (outsider, {"from": "2026-02-01", "to": "2026-01-01"}, 400),
     ]:
         for path in ("/api/stats", "/api/stats.csv"):
-            async with http.get(f"{hub.url}{path}", params=params, headers=auth(token)) as r:
+            async with http.get(f"{hub.url}{path}", params=params, headers=auth(caller)) as r:
                 assert r.status == status, (path, params, await r.text())
