@@ -18,7 +18,6 @@ const RECENT_SHOWN = 5;
 export function mountDispatch(section, { client, tree = [], selectedSites = () => [], events = null } = {}) {
   const sites = new Map(tree.map((s) => [s.id, s]));
   const state = {
-    me: null,
     calls: new Map(), // call id -> call (ringing first, then ended ones)
     mine: new Map(), // call id -> room id of calls this console answered
     pending: new Set(), // call ids being answered
@@ -103,7 +102,8 @@ export function mountDispatch(section, { client, tree = [], selectedSites = () =
       ...ringing.map((call) => el("div", { class: "call-alert" }, el("strong", {}, t("dispatch.alert")), callLine(call, "div"))),
     );
     alerts.hidden = !ringing.length;
-    list.replaceChildren(...(ended.length ? ended.map((call) => callLine(call)) : [el("li", { class: "dispatch-empty" }, t("dispatch.noCalls"))]));
+    const empty = all.length ? [] : [el("li", { class: "dispatch-empty" }, t("dispatch.noCalls"))];
+    list.replaceChildren(...ended.map((call) => callLine(call)), ...empty);
     notice.hidden = !state.notice;
     notice.textContent = state.notice ? t(...state.notice) : "";
     renderConference();
