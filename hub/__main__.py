@@ -98,6 +98,32 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_cameras(args: argparse.Namespace) -> int:
+    from .cameras import CameraStore, allowed_dirs, import_cameras, redact
+    from .server import site_tree
+
+    settings = _settings(args)
+    tree = site_tree(settings)
+    store = CameraStore(settings.db_path)
+    try:
+        if args.action == "import":
+            if args.file is None:
+                print("error: cameras import needs a FILE", file=sys.stderr)
+                return 2
+            try:
+                count = import_cameras(store, tree, args.file, allowed_dirs(settings), by="import")
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            print(f"registered {count} cameras (running hub processes pick them up within a lease period)")
+            return 0
+        for camera in store.all():
+            print(f"{camera['id']:<20} {camera['site_id']:<16} {camera['name']:<24} {redact(camera['url'])}")
+        return 0
+    finally:
+        store.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hub", description="Linked governance video hub")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     def data_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--data", type=Path, help="data directory: database, secret, media (HUB_DATA)")
         p.add_argument("--sites", type=Path, help="import this site file (JSON list) first (HUB_SITES)")
+
+    def camera_path_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--camera-path",
+            dest="camera_paths",
+            action="append",
+            type=Path,
+            help="a directory file:// camera URLs may point into besides the data directory (HUB_CAMERA_PATHS)",
+        )
 
     serve = sub.add_parser("serve", help="run the hub")
     serve.add_argument("--host", help="HTTP address (HUB_HOST, default 127.0.0.1)")
@@ -118,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     serve.add_argument("--announced-ip", help="public address written into ICE candidates (HUB_ANNOUNCED_IP)")
     serve.add_argument("--public-url", help="URL users reach this hub at, for printed links (HUB_PUBLIC_URL)")
+    serve.add_argument("--cameras", type=Path, help="register the cameras of this JSON file first (HUB_CAMERAS)")
+    camera_path_flag(serve)
     data_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -140,6 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("recording", help="recording id, e.g. rec-20261125-130000-a1b2c3")
     data_flags(verify)
     verify.set_defaults(func=cmd_verify)
+
+    cameras = sub.add_parser("cameras", help="register cameras from a JSON file, or list them")
+    cameras.add_argument("action", choices=("import", "list"))
+    cameras.add_argument("file", nargs="?", type=Path, help='JSON list of {"site_id", "name", "url", "id"?}')
+    camera_path_flag(cameras)
+    data_flags(cameras)
+    cameras.set_defaults(func=cmd_cameras)
 
     from .botcli import add_bot_parser
 

@@ -24,6 +24,7 @@ import asyncio
 import logging
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,19 +130,32 @@ def offered_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters
 
 
 class TrackSource:
-    """One published track: receives its RTP packets and fans them out."""
+    """One published track: receives its RTP packets and fans them out.
 
-    def __init__(self, receiver: RTCRtpReceiver, kind: str, keyframe_interval: float) -> None:
+    Its packets come from a publisher's `RTCRtpReceiver`, or, with no
+    receiver, from the hub itself through `forward` (a camera it pulls);
+    such a source's keyframe requests go to `on_keyframe_request`.
+    """
+
+    def __init__(
+        self,
+        receiver: RTCRtpReceiver | None,
+        kind: str,
+        keyframe_interval: float,
+        on_keyframe_request: Callable[[], None] | None = None,
+    ) -> None:
         self.kind = kind
         self.codec: RTCRtpCodecParameters | None = None
         self.sinks: set[TrackSink] = set()
         self._receiver = receiver
+        self._on_keyframe_request = on_keyframe_request
         self._media_ssrc: int | None = None
         self._keyframe_interval = keyframe_interval
         self._last_keyframe_request = 0.0
         self._pending_keyframe: asyncio.TimerHandle | None = None
         self.keyframe_requests = 0
-        receiver._handle_rtp_packet = self._handle_rtp_packet  # type: ignore[method-assign]
+        if receiver is not None:
+            receiver._handle_rtp_packet = self._handle_rtp_packet  # type: ignore[method-assign]
 
     @property
     def mime_type(self) -> str:
@@ -151,6 +165,7 @@ class TrackSource:
         # Mirrors RTCRtpReceiver._handle_rtp_packet up to the point where it
         # would depayload and decode.
         r = self._receiver
+        assert r is not None
         codecs: dict[int, RTCRtpCodecParameters] = r._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
         codec = codecs.get(packet.payload_type)
         if codec is None:
@@ -190,6 +205,10 @@ class TrackSource:
 
         self._media_ssrc = packet.ssrc
         self.codec = codec
+        self.forward(packet)
+
+    def forward(self, packet: RtpPacket) -> None:
+        """Hand one packet to every sink; never awaits."""
         if not self.sinks:
             return
         shared = Outgoing.now()
@@ -216,11 +235,15 @@ class TrackSource:
 
     def _send_pli(self) -> None:
         self._pending_keyframe = None
-        if self._media_ssrc is None:
-            return
+        receiver, ssrc = self._receiver, self._media_ssrc
+        if receiver is not None and ssrc is None:
+            return  # nothing received yet: no publisher to ask
         self._last_keyframe_request = time.monotonic()
         self.keyframe_requests += 1
-        asyncio.ensure_future(self._receiver._send_rtcp_pli(self._media_ssrc))
+        if receiver is not None and ssrc is not None:
+            asyncio.ensure_future(receiver._send_rtcp_pli(ssrc))
+        elif self._on_keyframe_request is not None:
+            self._on_keyframe_request()
 
     def close(self) -> None:
         if self._pending_keyframe is not None:

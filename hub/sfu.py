@@ -33,7 +33,8 @@ class SdpError(ValueError):
 @dataclass
 class Producer:
     id: str
-    pc: RTCPeerConnection
+    #: None for a stream the hub feeds itself (`Router.add_local_producer`).
+    pc: RTCPeerConnection | None
     sources: dict[str, TrackSource]
     created: float = field(default_factory=time.time)
     consumers: set[Consumer] = field(default_factory=set)
@@ -130,6 +131,13 @@ class Router:
         self._watch(pc, lambda: self.close_producer(producer.id))
         return producer, announce(answer, self._announced_ip)
 
+    def add_local_producer(self, sources: dict[str, TrackSource]) -> Producer:
+        """A producer with no publisher's peer connection: the hub feeds its
+        sources itself (`TrackSource.forward`), e.g. with a camera it pulls."""
+        producer = Producer(id=secrets.token_urlsafe(9), pc=None, sources=sources)
+        self.producers[producer.id] = producer
+        return producer
+
     async def consume(self, producer_id: str, offer: str, user: str) -> tuple[Consumer, str]:
         producer = self.producers[producer_id]
         pc = RTCPeerConnection(self._configuration)
@@ -176,7 +184,8 @@ class Router:
         for source in producer.sources.values():
             source.close()
         await asyncio.gather(*(self.close_consumer(c.id) for c in tuple(producer.consumers)))
-        await producer.pc.close()
+        if producer.pc is not None:
+            await producer.pc.close()
         if self.on_producer_closed is not None:
             await self.on_producer_closed(producer)
         return producer

@@ -1,0 +1,456 @@
+"""Cameras: registered to sites (API or data file), stored in SQLite, pulled
+by one hub process each and published as streams of their site's standing room.
+
+A camera that delivers frames is a stream like any other (kind "ipcam", no
+participant): WHEP viewers, the recorder and snapshots find it through the
+usual stream records. Its live status is the named record ("camera", id):
+
+    {"id", "site_id", "name", "status": "connecting"|"online"|"offline",
+     "since", "error", "stream_id" (when online), "node"}
+
+and every change is published as {"type": "camera-status", "camera": record,
+"to": {"covering": site_id}}; a removed camera's last event has status
+"removed". With several hub processes on Redis, the one holding a camera's
+lease (claim_record("camera-lease", id), renewed while it pulls) pulls it;
+the others take over when the lease expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+from .access import Forbidden, can_reach_site
+from .config import Settings
+from .ingest import PROTOCOLS, CameraPuller, Feeder, PullOptions
+from .livestate import Record
+from .rooms import NotFound, Rooms
+from .rtpforward import TrackSource
+from .sites import SiteTree, standing_room_id
+from .tokens import Claims
+
+log = logging.getLogger(__name__)
+
+#: The stream kind of a camera the hub pulls (a participant's webcam is "camera").
+STREAM_KIND = "ipcam"
+#: Roles that may register and remove cameras of the sites they reach.
+MANAGER_ROLES = ("admin", "operator")
+MAX_NAME = 100
+MAX_URL = 2048
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS cameras (
+    id TEXT PRIMARY KEY,
+    site_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    url TEXT NOT NULL,
+    created_by TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cameras_site ON cameras (site_id);
+"""
+COLUMNS = ("id", "site_id", "name", "url", "created_by", "created_at")
+
+
+# -- validation ----------------------------------------------------------------
+
+
+def check_url(url: object, allowed_dirs: list[Path]) -> str:
+    """The URL if a camera may be pulled from it, else ValueError.
+
+    rtsp, rtsps, http and https need a host. A file URL (file:///abs/path)
+    must name an existing file inside one of `allowed_dirs` (the data
+    directory's media/ folder and HUB_CAMERA_PATHS) after resolving symbolic
+    links and "..": not the data directory itself, which holds the signing
+    secret, the database and recordings. The API must not become a way to
+    read the hub's files (FFmpeg can render even a text file as video).
+    """
+    if not isinstance(url, str) or not url or len(url) > MAX_URL:
+        raise ValueError(f"url must be a string of at most {MAX_URL} characters")
+    if any(c.isspace() or ord(c) < 32 for c in url):
+        raise ValueError("url must not contain spaces or control characters")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in PROTOCOLS:
+        raise ValueError(f"url scheme must be one of {', '.join(PROTOCOLS)}")
+    if scheme != "file":
+        if not parts.hostname:
+            raise ValueError(f"a {scheme} url needs a host")
+        return url
+    if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+        raise ValueError("a file url is file:///absolute/path, nothing more")
+    path = Path(unquote(parts.path))
+    if not path.is_absolute():
+        raise ValueError("a file url needs an absolute path")
+    resolved = path.resolve()
+    if not any(resolved.is_relative_to(d.resolve()) for d in allowed_dirs):
+        raise ValueError("a file url must lie inside the data directory's media/ folder or HUB_CAMERA_PATHS")
+    if not resolved.is_file():
+        raise ValueError(f"no file {path}")
+    return f"file://{resolved}"
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for anyone who may only read it."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_entry(entry: object, tree: SiteTree, allowed_dirs: list[Path]) -> dict[str, str]:
+    """One camera to register: {"site_id", "name", "url"} and optionally "id"."""
+    if not isinstance(entry, dict):
+        raise ValueError('a camera is {"site_id", "name", "url"}')
+    site_id, name = entry.get("site_id"), entry.get("name")
+    if not isinstance(site_id, str) or tree.get(site_id) is None:
+        raise NotFound(f"no site {site_id}")
+    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
+        raise ValueError(f"name must be a non-empty string of at most {MAX_NAME} characters")
+    out = {"site_id": site_id, "name": name.strip(), "url": check_url(entry.get("url"), allowed_dirs)}
+    if "id" in entry:
+        if not isinstance(entry["id"], str) or not _ID.match(entry["id"]):
+            raise ValueError("id must be 1-64 letters, digits, '-', '_' or '.'")
+        out["id"] = entry["id"]
+    return out
+
+
+# -- durable registrations --------------------------------------------------------
+
+
+class CameraStore:
+    """The `cameras` table in the hub's SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False)
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def all(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM cameras ORDER BY site_id, name").fetchall()
+        return [dict(zip(COLUMNS, row, strict=True)) for row in rows]
+
+    def get(self, camera_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM cameras WHERE id = ?", (camera_id,)).fetchone()
+        return dict(zip(COLUMNS, row, strict=True)) if row else None
+
+    def save(self, cameras: list[dict[str, Any]]) -> None:
+        """Insert or replace, all in one transaction."""
+        with self._lock, self._db:
+            self._db.executemany(
+                f"INSERT OR REPLACE INTO cameras ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                [tuple(c[k] for k in COLUMNS) for c in cameras],
+            )
+
+    def delete(self, camera_id: str) -> bool:
+        with self._lock, self._db:
+            return self._db.execute("DELETE FROM cameras WHERE id = ?", (camera_id,)).rowcount > 0
+
+    def id_of(self, site_id: str, name: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT id FROM cameras WHERE site_id = ? AND name = ?", (site_id, name)).fetchone()
+        return row[0] if row else None
+
+
+def import_cameras(store: CameraStore, tree: SiteTree, path: Path, allowed_dirs: list[Path], by: str) -> int:
+    """Register the cameras of a data file (a JSON list of {"site_id",
+    "name", "url"} with an optional "id"). All or nothing: one bad entry
+    stores none. An entry without an id replaces the camera of the same
+    site and name, so importing a file twice changes nothing."""
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a JSON list of cameras")
+    cameras = []
+    for n, entry in enumerate(entries):
+        try:
+            camera = check_entry(entry, tree, allowed_dirs)
+        except (ValueError, NotFound) as exc:
+            raise ValueError(f"{path}: camera {n + 1}: {exc}") from exc
+        camera_id = camera.get("id") or store.id_of(camera["site_id"], camera["name"]) or _new_id()
+        cameras.append(camera | {"id": camera_id, "created_by": by, "created_at": time.time()})
+    store.save(cameras)
+    return len(cameras)
+
+
+def _new_id() -> str:
+    return f"cam-{secrets.token_hex(5)}"
+
+
+# -- the service -----------------------------------------------------------------
+
+
+@dataclass
+class _Pulled:
+    """A camera this process pulls."""
+
+    camera: dict[str, Any]
+    puller: CameraPuller
+    stream_id: str | None = None
+
+
+class Cameras:
+    def __init__(
+        self,
+        rooms: Rooms,
+        db_path: Path,
+        allowed_dirs: list[Path],
+        options: PullOptions,
+        lease_seconds: float,
+        keyframe_interval: float,
+    ) -> None:
+        self.rooms = rooms
+        self.keyframe_interval = keyframe_interval
+        self.store = CameraStore(db_path)
+        self.allowed_dirs = allowed_dirs
+        self.options = options
+        self.lease_seconds = lease_seconds
+        self.pulled: dict[str, _Pulled] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._reconcile_lock = asyncio.Lock()
+
+    @property
+    def tree(self) -> SiteTree:
+        return self.rooms.tree
+
+    async def start(self) -> None:
+        await self.reconcile()
+        self._task = asyncio.create_task(self._reconcile_forever())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for camera_id in tuple(self.pulled):
+            await self._stop_pulling(camera_id, "the hub process stopped")
+        self.store.close()
+
+    # -- API -------------------------------------------------------------------
+
+    async def register(self, claims: Claims, entry: object) -> Record:
+        camera = check_entry(entry, self.tree, self.allowed_dirs)
+        self._check_manager(claims, camera["site_id"])
+        if "id" in camera and self.store.get(camera["id"]) is not None:
+            raise ValueError(f"camera {camera['id']} exists")
+        camera = camera | {"id": camera.get("id") or _new_id(), "created_by": claims.user, "created_at": time.time()}
+        self.store.save([camera])
+        await self.reconcile()
+        return await self._view(camera)
+
+    async def cameras(self, claims: Claims, site_id: str | None = None) -> list[Record]:
+        """The cameras of the caller's jurisdiction (of one site's branch if given), with live status."""
+        if claims.role == "guest":
+            raise Forbidden("guests cannot list cameras")
+        statuses = await self.rooms.state.records("camera")
+        return [
+            self._merge(c, statuses.get(c["id"]))
+            for c in self.store.all()
+            if can_reach_site(self.tree, claims, c["site_id"])
+            and (site_id is None or self.tree.covers(site_id, c["site_id"]))
+        ]
+
+    async def camera(self, claims: Claims, camera_id: str) -> Record:
+        camera = self._reachable(claims, camera_id)
+        return await self._view(camera)
+
+    async def remove(self, claims: Claims, camera_id: str) -> None:
+        camera = self._reachable(claims, camera_id)
+        self._check_manager(claims, camera["site_id"])
+        self.store.delete(camera_id)
+        await self.reconcile()  # stops pulling it here; another process holding it stops at its next round
+        await self.rooms.state.delete_record("camera", camera_id)
+        await self._announce(self._status_record(camera, "removed", "", None))
+
+    def _reachable(self, claims: Claims, camera_id: str) -> dict[str, Any]:
+        camera = self.store.get(camera_id)
+        if camera is None:
+            raise NotFound(f"no camera {camera_id}")
+        if not can_reach_site(self.tree, claims, camera["site_id"]):
+            raise Forbidden(f"camera {camera_id} is outside your jurisdiction")
+        return camera
+
+    def _check_manager(self, claims: Claims, site_id: str) -> None:
+        if claims.role not in MANAGER_ROLES:
+            raise Forbidden("only an admin or an operator may register or remove cameras")
+        if not can_reach_site(self.tree, claims, site_id):
+            raise Forbidden(f"site {site_id} is outside your jurisdiction")
+
+    async def _view(self, camera: dict[str, Any]) -> Record:
+        return self._merge(camera, await self.rooms.state.get_record("camera", camera["id"]))
+
+    @staticmethod
+    def _merge(camera: dict[str, Any], status: Record | None) -> Record:
+        live = status or {"status": "offline", "since": None, "error": "not pulled by any hub process"}
+        return camera | {
+            "url": redact(camera["url"]),
+            "status": live["status"],
+            "since": live.get("since"),
+            "error": live.get("error", ""),
+            "stream_id": live.get("stream_id"),
+            "room_id": standing_room_id(camera["site_id"]),
+        }
+
+    # -- who pulls what ----------------------------------------------------------
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                await self.reconcile()
+            except Exception:  # keep going; Redis may come back
+                log.exception("camera reconcile failed")
+
+    async def reconcile(self) -> None:
+        """Pull the registered cameras whose lease this process holds or
+        wins; stop those removed or whose lease went elsewhere; renew the rest."""
+        async with self._reconcile_lock:
+            state, node = self.rooms.state, self.rooms.node_id
+            registered = {c["id"]: c for c in self.store.all()}
+            for camera_id, pulled in tuple(self.pulled.items()):
+                lease = await state.get_record("camera-lease", camera_id)
+                camera = registered.get(camera_id)
+                if camera is None:
+                    await self._stop_pulling(camera_id, "")
+                    continue
+                if camera["url"] != pulled.camera["url"] or (lease and lease.get("node") != node):
+                    await self._stop_pulling(camera_id, "restarting: its url changed or another hub process took it")
+                    continue
+                pulled.camera = camera
+                await state.put_record("camera-lease", camera_id, {"node": node}, ttl=self.lease_seconds)
+                status = await state.get_record("camera", camera_id)
+                if status is not None:
+                    await state.put_record("camera", camera_id, status, ttl=self.lease_seconds)
+            for camera_id, camera in registered.items():
+                if camera_id in self.pulled:
+                    continue
+                if await state.claim_record("camera-lease", camera_id, {"node": node}, ttl=self.lease_seconds):
+                    await self._start_pulling(camera)
+
+    async def _start_pulling(self, camera: dict[str, Any]) -> None:
+        puller = CameraPuller(camera["id"], camera["url"], self, self.options)
+        self.pulled[camera["id"]] = _Pulled(camera, puller)
+        await self._set_status(camera, "connecting", "", None)
+        puller.start()
+
+    async def _stop_pulling(self, camera_id: str, reason: str) -> None:
+        pulled = self.pulled.pop(camera_id)
+        pulled.puller.stop()
+        if pulled.stream_id is not None:
+            await self.rooms.unpublish_stream(pulled.stream_id)
+        lease = await self.rooms.state.get_record("camera-lease", camera_id)
+        if lease is not None and lease.get("node") == self.rooms.node_id:
+            await self.rooms.state.delete_record("camera-lease", camera_id)
+        if reason:  # still registered: tell who pulls it no more
+            await self._set_status(pulled.camera, "offline", reason, None)
+        await pulled.puller.join(timeout=1.0)
+
+    # -- what the pullers report (Link) ---------------------------------------------
+
+    async def online(self, puller: CameraPuller, codec: RTCRtpCodecParameters) -> Feeder:
+        pulled = self.pulled.get(puller.camera_id)
+        if pulled is None or pulled.puller is not puller:
+            puller.stop()
+            raise RuntimeError("camera no longer pulled here")
+        camera = pulled.camera
+        source = TrackSource(None, "video", self.keyframe_interval, puller.request_keyframe)
+        source.codec = codec
+        producer = self.rooms.router.add_local_producer({"video": source})
+        stream = await self.rooms.publish_local(
+            standing_room_id(camera["site_id"]),
+            producer,
+            STREAM_KIND,
+            camera["name"],
+            camera["site_id"],
+            camera_id=camera["id"],
+            transcoded=puller.transcoding,
+        )
+        pulled.stream_id = stream["id"]
+        await self._set_status(camera, "online", "", stream["id"])
+        return Feeder(source)
+
+    async def offline(self, puller: CameraPuller, error: str) -> None:
+        pulled = self.pulled.get(puller.camera_id)
+        if pulled is None or pulled.puller is not puller:
+            return
+        if pulled.stream_id is not None:
+            stream_id, pulled.stream_id = pulled.stream_id, None
+            await self.rooms.unpublish_stream(stream_id)
+        await self._set_status(pulled.camera, "offline", error, None)
+
+    # -- status ------------------------------------------------------------------------
+
+    def _status_record(self, camera: dict[str, Any], status: str, error: str, stream_id: str | None) -> Record:
+        record: Record = {
+            "id": camera["id"],
+            "site_id": camera["site_id"],
+            "name": camera["name"],
+            "status": status,
+            "since": time.time(),
+            "error": error,
+            "node": self.rooms.node_id,
+        }
+        if stream_id is not None:
+            record["stream_id"] = stream_id
+        return record
+
+    async def _set_status(self, camera: dict[str, Any], status: str, error: str, stream_id: str | None) -> None:
+        """Keep the live record; publish an event when the status or the error changed."""
+        state = self.rooms.state
+        old = await state.get_record("camera", camera["id"])
+        record = self._status_record(camera, status, error, stream_id)
+        if old is not None and old.get("status") == status:
+            record["since"] = old.get("since", record["since"])
+        await state.put_record("camera", camera["id"], record, ttl=self.lease_seconds)
+        if old is None or any(old.get(k) != record.get(k) for k in ("status", "error", "stream_id", "name")):
+            await self._announce(record)
+
+    async def _announce(self, record: Record) -> None:
+        event = {"type": "camera-status", "camera": record, "to": {"covering": record["site_id"]}}
+        await self.rooms.state.publish(event)
+
+
+def allowed_dirs(settings: Settings) -> list[Path]:
+    """Where file:// camera URLs may point: media/ in the data directory, and HUB_CAMERA_PATHS."""
+    return [settings.data / "media", *settings.camera_paths]
+
+
+def open_cameras(settings: Settings, rooms: Rooms) -> Cameras:
+    """The camera service of a hub process; `--cameras FILE` is imported first."""
+    if settings.cameras is not None:
+        store = CameraStore(settings.db_path)
+        try:
+            count = import_cameras(store, rooms.tree, settings.cameras, allowed_dirs(settings), by="import")
+        finally:
+            store.close()
+        log.info("registered %d cameras from %s", count, settings.cameras)
+    options = PullOptions(
+        read_timeout=settings.camera_read_timeout,
+        backoff_min=settings.camera_backoff_min,
+        backoff_max=settings.camera_backoff_max,
+    )
+    lease, keyframe_interval = settings.camera_lease_seconds, settings.keyframe_interval
+    return Cameras(rooms, settings.db_path, allowed_dirs(settings), options, lease, keyframe_interval)
