@@ -4,6 +4,7 @@ byte order mark) carrying the same numbers as the JSON."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import time
@@ -48,6 +49,19 @@ async def test_rates_from_known_cases_and_the_csv_agrees(hub: HubProcess, http: 
     await _walk(http, hub, county, "zhaduo", "up", "up", "mediating", "failed", "closed")  # D: county, failed
     await _walk(http, hub, county, "zhaduo")  # E: village, open
     await _walk(http, hub, county, TOWNSHIP, "mediating", "agreement", "closed")  # F: township, agreement
+    # A training for the county's branch, attended from both villages.
+    body = {"title": "调解技巧", "branch": COUNTY}
+    training = await _call(http, "POST", f"{hub.url}/api/trainings", county, json=body)
+    for village in ("xiazhai", "zhaduo"):
+        attendee = token(hub, f"t-{village}", village, "terminal")
+        async with http.ws_connect(f"{hub.url}/ws?token={attendee}") as ws:
+            await ws.send_json({"type": "join", "room": training["room_id"]})
+            while (await ws.receive_json(timeout=10))["type"] != "joined":
+                pass
+            await asyncio.sleep(0.2)
+            await ws.send_json({"type": "leave", "room": training["room_id"]})
+            while (await ws.receive_json(timeout=10))["type"] != "left":
+                pass
     period = {"from": str(started - 1), "to": str(time.time() + 1)}
 
     stats = await _call(http, "GET", f"{hub.url}/api/stats", county, params=period)
@@ -79,7 +93,9 @@ async def test_rates_from_known_cases_and_the_csv_agrees(hub: HubProcess, http: 
         assert tuple(row[k] for k in keys) == numbers, level
     assert levels["village"]["by_status"]["open"] == 1 and levels["county"]["by_status"]["closed"] == 1
     assert stats["definitions"]["success_rate"] and stats["definitions"]["escalation_rate"]
-    assert isinstance(stats["training"], list)
+    attended = {row["site_id"]: row for row in stats["training"]}
+    assert set(attended) == {"xiazhai", "zhaduo"}
+    assert all(row["trainings"] == 1 and row["people"] == 1 and row["minutes"] < 1 for row in attended.values())
 
     # The same numbers as CSV.
     async with http.get(f"{hub.url}/api/stats.csv", params=period, headers=auth(county)) as r:
@@ -100,6 +116,9 @@ async def test_rates_from_known_cases_and_the_csv_agrees(hub: HubProcess, http: 
             assert (float(value) if value else None) == row[metric]
     for status, n in stats["by_status"].items():
         assert int(cells[("status", status, "cases")]) == n
+    for site, row in attended.items():
+        assert int(cells[("training", site, "people")]) == row["people"]
+        assert float(cells[("training", site, "minutes")]) == row["minutes"]
 
     # A branch: only the cases that have been at its sites.
     village = await _call(http, "GET", f"{hub.url}/api/stats", county, params=period | {"site": "xiazhai"})

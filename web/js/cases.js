@@ -320,6 +320,14 @@ async function main() {
     const events = state.client.events();
     events.on("case-updated", onCaseEvent);
     events.on("case-escalated", onCaseEvent);
+    // After a reconnect, events sent meanwhile are lost: read the list again.
+    let connectedOnce = false;
+    events.on("state", ({ state: socket }) => {
+      if (socket !== "open") return;
+      if (connectedOnce) refresh().catch(showError);
+      connectedOnce = true;
+    });
+    window.addEventListener("pagehide", () => events.close());
     await events.connect();
     await loadList();
     const wanted = new URLSearchParams(window.location.search).get("case");
