@@ -5,12 +5,13 @@ to watching, and the attendance the hub kept of it all."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import re
 import time
-from collections.abc import Callable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -25,7 +26,7 @@ from hub.training import attendance_by_site
 from .browser import chromium, screen_text
 from .conftest import HubProcess, wait_until
 from .test_browser_room import CJK, assert_playing, join, new_page
-from .test_room_api import PROBLEM, Socket, auth, socket
+from .test_room_api import PROBLEM, Socket, auth
 
 BRANCH = "ledu"  # county -> chengtai, qutan (townships) -> taizi, hongzhuang, qutancun, xinzhuang (villages)
 VIEWER_SITES = ["ledu", "chengtai", "qutan", "taizi", "hongzhuang", "qutancun", "xinzhuang"]
@@ -38,12 +39,60 @@ def tokens(hub: HubProcess, people: dict[str, tuple[str, str]]) -> dict[str, str
     return {user: issue(secret, Claims(user=user, site=site, role=role)) for user, (site, role) in people.items()}
 
 
-def delivered(track: bot.EncodedTrack, log: bot.TrackLog, until: float) -> float:
-    """Share of the frames sent from the viewer's first keyframe until `until` that it received."""
-    first = next(f for f in log.frames if f.keyframe)
-    since = track.sent[first.key].sent_at
-    expected = {k for k, f in track.sent.items() if since <= f.sent_at <= until}
-    return len(expected & {f.key for f in log.frames}) / len(expected)
+class Drained:
+    """An event socket read all the time, so that the hub's heartbeat pings
+    are answered while the test is busy with media for longer than the
+    heartbeat; `Socket` reads what arrived from the queue."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._ws = ws
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for message in self._ws:
+            if message.type == aiohttp.WSMsgType.TEXT:
+                self._queue.put_nowait(message.data)
+
+    async def receive_str(self) -> str:
+        return await self._queue.get()
+
+    async def send_str(self, data: str) -> None:
+        await self._ws.send_str(data)
+
+
+@asynccontextmanager
+async def socket(http: aiohttp.ClientSession, hub: HubProcess, token: str) -> AsyncIterator[Socket]:
+    async with http.ws_connect(f"{hub.url}/ws", headers=auth(token)) as ws:
+        drained = Drained(ws)
+        try:
+            sock = Socket(drained)  # type: ignore[arg-type]
+            await sock.next("hello")
+            yield sock
+        finally:
+            drained.reader.cancel()
+
+
+async def steady_delivery(track: bot.EncodedTrack, logs: list[bot.TrackLog], seconds: float = 3.0) -> list[float]:
+    """Once every viewer has had a keyframe: the share of the frames sent over
+    the next `seconds` that each received (the burst of 20-odd handshakes
+    before it is not what a broadcast is judged by); and every frame any
+    viewer received is byte for byte one that was sent."""
+    await wait_until(lambda: all(any(f.keyframe for f in log.frames) for log in logs), 30)
+    since = time.monotonic() + 0.5
+    await asyncio.sleep(seconds + 0.5)
+    expected = {k for k, f in track.sent.items() if since <= f.sent_at <= since + seconds}
+    assert len(expected) >= 10  # a busy machine slows the publisher; 15 fps when quiet
+
+    def share(log: bot.TrackLog) -> float:
+        return len(expected & {f.key for f in log.frames}) / len(expected)
+
+    # On a loaded machine the last frames may be a second or more on their way.
+    with contextlib.suppress(TimeoutError):
+        await wait_until(lambda: all(share(log) == 1 for log in logs), 10)
+    for log in logs:
+        assert all(f.key in track.sent for f in log.frames), "a viewer got a frame that was never sent"
+    return [share(log) for log in logs]
 
 
 async def event(sock: Socket, type_: str, match: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
@@ -110,7 +159,7 @@ async def test_training_broadcast_with_speaker_and_attendance(hub: HubProcess, h
             assert room_id not in [t["room_id"] for t in await r.json()]
 
         # The presenter: the trainer's camera (and a socket of their own, to see hands).
-        video = bot.SyntheticVideo("vp8", 320, 240, 15)
+        video = bot.SyntheticVideo("vp8", 320, 240, 15, bitrate=150_000)
         presenter = await bot.publish(http, hub.url, trainer, room_id, [video])
         stack.push_async_callback(presenter.close)
         trainer_socket = await stack.enter_async_context(socket(http, hub, trainer))
@@ -139,11 +188,8 @@ async def test_training_broadcast_with_speaker_and_attendance(hub: HubProcess, h
         for session in sessions:
             stack.push_async_callback(session.close)
         logs = [s.logs["video"] for s in sessions]
-        await wait_until(lambda: all(sum(f.keyframe for f in log.frames) and len(log.frames) > 30 for log in logs), 30)
-        until = time.monotonic() - 0.5  # frames sent before this have had time to arrive
-        for user, log in zip(viewers, logs, strict=True):
-            assert delivered(video, log, until) >= 0.9, user
-            assert all(f.key in video.sent for f in log.frames), f"{user} got a frame that was never sent"
+        ratios = await steady_delivery(video, logs)
+        assert min(ratios) >= 0.9, dict(zip(viewers, ratios, strict=True))
 
         # An attendee may not publish before the trainer lets them speak.
         speaker, speaker_key = "trainee-05", keys["trainee-05"]  # a village (taizi)
@@ -168,7 +214,7 @@ async def test_training_broadcast_with_speaker_and_attendance(hub: HubProcess, h
         assert promoted["participant"]["id"] == pid and promoted["participant"]["speaker"] is True
 
         # The speaker's stream reaches the others.
-        voice = bot.SyntheticVideo("vp8", 320, 240, 15)
+        voice = bot.SyntheticVideo("vp8", 320, 240, 15, bitrate=150_000)
         spoken = await bot.publish(http, hub.url, speaker_key, room_id, [voice], participant=pid)
         stack.push_async_callback(spoken.close)
         listeners = ["trainee-00", "trainee-09", "trainee-20"]  # county, township, village
@@ -177,10 +223,8 @@ async def test_training_broadcast_with_speaker_and_attendance(hub: HubProcess, h
         hearing = [await bot.view(http, hub.url, keys[u], spoken.resource_id, kinds=("video",)) for u in listeners]
         for session in hearing:
             stack.push_async_callback(session.close)
-        await wait_until(lambda: all(len(s.logs["video"].frames) > 20 for s in hearing), 20)
-        until = time.monotonic() - 0.5
-        for user, session in zip(listeners, hearing, strict=True):
-            assert delivered(voice, session.logs["video"], until) >= 0.9, user
+        ratios = await steady_delivery(voice, [s.logs["video"] for s in hearing])
+        assert min(ratios) >= 0.9, dict(zip(listeners, ratios, strict=True))
 
         # Back to watching: their stream ends and they may not publish again.
         async with http.delete(f"{speakers}/{pid}", headers=auth(trainer)) as r:
