@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -311,3 +312,27 @@ async def test_a_follower_that_falls_behind_follows_again():
         await wait_until(lambda: any(e["type"] == "after" for e in seen), timeout=5)
     finally:
         await follower.stop()
+
+
+async def test_escalation_reaches_the_township_on_another_hub_process(
+    tmp_path: Path, redis_url: str, http: aiohttp.ClientSession
+):
+    """Two hub processes share Redis (events) and the data directory (cases):
+    a case escalated on one arrives live at a township socket on the other."""
+    first = start_hub(tmp_path, "--redis", redis_url)
+    second = start_hub(tmp_path, "--redis", redis_url)
+    try:
+        village = token(first, "m-qutancun", VILLAGE, "mediator")
+        township = token(first, "m-qutan", TOWNSHIP, "mediator")
+        async with event_socket(http, second, township) as township_ws:
+            status, case = await call(http, "POST", f"{first.url}/api/cases", village, json=NEW_CASE)
+            assert status == 201
+            status, _ = await call(http, "POST", f"{first.url}/api/cases/{case['id']}/escalate", village, json={})
+            assert status == 200
+            arrived = await township_ws.wait_for("case-escalated")
+        assert arrived["case"]["id"] == case["id"] and arrived["from_site"] == VILLAGE
+        status, queue = await call(http, "GET", f"{second.url}/api/cases?queue=mine", township)
+        assert [c["id"] for c in queue] == [case["id"]]
+    finally:
+        first.stop()
+        second.stop()
