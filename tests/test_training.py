@@ -12,6 +12,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -24,7 +25,7 @@ from hub.tokens import Claims, issue
 from hub.training import attendance_by_site
 
 from .browser import chromium, screen_text
-from .conftest import HubProcess, wait_until
+from .conftest import HubProcess, start_hub, wait_until
 from .test_browser_room import CJK, assert_playing, join, new_page
 from .test_room_api import PROBLEM, Socket, auth
 
@@ -349,3 +350,54 @@ async def test_training_in_browsers(hub: HubProcess, http: aiohttp.ClientSession
             "data-state", "ended"
         )
         assert not CJK.search(await screen_text(trainer))
+
+
+async def test_attendance_left_open_by_a_killed_hub_is_closed_at_restart(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    first = start_hub(tmp_path / "hub")
+    try:
+        keys = tokens(first, {"trainer-ledu": ("ledu", "trainer"), "trainee-taizi": ("taizi", "terminal")})
+        async with http.post(
+            f"{first.url}/api/trainings",
+            json={"title": "Fire safety", "branch": "qutan"},
+            headers=auth(keys["trainer-ledu"]),
+        ) as r:
+            room_id = (await r.json())["room_id"]
+        async with http.ws_connect(f"{first.url}/ws", headers=auth(keys["trainee-taizi"])) as ws:
+            # taizi lies in chengtai, not qutan: the branch is what admits, not the trainer.
+            sock = Socket(ws)
+            await sock.next("hello")
+            assert (await sock.request({"type": "join", "room": room_id}))["code"] == "forbidden"
+        async with http.post(
+            f"{first.url}/api/trainings",
+            json={"title": "Fire safety", "branch": "chengtai"},
+            headers=auth(keys["trainer-ledu"]),
+        ) as r:
+            room_id = (await r.json())["room_id"]
+        ws = await http.ws_connect(f"{first.url}/ws", headers=auth(keys["trainee-taizi"]))
+        sock = Socket(ws)
+        await sock.next("hello")
+        assert (await sock.request({"type": "join", "room": room_id}))["type"] == "joined"
+        async with http.get(f"{first.url}/api/trainings/{room_id}/attendance", headers=auth(keys["trainer-ledu"])) as r:
+            [row] = (await r.json())["attendance"]
+        assert row["left_at"] is None
+        first.proc.kill()  # no goodbye: the row stays open in SQLite
+        first.proc.wait(10)
+        await ws.close()
+    finally:
+        first.stop()
+
+    second = start_hub(tmp_path / "hub")
+    try:
+        async with http.get(
+            f"{second.url}/api/trainings/{room_id}/attendance", headers=auth(keys["trainer-ledu"])
+        ) as r:
+            [row] = (await r.json())["attendance"]
+        # Closed at the last heartbeat of the killed process, and marked as such.
+        assert row["interrupted"] is True and row["joined_at"] <= row["left_at"] <= row["joined_at"] + 15
+        async with http.get(f"{second.url}/api/trainings?all=1", headers=auth(keys["trainer-ledu"])) as r:
+            [training] = [t for t in await r.json() if t["room_id"] == room_id]
+        assert training["ended_at"] is not None  # its room went with the killed process's live state
+    finally:
+        second.stop()
