@@ -98,9 +98,9 @@ def compute(
     if attendance is not None:
         in_branch = set(sites)
         training = [
-            row | {"site_name": tree.get(row["site_id"]).name}  # type: ignore[union-attr]
+            row | {"site_name": site.name, "site_name_en": site.name_en}
             for row in attendance(db_path, since, until)
-            if row["site_id"] in in_branch
+            if row["site_id"] in in_branch and (site := tree.get(row["site_id"])) is not None
         ]
     return {
         "site": branch,
