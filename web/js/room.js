@@ -662,7 +662,7 @@ function captionOf(name, siteId, kind, ...badges) {
   return [
     el("span", { class: "tile-name" }, name),
     el("span", { class: "tile-site" }, siteLabel(siteId)),
-    kind === "screen" ? el("span", { class: "tile-kind" }, t("stream.kind.screen")) : null,
+    kind === "screen" || kind === "ipcam" ? el("span", { class: "tile-kind" }, t(`stream.kind.${kind}`)) : null,
     ...badges,
   ].filter(Boolean);
 }
@@ -720,7 +720,7 @@ class RemoteTile {
     this.caption = el("figcaption", {});
     this.el = el(
       "figure",
-      { class: "tile room-tile", dataset: { streamId: stream.id, participantId: stream.participant_id, kind: stream.kind } },
+      { class: "tile room-tile", dataset: { streamId: stream.id, participantId: stream.participant_id ?? "", kind: stream.kind } },
       this.body,
       this.caption,
     );
