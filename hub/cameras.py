@@ -29,13 +29,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from .access import Forbidden, can_reach_site
 from .config import Settings
-from .ingest import PROTOCOLS, CameraPuller, Feeder, PullOptions
+from .ingest import PROTOCOLS, CameraPuller, Feeder, PullOptions, redact
 from .livestate import Record
 from .rooms import NotFound, Rooms
 from .rtpforward import TrackSource
@@ -102,15 +102,6 @@ def check_url(url: object, allowed_dirs: list[Path]) -> str:
     if not resolved.is_file():
         raise ValueError(f"no file {path}")
     return f"file://{resolved}"
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for anyone who may only read it."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def check_entry(entry: object, tree: SiteTree, allowed_dirs: list[Path]) -> dict[str, str]:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import av
 from aiortc.codecs import get_capabilities
@@ -81,6 +82,15 @@ def _negotiable(mime_type: str, **parameters: str) -> RTCRtpCodecParameters:
 #: negotiation, decoders take whatever profile the camera sends.
 H264 = _negotiable("video/H264", **{"packetization-mode": "1", "profile-level-id": "42e01f"})
 VP8 = _negotiable("video/VP8")
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for anyone who may only read it."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class IngestError(Exception):
@@ -227,7 +237,8 @@ class CameraPuller:
             try:
                 feeder = self._pull()
             except Exception as exc:  # any failure of the source: report it, retry later
-                error = str(exc) or type(exc).__name__
+                # FFmpeg's messages quote the URL: its password must not reach the status record.
+                error = (str(exc) or type(exc).__name__).replace(self.url, redact(self.url))
             if self._stop.is_set():
                 return
             if feeder is not None and feeder.frames:

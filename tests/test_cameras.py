@@ -20,6 +20,7 @@ import pytest
 from hub import bot
 
 from .conftest import HubProcess, start_hub, wait_until
+from .recording_helpers import set_recording, video_packets
 from .rtsp import RtspServer, start_rtsp_server
 
 FPS = 25
@@ -254,12 +255,14 @@ async def test_camera_api_checks_urls_roles_and_jurisdiction(
     rtsp_url = "rtsp://user:secret@127.0.0.1:9/cam"  # nothing listens: it stays offline
     # Only admins and operators register, and only in their jurisdiction.
     body = {"site_id": "rianxiuma", "name": "bridge", "url": rtsp_url}
-    for token in (elsewhere, camera_hub.token("m-guomaying", "guomaying", "mediator")):
+    mediator = camera_hub.token("m-guomaying", "guomaying", "mediator")
+    for token in (elsewhere, mediator):
         async with http.post(f"{camera_hub.url}/api/cameras", json=body, headers=auth(token)) as r:
             assert r.status == 403 and r.content_type == PROBLEM
     camera = await register(camera_hub, http, operator, **body)
     assert camera["url"] == "rtsp://user:***@127.0.0.1:9/cam"  # the password is never shown
-    await wait_status(camera_hub, http, operator, camera["id"], "offline", timeout=20)
+    offline = await wait_status(camera_hub, http, operator, camera["id"], "offline", timeout=20)
+    assert "127.0.0.1:9" in offline["error"] and "secret" not in offline["error"]
 
     # Golmud's operator neither sees nor touches Guinan's camera; a Guomaying mediator sees it.
     async with http.get(f"{camera_hub.url}/api/cameras", headers=auth(elsewhere)) as r:
@@ -267,7 +270,6 @@ async def test_camera_api_checks_urls_roles_and_jurisdiction(
     for method in ("GET", "DELETE"):
         async with http.request(method, f"{camera_hub.url}/api/cameras/{camera['id']}", headers=auth(elsewhere)) as r:
             assert r.status in (403, 404) and r.content_type == PROBLEM
-    mediator = camera_hub.token("m-guomaying", "guomaying", "mediator")
     async with http.get(f"{camera_hub.url}/api/cameras?site=guomaying", headers=auth(mediator)) as r:
         assert [c["id"] for c in await r.json()] == [camera["id"]]
     async with http.delete(f"{camera_hub.url}/api/cameras/{camera['id']}", headers=auth(mediator)) as r:
@@ -355,3 +357,25 @@ async def test_one_hub_process_pulls_a_camera_and_another_takes_over(
     finally:
         for h in hubs:
             h.stop()
+
+
+async def test_camera_stream_is_recorded_like_any_other(
+    camera_hub: HubProcess, http: aiohttp.ClientSession, loop_file: tuple[Path, list[bytes]]
+):
+    path, keys = loop_file
+    operator = camera_hub.token("op-guinan", "guinan", "operator")
+    camera = await register(camera_hub, http, operator, site_id="shangzhai", name="rec", url=f"file://{path}")
+    await wait_status(camera_hub, http, operator, camera["id"], "online", timeout=20)
+    started = await set_recording(http, camera_hub, operator, "site-shangzhai", True)
+    await asyncio.sleep(4)
+    await set_recording(http, camera_hub, operator, "site-shangzhai", False)
+    async with http.delete(f"{camera_hub.url}/api/cameras/{camera['id']}", headers=auth(operator)) as r:
+        assert r.status == 204
+    folder = camera_hub.data / "recordings" / started["recording"]["id"]
+    [stream] = json.loads((folder / "manifest.json").read_text())["streams"]
+    assert stream["name"] == "rec"
+    recorded = video_packets(folder, stream, "h264")
+    # From the camera's next keyframe on (the hub cannot ask a camera for one): the loop's own frames.
+    assert len(recorded) >= 2 * FPS and recorded[0][1]
+    known = set(keys)
+    assert all(bot.frame_key("video/h264", data) in known for data, keyframe in recorded if not keyframe)
