@@ -9,16 +9,12 @@ that died without closing its sockets are swept once its heartbeat expires.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import secrets
 import time
 from collections import Counter
 
 from .livestate import LiveState, Record
 from .tokens import Claims
-
-log = logging.getLogger(__name__)
 
 KIND = "presence"
 
@@ -56,24 +52,18 @@ class Presence:
         await self.state.publish(event)
 
     async def sweep(self) -> int:
-        """Drop the connections of hub processes that are no longer running."""
+        """Drop the connections of hub processes that are no longer running;
+        returns how many (hub/server.py runs it beside Rooms.sweep)."""
         alive = await self.state.live_nodes()
+        swept = 0
         sites: set[str] = set()
         for key, record in (await self.state.records(KIND)).items():
             if record.get("node") not in alive and await self.state.delete_record(KIND, key) is not None:
+                swept += 1
                 sites.add(record["site_id"])
         for site_id in sorted(sites):
             await self._announce(site_id)
-        return len(sites)
-
-    async def sweep_forever(self, period: float) -> None:
-        while True:
-            await asyncio.sleep(period)
-            try:
-                if swept := await self.sweep():
-                    log.info("swept the presence of %d sites of hub processes that stopped", swept)
-            except Exception:  # keep sweeping; Redis may come back
-                log.exception("presence sweep failed")
+        return swept
 
 
 def by_role(records: dict[str, Record]) -> dict[str, Counter[str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -92,9 +93,9 @@ async def build(settings: Settings) -> Hub:
         camera_service=cameras,
     )
 
-    sweeper = asyncio.create_task(_sweep_forever(rooms, settings.node_ttl)) if settings.redis else None
-    # Presence of a process that died lingers in shared state until swept.
-    presence_sweeper = asyncio.create_task(presence.sweep_forever(settings.node_ttl)) if settings.redis else None
+    # Participants, streams and presence of a process that died linger in shared state until swept.
+    sweeps = [rooms.sweep, presence.sweep]
+    sweeper = asyncio.create_task(_sweep_forever(sweeps, settings.node_ttl)) if settings.redis else None
     retention = None
     if settings.retention_days is not None:
         retention = asyncio.create_task(
@@ -106,8 +107,6 @@ async def build(settings: Settings) -> Hub:
     async def shutdown(_: web.Application) -> None:
         if sweeper is not None:
             sweeper.cancel()
-        if presence_sweeper is not None:
-            presence_sweeper.cancel()
         if retention is not None:
             retention.cancel()
         await dispatch.close()
@@ -124,14 +123,15 @@ async def build(settings: Settings) -> Hub:
     return Hub(settings, rooms, state, app)
 
 
-async def _sweep_forever(rooms: Rooms, period: float) -> None:
+async def _sweep_forever(sweeps: list[Callable[[], Awaitable[int]]], period: float) -> None:
     while True:
         await asyncio.sleep(period)
-        try:
-            if swept := await rooms.sweep():
-                log.info("swept %d records of hub processes that stopped", swept)
-        except Exception:  # keep sweeping; Redis may come back
-            log.exception("sweep failed")
+        for sweep in sweeps:
+            try:
+                if swept := await sweep():
+                    log.info("swept %d records of hub processes that stopped", swept)
+            except Exception:  # keep sweeping; Redis may come back
+                log.exception("sweep failed")
 
 
 def operator_link(settings: Settings, tree: SiteTree) -> str:

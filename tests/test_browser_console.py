@@ -54,7 +54,9 @@ async def publish(http: aiohttp.ClientSession, hub: HubProcess, token: str, room
 async def assert_playing(page: Page, pane) -> None:  # type: ignore[no-untyped-def]
     """The pane's <video> has a size and keeps decoding frames."""
     video = pane.locator("video")
-    await page.wait_for_function("v => v.videoWidth > 0", arg=await video.element_handle(), timeout=20_000)
+    await page.wait_for_function(
+        "v => v.videoWidth > 0", arg=await video.element_handle(), timeout=20_000, polling=100
+    )
     before = await video_stats(video)
     await asyncio.sleep(1.5)
     after = await video_stats(video)
@@ -93,6 +95,14 @@ async def test_tree_follows_clients_live_and_the_wall_plays(
             await expect(page.locator('[data-rollup="ledu"]')).to_contain_text("2/4")
         await expect(page.locator('[data-select="taizi"]')).to_have_attribute("data-online", "false")
 
+        # The stream's thumbnail shows its snapshot (taken by the hub, announced by a "snapshot" event).
+        selector = f'.thumb[data-stream-id="{session.resource_id}"] img'
+        await page.wait_for_function(
+            "sel => { const img = document.querySelector(sel); return img && img.complete && img.naturalWidth > 0; }",
+            arg=selector,
+            timeout=20_000,
+            polling=200,
+        )
         # Click a thumbnail: it goes to the selected pane and plays.
         thumb = page.locator(f'.thumb[data-stream-id="{session.resource_id}"]')
         await page.locator('.pane[data-index="0"]').click()
@@ -141,7 +151,7 @@ async def test_patrol_switches_panes_on_time_and_layouts_are_restored(
             }"""
         )
         await page.click("#patrol-toggle")
-        await page.wait_for_function("() => window.switches.length >= 4", timeout=20_000)
+        await page.wait_for_function("() => window.switches.length >= 4", timeout=20_000, polling=100)
         switches = await page.evaluate("window.switches")
         times = [t for t, _ in switches]
         gaps = [(b - a) / 1000 for a, b in zip(times, times[1:], strict=False)]

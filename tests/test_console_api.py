@@ -4,7 +4,9 @@ presence of event sockets, jurisdiction, saved wall layouts."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -116,6 +118,38 @@ async def test_presence_follows_the_event_socket(console_hub: HubProcess, http: 
         await other.send_json({"type": "ping"})
         message = await other.receive_json(timeout=5)
         assert message["type"] == "pong", message
+
+
+async def test_presence_of_a_killed_hub_process_is_swept(
+    tmp_path: Path, redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    """Two processes share presence through Redis; the connections of one that
+    dies without a goodbye leave the status once its heartbeat expires."""
+    a = start_hub(tmp_path, "--redis", redis_url, env={"HUB_NODE_TTL": "2"})
+    b = start_hub(tmp_path, "--redis", redis_url, env={"HUB_NODE_TTL": "2"})
+    try:
+        operator = b.token("op-delingha", "delingha", "operator")
+        terminal = a.token("t-hedong", "hedong", "terminal")
+        async with http.ws_connect(f"{b.url}/ws?token={operator}") as console:
+            await next_of(console, "hello")
+            await console.send_json({"type": "monitor", "on": True})
+            await next_of(console, "ack")
+            ws = await http.ws_connect(f"{a.url}/ws?token={terminal}")
+            await next_of(ws, "hello")
+            # Presence on a reaches b's monitoring socket and b's status.
+            assert (await next_of(console, "presence"))["online"] == 1
+            assert (await status(http, b, operator))["hedong"]["connections"] == {"terminal": 1}
+            a.proc.kill()  # SIGKILL: the socket's record stays behind in Redis
+            started = time.monotonic()
+            event = await next_of(console, "presence")
+            swept_after = time.monotonic() - started
+            assert (event["site_id"], event["online"]) == ("hedong", 0)
+            assert swept_after < 10, swept_after
+            assert (await status(http, b, operator))["hedong"]["connections"] == {}
+            await ws.close()
+    finally:
+        a.stop()
+        b.stop()
 
 
 async def test_another_countys_branch_is_forbidden(console_hub: HubProcess, http: aiohttp.ClientSession) -> None:

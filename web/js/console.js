@@ -6,7 +6,7 @@
 
 import { ApiError, HubClient, takeToken } from "./api.js";
 import { mountDispatch } from "./dispatch.js";
-import { $, apiErrorKey as errorKey, el, renderFatalBox } from "./dom.js";
+import { $, apiErrorKey as errorKey, el, indexSites, renderFatalBox } from "./dom.js";
 import * as i18n from "./i18n.js";
 import { FEED_MIME, GRID_SIDES, Wall, feedKey } from "./wall.js";
 
@@ -111,18 +111,7 @@ function renderHeader() {
 
 function setSites(sites) {
   state.sites = sites;
-  state.byId = new Map(sites.map((s) => [s.id, s]));
-  state.children = new Map(sites.map((s) => [s.id, []]));
-  state.roots = [];
-  for (const site of sites) {
-    if (site.parent && state.children.has(site.parent)) {
-      state.children.get(site.parent).push(site.id);
-      state.depth.set(site.id, state.depth.get(site.parent) + 1);
-    } else {
-      state.roots.push(site.id);
-      state.depth.set(site.id, 0);
-    }
-  }
+  Object.assign(state, indexSites(sites));
   for (const site of sites) if (state.depth.get(site.id) < 2) state.expanded.add(site.id);
 }
 
@@ -318,7 +307,6 @@ function onTreeClick(event) {
   if (check) {
     if (check.checked) state.checked.add(check.dataset.check);
     else state.checked.delete(check.dataset.check);
-    document.dispatchEvent(new CustomEvent("console:selection", { detail: selectedSites() }));
     return;
   }
   const toggle = event.target.closest("[data-toggle]");

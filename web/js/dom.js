@@ -56,3 +56,25 @@ export function renderFatalBox(fatal) {
   message.dataset.error = key;
   return true;
 }
+
+/**
+ * Index the sites of a jurisdiction (parents listed first, as GET /api/sites
+ * returns them): {byId, children (id -> child ids), roots, depth}. A site
+ * whose parent lies outside the list is a root.
+ */
+export function indexSites(sites) {
+  const byId = new Map(sites.map((s) => [s.id, s]));
+  const children = new Map(sites.map((s) => [s.id, []]));
+  const roots = [];
+  const depth = new Map();
+  for (const site of sites) {
+    if (site.parent && children.has(site.parent)) {
+      children.get(site.parent).push(site.id);
+      depth.set(site.id, depth.get(site.parent) + 1);
+    } else {
+      roots.push(site.id);
+      depth.set(site.id, 0);
+    }
+  }
+  return { byId, children, roots, depth };
+}

@@ -3,7 +3,7 @@
 // It talks to the hub only through api.js.
 
 import { ApiError, HubClient, takeToken } from "./api.js";
-import { $, apiErrorKey as errorKey, el, renderFatalBox } from "./dom.js";
+import { $, apiErrorKey as errorKey, el, indexSites, renderFatalBox } from "./dom.js";
 import * as i18n from "./i18n.js";
 import { mountHelp } from "./help.js"; // dispatch: the call-for-help button
 
@@ -128,20 +128,7 @@ function renderConn() {
 
 function setSites(sites) {
   state.sites = sites;
-  state.byId = new Map(sites.map((s) => [s.id, s]));
-  state.children = new Map(sites.map((s) => [s.id, []]));
-  state.roots = [];
-  state.depth = new Map();
-  for (const site of sites) {
-    // Parents come first; a site whose parent lies outside the jurisdiction is a root.
-    if (site.parent && state.children.has(site.parent)) {
-      state.children.get(site.parent).push(site.id);
-      state.depth.set(site.id, state.depth.get(site.parent) + 1);
-    } else {
-      state.roots.push(site.id);
-      state.depth.set(site.id, 0);
-    }
-  }
+  Object.assign(state, indexSites(sites));
   for (const site of sites) {
     if (state.depth.get(site.id) < 2) state.expanded.add(site.id);
   }
@@ -476,8 +463,10 @@ class Tile {
     const site = state.byId.get(this.stream.site_id);
     this.nameEl.textContent = this.stream.name || this.stream.user || "";
     this.siteEl.textContent = site ? i18n.siteName(site) : t("tile.unknownSite");
-    this.kindEl.textContent = this.stream.kind === "screen" ? t("stream.kind.screen") : "";
-    this.kindEl.hidden = this.stream.kind !== "screen";
+    // A screen share and a camera the hub pulls (no participant) say what they are.
+    const labelled = this.stream.kind === "screen" || this.stream.kind === "ipcam";
+    this.kindEl.textContent = labelled ? t(`stream.kind.${this.stream.kind}`) : "";
+    this.kindEl.hidden = !labelled;
     this.statusEl.textContent = t(this.status);
     this.el.dataset.status = this.status.slice("tile.".length);
     this.retryEl.textContent = t("tile.retry");
