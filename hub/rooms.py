@@ -197,13 +197,21 @@ class Rooms:
         if site_id not in {s.id for s in self.sites_above(room["site_id"])}:
             raise ValueError(f"site {site_id} is not above the room's site {room['site_id']}")
         inviter = await self.participant(room_id, participant_id)
+        return await self.announce_invitation(claims, room, site_id, {"sites": [site_id]}, inviter["name"])
+
+    async def announce_invitation(
+        self, claims: Claims, room: Record, site_id: str, to: dict[str, Any], name: str | None = None
+    ) -> Record:
+        """Tell people live that they are invited into a room: the `invitation`
+        event the home page shows with a one-click join. `to` is its audience
+        (hub.access.addressed_to), `site_id` the site invited."""
         event = {
             "type": "invitation",
-            "room_id": room_id,
+            "room_id": room["id"],
             "room": room,
-            "from": {"user": claims.user, "name": inviter["name"], "site_id": claims.site},
+            "from": {"user": claims.user, "name": name or claims.display_name(), "site_id": claims.site},
             "site_id": site_id,
-            "to": {"sites": [site_id]},
+            "to": to,
         }
         await self.state.publish(event)
         return event

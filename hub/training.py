@@ -281,17 +281,7 @@ class Trainings:
             "ended_at": None,
         }
         self.book.add_training(training)
-        # The shape of Rooms.invite_site's event: the home page shows it with one-click join.
-        await self.rooms.state.publish(
-            {
-                "type": "invitation",
-                "room_id": room["id"],
-                "room": room,
-                "from": {"user": claims.user, "name": claims.display_name(), "site_id": claims.site},
-                "site_id": branch,
-                "to": {"within": branch},
-            }
-        )
+        await self.rooms.announce_invitation(claims, room, branch, {"within": branch})
         return training | {"room": room}
 
     def _visible(self, claims: Claims, training: dict[str, Any]) -> bool:
