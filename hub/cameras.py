@@ -236,6 +236,8 @@ class Cameras:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for pulled in self.pulled.values():
+            pulled.puller.stop()  # all at once: each may wait out a read
         for camera_id in tuple(self.pulled):
             await self._stop_pulling(camera_id, "the hub process stopped")
         self.store.close()

@@ -141,10 +141,12 @@ async def wait_status(
         await asyncio.sleep(0.2)
 
 
-async def check_frames(hub: HubProcess, http: aiohttp.ClientSession, token: str, stream_id: str, keys: list[bytes]):
+async def check_frames(
+    hub: HubProcess, http: aiohttp.ClientSession, token: str, stream: str, keys: list[bytes], mime: str = "video/h264"
+) -> None:
     """View the camera's stream for 3 s: every frame must be one of the loop's,
     byte for byte, in the loop's order, and nearly all of them must arrive."""
-    viewer = await bot.view(http, hub.url, token, stream_id, kinds=("video",))
+    viewer = await bot.view(http, hub.url, token, stream, kinds=("video",))
     try:
         log = viewer.logs["video"]
         await wait_until(lambda: log.first_keyframe_at is not None, timeout=20)
@@ -152,7 +154,7 @@ async def check_frames(hub: HubProcess, http: aiohttp.ClientSession, token: str,
         await asyncio.sleep(3)
     finally:
         await viewer.close()
-    assert log.mime_type.lower() == "video/h264"
+    assert log.mime_type.lower() == mime
     index = {key: i for i, key in enumerate(keys)}
     received = [f for f in log.frames if f.received_at >= log.first_keyframe_at]
     positions = [index.get(f.key) for f in received]
@@ -163,7 +165,6 @@ async def check_frames(hub: HubProcess, http: aiohttp.ClientSession, token: str,
     # Real time: about FPS frames a second, not a burst and not a trickle.
     in_window = [f for f in received if f.received_at >= started]
     assert 2.5 * FPS <= len(in_window) <= 3.5 * FPS, len(in_window)
-    return received
 
 
 async def test_file_camera_is_a_stream_viewed_byte_identical(
@@ -188,6 +189,29 @@ async def test_file_camera_is_a_stream_viewed_byte_identical(
     await wait_until(lambda: "removed" in watcher.statuses(camera["id"]), timeout=10)
     async with http.get(f"{camera_hub.url}/api/streams/{online['stream_id']}", headers=auth(operator)) as r:
         assert r.status == 404
+
+
+async def test_vp8_camera_is_forwarded_as_it_is(camera_hub: HubProcess, http: aiohttp.ClientSession):
+    path = camera_hub.data / "media" / "loop.webm"
+    path.parent.mkdir(exist_ok=True)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libvpx", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        stream.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "g": str(FPS)}
+        for i in range(FRAMES):
+            frame = av.VideoFrame.from_ndarray(bot.pattern_image(320, 240, i), format="rgb24")
+            frame.pts, frame.time_base = i, fractions.Fraction(1, FPS)
+            out.mux(stream.encode(frame.reformat(format="yuv420p")))
+        out.mux(stream.encode(None))
+    with av.open(str(path)) as source:
+        keys = [bot.frame_key("video/vp8", bytes(p)) for p in source.demux(video=0) if p.size]
+    assert len(keys) == FRAMES
+    operator = camera_hub.token("op-guinan", "guinan", "operator")
+    camera = await register(camera_hub, http, operator, site_id="guomaying", name="vp8", url=f"file://{path}")
+    online = await wait_status(camera_hub, http, operator, camera["id"], "online", timeout=20)
+    await check_frames(camera_hub, http, operator, online["stream_id"], keys, mime="video/vp8")
+    async with http.delete(f"{camera_hub.url}/api/cameras/{camera['id']}", headers=auth(operator)) as r:
+        assert r.status == 204
 
 
 async def test_rtsp_camera_drops_offline_and_comes_back(
