@@ -19,6 +19,7 @@ ends the connection; the puller then retries with exponential backoff.
 from __future__ import annotations
 
 import asyncio
+import fractions
 import logging
 import threading
 import time
@@ -310,14 +311,24 @@ class CameraPuller:
         decoder = av.CodecContext.create(name, "r")
         if stream.codec_context.extradata:
             decoder.extradata = stream.codec_context.extradata
-        encoder = H264Encoder()
+        rate = fractions.Fraction(stream.average_rate or 25)
+        encoder: av.VideoCodecContext | None = None
+        count = 0
 
         def transcode(packet: av.Packet, at: float) -> list[tuple[list[bytes], float]]:
+            nonlocal encoder, count
             out = []
             for frame in decoder.decode(packet):
+                if encoder is None or (encoder.width, encoder.height) != (frame.width, frame.height):
+                    encoder = _h264_encoder(frame.width, frame.height, rate)
                 keyframe, self._want_keyframe = self._want_keyframe, False
-                payloads, _ = encoder.encode(frame, force_keyframe=keyframe)
-                out.append((payloads, at))
+                picture = frame.reformat(format="yuv420p")
+                picture.pts, picture.time_base = count, encoder.time_base  # x264 wants steady timestamps
+                count += 1
+                # A viewer or the recorder asked for a keyframe: this encoder can make one.
+                picture.pict_type = av.video.frame.PictureType.I if keyframe else av.video.frame.PictureType.NONE
+                for encoded in encoder.encode(picture):
+                    out.append((H264Encoder._packetize(split_nal_units(bytes(encoded))), at))
             return out
 
         return transcode
@@ -348,6 +359,21 @@ class CameraPuller:
                 raise IngestError("the file has no video frames")
             offset += last + frame
             container.seek(0)
+
+
+def _h264_encoder(width: int, height: int, rate: fractions.Fraction) -> av.VideoCodecContext:
+    """libx264 for a camera whose codec cannot be forwarded: constrained
+    baseline (what it is announced as), no B-frames, a keyframe every 2 s,
+    in-band SPS/PPS before each, and a fast preset (CPU per camera counts)."""
+    encoder = av.CodecContext.create("libx264", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
+    encoder.framerate = rate
+    encoder.time_base = 1 / rate
+    encoder.bit_rate = 1_500_000
+    encoder.gop_size = int(2 * rate)
+    encoder.profile = "Constrained Baseline"
+    encoder.options = {"preset": "veryfast", "tune": "zerolatency"}
+    return encoder  # type: ignore[return-value]
 
 
 class _Pacer:
