@@ -38,21 +38,26 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def write_loop(path: Path, encoder: str, pix_fmt: str = "yuv420p", **options: str) -> None:
+    """A 2 s file of numbered test pictures (bot.pattern_image), keyframe every second."""
+    path.parent.mkdir(exist_ok=True)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(encoder, rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, pix_fmt
+        stream.options = options | {"g": str(FPS)}
+        for i in range(FRAMES):
+            frame = av.VideoFrame.from_ndarray(bot.pattern_image(320, 240, i), format="rgb24")
+            frame.pts, frame.time_base = i, fractions.Fraction(1, FPS)
+            out.mux(stream.encode(frame.reformat(format=pix_fmt)))
+        out.mux(stream.encode(None))
+
+
 def make_loop(path: Path) -> list[bytes]:
-    """A 2 s H.264 MP4 of numbered test pictures (keyframe every second);
-    returns each frame's digest as a viewer must receive it: Annex B with the
-    parameter sets before each keyframe, as FFmpeg's own h264_mp4toannexb
-    filter writes it (an implementation independent of the hub's)."""
-    out = av.open(str(path), "w")
-    stream = out.add_stream("libx264", rate=FPS)
-    stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
-    stream.options = {"tune": "zerolatency", "g": str(FPS), "profile": "baseline"}
-    for i in range(FRAMES):
-        frame = av.VideoFrame.from_ndarray(bot.pattern_image(320, 240, i), format="rgb24")
-        frame.pts, frame.time_base = i, fractions.Fraction(1, FPS)
-        out.mux(stream.encode(frame))
-    out.mux(stream.encode(None))
-    out.close()
+    """The 2 s H.264 MP4 loop; returns each frame's digest as a viewer must
+    receive it: Annex B with the parameter sets before each keyframe, as
+    FFmpeg's own h264_mp4toannexb filter writes it (an implementation
+    independent of the hub's)."""
+    write_loop(path, "libx264", tune="zerolatency", profile="baseline")
     keys = []
     with av.open(str(path)) as source:
         video = source.streams.video[0]
@@ -75,7 +80,6 @@ def camera_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]
 def loop_file(camera_hub: HubProcess) -> tuple[Path, list[bytes]]:
     """The known 2 s loop, inside the hub's data directory (where file URLs may point)."""
     path = camera_hub.data / "media" / "loop.mp4"
-    path.parent.mkdir(exist_ok=True)
     return path, make_loop(path)
 
 
@@ -193,16 +197,7 @@ async def test_file_camera_is_a_stream_viewed_byte_identical(
 
 async def test_vp8_camera_is_forwarded_as_it_is(camera_hub: HubProcess, http: aiohttp.ClientSession):
     path = camera_hub.data / "media" / "loop.webm"
-    path.parent.mkdir(exist_ok=True)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libvpx", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
-        stream.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "g": str(FPS)}
-        for i in range(FRAMES):
-            frame = av.VideoFrame.from_ndarray(bot.pattern_image(320, 240, i), format="rgb24")
-            frame.pts, frame.time_base = i, fractions.Fraction(1, FPS)
-            out.mux(stream.encode(frame.reformat(format="yuv420p")))
-        out.mux(stream.encode(None))
+    write_loop(path, "libvpx", deadline="realtime", **{"cpu-used": "8", "lag-in-frames": "0"})
     with av.open(str(path)) as source:
         keys = [bot.frame_key("video/vp8", bytes(p)) for p in source.demux(video=0) if p.size]
     assert len(keys) == FRAMES
@@ -312,15 +307,7 @@ def frame_number(image: Any) -> int:
 
 async def test_mjpeg_camera_is_encoded_once_to_h264(camera_hub: HubProcess, http: aiohttp.ClientSession):
     path = camera_hub.data / "media" / "mjpeg.avi"
-    path.parent.mkdir(exist_ok=True)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("mjpeg", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuvj420p"
-        for i in range(FRAMES):
-            frame = av.VideoFrame.from_ndarray(bot.pattern_image(320, 240, i), format="rgb24")
-            frame.pts, frame.time_base = i, fractions.Fraction(1, FPS)
-            out.mux(stream.encode(frame.reformat(format="yuvj420p")))
-        out.mux(stream.encode(None))
+    write_loop(path, "mjpeg", "yuvj420p")
     operator = camera_hub.token("op-guinan", "guinan", "operator")
     camera = await register(camera_hub, http, operator, site_id="guinan", name="mjpeg", url=f"file://{path}")
     online = await wait_status(camera_hub, http, operator, camera["id"], "online", timeout=20)
