@@ -17,6 +17,7 @@ Definitions (docs/operate.md repeats them):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -129,8 +130,9 @@ class LayoutStore:
             )
 
 
-def _empty_rollup() -> Counter[str]:
-    return Counter()
+def _add(into: dict[str, int], counts: dict[str, int]) -> None:
+    for key, n in counts.items():
+        into[key] += n
 
 
 class Console:
@@ -155,12 +157,17 @@ class Console:
         in_branch = {s.id for s in branch}
         state = self.state
 
-        presence = by_role(await state.records(PRESENCE))
-        active = await state.active_rooms()
-        opened = {r["id"]: r for r in await state.rooms()}
-        streams = await state.all_streams()
-        cameras = await state.records("camera")
-        alerts = await state.records("alert")
+        # Six independent reads, in flight together (each a round trip or two with Redis).
+        presence_records, active, opened_rooms, streams, cameras, alerts = await asyncio.gather(
+            state.records(PRESENCE),
+            state.active_rooms(),
+            state.rooms(),
+            state.all_streams(),
+            state.records("camera"),
+            state.records("alert"),
+        )
+        presence = by_role(presence_records)
+        opened = {r["id"]: r for r in opened_rooms}
 
         site_rows: dict[str, Record] = {}
         for site in branch:
@@ -224,33 +231,30 @@ class Console:
         """Fill each site's "rollup": counts over it and everything below.
         `branch` lists parents before children, so walking it backwards
         finishes every child before its parent."""
-        totals: dict[str, Counter[str]] = {}
+        below: dict[str, dict[str, int]] = {}  # site id -> sums over its children's branches
         for site in reversed(branch):
             row = rows[site.id]
             cameras = row["cameras"]
-            own = Counter(
-                {
-                    "sites": 1,
-                    "sites_online": int(row["online"]),
-                    "sites_in_session": int(row["in_session"]),
-                    "villages": int(site.level == "village"),
-                    "villages_online": int(site.level == "village" and row["online"]),
-                    "rooms_in_session": len(row["rooms"]),
-                    "participants": sum(r["participants"] for r in row["rooms"]),
-                    "terminals": row["terminals"],
-                    "streams": len(row["streams"]),
-                    "cameras": len(cameras),
-                    "cameras_online": sum(c["status"] == "online" for c in cameras),
-                    "cameras_offline": sum(c["status"] == "offline" for c in cameras),
-                    "cameras_alarm": sum(c["alarm"] for c in cameras),
-                    "alerts": row["alerts"],
-                }
-            )
-            total = own + totals.pop(site.id, _empty_rollup())
-            # Counter's + drops zeros; the API promises every key.
-            row["rollup"] = {key: total.get(key, 0) for key in own}
+            total = {
+                "sites": 1,
+                "sites_online": int(row["online"]),
+                "sites_in_session": int(row["in_session"]),
+                "villages": int(site.level == "village"),
+                "villages_online": int(site.level == "village" and row["online"]),
+                "rooms_in_session": len(row["rooms"]),
+                "participants": sum(r["participants"] for r in row["rooms"]),
+                "terminals": row["terminals"],
+                "streams": len(row["streams"]),
+                "cameras": len(cameras),
+                "cameras_online": sum(c["status"] == "online" for c in cameras),
+                "cameras_offline": sum(c["status"] == "offline" for c in cameras),
+                "cameras_alarm": sum(c["alarm"] for c in cameras),
+                "alerts": row["alerts"],
+            }
+            _add(total, below.pop(site.id, {}))
+            row["rollup"] = total
             if site.parent is not None and site.parent in rows:
-                totals[site.parent] = totals.get(site.parent, _empty_rollup()) + total
+                _add(below.setdefault(site.parent, dict.fromkeys(total, 0)), total)
 
     # -- layouts -----------------------------------------------------------------
 

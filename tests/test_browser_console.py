@@ -66,7 +66,7 @@ async def assert_playing(page: Page, pane) -> None:  # type: ignore[no-untyped-d
 async def test_tree_follows_clients_live_and_the_wall_plays(
     console_hub: HubProcess, browser: Browser, http: aiohttp.ClientSession
 ) -> None:
-    page = await open_console(browser, console_hub, console_hub.token("op-ledu", "ledu", "operator"))
+    page = await open_console(browser, console_hub, console_hub.sign("op-ledu", "ledu", "operator"))
     village = page.locator('[data-select="xinzhuang"]')
     await expect(village).to_have_attribute("data-online", "false")
     await expect(page.locator('[data-rollup="ledu"]')).to_contain_text("0/4")
@@ -76,7 +76,7 @@ async def test_tree_follows_clients_live_and_the_wall_plays(
     await page.fill("#search", "")
 
     # A village terminal publishes over WHIP: its node and the rollups change without a reload.
-    publisher = console_hub.token("t-xinzhuang", "xinzhuang", "terminal")
+    publisher = console_hub.sign("t-xinzhuang", "xinzhuang", "terminal")
     session = await publish(http, console_hub, publisher, "site-xinzhuang")
     started = time.monotonic()
     try:
@@ -88,7 +88,7 @@ async def test_tree_follows_clients_live_and_the_wall_plays(
         await expect(page.locator('[data-rollup="qutan"]')).to_contain_text("1/2")
 
         # A terminal joining over the event socket: presence and its room update the tree too.
-        terminal = console_hub.token("t-taizi", "taizi", "terminal")
+        terminal = console_hub.sign("t-taizi", "taizi", "terminal")
         async with http.ws_connect(f"{console_hub.url}/ws?token={terminal}") as ws:
             await ws.send_json({"type": "join", "room": "site-taizi"})
             await expect(page.locator('[data-select="taizi"]')).to_have_attribute("data-online", "true")
@@ -111,6 +111,11 @@ async def test_tree_follows_clients_live_and_the_wall_plays(
         await expect(pane0).to_have_attribute("data-stream-id", session.resource_id)
         await expect(pane0).to_have_attribute("data-status", "live")
         await assert_playing(page, pane0)
+        # Fullscreen a pane (the Fullscreen API; the click is the user gesture it needs), and back.
+        await pane0.locator(".pane-full").click()
+        await page.wait_for_function("() => document.fullscreenElement?.dataset.index === '0'", polling=100)
+        await pane0.locator(".pane-full").click()
+        await page.wait_for_function("() => document.fullscreenElement === null", polling=100)
         # Drag the village from the tree onto another pane: it shows the site's stream.
         await village.drag_to(page.locator('.pane[data-index="3"]'))
         pane3 = page.locator('.pane[data-index="3"]')
@@ -127,9 +132,9 @@ async def test_tree_follows_clients_live_and_the_wall_plays(
 async def test_patrol_switches_panes_on_time_and_layouts_are_restored(
     console_hub: HubProcess, browser: Browser, http: aiohttp.ClientSession
 ) -> None:
-    token = console_hub.token("op-qutan", "qutan", "operator")
+    token = console_hub.sign("op-qutan", "qutan", "operator")
     sessions = [
-        await publish(http, console_hub, console_hub.token(f"t-{v}", v, "terminal"), f"site-{v}")
+        await publish(http, console_hub, console_hub.sign(f"t-{v}", v, "terminal"), f"site-{v}")
         for v in ("qutancun", "xinzhuang")
     ]
     try:
@@ -156,7 +161,9 @@ async def test_patrol_switches_panes_on_time_and_layouts_are_restored(
         times = [t for t, _ in switches]
         gaps = [(b - a) / 1000 for a, b in zip(times, times[1:], strict=False)]
         print("patrol gaps (s):", [round(g, 3) for g in gaps])
-        assert all(abs(g - 2.0) < 0.25 for g in gaps), gaps
+        # Each step is due at start + k * 2 s: single gaps may jitter with the machine's load, their mean may not.
+        assert all(abs(g - 2.0) < 0.4 for g in gaps), gaps
+        assert abs(sum(gaps) / len(gaps) - 2.0) < 0.1, gaps
         shown = [stream for _, stream in switches]
         assert set(shown) == {s.resource_id for s in sessions}
         assert all(a != b for a, b in zip(shown, shown[1:], strict=False)), shown  # it alternates
@@ -184,8 +191,8 @@ async def test_patrol_switches_panes_on_time_and_layouts_are_restored(
 async def test_other_county_neither_sees_nor_walls_it(
     console_hub: HubProcess, browser: Browser, http: aiohttp.ClientSession
 ) -> None:
-    guinan = console_hub.token("op-guinan", "guinan", "operator")
-    publisher = console_hub.token("t-hongzhuang", "hongzhuang", "terminal")
+    guinan = console_hub.sign("op-guinan", "guinan", "operator")
+    publisher = console_hub.sign("t-hongzhuang", "hongzhuang", "terminal")
     session = await publish(http, console_hub, publisher, "site-hongzhuang")
     try:
         # A saved layout naming Ledu's stream and site (e.g. written through the API) ...

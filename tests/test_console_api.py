@@ -48,9 +48,9 @@ async def next_of(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, A
 async def test_status_rolls_up_a_joined_participant_and_a_published_stream(
     console_hub: HubProcess, http: aiohttp.ClientSession
 ) -> None:
-    operator = console_hub.token("op-ledu", "ledu", "operator")
-    terminal = console_hub.token("t-qutancun", "qutancun", "terminal")
-    publisher = console_hub.token("t-xinzhuang", "xinzhuang", "terminal")
+    operator = console_hub.sign("op-ledu", "ledu", "operator")
+    terminal = console_hub.sign("t-qutancun", "qutancun", "terminal")
+    publisher = console_hub.sign("t-xinzhuang", "xinzhuang", "terminal")
 
     before = await status(http, console_hub, operator)
     assert set(before) == {"ledu", "chengtai", "taizi", "hongzhuang", "qutan", "qutancun", "xinzhuang"}
@@ -89,9 +89,9 @@ async def test_status_rolls_up_a_joined_participant_and_a_published_stream(
 
 
 async def test_presence_follows_the_event_socket(console_hub: HubProcess, http: aiohttp.ClientSession) -> None:
-    operator = console_hub.token("op-guinan", "guinan", "operator")
-    outsider = console_hub.token("op-chengdong", "chengdong", "operator")
-    terminal = console_hub.token("t-shangzhai", "shangzhai", "terminal")
+    operator = console_hub.sign("op-guinan", "guinan", "operator")
+    outsider = console_hub.sign("op-chengdong", "chengdong", "operator")
+    terminal = console_hub.sign("t-shangzhai", "shangzhai", "terminal")
     async with http.ws_connect(f"{console_hub.url}/ws?token={operator}") as console, http.ws_connect(
         f"{console_hub.url}/ws?token={outsider}"
     ) as other:
@@ -128,8 +128,8 @@ async def test_presence_of_a_killed_hub_process_is_swept(
     a = start_hub(tmp_path, "--redis", redis_url, env={"HUB_NODE_TTL": "2"})
     b = start_hub(tmp_path, "--redis", redis_url, env={"HUB_NODE_TTL": "2"})
     try:
-        operator = b.token("op-delingha", "delingha", "operator")
-        terminal = a.token("t-hedong", "hedong", "terminal")
+        operator = b.sign("op-delingha", "delingha", "operator")
+        terminal = a.sign("t-hedong", "hedong", "terminal")
         async with http.ws_connect(f"{b.url}/ws?token={operator}") as console:
             await next_of(console, "hello")
             await console.send_json({"type": "monitor", "on": True})
@@ -153,7 +153,7 @@ async def test_presence_of_a_killed_hub_process_is_swept(
 
 
 async def test_another_countys_branch_is_forbidden(console_hub: HubProcess, http: aiohttp.ClientSession) -> None:
-    guinan = console_hub.token("op-guinan", "guinan", "operator")
+    guinan = console_hub.sign("op-guinan", "guinan", "operator")
     async with http.get(f"{console_hub.url}/api/console/status?site=ledu", headers=auth(guinan)) as r:
         assert r.status == 403 and r.content_type == "application/problem+json"
     async with http.get(f"{console_hub.url}/api/console/status?site=nowhere", headers=auth(guinan)) as r:
@@ -197,7 +197,7 @@ BAD_LAYOUTS = [
 
 async def test_layouts_round_trip_and_reject_bad_input(console_hub: HubProcess, http: aiohttp.ClientSession) -> None:
     url = f"{console_hub.url}/api/console/layouts"
-    me = auth(console_hub.token("op-hainan", "hainan", "operator"))
+    me = auth(console_hub.sign("op-hainan", "hainan", "operator"))
     async with http.put(url, json=LAYOUTS, headers=me) as r:
         assert r.status == 200, await r.text()
     async with http.get(url, headers=me) as r:
@@ -210,5 +210,5 @@ async def test_layouts_round_trip_and_reject_bad_input(console_hub: HubProcess, 
     async with http.get(url, headers=me) as r:
         assert await r.json() == LAYOUTS  # nothing changed
     # Layouts are the user's own.
-    async with http.get(url, headers=auth(console_hub.token("op-haixi", "haixi", "operator"))) as r:
+    async with http.get(url, headers=auth(console_hub.sign("op-haixi", "haixi", "operator"))) as r:
         assert await r.json() == {"layouts": []}

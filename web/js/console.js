@@ -13,7 +13,7 @@ import { FEED_MIME, GRID_SIDES, Wall, feedKey } from "./wall.js";
 const { t } = i18n;
 
 const BOOT_RETRY_MS = 5000;
-const REFRESH_DEBOUNCE_MS = 250; // events come in bursts (join + publish)
+const REFRESH_DEBOUNCE_MS = 400; // events come in bursts (join + publish); one status read per burst
 const REFRESH_POLL_MS = 30000; // a safety net: events lost during a reconnect
 const SAVE_DEBOUNCE_MS = 800;
 

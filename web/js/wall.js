@@ -236,7 +236,7 @@ export class Wall {
   startPatrol(feeds, seconds) {
     this.stopPatrol(false);
     if (!feeds.length) return;
-    this.patrol = { feeds, seconds, offset: 0, timer: null };
+    this.patrol = { feeds, seconds, offset: 0, timer: null, step: 0, started: performance.now() };
     this.patrolStep(true);
     this.onChange();
   }
@@ -246,11 +246,14 @@ export class Wall {
     const count = Math.min(this.panes.length, patrol.feeds.length);
     this.panes.forEach((pane, i) => pane.show(i < count ? patrol.feeds[(patrol.offset + i) % patrol.feeds.length] : null));
     if (!schedule) return;
+    // Steps fall on start + k·seconds: a late timer does not push the later ones back.
+    patrol.step += 1;
+    const due = patrol.started + patrol.step * patrol.seconds * 1000;
     patrol.timer = setTimeout(() => {
       if (this.patrol !== patrol) return;
       patrol.offset = (patrol.offset + this.panes.length) % patrol.feeds.length;
       this.patrolStep(true);
-    }, patrol.seconds * 1000);
+    }, Math.max(0, due - performance.now()));
   }
 
   stopPatrol(notify = true) {
