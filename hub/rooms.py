@@ -200,16 +200,27 @@ class Rooms:
         return await self.announce_invitation(claims, room, site_id, {"sites": [site_id]}, inviter["name"])
 
     async def announce_invitation(
-        self, claims: Claims, room: Record, site_id: str, to: dict[str, Any], name: str | None = None
+        self,
+        claims: Claims,
+        room: Record,
+        site_id: str,
+        to: dict[str, Any],
+        name: str | None = None,
+        downward: bool = False,
     ) -> Record:
         """Tell people live that they are invited into a room: the `invitation`
         event the home page shows with a one-click join. `to` is its audience
-        (hub.access.addressed_to), `site_id` the site invited."""
+        (hub.access.addressed_to), `site_id` the site invited. Invitees below
+        the inviter (`downward`) are told the inviter's site names: that site
+        is not in their tree."""
+        sender = {"user": claims.user, "name": name or claims.display_name(), "site_id": claims.site}
+        if downward and (site := self.tree.get(claims.site)) is not None:
+            sender |= {"site_name": site.name, "site_name_en": site.name_en}
         event = {
             "type": "invitation",
             "room_id": room["id"],
             "room": room,
-            "from": {"user": claims.user, "name": name or claims.display_name(), "site_id": claims.site},
+            "from": sender,
             "site_id": site_id,
             "to": to,
         }

@@ -281,7 +281,7 @@ class Trainings:
             "ended_at": None,
         }
         self.book.add_training(training)
-        await self.rooms.announce_invitation(claims, room, branch, {"within": branch})
+        await self.rooms.announce_invitation(claims, room, branch, {"within": branch}, downward=True)
         return training | {"room": room}
 
     def _visible(self, claims: Claims, training: dict[str, Any]) -> bool:
@@ -291,8 +291,10 @@ class Trainings:
         return claims.role != "guest" and (tree.covers(claims.site, site) or tree.covers(site, claims.site))
 
     async def visible(self, claims: Claims, include_ended: bool = False) -> list[Record]:
-        """Trainings the caller may see, newest first; `invited`: the caller's
-        home lies in the branch (the home page offers to join)."""
+        """Trainings the caller may see, newest first, with the names of the
+        branch and the trainer's site (both may lie above the caller's tree);
+        `invited`: the caller's home lies in the branch (the home page offers
+        to join)."""
         active = await self.rooms.state.active_rooms()
         tree = self.rooms.tree
         return [
@@ -300,6 +302,8 @@ class Trainings:
             | {
                 "participant_count": active.get(t["room_id"], 0),
                 "site": site.to_json() if (site := tree.get(t["site_id"])) else None,
+                "trainer_site_name": getattr(tree.get(t["trainer_site"]), "name", ""),
+                "trainer_site_name_en": getattr(tree.get(t["trainer_site"]), "name_en", ""),
                 "invited": tree.covers(t["site_id"], claims.site) and claims.user != t["trainer"],
             }
             for t in self.book.trainings(live_only=not include_ended)

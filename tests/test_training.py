@@ -153,6 +153,7 @@ async def test_training_broadcast_with_speaker_and_attendance(hub: HubProcess, h
         for user in viewers:
             invitation = await sockets[user].next("invitation", timeout=10)
             assert invitation["room_id"] == room_id and invitation["from"]["user"] == "trainer-haidong"
+            assert invitation["from"]["site_name"] == "海东市"  # above the attendees' tree
         assert await sockets["outsider-guinan"].nothing_of("invitation")
         async with http.get(f"{hub.url}/api/trainings", headers=auth(keys["trainee-20"])) as r:
             assert room_id in [t["room_id"] for t in await r.json()]
@@ -235,8 +236,10 @@ async def test_training_broadcast_with_speaker_and_attendance(hub: HubProcess, h
         await wait_until(lambda: all(s.pc.connectionState == "closed" for s in hearing), 10)
         assert await status_of_publish(http, hub, speaker_key, room_id, participant=pid) == 403
         # The presenter goes on.
+        async with http.get(f"{hub.url}/api/rooms/{room_id}", headers=auth(trainer)) as r:
+            assert [s["id"] for s in (await r.json())["streams"]] == [presenter.resource_id]
         seen = len(logs[0].frames)
-        await wait_until(lambda: len(logs[0].frames) > seen + 15, 10)
+        await wait_until(lambda: len(logs[0].frames) > seen + 5, 20)
 
         # The viewers leave.
         left_at = time.time()
@@ -293,47 +296,54 @@ async def test_training_in_browsers(hub: HubProcess, http: aiohttp.ClientSession
     village attendee watches, raises a hand, is let speak (their page
     publishes) and returned to watching (it stops); ending the training sends
     the attendee out; the attendance reads in English."""
-    keys = tokens(hub, {"trainer-ledu": ("ledu", "trainer"), "trainee-hongzhuang": ("hongzhuang", "terminal")})
+    keys = tokens(hub, {"trainer-golmud": ("golmud", "trainer"), "trainee-minkang": ("minkang", "terminal")})
     async with chromium() as browser:
         trainer, attendee = await new_page(browser), await new_page(browser)
         trainer.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
-        await trainer.goto(f"{hub.url}/trainings?token={keys['trainer-ledu']}")
+        await attendee.goto(f"{hub.url}/?token={keys['trainee-minkang']}")
+        await expect(attendee.locator("#tree")).to_contain_text("民康村")
+        await trainer.goto(f"{hub.url}/trainings?token={keys['trainer-golmud']}")
         await trainer.fill("#t-title", "Mediation law")
-        await trainer.select_option("#t-branch", "ledu")
+        await trainer.select_option("#t-branch", "golmud")
         await trainer.click("#t-submit")
         await trainer.wait_for_url(re.compile(r"/rooms/room-"))
         room_id = trainer.url.rsplit("/", 1)[-1]
         await join(trainer, trainer.url)
         await expect(trainer.locator("#training-bar")).to_have_attribute("data-mode", "trainer")
 
-        await join(attendee, f"{hub.url}/rooms/{room_id}?token={keys['trainee-hongzhuang']}")
+        # The attendee's home page shows the invitation live; one click joins.
+        invitation = attendee.locator(f'.invitation[data-room-id="{room_id}"]')
+        await expect(invitation).to_contain_text("格尔木市")
+        await invitation.locator(".invitation-join").click()
+        await attendee.wait_for_url(f"**/rooms/{room_id}")
+        await join(attendee, attendee.url)
         await expect(attendee.locator("#training-bar")).to_have_attribute("data-mode", "watching")
         presenter = attendee.locator(
-            ".room-tile:not(.self)", has=attendee.locator(".tile-name", has_text="trainer-ledu")
+            ".room-tile:not(.self)", has=attendee.locator(".tile-name", has_text="trainer-golmud")
         )
         await assert_playing(attendee, presenter)
 
         async def streams_of(user: str) -> list[dict[str, Any]]:
-            async with http.get(f"{hub.url}/api/rooms/{room_id}", headers=auth(keys["trainer-ledu"])) as r:
+            async with http.get(f"{hub.url}/api/rooms/{room_id}", headers=auth(keys["trainer-golmud"])) as r:
                 return [s for s in (await r.json())["streams"] if s["user"] == user]
 
-        assert await streams_of("trainee-hongzhuang") == []  # an attendee watches
+        assert await streams_of("trainee-minkang") == []  # an attendee watches
 
         # A raised hand, "let speak": the attendee's page publishes and the trainer sees it.
         await attendee.click("#btn-hand")
         await trainer.click('#people [data-action="let-speak"]')
         await expect(attendee.locator("#training-bar")).to_have_attribute("data-mode", "speaking")
         speaker = trainer.locator(
-            ".room-tile:not(.self)", has=trainer.locator(".tile-name", has_text="trainee-hongzhuang")
+            ".room-tile:not(.self)", has=trainer.locator(".tile-name", has_text="trainee-minkang")
         )
         await assert_playing(trainer, speaker)
-        assert len(await streams_of("trainee-hongzhuang")) == 1
+        assert len(await streams_of("trainee-minkang")) == 1
 
         # "Back to watching": the stream ends.
         await trainer.click('#people [data-action="stop-speaking"]')
         await expect(speaker).to_have_count(0)
         await expect(attendee.locator("#training-bar")).to_have_attribute("data-mode", "watching")
-        assert await streams_of("trainee-hongzhuang") == []
+        assert await streams_of("trainee-minkang") == []
 
         # Ending the training sends everyone out.
         await trainer.click("#training-bar .training-end")
@@ -342,10 +352,10 @@ async def test_training_in_browsers(hub: HubProcess, http: aiohttp.ClientSession
 
         # The attendance, in English.
         await trainer.goto(f"{hub.url}/trainings?room={room_id}")
-        row = trainer.locator('#attendance-rows tr[data-user="trainee-hongzhuang"]')
-        await expect(row).to_contain_text("红庄村")
+        row = trainer.locator('#attendance-rows tr[data-user="trainee-minkang"]')
+        await expect(row).to_contain_text("民康村")
         await trainer.click("#lang-toggle")
-        await expect(row).to_contain_text("Hongzhuang")
+        await expect(row).to_contain_text("Minkang Village")
         await expect(trainer.locator(f'#training-rows tr[data-room-id="{room_id}"]')).to_have_attribute(
             "data-state", "ended"
         )

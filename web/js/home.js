@@ -612,7 +612,8 @@ async function offerTrainings() {
   const trainings = await state.client.trainings().catch((err) => (console.warn("trainings", err), []));
   for (const tr of trainings.filter((x) => x.invited)) {
     const room = { id: tr.room_id, kind: "training", title: tr.title, site_id: tr.site_id };
-    addInvitation({ room_id: tr.room_id, room, from: { user: tr.trainer, name: tr.trainer_name, site_id: tr.trainer_site } });
+    const from = { user: tr.trainer, name: tr.trainer_name, site_id: tr.trainer_site };
+    addInvitation({ room_id: tr.room_id, room, from: { ...from, site_name: tr.trainer_site_name, site_name_en: tr.trainer_site_name_en } });
   }
 }
 
