@@ -14,7 +14,7 @@ every hub process can serve it:
 
 * record kind "snapshot", key stream id: the metadata (small, listed for a
   branch of the tree);
-* record kind "snapshot-jpeg", key stream id: {"jpeg": base64};
+* record kind "snapshot-jpeg", key stream id: {"jpeg": base64, "at"};
 * record kind "alert", key "<stream id>:<kind>": an active health alert.
 
 All expire after a few periods unless rewritten, so a hub process that
@@ -52,8 +52,9 @@ WIDTH = 320
 JPEG_QUALITY = 70
 #: Records live this many periods unless a newer snapshot replaces them.
 TTL_PERIODS = 3
-#: Seconds to wait for the requested keyframe; a publisher that sends none
-#: in that time gets no snapshot this period.
+#: Seconds to wait at least for the requested keyframe (and at most one
+#: period beyond that): a camera that cannot be asked for one sends the next
+#: of its own, and a publisher that sends none in time gets no snapshot this period.
 CAPTURE_TIMEOUT = 5.0
 #: Keyframe decoders PyAV names by RTP media type.
 DECODERS = {"video/vp8": "vp8", "video/h264": "h264"}
@@ -151,10 +152,9 @@ class Snapshots:
     def __init__(self, rooms: Rooms, period: float) -> None:
         self.rooms = rooms
         self.period = period
-        self.ttl = TTL_PERIODS * period + CAPTURE_TIMEOUT
+        self.capture_timeout = max(CAPTURE_TIMEOUT, period)
+        self.ttl = TTL_PERIODS * period + self.capture_timeout
         self.monitors: dict[str, Monitor] = {}
-        self.taken = 0
-        self.failed = 0
         # One worker: snapshots of many streams queue up rather than take the
         # second core away from forwarding.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot")
@@ -165,9 +165,8 @@ class Snapshots:
         if self.period <= 0:
             return  # snapshots are off
         self._events = self.rooms.state.subscribe()
-        self._task = asyncio.create_task(self._follow(self._events))
-        for stream in await self.rooms.state.all_streams():
-            await self._watch(stream)
+        self._task = asyncio.create_task(self._follow())
+        await self._catch_up()
 
     async def close(self) -> None:
         if self._task is not None:
@@ -182,13 +181,12 @@ class Snapshots:
 
     # -- reading (any hub process) -------------------------------------------
 
-    async def latest(self, stream_id: str) -> tuple[Record, bytes] | None:
-        """The newest snapshot of a stream: its metadata and JPEG."""
-        meta = await self.rooms.state.get_record("snapshot", stream_id)
+    async def latest(self, stream_id: str) -> tuple[float, bytes] | None:
+        """The newest snapshot of a stream: when it was taken, and its JPEG."""
         image = await self.rooms.state.get_record("snapshot-jpeg", stream_id)
-        if meta is None or image is None:
+        if image is None:
             return None
-        return meta, base64.b64decode(image["jpeg"])
+        return image["at"], base64.b64decode(image["jpeg"])
 
     async def in_branch(self, site_id: str) -> list[Record]:
         """Metadata of every snapshot of a stream in the site's branch of the tree."""
@@ -204,11 +202,14 @@ class Snapshots:
 
     # -- following the streams of this process -------------------------------
 
-    async def _follow(self, events: asyncio.Queue[Record | None]) -> None:
+    async def _follow(self) -> None:
         while True:
-            event = await events.get()
-            if event is None:
-                log.warning("snapshots fell behind the room events")
+            assert self._events is not None
+            event = await self._events.get()
+            if event is None:  # dropped for falling behind: subscribe again, then look at what is live
+                log.warning("snapshots fell behind the room events; catching up")
+                self._events = self.rooms.state.subscribe()
+                await self._catch_up()
                 continue
             try:
                 if event.get("type") == "stream-added":
@@ -217,6 +218,13 @@ class Snapshots:
                     await self._unwatch(event["stream_id"])
             except Exception:
                 log.exception("snapshots could not handle %s", event.get("type"))
+
+    async def _catch_up(self) -> None:
+        """Watch every local stream, and no longer any that ended."""
+        for stream_id in [s for s in self.monitors if s not in self.rooms.router.producers]:
+            await self._unwatch(stream_id)
+        for stream in await self.rooms.state.all_streams():
+            await self._watch(stream)
 
     async def _watch(self, stream: Record) -> None:
         producer = self.rooms.router.producers.get(stream["id"])
@@ -255,27 +263,25 @@ class Snapshots:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                self.failed += 1
                 log.exception("snapshot of stream %s failed", monitor.stream["id"])
             # A fixed rate, whatever a snapshot took (a late one does not delay the next).
             due = max(due + self.period, loop.time())
             await asyncio.sleep(due - loop.time())
 
     async def _snapshot(self, monitor: Monitor) -> None:
-        keyframe = await monitor.catcher.capture(CAPTURE_TIMEOUT)
+        keyframe = await monitor.catcher.capture(self.capture_timeout)
         if keyframe is None:
-            self.failed += 1
+            log.info("stream %s sent no keyframe in %.0f s: no snapshot", monitor.stream["id"], self.capture_timeout)
             await self._refresh_alerts(monitor)
             return
         at = time.time()
         mime_type = monitor.catcher.source.mime_type
         loop = asyncio.get_running_loop()
         picture = await loop.run_in_executor(self._pool, render, mime_type, keyframe)
-        self.taken += 1
         base = monitor.base()
         meta = base | {"at": at, "width": picture.width, "height": picture.height, "bytes": len(picture.jpeg)}
         state = self.rooms.state
-        jpeg = {"jpeg": base64.b64encode(picture.jpeg).decode()}
+        jpeg = {"jpeg": base64.b64encode(picture.jpeg).decode(), "at": at}
         await state.put_record("snapshot-jpeg", base["stream_id"], jpeg, self.ttl)
         await state.put_record("snapshot", base["stream_id"], meta, self.ttl)
         event = {"type": "snapshot", "at": at, "to": {"covering": monitor.site_id}}

@@ -49,11 +49,11 @@ async def snapshot(request: web.Request) -> web.Response:
     latest = await _snapshots(request).latest(stream_id)
     if latest is None:
         raise NotFound(f"stream {stream_id} has no snapshot yet")
-    meta, jpeg = latest
-    etag = f'"{stream_id}-{round(meta["at"] * 1000)}"'
+    at, jpeg = latest
+    etag = f'"{stream_id}-{round(at * 1000)}"'
     # no-cache: a browser may keep the picture but must ask each time; the
     # ETag makes that ask cheap when no newer snapshot was taken.
-    headers = {"ETag": etag, "Cache-Control": "no-cache", "Last-Modified": formatdate(meta["at"], usegmt=True)}
+    headers = {"ETag": etag, "Cache-Control": "no-cache", "Last-Modified": formatdate(at, usegmt=True)}
     if etag in request.headers.get("If-None-Match", ""):
         return web.Response(status=304, headers=headers)
     return web.Response(body=jpeg, content_type="image/jpeg", headers=headers)

@@ -5,7 +5,7 @@ a frozen and a normal WHIP feed, to the operators of their county only."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import aiohttp
 import cv2
@@ -82,6 +82,13 @@ def test_alerts_need_two_snapshots_to_raise_and_to_clear() -> None:
     assert health.active == {}
 
 
+async def wait_for(log: EventLog, predicate: Callable[[], bool], timeout: float) -> None:
+    try:
+        await wait_until(predicate, timeout)
+    except TimeoutError:
+        pytest.fail(f"timed out; {history(log)}")
+
+
 # -- real feeds through a real hub ---------------------------------------------
 
 
@@ -110,6 +117,14 @@ def alerts(log: EventLog, kind: str) -> set[tuple[str, str]]:
     return {(e["alert"]["stream_id"], e["alert"]["kind"]) for e in log.of(kind)}  # type: ignore[index]
 
 
+def history(log: EventLog) -> str:
+    """What a failing assertion shows: the alert events, and snapshots per stream."""
+    shots: dict[str, int] = {}
+    for event in log.of("snapshot"):
+        shots[str(event["stream_id"])] = shots.get(str(event["stream_id"]), 0) + 1
+    return f"alerts: {[(e['type'], e['alert']) for e in log.events if 'alert' in e]}; snapshots: {shots}"
+
+
 async def test_black_frozen_and_normal_feeds_raise_exactly_their_alerts(
     http: aiohttp.ClientSession, health_hub: HubProcess
 ) -> None:
@@ -118,9 +133,10 @@ async def test_black_frozen_and_normal_feeds_raise_exactly_their_alerts(
     other = await monitor(http, hub, hub.token("op-golmud", "golmud", "operator"))
     freezable = FreezablePicture()
     feeds = {
-        "black": ("site-rianxiuma", SyntheticVideo("vp8", picture=black)),
-        "frozen": ("site-shangzhai", SyntheticVideo("h264", picture=freezable)),
-        "normal": ("site-guomaying", SyntheticVideo("vp8")),
+        # 320x240: a snapshot's own size, and three live encoders cheap enough for a busy machine.
+        "black": ("site-rianxiuma", SyntheticVideo("vp8", 320, 240, picture=black)),
+        "frozen": ("site-shangzhai", SyntheticVideo("h264", 320, 240, picture=freezable)),
+        "normal": ("site-guomaying", SyntheticVideo("vp8", 320, 240)),
     }
     sessions = {}
     try:
@@ -129,24 +145,24 @@ async def test_black_frozen_and_normal_feeds_raise_exactly_their_alerts(
             sessions[name] = await publish(http, hub.url, token, room, [track])
         ids = {name: s.resource_id for name, s in sessions.items()}
         expected = {(ids["black"], "black"), (ids["frozen"], "frozen")}
-        await wait_until(lambda: alerts(own, "alert-raised") >= expected, 60)
+        await wait_for(own, lambda: alerts(own, "alert-raised") >= expected, 60)
 
         operator = {"Authorization": f"Bearer {hub.token('op-guinan', 'guinan', 'operator')}"}
         async with http.get(f"{hub.url}/api/alerts", headers=operator) as response:
             active = await response.json()
-        assert {(a["stream_id"], a["kind"]) for a in active} == expected
+        assert {(a["stream_id"], a["kind"]) for a in active} == expected, history(own)
         black_alert = next(a for a in active if a["kind"] == "black")
         assert black_alert["id"] == f"{ids['black']}:black"
         assert black_alert["site_id"] == "rianxiuma" and "camera_id" not in black_alert
         assert black_alert["since"] <= next(e["alert"]["since"] for e in own.of("alert-raised"))  # type: ignore[index]
 
         freezable.moving = True
-        await wait_until(lambda: alerts(own, "alert-cleared") >= {(ids["frozen"], "frozen")}, 30)
+        await wait_for(own, lambda: alerts(own, "alert-cleared") >= {(ids["frozen"], "frozen")}, 30)
         cleared = next(e["alert"] for e in own.of("alert-cleared"))
         assert cleared["until"] > cleared["since"]  # type: ignore[index]
         # Two more periods: the normal feed, and the frozen one now moving, stay quiet.
         await asyncio.sleep(2.5)
-        assert alerts(own, "alert-raised") == expected, "a feed raised an alert it should not have"
+        assert alerts(own, "alert-raised") == expected, history(own)
         assert alerts(own, "alert-cleared") == {(ids["frozen"], "frozen")}
         async with http.get(f"{hub.url}/api/alerts?site=guomaying", headers=operator) as response:
             assert {(a["stream_id"], a["kind"]) for a in await response.json()} == {(ids["black"], "black")}
@@ -161,6 +177,6 @@ async def test_black_frozen_and_normal_feeds_raise_exactly_their_alerts(
         for session in sessions.values():
             await session.close()
     # An ended stream's alerts end with it.
-    await wait_until(lambda: alerts(own, "alert-cleared") >= {(ids["black"], "black")}, 10)
+    await wait_for(own, lambda: alerts(own, "alert-cleared") >= {(ids["black"], "black")}, 10)
     await own.close()
     await other.close()
