@@ -422,3 +422,44 @@ async def test_attendance_left_open_by_a_killed_hub_is_closed_at_restart(
         assert training["ended_at"] is not None  # its room went with the killed process's live state
     finally:
         second.stop()
+
+
+async def test_speaker_on_another_hub_process(tmp_path: Path, redis_url: str, http: aiohttp.ClientSession) -> None:
+    """Two hub processes sharing Redis and the data directory: the trainer
+    acts on one, the attendee speaks through the other, whose process ends the
+    stream when the trainer returns them to watching, and writes the row."""
+    a = start_hub(tmp_path, "--redis", redis_url)
+    b = start_hub(tmp_path, "--redis", redis_url)
+    try:
+        keys = tokens(a, {"trainer-delingha": ("delingha", "trainer"), "trainee-hedong": ("hedong", "terminal")})
+        trainer = auth(keys["trainer-delingha"])
+        async with http.post(
+            f"{a.url}/api/trainings", json={"title": "Flood drill", "branch": "delingha"}, headers=trainer
+        ) as r:
+            room_id = (await r.json())["room_id"]
+        async with socket(http, b, keys["trainee-hedong"]) as attendee:
+            pid = (await attendee.request({"type": "join", "room": room_id}))["participant"]["id"]
+            assert await status_of_publish(http, b, keys["trainee-hedong"], room_id, participant=pid) == 403
+            async with http.post(
+                f"{a.url}/api/trainings/{room_id}/speakers", json={"participant_id": pid}, headers=trainer
+            ) as r:
+                assert r.status == 200
+            video = bot.SyntheticVideo("vp8", 160, 120, 15)
+            spoken = await bot.publish(http, b.url, keys["trainee-hedong"], room_id, [video], participant=pid)
+            try:
+                await event(attendee, "stream-added", lambda e: e["stream"]["id"] == spoken.resource_id)
+                async with http.delete(f"{a.url}/api/trainings/{room_id}/speakers/{pid}", headers=trainer) as r:
+                    assert r.status == 200
+                await event(attendee, "stream-removed", lambda e: e["stream_id"] == spoken.resource_id)
+                for hub in (a, b):
+                    async with http.get(f"{hub.url}/api/streams/{spoken.resource_id}", headers=trainer) as r:
+                        assert r.status == 404
+            finally:
+                await spoken.close()
+            assert (await attendee.request({"type": "leave", "room": room_id}))["type"] == "left"
+        async with http.get(f"{a.url}/api/trainings/{room_id}/attendance", headers=trainer) as r:
+            [row] = (await r.json())["attendance"]
+        assert row["user"] == "trainee-hedong" and row["participant_id"] == pid and row["left_at"] is not None
+    finally:
+        a.stop()
+        b.stop()
