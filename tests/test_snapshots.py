@@ -13,9 +13,10 @@ import cv2
 import numpy as np
 import pytest
 
-from hub.bot import SyntheticAudio, SyntheticVideo, publish
+from hub.bot import SyntheticAudio, SyntheticVideo, pattern_image, publish
 
 from .conftest import HubProcess, start_hub, wait_until
+from .test_cameras import FPS, write_loop
 
 ROOM = "site-rianxiuma"  # a village of guinan county
 
@@ -179,3 +180,37 @@ async def test_snapshot_of_a_stream_without_video_is_404(http: aiohttp.ClientSes
     finally:
         await session.close()
 
+
+async def test_a_camera_is_snapshotted_like_any_stream(http: aiohttp.ClientSession, snapshot_hub: HubProcess) -> None:
+    """A camera the hub pulls (here from a file of test pictures) gets snapshots carrying its camera id."""
+    hub = snapshot_hub
+    path = hub.data / "media" / "snapshot-loop.mp4"
+    write_loop(path, "libx264", tune="zerolatency", profile="baseline")
+    auth = {"Authorization": f"Bearer {hub.token('op-guinan', 'guinan', 'operator')}"}
+    body = {"site_id": "rianxiuma", "name": "村口", "url": f"file://{path}"}
+    async with http.post(f"{hub.url}/api/cameras", json=body, headers=auth) as response:
+        assert response.status == 201, await response.text()
+        camera = await response.json()
+    try:
+        listed: list[dict[str, object]] = []
+
+        async def camera_snapshots() -> list[dict[str, object]]:
+            async with http.get(f"{hub.url}/api/snapshots?site=rianxiuma", headers=auth) as response:
+                return [s for s in await response.json() if s.get("camera_id") == camera["id"]]
+
+        for _ in range(100):
+            if listed := await camera_snapshots():
+                break
+            await asyncio.sleep(0.2)
+        assert listed, "the camera got no snapshot"
+        async with http.get(f"{hub.url}/api/streams/{listed[0]['stream_id']}/snapshot", headers=auth) as response:
+            picture = cv2.imdecode(np.frombuffer(await response.read(), np.uint8), cv2.IMREAD_COLOR)
+        # The file's keyframes are its pictures 0 and FPS (a keyframe a second): the snapshot is one of them.
+        nearest = min(
+            float(cv2.absdiff(picture, cv2.cvtColor(pattern_image(320, 240, i), cv2.COLOR_RGB2BGR)).mean())
+            for i in (0, FPS)
+        )
+        assert nearest < 8, "the camera's snapshot is not one of its pictures"
+    finally:
+        async with http.delete(f"{hub.url}/api/cameras/{camera['id']}", headers=auth) as response:
+            assert response.status == 204
