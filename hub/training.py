@@ -198,8 +198,8 @@ class AttendanceBook:
         )
 
     def close_dead(self, live_nodes: set[str], now: float) -> int:
-        """Close the rows and trainings of hub processes no longer running,
-        at the last moment each was seen; returns how many rows."""
+        """Close the attendance rows of hub processes no longer running, at
+        the last moment each was seen; returns how many."""
         with self._lock, self._db:
             dead = {
                 node: seen
