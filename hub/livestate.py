@@ -85,9 +85,9 @@ class LiveState(ABC):
     @abstractmethod
     async def streams(self, room_id: str) -> list[Record]: ...
 
+    @abstractmethod
     async def all_streams(self) -> list[Record]:
-        """Every stream of every room."""
-        return [s for room_id in await self.active_rooms() for s in await self.streams(room_id)]
+        """Every stream of every room, also of rooms nobody is in (a camera's)."""
 
     # -- named records: small shared state of the features built on rooms
     # (presence, alerts, calls, snapshots ...), grouped by `kind`. A `ttl`
@@ -199,6 +199,10 @@ class MemoryLiveState(LiveState):
 
     async def streams(self, room_id: str) -> list[Record]:
         return [s for s in self._streams.values() if s["room_id"] == room_id]
+
+    async def all_streams(self) -> list[Record]:
+        # Every stream, also of a room nobody is in (a camera's stream has no participant).
+        return list(self._streams.values())
 
     def _live(self, kind: str) -> dict[str, tuple[Record, float | None]]:
         table = self._records.setdefault(kind, {})

@@ -4,23 +4,28 @@ presence of event sockets, jurisdiction, saved wall layouts."""
 from __future__ import annotations
 
 import asyncio
+import fractions
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import av
+import numpy as np
 import pytest
 
 from hub import bot
 
-from .conftest import HubProcess, start_hub
+from .conftest import HubProcess, free_port, start_hub
 
 
 @pytest.fixture(scope="module")
 def console_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
     """A hub of its own: status counts start from nothing."""
-    process = start_hub(tmp_path_factory.mktemp("console-hub"))
+    # Snapshots every second: a camera's health alert comes within seconds.
+    env = {"HUB_SNAPSHOT_SECONDS": "1", "HUB_CAMERA_READ_TIMEOUT": "2", "HUB_CAMERA_BACKOFF_MAX": "2"}
+    process = start_hub(tmp_path_factory.mktemp("console-hub"), env=env)
     yield process
     process.stop()
 
@@ -86,6 +91,64 @@ async def test_status_rolls_up_a_joined_participant_and_a_published_stream(
     assert now["chengtai"]["rollup"]["villages_online"] == 0 and not now["taizi"]["online"]
     # Once the stream ended the publisher's site is idle again.
     assert after["xinzhuang"]["streams"] == [] and not after["xinzhuang"]["in_session"]
+
+
+def write_video(path: Path, picture: Callable[[int], np.ndarray], frames: int = 30) -> None:
+    """A 2 s H.264 file of the given pictures (320x240, 15 fps) for a file camera."""
+    path.parent.mkdir(exist_ok=True)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=15)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        stream.options = {"g": "15", "tune": "zerolatency"}
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(picture(i), format="rgb24")
+            frame.pts, frame.time_base = i, fractions.Fraction(1, 15)
+            out.mux(stream.encode(frame.reformat(format="yuv420p")))
+        out.mux(stream.encode(None))
+
+
+async def test_status_counts_cameras_online_offline_and_in_alarm(
+    console_hub: HubProcess, http: aiohttp.ClientSession
+) -> None:
+    """Real cameras pulled by the hub: a moving picture, a black one (a health
+    alert) and one whose RTSP server is not there."""
+    operator = console_hub.sign("op-chengtai", "chengtai", "operator")
+    write_video(console_hub.data / "media" / "pattern.mp4", lambda i: bot.pattern_image(320, 240, i))
+    write_video(console_hub.data / "media" / "black.mp4", lambda i: np.zeros((240, 320, 3), np.uint8))
+    cameras = {
+        "pattern": f"file://{console_hub.data}/media/pattern.mp4",
+        "black": f"file://{console_hub.data}/media/black.mp4",
+        "gone": f"rtsp://127.0.0.1:{free_port()}/none",
+    }
+    ids = {}
+    for name, url in cameras.items():
+        body = {"site_id": "taizi", "name": name, "url": url}
+        async with http.post(f"{console_hub.url}/api/cameras", json=body, headers=auth(operator)) as r:
+            assert r.status == 201, await r.text()
+            ids[name] = (await r.json())["id"]
+    try:
+        latest: dict[str, Any] = {}
+
+        async def settled() -> bool:
+            latest.update(await status(http, console_hub, operator))
+            rollup = latest["chengtai"]["rollup"]
+            return (rollup["cameras_online"], rollup["cameras_offline"], rollup["cameras_alarm"]) == (2, 1, 1)
+
+        deadline = time.monotonic() + 40
+        while not await settled():
+            assert time.monotonic() < deadline, latest.get("taizi")
+            await asyncio.sleep(0.5)
+        taizi = latest["taizi"]
+        by_name = {c["name"]: c for c in taizi["cameras"]}
+        assert by_name["black"]["alarm"] and not by_name["pattern"]["alarm"], by_name
+        assert by_name["gone"]["status"] == "offline" and by_name["gone"]["stream_id"] is None
+        assert by_name["pattern"]["stream_id"] in {s["id"] for s in taizi["streams"]}
+        assert taizi["alerts"] >= 1 and latest["chengtai"]["rollup"]["cameras"] == 3
+        assert latest["chengtai"]["rollup"]["alerts"] == taizi["alerts"]
+    finally:
+        for camera_id in ids.values():
+            async with http.delete(f"{console_hub.url}/api/cameras/{camera_id}", headers=auth(operator)) as r:
+                assert r.status == 204
 
 
 async def test_presence_follows_the_event_socket(console_hub: HubProcess, http: aiohttp.ClientSession) -> None:
