@@ -339,6 +339,14 @@ class Trainings:
             await self.rooms.leave(room_id, participant["id"])
         return training
 
+    async def branch_sites(self, claims: Claims, room_id: str) -> list[Record]:
+        """The sites of a training's branch, for anyone who may enter it: the
+        room names its attendees' sites, which may lie beside the caller's."""
+        room = await self.rooms.room(claims, room_id)
+        if room.get("kind") != "training":
+            raise NotFound(f"room {room_id} is not a training")
+        return [site.to_json() for site in self.rooms.tree.jurisdiction(room["branch"])]
+
     # -- speakers --------------------------------------------------------------
 
     async def _trainer_room(self, claims: Claims, room_id: str) -> Record:

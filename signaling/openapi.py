@@ -566,6 +566,13 @@ def _training_paths() -> dict[str, Any]:
                 "responses": {"200": _ok(participant), "400": _PROBLEM} | _ERRORS,
             }
         },
+        "/api/trainings/{room_id}/sites": {
+            "get": {
+                "summary": "The sites of the training's branch (whoever may enter the room): names for its attendees",
+                "parameters": [room],
+                "responses": {"200": _ok("[Site]")} | _ERRORS,
+            }
+        },
         "/api/trainings/{room_id}/attendance": {
             "get": {
                 "summary": "Who attended, from which site, from when to when (the trainer, operators above it)",

@@ -68,6 +68,11 @@ async def demote(request: web.Request) -> web.Response:
     return json_response(await _trainings(request).demote(claims, room_id, participant_id))
 
 
+async def branch_sites(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    return json_response(await _trainings(request).branch_sites(claims, request.match_info["room_id"]))
+
+
 def _iso(at: float | None) -> str:
     return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds") if at is not None else ""
 
@@ -104,3 +109,4 @@ def add_routes(app: web.Application, trainings: Trainings | None) -> None:
     app.router.add_post("/api/trainings/{room_id}/speakers", promote)
     app.router.add_delete("/api/trainings/{room_id}/speakers/{participant_id}", demote)
     app.router.add_get("/api/trainings/{room_id}/attendance", attendance)
+    app.router.add_get("/api/trainings/{room_id}/sites", branch_sites)

@@ -327,8 +327,13 @@ async def test_training_in_browsers(hub: HubProcess, http: aiohttp.ClientSession
         await expect(invitation).to_contain_text("格尔木市")
         await invitation.locator(".invitation-join").click()
         await attendee.wait_for_url(f"**/rooms/{room_id}")
-        await join(attendee, attendee.url)
+        await expect(attendee.locator("#prejoin")).to_be_visible()
+        await attendee.wait_for_function("() => document.querySelector('#preview').videoWidth > 0")
+        await attendee.click("#join")
         await expect(attendee.locator("#training-bar")).to_have_attribute("data-mode", "watching")
+        await expect(attendee.locator(".room-tile.self")).to_be_hidden()  # the stage is the trainer's
+        # The trainer sees where the attendee is, though that site is not in the room's own line of sites.
+        await expect(trainer.locator("#people")).to_contain_text("民康村")
         presenter = attendee.locator(
             ".room-tile:not(.self)", has=attendee.locator(".tile-name", has_text="trainer-golmud")
         )
@@ -344,6 +349,7 @@ async def test_training_in_browsers(hub: HubProcess, http: aiohttp.ClientSession
         await attendee.click("#btn-hand")
         await trainer.click('#people [data-action="let-speak"]')
         await expect(attendee.locator("#training-bar")).to_have_attribute("data-mode", "speaking")
+        await expect(attendee.locator(".room-tile.self")).to_be_visible()
         speaker = trainer.locator(
             ".room-tile:not(.self)", has=trainer.locator(".tile-name", has_text="trainee-minkang")
         )
@@ -354,6 +360,7 @@ async def test_training_in_browsers(hub: HubProcess, http: aiohttp.ClientSession
         await trainer.click('#people [data-action="stop-speaking"]')
         await expect(speaker).to_have_count(0)
         await expect(attendee.locator("#training-bar")).to_have_attribute("data-mode", "watching")
+        await expect(attendee.locator(".room-tile.self")).to_be_hidden()
         assert await streams_of("trainee-minkang") == []
 
         # Ending the training sends everyone out.

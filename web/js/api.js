@@ -361,6 +361,11 @@ export class HubClient {
     return this.request("GET", `/api/trainings/${encodeURIComponent(roomId)}/attendance`);
   }
 
+  /** The sites of a training's branch (names for the room's attendees). */
+  trainingSites(roomId) {
+    return this.request("GET", `/api/trainings/${encodeURIComponent(roomId)}/sites`);
+  }
+
   /** The attendance as a CSV download link (a link cannot send the token header). */
   attendanceCsvUrl(roomId) {
     const query = new URLSearchParams({ format: "csv", token: this.token });

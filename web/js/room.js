@@ -49,6 +49,7 @@ const state = {
   me: null,
   room: null,
   sites: new Map(), // the room's site and those above it
+  branchSites: new Map(), // a training's branch, whose attendees may come from beside us
   local: null, // MediaStream of camera + microphone
   cameraId: null,
   micId: null,
@@ -120,7 +121,7 @@ function reportError(err) {
 // -- header --------------------------------------------------------------------------
 
 function siteLabel(siteId) {
-  const site = state.sites.get(siteId);
+  const site = state.sites.get(siteId) ?? state.branchSites.get(siteId);
   return site ? i18n.siteName(site) : t("tile.unknownSite");
 }
 
@@ -485,6 +486,8 @@ function putParticipant(participant) {
     else stopShare();
     publishCamera();
     renderControls();
+    state.selfTile?.render();
+    renderGrid();
   }
   for (const tile of state.tiles.values()) if (tile.stream.participant_id === participant.id) tile.render();
   renderPeople();
@@ -698,6 +701,8 @@ class SelfTile {
     );
     this.el.dataset.audio = String(state.audioOn);
     this.el.dataset.video = String(state.videoOn);
+    // A training's attendee sends nothing until let speak: the stage is the trainer's.
+    this.el.hidden = !mayPublish();
   }
 
   async level() {
@@ -839,7 +844,7 @@ function removeTile(streamId) {
 
 function renderGrid() {
   const grid = $("room-grid");
-  const count = grid.children.length;
+  const count = [...grid.children].filter((tile) => !tile.hidden).length;
   grid.dataset.count = String(count);
   grid.style.setProperty("--cols", String(count <= 1 ? 1 : count <= 4 ? 2 : count <= 9 ? 3 : 4));
 }
@@ -893,6 +898,7 @@ async function boot() {
     const [room, sites] = await Promise.all([state.client.room(state.roomId), state.client.roomSites(state.roomId)]);
     state.room = room;
     state.sites = new Map(sites.map((s) => [s.id, s]));
+    state.branchSites = new Map((await training.branchSites(state.client, room)).map((s) => [s.id, s]));
     state.participants = new Map(room.participants.map((p) => [p.id, p]));
   } catch (err) {
     console.warn(err);

@@ -15,6 +15,11 @@ export function mayPublish(room, me, self) {
   return !isTraining(room) || isTrainer(room, me) || Boolean(self?.speaker);
 }
 
+/** The sites of a training's branch, to name its attendees (none for other rooms). */
+export async function branchSites(client, room) {
+  return isTraining(room) ? client.trainingSites(room.id) : [];
+}
+
 /**
  * What a training adds to a person's row: a "speaking" badge, and for the
  * trainer a "let speak" button beside a raised hand or "back to watching"
