@@ -46,6 +46,7 @@ const state = {
   search: "",
   patrolPicks: new Set(), // feed keys ticked for patrol
   snapshots: new Map(), // stream id -> last snapshot time (cache-busting)
+  thumbs: new Map(), // feed key -> {signature, node} of the thumbnails shown
   layouts: { layouts: [], current: null },
   wall: null,
   fatal: null,
@@ -357,7 +358,18 @@ function renderFeeds() {
     grid.replaceChildren(el("p", { class: "console-empty" }, t("console.noFeeds")));
     return;
   }
-  grid.replaceChildren(...feeds.map(renderThumb));
+  // Keep the thumbnails that did not change: rebuilding one reloads its picture.
+  const kept = new Map();
+  grid.replaceChildren(
+    ...feeds.map((item) => {
+      const signature = JSON.stringify([item.label, item.live, item.streamId, item.camera?.status, item.camera?.alarm, i18n.lang()]);
+      const old = state.thumbs.get(item.key);
+      const node = old && old.signature === signature && !old.node.querySelector(".thumb-none") ? old.node : renderThumb(item);
+      kept.set(item.key, { signature, node });
+      return node;
+    }),
+  );
+  state.thumbs = kept;
 }
 
 function renderThumb(item) {
