@@ -564,7 +564,7 @@ function renderInvitations() {
       return el(
         "section",
         { class: "invitation", role: "alert", dataset: { roomId: inv.room_id } },
-        el("h3", {}, t("invite.title")),
+        el("h3", {}, t(inv.room.kind === "training" ? "training.inviteTitle" : "invite.title")),
         el("p", {}, t("invite.from", { name: inv.from.name, site, room })),
         el(
           "div",
