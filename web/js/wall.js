@@ -19,6 +19,9 @@ export function feedKey(feed) {
   return `site:${feed.site_id}`;
 }
 
+/** A pane whose playback failed tries again after this long. */
+const RETRY_MS = 3000;
+
 /** Sides a wall offers in its picker; any n from 1 to 8 is valid. */
 export const GRID_SIDES = [1, 2, 3, 4, 5, 6, 7, 8];
 
@@ -31,6 +34,7 @@ class Pane {
     this.session = null;
     this.status = "empty";
     this.seq = 0;
+    this.retryTimer = null;
     this.video = el("video", { autoplay: true, playsinline: true, muted: true });
     this.video.muted = true; // autoplay without a gesture needs a muted element
     this.video.addEventListener("playing", () => this.setStatus("live"));
@@ -132,18 +136,28 @@ class Pane {
       }
       this.session = session;
       session.pc.addEventListener("connectionstatechange", () => {
-        if (seq === this.seq && session.pc.connectionState === "failed") this.setStatus("failed");
+        if (seq === this.seq && session.pc.connectionState === "failed") this.fail();
       });
     } catch (err) {
       if (seq !== this.seq) return;
       console.warn("wall whep", streamId, err);
       const kind = err instanceof ApiError ? err.kind : "";
-      this.setStatus(kind === "forbidden" ? "forbidden" : kind === "not-found" ? "offline" : "failed");
+      if (kind === "forbidden" || kind === "not-found") this.setStatus(kind === "forbidden" ? "forbidden" : "offline");
+      else this.fail();
     }
+  }
+
+  /** Playback failed (network, hub restarting): show it and try again shortly. */
+  fail() {
+    this.setStatus("failed");
+    const seq = this.seq;
+    clearTimeout(this.retryTimer);
+    this.retryTimer = setTimeout(() => seq === this.seq && this.sync(), RETRY_MS);
   }
 
   stop() {
     this.seq++;
+    clearTimeout(this.retryTimer);
     const session = this.session;
     this.session = null;
     this.streamId = null;
