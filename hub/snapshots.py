@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 #: for a thumbnail grid, and for the health diagnostics, at a fraction of
 #: the cost of the full picture. Smaller pictures are not enlarged.
 WIDTH = 320
-#: JPEG quality (OpenCV's 0-100): ~12-20 KB at 320x240, without visible blocks.
+#: JPEG quality (OpenCV's 0-100): 5-10 KB at 320x240 (bench/snapshots.py), without visible blocks.
 JPEG_QUALITY = 70
 #: Records live this many periods unless a newer snapshot replaces them.
 TTL_PERIODS = 3
