@@ -23,8 +23,6 @@ import json
 import logging
 import re
 import secrets
-import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +38,7 @@ from .livestate import Record
 from .rooms import NotFound, Rooms
 from .rtpforward import TrackSource
 from .sites import SiteTree, standing_room_id
+from .store import Database
 from .tokens import Claims
 
 log = logging.getLogger(__name__)
@@ -124,17 +123,10 @@ def check_entry(entry: object, tree: SiteTree, allowed_dirs: list[Path]) -> dict
 # -- durable registrations --------------------------------------------------------
 
 
-class CameraStore:
+class CameraStore(Database):
     """The `cameras` table in the hub's SQLite file."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False)
-        self._db.executescript(SCHEMA)
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        self._db.close()
+    schema = SCHEMA
 
     def all(self) -> list[dict[str, Any]]:
         with self._lock:

@@ -34,8 +34,6 @@ site above it.
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +41,7 @@ from typing import Any
 from .access import Forbidden
 from .livestate import EventFollower, Record
 from .rooms import NotFound, Rooms, _new_id
+from .store import Database
 from .tokens import Claims
 
 DISPUTE_TYPES = ("family", "neighbour", "land", "wages", "contract", "other")
@@ -148,18 +147,10 @@ class Conflict(Exception):
     """The change is not allowed in the case's current state (HTTP 409)."""
 
 
-class CaseStore:
-    """The three case tables in the hub's SQLite file; one connection, one lock."""
+class CaseStore(Database):
+    """The three case tables in the hub's SQLite file."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, timeout=10)
-        self._lock = threading.Lock()
-        with self._lock, self._db:
-            self._db.executescript(SCHEMA)
-
-    def close(self) -> None:
-        self._db.close()
+    schema = SCHEMA
 
     def insert(self, case: Record, history: Record) -> None:
         row = case | {"parties": json.dumps(case["parties"], ensure_ascii=False)}

@@ -18,8 +18,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from typing import Any
 from .access import Forbidden, can_reach_site
 from .livestate import Record
 from .rooms import NotFound, Rooms
+from .store import Database
 from .tokens import Claims
 
 log = logging.getLogger(__name__)
@@ -74,21 +73,10 @@ class CallConflict(Exception):
         self.call = call
 
 
-class CallLog:
+class CallLog(Database):
     """The durable record of calls: who called, who answered, when."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Several hub processes may share the file; SQLite serialises them
-        # and the timeout waits out another's write.
-        self._db = sqlite3.connect(path, check_same_thread=False, timeout=10)
-        self._lock = threading.Lock()
-        with self._lock, self._db:
-            self._db.executescript(SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+    schema = SCHEMA
 
     def add(self, call: Record) -> None:
         with self._lock, self._db:

@@ -1,9 +1,12 @@
-"""Durable records in SQLite: the site tree (later: recordings, cases, audit)."""
+"""Durable records in SQLite: the site tree, and `Database`, the connection
+every feature's tables (cases, calls, trainings, cameras, recordings) use."""
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
+from typing import ClassVar
 
 from .sites import Site, SiteTree
 
@@ -19,14 +22,32 @@ CREATE TABLE IF NOT EXISTS sites (
 """
 
 
-class Store:
+class Database:
+    """One connection to the hub's SQLite file, behind one lock, with the
+    subclass's `schema` created if absent.
+
+    Writer threads and the event loop may both use it: the lock serialises
+    them, a handful of short writes a second does not need more. Several hub
+    processes may share the file: SQLite serialises them and the timeout
+    waits out another's write."""
+
+    #: CREATE ... IF NOT EXISTS statements of the subclass's tables.
+    schema: ClassVar[str]
+
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path)
-        self._db.executescript(SCHEMA)
+        self._db = sqlite3.connect(path, check_same_thread=False, timeout=10)
+        self._lock = threading.Lock()
+        with self._lock, self._db:
+            self._db.executescript(self.schema)
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
+
+
+class Store(Database):
+    schema = SCHEMA
 
     def site_tree(self) -> SiteTree | None:
         rows = self._db.execute("SELECT id, name, level, parent, name_en FROM sites ORDER BY position").fetchall()

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 from .access import Forbidden, can_reach_site
 from .livestate import Record
 from .rooms import NotFound, Rooms
+from .store import Database
 from .tokens import Claims
 
 log = logging.getLogger(__name__)
@@ -85,14 +85,6 @@ ATTENDANCE_COLUMNS = (
 )
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, check_same_thread=False, timeout=10)
-    with db:
-        db.executescript(SCHEMA)
-    return db
-
-
 def attendance_by_site(db_path: Path, since: float, until: float) -> list[dict[str, Any]]:
     """Training attendance per attending site over [since, until): rows
     {site_id, trainings, people, minutes}, for the statistics page.
@@ -101,37 +93,17 @@ def attendance_by_site(db_path: Path, since: float, until: float) -> list[dict[s
     open counts up to now. `trainings` is how many trainings someone of
     the site attended, `people` how many distinct users.
     """
-    db = _connect(db_path)
+    book = AttendanceBook(db_path)
     try:
-        now = time.time()
-        rows = db.execute(
-            """
-            SELECT site_id, COUNT(DISTINCT room_id), COUNT(DISTINCT user),
-                   SUM(MAX(0, MIN(COALESCE(left_at, :now), :until) - MAX(joined_at, :since)))
-            FROM attendance
-            WHERE joined_at < :until AND COALESCE(left_at, :now) > :since
-            GROUP BY site_id ORDER BY site_id
-            """,
-            {"since": since, "until": until, "now": now},
-        ).fetchall()
+        return book.by_site(since, until)
     finally:
-        db.close()
-    return [
-        {"site_id": site, "trainings": trainings, "people": people, "minutes": round(seconds / 60, 1)}
-        for site, trainings, people, seconds in rows
-    ]
+        book.close()
 
 
-class AttendanceBook:
-    """The trainings and attendance tables. One connection behind a lock:
-    a handful of short writes per join or leave."""
+class AttendanceBook(Database):
+    """The trainings and attendance tables: a handful of short writes per join or leave."""
 
-    def __init__(self, path: Path) -> None:
-        self._db = _connect(path)
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        self._db.close()
+    schema = SCHEMA
 
     def _write(self, sql: str, args: list[Any] | dict[str, Any]) -> int:
         with self._lock, self._db:
@@ -220,6 +192,24 @@ class AttendanceBook:
                 if node not in live_nodes:
                     self._db.execute("DELETE FROM attendance_nodes WHERE node = ?", [node])
         return closed
+
+    def by_site(self, since: float, until: float) -> list[dict[str, Any]]:
+        """See attendance_by_site."""
+        with self._lock:
+            rows = self._db.execute(
+                """
+                SELECT site_id, COUNT(DISTINCT room_id), COUNT(DISTINCT user),
+                       SUM(MAX(0, MIN(COALESCE(left_at, :now), :until) - MAX(joined_at, :since)))
+                FROM attendance
+                WHERE joined_at < :until AND COALESCE(left_at, :now) > :since
+                GROUP BY site_id ORDER BY site_id
+                """,
+                {"since": since, "until": until, "now": time.time()},
+            ).fetchall()
+        return [
+            {"site_id": site, "trainings": trainings, "people": people, "minutes": round(seconds / 60, 1)}
+            for site, trainings, people, seconds in rows
+        ]
 
 
 def minutes(row: dict[str, Any], now: float) -> float:

@@ -6,12 +6,12 @@ so that one backup holds every durable record.
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from hub.store import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS recordings (
@@ -45,21 +45,16 @@ COLUMNS = ("id", "room_id", "site_id", "kind", "title", "started_at", "ended_at"
 AUDIT_COLUMNS = ("id", "at", "user", "role", "action", "recording_id", "site_id", "detail")
 
 
-class Catalogue:
+class Catalogue(Database):
+    # Writer threads and the event loop both record segments: Database's lock serialises them.
+    schema = SCHEMA
+
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Writer threads and the event loop both record segments; one lock
-        # around one connection is plenty for a handful of writes a second.
-        self._db = sqlite3.connect(path, check_same_thread=False, timeout=10)
-        self._lock = threading.Lock()
+        super().__init__(path)
         with self._lock, self._db:
-            self._db.executescript(SCHEMA)
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(recordings)")}
             if "node" not in columns:  # a catalogue from before recordings named their hub process
                 self._db.execute("ALTER TABLE recordings ADD COLUMN node TEXT NOT NULL DEFAULT ''")
-
-    def close(self) -> None:
-        self._db.close()
 
     def add(self, record: dict[str, Any]) -> None:
         record = {"node": ""} | record
