@@ -409,12 +409,20 @@ class EventFollower:
     stopped: for features that keep durable records in step with the rooms.
     An event that fails is logged and skipped; when the subscription is
     dropped for falling behind, it subscribes again (the events in between
-    are lost, and logged as such)."""
+    are lost, and logged as such) and awaits `resumed`, if given, to catch
+    up with what is live."""
 
-    def __init__(self, state: LiveState, handle: Callable[[Record], Awaitable[None]], name: str) -> None:
+    def __init__(
+        self,
+        state: LiveState,
+        handle: Callable[[Record], Awaitable[None]],
+        name: str,
+        resumed: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._state = state
         self._handle = handle
         self._name = name
+        self._resumed = resumed
         self._queue: asyncio.Queue[Record | None] | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -436,6 +444,11 @@ class EventFollower:
             if event is None:
                 log.warning("%s fell behind the events and lost some; following again", self._name)
                 queue = self._queue = self._state.subscribe()
+                if self._resumed is not None:
+                    try:
+                        await self._resumed()
+                    except Exception:
+                        log.exception("%s could not catch up", self._name)
                 continue
             try:
                 await self._handle(event)

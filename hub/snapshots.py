@@ -38,7 +38,7 @@ from aiortc.rtp import RtpPacket
 
 from .frames import FrameAssembler, RtpIn
 from .health import Health, Measures, measure
-from .livestate import Record
+from .livestate import EventFollower, Record
 from .rooms import Rooms
 from .rtpforward import Outgoing, TrackSource
 
@@ -158,23 +158,17 @@ class Snapshots:
         # One worker: snapshots of many streams queue up rather than take the
         # second core away from forwarding.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot")
-        self._events: asyncio.Queue[Record | None] | None = None
-        self._task: asyncio.Task[None] | None = None
+        # Dropped for falling behind, it subscribes again and looks at what is live.
+        self._follower = EventFollower(rooms.state, self._on_event, "snapshots", resumed=self._catch_up)
 
     async def start(self) -> None:
         if self.period <= 0:
             return  # snapshots are off
-        self._events = self.rooms.state.subscribe()
-        self._task = asyncio.create_task(self._follow())
+        self._follower.start()
         await self._catch_up()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._events is not None:
-            self.rooms.state.unsubscribe(self._events)
+        await self._follower.stop()
         for stream_id in tuple(self.monitors):
             await self._unwatch(stream_id)
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -202,22 +196,11 @@ class Snapshots:
 
     # -- following the streams of this process -------------------------------
 
-    async def _follow(self) -> None:
-        while True:
-            assert self._events is not None
-            event = await self._events.get()
-            if event is None:  # dropped for falling behind: subscribe again, then look at what is live
-                log.warning("snapshots fell behind the room events; catching up")
-                self._events = self.rooms.state.subscribe()
-                await self._catch_up()
-                continue
-            try:
-                if event.get("type") == "stream-added":
-                    await self._watch(event["stream"])
-                elif event.get("type") == "stream-removed":
-                    await self._unwatch(event["stream_id"])
-            except Exception:
-                log.exception("snapshots could not handle %s", event.get("type"))
+    async def _on_event(self, event: Record) -> None:
+        if event.get("type") == "stream-added":
+            await self._watch(event["stream"])
+        elif event.get("type") == "stream-removed":
+            await self._unwatch(event["stream_id"])
 
     async def _catch_up(self) -> None:
         """Watch every local stream, and no longer any that ended."""

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .access import Forbidden, can_reach_site
-from .livestate import Record
+from .livestate import EventFollower, Record
 from .rooms import NotFound, Rooms
 from .store import Database
 from .tokens import Claims
@@ -223,8 +223,8 @@ class Trainings:
         self.rooms = rooms
         self.book = AttendanceBook(db_path)
         self.beat_seconds = beat_seconds
-        self._events: asyncio.Queue[Record | None] | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._follower = EventFollower(rooms.state, self._on_event, "training attendance")
+        self._heartbeat_task: asyncio.Task[None] | None = None
         rooms.publish_guards["training"] = self._may_publish
 
     async def start(self) -> None:
@@ -237,16 +237,15 @@ class Trainings:
             if await self.rooms.state.get_room(training["room_id"]) is None:
                 self.book.end_training(training["room_id"], now)  # its room went with the live state
         self.book.beat(self.rooms.node_id, now)
-        self._events = self.rooms.state.subscribe()
-        self._tasks = [asyncio.create_task(self._follow(self._events)), asyncio.create_task(self._heartbeat())]
+        self._follower.start()
+        self._heartbeat_task = asyncio.create_task(self._heartbeat())
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
+        await self._follower.stop()
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self._events is not None:
-            self.rooms.state.unsubscribe(self._events)
+                await self._heartbeat_task
         self.book.close()
 
     # -- trainings -------------------------------------------------------------
@@ -379,17 +378,6 @@ class Trainings:
         return training, [row | {"interrupted": bool(row["interrupted"]), "minutes": minutes(row, now)} for row in rows]
 
     # -- room events -----------------------------------------------------------
-
-    async def _follow(self, events: asyncio.Queue[Record | None]) -> None:
-        while True:
-            event = await events.get()
-            if event is None:
-                log.warning("training attendance fell behind the room events")
-                continue
-            try:
-                await self._on_event(event)
-            except Exception:
-                log.exception("training service could not handle %s", event.get("type"))
 
     async def _on_event(self, event: Record) -> None:
         kind = event.get("type")

@@ -4,13 +4,12 @@ keeping each session's streams and roster current from the room events."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 from typing import Any
 
 from hub.access import Forbidden
-from hub.livestate import Record
+from hub.livestate import EventFollower, Record
 from hub.rooms import NotFound, Rooms
 from hub.tokens import Claims
 
@@ -34,14 +33,12 @@ class Recorder:
         self.record_mediation = record_mediation
         #: room id -> its session being recorded on this process
         self.sessions: dict[str, RecordingSession] = {}
-        self._events: asyncio.Queue[Record | None] | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._follower = EventFollower(rooms.state, self._on_event, "recorder")
 
     async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self.recover, await self.rooms.state.live_nodes())
-        self._events = self.rooms.state.subscribe()
-        self._task = asyncio.create_task(self._follow(self._events))
+        self._follower.start()
 
     def recover(self, live_nodes: set[str]) -> list[str]:
         """Complete the manifests of sessions a killed process left open
@@ -63,12 +60,7 @@ class Recorder:
         return done
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._events is not None:
-            self.rooms.state.unsubscribe(self._events)
+        await self._follower.stop()
         for room_id in tuple(self.sessions):
             await self._stop(room_id)
         self.catalogue.close()
@@ -129,17 +121,6 @@ class Recorder:
             log.warning("stream %s has no track the recorder can store (VP8, H.264, Opus)", stream["id"])
 
     # -- room events ---------------------------------------------------------
-
-    async def _follow(self, events: asyncio.Queue[Record | None]) -> None:
-        while True:
-            event = await events.get()
-            if event is None:
-                log.warning("recorder fell behind the room events")
-                continue
-            try:
-                await self._on_event(event)
-            except Exception:
-                log.exception("recorder could not handle %s", event.get("type"))
 
     async def _on_event(self, event: Record) -> None:
         room_id = str(event.get("room_id") or "")

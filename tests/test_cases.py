@@ -295,14 +295,19 @@ async def test_bad_changes_are_refused_and_change_nothing(case_hub: HubProcess, 
 
 async def test_a_follower_that_falls_behind_follows_again():
     """Cases keep session times from the room events through an EventFollower:
-    dropped for falling behind, it subscribes again instead of going deaf."""
+    dropped for falling behind, it subscribes again instead of going deaf,
+    and catches up once (snapshots look at what is live then)."""
     state = MemoryLiveState("node-test")
     seen: list[Record] = []
+    resumed: list[int] = []
 
     async def handle(event: Record) -> None:
         seen.append(event)
 
-    follower = EventFollower(state, handle, "test")
+    async def caught_up() -> None:
+        resumed.append(len(seen))
+
+    follower = EventFollower(state, handle, "test", resumed=caught_up)
     follower.start()
     try:
         for i in range(SUBSCRIBER_QUEUE + 10):  # no await yields here: the queue overflows
@@ -310,6 +315,7 @@ async def test_a_follower_that_falls_behind_follows_again():
         await asyncio.sleep(0.05)
         await state.publish({"type": "after"})
         await wait_until(lambda: any(e["type"] == "after" for e in seen), timeout=5)
+        assert len(resumed) == 1 and resumed[0] < len(seen)  # once, before the event published after the flood
     finally:
         await follower.stop()
 
