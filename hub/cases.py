@@ -459,17 +459,7 @@ class Cases:
             case = case | changes
         await self._announce("case-updated", case)
         for site_id in below:
-            # The shape the home page already shows with a one-click join.
-            await self.rooms.state.publish(
-                {
-                    "type": "invitation",
-                    "room_id": room["id"],
-                    "room": room,
-                    "from": {"user": claims.user, "name": claims.display_name(), "site_id": claims.site},
-                    "site_id": site_id,
-                    "to": {"sites": [site_id]},
-                }
-            )
+            await self.rooms.announce_invitation(claims, room, site_id, {"sites": [site_id]})
         return session, room
 
     async def escalate(self, claims: Claims, case_id: str, note: str) -> Record:

@@ -309,16 +309,8 @@ class Dispatch:
             claims, claims.site, "conference", title, admit=invited, invited=invited, convened_by=convener
         )
         for site in invited:
-            await self.state.publish(
-                {
-                    "type": "invitation",
-                    "room_id": room["id"],
-                    "room": room,
-                    "from": convener,
-                    "site_id": site,
-                    "to": {"sites": [site]},
-                }
-            )
+            # Downward: the invitation's sender names the convener's site, as convened_by does.
+            await self.rooms.announce_invitation(claims, room, site, {"sites": [site]}, downward=True)
         return room
 
     async def rollcall(self, claims: Claims, room_id: str) -> Record:

@@ -225,6 +225,7 @@ async def test_convene_invites_admits_and_calls_the_roll(hub: HubProcess, http: 
             invitation = await s.next("invitation")
             assert invitation["room_id"] == room["id"] and invitation["site_id"] == site
             assert invitation["from"]["user"] == "op-ledu" and invitation["room"]["title"] == "防汛会商"
+            assert invitation["from"]["site_name"] == "乐都区"  # above the village's tree: named for its home page
         assert await at_hongzhuang.nothing_of("invitation", 0.3)
 
         # The operator watches the room; a chosen site enters, the sibling beside it may not.
