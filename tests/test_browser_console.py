@@ -74,6 +74,15 @@ async def test_tree_follows_clients_live_and_the_wall_plays(
     await page.fill("#search", "Xinzhuang")
     await expect(page.locator("#tree [data-select]")).to_have_count(3)  # ledu, qutan, xinzhuang
     await page.fill("#search", "")
+    # Keyboard: collapse and expand a township, select it as the branch shown.
+    qutan = page.locator('[data-select="qutan"]')
+    await qutan.focus()
+    await page.keyboard.press("ArrowLeft")
+    await expect(village).to_have_count(0)
+    await page.keyboard.press("ArrowRight")
+    await expect(village).to_have_count(1)
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#branch-name")).to_have_text("瞿昙镇")
 
     # A village terminal publishes over WHIP: its node and the rollups change without a reload.
     publisher = console_hub.sign("t-xinzhuang", "xinzhuang", "terminal")

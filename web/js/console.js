@@ -6,7 +6,7 @@
 
 import { ApiError, HubClient, takeToken } from "./api.js";
 import { mountDispatch } from "./dispatch.js";
-import { $, apiErrorKey as errorKey, el, indexSites, renderFatalBox } from "./dom.js";
+import { $, apiErrorKey as errorKey, el, indexSites, renderFatalBox, treeKeys } from "./dom.js";
 import * as i18n from "./i18n.js";
 import { FEED_MIME, GRID_SIDES, Wall, feedKey } from "./wall.js";
 
@@ -593,6 +593,7 @@ function init() {
   $("fatal-reload").addEventListener("click", () => window.location.reload());
   $("tree").addEventListener("click", onTreeClick);
   $("tree").addEventListener("dragstart", onTreeDragStart);
+  $("tree").addEventListener("keydown", treeKeys({ select: selectBranch, expanded: state.expanded, render: renderTree }));
   $("search").addEventListener("input", (event) => {
     state.search = event.target.value;
     renderTree();

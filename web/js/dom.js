@@ -78,3 +78,25 @@ export function indexSites(sites) {
   }
   return { byId, children, roots, depth };
 }
+
+/**
+ * Keyboard for a site tree whose rows carry data-select: Enter or Space
+ * selects the row's site, ArrowRight/ArrowLeft expand/collapse it (the
+ * `expanded` set), then `render()` redraws and the row keeps the focus.
+ */
+export function treeKeys({ select, expanded, render }) {
+  return (event) => {
+    const row = event.target.closest("[data-select]");
+    if (!row || event.target !== row) return; // keys on a checkbox in the row are the checkbox's
+    const id = row.dataset.select;
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      select(id);
+    } else if (event.key === "ArrowRight" || event.key === "ArrowLeft") {
+      if (event.key === "ArrowRight") expanded.add(id);
+      else expanded.delete(id);
+      render();
+      document.querySelector(`[data-select="${CSS.escape(id)}"]`)?.focus();
+    }
+  };
+}

@@ -3,7 +3,7 @@
 // It talks to the hub only through api.js.
 
 import { ApiError, HubClient, takeToken } from "./api.js";
-import { $, apiErrorKey as errorKey, el, indexSites, renderFatalBox } from "./dom.js";
+import { $, apiErrorKey as errorKey, el, indexSites, renderFatalBox, treeKeys } from "./dom.js";
 import * as i18n from "./i18n.js";
 import { mountHelp } from "./help.js"; // dispatch: the call-for-help button
 
@@ -221,21 +221,6 @@ function onTreeClick(event) {
   }
   const row = event.target.closest("[data-select]");
   if (row) selectSite(row.dataset.select);
-}
-
-function onTreeKey(event) {
-  const row = event.target.closest("[data-select]");
-  if (!row) return;
-  const id = row.dataset.select;
-  if (event.key === "Enter" || event.key === " ") {
-    event.preventDefault();
-    selectSite(id);
-  } else if (event.key === "ArrowRight" || event.key === "ArrowLeft") {
-    if (event.key === "ArrowRight") state.expanded.add(id);
-    else state.expanded.delete(id);
-    renderTree();
-    document.querySelector(`[data-select="${CSS.escape(id)}"]`)?.focus();
-  }
 }
 
 // -- rooms ----------------------------------------------------------------------------
@@ -683,7 +668,7 @@ function init() {
   $("lang-toggle").addEventListener("click", () => i18n.setLang(i18n.otherLang()));
   $("fatal-reload").addEventListener("click", () => window.location.reload());
   $("tree").addEventListener("click", onTreeClick);
-  $("tree").addEventListener("keydown", onTreeKey);
+  $("tree").addEventListener("keydown", treeKeys({ select: selectSite, expanded: state.expanded, render: renderTree }));
   $("stage-header").append(el("a", { id: "enter-room", class: "button", hidden: true }));
   document.body.append(el("div", { id: "invitations", class: "invitations", "aria-live": "polite" }));
   i18n.onLangChange(rerenderAll);
