@@ -6,7 +6,7 @@
 
 import { ApiError, HubClient, takeToken } from "./api.js";
 import { mountDispatch } from "./dispatch.js";
-import { $, apiErrorKey as errorKey, el, indexSites, renderFatalBox, treeKeys } from "./dom.js";
+import { $, apiErrorKey as errorKey, el, indexSites, renderFatalBox, startFailed, treeKeys } from "./dom.js";
 import * as i18n from "./i18n.js";
 import { FEED_MIME, GRID_SIDES, Wall, feedKey } from "./wall.js";
 
@@ -567,11 +567,7 @@ async function boot() {
     setStatus(status);
     state.layouts = layouts;
   } catch (err) {
-    console.warn(err);
-    const [key, params] = errorKey(err);
-    const retry = !(err instanceof ApiError) || ["unreachable", "timeout", "http"].includes(err.kind);
-    showFatal(key, params, { retrying: retry });
-    if (retry) setTimeout(boot, BOOT_RETRY_MS);
+    startFailed(err, showFatal, boot, BOOT_RETRY_MS);
     return;
   }
   state.fatal = null;

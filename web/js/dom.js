@@ -43,6 +43,19 @@ export function apiErrorKey(err, own = {}) {
 }
 
 /**
+ * A view's start-up failed: show why with `showFatal(key, params, {retrying})`
+ * and, when the hub may come back (unreachable, timeout, a server error),
+ * call `retry` after `delayMs`.
+ */
+export function startFailed(err, showFatal, retry, delayMs) {
+  console.warn(err);
+  const [key, params] = apiErrorKey(err);
+  const retrying = !(err instanceof ApiError) || ["unreachable", "timeout", "http"].includes(err.kind);
+  showFatal(key, params, { retrying });
+  if (retrying) setTimeout(retry, delayMs);
+}
+
+/**
  * Fill the page's full-screen error box (#fatal) from [key, params, retrying],
  * or hide it for null; returns whether it is shown, so the view can hide the rest.
  */

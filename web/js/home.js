@@ -3,7 +3,7 @@
 // It talks to the hub only through api.js.
 
 import { ApiError, HubClient, takeToken } from "./api.js";
-import { $, apiErrorKey as errorKey, el, indexSites, renderFatalBox, treeKeys } from "./dom.js";
+import { $, apiErrorKey as errorKey, el, indexSites, renderFatalBox, startFailed, treeKeys } from "./dom.js";
 import * as i18n from "./i18n.js";
 import { mountHelp } from "./help.js"; // dispatch: the call-for-help button
 
@@ -642,11 +642,7 @@ async function boot() {
     setSites(sites);
     state.rooms = rooms;
   } catch (err) {
-    console.warn(err);
-    const [key, params] = errorKey(err);
-    const retry = !(err instanceof ApiError) || ["unreachable", "timeout", "http"].includes(err.kind);
-    showFatal(key, params, { retrying: retry });
-    if (retry) setTimeout(boot, BOOT_RETRY_MS);
+    startFailed(err, showFatal, boot, BOOT_RETRY_MS);
     return;
   }
   state.fatal = null;
