@@ -26,10 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import fractions
 import json
-import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,42 +40,10 @@ import psutil
 from aiortc import RTCPeerConnection
 from aiortc.contrib.media import MediaRecorder
 
-from bench.machine import free_port, machine
+from bench.harness import ROOM, ROOT, make_source, measure, running_hub, say
+from bench.machine import machine
 from hub import bot
 from hub.ice import use_addresses
-
-ROOT = Path(__file__).resolve().parent.parent
-ROOM = "site-rianxiuma"
-LOOPBACK = '["127.0.0.1"]'
-
-
-def say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def cli(data: Path, *args: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "hub", *args, "--data", str(data)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return out.stdout.strip()
-
-
-def cpu_seconds(proc: psutil.Process) -> float:
-    times = proc.cpu_times()
-    return times.user + times.system + times.children_user + times.children_system
-
-
-async def measure(proc: psutil.Process, seconds: float) -> float:
-    """Percent of one core the process used over the next `seconds`."""
-    before, start = cpu_seconds(proc), time.monotonic()
-    await asyncio.sleep(seconds)
-    return 100 * (cpu_seconds(proc) - before) / (time.monotonic() - start)
-
 
 # -- the MediaRecorder process ----------------------------------------------------------
 
@@ -110,24 +75,6 @@ async def media_recorder_role(url: str, token: str, streams: list[str], out: Pat
 # -- the run --------------------------------------------------------------------------
 
 
-def make_source(path: Path, seconds: float) -> None:
-    """The stream every publisher sends: the test pattern, VP8, keyframe every second."""
-    with av.open(str(path), "w", format="webm") as out:
-        stream = out.add_stream("libvpx", rate=30)
-        stream.width, stream.height, stream.pix_fmt = 640, 480, "yuv420p"
-        stream.bit_rate = 400_000
-        stream.time_base = stream.codec_context.time_base = fractions.Fraction(1, 30)
-        stream.codec_context.gop_size = 30
-        stream.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
-        for index in range(int(seconds * 30)):
-            frame = av.VideoFrame.from_ndarray(bot.pattern_image(640, 480, index), format="rgb24")
-            frame = frame.reformat(format="yuv420p")
-            frame.pts = index
-            frame.time_base = fractions.Fraction(1, 30)
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-
-
 def file_stats(paths: list[Path]) -> tuple[int, float]:
     """Decodable video frames and bytes, summed over files."""
     frames, size = 0, 0
@@ -142,48 +89,16 @@ async def run(streams: int, window: float) -> dict[str, Any]:
     info = machine()
     started = time.monotonic()
     data = Path(tempfile.mkdtemp(prefix="bench-recording-"))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = os.environ | {"HUB_ICE_ADDRESSES": LOOPBACK}
-    log = (data / "hub.log").open("wb")
-    hub = subprocess.Popen(
-        [sys.executable, "-m", "hub", "serve", "--port", str(port), "--data", str(data)],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    children: list[subprocess.Popen[bytes]] = [hub]
-    try:
-        for _ in range(100):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            await asyncio.sleep(0.1)
-        token = cli(data, "token", "--user", "bench", "--site", "guomaying", "--role", "operator")
+    async with running_hub(data) as hub:
+        url, token = hub.url, hub.token
         total = 3 * window + 30
         source = data / "source.webm"
         say(f"encoding {total:.0f} s of 640x480 VP8 for the publishers")
         await asyncio.to_thread(make_source, source, total + 5)
-        for _ in range(streams):
-            children.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "hub", "bot", "publish", "--url", url, "--token", token, "--room", ROOM]
-                    + ["--seconds", str(total), "--ice-address", "127.0.0.1", "--file", str(source)],
-                    cwd=ROOT,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-        headers = {"Authorization": f"Bearer {token}"}
-        hub_ps = psutil.Process(hub.pid)
-        async with aiohttp.ClientSession(headers=headers) as http:
-            for _ in range(100):
-                async with http.get(f"{url}/api/rooms/{ROOM}") as r:
-                    ids = [s["id"] for s in (await r.json())["streams"]]
-                if len(ids) == streams:
-                    break
-                await asyncio.sleep(0.2)
+        hub.publish(streams, source, total)
+        hub_ps = hub.psutil()
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+            ids = await hub.wait_for_streams(http, streams)
             await asyncio.sleep(3)  # connections settle
             say(f"baseline: {streams} streams into the hub, nobody records")
             baseline = await measure(hub_ps, window)
@@ -209,7 +124,7 @@ async def run(streams: int, window: float) -> dict[str, Any]:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
             )
-            children.append(viewer)
+            hub.children.append(viewer)
             assert viewer.stdout is not None
             await asyncio.to_thread(viewer.stdout.readline)
             await asyncio.sleep(3)  # past the first keyframes and encoder start
@@ -218,13 +133,6 @@ async def run(streams: int, window: float) -> dict[str, Any]:
             theirs = sorted(out.glob("*.webm"))
         our_frames, our_bytes = file_stats(ours)
         their_frames, their_bytes = file_stats(theirs)
-    finally:
-        for child in reversed(children):
-            if child.poll() is None:
-                child.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    child.wait(10)
-        log.close()
     return info | {
         "streams": streams,
         "window": window,

@@ -33,10 +33,7 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,17 +44,13 @@ import aiohttp
 import av
 import cv2
 import numpy as np
-import psutil
 
-from bench.machine import free_port, machine
-from bench.recording import cli, make_source, measure, say
+from bench.harness import make_source, measure, running_hub, say
+from bench.machine import machine
 from hub.bot import SyntheticVideo, pattern_image
 from hub.health import measure as health_measure
 from hub.snapshots import DECODERS, render
 
-ROOT = Path(__file__).resolve().parent.parent
-ROOM = "site-rianxiuma"
-LOOPBACK = '["127.0.0.1"]'
 DEFAULT_PERIOD = 10.0
 SIZES = ((640, 480, 400_000), (1280, 720, 1_200_000))
 
@@ -143,64 +136,24 @@ async def per_snapshot(rounds: int, repeat: int) -> list[dict[str, Any]]:
 async def hub_cpu(streams: int, period: float, window: float, source: Path) -> dict[str, Any]:
     """CPU of a hub receiving `streams` feeds, snapshotting each every `period` s (0: off)."""
     data = Path(tempfile.mkdtemp(prefix="bench-snapshots-"))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = os.environ | {"HUB_ICE_ADDRESSES": LOOPBACK, "HUB_SNAPSHOT_SECONDS": str(period)}
-    log = (data / "hub.log").open("wb")
-    hub = subprocess.Popen(
-        [sys.executable, "-m", "hub", "serve", "--port", str(port), "--data", str(data)],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    children: list[subprocess.Popen[bytes]] = [hub]
-    try:
-        for _ in range(200):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            await asyncio.sleep(0.1)
-        token = cli(data, "token", "--user", "bench", "--site", "guomaying", "--role", "operator")
-        for _ in range(streams):
-            children.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "hub", "bot", "publish", "--url", url, "--token", token, "--room", ROOM]
-                    + ["--seconds", str(window + 30), "--ice-address", "127.0.0.1", "--file", str(source)],
-                    cwd=ROOT,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
-            for _ in range(300):
-                async with http.get(f"{url}/api/rooms/{ROOM}") as r:
-                    if len((await r.json())["streams"]) == streams:
-                        break
-                await asyncio.sleep(0.2)
-            else:
-                raise RuntimeError(f"not all {streams} publishers connected")
+    async with running_hub(data, {"HUB_SNAPSHOT_SECONDS": str(period)}) as hub:
+        hub.publish(streams, source, window + 30)
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {hub.token}"}) as http:
+            await hub.wait_for_streams(http, streams)
             # Count the snapshots taken in the window from their events (by their time: the
             # socket may deliver some late).
-            async with http.ws_connect(f"{url}/ws?token={token}") as ws:
+            async with http.ws_connect(f"{hub.url}/ws?token={hub.token}") as ws:
                 await ws.send_json({"type": "monitor", "on": True})
                 seen: list[float] = []
                 reader = asyncio.create_task(_snapshot_events(ws, seen))
                 await asyncio.sleep(5)  # connections settle, first snapshots taken
                 start = time.time()
-                cpu = await measure(psutil.Process(hub.pid), window)
+                cpu = await measure(hub.psutil(), window)
                 end = time.time()
                 await asyncio.sleep(1)
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reader
-    finally:
-        for child in reversed(children):
-            if child.poll() is None:
-                child.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    child.wait(10)
-        log.close()
     taken = sum(1 for at in seen if start <= at < end)
     return {"period": period, "streams": streams, "cpu": cpu, "snapshots": taken, "window": end - start}
 
