@@ -14,7 +14,6 @@ from playwright.async_api import Page, expect
 from tests.browser import chromium, screen_text
 
 from .conftest import HubProcess, start_hub
-from .test_cases import token
 
 CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 
@@ -39,8 +38,8 @@ async def open_page(browser, url: str) -> Page:  # type: ignore[no-untyped-def]
 
 async def test_case_opened_held_escalated_arrives_live_and_is_counted(cases_hub: HubProcess):
     hub = cases_hub
-    village = token(hub, "m-qutancun", "qutancun", "mediator")
-    township = token(hub, "m-qutan", "qutan", "mediator")
+    village = hub.sign("m-qutancun", "qutancun", "mediator")
+    township = hub.sign("m-qutan", "qutan", "mediator")
     async with chromium() as browser:
         upper = await open_page(browser, f"{hub.url}/cases?token={township}")
         await expect(upper.locator("#cases-empty")).to_be_visible()
