@@ -9,16 +9,13 @@ from hub.cameras import Cameras
 
 from .api import json_response
 from .auth import claims_of
-from .problems import Problem, read_json_object
+from .problems import read_json_object, service
 
 CAMERAS = web.AppKey("cameras", Cameras)
 
 
 def _cameras(request: web.Request) -> Cameras:
-    cameras = request.app.get(CAMERAS)
-    if cameras is None:
-        raise Problem(503, "Service Unavailable", "this hub process does not pull cameras")
-    return cameras
+    return service(request, CAMERAS, "this hub process does not pull cameras")
 
 
 async def create_camera(request: web.Request) -> web.Response:

@@ -21,7 +21,7 @@ from hub.tokens import Claims
 from .api import json_response
 from .auth import claims_of
 from .keys import ROOMS
-from .problems import Problem, read_json_object
+from .problems import Problem, read_json_object, service
 from .recordings import RECORDER
 
 CASES = web.AppKey("cases", Cases)
@@ -71,10 +71,7 @@ async def _body(request: web.Request, model: type[M], expected: str) -> M:
 
 
 def _cases(request: web.Request) -> Cases:
-    cases = request.app.get(CASES)
-    if cases is None:
-        raise Problem(503, "Service Unavailable", "this hub process keeps no cases")
-    return cases
+    return service(request, CASES, "this hub process keeps no cases")
 
 
 def _with_recordings(request: web.Request, claims: Claims, case: dict[str, Any]) -> dict[str, Any]:

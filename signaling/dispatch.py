@@ -14,7 +14,7 @@ from hub.dispatch import CallConflict, Dispatch
 
 from .api import json_response
 from .auth import claims_of
-from .problems import PROBLEM_TYPE, Problem, read_json_object
+from .problems import PROBLEM_TYPE, Problem, read_json_object, service
 
 DISPATCH = web.AppKey("dispatch", Dispatch)
 MAX_NOTE = 200
@@ -22,10 +22,7 @@ MAX_TITLE = 100
 
 
 def _dispatch(request: web.Request) -> Dispatch:
-    dispatch = request.app.get(DISPATCH)
-    if dispatch is None:
-        raise Problem(503, "Service Unavailable", "this hub process does not dispatch calls")
-    return dispatch
+    return service(request, DISPATCH, "this hub process does not dispatch calls")
 
 
 def _conflict(request: web.Request, exc: CallConflict) -> web.Response:

@@ -19,16 +19,13 @@ from hub.tokens import Claims
 from .api import json_response
 from .auth import claims_of
 from .keys import ROOMS
-from .problems import Problem
+from .problems import service
 
 SNAPSHOTS = web.AppKey("snapshots", Snapshots)
 
 
 def _snapshots(request: web.Request) -> Snapshots:
-    snapshots = request.app.get(SNAPSHOTS)
-    if snapshots is None:
-        raise Problem(503, "Service Unavailable", "this hub process takes no snapshots")
-    return snapshots
+    return service(request, SNAPSHOTS, "this hub process takes no snapshots")
 
 
 def _branch(request: web.Request, claims: Claims) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -36,6 +37,18 @@ async def read_json_object(request: web.Request, expected: str) -> dict[str, obj
     if not isinstance(body, dict):
         raise Problem(400, "Bad Request", f"expected {expected}")
     return body
+
+
+T = TypeVar("T")
+
+
+def service(request: web.Request, key: web.AppKey[T], missing: str) -> T:
+    """A feature's service, or a 503 saying what this hub process does not do
+    (`missing`): make_app leaves out the services a process runs without."""
+    found = request.app.get(key)
+    if found is None:
+        raise Problem(503, "Service Unavailable", missing)
+    return found
 
 
 def problem_response(status: int, title: str, detail: str = "", instance: str = "") -> web.Response:

@@ -21,7 +21,7 @@ from recorder.service import Recorder
 from .api import json_response
 from .auth import claims_of
 from .keys import ROOMS
-from .problems import Problem, read_json_object
+from .problems import Problem, read_json_object, service
 
 RECORDER = web.AppKey("recorder", Recorder)
 EXPORTS = web.AppKey("exports", Exports)
@@ -29,10 +29,7 @@ WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
 
 
 def _recorder(request: web.Request) -> Recorder:
-    recorder = request.app.get(RECORDER)
-    if recorder is None:
-        raise Problem(503, "Service Unavailable", "this hub process does not record")
-    return recorder
+    return service(request, RECORDER, "this hub process does not record")
 
 
 def _recording(request: web.Request, claims: Claims) -> dict[str, Any]:

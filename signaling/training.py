@@ -15,7 +15,7 @@ from hub.training import Trainings
 from .api import json_response
 from .auth import claims_of
 from .keys import ROOMS
-from .problems import Problem, read_json_object
+from .problems import Problem, read_json_object, service
 
 TRAININGS = web.AppKey("trainings", Trainings)
 WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
@@ -23,10 +23,7 @@ CSV_COLUMNS = ("site_id", "site_name", "user", "name", "role", "joined_at", "lef
 
 
 def _trainings(request: web.Request) -> Trainings:
-    trainings = request.app.get(TRAININGS)
-    if trainings is None:
-        raise Problem(503, "Service Unavailable", "this hub process does not run trainings")
-    return trainings
+    return service(request, TRAININGS, "this hub process does not run trainings")
 
 
 async def page(request: web.Request) -> web.FileResponse:

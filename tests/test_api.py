@@ -7,9 +7,11 @@ import re
 import aiohttp
 import pytest
 from aiohttp import WSMsgType
+from aiohttp.test_utils import TestServer
 
 from hub import bot
 from hub.config import Settings
+from hub.tokens import Claims, issue
 from signaling.app import make_app
 
 from .conftest import HubProcess
@@ -46,6 +48,20 @@ async def test_openapi_lists_every_route(hub: HubProcess, http: aiohttp.ClientSe
     documented = {(path, method) for path, item in doc["paths"].items() for method in item}
     assert routes - documented == set()
     assert documented - routes == set()
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/cameras", "/api/cases", "/api/calls", "/api/snapshots", "/api/trainings", "/api/rooms/r/recording"]
+)
+async def test_a_feature_this_process_does_not_run_answers_503(http: aiohttp.ClientSession, path: str):
+    """make_app without a feature's service (signaling.problems.service): a problem, not a crash."""
+    secret = "s" * 32
+    app = make_app(None, Settings(), secret)  # type: ignore[arg-type]
+    async with TestServer(app, host="127.0.0.1") as server:
+        token = issue(secret, Claims(user="op", site="guinan", role="operator"))
+        async with http.get(server.make_url(path), headers=auth(token)) as r:
+            assert r.status == 503 and r.content_type == PROBLEM
+            assert (await r.json(content_type=None))["detail"].startswith("this hub process ")
 
 
 async def test_site_api_follows_jurisdiction(hub: HubProcess, http: aiohttp.ClientSession):
