@@ -16,9 +16,7 @@ import aiohttp
 import pytest
 
 from hub import bot
-from hub.config import Settings
 from hub.livestate import SUBSCRIBER_QUEUE, EventFollower, MemoryLiveState, Record
-from hub.tokens import Claims, issue
 
 from .conftest import HubProcess, start_hub, wait_until
 from .recording_helpers import auth, video_packets
@@ -41,11 +39,6 @@ def case_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
     process = start_hub(tmp_path_factory.mktemp("cases"), env={"HUB_RECORD_MEDIATION_ROOMS": "true"})
     yield process
     process.stop()
-
-
-def token(hub: HubProcess, user: str, site: str, role: str) -> str:
-    """A token signed with the hub's own secret, without a CLI process per token (they add up)."""
-    return issue(Settings(data=hub.data).signing_secret(), Claims(user=user, site=site, role=role))
 
 
 class EventSocket:
@@ -130,12 +123,12 @@ async def recordings_complete(http: aiohttp.ClientSession, url: str, token: str,
 
 async def test_case_walks_from_village_to_county(case_hub: HubProcess, http: aiohttp.ClientSession):
     hub = case_hub
-    village = token(hub, "m-qutancun", VILLAGE, "mediator")
-    township = token(hub, "m-qutan", TOWNSHIP, "mediator")
-    county = token(hub, "m-ledu", COUNTY, "mediator")
-    sibling = token(hub, "m-chengtai", SIBLING_TOWNSHIP, "mediator")
-    sibling_village = token(hub, "m-xinzhuang", SIBLING_VILLAGE, "mediator")
-    terminal = token(hub, "t-qutancun", VILLAGE, "terminal")
+    village = hub.sign("m-qutancun", VILLAGE, "mediator")
+    township = hub.sign("m-qutan", TOWNSHIP, "mediator")
+    county = hub.sign("m-ledu", COUNTY, "mediator")
+    sibling = hub.sign("m-chengtai", SIBLING_TOWNSHIP, "mediator")
+    sibling_village = hub.sign("m-xinzhuang", SIBLING_VILLAGE, "mediator")
+    terminal = hub.sign("t-qutancun", VILLAGE, "terminal")
 
     status, case = await call(http, "POST", f"{hub.url}/api/cases", village, json=NEW_CASE)
     assert status == 201, case
@@ -263,7 +256,7 @@ BAD_BODIES: list[Any] = [
 
 
 async def test_bad_case_input_is_400_and_changes_nothing(case_hub: HubProcess, http: aiohttp.ClientSession):
-    mediator = token(case_hub, "m-bad", "hongzhuang", "mediator")
+    mediator = case_hub.sign("m-bad", "hongzhuang", "mediator")
     list_url = f"{case_hub.url}/api/cases"
     for body in BAD_BODIES:
         status, problem = await call(http, "POST", list_url, mediator, json=body)
@@ -272,7 +265,7 @@ async def test_bad_case_input_is_400_and_changes_nothing(case_hub: HubProcess, h
 
 
 async def test_bad_changes_are_refused_and_change_nothing(case_hub: HubProcess, http: aiohttp.ClientSession):
-    mediator = token(case_hub, "m-taizi", "taizi", "mediator")
+    mediator = case_hub.sign("m-taizi", "taizi", "mediator")
     status, case = await call(http, "POST", f"{case_hub.url}/api/cases", mediator, json=NEW_CASE)
     url = f"{case_hub.url}/api/cases/{case['id']}"
     for body in ({}, {"status": "resolved"}, {"outcome": 3}, {"status": "closed", "extra": 1}, "closed"):
@@ -328,8 +321,8 @@ async def test_escalation_reaches_the_township_on_another_hub_process(
     first = start_hub(tmp_path, "--redis", redis_url)
     second = start_hub(tmp_path, "--redis", redis_url)
     try:
-        village = token(first, "m-qutancun", VILLAGE, "mediator")
-        township = token(first, "m-qutan", TOWNSHIP, "mediator")
+        village = first.sign("m-qutancun", VILLAGE, "mediator")
+        township = first.sign("m-qutan", TOWNSHIP, "mediator")
         async with event_socket(http, second, township) as township_ws:
             status, case = await call(http, "POST", f"{first.url}/api/cases", village, json=NEW_CASE)
             assert status == 201
