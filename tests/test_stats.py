@@ -14,7 +14,6 @@ import aiohttp
 
 from .conftest import HubProcess
 from .recording_helpers import auth
-from .test_cases import token
 
 # The yushu branch: chenduo county > qingshuihe township > xiazhai, zhaduo villages.
 COUNTY, TOWNSHIP = "chenduo", "qingshuihe"
@@ -42,7 +41,7 @@ async def _walk(http: aiohttp.ClientSession, hub: HubProcess, token: str, site: 
 
 async def test_rates_from_known_cases_and_the_csv_agrees(hub: HubProcess, http: aiohttp.ClientSession):
     started = time.time()
-    county = token(hub, "op-chenduo", COUNTY, "operator")
+    county = hub.sign("op-chenduo", COUNTY, "operator")
     await _walk(http, hub, county, "xiazhai", "mediating", "agreement")  # A: village, agreement
     await _walk(http, hub, county, "xiazhai", "mediating", "failed")  # B: village, failed
     await _walk(http, hub, county, "xiazhai", "up", "mediating", "agreement")  # C: township, agreement
@@ -53,7 +52,7 @@ async def test_rates_from_known_cases_and_the_csv_agrees(hub: HubProcess, http: 
     body = {"title": "调解技巧", "branch": COUNTY}
     training = await _call(http, "POST", f"{hub.url}/api/trainings", county, json=body)
     for village in ("xiazhai", "zhaduo"):
-        attendee = token(hub, f"t-{village}", village, "terminal")
+        attendee = hub.sign(f"t-{village}", village, "terminal")
         async with http.ws_connect(f"{hub.url}/ws?token={attendee}") as ws:
             await ws.send_json({"type": "join", "room": training["room_id"]})
             while (await ws.receive_json(timeout=10))["type"] != "joined":
@@ -130,8 +129,8 @@ async def test_rates_from_known_cases_and_the_csv_agrees(hub: HubProcess, http: 
 
 
 async def test_statistics_follow_jurisdiction_and_reject_bad_periods(hub: HubProcess, http: aiohttp.ClientSession):
-    outsider = token(hub, "m-chengtai", "chengtai", "mediator")
-    terminal = token(hub, "t-chenduo", COUNTY, "terminal")
+    outsider = hub.sign("m-chengtai", "chengtai", "mediator")
+    terminal = hub.sign("t-chenduo", COUNTY, "terminal")
     for caller, params, status in [
         (outsider, {"site": COUNTY}, 403),
         (terminal, {}, 403),
