@@ -6,6 +6,7 @@
 import { ApiError, HubClient, takeToken } from "./api.js";
 import { $, apiErrorKey, el } from "./dom.js";
 import * as i18n from "./i18n.js";
+import { mountTopbar, setTopbar } from "./topbar.js";
 
 const { t } = i18n;
 const DISPUTE_TYPES = ["family", "neighbour", "land", "wages", "contract", "other"];
@@ -291,9 +292,9 @@ function onCaseEvent(event) {
 }
 
 async function main() {
+  mountTopbar();
   i18n.apply(document);
   fillSelects();
-  $("lang-toggle").addEventListener("click", () => i18n.setLang(i18n.otherLang()));
   i18n.onLangChange(rerender);
   const token = takeToken();
   if (!token) {
@@ -304,8 +305,7 @@ async function main() {
   try {
     state.me = await state.client.me();
     for (const site of await state.client.sites()) state.sites.set(site.id, site);
-    $("user").textContent = [state.me.name, t(`user.role.${state.me.role}`), i18n.siteName(state.me.site)].join(" · ");
-    $("user").hidden = false;
+    setTopbar({ me: state.me });
     $("c-site").replaceChildren(...[...state.sites.values()].map((s) => el("option", { value: s.id }, i18n.siteName(s))));
     $("cases-view").hidden = false;
     $("f-queue").addEventListener("change", () => loadList().catch(showError));
@@ -318,6 +318,7 @@ async function main() {
     });
     $("case-form").addEventListener("submit", submitForm);
     const events = state.client.events();
+    setTopbar({ events });
     events.on("case-updated", onCaseEvent);
     events.on("case-escalated", onCaseEvent);
     // After a reconnect, events sent meanwhile are lost: read the list again.

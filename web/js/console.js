@@ -8,6 +8,7 @@ import { ApiError, HubClient, takeToken } from "./api.js";
 import { mountDispatch } from "./dispatch.js";
 import { $, apiErrorKey as errorKey, el, indexSites, renderFatalBox, startFailed, treeKeys } from "./dom.js";
 import * as i18n from "./i18n.js";
+import { mountTopbar, setTopbar } from "./topbar.js";
 import { FEED_MIME, GRID_SIDES, Wall, feedKey } from "./wall.js";
 
 const { t } = i18n;
@@ -94,18 +95,7 @@ function reportError(err) {
 
 function renderHeader() {
   document.title = `${t("console.title")} · ${t("app.title")}`;
-  $("clock").textContent = i18n.formatClock(new Date());
-  if (state.me) {
-    const site = state.me.site ? i18n.siteName(state.me.site) : "";
-    $("user").textContent = [state.me.name, t(`user.role.${state.me.role}`), site].filter(Boolean).join(" · ");
-    $("user").hidden = false;
-  }
-  const events = state.events;
-  $("conn").hidden = !events;
-  if (events) {
-    $("conn").dataset.state = events.state;
-    $("conn-text").textContent = t({ open: "conn.live", connecting: "conn.connecting" }[events.state] ?? "conn.lost");
-  }
+  setTopbar({ me: state.me, events: state.events });
 }
 
 // -- sites and status ---------------------------------------------------------------
@@ -522,10 +512,8 @@ function togglePatrol() {
 function openEvents() {
   const events = state.client.events();
   state.events = events;
-  events.on("state", ({ state: s }) => {
-    renderHeader();
-    if (s === "open") scheduleRefresh(); // catch up on what happened while disconnected
-  });
+  setTopbar({ events });
+  events.on("state", ({ state: s }) => s === "open" && scheduleRefresh()); // catch up on what happened while disconnected
   for (const type of STATUS_EVENTS) events.on(type, scheduleRefresh);
   events.on("snapshot", onSnapshot);
   events
@@ -584,8 +572,8 @@ async function boot() {
 }
 
 function init() {
+  mountTopbar();
   i18n.apply(document);
-  $("lang-toggle").addEventListener("click", () => i18n.setLang(i18n.otherLang()));
   $("fatal-reload").addEventListener("click", () => window.location.reload());
   $("tree").addEventListener("click", onTreeClick);
   $("tree").addEventListener("dragstart", onTreeDragStart);
@@ -602,7 +590,6 @@ function init() {
   $("patrol-toggle").addEventListener("click", togglePatrol);
   i18n.onLangChange(renderAll);
   renderHeader();
-  setInterval(() => ($("clock").textContent = i18n.formatClock(new Date())), 1000);
   window.addEventListener("pagehide", () => {
     state.wall?.close(); // end viewing sessions now, not at ICE timeout
     state.events?.close();

@@ -6,6 +6,7 @@ import { ApiError, HubClient, takeToken } from "./api.js";
 import { $, apiErrorKey as errorKey, el, indexSites, renderFatalBox, startFailed, treeKeys } from "./dom.js";
 import * as i18n from "./i18n.js";
 import { mountHelp } from "./help.js"; // dispatch: the call-for-help button
+import { mountTopbar, setTopbar } from "./topbar.js";
 
 const { t } = i18n;
 
@@ -87,7 +88,7 @@ function stop() {
   const events = state.events;
   state.events = null; // no "reconnecting" indicator over a fatal message
   events?.close();
-  renderConn();
+  setTopbar({ events: null });
   for (const tile of state.tiles.values()) tile.close();
   state.tiles.clear();
 }
@@ -96,32 +97,7 @@ function stop() {
 
 function renderHeader() {
   document.title = t("app.title");
-  $("clock").textContent = i18n.formatClock(new Date());
-  const user = $("user");
-  if (state.me) {
-    const site = state.me.site ? i18n.siteName(state.me.site) : "";
-    user.textContent = [state.me.name, t(`user.role.${state.me.role}`), site].filter(Boolean).join(" · ");
-    user.hidden = false;
-    // Cases and statistics: the roles that work cases (hub/cases.py CASE_ROLES).
-    $("nav-cases").hidden = !["admin", "operator", "mediator"].includes(state.me.role) || Boolean(state.me.room);
-    $("nav-trainings").hidden = state.me.role === "guest";
-    // The command console: the duty roles (its status API itself only checks jurisdiction).
-    $("nav-console").hidden = !["admin", "operator"].includes(state.me.role) || Boolean(state.me.room);
-  }
-  renderConn();
-}
-
-function renderConn() {
-  const conn = $("conn");
-  const events = state.events;
-  if (!events) {
-    conn.hidden = true;
-    return;
-  }
-  const key = { open: "conn.live", connecting: "conn.connecting" }[events.state] ?? "conn.lost";
-  conn.dataset.state = events.state;
-  $("conn-text").textContent = t(key);
-  conn.hidden = false;
+  setTopbar({ me: state.me, events: state.events });
 }
 
 // -- the site tree ------------------------------------------------------------------
@@ -567,10 +543,8 @@ function renderInvitations() {
 function openEvents() {
   const events = state.client.events();
   state.events = events;
-  events.on("state", ({ state: s }) => {
-    renderConn();
-    if (s === "open") syncJoin();
-  });
+  setTopbar({ events });
+  events.on("state", ({ state: s }) => s === "open" && syncJoin());
   events.on("joined", onJoined);
   events.on("join-failed", ({ room }) => room === state.shownRoom && console.warn("rejoin failed", room));
   events.on("stream-added", (m) => m.room_id === state.shownRoom && addTile(m.stream));
@@ -626,7 +600,6 @@ function rerenderAll() {
     for (const tile of state.tiles.values()) tile.render();
     renderInvitations();
   }
-  $("lang-toggle").textContent = t("lang.toggle");
 }
 
 async function boot() {
@@ -660,8 +633,8 @@ async function boot() {
 }
 
 function init() {
+  mountTopbar();
   i18n.apply(document);
-  $("lang-toggle").addEventListener("click", () => i18n.setLang(i18n.otherLang()));
   $("fatal-reload").addEventListener("click", () => window.location.reload());
   $("tree").addEventListener("click", onTreeClick);
   $("tree").addEventListener("keydown", treeKeys({ select: selectSite, expanded: state.expanded, render: renderTree }));
@@ -669,7 +642,6 @@ function init() {
   document.body.append(el("div", { id: "invitations", class: "invitations", "aria-live": "polite" }));
   i18n.onLangChange(rerenderAll);
   renderHeader();
-  setInterval(() => ($("clock").textContent = i18n.formatClock(new Date())), 1000);
   window.addEventListener("pagehide", () => {
     // End viewing sessions so the hub frees their forwarders now, not at ICE timeout.
     for (const tile of state.tiles.values()) tile.close();

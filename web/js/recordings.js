@@ -5,6 +5,7 @@ import { ApiError, HubClient, takeToken } from "./api.js";
 import { $, el } from "./dom.js";
 import * as i18n from "./i18n.js";
 import { SessionPlayer } from "./player.js";
+import { mountTopbar, setTopbar } from "./topbar.js";
 
 const { t } = i18n;
 function clock(seconds) {
@@ -138,8 +139,8 @@ async function showDetail(client, id) {
 }
 
 async function main() {
+  mountTopbar();
   i18n.apply(document);
-  $("lang-toggle").addEventListener("click", () => i18n.setLang(i18n.otherLang()));
   const token = takeToken();
   if (!token) {
     showError(new ApiError("unauthorized", "no token"));
@@ -148,6 +149,7 @@ async function main() {
   const client = new HubClient(token);
   const match = window.location.pathname.match(/^\/recordings\/([^/]+)$/);
   try {
+    setTopbar({ me: await client.me() });
     if (match) await showDetail(client, decodeURIComponent(match[1]));
     else await showList(client);
   } catch (err) {

@@ -7,6 +7,7 @@ import { ApiError, HubClient, takeToken } from "./api.js";
 import { $, apiErrorKey, el, renderFatalBox } from "./dom.js";
 import * as i18n from "./i18n.js";
 import { DeviceError, audioLevel, listDevices, openCamera, openScreen, stopTracks } from "./media.js";
+import { mountTopbar, setTopbar } from "./topbar.js";
 import * as training from "./training.js";
 
 const { t } = i18n;
@@ -134,21 +135,13 @@ function roomTitle() {
 
 function renderHeader() {
   document.title = `${roomTitle()} - ${t("app.title")}`;
-  $("room-title").textContent = roomTitle();
-  const user = $("user");
-  if (state.me) {
-    const name = state.participants.get(state.participantId)?.name ?? state.me.name;
-    const role = t(`user.role.${state.me.role}`);
-    user.textContent = state.me.role === "guest" ? [name, role].join(" · ") : [name, role, siteLabel(state.me.site?.id)].join(" · ");
-    user.hidden = state.me.role === "guest" && !state.joined;
-  }
-  const conn = $("conn");
-  const events = state.events;
-  conn.hidden = !events || !state.joined;
-  if (events) {
-    conn.dataset.state = events.state;
-    $("conn-text").textContent = t({ open: "conn.live", connecting: "conn.connecting" }[events.state] ?? "conn.lost");
-  }
+  $("page-title").textContent = roomTitle();
+  setTopbar({
+    me: state.me,
+    events: state.joined ? state.events : null,
+    name: state.participants.get(state.participantId)?.name ?? null,
+    showUser: state.me?.role !== "guest" || state.joined, // a guest's name is theirs to type first
+  });
 }
 
 // -- preview and devices ---------------------------------------------------------------
@@ -924,8 +917,8 @@ async function boot() {
 }
 
 function init() {
+  mountTopbar();
   i18n.apply(document);
-  $("lang-toggle").addEventListener("click", () => i18n.setLang(i18n.otherLang()));
   $("fatal-reload").addEventListener("click", () => window.location.reload());
   $("rejoin").addEventListener("click", () => window.location.reload());
   $("prejoin-form").addEventListener("submit", join);

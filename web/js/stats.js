@@ -5,6 +5,7 @@
 import { ApiError, HubClient, takeToken } from "./api.js";
 import { $, apiErrorKey, el } from "./dom.js";
 import * as i18n from "./i18n.js";
+import { mountTopbar, setTopbar } from "./topbar.js";
 
 const { t } = i18n;
 const STATUSES = ["open", "mediating", "agreement", "failed", "escalated", "closed"];
@@ -134,8 +135,8 @@ async function show() {
 }
 
 async function main() {
+  mountTopbar();
   i18n.apply(document);
-  $("lang-toggle").addEventListener("click", () => i18n.setLang(i18n.otherLang()));
   i18n.onLangChange(() => {
     fillSites();
     render();
@@ -147,6 +148,7 @@ async function main() {
   }
   state.client = new HubClient(token);
   try {
+    setTopbar({ me: await state.client.me() });
     for (const site of await state.client.sites()) state.sites.set(site.id, site);
     fillSites();
     const today = new Date();

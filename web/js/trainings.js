@@ -5,6 +5,7 @@
 import { ApiError, HubClient, takeToken } from "./api.js";
 import { $, apiErrorKey, el } from "./dom.js";
 import * as i18n from "./i18n.js";
+import { mountTopbar, setTopbar } from "./topbar.js";
 
 const { t } = i18n;
 
@@ -166,9 +167,7 @@ function renderAll() {
   document.title = `${t("training.pageTitle")} · ${t("app.title")}`;
   if (state.banner) setBanner(...state.banner);
   if (!state.me) return;
-  const user = $("user");
-  user.textContent = [state.me.name, t(`user.role.${state.me.role}`)].join(" · ");
-  user.hidden = false;
+  setTopbar({ me: state.me });
   renderStart();
   renderList();
   renderAttendance();
@@ -197,7 +196,7 @@ async function boot() {
 }
 
 function init() {
-  $("lang-toggle").addEventListener("click", () => i18n.setLang(i18n.otherLang()));
+  mountTopbar();
   $("start-form").addEventListener("submit", start);
   i18n.onLangChange(renderAll);
   renderAll();
