@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
@@ -32,6 +31,7 @@ from .livestate import Record
 from .presence import KIND as PRESENCE
 from .presence import by_role
 from .rooms import NotFound, Rooms
+from .store import Database
 from .tokens import Claims
 
 #: Largest wall: 8 x 8 panes.
@@ -106,23 +106,18 @@ CREATE TABLE IF NOT EXISTS console_layouts (
 """
 
 
-class LayoutStore:
+class LayoutStore(Database):
     """Each user's wall layouts, one JSON document per user."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path)
-        self._db.executescript(SCHEMA)
-
-    def close(self) -> None:
-        self._db.close()
+    schema = SCHEMA
 
     def get(self, user: str) -> Layouts:
-        row = self._db.execute("SELECT body FROM console_layouts WHERE user = ?", (user,)).fetchone()
+        with self._lock:
+            row = self._db.execute("SELECT body FROM console_layouts WHERE user = ?", (user,)).fetchone()
         return Layouts.model_validate_json(row[0]) if row else Layouts()
 
     def put(self, user: str, layouts: Layouts) -> None:
-        with self._db:
+        with self._lock, self._db:
             self._db.execute(
                 "INSERT INTO console_layouts (user, body, updated_at) VALUES (?, ?, ?)"
                 " ON CONFLICT(user) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",

@@ -12,7 +12,7 @@ from hub.presence import Presence
 
 from .api import json_response
 from .auth import claims_of
-from .problems import Problem, read_json_object
+from .problems import Problem, read_json_object, service
 
 CONSOLE = web.AppKey("console", Console)
 PRESENCE = web.AppKey("presence", Presence)
@@ -20,10 +20,7 @@ WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
 
 
 def _console(request: web.Request) -> Console:
-    console = request.app.get(CONSOLE)
-    if console is None:
-        raise Problem(503, "Service Unavailable", "this hub process has no console")
-    return console
+    return service(request, CONSOLE, "this hub process has no console")
 
 
 async def page(request: web.Request) -> web.FileResponse:
