@@ -4,7 +4,7 @@
 // case-escalated events refresh the list and the open case.
 
 import { ApiError, HubClient, takeToken } from "./api.js";
-import { $, apiErrorKey, el } from "./dom.js";
+import { $, apiErrorKey, el, hideFatal, showFatal, startFailed } from "./dom.js";
 import * as i18n from "./i18n.js";
 import { mountTopbar, setTopbar } from "./topbar.js";
 
@@ -12,6 +12,7 @@ const { t } = i18n;
 const DISPUTE_TYPES = ["family", "neighbour", "land", "wages", "contract", "other"];
 const STATUSES = ["open", "mediating", "agreement", "failed", "escalated", "closed"];
 const PARTY_ROLES = ["applicant", "respondent", "other"];
+const BOOT_RETRY_MS = 5000;
 
 const state = {
   client: null,
@@ -291,52 +292,62 @@ function onCaseEvent(event) {
   if (state.selected === event.case.id) select(state.selected).catch(showError);
 }
 
-async function main() {
+async function boot() {
+  try {
+    state.me = await state.client.me();
+    setTopbar({ me: state.me });
+    for (const site of await state.client.sites()) state.sites.set(site.id, site);
+    await loadList();
+  } catch (err) {
+    startFailed(err, boot, BOOT_RETRY_MS);
+    return;
+  }
+  hideFatal();
+  $("c-site").replaceChildren(...[...state.sites.values()].map((s) => el("option", { value: s.id }, i18n.siteName(s))));
+  $("cases-view").hidden = false;
+  const events = state.client.events();
+  setTopbar({ events });
+  events.on("case-updated", onCaseEvent);
+  events.on("case-escalated", onCaseEvent);
+  // After a reconnect, events sent meanwhile are lost: read the list again.
+  let connectedOnce = false;
+  events.on("state", ({ state: socket }) => {
+    if (socket !== "open") return;
+    if (connectedOnce) refresh().catch(showError);
+    connectedOnce = true;
+  });
+  window.addEventListener("pagehide", () => events.close());
+  try {
+    await events.connect();
+    const wanted = new URLSearchParams(window.location.search).get("case");
+    if (wanted) await select(wanted);
+  } catch (err) {
+    showError(err);
+  }
+  document.body.dataset.ready = "1";
+}
+
+function init() {
   mountTopbar();
   i18n.apply(document);
   fillSelects();
   i18n.onLangChange(rerender);
+  $("f-queue").addEventListener("change", () => loadList().catch(showError));
+  $("f-status").addEventListener("change", () => loadList().catch(showError));
+  $("new-case").addEventListener("click", showForm);
+  $("c-add-party").addEventListener("click", () => $("c-parties").append(partyRow()));
+  $("c-cancel").addEventListener("click", () => {
+    $("case-form").hidden = true;
+    renderDetail();
+  });
+  $("case-form").addEventListener("submit", submitForm);
   const token = takeToken();
   if (!token) {
-    setBanner("error.noToken");
+    showFatal("error.noToken");
     return;
   }
   state.client = new HubClient(token);
-  try {
-    state.me = await state.client.me();
-    for (const site of await state.client.sites()) state.sites.set(site.id, site);
-    setTopbar({ me: state.me });
-    $("c-site").replaceChildren(...[...state.sites.values()].map((s) => el("option", { value: s.id }, i18n.siteName(s))));
-    $("cases-view").hidden = false;
-    $("f-queue").addEventListener("change", () => loadList().catch(showError));
-    $("f-status").addEventListener("change", () => loadList().catch(showError));
-    $("new-case").addEventListener("click", showForm);
-    $("c-add-party").addEventListener("click", () => $("c-parties").append(partyRow()));
-    $("c-cancel").addEventListener("click", () => {
-      $("case-form").hidden = true;
-      renderDetail();
-    });
-    $("case-form").addEventListener("submit", submitForm);
-    const events = state.client.events();
-    setTopbar({ events });
-    events.on("case-updated", onCaseEvent);
-    events.on("case-escalated", onCaseEvent);
-    // After a reconnect, events sent meanwhile are lost: read the list again.
-    let connectedOnce = false;
-    events.on("state", ({ state: socket }) => {
-      if (socket !== "open") return;
-      if (connectedOnce) refresh().catch(showError);
-      connectedOnce = true;
-    });
-    window.addEventListener("pagehide", () => events.close());
-    await events.connect();
-    await loadList();
-    const wanted = new URLSearchParams(window.location.search).get("case");
-    if (wanted) await select(wanted);
-    document.body.dataset.ready = "1";
-  } catch (err) {
-    showError(err);
-  }
+  boot();
 }
 
-main();
+init();

@@ -6,7 +6,7 @@
 
 import { ApiError, HubClient, takeToken } from "./api.js";
 import { mountDispatch } from "./dispatch.js";
-import { $, apiErrorKey as errorKey, el, indexSites, renderFatalBox, startFailed, treeKeys } from "./dom.js";
+import { $, apiErrorKey as errorKey, el, hideFatal, indexSites, showFatal, startFailed, treeKeys } from "./dom.js";
 import * as i18n from "./i18n.js";
 import { mountTopbar, setTopbar } from "./topbar.js";
 import { FEED_MIME, GRID_SIDES, Wall, feedKey } from "./wall.js";
@@ -50,7 +50,6 @@ const state = {
   thumbs: new Map(), // feed key -> {signature, node} of the thumbnails shown
   layouts: { layouts: [], current: null },
   wall: null,
-  fatal: null,
   banner: null,
   refreshTimer: null,
   pollTimer: null,
@@ -60,11 +59,6 @@ const state = {
 };
 
 // -- messages ---------------------------------------------------------------------
-
-function showFatal(key, params = {}, { retrying = false } = {}) {
-  state.fatal = [key, params, retrying];
-  if (renderFatalBox(state.fatal)) $("layout").hidden = true;
-}
 
 function setBanner(key = null, params = {}) {
   state.banner = key ? [key, params] : null;
@@ -555,11 +549,10 @@ async function boot() {
     setStatus(status);
     state.layouts = layouts;
   } catch (err) {
-    startFailed(err, showFatal, boot, BOOT_RETRY_MS);
+    startFailed(err, boot, BOOT_RETRY_MS);
     return;
   }
-  state.fatal = null;
-  renderFatalBox(null);
+  hideFatal();
   state.selected = state.roots[0] ?? null;
   state.wall = new Wall($("wall"), { client: state.client, resolve: resolveFeed, t, onChange: onWallChange });
   const current = state.layouts.layouts.find((l) => l.name === state.layouts.current);
@@ -574,7 +567,6 @@ async function boot() {
 function init() {
   mountTopbar();
   i18n.apply(document);
-  $("fatal-reload").addEventListener("click", () => window.location.reload());
   $("tree").addEventListener("click", onTreeClick);
   $("tree").addEventListener("dragstart", onTreeDragStart);
   $("tree").addEventListener("keydown", treeKeys({ select: selectBranch, expanded: state.expanded, render: renderTree }));

@@ -2,7 +2,7 @@
 // tell the user when the hub refuses or cannot be reached.
 
 import { ApiError } from "./api.js";
-import { t } from "./i18n.js";
+import { onLangChange, t } from "./i18n.js";
 
 export const $ = (id) => document.getElementById(id);
 
@@ -43,31 +43,61 @@ export function apiErrorKey(err, own = {}) {
 }
 
 /**
- * A view's start-up failed: show why with `showFatal(key, params, {retrying})`
- * and, when the hub may come back (unreachable, timeout, a server error),
- * call `retry` after `delayMs`.
+ * A view's start-up failed: show why in the error box (`own` as for
+ * apiErrorKey) and, when the hub may come back (unreachable, timeout, a
+ * server error), call `retry` after `delayMs`.
  */
-export function startFailed(err, showFatal, retry, delayMs) {
+export function startFailed(err, retry, delayMs, own = {}) {
   console.warn(err);
-  const [key, params] = apiErrorKey(err);
+  const [key, params] = apiErrorKey(err, own);
   const retrying = !(err instanceof ApiError) || ["unreachable", "timeout", "http"].includes(err.kind);
   showFatal(key, params, { retrying });
   if (retrying) setTimeout(retry, delayMs);
 }
 
+let fatal = null; // [key, params, retrying] of the error box, null when hidden
+
 /**
- * Fill the page's full-screen error box (#fatal) from [key, params, retrying],
- * or hide it for null; returns whether it is shown, so the view can hide the rest.
+ * The page's full-screen error box: show why the page cannot be used (and
+ * hide its views, every <main>), kept in the current language; hideFatal()
+ * takes it away and the view shows itself again.
  */
-export function renderFatalBox(fatal) {
+export function showFatal(key, params = {}, { retrying = false } = {}) {
+  fatal = [key, params, retrying];
+  let box = $("fatal");
+  if (!box) {
+    box = el(
+      "div",
+      { id: "fatal", class: "fatal", role: "alert" },
+      el(
+        "div",
+        { class: "fatal-card" },
+        el("h2", { "data-i18n": "error.title" }, t("error.title")),
+        el("p", { id: "fatal-message" }),
+        el("button", { id: "fatal-reload", type: "button", class: "button", "data-i18n": "error.reload", onclick: () => window.location.reload() }, t("error.reload")),
+      ),
+    );
+    ($("banner") ?? document.querySelector("header.topbar")).after(box);
+    onLangChange(renderFatal);
+  }
+  for (const view of document.querySelectorAll("main")) view.hidden = true;
+  renderFatal();
+}
+
+export function hideFatal() {
+  fatal = null;
+  renderFatal();
+}
+
+function renderFatal() {
   const box = $("fatal");
+  if (!box) return;
   box.hidden = !fatal;
-  if (!fatal) return false;
+  if (!fatal) return;
   const [key, params, retrying] = fatal;
   const message = $("fatal-message");
   message.textContent = retrying ? `${t(key, params)} ${t("error.retrying")}` : t(key, params);
   message.dataset.error = key;
-  return true;
 }
 
 /**

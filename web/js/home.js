@@ -3,7 +3,7 @@
 // It talks to the hub only through api.js.
 
 import { ApiError, HubClient, takeToken } from "./api.js";
-import { $, apiErrorKey as errorKey, el, indexSites, renderFatalBox, startFailed, treeKeys } from "./dom.js";
+import { $, apiErrorKey as errorKey, el, hideFatal, indexSites, showFatal, startFailed, treeKeys } from "./dom.js";
 import * as i18n from "./i18n.js";
 import { mountHelp } from "./help.js"; // dispatch: the call-for-help button
 import { mountTopbar, setTopbar } from "./topbar.js";
@@ -34,22 +34,12 @@ const state = {
   rosterLoaded: false,
   tiles: new Map(), // stream id -> Tile
   invitations: [], // `invitation` events not yet acted on, newest last
-  fatal: null, // [key, params]
   banner: null, // [key, params]
   refreshTimer: null,
   stopped: false,
 };
 
 // -- messages -----------------------------------------------------------------------
-
-function showFatal(key, params = {}, { retrying = false } = {}) {
-  state.fatal = [key, params, retrying];
-  renderFatal();
-}
-
-function renderFatal() {
-  if (renderFatalBox(state.fatal)) $("layout").hidden = true;
-}
 
 function setBanner(key = null, params = {}) {
   state.banner = key ? [key, params] : null;
@@ -592,7 +582,6 @@ function syncJoin() {
 
 function rerenderAll() {
   renderHeader();
-  renderFatal();
   renderBanner();
   if (state.sites.length || state.me) {
     renderTree();
@@ -615,11 +604,10 @@ async function boot() {
     setSites(sites);
     state.rooms = rooms;
   } catch (err) {
-    startFailed(err, showFatal, boot, BOOT_RETRY_MS);
+    startFailed(err, boot, BOOT_RETRY_MS);
     return;
   }
-  state.fatal = null;
-  renderFatal();
+  hideFatal();
   expandToLiveSites();
   $("layout").hidden = false;
   renderHeader();
@@ -635,7 +623,6 @@ async function boot() {
 function init() {
   mountTopbar();
   i18n.apply(document);
-  $("fatal-reload").addEventListener("click", () => window.location.reload());
   $("tree").addEventListener("click", onTreeClick);
   $("tree").addEventListener("keydown", treeKeys({ select: selectSite, expanded: state.expanded, render: renderTree }));
   $("stage-header").append(el("a", { id: "enter-room", class: "button", hidden: true }));

@@ -1,13 +1,17 @@
 // The playback view: search recordings of the caller's jurisdiction, and
 // play one session with all its streams on one timeline (player.js).
 
-import { ApiError, HubClient, takeToken } from "./api.js";
-import { $, el } from "./dom.js";
+import { HubClient, takeToken } from "./api.js";
+import { $, apiErrorKey, el, showFatal, startFailed } from "./dom.js";
 import * as i18n from "./i18n.js";
 import { SessionPlayer } from "./player.js";
 import { mountTopbar, setTopbar } from "./topbar.js";
 
 const { t } = i18n;
+const BOOT_RETRY_MS = 5000;
+/** This page's messages for some failed calls: they concern a recording. */
+const REC_ERRORS = { forbidden: "rec.error.forbidden", "not-found": "rec.error.not-found" };
+
 function clock(seconds) {
   const s = Math.max(0, Math.floor(seconds));
   const m = Math.floor(s / 60);
@@ -19,9 +23,9 @@ function when(epoch) {
 }
 
 function showError(err) {
-  const key = err instanceof ApiError ? `rec.error.${err.kind}` : "rec.error.unreachable";
+  console.warn(err);
   const banner = $("banner");
-  banner.textContent = t(key) === key ? t("rec.error.http") : t(key);
+  banner.textContent = t(...apiErrorKey(err, REC_ERRORS));
   banner.hidden = false;
 }
 
@@ -143,7 +147,7 @@ async function main() {
   i18n.apply(document);
   const token = takeToken();
   if (!token) {
-    showError(new ApiError("unauthorized", "no token"));
+    showFatal("error.noToken");
     return;
   }
   const client = new HubClient(token);
@@ -153,7 +157,8 @@ async function main() {
     if (match) await showDetail(client, decodeURIComponent(match[1]));
     else await showList(client);
   } catch (err) {
-    showError(err);
+    // The views wire their controls as they load: a retry starts the page afresh (the token is kept).
+    startFailed(err, () => window.location.reload(), BOOT_RETRY_MS, REC_ERRORS);
   }
 }
 

@@ -4,7 +4,7 @@
 // watched with WHEP. It talks to the hub only through api.js.
 
 import { ApiError, HubClient, takeToken } from "./api.js";
-import { $, apiErrorKey, el, renderFatalBox } from "./dom.js";
+import { $, apiErrorKey, el, hideFatal, showFatal, startFailed } from "./dom.js";
 import * as i18n from "./i18n.js";
 import { DeviceError, audioLevel, listDevices, openCamera, openScreen, stopTracks } from "./media.js";
 import { mountTopbar, setTopbar } from "./topbar.js";
@@ -19,6 +19,13 @@ const SPEAKER_POLL_MS = 400;
 const SPEAKING_LEVEL = 0.02;
 const SITE_INVITER_ROLES = ["admin", "operator", "mediator"];
 
+/** This page's messages for some failed API calls: they concern the room. */
+const ROOM_ERRORS = {
+  unauthorized: "error.roomUnauthorized",
+  forbidden: "error.roomForbidden",
+  "not-found": "error.roomNotFound",
+};
+
 /** The message for a failed API call on this page. */
 function errorKey(err) {
   if (err instanceof DeviceError) {
@@ -27,11 +34,7 @@ function errorKey(err) {
       { detail: err.message },
     ];
   }
-  return apiErrorKey(err, {
-    unauthorized: "error.roomUnauthorized",
-    forbidden: "error.roomForbidden",
-    "not-found": "error.roomNotFound",
-  });
+  return apiErrorKey(err, ROOM_ERRORS);
 }
 
 /** A WebSocket `error` reply as an ApiError, so it is explained like an HTTP one. */
@@ -70,7 +73,6 @@ const state = {
   chatUnread: 0,
   panel: "people",
   joined: false,
-  fatal: null,
   banner: null,
   soundBlocked: false,
   invite: null, // {url, expires_at}
@@ -79,18 +81,6 @@ const state = {
 };
 
 // -- messages ------------------------------------------------------------------------
-
-function showFatal(key, params = {}, { retrying = false } = {}) {
-  state.fatal = [key, params, retrying];
-  renderFatal();
-}
-
-function renderFatal() {
-  if (renderFatalBox(state.fatal)) {
-    $("prejoin").hidden = true;
-    $("room").hidden = true;
-  }
-}
 
 function setBanner(key = null, params = {}) {
   state.banner = key ? [key, params] : null;
@@ -861,7 +851,6 @@ function enableSound() {
 function renderAll() {
   i18n.apply(document);
   renderHeader();
-  renderFatal();
   renderBanner();
   if (!state.me) return;
   $("prejoin-room").textContent = roomTitle();
@@ -894,13 +883,10 @@ async function boot() {
     state.branchSites = new Map((await training.branchSites(state.client, room)).map((s) => [s.id, s]));
     state.participants = new Map(room.participants.map((p) => [p.id, p]));
   } catch (err) {
-    console.warn(err);
-    const retry = !(err instanceof ApiError) || ["unreachable", "timeout", "http"].includes(err.kind);
-    showFatal(...errorKey(err), { retrying: retry });
-    if (retry) setTimeout(boot, BOOT_RETRY_MS);
+    startFailed(err, boot, BOOT_RETRY_MS, ROOM_ERRORS);
     return;
   }
-  state.fatal = null;
+  hideFatal();
   if (state.me.role !== "guest") $("name").value = state.me.name;
   renderAll();
   if (state.autojoin) {
@@ -919,7 +905,6 @@ async function boot() {
 function init() {
   mountTopbar();
   i18n.apply(document);
-  $("fatal-reload").addEventListener("click", () => window.location.reload());
   $("rejoin").addEventListener("click", () => window.location.reload());
   $("prejoin-form").addEventListener("submit", join);
   $("camera-select").addEventListener("change", (e) => {

@@ -2,14 +2,15 @@
 // dispute type, success and escalation rates, training attendance by site.
 // Charts are plain HTML/CSS bars (no chart library: the hub runs offline).
 
-import { ApiError, HubClient, takeToken } from "./api.js";
-import { $, apiErrorKey, el } from "./dom.js";
+import { HubClient, takeToken } from "./api.js";
+import { $, apiErrorKey, el, hideFatal, showFatal, startFailed } from "./dom.js";
 import * as i18n from "./i18n.js";
 import { mountTopbar, setTopbar } from "./topbar.js";
 
 const { t } = i18n;
 const STATUSES = ["open", "mediating", "agreement", "failed", "escalated", "closed"];
 const DEFAULT_DAYS = 30;
+const BOOT_RETRY_MS = 5000;
 
 const state = { client: null, sites: new Map(), stats: null };
 
@@ -134,35 +135,41 @@ async function show() {
   document.body.dataset.ready = "1";
 }
 
-async function main() {
+async function boot() {
+  try {
+    setTopbar({ me: await state.client.me() });
+    for (const site of await state.client.sites()) state.sites.set(site.id, site);
+    fillSites();
+    await show();
+  } catch (err) {
+    startFailed(err, boot, BOOT_RETRY_MS);
+    return;
+  }
+  hideFatal();
+  $("stats-view").hidden = false;
+}
+
+function init() {
   mountTopbar();
   i18n.apply(document);
   i18n.onLangChange(() => {
     fillSites();
     render();
   });
+  const today = new Date();
+  $("f-to").value = isoDay(today);
+  $("f-from").value = isoDay(new Date(today.getTime() - DEFAULT_DAYS * 86400_000));
+  $("filters").addEventListener("submit", (event) => {
+    event.preventDefault();
+    show().catch(showError);
+  });
   const token = takeToken();
   if (!token) {
-    showError(new ApiError("unauthorized", "no token"));
+    showFatal("error.noToken");
     return;
   }
   state.client = new HubClient(token);
-  try {
-    setTopbar({ me: await state.client.me() });
-    for (const site of await state.client.sites()) state.sites.set(site.id, site);
-    fillSites();
-    const today = new Date();
-    $("f-to").value = isoDay(today);
-    $("f-from").value = isoDay(new Date(today.getTime() - DEFAULT_DAYS * 86400_000));
-    $("stats-view").hidden = false;
-    $("filters").addEventListener("submit", (event) => {
-      event.preventDefault();
-      show().catch(showError);
-    });
-    await show();
-  } catch (err) {
-    showError(err);
-  }
+  boot();
 }
 
 function fillSites() {
@@ -171,4 +178,4 @@ function fillSites() {
   if (current) $("f-site").value = current;
 }
 
-main();
+init();

@@ -2,8 +2,8 @@
 // everyone sees the trainings of their branch (and below) and joins a live
 // one; the trainer and the operators above it read who attended, and when.
 
-import { ApiError, HubClient, takeToken } from "./api.js";
-import { $, apiErrorKey, el } from "./dom.js";
+import { HubClient, takeToken } from "./api.js";
+import { $, apiErrorKey, el, hideFatal, showFatal, startFailed } from "./dom.js";
 import * as i18n from "./i18n.js";
 import { mountTopbar, setTopbar } from "./topbar.js";
 
@@ -174,20 +174,14 @@ function renderAll() {
 }
 
 async function boot() {
-  const token = takeToken();
-  if (!token) {
-    setBanner("error.noToken");
-    return;
-  }
-  state.client = new HubClient(token);
   try {
     state.me = await state.client.me();
     state.sites = new Map((await state.client.sites()).map((s) => [s.id, s]));
   } catch (err) {
-    reportError(err);
-    if (!(err instanceof ApiError) || err.kind !== "unauthorized") setTimeout(boot, REFRESH_MS);
+    startFailed(err, boot, REFRESH_MS);
     return;
   }
+  hideFatal();
   $("trainings").hidden = false;
   renderAll();
   await refresh();
@@ -200,6 +194,12 @@ function init() {
   $("start-form").addEventListener("submit", start);
   i18n.onLangChange(renderAll);
   renderAll();
+  const token = takeToken();
+  if (!token) {
+    showFatal("error.noToken");
+    return;
+  }
+  state.client = new HubClient(token);
   boot();
 }
 
