@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,19 +123,20 @@ async def test_a_change_racing_a_leave_does_not_bring_the_participant_back(redis
 async def test_named_records_claim_once_and_expire_on_both_backends(redis_url: str):
     from hub.livestate import MemoryLiveState, RedisLiveState
 
+    kind = f"test-{secrets.token_hex(4)}"  # the Redis server is shared with other tests
     for state in (MemoryLiveState("n1"), RedisLiveState(redis_url, "n1", 5)):
         await state.start()
         try:
-            claims = await asyncio.gather(*(state.claim_record("call", "c1", {"by": f"op{i}"}) for i in range(5)))
+            claims = await asyncio.gather(*(state.claim_record(kind, "c1", {"by": f"op{i}"}) for i in range(5)))
             assert sorted(claims) == [False] * 4 + [True]
-            winner = (await state.get_record("call", "c1"))["by"]
+            winner = (await state.get_record(kind, "c1"))["by"]
             assert claims[int(winner.removeprefix("op"))]
-            await state.put_record("call", "c2", {"by": "x"}, ttl=0.2)
-            assert set(await state.records("call")) == {"c1", "c2"}
+            await state.put_record(kind, "c2", {"by": "x"}, ttl=0.2)
+            assert set(await state.records(kind)) == {"c1", "c2"}
             await asyncio.sleep(0.4)
-            assert await state.records("call") == {"c1": {"by": winner}}
-            assert await state.delete_record("call", "c1") == {"by": winner}
-            assert await state.delete_record("call", "c1") is None
-            assert await state.records("call") == {}
+            assert await state.records(kind) == {"c1": {"by": winner}}
+            assert await state.delete_record(kind, "c1") == {"by": winner}
+            assert await state.delete_record(kind, "c1") is None
+            assert await state.records(kind) == {}
         finally:
             await state.close()
