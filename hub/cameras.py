@@ -18,7 +18,6 @@ the others take over when the lease expires.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
@@ -39,6 +38,7 @@ from .rooms import NotFound, Rooms
 from .rtpforward import TrackSource
 from .sites import SiteTree, standing_room_id
 from .store import Database
+from .tasks import cancel_and_wait
 from .tokens import Claims
 
 log = logging.getLogger(__name__)
@@ -224,10 +224,7 @@ class Cameras:
         self._task = asyncio.create_task(self._reconcile_forever())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         for pulled in self.pulled.values():
             pulled.puller.stop()  # all at once: each may wait out a read
         for camera_id in tuple(self.pulled):

@@ -15,7 +15,6 @@ home page already shows); the roll call tells who of each site has come.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -26,6 +25,7 @@ from .access import Forbidden, can_reach_site
 from .livestate import Record
 from .rooms import NotFound, Rooms
 from .store import Database
+from .tasks import cancel_and_wait
 from .tokens import Claims
 
 log = logging.getLogger(__name__)
@@ -133,11 +133,7 @@ class Dispatch:
         self._timers: dict[str, asyncio.Task[None]] = {}
 
     async def close(self) -> None:
-        for task in self._timers.values():
-            task.cancel()
-        for task in tuple(self._timers.values()):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._timers.values())
         self._timers.clear()
         self.log.close()
 

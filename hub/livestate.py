@@ -18,6 +18,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from .tasks import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 Record = dict[str, Any]
@@ -257,10 +259,7 @@ class RedisLiveState(LiveState):
         await self._ready.wait()
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         with contextlib.suppress(aioredis.RedisError, OSError):
             await self._redis.delete(self._node_key)
         await self._redis.aclose()
@@ -431,10 +430,7 @@ class EventFollower:
         self._task = asyncio.create_task(self._run(self._queue))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         if self._queue is not None:
             self._state.unsubscribe(self._queue)
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +40,7 @@ from .health import Health, Measures, measure
 from .livestate import EventFollower, Record
 from .rooms import Rooms
 from .rtpforward import Outgoing, TrackSource
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -226,10 +226,7 @@ class Snapshots:
         monitor = self.monitors.pop(stream_id, None)
         if monitor is None:
             return
-        if monitor.task is not None:
-            monitor.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await monitor.task
+        await cancel_and_wait(monitor.task)
         state = self.rooms.state
         await state.delete_record("snapshot", stream_id)
         await state.delete_record("snapshot-jpeg", stream_id)

@@ -18,7 +18,6 @@ was known to be alive (its heartbeat in `attendance_nodes`), and marked
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 import time
@@ -29,6 +28,7 @@ from .access import Forbidden, can_reach_site
 from .livestate import EventFollower, Record
 from .rooms import NotFound, Rooms
 from .store import Database
+from .tasks import cancel_and_wait
 from .tokens import Claims
 
 log = logging.getLogger(__name__)
@@ -242,10 +242,7 @@ class Trainings:
 
     async def close(self) -> None:
         await self._follower.stop()
-        if self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat_task
+        await cancel_and_wait(self._heartbeat_task)
         self.book.close()
 
     # -- trainings -------------------------------------------------------------

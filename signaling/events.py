@@ -9,7 +9,6 @@ the socket (1009).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from typing import Annotated, Literal
 
@@ -19,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, Vali
 from hub.access import Forbidden, addressed_to, can_enter_room
 from hub.livestate import Record
 from hub.rooms import NotFound, Rooms
+from hub.tasks import cancel_and_wait
 from hub.tokens import Claims, TokenError
 from recorder.service import Recorder
 
@@ -272,9 +272,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             elif msg.type == WSMsgType.BINARY:
                 await session.error("bad-message", "messages are JSON text")
     finally:
-        forwarder.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await forwarder
+        await cancel_and_wait(forwarder)
         await session.close()
         if presence:
             await presence.disconnect(connection)

@@ -28,6 +28,9 @@ def console_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess
     process = start_hub(tmp_path_factory.mktemp("console-hub"), env=env)
     yield process
     process.stop()
+    # Cameras, snapshots and event followers all stop on SIGTERM: a follower
+    # that swallowed its own cancellation once kept this hub up until killed.
+    assert process.proc.returncode == 0, f"hub did not stop by itself: {process.proc.returncode}"
 
 
 def auth(token: str) -> dict[str, str]:
