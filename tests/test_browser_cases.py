@@ -78,7 +78,7 @@ async def test_case_opened_held_escalated_arrives_live_and_is_counted(cases_hub:
         # The township sees it arrive in its queue, live.
         row = upper.locator(f"#case-rows tr[data-case-id='{case_id}']")
         await expect(row).to_be_visible()
-        await expect(upper.locator("#banner")).to_have_attribute("data-key", "case.arrived")
+        await expect(upper.locator("#banner")).to_have_attribute("data-error", "case.arrived")
         assert await upper.evaluate("window.notReloaded") is True
         await row.click()
         await expect(upper.locator("#case-history li[data-action='escalated']")).to_contain_text("需镇调委会介入")

@@ -3,8 +3,8 @@
 // with it (the hub says which: detail.actions). Live: case-updated and
 // case-escalated events refresh the list and the open case.
 
-import { ApiError, HubClient, takeToken } from "./api.js";
-import { $, apiErrorKey, el, hideFatal, showFatal, startFailed } from "./dom.js";
+import { ApiError } from "./api.js";
+import { $, apiErrorKey, el, hideFatal, hubClient, renderBanner, startFailed } from "./dom.js";
 import * as i18n from "./i18n.js";
 import { mountTopbar, setTopbar } from "./topbar.js";
 
@@ -35,16 +35,7 @@ function siteLabel(id) {
 
 function setBanner(key = null, params = {}) {
   state.banner = key ? [key, params] : null;
-  renderBanner();
-}
-
-function renderBanner() {
-  const banner = $("banner");
-  banner.hidden = !state.banner;
-  if (state.banner) {
-    banner.textContent = t(...state.banner);
-    banner.dataset.key = state.banner[0];
-  }
+  renderBanner(state.banner);
 }
 
 function showError(err) {
@@ -278,7 +269,7 @@ function fillSelects() {
 
 function rerender() {
   fillSelects();
-  renderBanner();
+  renderBanner(state.banner);
   renderList();
   renderDetail();
 }
@@ -341,12 +332,8 @@ function init() {
     renderDetail();
   });
   $("case-form").addEventListener("submit", submitForm);
-  const token = takeToken();
-  if (!token) {
-    showFatal("error.noToken");
-    return;
-  }
-  state.client = new HubClient(token);
+  state.client = hubClient();
+  if (!state.client) return;
   boot();
 }
 

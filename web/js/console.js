@@ -4,9 +4,9 @@
 // Status comes from GET /api/console/status, fetched again (debounced) on
 // every live event that may change it.
 
-import { ApiError, HubClient, takeToken } from "./api.js";
+import { ApiError } from "./api.js";
 import { mountDispatch } from "./dispatch.js";
-import { $, apiErrorKey as errorKey, el, hideFatal, indexSites, showFatal, startFailed, treeKeys } from "./dom.js";
+import { $, apiErrorKey as errorKey, el, hideFatal, hubClient, indexSites, renderBanner, showFatal, startFailed, treeKeys } from "./dom.js";
 import * as i18n from "./i18n.js";
 import { mountTopbar, setTopbar } from "./topbar.js";
 import { FEED_MIME, GRID_SIDES, Wall, feedKey } from "./wall.js";
@@ -62,15 +62,7 @@ const state = {
 
 function setBanner(key = null, params = {}) {
   state.banner = key ? [key, params] : null;
-  renderBanner();
-}
-
-function renderBanner() {
-  const banner = $("banner");
-  banner.hidden = !state.banner;
-  banner.textContent = state.banner ? t(...state.banner) : "";
-  if (state.banner) banner.dataset.error = state.banner[0];
-  else delete banner.dataset.error;
+  renderBanner(state.banner);
 }
 
 function reportError(err) {
@@ -520,7 +512,7 @@ function openEvents() {
 
 function renderAll() {
   renderHeader();
-  renderBanner();
+  renderBanner(state.banner);
   if (!state.me) return;
   renderTree();
   renderBranch();
@@ -532,12 +524,8 @@ function renderAll() {
 }
 
 async function boot() {
-  const token = takeToken();
-  if (!token) {
-    showFatal("error.noToken");
-    return;
-  }
-  state.client = new HubClient(token);
+  state.client = hubClient();
+  if (!state.client) return;
   try {
     state.me = await state.client.me();
     const [sites, status, layouts] = await Promise.all([

@@ -1,7 +1,7 @@
 // Small helpers the views share: element lookup and creation, and what to
 // tell the user when the hub refuses or cannot be reached.
 
-import { ApiError } from "./api.js";
+import { ApiError, HubClient, takeToken } from "./api.js";
 import { onLangChange, t } from "./i18n.js";
 
 export const $ = (id) => document.getElementById(id);
@@ -18,6 +18,23 @@ export function el(tag, attrs = {}, ...children) {
   }
   node.append(...children.filter((c) => c !== null && c !== undefined));
   return node;
+}
+
+/** The page's hub client from the link's token, or null after saying (`noTokenKey`) there is none. */
+export function hubClient(noTokenKey = "error.noToken") {
+  const token = takeToken();
+  if (token) return new HubClient(token);
+  showFatal(noTokenKey);
+  return null;
+}
+
+/** Show [key, params] in the page's banner (#banner, data-error = key), or hide it for null. */
+export function renderBanner(banner) {
+  const box = $("banner");
+  box.hidden = !banner;
+  box.textContent = banner ? t(...banner) : "";
+  if (banner) box.dataset.error = banner[0];
+  else delete box.dataset.error;
 }
 
 /**

@@ -2,8 +2,8 @@
 // jurisdiction with live rooms marked, and the pictures of the chosen site.
 // It talks to the hub only through api.js.
 
-import { ApiError, HubClient, takeToken } from "./api.js";
-import { $, apiErrorKey as errorKey, el, hideFatal, indexSites, showFatal, startFailed, treeKeys } from "./dom.js";
+import { ApiError } from "./api.js";
+import { $, apiErrorKey as errorKey, el, hideFatal, hubClient, indexSites, renderBanner, showFatal, startFailed, treeKeys } from "./dom.js";
 import * as i18n from "./i18n.js";
 import { mountHelp } from "./help.js"; // dispatch: the call-for-help button
 import { mountTopbar, setTopbar } from "./topbar.js";
@@ -43,21 +43,7 @@ const state = {
 
 function setBanner(key = null, params = {}) {
   state.banner = key ? [key, params] : null;
-  renderBanner();
-}
-
-function renderBanner() {
-  const banner = $("banner");
-  if (!state.banner) {
-    banner.hidden = true;
-    banner.textContent = "";
-    delete banner.dataset.error;
-    return;
-  }
-  const [key, params] = state.banner;
-  banner.textContent = t(key, params);
-  banner.dataset.error = key;
-  banner.hidden = false;
+  renderBanner(state.banner);
 }
 
 /** A failed call after start-up: an expired token ends the session, anything else is a banner. */
@@ -582,7 +568,7 @@ function syncJoin() {
 
 function rerenderAll() {
   renderHeader();
-  renderBanner();
+  renderBanner(state.banner);
   if (state.sites.length || state.me) {
     renderTree();
     renderStage();
@@ -592,12 +578,8 @@ function rerenderAll() {
 }
 
 async function boot() {
-  const token = takeToken();
-  if (!token) {
-    showFatal("error.noToken");
-    return;
-  }
-  state.client = new HubClient(token);
+  state.client = hubClient();
+  if (!state.client) return;
   try {
     state.me = await state.client.me();
     const [sites, rooms] = await Promise.all([state.client.sites(), state.client.rooms()]);

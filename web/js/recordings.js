@@ -1,8 +1,7 @@
 // The playback view: search recordings of the caller's jurisdiction, and
 // play one session with all its streams on one timeline (player.js).
 
-import { HubClient, takeToken } from "./api.js";
-import { $, apiErrorKey, el, showFatal, startFailed } from "./dom.js";
+import { $, apiErrorKey, el, hubClient, renderBanner, startFailed } from "./dom.js";
 import * as i18n from "./i18n.js";
 import { SessionPlayer } from "./player.js";
 import { mountTopbar, setTopbar } from "./topbar.js";
@@ -24,9 +23,7 @@ function when(epoch) {
 
 function showError(err) {
   console.warn(err);
-  const banner = $("banner");
-  banner.textContent = t(...apiErrorKey(err, REC_ERRORS));
-  banner.hidden = false;
+  renderBanner(apiErrorKey(err, REC_ERRORS));
 }
 
 /** Epoch seconds of a date input (local midnight), or "" when empty. */
@@ -145,12 +142,8 @@ async function showDetail(client, id) {
 async function main() {
   mountTopbar();
   i18n.apply(document);
-  const token = takeToken();
-  if (!token) {
-    showFatal("error.noToken");
-    return;
-  }
-  const client = new HubClient(token);
+  const client = hubClient();
+  if (!client) return;
   const match = window.location.pathname.match(/^\/recordings\/([^/]+)$/);
   try {
     setTopbar({ me: await client.me() });

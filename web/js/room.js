@@ -3,8 +3,8 @@
 // participant, WHIP publishes our camera under it, and every other stream is
 // watched with WHEP. It talks to the hub only through api.js.
 
-import { ApiError, HubClient, takeToken } from "./api.js";
-import { $, apiErrorKey, el, hideFatal, showFatal, startFailed } from "./dom.js";
+import { ApiError } from "./api.js";
+import { $, apiErrorKey, el, hideFatal, hubClient, renderBanner as showBanner, showFatal, startFailed } from "./dom.js";
 import * as i18n from "./i18n.js";
 import { DeviceError, audioLevel, listDevices, openCamera, openScreen, stopTracks } from "./media.js";
 import { mountTopbar, setTopbar } from "./topbar.js";
@@ -88,13 +88,9 @@ function setBanner(key = null, params = {}) {
 }
 
 function renderBanner() {
-  const banner = $("banner");
-  const [key, params] = state.banner ?? (state.soundBlocked ? ["room.soundBlocked", {}] : [null, {}]);
-  banner.hidden = !key;
-  banner.textContent = key ? t(key, params) : "";
-  banner.classList.toggle("banner-action", !state.banner && state.soundBlocked);
-  if (key) banner.dataset.error = key;
-  else delete banner.dataset.error;
+  // With nothing to report, the banner offers to unblock the sound (a click on it).
+  showBanner(state.banner ?? (state.soundBlocked ? ["room.soundBlocked", {}] : null));
+  $("banner").classList.toggle("banner-action", !state.banner && state.soundBlocked);
 }
 
 /** A failure while in the room: an expired token or a lost room end it, anything else is a banner. */
@@ -865,16 +861,12 @@ function renderAll() {
 }
 
 async function boot() {
-  const token = takeToken();
-  if (!token) {
-    showFatal("error.roomNoToken");
-    return;
-  }
+  state.client = hubClient("error.roomNoToken");
+  if (!state.client) return;
   if (!state.roomId) {
     showFatal("error.roomNotFound");
     return;
   }
-  state.client = new HubClient(token);
   try {
     state.me = await state.client.me();
     const [room, sites] = await Promise.all([state.client.room(state.roomId), state.client.roomSites(state.roomId)]);

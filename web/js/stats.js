@@ -2,8 +2,7 @@
 // dispute type, success and escalation rates, training attendance by site.
 // Charts are plain HTML/CSS bars (no chart library: the hub runs offline).
 
-import { HubClient, takeToken } from "./api.js";
-import { $, apiErrorKey, el, hideFatal, showFatal, startFailed } from "./dom.js";
+import { $, apiErrorKey, el, hideFatal, hubClient, renderBanner, startFailed } from "./dom.js";
 import * as i18n from "./i18n.js";
 import { mountTopbar, setTopbar } from "./topbar.js";
 
@@ -16,9 +15,7 @@ const state = { client: null, sites: new Map(), stats: null };
 
 function showError(err) {
   console.warn(err);
-  const [key, params] = apiErrorKey(err);
-  $("banner").textContent = t(key, params);
-  $("banner").hidden = false;
+  renderBanner(apiErrorKey(err));
 }
 
 /** A date input's value as epoch seconds of local midnight (plusDays later). */
@@ -130,7 +127,7 @@ async function show() {
   const wanted = filters();
   state.stats = await state.client.stats(wanted);
   $("csv").href = state.client.statsCsvUrl(wanted);
-  $("banner").hidden = true;
+  renderBanner(null);
   render();
   document.body.dataset.ready = "1";
 }
@@ -163,12 +160,8 @@ function init() {
     event.preventDefault();
     show().catch(showError);
   });
-  const token = takeToken();
-  if (!token) {
-    showFatal("error.noToken");
-    return;
-  }
-  state.client = new HubClient(token);
+  state.client = hubClient();
+  if (!state.client) return;
   boot();
 }
 

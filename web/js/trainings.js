@@ -2,8 +2,7 @@
 // everyone sees the trainings of their branch (and below) and joins a live
 // one; the trainer and the operators above it read who attended, and when.
 
-import { HubClient, takeToken } from "./api.js";
-import { $, apiErrorKey, el, hideFatal, showFatal, startFailed } from "./dom.js";
+import { $, apiErrorKey, el, hideFatal, hubClient, renderBanner, startFailed } from "./dom.js";
 import * as i18n from "./i18n.js";
 import { mountTopbar, setTopbar } from "./topbar.js";
 
@@ -24,10 +23,7 @@ const state = {
 
 function setBanner(key = null, params = {}) {
   state.banner = key ? [key, params] : null;
-  const banner = $("banner");
-  banner.hidden = !key;
-  banner.textContent = key ? t(key, params) : "";
-  if (key) banner.dataset.error = key;
+  renderBanner(state.banner);
 }
 
 function reportError(err) {
@@ -194,12 +190,8 @@ function init() {
   $("start-form").addEventListener("submit", start);
   i18n.onLangChange(renderAll);
   renderAll();
-  const token = takeToken();
-  if (!token) {
-    showFatal("error.noToken");
-    return;
-  }
-  state.client = new HubClient(token);
+  state.client = hubClient();
+  if (!state.client) return;
   boot();
 }
 
