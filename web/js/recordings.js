@@ -39,7 +39,12 @@ function dayStart(value, plusDays = 0) {
 async function showList(client) {
   $("list-view").hidden = false;
   const sites = await client.sites();
-  $("f-site").replaceChildren(...sites.map((s) => el("option", { value: s.id }, i18n.siteName(s))));
+  const byId = new Map(sites.map((s) => [s.id, s]));
+  const fillSites = () => {
+    const chosen = $("f-site").value;
+    $("f-site").replaceChildren(...sites.map((s) => el("option", { value: s.id, selected: s.id === chosen }, i18n.siteName(s))));
+  };
+  fillSites();
   const search = async () => {
     const form = new FormData($("filters"));
     const rows = await client.recordings({
@@ -59,7 +64,7 @@ async function showList(client) {
           { "data-id": r.id },
           el("td", {}, when(r.started_at)),
           el("td", {}, duration),
-          el("td", {}, r.site_name || r.site_id),
+          el("td", {}, byId.has(r.site_id) ? i18n.siteName(byId.get(r.site_id)) : r.site_name || r.site_id),
           el("td", {}, t(`room.kind.${r.kind}`)),
           el("td", {}, link),
           el("td", {}, t(`rec.state.${r.status}`)),
@@ -69,6 +74,11 @@ async function showList(client) {
   };
   $("filters").addEventListener("submit", (event) => {
     event.preventDefault();
+    search().catch(showError);
+  });
+  // Site names and dates in the other language (the catalogue names sites in Chinese only).
+  i18n.onLangChange(() => {
+    fillSites();
     search().catch(showError);
   });
   await search();
