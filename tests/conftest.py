@@ -15,10 +15,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from playwright.async_api import Browser
 
 from hub.config import Settings
 from hub.ice import use_addresses
 from hub.tokens import Claims, issue
+
+from .browser import chromium
 
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK_ONLY = '["127.0.0.1"]'
@@ -120,6 +123,13 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
     process = start_hub(tmp_path_factory.mktemp("hub"))
     yield process
     process.stop()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """A headless Debian Chromium with fake media, media on loopback only."""
+    async with chromium() as b:
+        yield b
 
 
 @pytest.fixture

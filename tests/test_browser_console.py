@@ -8,14 +8,14 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, expect
 
 from hub import bot
-from tests.browser import chromium, screen_text, video_stats
+from tests.browser import screen_text, video_stats
 
 from .conftest import HubProcess, start_hub
 
@@ -30,11 +30,6 @@ def console_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess
     yield process
     process.stop()
 
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium() as b:
-        yield b
 
 
 async def open_console(browser: Browser, hub: HubProcess, token: str) -> Page:

@@ -28,7 +28,7 @@ from playwright.async_api import BrowserContext, Page, expect
 
 from hub import bot
 from hub.ice import use_addresses
-from tests.browser import chromium, screen_text, video_stats
+from tests.browser import screen_text, video_stats
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
@@ -101,11 +101,6 @@ def hub_server(tmp_path_factory: pytest.TempPathFactory):
             proc.kill()
             proc.wait(timeout=10)
 
-
-@pytest.fixture
-async def browser():
-    async with chromium() as b:
-        yield b
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -22,7 +22,7 @@ import pytest
 from playwright.async_api import Browser, Locator, Page, expect
 
 from hub import bot
-from tests.browser import chromium, screen_text, video_stats
+from tests.browser import screen_text, video_stats
 
 from .conftest import LOOPBACK_ONLY, HubProcess, start_hub, wait_for_port
 
@@ -41,11 +41,6 @@ def room_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
     yield process
     process.stop()
 
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium() as b:
-        yield b
 
 
 async def new_page(browser: Browser) -> Page:
