@@ -6,7 +6,7 @@
 
 import { ApiError } from "./api.js";
 import { mountDispatch } from "./dispatch.js";
-import { $, apiErrorKey as errorKey, el, hideFatal, hubClient, indexSites, renderBanner, showFatal, startFailed, treeKeys } from "./dom.js";
+import { $, apiErrorKey as errorKey, el, hideFatal, hubClient, indexSites, renderBanner, replaceTree, showFatal, startFailed, treeKeys } from "./dom.js";
 import * as i18n from "./i18n.js";
 import { mountTopbar, setTopbar } from "./topbar.js";
 import { FEED_MIME, GRID_SIDES, Wall, feedKey } from "./wall.js";
@@ -220,11 +220,9 @@ function visibleSites() {
 
 function renderTree() {
   const tree = $("tree");
-  const scroll = tree.parentElement.scrollTop;
   const visible = visibleSites();
-  tree.replaceChildren(...state.roots.filter((id) => !visible || visible.has(id)).map((id) => renderNode(id, visible)));
+  replaceTree(tree, state.roots.filter((id) => !visible || visible.has(id)).map((id) => renderNode(id, visible)));
   if (!tree.children.length) tree.append(el("li", { class: "tree-empty" }, t(state.sites.length ? "console.noMatch" : "tree.empty")));
-  tree.parentElement.scrollTop = scroll;
   const root = state.status.get(state.roots[0]);
   $("tree-summary").textContent = root
     ? `${t("tree.sites", { n: root.rollup.sites })} · ${t("tree.liveSites", { n: root.rollup.sites_online })}`

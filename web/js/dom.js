@@ -144,6 +144,16 @@ export function indexSites(sites) {
  * selects the row's site, ArrowRight/ArrowLeft expand/collapse it (the
  * `expanded` set), then `render()` redraws and the row keeps the focus.
  */
+// Redraw a site tree in place: live updates redraw it often, and must not
+// scroll it away or take the keyboard focus from the row the user is on.
+export function replaceTree(tree, nodes) {
+  const scroll = tree.parentElement.scrollTop;
+  const row = tree.contains(document.activeElement) ? document.activeElement.closest("[data-select]") : null;
+  tree.replaceChildren(...nodes);
+  tree.parentElement.scrollTop = scroll;
+  if (row) tree.querySelector(`[data-select="${CSS.escape(row.dataset.select)}"]`)?.focus();
+}
+
 export function treeKeys({ select, expanded, render }) {
   return (event) => {
     const row = event.target.closest("[data-select]");
@@ -156,7 +166,6 @@ export function treeKeys({ select, expanded, render }) {
       if (event.key === "ArrowRight") expanded.add(id);
       else expanded.delete(id);
       render();
-      document.querySelector(`[data-select="${CSS.escape(id)}"]`)?.focus();
     }
   };
 }

@@ -3,7 +3,7 @@
 // It talks to the hub only through api.js.
 
 import { ApiError } from "./api.js";
-import { $, apiErrorKey as errorKey, el, hideFatal, hubClient, indexSites, renderBanner, showFatal, startFailed, treeKeys } from "./dom.js";
+import { $, apiErrorKey as errorKey, el, hideFatal, hubClient, indexSites, renderBanner, replaceTree, showFatal, startFailed, treeKeys } from "./dom.js";
 import * as i18n from "./i18n.js";
 import { mountHelp } from "./help.js"; // dispatch: the call-for-help button
 import { mountTopbar, setTopbar } from "./topbar.js";
@@ -114,10 +114,8 @@ function expandToLiveSites() {
 
 function renderTree() {
   const tree = $("tree");
-  const scroll = tree.parentElement.scrollTop;
-  tree.replaceChildren(...state.roots.map(renderNode));
+  replaceTree(tree, state.roots.map(renderNode));
   if (!state.sites.length) tree.append(el("li", { class: "tree-empty" }, t("tree.empty")));
-  tree.parentElement.scrollTop = scroll;
   const liveSites = new Set(state.rooms.filter((r) => liveCount(r) > 0).map((r) => r.site_id));
   $("tree-summary").textContent = `${t("tree.sites", { n: state.sites.length })} · ${t("tree.liveSites", { n: liveSites.size })}`;
 }
