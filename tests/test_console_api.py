@@ -206,11 +206,8 @@ async def test_presence_of_a_killed_hub_process_is_swept(
             assert (await next_of(console, "presence"))["online"] == 1
             assert (await status(http, b, operator))["hedong"]["connections"] == {"terminal": 1}
             a.proc.kill()  # SIGKILL: the socket's record stays behind in Redis
-            started = time.monotonic()
-            event = await next_of(console, "presence")
-            swept_after = time.monotonic() - started
+            event = await next_of(console, "presence")  # within next_of's 10 s: a node TTL and a sweep
             assert (event["site_id"], event["online"]) == ("hedong", 0)
-            assert swept_after < 10, swept_after
             assert (await status(http, b, operator))["hedong"]["connections"] == {}
             await ws.close()
     finally:
