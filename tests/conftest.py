@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import socket
@@ -12,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -115,6 +117,43 @@ def start_hub(data: Path, *extra: str, env: dict[str, str] | None = None) -> Hub
         proc.kill()
         raise RuntimeError(f"hub did not start: {log.read_text()[-2000:]}") from None
     return HubProcess(f"http://127.0.0.1:{port}", data, proc, log)
+
+
+class EventSocket:
+    """An event WebSocket whose messages are collected in the background."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.messages: list[dict[str, Any]] = []
+        self._task = asyncio.create_task(self._read())
+
+    @classmethod
+    async def open(cls, http: aiohttp.ClientSession, hub: HubProcess, token: str) -> EventSocket:
+        sock = cls(await http.ws_connect(f"{hub.url}/ws?token={token}"))
+        await sock.wait_for("hello")
+        return sock
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                self.messages.append(json.loads(msg.data))
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m["type"] == kind]
+
+    async def wait_for(self, kind: str, count: int = 1, timeout: float = 15) -> dict[str, Any]:
+        await wait_until(lambda: len(self.of(kind)) >= count, timeout)
+        return self.of(kind)[count - 1]
+
+    async def settle(self) -> None:
+        """A round trip: events published before it have been forwarded."""
+        pongs = len(self.of("pong"))
+        await self.ws.send_json({"type": "ping"})
+        await self.wait_for("pong", pongs + 1)
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self._task
 
 
 @pytest.fixture(scope="session")

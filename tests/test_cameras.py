@@ -19,7 +19,7 @@ import pytest
 
 from hub import bot
 
-from .conftest import HubProcess, start_hub, wait_until
+from .conftest import EventSocket, HubProcess, start_hub, wait_until
 from .recording_helpers import set_recording, video_packets
 from .rtsp import RtspServer, start_rtsp_server
 
@@ -90,33 +90,14 @@ def rtsp() -> Iterator[RtspServer]:
     server.stop()
 
 
-class Watcher:
-    """An operator's event WebSocket, keeping the camera-status events."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self.events: list[dict[str, Any]] = []
-        self._task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        async for message in self.ws:
-            event = json.loads(message.data)
-            if event.get("type") == "camera-status":
-                self.events.append(event)
-
-    def statuses(self, camera_id: str) -> list[str]:
-        return [e["camera"]["status"] for e in self.events if e["camera"]["id"] == camera_id]
-
-    async def close(self) -> None:
-        await self.ws.close()
-        await self._task
+def statuses(watcher: EventSocket, camera_id: str) -> list[str]:
+    return [e["camera"]["status"] for e in watcher.of("camera-status") if e["camera"]["id"] == camera_id]
 
 
 @pytest.fixture
-async def watcher(camera_hub: HubProcess, http: aiohttp.ClientSession) -> AsyncIterator[Watcher]:
-    ws = await http.ws_connect(f"{camera_hub.url}/ws?token={camera_hub.token('op-guinan', 'guinan', 'operator')}")
-    assert (await ws.receive_json(timeout=10))["type"] == "hello"
-    w = Watcher(ws)
+async def watcher(camera_hub: HubProcess, http: aiohttp.ClientSession) -> AsyncIterator[EventSocket]:
+    """An operator's event WebSocket: the camera-status events of Guinan."""
+    w = await EventSocket.open(http, camera_hub, camera_hub.token("op-guinan", "guinan", "operator"))
     yield w
     await w.close()
 
@@ -172,7 +153,7 @@ async def check_frames(
 
 
 async def test_file_camera_is_a_stream_viewed_byte_identical(
-    camera_hub: HubProcess, http: aiohttp.ClientSession, loop_file: tuple[Path, list[bytes]], watcher: Watcher
+    camera_hub: HubProcess, http: aiohttp.ClientSession, loop_file: tuple[Path, list[bytes]], watcher: EventSocket
 ):
     path, keys = loop_file
     operator = camera_hub.token("op-guinan", "guinan", "operator")
@@ -183,14 +164,14 @@ async def test_file_camera_is_a_stream_viewed_byte_identical(
     assert stream["kind"] == "ipcam" and stream["room_id"] == "site-rianxiuma" and stream["participant_id"] is None
     assert stream["camera_id"] == camera["id"] and stream["codecs"] == {"video": "video/H264"}
     await check_frames(camera_hub, http, operator, online["stream_id"], keys)
-    assert watcher.statuses(camera["id"])[:2] == ["connecting", "online"]
-    event = next(e for e in watcher.events if e["camera"]["status"] == "online")
+    assert statuses(watcher, camera["id"])[:2] == ["connecting", "online"]
+    event = next(e for e in watcher.of("camera-status") if e["camera"]["status"] == "online")
     assert event["to"] == {"covering": "rianxiuma"}
     assert event["camera"]["stream_id"] == online["stream_id"] and event["camera"]["site_id"] == "rianxiuma"
 
     async with http.delete(f"{camera_hub.url}/api/cameras/{camera['id']}", headers=auth(operator)) as r:
         assert r.status == 204
-    await wait_until(lambda: "removed" in watcher.statuses(camera["id"]), timeout=10)
+    await wait_until(lambda: "removed" in statuses(watcher, camera["id"]), timeout=10)
     async with http.get(f"{camera_hub.url}/api/streams/{online['stream_id']}", headers=auth(operator)) as r:
         assert r.status == 404
 
@@ -214,7 +195,7 @@ async def test_rtsp_camera_drops_offline_and_comes_back(
     http: aiohttp.ClientSession,
     loop_file: tuple[Path, list[bytes]],
     rtsp: RtspServer,
-    watcher: Watcher,
+    watcher: EventSocket,
 ):
     path, keys = loop_file
     operator = camera_hub.token("op-guinan", "guinan", "operator")
@@ -235,9 +216,9 @@ async def test_rtsp_camera_drops_offline_and_comes_back(
     assert again["stream_id"] != first["stream_id"]
     await check_frames(camera_hub, http, operator, again["stream_id"], keys)
     # Every change was announced (an offline event also when only its error changed).
-    seen = watcher.statuses(camera["id"])
-    statuses = [s for i, s in enumerate(seen) if i == 0 or s != seen[i - 1]]
-    assert statuses[0] == "connecting" and statuses[-3:] == ["online", "offline", "online"], statuses
+    seen = statuses(watcher, camera["id"])
+    changes = [s for i, s in enumerate(seen) if i == 0 or s != seen[i - 1]]
+    assert changes[0] == "connecting" and changes[-3:] == ["online", "offline", "online"], changes
     async with http.delete(f"{camera_hub.url}/api/cameras/{camera['id']}", headers=auth(operator)) as r:
         assert r.status == 204
 

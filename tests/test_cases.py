@@ -18,7 +18,7 @@ import pytest
 from hub import bot
 from hub.livestate import SUBSCRIBER_QUEUE, EventFollower, MemoryLiveState, Record
 
-from .conftest import HubProcess, start_hub, wait_until
+from .conftest import EventSocket, HubProcess, start_hub, wait_until
 from .recording_helpers import auth, video_packets
 
 VILLAGE, TOWNSHIP, COUNTY = "qutancun", "qutan", "ledu"
@@ -41,43 +41,10 @@ def case_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
     process.stop()
 
 
-class EventSocket:
-    """An event WebSocket whose messages are collected in the background."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self.messages: list[dict[str, Any]] = []
-        self._task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        async for msg in self.ws:
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                self.messages.append(json.loads(msg.data))
-
-    def of(self, kind: str) -> list[dict[str, Any]]:
-        return [m for m in self.messages if m["type"] == kind]
-
-    async def wait_for(self, kind: str, count: int = 1, timeout: float = 15) -> dict[str, Any]:
-        await wait_until(lambda: len(self.of(kind)) >= count, timeout)
-        return self.of(kind)[count - 1]
-
-    async def settle(self) -> None:
-        """A round trip: events published before it have been forwarded."""
-        pongs = len(self.of("pong"))
-        await self.ws.send_json({"type": "ping"})
-        await self.wait_for("pong", pongs + 1)
-
-    async def close(self) -> None:
-        await self.ws.close()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-
 @contextlib.asynccontextmanager
 async def event_socket(http: aiohttp.ClientSession, hub: HubProcess, token: str) -> AsyncIterator[EventSocket]:
-    sock = EventSocket(await http.ws_connect(f"{hub.url}/ws?token={token}"))
+    sock = await EventSocket.open(http, hub, token)
     try:
-        await sock.wait_for("hello")
         yield sock
     finally:
         await sock.close()

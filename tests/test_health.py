@@ -15,8 +15,8 @@ import pytest
 from hub.bot import SyntheticVideo, pattern_image, publish
 from hub.health import Health, conditions, measure
 
-from .conftest import HubProcess, start_hub, wait_until
-from .test_snapshots import EventLog, monitor
+from .conftest import EventSocket, HubProcess, start_hub, wait_until
+from .test_snapshots import monitor
 
 W, H = 320, 240
 
@@ -82,7 +82,7 @@ def test_alerts_need_two_snapshots_to_raise_and_to_clear() -> None:
     assert health.active == {}
 
 
-async def wait_for(log: EventLog, predicate: Callable[[], bool], timeout: float) -> None:
+async def wait_for(log: EventSocket, predicate: Callable[[], bool], timeout: float) -> None:
     try:
         await wait_until(predicate, timeout)
     except TimeoutError:
@@ -113,16 +113,16 @@ def black(width: int, height: int, index: int) -> np.ndarray:
     return np.zeros((height, width, 3), np.uint8)
 
 
-def alerts(log: EventLog, kind: str) -> set[tuple[str, str]]:
+def alerts(log: EventSocket, kind: str) -> set[tuple[str, str]]:
     return {(e["alert"]["stream_id"], e["alert"]["kind"]) for e in log.of(kind)}  # type: ignore[index]
 
 
-def history(log: EventLog) -> str:
+def history(log: EventSocket) -> str:
     """What a failing assertion shows: the alert events, and snapshots per stream."""
     shots: dict[str, int] = {}
     for event in log.of("snapshot"):
         shots[str(event["stream_id"])] = shots.get(str(event["stream_id"]), 0) + 1
-    return f"alerts: {[(e['type'], e['alert']) for e in log.events if 'alert' in e]}; snapshots: {shots}"
+    return f"alerts: {[(e['type'], e['alert']) for e in log.messages if 'alert' in e]}; snapshots: {shots}"
 
 
 async def test_black_frozen_and_normal_feeds_raise_exactly_their_alerts(
@@ -172,7 +172,7 @@ async def test_black_frozen_and_normal_feeds_raise_exactly_their_alerts(
             assert await response.json() == []
         async with http.get(f"{hub.url}/api/alerts?site=guinan", headers=golmud) as response:
             assert response.status == 403
-        assert not [e for e in other.events if e["type"] in ("snapshot", "alert-raised", "alert-cleared")]
+        assert not [e for e in other.messages if e["type"] in ("snapshot", "alert-raised", "alert-cleared")]
     finally:
         for session in sessions.values():
             await session.close()

@@ -5,7 +5,6 @@ stream, listed per branch of the tree, announced only to that branch."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
@@ -15,7 +14,7 @@ import pytest
 
 from hub.bot import SyntheticAudio, SyntheticVideo, pattern_image, publish
 
-from .conftest import HubProcess, start_hub, wait_until
+from .conftest import EventSocket, HubProcess, start_hub, wait_until
 from .test_cameras import FPS, write_loop
 
 ROOM = "site-rianxiuma"  # a village of guinan county
@@ -50,35 +49,18 @@ async def fetch_snapshot(
     raise TimeoutError("no snapshot")
 
 
-class EventLog:
-    """Every event one event WebSocket receives, in monitoring mode."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self.events: list[dict[str, object]] = []
-        self._task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        async for msg in self.ws:
-            self.events.append(json.loads(msg.data))
-
-    def of(self, kind: str) -> list[dict[str, object]]:
-        return [e for e in self.events if e["type"] == kind]
-
-    async def close(self) -> None:
-        await self.ws.close()
-        await self._task
-
-
-async def monitor(http: aiohttp.ClientSession, hub: HubProcess, token: str) -> EventLog:
-    log = EventLog(await http.ws_connect(f"{hub.url}/ws?token={token}"))
+async def monitor(http: aiohttp.ClientSession, hub: HubProcess, token: str) -> EventSocket:
+    """An event socket in monitoring mode (it also gets snapshot events)."""
+    log = await EventSocket.open(http, hub, token)
     await log.ws.send_json({"type": "monitor", "on": True})
-    await wait_until(lambda: log.of("ack"), 10)
+    await log.wait_for("ack", timeout=10)
     return log
 
 
 @pytest.fixture
-async def watchers(http: aiohttp.ClientSession, snapshot_hub: HubProcess) -> AsyncIterator[tuple[EventLog, EventLog]]:
+async def watchers(
+    http: aiohttp.ClientSession, snapshot_hub: HubProcess
+) -> AsyncIterator[tuple[EventSocket, EventSocket]]:
     """Event logs of a guinan (the stream's county) and a golmud operator."""
     own = await monitor(http, snapshot_hub, snapshot_hub.token("op-guinan", "guinan", "operator"))
     other = await monitor(http, snapshot_hub, snapshot_hub.token("op-golmud", "golmud", "operator"))
@@ -135,7 +117,7 @@ async def test_snapshot_is_the_published_picture(
 
 
 async def test_snapshots_stay_in_their_county(
-    http: aiohttp.ClientSession, snapshot_hub: HubProcess, watchers: tuple[EventLog, EventLog]
+    http: aiohttp.ClientSession, snapshot_hub: HubProcess, watchers: tuple[EventSocket, EventSocket]
 ) -> None:
     hub = snapshot_hub
     own, other = watchers
@@ -164,7 +146,7 @@ async def test_snapshots_stay_in_their_county(
             assert response.status == 404
     finally:
         await session.close()
-    assert not [e for e in other.events if e["type"] in ("snapshot", "alert-raised", "alert-cleared")]
+    assert not [e for e in other.messages if e["type"] in ("snapshot", "alert-raised", "alert-cleared")]
 
 
 async def test_snapshot_of_a_stream_without_video_is_404(http: aiohttp.ClientSession, snapshot_hub: HubProcess) -> None:
