@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from hub.access import can_reach_site
 from hub.cases import DISPUTE_TYPES, STATUSES, Cases, Conflict
@@ -62,12 +62,7 @@ M = TypeVar("M", bound=BaseModel)
 
 async def _body(request: web.Request, model: type[M], expected: str) -> M:
     raw = await read_json_object(request, expected) if request.can_read_body else {}
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise Problem(400, "Bad Request", f"{where}: {first['msg']}" if where else first["msg"]) from exc
+    return model.model_validate(raw)  # a ValidationError is a 400 problem (problems_middleware)
 
 
 def _cases(request: web.Request) -> Cases:

@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from aiohttp import web
-from pydantic import ValidationError
 
 from hub.console import Console
 from hub.presence import Presence
 
 from .api import json_response
 from .auth import claims_of
-from .problems import Problem, read_json_object, service
+from .problems import read_json_object, service
 
 CONSOLE = web.AppKey("console", Console)
 PRESENCE = web.AppKey("presence", Presence)
@@ -40,13 +39,7 @@ async def get_layouts(request: web.Request) -> web.Response:
 async def put_layouts(request: web.Request) -> web.Response:
     claims = claims_of(request)
     body = await read_json_object(request, "a JSON object {layouts: [...], current}")
-    try:
-        saved = _console(request).put_layouts(claims, body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise Problem(400, "Bad Request", f"{where}: {first['msg']}" if where else first["msg"]) from exc
-    return json_response(saved)
+    return json_response(_console(request).put_layouts(claims, body))
 
 
 def add_routes(app: web.Application, console: Console | None, presence: Presence | None) -> None:

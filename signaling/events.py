@@ -25,7 +25,7 @@ from recorder.service import Recorder
 from .auth import claims_of
 from .console import PRESENCE
 from .keys import ROOMS, SETTINGS
-from .problems import problem_response
+from .problems import problem_response, validation_detail
 from .recordings import RECORDER
 
 #: A room or site id as a client may send it.
@@ -131,9 +131,7 @@ class Session:
         try:
             message = ClientMessage.validate_json(raw)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            await self.error("bad-message", f"{where}: {first['msg']}" if where else first["msg"])
+            await self.error("bad-message", validation_detail(exc))
             return
         if isinstance(message, Ping):
             await self.send({"type": "pong"})

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from hub.access import Forbidden
 from hub.rooms import Elsewhere, NotFound
@@ -63,6 +64,13 @@ def problem_response(status: int, title: str, detail: str = "", instance: str = 
     )
 
 
+def validation_detail(exc: ValidationError) -> str:
+    """The first thing wrong with a message or body, and where: `layouts.0.grid: ...`."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"{where}: {first['msg']}" if where else first["msg"]
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -83,6 +91,8 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
         raise web.HTTPTemporaryRedirect(exc.url + request.path_qs) from exc
     except SdpError as exc:
         return problem_response(400, "Bad SDP offer", str(exc), path)
+    except ValidationError as exc:  # a body a feature's model refused (a ValueError, told briefly)
+        return problem_response(400, "Bad Request", validation_detail(exc), path)
     except ValueError as exc:
         return problem_response(400, "Bad Request", str(exc), path)
     except web.HTTPException as exc:
