@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from aiohttp import web
 
 from hub.cameras import Cameras
@@ -20,22 +18,12 @@ from recorder.service import Recorder
 from . import api, cameras, cases, console, dispatch, events, invites, monitoring, recordings, stats, training, whip
 from .keys import ROOMS, SECRET, SETTINGS
 from .openapi import document
+from .pages import WEB_ROOT, page
 from .problems import problems_middleware
-
-WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
 
 
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(document())
-
-
-async def index(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(WEB_ROOT / "index.html")
-
-
-async def room_page(request: web.Request) -> web.FileResponse:
-    # The page checks its token and the room itself, through the API.
-    return web.FileResponse(WEB_ROOT / "room.html")
 
 
 def make_app(
@@ -80,7 +68,7 @@ def make_app(
     app.router.add_post("/whep/{stream_id}", whip.whep_view)
     app.router.add_delete("/whep/{stream_id}/{session_id}", whip.whep_delete)
     app.router.add_get("/ws", events.websocket)
-    app.router.add_get("/", index)
-    app.router.add_get("/rooms/{room_id}", room_page)
+    app.router.add_get("/", page("index.html"))
+    app.router.add_get("/rooms/{room_id}", page("room.html"))
     app.router.add_static("/web/", WEB_ROOT, name="web")
     return app

@@ -8,7 +8,6 @@ here by room id (the hub does not import the recorder).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from aiohttp import web
@@ -21,11 +20,11 @@ from hub.tokens import Claims
 from .api import json_response
 from .auth import claims_of
 from .keys import ROOMS
+from .pages import page
 from .problems import Problem, read_json_object, service
 from .recordings import RECORDER
 
 CASES = web.AppKey("cases", Cases)
-WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
 
 Text = Annotated[str, Field(max_length=4000)]
 
@@ -86,9 +85,6 @@ def _with_recordings(request: web.Request, claims: Claims, case: dict[str, Any])
         sessions.append(session | {"recordings": recordings})
     return case | {"sessions": sessions, "recordings": [r for s in sessions for r in s["recordings"]]}
 
-
-async def page(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(WEB_ROOT / "cases.html")
 
 
 async def open_case(request: web.Request) -> web.Response:
@@ -157,7 +153,7 @@ async def escalate(request: web.Request) -> web.Response:
 def add_routes(app: web.Application, cases: Cases | None) -> None:
     if cases is not None:
         app[CASES] = cases
-    app.router.add_get("/cases", page)
+    app.router.add_get("/cases", page("cases.html"))
     app.router.add_get("/api/cases", list_cases)
     app.router.add_post("/api/cases", open_case)
     app.router.add_get("/api/cases/{case_id}", get_case)

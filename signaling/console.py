@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from aiohttp import web
 
 from hub.console import Console
@@ -11,20 +9,16 @@ from hub.presence import Presence
 
 from .api import json_response
 from .auth import claims_of
+from .pages import page
 from .problems import read_json_object, service
 
 CONSOLE = web.AppKey("console", Console)
 PRESENCE = web.AppKey("presence", Presence)
-WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
 
 
 def _console(request: web.Request) -> Console:
     return service(request, CONSOLE, "this hub process has no console")
 
-
-async def page(request: web.Request) -> web.FileResponse:
-    # The page checks its token and jurisdiction itself, through the API.
-    return web.FileResponse(WEB_ROOT / "console.html")
 
 
 async def status(request: web.Request) -> web.Response:
@@ -47,7 +41,7 @@ def add_routes(app: web.Application, console: Console | None, presence: Presence
         app[PRESENCE] = presence
     if console is not None:
         app[CONSOLE] = console
-    app.router.add_get("/console", page)
+    app.router.add_get("/console", page("console.html"))
     app.router.add_get("/api/console/status", status)
     app.router.add_get("/api/console/layouts", get_layouts)
     app.router.add_put("/api/console/layouts", put_layouts)

@@ -21,11 +21,11 @@ from recorder.service import Recorder
 from .api import json_response
 from .auth import claims_of
 from .keys import ROOMS
+from .pages import page
 from .problems import Problem, read_json_object, service
 
 RECORDER = web.AppKey("recorder", Recorder)
 EXPORTS = web.AppKey("exports", Exports)
-WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
 
 
 def _recorder(request: web.Request) -> Recorder:
@@ -46,9 +46,6 @@ def _recording(request: web.Request, claims: Claims) -> dict[str, Any]:
 def _audit(request: web.Request, claims: Claims, action: str, row: dict[str, Any], detail: str = "") -> None:
     _recorder(request).catalogue.audit(claims.user, claims.role, action, row["id"], row["site_id"], detail)
 
-
-async def page(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(WEB_ROOT / "recordings.html")
 
 
 # -- recording a room ---------------------------------------------------------
@@ -205,8 +202,8 @@ def add_routes(app: web.Application, recorder: Recorder | None) -> None:
     if recorder is not None:
         app[RECORDER] = recorder
     app[EXPORTS] = Exports()
-    app.router.add_get("/recordings", page)
-    app.router.add_get("/recordings/{recording_id}", page)
+    app.router.add_get("/recordings", page("recordings.html"))
+    app.router.add_get("/recordings/{recording_id}", page("recordings.html"))
     app.router.add_get("/api/rooms/{room_id}/recording", recording_status)
     app.router.add_post("/api/rooms/{room_id}/recording", set_recording)
     app.router.add_get("/api/recordings", search)

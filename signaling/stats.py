@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from aiohttp import web
 
@@ -17,16 +16,13 @@ from .api import json_response
 from .auth import claims_of
 from .cases import _cases
 from .keys import ROOMS, SETTINGS
+from .pages import page
 from .problems import Problem
 from .recordings import _when
 
-WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
 #: The period when the query names none: the last 30 days.
 DEFAULT_DAYS = 30
 
-
-async def page(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(WEB_ROOT / "stats.html")
 
 
 def _stats(request: web.Request) -> dict[str, object]:
@@ -66,6 +62,6 @@ async def stats_csv(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/stats", page)
+    app.router.add_get("/stats", page("stats.html"))
     app.router.add_get("/api/stats", stats_json)
     app.router.add_get("/api/stats.csv", stats_csv)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 from datetime import UTC, datetime
-from pathlib import Path
 
 from aiohttp import web
 
@@ -15,19 +14,16 @@ from hub.training import Trainings
 from .api import json_response
 from .auth import claims_of
 from .keys import ROOMS
+from .pages import page
 from .problems import Problem, read_json_object, service
 
 TRAININGS = web.AppKey("trainings", Trainings)
-WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
 CSV_COLUMNS = ("site_id", "site_name", "user", "name", "role", "joined_at", "left_at", "minutes", "interrupted")
 
 
 def _trainings(request: web.Request) -> Trainings:
     return service(request, TRAININGS, "this hub process does not run trainings")
 
-
-async def page(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(WEB_ROOT / "training.html")
 
 
 async def start(request: web.Request) -> web.Response:
@@ -99,7 +95,7 @@ async def attendance(request: web.Request) -> web.Response:
 def add_routes(app: web.Application, trainings: Trainings | None) -> None:
     if trainings is not None:
         app[TRAININGS] = trainings
-    app.router.add_get("/trainings", page)
+    app.router.add_get("/trainings", page("training.html"))
     app.router.add_get("/api/trainings", listing)
     app.router.add_post("/api/trainings", start)
     app.router.add_post("/api/trainings/{room_id}/end", end)
