@@ -61,7 +61,15 @@ async def test_call_rings_in_two_consoles_and_one_answers(hub: HubProcess, http:
                 await expect(alert).to_be_visible()
                 answers.append(alert.locator(".call-answer"))
             call_id = await consoles[0].locator(".call-alert .call").get_attribute("data-call-id")
-            clicked = await asyncio.gather(*(press(button) for button in answers))
+            # The caller's page names who answered for 1.5 s, then moves into the room; a click whose
+            # button went away waits 5 s: read the caller's page while the consoles click.
+            answered = home.locator(".help-status.answered")
+
+            async def caller_saw() -> str:
+                await expect(answered).to_be_visible()
+                return await answered.text_content() or ""
+
+            *clicked, caller_text = await asyncio.gather(*(press(button) for button in answers), caller_saw())
             assert any(clicked), "neither console could answer"
 
             results = [await outcome(page, call_id) for page in consoles]
@@ -77,7 +85,7 @@ async def test_call_rings_in_two_consoles_and_one_answers(hub: HubProcess, http:
             # The caller is taken into the winner's call room, camera on, without a click.
             link = await winner.locator(f"{line} .call-enter").get_attribute("href")
             room_id = link.split("/rooms/")[1].split("?")[0]
-            await expect(home.locator(".help-status")).to_contain_text(winner_user)
+            assert winner_user in caller_text, caller_text
             await home.wait_for_url(f"**/rooms/{room_id}?autojoin=1")
 
             async def caller_in_room() -> bool:
