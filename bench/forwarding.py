@@ -2,8 +2,8 @@
 
 For each N the benchmark runs two setups, each in fresh processes:
 
-* **hub**: `python -m hub serve`, one publisher (`hub.bot.publish`, synthetic
-  VP8 640x480 30 fps) and N viewers (`hub.bot.view`) spread over worker
+* **hub**: `python -m hub serve`, one publisher (`client.bot.publish`, synthetic
+  VP8 640x480 30 fps) and N viewers (`client.bot.view`) spread over worker
   processes. The hub forwards RTP packets without decoding.
 * **relay**: a minimal WHIP/WHEP server written below (`--role relay`) that
   decodes the stream once and re-encodes it for every viewer through aiortc's
@@ -56,9 +56,9 @@ if str(ROOT) not in sys.path:  # `python bench/forwarding.py` puts bench/, not t
     sys.path.insert(0, str(ROOT))
 
 from bench.machine import free_port, machine  # noqa: E402
-from hub import bot  # noqa: E402
-from hub.ice import use_addresses  # noqa: E402
-from hub.rtpforward import offered_codecs, restrict_codecs  # noqa: E402
+from client import bot  # noqa: E402
+from hub.media.forward import offered_codecs, restrict_codecs  # noqa: E402
+from hub.media.ice import use_addresses  # noqa: E402
 
 LOOPBACK = ["127.0.0.1"]
 ROOM = "site-qinghai"
@@ -86,7 +86,7 @@ def percentile(values: list[float], p: float) -> float | None:
 
 
 def pattern_index(frame: av.VideoFrame) -> int:
-    """The frame number `hub.bot.pattern_image` draws as 16 black/white blocks.
+    """The frame number `client.bot.pattern_image` draws as 16 black/white blocks.
 
     It survives a decode and re-encode, so it identifies a frame the relay
     re-encoded, whose digest no longer matches anything the publisher sent.
@@ -275,7 +275,7 @@ def direct_server(tee: TeeVideo) -> SdpServer:
 
         def setup(pc: RTCPeerConnection, _: str) -> None:
             sender = pc.addTrack(copy)
-            # The viewer's PLI has to reach the encoder, as in hub.bot.publish.
+            # The viewer's PLI has to reach the encoder, as in client.bot.publish.
             sender._send_keyframe = tee.request_keyframe  # type: ignore[method-assign]
             tee.request_keyframe()
 

@@ -26,7 +26,7 @@ import av
 import psutil
 
 from bench.machine import free_port
-from hub import bot
+from client import bot
 
 ROOT = Path(__file__).resolve().parent.parent
 ROOM = "site-rianxiuma"

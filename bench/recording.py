@@ -42,8 +42,8 @@ from aiortc.contrib.media import MediaRecorder
 
 from bench.harness import ROOM, ROOT, make_source, measure, running_hub, say
 from bench.machine import machine
-from hub import bot
-from hub.ice import use_addresses
+from client import bot
+from hub.media.ice import use_addresses
 
 # -- the MediaRecorder process ----------------------------------------------------------
 

@@ -2,8 +2,8 @@
 the bitrate a periodic keyframe request adds to a publisher's stream.
 
 1. **Per snapshot** (in this process, no hub): keyframes of the synthetic
-   test pattern (`hub.bot.SyntheticVideo`, VP8 and H.264, 640x480 and
-   1280x720, ~400 kbps / ~1.2 Mbps) go through `hub.snapshots.render`: decode
+   test pattern (`client.bot.SyntheticVideo`, VP8 and H.264, 640x480 and
+   1280x720, ~400 kbps / ~1.2 Mbps) go through `hub.monitoring.snapshots.render`: decode
    that one frame (PyAV), shrink it to 320 px and encode a JPEG (OpenCV), and
    measure it for the health diagnostics. CPU time (all threads) per
    snapshot, and the decode and health shares of it. The picture is
@@ -47,9 +47,9 @@ import numpy as np
 
 from bench.harness import make_source, measure, running_hub, say
 from bench.machine import machine
-from hub.bot import SyntheticVideo, pattern_image
-from hub.health import measure as health_measure
-from hub.snapshots import DECODERS, render
+from client.bot import SyntheticVideo, pattern_image
+from hub.monitoring.health import measure as health_measure
+from hub.monitoring.snapshots import DECODERS, render
 
 DEFAULT_PERIOD = 10.0
 SIZES = ((640, 480, 400_000), (1280, 720, 1_200_000))

@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEMO_SITES = Path(__file__).with_name("demo_sites.json")
+DEMO_SITES = Path(__file__).parent / "core" / "demo_sites.json"
 
 
 class Settings(BaseSettings):

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from hub.store import Database
+from hub.core.store import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS recordings (

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import av
 
-from hub.annexb import join_nal_units, split_nal_units
+from hub.media.annexb import join_nal_units, split_nal_units
 
 CLUSTER_MS = 1000
 #: RTP clock and PyAV codec name of each codec the recorder can store.

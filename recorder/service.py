@@ -8,10 +8,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from hub.access import Forbidden
-from hub.livestate import EventFollower, Record
-from hub.rooms import NotFound, Rooms
-from hub.tokens import Claims
+from hub.core.access import Forbidden
+from hub.core.livestate import EventFollower, Record
+from hub.core.rooms import NotFound, Rooms
+from hub.core.tokens import Claims
 
 from .catalogue import Catalogue
 from .manifest import MANIFEST, recover

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hub.livestate import Record
-from hub.rtpforward import TrackSource
+from hub.core.livestate import Record
+from hub.media.forward import TrackSource
 
 from .catalogue import Catalogue
 from .manifest import GENESIS, link, write_manifest

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from aiortc.rtp import RtpPacket
 
-from hub.frames import Frame, FrameAssembler, RtpIn
-from hub.rtpforward import Outgoing, TrackSource
+from hub.media.forward import Outgoing, TrackSource
+from hub.media.frames import Frame, FrameAssembler, RtpIn
 
 from .segments import CODECS, SegmentWriter, TrackSpec, h264_parameter_sets, suffix, video_size
 

@@ -6,8 +6,8 @@ import json
 
 from aiohttp import web
 
-from hub.access import Forbidden, can_reach_site
-from hub.rooms import NotFound
+from hub.core.access import Forbidden, can_reach_site
+from hub.core.rooms import NotFound
 
 from .auth import claims_of
 from .keys import ROOMS

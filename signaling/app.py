@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hub.cameras import Cameras
-from hub.cases import Cases
 from hub.config import Settings
-from hub.console import Console
-from hub.dispatch import Dispatch
-from hub.presence import Presence
-from hub.rooms import Rooms
-from hub.snapshots import Snapshots
-from hub.training import Trainings
+from hub.core.rooms import Rooms
+from hub.monitoring.console import Console
+from hub.monitoring.presence import Presence
+from hub.monitoring.snapshots import Snapshots
+from hub.workflows.cameras import Cameras
+from hub.workflows.cases import Cases
+from hub.workflows.dispatch import Dispatch
+from hub.workflows.training import Trainings
 from recorder.service import Recorder
 
 from . import api, cameras, cases, console, dispatch, events, invites, monitoring, recordings, stats, training, whip

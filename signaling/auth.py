@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hub.tokens import Claims, TokenError, verify
+from hub.core.tokens import Claims, TokenError, verify
 
 from .keys import SECRET
 

@@ -1,11 +1,11 @@
 """Cameras over HTTP: register, list (with live status), read, remove.
-Jurisdiction and roles are checked by hub.cameras.Cameras."""
+Jurisdiction and roles are checked by hub.workflows.cameras.Cameras."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from hub.cameras import Cameras
+from hub.workflows.cameras import Cameras
 
 from .api import json_response
 from .auth import claims_of

@@ -1,4 +1,4 @@
-"""Mediation cases over HTTP (hub/cases.py holds the rules).
+"""Mediation cases over HTTP (hub/workflows/cases.py holds the rules).
 
 Bodies are validated with pydantic before anything changes: a malformed one
 is a 400 problem. A change the case's state does not allow is a 409. The
@@ -13,9 +13,9 @@ from typing import Annotated, Any, Literal, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from hub.access import can_reach_site
-from hub.cases import DISPUTE_TYPES, STATUSES, Cases, Conflict
-from hub.tokens import Claims
+from hub.core.access import can_reach_site
+from hub.core.tokens import Claims
+from hub.workflows.cases import DISPUTE_TYPES, STATUSES, Cases, Conflict
 
 from .api import json_response
 from .auth import claims_of

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hub.console import Console
-from hub.presence import Presence
+from hub.monitoring.console import Console
+from hub.monitoring.presence import Presence
 
 from .api import json_response
 from .auth import claims_of

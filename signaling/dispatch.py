@@ -1,4 +1,4 @@
-"""Emergency calls and convening over HTTP (the domain is hub/dispatch.py).
+"""Emergency calls and convening over HTTP (the domain is hub/workflows/dispatch.py).
 
 A call that someone else answered first, or that already ended, is a 409
 problem whose `call` member says how it ended and who answered.
@@ -10,7 +10,7 @@ import json
 
 from aiohttp import web
 
-from hub.dispatch import CallConflict, Dispatch
+from hub.workflows.dispatch import CallConflict, Dispatch
 
 from .api import json_response
 from .auth import claims_of

@@ -15,11 +15,11 @@ from typing import Annotated, Literal
 from aiohttp import WSCloseCode, WSMsgType, web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
 
-from hub.access import Forbidden, addressed_to, can_enter_room
-from hub.livestate import Record
-from hub.rooms import NotFound, Rooms
-from hub.tasks import cancel_and_wait
-from hub.tokens import Claims, TokenError
+from hub.core.access import Forbidden, addressed_to, can_enter_room
+from hub.core.livestate import Record
+from hub.core.rooms import NotFound, Rooms
+from hub.core.tasks import cancel_and_wait
+from hub.core.tokens import Claims, TokenError
 from recorder.service import Recorder
 
 from .auth import claims_of

@@ -8,8 +8,8 @@ import time
 
 from aiohttp import web
 
-from hub.access import Forbidden
-from hub.tokens import Claims, issue
+from hub.core.access import Forbidden
+from hub.core.tokens import Claims, issue
 
 from .api import json_response
 from .auth import claims_of

@@ -3,7 +3,7 @@
 from aiohttp import web
 
 from hub.config import Settings
-from hub.rooms import Rooms
+from hub.core.rooms import Rooms
 
 ROOMS = web.AppKey("rooms", Rooms)
 SECRET = web.AppKey("secret", str)

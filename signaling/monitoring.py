@@ -11,10 +11,10 @@ from email.utils import formatdate
 
 from aiohttp import web
 
-from hub.access import Forbidden, can_reach_site
-from hub.rooms import NotFound
-from hub.snapshots import Snapshots
-from hub.tokens import Claims
+from hub.core.access import Forbidden, can_reach_site
+from hub.core.rooms import NotFound
+from hub.core.tokens import Claims
+from hub.monitoring.snapshots import Snapshots
 
 from .api import json_response
 from .auth import claims_of

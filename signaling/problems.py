@@ -11,10 +11,10 @@ from typing import TypeVar
 from aiohttp import web
 from pydantic import ValidationError
 
-from hub.access import Forbidden
-from hub.rooms import Elsewhere, NotFound
-from hub.sfu import SdpError
-from hub.tokens import TokenError
+from hub.core.access import Forbidden
+from hub.core.rooms import Elsewhere, NotFound
+from hub.core.tokens import TokenError
+from hub.media.router import SdpError
 
 log = logging.getLogger(__name__)
 

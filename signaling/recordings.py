@@ -11,9 +11,9 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.access import Forbidden, can_reach_site
-from hub.rooms import NotFound
-from hub.tokens import Claims
+from hub.core.access import Forbidden, can_reach_site
+from hub.core.rooms import NotFound
+from hub.core.tokens import Claims
 from recorder.export import Exports
 from recorder.manifest import MANIFEST, read_manifest, verify
 from recorder.service import Recorder

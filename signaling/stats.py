@@ -1,4 +1,4 @@
-"""Statistics over HTTP: JSON for the page, CSV for spreadsheets (hub/stats.py computes)."""
+"""Statistics over HTTP: JSON for the page, CSV for spreadsheets (hub/workflows/stats.py computes)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import time
 
 from aiohttp import web
 
-from hub.access import Forbidden
-from hub.cases import works_cases
-from hub.rooms import NotFound
-from hub.stats import compute, to_csv
-from hub.training import attendance_by_site
+from hub.core.access import Forbidden
+from hub.core.rooms import NotFound
+from hub.workflows.cases import works_cases
+from hub.workflows.stats import compute, to_csv
+from hub.workflows.training import attendance_by_site
 
 from .api import json_response
 from .auth import claims_of

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from hub.training import Trainings
+from hub.workflows.training import Trainings
 
 from .api import json_response
 from .auth import claims_of

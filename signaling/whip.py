@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hub.sfu import check_offer
+from hub.media.router import check_offer
 
 from .auth import claims_of
 from .keys import ROOMS, SETTINGS

@@ -1,7 +1,7 @@
 """Headless Chromium for browser tests (see NOTES.md, "Headless Chromium with WebRTC").
 
 Media must stay on loopback: start the hub with HUB_ICE_ADDRESSES='["127.0.0.1"]'
-and use `hub.ice.use_addresses(["127.0.0.1"])` for Python peers in the test.
+and use `hub.media.ice.use_addresses(["127.0.0.1"])` for Python peers in the test.
 """
 
 from __future__ import annotations

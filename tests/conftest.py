@@ -20,8 +20,8 @@ import pytest
 from playwright.async_api import Browser
 
 from hub.config import Settings
-from hub.ice import use_addresses
-from hub.tokens import Claims, issue
+from hub.core.tokens import Claims, issue
+from hub.media.ice import use_addresses
 
 from .browser import chromium
 

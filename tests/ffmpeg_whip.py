@@ -14,7 +14,7 @@ import sys
 import av
 import numpy as np
 
-from hub.bot import pattern_image
+from client.bot import pattern_image
 
 
 def main() -> None:

@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import av
 
-from hub import bot
-from hub.annexb import join_nal_units
+from client import bot
+from hub.media.annexb import join_nal_units
 
 from .conftest import HubProcess, wait_until
 

@@ -9,9 +9,9 @@ import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestServer
 
-from hub import bot
+from client import bot
 from hub.config import Settings
-from hub.tokens import Claims, issue
+from hub.core.tokens import Claims, issue
 from signaling.app import make_app
 
 from .conftest import HubProcess

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import av
 
-from hub import bot
+from client import bot
 
 
 def test_file_tracks_yield_every_packet_of_both_streams(tmp_path: Path):

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, expect
 
-from hub import bot
+from client import bot
 from tests.browser import screen_text, video_stats
 
 from .conftest import HubProcess, start_hub

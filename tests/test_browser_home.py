@@ -26,8 +26,8 @@ import aioice.ice
 import pytest
 from playwright.async_api import BrowserContext, Page, expect
 
-from hub import bot
-from hub.ice import use_addresses
+from client import bot
+from hub.media.ice import use_addresses
 from tests.browser import screen_text, video_stats
 
 ROOT = Path(__file__).resolve().parent.parent

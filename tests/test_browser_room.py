@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, Locator, Page, expect
 
-from hub import bot
+from client import bot
 from tests.browser import screen_text, video_stats
 
 from .conftest import LOOPBACK_ONLY, HubProcess, start_hub, wait_for_port

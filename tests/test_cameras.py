@@ -17,7 +17,7 @@ import aiohttp
 import av
 import pytest
 
-from hub import bot
+from client import bot
 
 from .conftest import EventSocket, HubProcess, start_hub, wait_until
 from .recording_helpers import set_recording, video_packets

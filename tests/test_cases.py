@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from hub import bot
-from hub.livestate import SUBSCRIBER_QUEUE, EventFollower, MemoryLiveState, Record
+from client import bot
+from hub.core.livestate import SUBSCRIBER_QUEUE, EventFollower, MemoryLiveState, Record
 
 from .conftest import EventSocket, HubProcess, start_hub, wait_until
 from .recording_helpers import auth, video_packets

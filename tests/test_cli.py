@@ -12,8 +12,8 @@ import jwt
 import pytest
 
 from hub.config import DEMO_SITES
-from hub.sites import LEVELS, SiteTree, SiteTreeError, load_sites_file, sites_from_json
-from hub.tokens import Claims, TokenError, issue, verify
+from hub.core.sites import LEVELS, SiteTree, SiteTreeError, load_sites_file, sites_from_json
+from hub.core.tokens import Claims, TokenError, issue, verify
 
 from .conftest import ROOT, run_hub_cli
 

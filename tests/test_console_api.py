@@ -15,7 +15,7 @@ import av
 import numpy as np
 import pytest
 
-from hub import bot
+from client import bot
 
 from .conftest import HubProcess, free_port, start_hub
 

@@ -13,7 +13,7 @@ import time
 import aiohttp
 import pytest
 
-from hub import bot
+from client import bot
 
 from .conftest import ROOT, HubProcess, wait_until
 

@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from hub.bot import SyntheticVideo, pattern_image, publish
-from hub.health import Health, conditions, measure
+from client.bot import SyntheticVideo, pattern_image, publish
+from hub.monitoring.health import Health, conditions, measure
 
 from .conftest import EventSocket, HubProcess, start_hub, wait_until
 from .test_snapshots import monitor

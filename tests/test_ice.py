@@ -6,7 +6,7 @@ import re
 
 import aiohttp
 
-from hub.ice import announce
+from hub.media.ice import announce
 
 from .conftest import HubProcess
 from .test_api import auth, offer_sdp

@@ -14,7 +14,7 @@ import av
 import pytest
 from yarl import URL
 
-from hub import bot
+from client import bot
 
 from .conftest import ROOT, HubProcess
 from .recording_helpers import ROOM, Recorded, auth, decoded_seconds, record, video_packets

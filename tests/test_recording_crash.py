@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
-from hub import bot
+from client import bot
 
 from .conftest import ROOT, start_hub
 from .recording_helpers import ROOM, auth, decoded_seconds, set_recording

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from hub.frames import FrameAssembler, RtpIn
+from hub.media.frames import FrameAssembler, RtpIn
 from recorder.catalogue import Catalogue
 from recorder.manifest import GENESIS, link, verify
 from recorder.retention import DAY, expire

@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from hub import bot
+from client import bot
 
 from .conftest import HubProcess, start_hub
 
@@ -105,7 +105,7 @@ async def test_a_killed_hub_process_is_swept_from_shared_state(two_hubs, http: a
 
 
 async def test_a_change_racing_a_leave_does_not_bring_the_participant_back(redis_url: str):
-    from hub.livestate import MemoryLiveState, RedisLiveState
+    from hub.core.livestate import MemoryLiveState, RedisLiveState
 
     for state in (MemoryLiveState("n1"), RedisLiveState(redis_url, "n1", 5)):
         await state.start()
@@ -121,7 +121,7 @@ async def test_a_change_racing_a_leave_does_not_bring_the_participant_back(redis
 
 
 async def test_named_records_claim_once_and_expire_on_both_backends(redis_url: str):
-    from hub.livestate import MemoryLiveState, RedisLiveState
+    from hub.core.livestate import MemoryLiveState, RedisLiveState
 
     kind = f"test-{secrets.token_hex(4)}"  # the Redis server is shared with other tests
     for state in (MemoryLiveState("n1"), RedisLiveState(redis_url, "n1", 5)):

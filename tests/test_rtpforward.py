@@ -13,8 +13,8 @@ from aiortc.codecs import get_encoder
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from hub.bot import pattern_image
-from hub.rtpforward import Outgoing, TrackSink, TrackSource, is_keyframe_start
+from client.bot import pattern_image
+from hub.media.forward import Outgoing, TrackSink, TrackSource, is_keyframe_start
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
 H264 = RTCRtpCodecParameters(

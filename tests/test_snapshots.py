@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from hub.bot import SyntheticAudio, SyntheticVideo, pattern_image, publish
+from client.bot import SyntheticAudio, SyntheticVideo, pattern_image, publish
 
 from .conftest import EventSocket, HubProcess, start_hub, wait_until
 from .test_cameras import FPS, write_loop

@@ -19,10 +19,10 @@ import aiohttp
 import pytest
 from playwright.async_api import expect
 
-from hub import bot
+from client import bot
 from hub.config import Settings
-from hub.tokens import Claims, issue
-from hub.training import attendance_by_site
+from hub.core.tokens import Claims, issue
+from hub.workflows.training import attendance_by_site
 
 from .browser import chromium, screen_text
 from .conftest import HubProcess, start_hub, wait_until

@@ -27,7 +27,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessi
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from yarl import URL
 
-from .annexb import join_nal_units, split_nal_units
+from hub.media.annexb import join_nal_units, split_nal_units
 
 VIDEO_CLOCK = 90000
 #: Host candidates only: aiortc's default would ask a public STUN server.

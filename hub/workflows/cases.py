@@ -38,11 +38,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .access import Forbidden
-from .livestate import EventFollower, Record
-from .rooms import NotFound, Rooms, _new_id
-from .store import Database
-from .tokens import Claims
+from hub.core.access import Forbidden
+from hub.core.livestate import EventFollower, Record
+from hub.core.rooms import NotFound, Rooms, _new_id
+from hub.core.store import Database
+from hub.core.tokens import Claims
 
 DISPUTE_TYPES = ("family", "neighbour", "land", "wages", "contract", "other")
 STATUSES = ("open", "mediating", "agreement", "failed", "escalated", "closed")

@@ -20,8 +20,8 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcpeerconnection import is_codec_compatible
 
-from .ice import announce
-from .rtpforward import PASSTHROUGH_CODECS, TrackSink, TrackSource, offered_codecs, restrict_codecs
+from hub.media.forward import PASSTHROUGH_CODECS, TrackSink, TrackSource, offered_codecs, restrict_codecs
+from hub.media.ice import announce
 
 log = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ from aiortc.rtp import RtpPacket
 from aiortc.utils import random16, random32
 from av.container import InputContainer
 
-from .annexb import split_nal_units
-from .rtpforward import TrackSource
+from hub.media.annexb import split_nal_units
+from hub.media.forward import TrackSource
 
 log = logging.getLogger(__name__)
 

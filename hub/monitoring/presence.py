@@ -13,8 +13,8 @@ import secrets
 import time
 from collections import Counter
 
-from .livestate import LiveState, Record
-from .tokens import Claims
+from hub.core.livestate import LiveState, Record
+from hub.core.tokens import Claims
 
 KIND = "presence"
 
@@ -53,7 +53,7 @@ class Presence:
 
     async def sweep(self) -> int:
         """Drop the connections of hub processes that are no longer running;
-        returns how many (hub/server.py runs it beside Rooms.sweep)."""
+        returns how many (hub/cli/serve.py runs it beside Rooms.sweep)."""
         alive = await self.state.live_nodes()
         swept = 0
         sites: set[str] = set()

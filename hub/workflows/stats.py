@@ -22,8 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .cases import DISPUTE_TYPES, RESULTS, STATUSES, Cases
-from .sites import LEVELS, SiteTree
+from hub.core.sites import LEVELS, SiteTree
+from hub.workflows.cases import DISPUTE_TYPES, RESULTS, STATUSES, Cases
 
 DEFINITIONS = {
     "period": "cases opened in [from, to) at a site of the branch",
@@ -33,7 +33,7 @@ DEFINITIONS = {
     "escalation_rate": "cases escalated from a site of the level / cases that were at a site of the level",
 }
 
-#: hub/training.py's attendance_by_site(db_path, since, until) -> [{site_id, trainings, people, minutes}]
+#: hub/workflows/training.py's attendance_by_site(db_path, since, until) -> [{site_id, trainings, people, minutes}]
 Attendance = Callable[[Path, float, float], list[dict[str, Any]]]
 
 

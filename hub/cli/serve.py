@@ -10,25 +10,24 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from hub.config import DEMO_SITES, Settings
+from hub.core.livestate import LiveState, open_live_state
+from hub.core.rooms import Rooms
+from hub.core.sites import SiteTree, load_sites_file
+from hub.core.store import Store
+from hub.core.tokens import Claims, issue
+from hub.media.ice import use_addresses
+from hub.media.router import Router
+from hub.monitoring.console import Console
+from hub.monitoring.presence import Presence
+from hub.monitoring.snapshots import Snapshots
+from hub.workflows.cameras import open_cameras
+from hub.workflows.cases import Cases
+from hub.workflows.dispatch import Dispatch
+from hub.workflows.training import Trainings
 from recorder.retention import expire_forever
 from recorder.service import Recorder
 from signaling.app import make_app
-
-from .cameras import open_cameras
-from .cases import Cases
-from .config import DEMO_SITES, Settings
-from .console import Console
-from .dispatch import Dispatch
-from .ice import use_addresses
-from .livestate import LiveState, open_live_state
-from .presence import Presence
-from .rooms import Rooms
-from .sfu import Router
-from .sites import SiteTree, load_sites_file
-from .snapshots import Snapshots
-from .store import Store
-from .tokens import Claims, issue
-from .training import Trainings
 
 log = logging.getLogger("hub")
 
@@ -145,11 +144,11 @@ def serve(settings: Settings) -> None:
         hub = await build(settings)
         log.info(
             "hub node %s: %d sites, live state in %s",
-            hub.rooms.node_id,
-            len(hub.rooms.tree),
+            hub.core.rooms.node_id,
+            len(hub.core.rooms.tree),
             "redis" if settings.redis else "memory",
         )
-        link = operator_link(settings, hub.rooms.tree)
+        link = operator_link(settings, hub.core.rooms.tree)
         print(f"Hub ready on {settings.base_url}\nOperator link (valid 12 h):\n  {link}", flush=True)
         return hub.app
 

@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 from typing import ClassVar
 
-from .sites import Site, SiteTree
+from hub.core.sites import Site, SiteTree
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sites (

@@ -26,13 +26,13 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .access import Forbidden, can_reach_site
-from .livestate import Record
-from .presence import KIND as PRESENCE
-from .presence import by_role
-from .rooms import NotFound, Rooms
-from .store import Database
-from .tokens import Claims
+from hub.core.access import Forbidden, can_reach_site
+from hub.core.livestate import Record
+from hub.core.rooms import NotFound, Rooms
+from hub.core.store import Database
+from hub.core.tokens import Claims
+from hub.monitoring.presence import KIND as PRESENCE
+from hub.monitoring.presence import by_role
 
 #: Largest wall: 8 x 8 panes.
 MAX_GRID = 64

@@ -35,12 +35,12 @@ import cv2
 import numpy as np
 from aiortc.rtp import RtpPacket
 
-from .frames import FrameAssembler, RtpIn
-from .health import Health, Measures, measure
-from .livestate import EventFollower, Record
-from .rooms import Rooms
-from .rtpforward import Outgoing, TrackSource
-from .tasks import cancel_and_wait
+from hub.core.livestate import EventFollower, Record
+from hub.core.rooms import Rooms
+from hub.core.tasks import cancel_and_wait
+from hub.media.forward import Outgoing, TrackSource
+from hub.media.frames import FrameAssembler, RtpIn
+from hub.monitoring.health import Health, Measures, measure
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from aiortc.codecs import depayload
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from .rtpforward import is_keyframe_start
+from hub.media.forward import is_keyframe_start
 
 #: Seconds a frame with a missing packet waits for its retransmission.
 HOLD = 0.3

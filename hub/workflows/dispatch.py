@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .access import Forbidden, can_reach_site
-from .livestate import Record
-from .rooms import NotFound, Rooms
-from .store import Database
-from .tasks import cancel_and_wait
-from .tokens import Claims
+from hub.core.access import Forbidden, can_reach_site
+from hub.core.livestate import Record
+from hub.core.rooms import NotFound, Rooms
+from hub.core.store import Database
+from hub.core.tasks import cancel_and_wait
+from hub.core.tokens import Claims
 
 log = logging.getLogger(__name__)
 

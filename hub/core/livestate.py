@@ -18,7 +18,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from .tasks import cancel_and_wait
+from hub.core.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 

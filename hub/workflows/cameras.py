@@ -30,16 +30,16 @@ from urllib.parse import unquote, urlsplit
 
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from .access import Forbidden, can_reach_site
-from .config import Settings
-from .ingest import PROTOCOLS, CameraPuller, Feeder, PullOptions, redact
-from .livestate import Record
-from .rooms import NotFound, Rooms
-from .rtpforward import TrackSource
-from .sites import SiteTree, standing_room_id
-from .store import Database
-from .tasks import cancel_and_wait
-from .tokens import Claims
+from hub.config import Settings
+from hub.core.access import Forbidden, can_reach_site
+from hub.core.livestate import Record
+from hub.core.rooms import NotFound, Rooms
+from hub.core.sites import SiteTree, standing_room_id
+from hub.core.store import Database
+from hub.core.tasks import cancel_and_wait
+from hub.core.tokens import Claims
+from hub.media.forward import TrackSource
+from hub.media.ingest import PROTOCOLS, CameraPuller, Feeder, PullOptions, redact
 
 log = logging.getLogger(__name__)
 

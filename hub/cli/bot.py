@@ -10,8 +10,8 @@ from pathlib import Path
 
 import aiohttp
 
-from . import bot
-from .ice import use_addresses
+from client import bot
+from hub.media.ice import use_addresses
 
 
 async def _publish(args: argparse.Namespace) -> dict[str, object]:

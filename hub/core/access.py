@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .sites import SiteTree
-from .tokens import Claims
+from hub.core.sites import SiteTree
+from hub.core.tokens import Claims
 
 
 class Forbidden(Exception):

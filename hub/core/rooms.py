@@ -12,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .access import Forbidden, can_enter_room, can_reach_site
-from .livestate import LiveState, Record
-from .sfu import Consumer, Producer, Router
-from .sites import Site, SiteTree, standing_room_id
-from .tokens import Claims
+from hub.core.access import Forbidden, can_enter_room, can_reach_site
+from hub.core.livestate import LiveState, Record
+from hub.core.sites import Site, SiteTree, standing_room_id
+from hub.core.tokens import Claims
+from hub.media.router import Consumer, Producer, Router
 
 ROOM_KINDS = ("standing", "mediation", "training", "call", "conference")
 STREAM_KINDS = ("camera", "screen")
@@ -210,7 +210,7 @@ class Rooms:
     ) -> Record:
         """Tell people live that they are invited into a room: the `invitation`
         event the home page shows with a one-click join. `to` is its audience
-        (hub.access.addressed_to), `site_id` the site invited. Invitees below
+        (hub.core.access.addressed_to), `site_id` the site invited. Invitees below
         the inviter (`downward`) are told the inviter's site names: that site
         is not in their tree."""
         sender = {"user": claims.user, "name": name or claims.display_name(), "site_id": claims.site}

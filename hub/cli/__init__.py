@@ -1,0 +1,203 @@
+"""python -m hub serve | token | sites | verify | bot"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from hub.config import Settings
+from hub.core.sites import SiteTreeError
+from hub.core.tokens import DEFAULT_TTL, ROLES, Claims, issue
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
+    return Settings(**overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from hub.cli.serve import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aioice").setLevel(logging.WARNING)
+    serve(_settings(args))
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from hub.cli.serve import site_tree
+
+    settings = _settings(args)
+    tree = site_tree(settings)
+    if tree.get(args.site) is None:
+        print(f"error: no site {args.site!r} (see: python -m hub sites)", file=sys.stderr)
+        return 2
+    if (
+        args.room
+        and tree.site_of_room(args.room) is not None
+        and not tree.covers(args.site, tree.site_of_room(args.room).id)
+    ):
+        print(f"error: room {args.room} is outside site {args.site}'s jurisdiction", file=sys.stderr)
+        return 2
+    try:
+        claims = Claims(user=args.user, site=args.site, role=args.role, room=args.room, name=args.name)
+        print(issue(settings.signing_secret(), claims, args.ttl))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_sites(args: argparse.Namespace) -> int:
+    from hub.cli.serve import site_tree
+
+    tree = site_tree(_settings(args))
+    if args.json:
+        print(
+            json.dumps(
+                [{"id": s.id, "name": s.name, "level": s.level, "parent": s.parent} for s in tree],
+                ensure_ascii=False,
+                indent=1,
+            )
+        )
+        return 0
+    depth = {}
+    for site in tree.jurisdiction(next(iter(tree)).id):
+        depth[site.id] = depth[site.parent] + 1 if site.parent else 0
+        print(f"{'  ' * depth[site.id]}{site.id:<{24 - 2 * depth[site.id]}} {site.level:<10} {site.name}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from recorder.catalogue import Catalogue
+    from recorder.manifest import read_manifest, verify
+
+    settings = _settings(args)
+    catalogue = Catalogue(settings.db_path)
+    try:
+        row = catalogue.get(args.recording)
+    finally:
+        catalogue.close()
+    folder = settings.recordings_path / args.recording
+    if row is None or not folder.is_dir():
+        print(f"error: no recording {args.recording} in {settings.data}", file=sys.stderr)
+        return 2
+    verdict = verify(folder, read_manifest(folder), row["chain_head"] or None)
+    if verdict.intact:
+        print(f"intact: {verdict.segments} segments, hash chain unbroken")
+        return 0
+    for path in verdict.changed:
+        print(f"changed: {path}")
+    for path in verdict.missing:
+        print(f"missing: {path}")
+    if verdict.chain_broken:
+        print("hash chain broken: the manifest does not match the catalogue or its own links")
+    return 1
+
+
+def cmd_cameras(args: argparse.Namespace) -> int:
+    from hub.workflows.cameras import CameraStore, allowed_dirs, import_cameras, redact
+    from hub.cli.serve import site_tree
+
+    settings = _settings(args)
+    tree = site_tree(settings)
+    store = CameraStore(settings.db_path)
+    try:
+        if args.action == "import":
+            if args.file is None:
+                print("error: cameras import needs a FILE", file=sys.stderr)
+                return 2
+            try:
+                count = import_cameras(store, tree, args.file, allowed_dirs(settings), by="import")
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            print(f"registered {count} cameras (running hub processes pick them up within a lease period)")
+            return 0
+        for camera in store.all():
+            print(f"{camera['id']:<20} {camera['site_id']:<16} {camera['name']:<24} {redact(camera['url'])}")
+        return 0
+    finally:
+        store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hub", description="Linked governance video hub")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def data_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data", type=Path, help="data directory: database, secret, media (HUB_DATA)")
+        p.add_argument("--sites", type=Path, help="import this site file (JSON list) first (HUB_SITES)")
+
+    def camera_path_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--camera-path",
+            dest="camera_paths",
+            action="append",
+            type=Path,
+            help="a directory file:// camera URLs may point into besides the data directory (HUB_CAMERA_PATHS)",
+        )
+
+    serve = sub.add_parser("serve", help="run the hub")
+    serve.add_argument("--host", help="HTTP address (HUB_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="HTTP port (HUB_PORT, default 8080)")
+    serve.add_argument("--redis", help="share live state through Redis, e.g. redis://127.0.0.1:6379/0 (HUB_REDIS)")
+    serve.add_argument(
+        "--ice-address",
+        dest="ice_addresses",
+        action="append",
+        help="local address for ICE host candidates; repeat for more (HUB_ICE_ADDRESSES)",
+    )
+    serve.add_argument("--announced-ip", help="public address written into ICE candidates (HUB_ANNOUNCED_IP)")
+    serve.add_argument("--public-url", help="URL users reach this hub at, for printed links (HUB_PUBLIC_URL)")
+    serve.add_argument("--cameras", type=Path, help="register the cameras of this JSON file first (HUB_CAMERAS)")
+    camera_path_flag(serve)
+    data_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    token = sub.add_parser("token", help="print a bearer token")
+    token.add_argument("--user", required=True)
+    token.add_argument("--site", required=True, help="home site id: the user reaches it and all below it")
+    token.add_argument("--role", required=True, choices=ROLES)
+    token.add_argument("--room", help="bind the token to one room (required for guests)")
+    token.add_argument("--name", help="display name")
+    token.add_argument("--ttl", type=int, default=DEFAULT_TTL, help="seconds of validity (default 12 h)")
+    data_flags(token)
+    token.set_defaults(func=cmd_token)
+
+    sites = sub.add_parser("sites", help="print the site tree")
+    sites.add_argument("--json", action="store_true", help='a JSON list of {"id", "name", "level", "parent"}')
+    data_flags(sites)
+    sites.set_defaults(func=cmd_sites)
+
+    verify = sub.add_parser("verify", help="recompute a recording's hashes: intact, or what changed (exit 1)")
+    verify.add_argument("recording", help="recording id, e.g. rec-20261125-130000-a1b2c3")
+    data_flags(verify)
+    verify.set_defaults(func=cmd_verify)
+
+    cameras = sub.add_parser("cameras", help="register cameras from a JSON file, or list them")
+    cameras.add_argument("action", choices=("import", "list"))
+    cameras.add_argument("file", nargs="?", type=Path, help='JSON list of {"site_id", "name", "url", "id"?}')
+    camera_path_flag(cameras)
+    data_flags(cameras)
+    cameras.set_defaults(func=cmd_cameras)
+
+    from hub.cli.bot import add_bot_parser
+
+    add_bot_parser(sub)
+
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SiteTreeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
