@@ -101,7 +101,7 @@ class Recorder:
         for stream in await self.rooms.state.streams(room["id"]):
             self._add_stream(session, stream)
         log.info("recording %s of room %s started by %s", session.id, room["id"], started_by)
-        await self.rooms.state.publish(
+        await self.rooms.state.emit(
             {"type": "recording-started", "room_id": room["id"], "recording": session.summary()}
         )
         return session
@@ -110,7 +110,7 @@ class Recorder:
         session = self.sessions.pop(room_id)
         summary = await session.stop()
         log.info("recording %s of room %s stopped", session.id, room_id)
-        await self.rooms.state.publish({"type": "recording-stopped", "room_id": room_id, "recording": summary})
+        await self.rooms.state.emit({"type": "recording-stopped", "room_id": room_id, "recording": summary})
         return summary
 
     def _add_stream(self, session: RecordingSession, stream: Record) -> None:

@@ -210,7 +210,7 @@ class Session:
         await self.send({"type": "left", "room_id": room_id})
 
     async def forward_events(self) -> None:
-        queue = self.rooms.state.subscribe()
+        queue = self.rooms.state.listen()
         try:
             while (event := await queue.get()) is not None:
                 room_id = event.get("room_id")
@@ -227,7 +227,7 @@ class Session:
                     await self.send(event)
             await self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"event stream overflow")
         finally:
-            self.rooms.state.unsubscribe(queue)
+            self.rooms.state.unlisten(queue)
 
     def _announces_room_for_me(self, event: Record) -> bool:
         """A new room is announced to everyone who may enter it, joined or not."""

@@ -271,9 +271,9 @@ async def test_a_follower_that_falls_behind_follows_again():
     follower.start()
     try:
         for i in range(SUBSCRIBER_QUEUE + 10):  # no await yields here: the queue overflows
-            await state.publish({"type": "flood", "i": i})
+            await state.emit({"type": "flood", "i": i})
         await asyncio.sleep(0.05)
-        await state.publish({"type": "after"})
+        await state.emit({"type": "after"})
         await wait_until(lambda: any(e["type"] == "after" for e in seen), timeout=5)
         assert len(resumed) == 1 and resumed[0] < len(seen)  # once, before the event published after the flood
     finally:

@@ -99,8 +99,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_cameras(args: argparse.Namespace) -> int:
-    from hub.workflows.cameras import CameraStore, allowed_dirs, import_cameras, redact
     from hub.cli.serve import site_tree
+    from hub.workflows.cameras import CameraStore, allowed_dirs, import_cameras, redact
 
     settings = _settings(args)
     tree = site_tree(settings)

@@ -24,16 +24,16 @@ log = logging.getLogger(__name__)
 
 Record = dict[str, Any]
 
-#: Bound of each local subscriber's event queue; a subscriber that falls
+#: Bound of each local listener's event queue; a listener that falls
 #: this far behind is dropped rather than growing without limit.
-SUBSCRIBER_QUEUE = 1000
+LISTENER_QUEUE = 1000
 
 
 class LiveState(ABC):
     """What is live now. Records are JSON-able dicts keyed by their "id"."""
 
     def __init__(self) -> None:
-        self._subscribers: set[asyncio.Queue[Record | None]] = set()
+        self._listeners: set[asyncio.Queue[Record | None]] = set()
 
     @abstractmethod
     async def start(self) -> None:
@@ -44,7 +44,7 @@ class LiveState(ABC):
         """Ids of the hub processes that are running now."""
 
     async def close(self) -> None:
-        for queue in tuple(self._subscribers):
+        for queue in tuple(self._listeners):
             self._drop(queue)
 
     @abstractmethod
@@ -115,28 +115,28 @@ class LiveState(ABC):
         """Every live record of a kind, by key."""
 
     @abstractmethod
-    async def publish(self, event: Record) -> None:
-        """Deliver an event to every subscriber of every hub process."""
+    async def emit(self, event: Record) -> None:
+        """Deliver an event to every listener on every hub process."""
 
-    def subscribe(self) -> asyncio.Queue[Record | None]:
+    def listen(self) -> asyncio.Queue[Record | None]:
         """A queue of every event; None means the subscription was dropped."""
-        queue: asyncio.Queue[Record | None] = asyncio.Queue(SUBSCRIBER_QUEUE)
-        self._subscribers.add(queue)
+        queue: asyncio.Queue[Record | None] = asyncio.Queue(LISTENER_QUEUE)
+        self._listeners.add(queue)
         return queue
 
-    def unsubscribe(self, queue: asyncio.Queue[Record | None]) -> None:
-        self._subscribers.discard(queue)
+    def unlisten(self, queue: asyncio.Queue[Record | None]) -> None:
+        self._listeners.discard(queue)
 
     def _deliver(self, event: Record) -> None:
-        for queue in tuple(self._subscribers):
+        for queue in tuple(self._listeners):
             try:
                 queue.put_nowait(event)
             except asyncio.QueueFull:
-                log.warning("dropping an event subscriber that fell %d events behind", SUBSCRIBER_QUEUE)
+                log.warning("dropping an event listener that fell %d events behind", LISTENER_QUEUE)
                 self._drop(queue)
 
     def _drop(self, queue: asyncio.Queue[Record | None]) -> None:
-        self._subscribers.discard(queue)
+        self._listeners.discard(queue)
         with contextlib.suppress(asyncio.QueueEmpty):
             while True:
                 queue.get_nowait()
@@ -233,7 +233,7 @@ class MemoryLiveState(LiveState):
     async def records(self, kind: str) -> dict[str, Record]:
         return {key: record for key, (record, _) in self._live(kind).items()}
 
-    async def publish(self, event: Record) -> None:
+    async def emit(self, event: Record) -> None:
         self._deliver(event)
 
 
@@ -280,7 +280,7 @@ class RedisLiveState(LiveState):
         return {key.removeprefix("hub:node:") async for key in self._redis.scan_iter("hub:node:*")}
 
     async def _listen(self) -> None:
-        """Relay the event channel to local subscribers, resubscribing after
+        """Relay the event channel to local listeners, resubscribing after
         a lost connection (events published meanwhile are lost to this node)."""
         delay = 0.5
         while True:
@@ -395,7 +395,7 @@ class RedisLiveState(LiveState):
             await self._redis.srem(f"hub:rec:{kind}", *expired)
         return {key: json.loads(raw) for key, raw in zip(keys, values, strict=True) if raw is not None}
 
-    async def publish(self, event: Record) -> None:
+    async def emit(self, event: Record) -> None:
         await self._redis.publish(self.CHANNEL, json.dumps(event))
 
 
@@ -407,7 +407,7 @@ class EventFollower:
     """Hands every live event, in order, to `handle` in one task until
     stopped: for features that keep durable records in step with the rooms.
     An event that fails is logged and skipped; when the subscription is
-    dropped for falling behind, it subscribes again (the events in between
+    dropped for falling behind, it listens again (the events in between
     are lost, and logged as such) and awaits `resumed`, if given, to catch
     up with what is live."""
 
@@ -426,20 +426,20 @@ class EventFollower:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._queue = self._state.subscribe()
+        self._queue = self._state.listen()
         self._task = asyncio.create_task(self._run(self._queue))
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
         if self._queue is not None:
-            self._state.unsubscribe(self._queue)
+            self._state.unlisten(self._queue)
 
     async def _run(self, queue: asyncio.Queue[Record | None]) -> None:
         while True:
             event = await queue.get()
             if event is None:
                 log.warning("%s fell behind the events and lost some; following again", self._name)
-                queue = self._queue = self._state.subscribe()
+                queue = self._queue = self._state.listen()
                 if self._resumed is not None:
                     try:
                         await self._resumed()

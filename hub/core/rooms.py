@@ -111,7 +111,7 @@ class Rooms:
             "admit": sorted(set(admit or ())),
         }
         await self.state.put_room(room)
-        await self.state.publish({"type": "room-opened", "room_id": room["id"], "room": room})
+        await self.state.emit({"type": "room-opened", "room_id": room["id"], "room": room})
         return room
 
     async def rooms(self, claims: Claims) -> list[Record]:
@@ -146,7 +146,7 @@ class Rooms:
             "joined_at": time.time(),
         }
         await self.state.add_participant(room["id"], participant)
-        await self.state.publish({"type": "participant-joined", "room_id": room_id, "participant": participant})
+        await self.state.emit({"type": "participant-joined", "room_id": room_id, "participant": participant})
         return participant
 
     async def participant(self, room_id: str, participant_id: str) -> Record:
@@ -161,7 +161,7 @@ class Rooms:
         participant = await self.participant(room_id, participant_id) | changes
         if not await self.state.replace_participant(room_id, participant):
             raise NotFound(f"participant {participant_id} has left room {room_id}")
-        await self.state.publish({"type": "participant-updated", "room_id": room_id, "participant": participant})
+        await self.state.emit({"type": "participant-updated", "room_id": room_id, "participant": participant})
         return participant
 
     async def chat(self, room_id: str, participant_id: str, text: str) -> Record:
@@ -174,7 +174,7 @@ class Rooms:
             "text": text,
             "at": time.time(),
         }
-        await self.state.publish(event)
+        await self.state.emit(event)
         return event
 
     def sites_above(self, site_id: str) -> list[Site]:
@@ -224,7 +224,7 @@ class Rooms:
             "site_id": site_id,
             "to": to,
         }
-        await self.state.publish(event)
+        await self.state.emit(event)
         return event
 
     async def leave(self, room_id: str, participant_id: str) -> None:
@@ -232,7 +232,7 @@ class Rooms:
             if stream["participant_id"] == participant_id and stream["id"] in self._publications:
                 await self.unpublish_stream(stream["id"])
         if await self.state.remove_participant(room_id, participant_id):
-            await self.state.publish({"type": "participant-left", "room_id": room_id, "participant_id": participant_id})
+            await self.state.emit({"type": "participant-left", "room_id": room_id, "participant_id": participant_id})
 
     # -- streams -------------------------------------------------------------
 
@@ -269,7 +269,7 @@ class Rooms:
         }
         self._publications[producer.id] = Publication(stream, producer, own)
         await self.state.add_stream(stream)
-        await self.state.publish({"type": "stream-added", "room_id": room_id, "stream": stream})
+        await self.state.emit({"type": "stream-added", "room_id": room_id, "stream": stream})
         return stream, answer
 
     async def publish_local(
@@ -295,7 +295,7 @@ class Rooms:
         }
         self._publications[producer.id] = Publication(stream, producer, own_participant=False)
         await self.state.add_stream(stream)
-        await self.state.publish({"type": "stream-added", "room_id": room_id, "stream": stream})
+        await self.state.emit({"type": "stream-added", "room_id": room_id, "stream": stream})
         return stream
 
     async def stream(self, claims: Claims, stream_id: str) -> Record:
@@ -329,7 +329,7 @@ class Rooms:
             return
         stream = publication.stream
         await self.state.remove_stream(stream["id"])
-        await self.state.publish({"type": "stream-removed", "room_id": stream["room_id"], "stream_id": stream["id"]})
+        await self.state.emit({"type": "stream-removed", "room_id": stream["room_id"], "stream_id": stream["id"]})
         if publication.own_participant:
             await self.leave(stream["room_id"], stream["participant_id"])
 
@@ -364,11 +364,11 @@ class Rooms:
             for stream in await self.state.streams(room_id):
                 if stream["node"] not in alive and await self.state.remove_stream(stream["id"]):
                     swept += 1
-                    await self.state.publish({"type": "stream-removed", "room_id": room_id, "stream_id": stream["id"]})
+                    await self.state.emit({"type": "stream-removed", "room_id": room_id, "stream_id": stream["id"]})
             for participant in await self.state.participants(room_id):
                 if participant["node"] not in alive and await self.state.remove_participant(room_id, participant["id"]):
                     swept += 1
-                    await self.state.publish(
+                    await self.state.emit(
                         {"type": "participant-left", "room_id": room_id, "participant_id": participant["id"]}
                     )
         return swept

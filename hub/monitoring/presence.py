@@ -49,7 +49,7 @@ class Presence:
     async def _announce(self, site_id: str) -> None:
         online = (await self.counts())[site_id]
         event = {"type": "presence", "site_id": site_id, "online": online, "to": {"covering": site_id}}
-        await self.state.publish(event)
+        await self.state.emit(event)
 
     async def sweep(self) -> int:
         """Drop the connections of hub processes that are no longer running;

@@ -158,7 +158,7 @@ class Snapshots:
         # One worker: snapshots of many streams queue up rather than take the
         # second core away from forwarding.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot")
-        # Dropped for falling behind, it subscribes again and looks at what is live.
+        # Dropped for falling behind, it listens again and looks at what is live.
         self._follower = EventFollower(rooms.state, self._on_event, "snapshots", resumed=self._catch_up)
 
     async def start(self) -> None:
@@ -265,14 +265,14 @@ class Snapshots:
         await state.put_record("snapshot-jpeg", base["stream_id"], jpeg, self.ttl)
         await state.put_record("snapshot", base["stream_id"], meta, self.ttl)
         event = {"type": "snapshot", "at": at, "to": {"covering": monitor.site_id}}
-        await state.publish(event | {k: base[k] for k in ("stream_id", "site_id", "camera_id") if k in base})
+        await state.emit(event | {k: base[k] for k in ("stream_id", "site_id", "camera_id") if k in base})
         raised, cleared = monitor.health.update(picture.measures, at)
         for kind, until in cleared.items():
             await self._clear(monitor, kind, until)
         for kind, since in raised.items():
             alert = self._alert(monitor, kind, since)
             await state.put_record("alert", alert["id"], alert, self.ttl)
-            await state.publish({"type": "alert-raised", "alert": alert, "to": {"covering": monitor.site_id}})
+            await state.emit({"type": "alert-raised", "alert": alert, "to": {"covering": monitor.site_id}})
             log.info("alert %s raised", alert["id"])
         await self._refresh_alerts(monitor)
 
@@ -290,5 +290,5 @@ class Snapshots:
         key = f"{monitor.stream['id']}:{kind}"
         stored = await self.rooms.state.delete_record("alert", key)
         alert = (stored or self._alert(monitor, kind, since or until)) | {"until": until}
-        await self.rooms.state.publish({"type": "alert-cleared", "alert": alert, "to": {"covering": monitor.site_id}})
+        await self.rooms.state.emit({"type": "alert-cleared", "alert": alert, "to": {"covering": monitor.site_id}})
         log.info("alert %s cleared", key)

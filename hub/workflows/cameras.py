@@ -412,7 +412,7 @@ class Cameras:
 
     async def _announce(self, record: Record) -> None:
         event = {"type": "camera-status", "camera": record, "to": {"covering": record["site_id"]}}
-        await self.rooms.state.publish(event)
+        await self.rooms.state.emit(event)
 
 
 def allowed_dirs(settings: Settings) -> list[Path]:

@@ -532,4 +532,4 @@ class Cases:
             "from_site": from_site or case["site_id"],
             "to": {"covering": case["origin_site_id"], "roles": list(CASE_ROLES)},
         }
-        await self.rooms.state.publish(event)
+        await self.rooms.state.emit(event)

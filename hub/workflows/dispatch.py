@@ -168,7 +168,7 @@ class Dispatch:
             raise CallConflict(f"site {site.id} already has a ringing call", ringing or {})
         await self.state.put_record(CALL, call["id"], call, ttl=self.ring_seconds + RECENT_SECONDS)
         await asyncio.to_thread(self.log.add, call)
-        await self.state.publish({"type": "call-ringing", "call": call, "to": self._ringing_to(site.id)})
+        await self.state.emit({"type": "call-ringing", "call": call, "to": self._ringing_to(site.id)})
         self._timers[call["id"]] = asyncio.create_task(self._time_out(call["id"]))
         return call
 
@@ -212,8 +212,8 @@ class Dispatch:
             raise
         call = await self._finish(call, "answered", answered_by=by, room_id=room["id"])
         event = {"call": call, "answered_by": by, "room_id": room["id"]}
-        await self.state.publish({"type": "call-answered", **event, "to": self._ringing_to(call["site_id"])})
-        await self.state.publish({"type": "call-answered", **event, "to": self._caller(call)})
+        await self.state.emit({"type": "call-answered", **event, "to": self._ringing_to(call["site_id"])})
+        await self.state.emit({"type": "call-answered", **event, "to": self._caller(call)})
         return call, room
 
     def _caller(self, call: Record) -> Record:
@@ -245,8 +245,8 @@ class Dispatch:
         await self._announce_end(await self._finish(call, "missed"), "call-missed")
 
     async def _announce_end(self, call: Record, kind: str) -> None:
-        await self.state.publish({"type": kind, "call": call, "to": self._ringing_to(call["site_id"])})
-        await self.state.publish({"type": kind, "call": call, "to": self._caller(call)})
+        await self.state.emit({"type": kind, "call": call, "to": self._ringing_to(call["site_id"])})
+        await self.state.emit({"type": kind, "call": call, "to": self._caller(call)})
 
     async def _finish(self, call: Record, state: str, **fields: Any) -> Record:
         """Record a call's ending (its claim is already won) and free its site."""

@@ -320,7 +320,7 @@ class Trainings:
         room = await self.rooms.state.get_room(room_id)
         if room is not None:
             await self.rooms.state.put_room(room | {"ended_at": now, "admit": []})
-        await self.rooms.state.publish({"type": "training-ended", "room_id": room_id, "training": training})
+        await self.rooms.state.emit({"type": "training-ended", "room_id": room_id, "training": training})
         for participant in await self.rooms.state.participants(room_id):
             await self.rooms.leave(room_id, participant["id"])
         return training
