@@ -16,6 +16,6 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e ".[test]"
-.venv/bin/ruff check hub signaling recorder tests bench
+.venv/bin/ruff check hub signaling recorder client tests bench
 # The tests start their own redis-server and hub processes on 127.0.0.1.
 exec .venv/bin/python -m pytest "$@"
