@@ -1,3 +1,3 @@
 from hub.cli import main
 
-main()
+raise SystemExit(main())

@@ -144,11 +144,11 @@ def serve(settings: Settings) -> None:
         hub = await build(settings)
         log.info(
             "hub node %s: %d sites, live state in %s",
-            hub.core.rooms.node_id,
-            len(hub.core.rooms.tree),
+            hub.rooms.node_id,
+            len(hub.rooms.tree),
             "redis" if settings.redis else "memory",
         )
-        link = operator_link(settings, hub.core.rooms.tree)
+        link = operator_link(settings, hub.rooms.tree)
         print(f"Hub ready on {settings.base_url}\nOperator link (valid 12 h):\n  {link}", flush=True)
         return hub.app
 
