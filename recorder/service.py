@@ -114,10 +114,10 @@ class Recorder:
         return summary
 
     def _add_stream(self, session: RecordingSession, stream: Record) -> None:
-        producer = self.rooms.router.producers.get(stream["id"])
-        if producer is None:
+        tracks = self.rooms.local_tracks(stream["id"])
+        if not tracks:
             return  # hosted by another hub process: its recorder is not this one
-        if not session.add_stream(stream, producer.sources):
+        if not session.add_stream(stream, self.rooms, tracks):
             log.warning("stream %s has no track the recorder can store (VP8, H.264, Opus)", stream["id"])
 
     # -- room events ---------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.core.livestate import Record
-from hub.media.forward import TrackSource
+from hub.media.forward import Streams, Track
 
 from .catalogue import Catalogue
 from .manifest import GENESIS, link, write_manifest
@@ -116,9 +116,10 @@ class RecordingSession:
 
     # -- streams -------------------------------------------------------------
 
-    def add_stream(self, stream: Record, sources: dict[str, TrackSource]) -> bool:
-        """Start recording a stream; False when none of its tracks can be stored."""
-        if stream["id"] in self._recorders or not any(recordable(s) for s in sources.values()):
+    def add_stream(self, stream: Record, streams: Streams, tracks: dict[str, Track]) -> bool:
+        """Start recording a locally hosted stream, subscribing through `streams`;
+        False when none of its tracks can be stored."""
+        if stream["id"] in self._recorders or not any(recordable(t) for t in tracks.values()):
             return False
         with self._lock:
             entry: dict[str, Any] = {
@@ -128,7 +129,7 @@ class RecordingSession:
                 "name": stream.get("name", ""),
                 "user": stream.get("user", ""),
                 "kind": stream.get("kind", "camera"),
-                "codecs": {k: s.mime_type for k, s in sources.items() if recordable(s)},
+                "codecs": {k: t.mime_type for k, t in tracks.items() if recordable(t)},
                 "offset": None,
                 "width": 0,
                 "height": 0,
@@ -152,7 +153,9 @@ class RecordingSession:
                 self._save()
             self._catalogue.update(self.id, chain_head=head)
 
-        recorder = StreamRecorder(self.folder, entry["folder"], sources, self._segment_seconds, started, finished)
+        recorder = StreamRecorder(
+            self.folder, entry["folder"], streams, stream["id"], tracks, self._segment_seconds, started, finished
+        )
         self._recorders[stream["id"]] = recorder
         recorder.start()
         return True

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from aiortc.rtp import RtpPacket
 
-from hub.media.forward import Outgoing, TrackSource
+from hub.media.forward import Outgoing, Streams, Track
 from hub.media.frames import Frame, FrameAssembler, RtpIn
 
 from .segments import CODECS, SegmentWriter, TrackSpec, h264_parameter_sets, suffix, video_size
@@ -34,8 +34,8 @@ MAX_QUEUED = 20_000
 RESYNC_ASK = 1.0
 
 
-def recordable(source: TrackSource) -> bool:
-    return source.mime_type in CODECS
+def recordable(track: Track) -> bool:
+    return track.mime_type in CODECS
 
 
 @dataclass
@@ -48,12 +48,11 @@ class Segment:
 
 
 class TrackRecorder:
-    """The sink the recorder puts on a `TrackSource`."""
+    """The sink the recorder subscribes to one track of a stream."""
 
-    def __init__(self, stream: StreamRecorder, kind: str, source: TrackSource) -> None:
+    def __init__(self, stream: StreamRecorder, kind: str) -> None:
         self.stream = stream
         self.kind = kind
-        self.source = source
 
     def push(self, packet: RtpPacket, shared: Outgoing) -> None:
         self.stream.enqueue(
@@ -62,7 +61,6 @@ class TrackRecorder:
         )
 
     def close(self) -> None:
-        self.source.sinks.discard(self)  # type: ignore[arg-type]
         self.stream.track_closed(self.kind)
 
 
@@ -73,7 +71,9 @@ class StreamRecorder:
         self,
         root: Path,
         folder: str,
-        sources: dict[str, TrackSource],
+        streams: Streams,
+        stream_id: str,
+        tracks: dict[str, Track],
         segment_seconds: float,
         on_started: Callable[[float, dict[str, object]], None],
         on_segment: Callable[[Segment], None],
@@ -81,14 +81,16 @@ class StreamRecorder:
         self.folder = folder
         self._dir = root / folder
         self._dir.mkdir(parents=True, exist_ok=True)
-        self._sources = {kind: s for kind, s in sources.items() if recordable(s)}
+        self._streams = streams
+        self._stream_id = stream_id
+        self._tracks = {kind: t for kind, t in tracks.items() if recordable(t)}
         self._segment_seconds = segment_seconds
         self._on_started = on_started
         self._on_segment = on_segment
         self._loop = asyncio.get_running_loop()
         self._queue: queue.Queue[tuple[str, RtpIn] | None] = queue.Queue(MAX_QUEUED)
-        self._assemblers = {kind: FrameAssembler(s.codec) for kind, s in self._sources.items()}  # type: ignore[arg-type]
-        self._open_tracks = set(self._sources)
+        self._assemblers = {kind: FrameAssembler(s.codec) for kind, s in self._tracks.items()}  # type: ignore[arg-type]
+        self._open_tracks = set(self._tracks)
         self._resync = False
         self.dropped_packets = 0
         self.frames_written = 0
@@ -103,18 +105,19 @@ class StreamRecorder:
         self._last_ask = 0.0
         self._size = (0, 0)
         self._thread = threading.Thread(target=self._run, name=f"recorder-{folder}", daemon=True)
-        self._sinks = [TrackRecorder(self, kind, s) for kind, s in self._sources.items()]
+        self._sinks = [TrackRecorder(self, kind) for kind in self._tracks]
 
     @property
     def tracks(self) -> list[str]:
-        return sorted(self._sources)
+        return sorted(self._tracks)
 
     def start(self) -> None:
         self._thread.start()
         for sink in self._sinks:
-            sink.source.sinks.add(sink)  # type: ignore[arg-type]
-        if "video" in self._sources:
-            self._sources["video"].request_keyframe()
+            if self._streams.subscribe(self._stream_id, sink.kind, sink) is None:
+                sink.close()  # the stream ended before the recorder started
+        if "video" in self._tracks:
+            self._tracks["video"].request_keyframe()
 
     def enqueue(self, kind: str, packet: RtpIn) -> None:
         try:
@@ -131,6 +134,7 @@ class StreamRecorder:
 
     def stop(self) -> None:
         for sink in self._sinks:
+            self._streams.unsubscribe(self._stream_id, sink.kind, sink)
             sink.close()
 
     async def wait(self) -> None:
@@ -166,14 +170,14 @@ class StreamRecorder:
             )
 
     def _frame(self, kind: str, frame: Frame) -> None:
-        clock = CODECS[self._sources[kind].mime_type][1]
-        leader = "video" if "video" in self._sources else "audio"
+        clock = CODECS[self._tracks[kind].mime_type][1]
+        leader = "video" if "video" in self._tracks else "audio"
         if self._start_wall is None:
             if kind != leader:
                 return  # a stream starts with its first (key)frame of video
             self._start_wall = frame.arrival
             if kind == "video":
-                self._size = video_size(self._sources["video"].mime_type, frame.data)
+                self._size = video_size(self._tracks["video"].mime_type, frame.data)
             self._on_started(frame.arrival, {"width": self._size[0], "height": self._size[1]})
         if kind not in self._bases:
             # A track joining later is placed by its arrival time; there is
@@ -202,15 +206,15 @@ class StreamRecorder:
         self.frames_written += 1
 
     def _ask_keyframe(self) -> None:
-        if "video" in self._sources:
+        if "video" in self._tracks:
             self._keyframe_asked = True
             self._last_ask = time.monotonic()
-            self._loop.call_soon_threadsafe(self._sources["video"].request_keyframe)
+            self._loop.call_soon_threadsafe(self._tracks["video"].request_keyframe)
 
     def _open_segment(self, seconds: float, frame: Frame) -> None:
         extradata = b""
-        if frame.keyframe and "video" in self._sources:
-            mime_type = self._sources["video"].mime_type
+        if frame.keyframe and "video" in self._tracks:
+            mime_type = self._tracks["video"].mime_type
             self._size = video_size(mime_type, frame.data)
             if mime_type == "video/h264":
                 extradata = h264_parameter_sets(frame.data)
@@ -219,12 +223,12 @@ class StreamRecorder:
         self._keyframe_asked = False
         specs = [
             TrackSpec(kind, s.mime_type, *self._size, channels=s.codec.channels or 2)  # type: ignore[union-attr]
-            for kind, s in self._sources.items()
+            for kind, s in self._tracks.items()
         ]
         for spec in specs:
             if spec.kind == "video":
                 spec.extradata = extradata
-        name = f"{self._index:05d}{suffix([s.mime_type for s in self._sources.values()])}"
+        name = f"{self._index:05d}{suffix([s.mime_type for s in self._tracks.values()])}"
         self._writer = SegmentWriter(self._dir / name, specs)
 
     def _finish_segment(self) -> None:

@@ -84,7 +84,6 @@ async def health(request: web.Request) -> web.Response:
         {
             "status": "ok",
             "node": rooms.node_id,
-            "producers": len(rooms.router.producers),
-            "consumers": len(rooms.router.consumers),
+            **rooms.media_counts(),
         }
     )

@@ -63,8 +63,8 @@ async def whep_view(request: web.Request) -> web.Response:
     rooms.ensure_local(await rooms.stream(claims, stream_id))  # redirect before reading the body
     offer = await read_offer(request)
     check_offer(offer, request.app[SETTINGS].max_sdp_bytes)
-    consumer, answer = await rooms.view(claims, stream_id, offer)
-    return sdp_created(answer, f"/whep/{stream_id}/{consumer.id}")
+    subscription_id, answer = await rooms.view(claims, stream_id, offer)
+    return sdp_created(answer, f"/whep/{stream_id}/{subscription_id}")
 
 
 async def whep_delete(request: web.Request) -> web.Response:

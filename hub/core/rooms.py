@@ -12,11 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
 from hub.core.access import Forbidden, can_enter_room, can_reach_site
 from hub.core.livestate import LiveState, Record
 from hub.core.sites import Site, SiteTree, standing_room_id
 from hub.core.tokens import Claims
-from hub.media.router import Consumer, Producer, Router
+from hub.media.forward import Sink, Track
+from hub.media.ingest import Feeder
+from hub.media.router import Router
 
 ROOM_KINDS = ("standing", "mediation", "training", "call", "conference")
 STREAM_KINDS = ("camera", "screen")
@@ -42,9 +46,11 @@ class Elsewhere(Exception):
 
 
 @dataclass
-class Publication:
+class HostedStream:
+    """A stream whose media this process hosts."""
+
     stream: Record
-    producer: Producer
+    #: The stream joined its room as its own participant (a WHIP client without one).
     own_participant: bool
 
 
@@ -57,12 +63,12 @@ class Rooms:
         self.tree = tree
         self.node_url = node_url
         self.state = state
-        self.router = router
+        self._router = router
         self.node_id = node_id
-        self._publications: dict[str, Publication] = {}
+        self._hosted: dict[str, HostedStream] = {}
         #: Room kind -> its publish guard; a feature registers one for its rooms (training).
         self.publish_guards: dict[str, PublishGuard] = {}
-        router.on_producer_closed = self._producer_closed
+        router.on_stream_ended = self._stream_ended
 
     # -- rooms ---------------------------------------------------------------
 
@@ -229,7 +235,7 @@ class Rooms:
 
     async def leave(self, room_id: str, participant_id: str) -> None:
         for stream in await self.state.streams(room_id):
-            if stream["participant_id"] == participant_id and stream["id"] in self._publications:
+            if stream["participant_id"] == participant_id and stream["id"] in self._hosted:
                 await self.unpublish_stream(stream["id"])
         if await self.state.remove_participant(room_id, participant_id):
             await self.state.emit({"type": "participant-left", "room_id": room_id, "participant_id": participant_id})
@@ -249,54 +255,62 @@ class Rooms:
                 raise NotFound(f"no participant {participant_id} of yours in room {room_id}")
         if (guard := self.publish_guards.get(room["kind"])) is not None:
             guard(claims, room, participant)
-        producer, answer = await self.router.publish(offer)
+        media, answer = await self._router.publish(offer)
         own = participant is None
         if participant is None:
             participant = await self.join(claims, room_id, via="whip")
         stream = {
-            "id": producer.id,
+            "id": media.id,
             "room_id": room["id"],
             "kind": kind,
-            "tracks": sorted(producer.sources),
-            "codecs": producer.codecs(),
+            "tracks": media.tracks,
+            "codecs": media.codecs,
             "participant_id": participant["id"],
             "user": claims.user,
             "name": participant["name"],
             "site_id": claims.site,
             "node": self.node_id,
             "node_url": self.node_url,
-            "created_at": producer.created,
+            "created_at": media.created,
         }
-        self._publications[producer.id] = Publication(stream, producer, own)
+        self._hosted[media.id] = HostedStream(stream, own)
         await self.state.add_stream(stream)
         await self.state.emit({"type": "stream-added", "room_id": room_id, "stream": stream})
         return stream, answer
 
     async def publish_local(
-        self, room_id: str, producer: Producer, kind: str, name: str, site_id: str, **fields: Any
-    ) -> Record:
-        """Announce a stream the hub feeds itself (a camera it pulls) in a
-        room: no participant and no publisher's peer, otherwise a stream like
-        any other (viewed, recorded, snapshotted). The caller checked the
-        jurisdiction; `fields` are kept on the stream record."""
+        self,
+        room_id: str,
+        codec: RTCRtpCodecParameters,
+        on_keyframe_request: Callable[[], None],
+        kind: str,
+        name: str,
+        site_id: str,
+        **fields: Any,
+    ) -> tuple[Record, Feeder]:
+        """Announce a video stream the hub feeds itself (a camera it pulls)
+        through the returned `Feeder`: no participant and no publisher's peer,
+        otherwise a stream like any other (viewed, recorded, snapshotted). The
+        caller checked the jurisdiction; `fields` are kept on the stream record."""
+        media, feeder = self._router.publish_local(codec, on_keyframe_request)
         stream = fields | {
-            "id": producer.id,
+            "id": media.id,
             "room_id": room_id,
             "kind": kind,
-            "tracks": sorted(producer.sources),
-            "codecs": producer.codecs(),
+            "tracks": media.tracks,
+            "codecs": media.codecs,
             "participant_id": None,
             "user": "",
             "name": name,
             "site_id": site_id,
             "node": self.node_id,
             "node_url": self.node_url,
-            "created_at": producer.created,
+            "created_at": media.created,
         }
-        self._publications[producer.id] = Publication(stream, producer, own_participant=False)
+        self._hosted[media.id] = HostedStream(stream, own_participant=False)
         await self.state.add_stream(stream)
         await self.state.emit({"type": "stream-added", "room_id": room_id, "stream": stream})
-        return stream
+        return stream, feeder
 
     async def stream(self, claims: Claims, stream_id: str) -> Record:
         stream = await self.state.get_stream(stream_id)
@@ -310,50 +324,72 @@ class Rooms:
         return str((await self._room(stream["room_id"]))["site_id"])
 
     async def unpublish(self, claims: Claims, room_id: str, stream_id: str) -> None:
-        publication = self._publications.get(stream_id)
-        if publication is None or publication.stream["room_id"] != room_id:
+        hosted = self._hosted.get(stream_id)
+        if hosted is None or hosted.stream["room_id"] != room_id:
             raise NotFound(f"no stream {stream_id} in room {room_id} on this hub")
         await self.room(claims, room_id)
-        if publication.stream["user"] != claims.user and claims.role not in ("operator", "admin"):
+        if hosted.stream["user"] != claims.user and claims.role not in ("operator", "admin"):
             raise Forbidden("only its publisher or an operator may end a stream")
         await self.unpublish_stream(stream_id)
 
     async def unpublish_stream(self, stream_id: str) -> None:
-        publication = self._publications.get(stream_id)
-        if publication is not None:
-            await self.router.close_producer(publication.producer.id)
+        if stream_id in self._hosted:
+            await self._router.end_stream(stream_id)
 
-    async def _producer_closed(self, producer: Producer) -> None:
-        publication = self._publications.pop(producer.id, None)
-        if publication is None:
+    async def _stream_ended(self, stream_id: str) -> None:
+        hosted = self._hosted.pop(stream_id, None)
+        if hosted is None:
             return
-        stream = publication.stream
+        stream = hosted.stream
         await self.state.remove_stream(stream["id"])
         await self.state.emit({"type": "stream-removed", "room_id": stream["room_id"], "stream_id": stream["id"]})
-        if publication.own_participant:
+        if hosted.own_participant:
             await self.leave(stream["room_id"], stream["participant_id"])
+
+    # -- the stream interface: this process's media ---------------------------
+
+    def hosts(self, stream_id: str) -> bool:
+        """Whether this process hosts the stream's media."""
+        return self._router.hosts(stream_id)
+
+    def local_tracks(self, stream_id: str) -> dict[str, Track]:
+        """A locally hosted stream's tracks by kind (empty: not hosted here)."""
+        return self._router.tracks(stream_id)
+
+    def subscribe(self, stream_id: str, kind: str, sink: Sink) -> Track | None:
+        """Feed a sink (recorder, snapshot taker, relay) a local track's packets."""
+        return self._router.subscribe(stream_id, kind, sink)
+
+    def unsubscribe(self, stream_id: str, kind: str, sink: Sink) -> None:
+        self._router.unsubscribe(stream_id, kind, sink)
+
+    def media_counts(self) -> dict[str, int]:
+        """Streams and subscriptions hosted by this process."""
+        return self._router.counts()
 
     # -- viewing -------------------------------------------------------------
 
     def ensure_local(self, stream: Record) -> None:
         """Raise unless this process hosts the stream's media."""
-        if stream["id"] not in self.router.producers:
+        if not self._router.hosts(stream["id"]):
             if stream["node"] == self.node_id:
                 raise NotFound(f"stream {stream['id']} has ended")
             raise Elsewhere(stream["node_url"])
 
-    async def view(self, claims: Claims, stream_id: str, offer: str) -> tuple[Consumer, str]:
+    async def view(self, claims: Claims, stream_id: str, offer: str) -> tuple[str, str]:
+        """Subscribe the caller to a stream: (subscription id, SDP answer)."""
         self.ensure_local(await self.stream(claims, stream_id))
-        return await self.router.consume(stream_id, offer, claims.user)
+        subscription, answer = await self._router.view(stream_id, offer, claims.user)
+        return subscription.id, answer
 
-    async def end_view(self, claims: Claims, stream_id: str, session_id: str) -> None:
-        consumer = self.router.consumers.get(session_id)
-        if consumer is None or consumer.producer.id != stream_id:
-            raise NotFound(f"no viewing session {session_id} of stream {stream_id}")
+    async def end_view(self, claims: Claims, stream_id: str, subscription_id: str) -> None:
+        subscription = self._router.subscription(subscription_id)
+        if subscription is None or subscription.stream_id != stream_id:
+            raise NotFound(f"no subscription {subscription_id} to stream {stream_id}")
         await self.stream(claims, stream_id)
-        if consumer.user != claims.user and claims.role not in ("operator", "admin"):
-            raise Forbidden("only its viewer or an operator may end a viewing session")
-        await self.router.close_consumer(session_id)
+        if subscription.user != claims.user and claims.role not in ("operator", "admin"):
+            raise Forbidden("only its viewer or an operator may end a subscription")
+        await self._router.end_view(subscription_id)
 
     async def sweep(self) -> int:
         """Remove participants and streams of hub processes that died
@@ -374,4 +410,4 @@ class Rooms:
         return swept
 
     async def close(self) -> None:
-        await self.router.close()
+        await self._router.close()

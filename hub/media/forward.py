@@ -26,7 +26,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aioice.ice import StunProtocol
 from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
@@ -46,6 +46,42 @@ from aiortc.utils import random16, random32
 
 log = logging.getLogger(__name__)
 _pack_header = struct.Struct("!BBHII").pack
+
+class Sink(Protocol):
+    """Whatever takes one track's packets: a viewer's sender (`TrackSink`),
+    the recorder, the snapshot taker and, next, a relay to another hub.
+
+    `push` runs inside the publisher's receive path: it must not block or
+    await, and a sink that raises is closed. `close` means the track ended.
+    """
+
+    def push(self, packet: RtpPacket, shared: Outgoing) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Track(Protocol):
+    """What a subscriber may know of a track and ask of it."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def codec(self) -> RTCRtpCodecParameters | None: ...
+
+    @property
+    def mime_type(self) -> str: ...
+
+    def request_keyframe(self) -> None: ...
+
+
+class Streams(Protocol):
+    """The door through which a sink subscribes to a track hosted here."""
+
+    def subscribe(self, stream_id: str, kind: str, sink: Sink) -> Track | None: ...
+
+    def unsubscribe(self, stream_id: str, kind: str, sink: Sink) -> None: ...
+
 
 #: Codecs the hub forwards: their packets go out exactly as they came in.
 PASSTHROUGH_CODECS = ("video/vp8", "video/h264", "audio/opus", "audio/pcmu", "audio/pcma")
@@ -146,7 +182,7 @@ class TrackSource:
     ) -> None:
         self.kind = kind
         self.codec: RTCRtpCodecParameters | None = None
-        self.sinks: set[TrackSink] = set()
+        self.sinks: set[Sink] = set()
         self._receiver = receiver
         self._on_keyframe_request = on_keyframe_request
         self._media_ssrc: int | None = None

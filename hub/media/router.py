@@ -1,9 +1,12 @@
-"""The media plane: producers (published streams) and consumers (viewers).
+"""The media plane's one door: streams published here and their subscriptions.
 
-Vocabulary after mediasoup: a `Producer` is one WHIP session's peer
-connection and its tracks; a `Consumer` is one WHEP session forwarding a
-producer's tracks to a viewer; the `Router` owns both on this hub process.
-Packets move between them in `rtpforward`, never decoded.
+Outside this package a stream and a subscription are known by their ids and
+the typed records below; inside, the vocabulary is mediasoup's: a `Producer`
+is one stream's media on this process (a WHIP session's peer connection, or
+a source the hub feeds itself) with one `TrackSource` per kind; a `Consumer`
+is one subscription (a WHEP session) with one `TrackSink` per kind. Other
+subscribers of a track (recorder, snapshots, relays) are `Sink`s attached
+through `subscribe`. Packets move in `forward`, never decoded.
 """
 
 from __future__ import annotations
@@ -19,15 +22,48 @@ from dataclasses import dataclass, field
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcpeerconnection import is_codec_compatible
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from hub.media.forward import PASSTHROUGH_CODECS, TrackSink, TrackSource, offered_codecs, restrict_codecs
+from hub.media.forward import (
+    PASSTHROUGH_CODECS,
+    Sink,
+    Track,
+    TrackSink,
+    TrackSource,
+    offered_codecs,
+    restrict_codecs,
+)
 from hub.media.ice import announce
+from hub.media.ingest import Feeder
 
 log = logging.getLogger(__name__)
 
 
 class SdpError(ValueError):
     """An offer the hub cannot answer; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamMedia:
+    """What the domain learns of a stream's media when it is published here."""
+
+    id: str
+    #: Track kind -> MIME type, e.g. {"video": "video/VP8"}.
+    codecs: dict[str, str]
+    created: float
+
+    @property
+    def tracks(self) -> list[str]:
+        return sorted(self.codecs)
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionMedia:
+    """One subscription (WHEP session) hosted here: its stream and viewer."""
+
+    id: str
+    stream_id: str
+    user: str
 
 
 @dataclass
@@ -39,8 +75,9 @@ class Producer:
     created: float = field(default_factory=time.time)
     consumers: set[Consumer] = field(default_factory=set)
 
-    def codecs(self) -> dict[str, str]:
-        return {kind: s.codec.mimeType for kind, s in self.sources.items() if s.codec}
+    def media(self) -> StreamMedia:
+        codecs = {kind: s.codec.mimeType for kind, s in self.sources.items() if s.codec}
+        return StreamMedia(self.id, codecs, self.created)
 
 
 @dataclass(eq=False)
@@ -99,15 +136,52 @@ class Router:
         self, announced_ip: str | None, max_backlog: int, keyframe_interval: float, ice_servers: list[str]
     ) -> None:
         self._configuration = RTCConfiguration(iceServers=[RTCIceServer(url) for url in ice_servers])
-        self.producers: dict[str, Producer] = {}
-        self.consumers: dict[str, Consumer] = {}
+        self._producers: dict[str, Producer] = {}
+        self._consumers: dict[str, Consumer] = {}
         self._announced_ip = announced_ip
         self._max_backlog = max_backlog
         self._keyframe_interval = keyframe_interval
-        #: Called when a producer ends for any reason (DELETE, ICE failure, close).
-        self.on_producer_closed: Callable[[Producer], Awaitable[None]] | None = None
+        #: Called with a stream's id when its media ends for any reason (DELETE, ICE failure, close).
+        self.on_stream_ended: Callable[[str], Awaitable[None]] | None = None
 
-    async def publish(self, offer: str) -> tuple[Producer, str]:
+    # -- what is hosted here ---------------------------------------------------
+
+    def hosts(self, stream_id: str) -> bool:
+        return stream_id in self._producers
+
+    def subscription(self, subscription_id: str) -> SubscriptionMedia | None:
+        consumer = self._consumers.get(subscription_id)
+        if consumer is None:
+            return None
+        return SubscriptionMedia(consumer.id, consumer.producer.id, consumer.user)
+
+    def counts(self) -> dict[str, int]:
+        return {"streams": len(self._producers), "subscriptions": len(self._consumers)}
+
+    # -- the stream interface: local subscribers of a track --------------------
+
+    def tracks(self, stream_id: str) -> dict[str, Track]:
+        """A stream's tracks by kind; empty when it is not hosted here."""
+        producer = self._producers.get(stream_id)
+        return dict(producer.sources) if producer is not None else {}
+
+    def subscribe(self, stream_id: str, kind: str, sink: Sink) -> Track | None:
+        """Attach a sink to a track of a stream hosted here (None: no such track)."""
+        producer = self._producers.get(stream_id)
+        source = producer.sources.get(kind) if producer is not None else None
+        if source is not None:
+            source.sinks.add(sink)
+        return source
+
+    def unsubscribe(self, stream_id: str, kind: str, sink: Sink) -> None:
+        producer = self._producers.get(stream_id)
+        source = producer.sources.get(kind) if producer is not None else None
+        if source is not None:
+            source.sinks.discard(sink)
+
+    # -- publishing and viewing ------------------------------------------------
+
+    async def publish(self, offer: str) -> tuple[StreamMedia, str]:
         pc = RTCPeerConnection(self._configuration)
         sources: dict[str, TrackSource] = {}
 
@@ -127,19 +201,24 @@ class Router:
 
         answer = await _answer(pc, offer, prepare)
         producer = Producer(id=secrets.token_urlsafe(9), pc=pc, sources=sources)
-        self.producers[producer.id] = producer
-        self._watch(pc, lambda: self.close_producer(producer.id))
-        return producer, announce(answer, self._announced_ip)
+        self._producers[producer.id] = producer
+        self._watch(pc, lambda: self.end_stream(producer.id))
+        return producer.media(), announce(answer, self._announced_ip)
 
-    def add_local_producer(self, sources: dict[str, TrackSource]) -> Producer:
-        """A producer with no publisher's peer connection: the hub feeds its
-        sources itself (`TrackSource.forward`), e.g. with a camera it pulls."""
-        producer = Producer(id=secrets.token_urlsafe(9), pc=None, sources=sources)
-        self.producers[producer.id] = producer
-        return producer
+    def publish_local(
+        self, codec: RTCRtpCodecParameters, on_keyframe_request: Callable[[], None]
+    ) -> tuple[StreamMedia, Feeder]:
+        """A video stream with no publisher's peer connection: the hub feeds
+        it itself through the returned `Feeder`, e.g. with a camera it pulls;
+        keyframe requests go to `on_keyframe_request`."""
+        source = TrackSource(None, "video", self._keyframe_interval, on_keyframe_request)
+        source.codec = codec
+        producer = Producer(id=secrets.token_urlsafe(9), pc=None, sources={"video": source})
+        self._producers[producer.id] = producer
+        return producer.media(), Feeder(source)
 
-    async def consume(self, producer_id: str, offer: str, user: str) -> tuple[Consumer, str]:
-        producer = self.producers[producer_id]
+    async def view(self, stream_id: str, offer: str, user: str) -> tuple[SubscriptionMedia, str]:
+        producer = self._producers[stream_id]
         pc = RTCPeerConnection(self._configuration)
         sinks: dict[str, TrackSink] = {}
 
@@ -166,10 +245,10 @@ class Router:
                 sink.close()
             raise
         consumer = Consumer(id=secrets.token_urlsafe(9), producer=producer, pc=pc, sinks=sinks, user=user)
-        self.consumers[consumer.id] = consumer
+        self._consumers[consumer.id] = consumer
         producer.consumers.add(consumer)
-        self._watch(pc, lambda: self.close_consumer(consumer.id))
-        return consumer, announce(answer, self._announced_ip)
+        self._watch(pc, lambda: self.end_view(consumer.id))
+        return SubscriptionMedia(consumer.id, producer.id, user), announce(answer, self._announced_ip)
 
     def _watch(self, pc: RTCPeerConnection, close: Callable[[], Awaitable[object]]) -> None:
         @pc.on("connectionstatechange")
@@ -177,30 +256,31 @@ class Router:
             if pc.connectionState in ("failed", "closed"):
                 await close()
 
-    async def close_producer(self, producer_id: str) -> Producer | None:
-        producer = self.producers.pop(producer_id, None)
+    async def end_stream(self, stream_id: str) -> bool:
+        """End a stream's media and its subscriptions; False if it was not here."""
+        producer = self._producers.pop(stream_id, None)
         if producer is None:
-            return None
+            return False
         for source in producer.sources.values():
             source.close()
-        await asyncio.gather(*(self.close_consumer(c.id) for c in tuple(producer.consumers)))
+        await asyncio.gather(*(self.end_view(c.id) for c in tuple(producer.consumers)))
         if producer.pc is not None:
             await producer.pc.close()
-        if self.on_producer_closed is not None:
-            await self.on_producer_closed(producer)
-        return producer
+        if self.on_stream_ended is not None:
+            await self.on_stream_ended(producer.id)
+        return True
 
-    async def close_consumer(self, consumer_id: str) -> Consumer | None:
-        consumer = self.consumers.pop(consumer_id, None)
+    async def end_view(self, subscription_id: str) -> bool:
+        consumer = self._consumers.pop(subscription_id, None)
         if consumer is None:
-            return None
+            return False
         consumer.producer.consumers.discard(consumer)
         for sink in consumer.sinks.values():
             sink.close()
         await consumer.pc.close()
-        return consumer
+        return True
 
     async def close(self) -> None:
-        for producer_id in tuple(self.producers):
+        for stream_id in tuple(self._producers):
             with contextlib.suppress(Exception):
-                await self.close_producer(producer_id)
+                await self.end_stream(stream_id)

@@ -38,7 +38,7 @@ from aiortc.rtp import RtpPacket
 from hub.core.livestate import EventFollower, Record
 from hub.core.rooms import Rooms
 from hub.core.tasks import cancel_and_wait
-from hub.media.forward import Outgoing, TrackSource
+from hub.media.forward import Outgoing, Streams, Track
 from hub.media.frames import FrameAssembler, RtpIn
 from hub.monitoring.health import Health, Measures, measure
 
@@ -61,27 +61,30 @@ DECODERS = {"video/vp8": "vp8", "video/h264": "h264"}
 
 
 class KeyframeCatcher:
-    """A sink that, while it is attached, waits for the next whole keyframe."""
+    """A sink that, while it is subscribed to a stream's video, waits for the next whole keyframe."""
 
-    def __init__(self, source: TrackSource) -> None:
-        self.source = source
+    def __init__(self, streams: Streams, stream_id: str, track: Track) -> None:
+        self._streams = streams
+        self._stream_id = stream_id
+        self.track = track
         self._assembler: FrameAssembler | None = None
         self._caught: asyncio.Future[bytes | None] | None = None
 
     async def capture(self, timeout: float) -> bytes | None:
         """Ask for a keyframe and return its encoded bytes (None: none came)."""
-        if self.source.codec is None:
+        if self.track.codec is None:
             return None
-        self._assembler = FrameAssembler(self.source.codec)  # starts waiting for a keyframe
+        self._assembler = FrameAssembler(self.track.codec)  # starts waiting for a keyframe
         self._caught = asyncio.get_running_loop().create_future()
-        self.source.sinks.add(self)  # type: ignore[arg-type]
-        self.source.request_keyframe()
+        if self._streams.subscribe(self._stream_id, "video", self) is None:
+            return None  # the stream ended
+        self.track.request_keyframe()
         try:
             return await asyncio.wait_for(self._caught, timeout)
         except TimeoutError:
             return None
         finally:
-            self.source.sinks.discard(self)  # type: ignore[arg-type]
+            self._streams.unsubscribe(self._stream_id, "video", self)
             self._assembler = None
 
     def push(self, packet: RtpPacket, shared: Outgoing) -> None:
@@ -94,8 +97,7 @@ class KeyframeCatcher:
             self._caught.set_result(frames[0].data)
 
     def close(self) -> None:
-        """The source ended."""
-        self.source.sinks.discard(self)  # type: ignore[arg-type]
+        """The track ended."""
         if self._caught is not None and not self._caught.done():
             self._caught.set_result(None)
 
@@ -204,21 +206,20 @@ class Snapshots:
 
     async def _catch_up(self) -> None:
         """Watch every local stream, and no longer any that ended."""
-        for stream_id in [s for s in self.monitors if s not in self.rooms.router.producers]:
+        for stream_id in [s for s in self.monitors if not self.rooms.hosts(s)]:
             await self._unwatch(stream_id)
         for stream in await self.rooms.state.all_streams():
             await self._watch(stream)
 
     async def _watch(self, stream: Record) -> None:
-        producer = self.rooms.router.producers.get(stream["id"])
-        source = producer.sources.get("video") if producer is not None else None
-        if source is None or stream["id"] in self.monitors:
+        track = self.rooms.local_tracks(stream["id"]).get("video")
+        if track is None or stream["id"] in self.monitors:
             return  # another hub process hosts it, it has no video, or it is watched already
-        if source.mime_type not in DECODERS:
-            log.warning("stream %s: no snapshots of %s", stream["id"], source.mime_type)
+        if track.mime_type not in DECODERS:
+            log.warning("stream %s: no snapshots of %s", stream["id"], track.mime_type)
             return
         site_id = await self.rooms.site_of_stream(stream)
-        monitor = Monitor(stream, site_id, KeyframeCatcher(source))
+        monitor = Monitor(stream, site_id, KeyframeCatcher(self.rooms, stream["id"], track))
         monitor.task = asyncio.create_task(self._run(monitor), name=f"snapshots-{stream['id']}")
         self.monitors[stream["id"]] = monitor
 
@@ -255,7 +256,7 @@ class Snapshots:
             await self._refresh_alerts(monitor)
             return
         at = time.time()
-        mime_type = monitor.catcher.source.mime_type
+        mime_type = monitor.catcher.track.mime_type
         loop = asyncio.get_running_loop()
         picture = await loop.run_in_executor(self._pool, render, mime_type, keyframe)
         base = monitor.base()

@@ -38,7 +38,6 @@ from hub.core.sites import SiteTree, standing_room_id
 from hub.core.store import Database
 from hub.core.tasks import cancel_and_wait
 from hub.core.tokens import Claims
-from hub.media.forward import TrackSource
 from hub.media.ingest import PROTOCOLS, CameraPuller, Feeder, PullOptions, redact
 
 log = logging.getLogger(__name__)
@@ -203,10 +202,8 @@ class Cameras:
         allowed_dirs: list[Path],
         options: PullOptions,
         lease_seconds: float,
-        keyframe_interval: float,
     ) -> None:
         self.rooms = rooms
-        self.keyframe_interval = keyframe_interval
         self.store = CameraStore(db_path)
         self.allowed_dirs = allowed_dirs
         self.options = options
@@ -358,12 +355,10 @@ class Cameras:
             puller.stop()
             raise RuntimeError("camera no longer pulled here")
         camera = pulled.camera
-        source = TrackSource(None, "video", self.keyframe_interval, puller.request_keyframe)
-        source.codec = codec
-        producer = self.rooms.router.add_local_producer({"video": source})
-        stream = await self.rooms.publish_local(
+        stream, feeder = await self.rooms.publish_local(
             standing_room_id(camera["site_id"]),
-            producer,
+            codec,
+            puller.request_keyframe,
             STREAM_KIND,
             camera["name"],
             camera["site_id"],
@@ -372,7 +367,7 @@ class Cameras:
         )
         pulled.stream_id = stream["id"]
         await self._set_status(camera, "online", "", stream["id"])
-        return Feeder(source)
+        return feeder
 
     async def offline(self, puller: CameraPuller, error: str) -> None:
         pulled = self.pulled.get(puller.camera_id)
@@ -434,5 +429,4 @@ def open_cameras(settings: Settings, rooms: Rooms) -> Cameras:
         backoff_min=settings.camera_backoff_min,
         backoff_max=settings.camera_backoff_max,
     )
-    lease, keyframe_interval = settings.camera_lease_seconds, settings.keyframe_interval
-    return Cameras(rooms, settings.db_path, allowed_dirs(settings), options, lease, keyframe_interval)
+    return Cameras(rooms, settings.db_path, allowed_dirs(settings), options, settings.camera_lease_seconds)
