@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from hub.core.access import Forbidden
-from hub.core.livestate import EventFollower, Record
+from hub.core.livestate import EventFollower
+from hub.core.records import Event, Room, Stream
 from hub.core.rooms import NotFound, Rooms
 from hub.core.tokens import Claims
 
@@ -83,7 +84,7 @@ class Recorder:
         session = self.sessions.get(room_id)
         return {"room_id": room_id, "on": session is not None, "recording": session.summary() if session else None}
 
-    async def _start(self, room: Record, started_by: str) -> RecordingSession:
+    async def _start(self, room: Room, started_by: str) -> RecordingSession:
         site = self.rooms.tree.get(room["site_id"])
         session = await asyncio.to_thread(
             RecordingSession,
@@ -113,7 +114,7 @@ class Recorder:
         await self.rooms.state.emit({"type": "recording-stopped", "room_id": room_id, "recording": summary})
         return summary
 
-    def _add_stream(self, session: RecordingSession, stream: Record) -> None:
+    def _add_stream(self, session: RecordingSession, stream: Stream) -> None:
         tracks = self.rooms.local_tracks(stream["id"])
         if not tracks:
             return  # hosted by another hub process: its recorder is not this one
@@ -122,7 +123,7 @@ class Recorder:
 
     # -- room events ---------------------------------------------------------
 
-    async def _on_event(self, event: Record) -> None:
+    async def _on_event(self, event: Event) -> None:
         room_id = str(event.get("room_id") or "")
         kind = event.get("type")
         session = self.sessions.get(room_id)

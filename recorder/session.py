@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hub.core.livestate import Record
+from hub.core.records import Participant, Room, Stream
 from hub.media.forward import Streams, Track
 
 from .catalogue import Catalogue
@@ -29,7 +29,7 @@ class RecordingSession:
         self,
         root: Path,
         catalogue: Catalogue,
-        room: Record,
+        room: Room,
         started_by: str,
         segment_seconds: float,
         site_name: str,
@@ -90,7 +90,7 @@ class RecordingSession:
 
     # -- participants --------------------------------------------------------
 
-    def participant_joined(self, participant: Record) -> None:
+    def participant_joined(self, participant: Participant) -> None:
         with self._lock:
             if any(p["id"] == participant["id"] for p in self.manifest["participants"]):
                 return
@@ -116,7 +116,7 @@ class RecordingSession:
 
     # -- streams -------------------------------------------------------------
 
-    def add_stream(self, stream: Record, streams: Streams, tracks: dict[str, Track]) -> bool:
+    def add_stream(self, stream: Stream, streams: Streams, tracks: dict[str, Track]) -> bool:
         """Start recording a locally hosted stream, subscribing through `streams`;
         False when none of its tracks can be stored."""
         if stream["id"] in self._recorders or not any(recordable(t) for t in tracks.values()):

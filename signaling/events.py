@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, Vali
 
 from hub.core.access import Forbidden, addressed_to, can_enter_room
 from hub.core.livestate import Record
+from hub.core.records import Event
 from hub.core.rooms import NotFound, Rooms
 from hub.core.tasks import cancel_and_wait
 from hub.core.tokens import Claims, TokenError
@@ -229,7 +230,7 @@ class Session:
         finally:
             self.rooms.state.unlisten(queue)
 
-    def _announces_room_for_me(self, event: Record) -> bool:
+    def _announces_room_for_me(self, event: Event) -> bool:
         """A new room is announced to everyone who may enter it, joined or not."""
         return event["type"] == "room-opened" and can_enter_room(self.rooms.tree, self.claims, event["room"])
 

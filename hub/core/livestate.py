@@ -18,6 +18,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from hub.core.records import Event, Participant, Room, Stream
 from hub.core.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class LiveState(ABC):
     """What is live now. Records are JSON-able dicts keyed by their "id"."""
 
     def __init__(self) -> None:
-        self._listeners: set[asyncio.Queue[Record | None]] = set()
+        self._listeners: set[asyncio.Queue[Event | None]] = set()
 
     @abstractmethod
     async def start(self) -> None:
@@ -48,19 +49,19 @@ class LiveState(ABC):
             self._drop(queue)
 
     @abstractmethod
-    async def put_room(self, room: Record) -> None: ...
+    async def put_room(self, room: Room) -> None: ...
 
     @abstractmethod
-    async def get_room(self, room_id: str) -> Record | None: ...
+    async def get_room(self, room_id: str) -> Room | None: ...
 
     @abstractmethod
-    async def rooms(self) -> list[Record]: ...
+    async def rooms(self) -> list[Room]: ...
 
     @abstractmethod
-    async def add_participant(self, room_id: str, participant: Record) -> None: ...
+    async def add_participant(self, room_id: str, participant: Participant) -> None: ...
 
     @abstractmethod
-    async def replace_participant(self, room_id: str, participant: Record) -> bool:
+    async def replace_participant(self, room_id: str, participant: Participant) -> bool:
         """Overwrite a participant's record only if it is still there: a
         change racing with its leaving must not bring it back."""
 
@@ -69,26 +70,26 @@ class LiveState(ABC):
         """Remove a participant; False if it was not there."""
 
     @abstractmethod
-    async def participants(self, room_id: str) -> list[Record]: ...
+    async def participants(self, room_id: str) -> list[Participant]: ...
 
     @abstractmethod
     async def active_rooms(self) -> dict[str, int]:
         """Room id -> participant count, for rooms with anyone in them."""
 
     @abstractmethod
-    async def add_stream(self, stream: Record) -> None: ...
+    async def add_stream(self, stream: Stream) -> None: ...
 
     @abstractmethod
-    async def remove_stream(self, stream_id: str) -> Record | None: ...
+    async def remove_stream(self, stream_id: str) -> Stream | None: ...
 
     @abstractmethod
-    async def get_stream(self, stream_id: str) -> Record | None: ...
+    async def get_stream(self, stream_id: str) -> Stream | None: ...
 
     @abstractmethod
-    async def streams(self, room_id: str) -> list[Record]: ...
+    async def streams(self, room_id: str) -> list[Stream]: ...
 
     @abstractmethod
-    async def all_streams(self) -> list[Record]:
+    async def all_streams(self) -> list[Stream]:
         """Every stream of every room, also of rooms nobody is in (a camera's)."""
 
     # -- named records: small shared state of the features built on rooms
@@ -115,19 +116,19 @@ class LiveState(ABC):
         """Every live record of a kind, by key."""
 
     @abstractmethod
-    async def emit(self, event: Record) -> None:
+    async def emit(self, event: Event) -> None:
         """Deliver an event to every listener on every hub process."""
 
-    def listen(self) -> asyncio.Queue[Record | None]:
+    def listen(self) -> asyncio.Queue[Event | None]:
         """A queue of every event; None means the subscription was dropped."""
-        queue: asyncio.Queue[Record | None] = asyncio.Queue(LISTENER_QUEUE)
+        queue: asyncio.Queue[Event | None] = asyncio.Queue(LISTENER_QUEUE)
         self._listeners.add(queue)
         return queue
 
-    def unlisten(self, queue: asyncio.Queue[Record | None]) -> None:
+    def unlisten(self, queue: asyncio.Queue[Event | None]) -> None:
         self._listeners.discard(queue)
 
-    def _deliver(self, event: Record) -> None:
+    def _deliver(self, event: Event) -> None:
         for queue in tuple(self._listeners):
             try:
                 queue.put_nowait(event)
@@ -135,7 +136,7 @@ class LiveState(ABC):
                 log.warning("dropping an event listener that fell %d events behind", LISTENER_QUEUE)
                 self._drop(queue)
 
-    def _drop(self, queue: asyncio.Queue[Record | None]) -> None:
+    def _drop(self, queue: asyncio.Queue[Event | None]) -> None:
         self._listeners.discard(queue)
         with contextlib.suppress(asyncio.QueueEmpty):
             while True:
@@ -147,9 +148,9 @@ class MemoryLiveState(LiveState):
     def __init__(self, node_id: str) -> None:
         super().__init__()
         self.node_id = node_id
-        self._rooms: dict[str, Record] = {}
-        self._participants: dict[str, dict[str, Record]] = {}
-        self._streams: dict[str, Record] = {}
+        self._rooms: dict[str, Room] = {}
+        self._participants: dict[str, dict[str, Participant]] = {}
+        self._streams: dict[str, Stream] = {}
         self._records: dict[str, dict[str, tuple[Record, float | None]]] = {}
 
     async def start(self) -> None:
@@ -158,19 +159,19 @@ class MemoryLiveState(LiveState):
     async def live_nodes(self) -> set[str]:
         return {self.node_id}
 
-    async def put_room(self, room: Record) -> None:
+    async def put_room(self, room: Room) -> None:
         self._rooms[room["id"]] = room
 
-    async def get_room(self, room_id: str) -> Record | None:
+    async def get_room(self, room_id: str) -> Room | None:
         return self._rooms.get(room_id)
 
-    async def rooms(self) -> list[Record]:
+    async def rooms(self) -> list[Room]:
         return list(self._rooms.values())
 
-    async def add_participant(self, room_id: str, participant: Record) -> None:
+    async def add_participant(self, room_id: str, participant: Participant) -> None:
         self._participants.setdefault(room_id, {})[participant["id"]] = participant
 
-    async def replace_participant(self, room_id: str, participant: Record) -> bool:
+    async def replace_participant(self, room_id: str, participant: Participant) -> bool:
         room = self._participants.get(room_id, {})
         if participant["id"] not in room:
             return False
@@ -184,25 +185,25 @@ class MemoryLiveState(LiveState):
             self._participants.pop(room_id, None)
         return removed
 
-    async def participants(self, room_id: str) -> list[Record]:
+    async def participants(self, room_id: str) -> list[Participant]:
         return list(self._participants.get(room_id, {}).values())
 
     async def active_rooms(self) -> dict[str, int]:
         return {room_id: len(p) for room_id, p in self._participants.items()}
 
-    async def add_stream(self, stream: Record) -> None:
+    async def add_stream(self, stream: Stream) -> None:
         self._streams[stream["id"]] = stream
 
-    async def remove_stream(self, stream_id: str) -> Record | None:
+    async def remove_stream(self, stream_id: str) -> Stream | None:
         return self._streams.pop(stream_id, None)
 
-    async def get_stream(self, stream_id: str) -> Record | None:
+    async def get_stream(self, stream_id: str) -> Stream | None:
         return self._streams.get(stream_id)
 
-    async def streams(self, room_id: str) -> list[Record]:
+    async def streams(self, room_id: str) -> list[Stream]:
         return [s for s in self._streams.values() if s["room_id"] == room_id]
 
-    async def all_streams(self) -> list[Record]:
+    async def all_streams(self) -> list[Stream]:
         # Every stream, also of a room nobody is in (a camera's stream has no participant).
         return list(self._streams.values())
 
@@ -233,7 +234,7 @@ class MemoryLiveState(LiveState):
     async def records(self, kind: str) -> dict[str, Record]:
         return {key: record for key, (record, _) in self._live(kind).items()}
 
-    async def emit(self, event: Record) -> None:
+    async def emit(self, event: Event) -> None:
         self._deliver(event)
 
 
@@ -297,17 +298,17 @@ class RedisLiveState(LiveState):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
 
-    async def put_room(self, room: Record) -> None:
+    async def put_room(self, room: Room) -> None:
         await self._redis.hset("hub:rooms", room["id"], json.dumps(room))
 
-    async def get_room(self, room_id: str) -> Record | None:
+    async def get_room(self, room_id: str) -> Room | None:
         raw = await self._redis.hget("hub:rooms", room_id)
         return json.loads(raw) if raw else None
 
-    async def rooms(self) -> list[Record]:
+    async def rooms(self) -> list[Room]:
         return [json.loads(v) for v in (await self._redis.hgetall("hub:rooms")).values()]
 
-    async def add_participant(self, room_id: str, participant: Record) -> None:
+    async def add_participant(self, room_id: str, participant: Participant) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(f"hub:participants:{room_id}", participant["id"], json.dumps(participant))
             pipe.sadd("hub:active", room_id)
@@ -319,7 +320,7 @@ class RedisLiveState(LiveState):
         "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return 1 end return 0"
     )
 
-    async def replace_participant(self, room_id: str, participant: Record) -> bool:
+    async def replace_participant(self, room_id: str, participant: Participant) -> bool:
         key = f"hub:participants:{room_id}"
         return bool(await self._redis.eval(self._REPLACE, 1, key, participant["id"], json.dumps(participant)))
 
@@ -330,7 +331,7 @@ class RedisLiveState(LiveState):
             await self._redis.srem("hub:active", room_id)
         return removed
 
-    async def participants(self, room_id: str) -> list[Record]:
+    async def participants(self, room_id: str) -> list[Participant]:
         return [json.loads(v) for v in (await self._redis.hgetall(f"hub:participants:{room_id}")).values()]
 
     async def active_rooms(self) -> dict[str, int]:
@@ -341,24 +342,24 @@ class RedisLiveState(LiveState):
             counts = await pipe.execute()
         return {room_id: n for room_id, n in zip(rooms, counts, strict=True) if n}
 
-    async def add_stream(self, stream: Record) -> None:
+    async def add_stream(self, stream: Stream) -> None:
         await self._redis.hset("hub:streams", stream["id"], json.dumps(stream))
 
-    async def remove_stream(self, stream_id: str) -> Record | None:
+    async def remove_stream(self, stream_id: str) -> Stream | None:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hget("hub:streams", stream_id)
             pipe.hdel("hub:streams", stream_id)
             raw, _ = await pipe.execute()
         return json.loads(raw) if raw else None
 
-    async def get_stream(self, stream_id: str) -> Record | None:
+    async def get_stream(self, stream_id: str) -> Stream | None:
         raw = await self._redis.hget("hub:streams", stream_id)
         return json.loads(raw) if raw else None
 
-    async def streams(self, room_id: str) -> list[Record]:
+    async def streams(self, room_id: str) -> list[Stream]:
         return [s for s in await self.all_streams() if s["room_id"] == room_id]
 
-    async def all_streams(self) -> list[Record]:
+    async def all_streams(self) -> list[Stream]:
         # One read for the whole directory (the console asks for every branch's streams).
         return [json.loads(v) for v in (await self._redis.hgetall("hub:streams")).values()]
 
@@ -395,7 +396,7 @@ class RedisLiveState(LiveState):
             await self._redis.srem(f"hub:rec:{kind}", *expired)
         return {key: json.loads(raw) for key, raw in zip(keys, values, strict=True) if raw is not None}
 
-    async def emit(self, event: Record) -> None:
+    async def emit(self, event: Event) -> None:
         await self._redis.publish(self.CHANNEL, json.dumps(event))
 
 
@@ -414,7 +415,7 @@ class EventFollower:
     def __init__(
         self,
         state: LiveState,
-        handle: Callable[[Record], Awaitable[None]],
+        handle: Callable[[Event], Awaitable[None]],
         name: str,
         resumed: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
@@ -422,7 +423,7 @@ class EventFollower:
         self._handle = handle
         self._name = name
         self._resumed = resumed
-        self._queue: asyncio.Queue[Record | None] | None = None
+        self._queue: asyncio.Queue[Event | None] | None = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -434,7 +435,7 @@ class EventFollower:
         if self._queue is not None:
             self._state.unlisten(self._queue)
 
-    async def _run(self, queue: asyncio.Queue[Record | None]) -> None:
+    async def _run(self, queue: asyncio.Queue[Event | None]) -> None:
         while True:
             event = await queue.get()
             if event is None:

@@ -15,7 +15,8 @@ from typing import Any
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from hub.core.access import Forbidden, can_enter_room, can_reach_site
-from hub.core.livestate import LiveState, Record
+from hub.core.livestate import LiveState
+from hub.core.records import Event, Participant, Room, RoomDetail, RoomSummary, Stream
 from hub.core.sites import Site, SiteTree, standing_room_id
 from hub.core.tokens import Claims
 from hub.media.forward import Sink, Track
@@ -34,7 +35,7 @@ class NotFound(Exception):
 
 #: Checks whether a caller may publish into a room of one kind (with the
 #: participant the stream is attached to, if any); raises Forbidden if not.
-PublishGuard = Callable[[Claims, Record, Record | None], None]
+PublishGuard = Callable[[Claims, Room, Participant | None], None]
 
 
 class Elsewhere(Exception):
@@ -49,7 +50,7 @@ class Elsewhere(Exception):
 class HostedStream:
     """A stream whose media this process hosts."""
 
-    stream: Record
+    stream: Stream
     #: The stream joined its room as its own participant (a WHIP client without one).
     own_participant: bool
 
@@ -72,13 +73,13 @@ class Rooms:
 
     # -- rooms ---------------------------------------------------------------
 
-    async def room(self, claims: Claims, room_id: str) -> Record:
+    async def room(self, claims: Claims, room_id: str) -> Room:
         room = await self._room(room_id)
         if not can_enter_room(self.tree, claims, room):
             raise Forbidden(f"room {room_id} is outside your jurisdiction")
         return room
 
-    async def _room(self, room_id: str) -> Record:
+    async def _room(self, room_id: str) -> Room:
         site = self.tree.site_of_room(room_id)
         if site is not None:
             return {"id": room_id, "site_id": site.id, "kind": "standing", "title": site.name}
@@ -87,7 +88,7 @@ class Rooms:
             raise NotFound(f"no room {room_id}")
         return room
 
-    async def room_detail(self, claims: Claims, room_id: str) -> Record:
+    async def room_detail(self, claims: Claims, room_id: str) -> RoomDetail:
         room = await self.room(claims, room_id)
         return room | {
             "participants": await self.state.participants(room_id),
@@ -96,7 +97,7 @@ class Rooms:
 
     async def open_room(
         self, claims: Claims, site_id: str, kind: str, title: str, admit: list[str] | None = None, **fields: Any
-    ) -> Record:
+    ) -> Room:
         """Open a room of a site. `admit` lets the people of other sites in
         the caller's jurisdiction (each with everything below it) enter;
         `fields` are extra attributes a feature keeps on the room."""
@@ -120,7 +121,7 @@ class Rooms:
         await self.state.emit({"type": "room-opened", "room_id": room["id"], "room": room})
         return room
 
-    async def rooms(self, claims: Claims) -> list[Record]:
+    async def rooms(self, claims: Claims) -> list[RoomSummary]:
         """Rooms in the caller's jurisdiction that are live or were opened."""
         active = await self.state.active_rooms()
         ids = set(active) | {r["id"] for r in await self.state.rooms()}
@@ -138,7 +139,7 @@ class Rooms:
 
     # -- participants --------------------------------------------------------
 
-    async def join(self, claims: Claims, room_id: str, name: str | None = None, via: str = "ws") -> Record:
+    async def join(self, claims: Claims, room_id: str, name: str | None = None, via: str = "ws") -> Participant:
         room = await self.room(claims, room_id)
         participant = {
             "id": _new_id("p"),
@@ -155,13 +156,13 @@ class Rooms:
         await self.state.emit({"type": "participant-joined", "room_id": room_id, "participant": participant})
         return participant
 
-    async def participant(self, room_id: str, participant_id: str) -> Record:
+    async def participant(self, room_id: str, participant_id: str) -> Participant:
         found = next((p for p in await self.state.participants(room_id) if p["id"] == participant_id), None)
         if found is None:
             raise NotFound(f"no participant {participant_id} in room {room_id}")
         return found
 
-    async def update_participant(self, room_id: str, participant_id: str, changes: Record) -> Record:
+    async def update_participant(self, room_id: str, participant_id: str, changes: dict[str, Any]) -> Participant:
         """Change a participant's live fields (mute state, raised hand) and
         tell the room; add_participant overwrites the record by id."""
         participant = await self.participant(room_id, participant_id) | changes
@@ -170,7 +171,7 @@ class Rooms:
         await self.state.emit({"type": "participant-updated", "room_id": room_id, "participant": participant})
         return participant
 
-    async def chat(self, room_id: str, participant_id: str, text: str) -> Record:
+    async def chat(self, room_id: str, participant_id: str, text: str) -> Event:
         participant = await self.participant(room_id, participant_id)
         event = {
             "type": "chat",
@@ -193,7 +194,7 @@ class Rooms:
                 out.append(site)
         return out
 
-    async def invite_site(self, claims: Claims, room_id: str, participant_id: str, site_id: str) -> Record:
+    async def invite_site(self, claims: Claims, room_id: str, participant_id: str, site_id: str) -> Event:
         """Invite a higher-level site into a room: its users are told live,
         wherever they are, and may enter because the room lies in their
         jurisdiction."""
@@ -208,12 +209,12 @@ class Rooms:
     async def announce_invitation(
         self,
         claims: Claims,
-        room: Record,
+        room: Room,
         site_id: str,
         to: dict[str, Any],
         name: str | None = None,
         downward: bool = False,
-    ) -> Record:
+    ) -> Event:
         """Tell people live that they are invited into a room: the `invitation`
         event the home page shows with a one-click join. `to` is its audience
         (hub.core.access.addressed_to), `site_id` the site invited. Invitees below
@@ -244,7 +245,7 @@ class Rooms:
 
     async def publish(
         self, claims: Claims, room_id: str, offer: str, kind: str = "camera", participant_id: str | None = None
-    ) -> tuple[Record, str]:
+    ) -> tuple[Stream, str]:
         if kind not in STREAM_KINDS:
             raise ValueError(f"stream kind must be one of {', '.join(STREAM_KINDS)}")
         room = await self.room(claims, room_id)
@@ -287,7 +288,7 @@ class Rooms:
         name: str,
         site_id: str,
         **fields: Any,
-    ) -> tuple[Record, Feeder]:
+    ) -> tuple[Stream, Feeder]:
         """Announce a video stream the hub feeds itself (a camera it pulls)
         through the returned `Feeder`: no participant and no publisher's peer,
         otherwise a stream like any other (viewed, recorded, snapshotted). The
@@ -312,14 +313,14 @@ class Rooms:
         await self.state.emit({"type": "stream-added", "room_id": room_id, "stream": stream})
         return stream, feeder
 
-    async def stream(self, claims: Claims, stream_id: str) -> Record:
+    async def stream(self, claims: Claims, stream_id: str) -> Stream:
         stream = await self.state.get_stream(stream_id)
         if stream is None:
             raise NotFound(f"no stream {stream_id}")
         await self.room(claims, stream["room_id"])
         return stream
 
-    async def site_of_stream(self, stream: Record) -> str:
+    async def site_of_stream(self, stream: Stream) -> str:
         """The site whose room holds a stream: whoever covers it may see the stream."""
         return str((await self._room(stream["room_id"]))["site_id"])
 
@@ -369,7 +370,7 @@ class Rooms:
 
     # -- viewing -------------------------------------------------------------
 
-    def ensure_local(self, stream: Record) -> None:
+    def ensure_local(self, stream: Stream) -> None:
         """Raise unless this process hosts the stream's media."""
         if not self._router.hosts(stream["id"]):
             if stream["node"] == self.node_id:

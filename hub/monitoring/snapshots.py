@@ -36,6 +36,7 @@ import numpy as np
 from aiortc.rtp import RtpPacket
 
 from hub.core.livestate import EventFollower, Record
+from hub.core.records import Event, Stream
 from hub.core.rooms import Rooms
 from hub.core.tasks import cancel_and_wait
 from hub.media.forward import Outgoing, Streams, Track
@@ -134,7 +135,7 @@ def render(mime_type: str, keyframe: bytes, width: int = WIDTH, quality: int = J
 class Monitor:
     """The snapshots and diagnostics of one local video stream."""
 
-    stream: Record
+    stream: Stream
     site_id: str  #: the site whose room holds the stream
     catcher: KeyframeCatcher
     health: Health = field(default_factory=Health)
@@ -198,7 +199,7 @@ class Snapshots:
 
     # -- following the streams of this process -------------------------------
 
-    async def _on_event(self, event: Record) -> None:
+    async def _on_event(self, event: Event) -> None:
         if event.get("type") == "stream-added":
             await self._watch(event["stream"])
         elif event.get("type") == "stream-removed":
@@ -211,7 +212,7 @@ class Snapshots:
         for stream in await self.rooms.state.all_streams():
             await self._watch(stream)
 
-    async def _watch(self, stream: Record) -> None:
+    async def _watch(self, stream: Stream) -> None:
         track = self.rooms.local_tracks(stream["id"]).get("video")
         if track is None or stream["id"] in self.monitors:
             return  # another hub process hosts it, it has no video, or it is watched already

@@ -40,6 +40,7 @@ from typing import Any
 
 from hub.core.access import Forbidden
 from hub.core.livestate import EventFollower, Record
+from hub.core.records import Event
 from hub.core.rooms import NotFound, Rooms, _new_id
 from hub.core.store import Database
 from hub.core.tokens import Claims
@@ -486,7 +487,7 @@ class Cases:
 
     # -- sessions follow their rooms ----------------------------------------
 
-    async def on_event(self, event: Record) -> None:
+    async def on_event(self, event: Event) -> None:
         """Start/end times of a session from its room's roster events."""
         kind = event.get("type")
         room_id = str(event.get("room_id") or "")

@@ -26,6 +26,7 @@ from typing import Any
 
 from hub.core.access import Forbidden, can_reach_site
 from hub.core.livestate import EventFollower, Record
+from hub.core.records import Event, Participant, Room
 from hub.core.rooms import NotFound, Rooms
 from hub.core.store import Database
 from hub.core.tasks import cancel_and_wait
@@ -137,7 +138,7 @@ class AttendanceBook(Database):
 
     # -- attendance ------------------------------------------------------------
 
-    def joined(self, participant: Record, node: str) -> None:
+    def joined(self, participant: Participant, node: str) -> None:
         self._write(
             "INSERT INTO attendance (room_id, participant_id, site_id, user, name, role, joined_at, node)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -356,7 +357,7 @@ class Trainings:
         await self._trainer_room(claims, room_id)
         return await self.rooms.update_participant(room_id, participant_id, {"speaker": False})
 
-    def _may_publish(self, claims: Claims, room: Record, participant: Record | None) -> None:
+    def _may_publish(self, claims: Claims, room: Room, participant: Participant | None) -> None:
         """Rooms.publish guard of training rooms."""
         if room.get("ended_at"):
             raise Forbidden("the training has ended")
@@ -376,7 +377,7 @@ class Trainings:
 
     # -- room events -----------------------------------------------------------
 
-    async def _on_event(self, event: Record) -> None:
+    async def _on_event(self, event: Event) -> None:
         kind = event.get("type")
         room_id = str(event.get("room_id") or "")
         if kind == "participant-joined":
