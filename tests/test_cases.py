@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from client import bot
-from hub.core.livestate import SUBSCRIBER_QUEUE, EventFollower, MemoryLiveState, Record
+from hub.core.livestate import LISTENER_QUEUE, EventFollower, MemoryLiveState, Record
 
 from .conftest import EventSocket, HubProcess, start_hub, wait_until
 from .recording_helpers import auth, video_packets
@@ -270,7 +270,7 @@ async def test_a_follower_that_falls_behind_follows_again():
     follower = EventFollower(state, handle, "test", resumed=caught_up)
     follower.start()
     try:
-        for i in range(SUBSCRIBER_QUEUE + 10):  # no await yields here: the queue overflows
+        for i in range(LISTENER_QUEUE + 10):  # no await yields here: the queue overflows
             await state.emit({"type": "flood", "i": i})
         await asyncio.sleep(0.05)
         await state.emit({"type": "after"})
