@@ -164,3 +164,31 @@ def test_pattern_has_frame_number():
     bits = [int(img[0, b * block + 1, 0] == 255) for b in range(16)]
     assert sum(bit << i for i, bit in enumerate(bits)) == 5
     assert np.mean(img) > 20
+
+
+async def test_viewer_that_skipped_packets_gets_a_contiguous_sequence(transport: RTCDtlsTransport):
+    source = TrackSource(RTCRtpReceiver("video", transport), "video", keyframe_interval=0)
+    source.codec = VP8
+    source._media_ssrc = 1
+    sink = await started_sink(source, transport)
+    frames = [KEYFRAME, CONTINUATION, DELTA, DELTA, DELTA, KEYFRAME, DELTA]
+    for i, payload in enumerate(frames):
+        sink.backlog = 5000 if i == 2 else 0  # 2, 3, 4 are skipped: full socket, then the keyframe wait
+        sink.push(rtp(i, payload), Outgoing.now())
+    out = [RtpPacket.parse(data) for data in sink.sent]
+    assert [p.payload for p in out] == [frames[i] for i in (0, 1, 5, 6)]
+    first = out[0].sequence_number
+    assert [(p.sequence_number - first) & 0xFFFF for p in out] == [0, 1, 2, 3]
+    # The timestamps keep the publisher's clock: the skipped frames' time passed.
+    assert [(p.timestamp - out[0].timestamp) & 0xFFFFFFFF for p in out] == [0, 3000, 15000, 18000]
+
+    # The publisher retransmits a packet this viewer got, and one it skipped.
+    sink.push(rtp(1, CONTINUATION), Outgoing.now())
+    sink.push(rtp(3, DELTA), Outgoing.now())
+    assert len(sink.sent) == 5
+    assert sink.sent[-1] == sink.sent[1]
+    # A NACK names the viewer's numbers, and is answered from its history.
+    await sink._retransmit((first + 2) & 0xFFFF)
+    assert sink.sent[-1] == sink.sent[2]
+    sink.close()
+    await sink.task  # type: ignore[attr-defined]

@@ -44,6 +44,8 @@ from aiortc.rtp import (
 )
 from aiortc.utils import random16, random32
 
+from hub.media.counters import COUNTERS
+
 log = logging.getLogger(__name__)
 _pack_header = struct.Struct("!BBHII").pack
 
@@ -245,6 +247,7 @@ class TrackSource:
 
     def forward(self, packet: RtpPacket) -> None:
         """Hand one packet to every sink; never awaits."""
+        COUNTERS.packets_received += 1
         if not self.sinks:
             return
         shared = Outgoing.now()
@@ -276,6 +279,7 @@ class TrackSource:
             return  # nothing received yet: no publisher to ask
         self._last_keyframe_request = time.monotonic()
         self.keyframe_requests += 1
+        COUNTERS.keyframe_requests += 1
         if receiver is not None and ssrc is not None:
             asyncio.ensure_future(receiver._send_rtcp_pli(ssrc))
         elif self._on_keyframe_request is not None:
@@ -295,8 +299,95 @@ class SinkStats:
     keyframe_waits: int = 0
 
 
-#: NACKs can ask for any of this many recent packets of one viewer.
+#: NACKs can ask for any of this many recent packets of one viewer, and a
+#: publisher's packet this many behind the newest still finds its number.
 HISTORY = 512
+_SLOT = HISTORY - 1  # HISTORY divides 65536, so `seq & _SLOT` survives wraparound
+
+
+class SeqMap:
+    """One viewer's outgoing sequence numbers for a publisher's incoming ones.
+
+    A viewer that skips packets (its socket is behind, it waits for a
+    keyframe) must not see a gap: it would NACK packets that never come. So a
+    skipped packet consumes no outgoing number, while a gap the publisher's
+    own loss left stays a gap (the viewer may rightly NACK it, and the hub
+    forwards the publisher's retransmission under the number it reserved).
+    A late packet - reordered, or retransmitted by the publisher (RTX
+    unwrapped to its original number) - gets the number it had, or is not
+    sent if it was skipped. Like mediasoup's SeqManager and Galène's
+    packetmap, with a ring of the last `HISTORY` incoming numbers.
+
+    Per packet: `fresh` says whether it is newer than all before; a fresh
+    packet is then either `send` (its outgoing number) or `drop`; an old one
+    is looked up with `late`.
+    """
+
+    __slots__ = ("_top", "_shift", "_ssrc", "_tags", "_outs")
+
+    def __init__(self, first: int) -> None:
+        #: The newest incoming number; -1 before the first packet.
+        self._top = -1
+        #: outgoing = (incoming + shift) & 0xFFFF for the newest packets.
+        self._shift = first
+        self._ssrc = -1
+        #: Per slot: the incoming number it holds, and its outgoing number
+        #: (-1: skipped).
+        self._tags = [-1] * HISTORY
+        self._outs = [-1] * HISTORY
+
+    def fresh(self, seq: int, ssrc: int) -> bool:
+        top = self._top
+        if ssrc != self._ssrc:
+            # First packet, or a source that restarted (a camera the hub
+            # reconnected): its numbers continue the viewer's sequence.
+            if top >= 0:
+                self._shift = (top + self._shift + 1 - seq) & 0xFFFF
+                self._tags = [-1] * HISTORY
+            self._ssrc = ssrc
+            self._top = seq
+            return True
+        ahead = (seq - top) & 0xFFFF
+        if ahead == 0 or ahead >= 0x8000:
+            return False
+        if ahead > 1:
+            # Lost upstream, for now: reserve their numbers, in case the
+            # publisher retransmits them.
+            tags, outs, shift = self._tags, self._outs, self._shift
+            for missing in range(max(1, ahead - _SLOT), ahead):
+                n = (top + missing) & 0xFFFF
+                tags[n & _SLOT] = n
+                outs[n & _SLOT] = (n + shift) & 0xFFFF
+        self._top = seq
+        return True
+
+    def send(self, seq: int) -> int:
+        """The outgoing number of the fresh packet `seq`, which goes out."""
+        out = (seq + self._shift) & 0xFFFF
+        slot = seq & _SLOT
+        self._tags[slot] = seq
+        self._outs[slot] = out
+        return out
+
+    def drop(self, seq: int) -> None:
+        """The fresh packet `seq` does not go out: the next one takes its number."""
+        self._shift = (self._shift - 1) & 0xFFFF
+        slot = seq & _SLOT
+        self._tags[slot] = seq
+        self._outs[slot] = -1
+
+    def late(self, seq: int) -> int | None:
+        """The outgoing number of an old packet, or None if it must not go out
+        (it was skipped, or is older than the ring remembers)."""
+        if (self._top - seq) & 0xFFFF >= HISTORY:
+            return None
+        slot = seq & _SLOT
+        if self._tags[slot] != seq:
+            return None
+        out = self._outs[slot]
+        return out if out >= 0 else None
+
+
 _NTP_EPOCH = 2208988800
 
 
@@ -342,7 +433,7 @@ class TrackSink:
         self._octets = 0
         self._cached_pair: object = None
         self._cached_route: tuple[Any, Any, tuple[str, int]] | None = None
-        self._seq_offset = 0
+        self._seqs = SeqMap(0)
         self._ts_offset = 0
         # Video starts at a keyframe; audio can start anywhere.
         self._waiting_keyframe = source.kind == "video"
@@ -354,22 +445,39 @@ class TrackSink:
     def push(self, packet: RtpPacket, shared: Outgoing) -> None:
         if self._payload_type is None:
             return  # not connected yet
-        if self._waiting_keyframe:
-            if not is_keyframe_start(self.source.mime_type, packet.payload):
-                self.stats.dropped += 1
-                return
-            self._waiting_keyframe = False
+        number = packet.sequence_number
+        seqs = self._seqs
         route = self._route()
-        if route is None:
+        fresh = seqs.fresh(number, packet.ssrc)
+        if not fresh:
+            # Reordered, or the publisher's retransmission: it goes out under
+            # the number it had (the viewer may be missing it too), never as new.
+            late = seqs.late(number)
+            if late is None or route is None:
+                return
+            if self._backlog(route) > self._max_backlog:
+                self._dropped()
+                return
+            seq = late
+        elif route is None:
+            seqs.drop(number)
             return
-        if self._backlog(route) > self._max_backlog:
-            # This viewer's socket cannot keep up: skip to the next keyframe.
-            self.stats.dropped += 1
-            self.stats.keyframe_waits += 1
-            self._waiting_keyframe = self.source.kind == "video"
-            self.source.request_keyframe()
-            return
-        seq = (packet.sequence_number + self._seq_offset) & 0xFFFF
+        else:
+            if self._waiting_keyframe:
+                if not is_keyframe_start(self.source.mime_type, packet.payload):
+                    seqs.drop(number)
+                    self._dropped()
+                    return
+                self._waiting_keyframe = False
+            if self._backlog(route) > self._max_backlog:
+                # This viewer's socket cannot keep up: skip to the next keyframe.
+                seqs.drop(number)
+                self._dropped()
+                self.stats.keyframe_waits += 1
+                self._waiting_keyframe = self.source.kind == "video"
+                self.source.request_keyframe()
+                return
+            seq = seqs.send(number)
         timestamp = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
         # Viewers that negotiated the same extensions share one block per packet.
         extensions = shared.extensions.get(self._ext_layout)
@@ -388,12 +496,17 @@ class TrackSink:
             + extensions
             + packet.payload
         )
-        self._history[seq % HISTORY] = (seq, data)
+        self._history[seq & _SLOT] = (seq, data)
         self._send(data, route)
         self.stats.packets += 1
         self._octets += len(packet.payload)
-        if packet.marker or self._audio:  # once a video frame; audio packets are frames, and rarely marked
+        # A late packet's older timestamp would make the sender report run backwards.
+        if fresh and (packet.marker or self._audio):  # once a video frame; audio packets are frames, and rarely marked
             self._update_sender_report(timestamp, shared.ntp_time)
+
+    def _dropped(self) -> None:
+        self.stats.dropped += 1
+        COUNTERS.packets_dropped += 1
 
     def _update_sender_report(self, timestamp: int, ntp_time: int) -> None:
         """What aiortc's sender puts in its RTCP sender reports, once a frame."""
@@ -438,16 +551,20 @@ class TrackSink:
         # RTCDtlsTransport._send_rtp and aioice's send path, without their
         # four coroutine layers per packet.
         srtp, protocol, addr = route
+        datagram = srtp.protect(data)
         if type(protocol) is StunProtocol:
-            protocol.transport.sendto(srtp.protect(data), addr)
+            protocol.transport.sendto(datagram, addr)
         else:  # TURN and others frame the data themselves
-            asyncio.ensure_future(protocol.send_data(srtp.protect(data), addr))
+            asyncio.ensure_future(protocol.send_data(datagram, addr))
+        COUNTERS.packets_forwarded += 1
+        COUNTERS.bytes_forwarded += len(datagram)
 
     async def _retransmit(self, sequence_number: int) -> None:
-        entry = self._history[sequence_number % HISTORY]
+        entry = self._history[sequence_number & _SLOT]
         route = self._route()
         if entry is not None and entry[0] == sequence_number and route is not None:
             self._send(entry[1], route)
+            COUNTERS.retransmissions += 1
 
     def close(self) -> None:
         self.source.sinks.discard(self)
@@ -461,9 +578,9 @@ class TrackSink:
         ids = s._RTCRtpSender__rtp_header_extensions_map._HeaderExtensionsMap__ids  # type: ignore[attr-defined]
         mid = (s._RTCRtpSender__mid or "").encode()  # type: ignore[attr-defined]
         self._ext_layout = (((ids.mid or 0) if mid else 0, mid), ids.abs_send_time or 0, ids.audio_level or 0)
-        # Random starting points, as RFC 3550 asks; fixed offsets keep
-        # retransmissions and reordering consistent.
-        self._seq_offset = random16() % 32768
+        # Random starting points, as RFC 3550 asks; the timestamp offset is
+        # fixed, so skipped packets leave the clock continuous.
+        self._seqs = SeqMap(random16() % 32768)
         self._ts_offset = random32()
         self._payload_type = codec.payloadType
         if self._waiting_keyframe:
