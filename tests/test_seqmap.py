@@ -3,7 +3,19 @@ skips, faithful to what the publisher lost, stable for what comes late."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
+import pylibsrtp
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.rtp import RtpPacket
+from pylibsrtp import Session
+
+from client import bot
+from hub.media.counters import COUNTERS
 from hub.media.forward import HISTORY, SeqMap
+from hub.media.router import Consumer, Producer, Router
+
+from .conftest import wait_until
 
 SSRC = 1234
 
@@ -82,3 +94,97 @@ def test_a_restarted_source_continues_the_viewer_sequence():
     assert seqs.fresh(40001, SSRC + 1) and seqs.send(40001) == 103
     # The old source's numbers mean nothing any more.
     assert seqs.late(101) is None
+
+
+# -- real peers ---------------------------------------------------------------
+
+
+class LosingSrtp:
+    """A viewer's SRTP session that loses the first RTP packet it is given."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.lost: list[int] = []
+
+    def unprotect(self, data: bytes) -> bytes:
+        if not self.lost:
+            self.lost.append(int.from_bytes(data[2:4], "big"))  # RTP's header is in the clear
+            raise pylibsrtp.Error("lost on the way")
+        return self.session.unprotect(data)
+
+    def unprotect_rtcp(self, data: bytes) -> bytes:
+        return self.session.unprotect_rtcp(data)
+
+
+async def _connect(pc: RTCPeerConnection, answer: Callable[[str], Awaitable[str]]) -> None:
+    await pc.setLocalDescription(await pc.createOffer())  # gathers all candidates: no trickle
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=await answer(pc.localDescription.sdp), type="answer"))
+
+
+async def test_real_viewer_sees_no_gap_after_a_keyframe_wait_and_its_nack_is_answered():
+    """A real aiortc publisher and viewer through the hub's Router, in this
+    process so that the viewer's socket can be made to report a backlog once."""
+    router = Router(None, max_backlog=1 << 20, keyframe_interval=0.1, ice_servers=[])
+    video = bot.SyntheticVideo("vp8", 160, 120, 30)
+    publisher = RTCPeerConnection(bot.NO_ICE_SERVERS)
+    publisher.addTransceiver(video, direction="sendonly").sender._send_keyframe = video.request_keyframe  # type: ignore[method-assign]
+    viewer = RTCPeerConnection(bot.NO_ICE_SERVERS)
+    receiver = viewer.addTransceiver("video", direction="recvonly").receiver
+
+    received: list[int] = []
+    handle = receiver._handle_rtp_packet
+
+    async def arrive(packet: RtpPacket, arrival_time_ms: int) -> None:
+        received.append(packet.sequence_number)
+        await handle(packet, arrival_time_ms)
+
+    receiver._handle_rtp_packet = arrive  # type: ignore[method-assign]
+    producers: list[Producer] = []
+    consumers: list[Consumer] = []
+
+    async def publish(offer: str) -> str:
+        producer, answer = await router.publish(offer)
+        producers.append(producer)
+        return answer
+
+    async def consume(offer: str) -> str:
+        consumer, answer = await router.consume(producers[0].id, offer, "viewer")
+        consumers.append(consumer)
+        return answer
+
+    dropped, retransmitted = COUNTERS.packets_dropped, COUNTERS.retransmissions
+    try:
+        await _connect(publisher, publish)
+        await _connect(viewer, consume)
+        sink = consumers[0].sinks["video"]
+        await wait_until(lambda: len(received) > 40, timeout=30)
+        # One packet is lost on its way to the viewer (before SRTP, as on a
+        # real network): the viewer's NACK must bring it back from the hub's history.
+        losing = LosingSrtp(receiver.transport._rx_srtp)
+        receiver.transport._rx_srtp = losing
+        await wait_until(lambda: len(received) > 80, timeout=30)
+        assert losing.lost
+        skipped = sink.stats.dropped  # packets before its first keyframe, if it joined mid-frame
+
+        # The viewer's socket reports a full buffer once: it skips packets up
+        # to the keyframe it then asks for.
+        full, backlog = [1 << 30], sink._backlog
+        sink._backlog = lambda route: full.pop() if full else backlog(route)  # type: ignore[method-assign]
+        mark = len(received)
+        await wait_until(lambda: len(received) > mark + 80, timeout=30)
+    finally:
+        await viewer.close()
+        await publisher.close()
+        await router.close()
+
+    assert sink.stats.keyframe_waits == 1
+    assert sink.stats.dropped > skipped
+    # Every number from the first to the last arrived: the skipped packets
+    # left no gap (the newest few may still be in flight).
+    numbers = {(n - received[0]) & 0xFFFF for n in received}
+    newest = max(numbers)
+    assert set(range(newest - 10)) <= numbers, sorted(set(range(newest)) - numbers)
+    assert COUNTERS.packets_dropped - dropped == sink.stats.dropped
+    # The lost packet came back, under its own number.
+    assert losing.lost[0] in received
+    assert COUNTERS.retransmissions > retransmitted
