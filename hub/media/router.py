@@ -24,6 +24,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcpeerconnection import is_codec_compatible
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
+from hub.media import door
 from hub.media.forward import (
     PASSTHROUGH_CODECS,
     Sink,
@@ -135,6 +136,7 @@ class Router:
     def __init__(
         self, announced_ip: str | None, max_backlog: int, keyframe_interval: float, ice_servers: list[str]
     ) -> None:
+        door.install()  # before any peer connection opens a socket
         self._configuration = RTCConfiguration(iceServers=[RTCIceServer(url) for url in ice_servers])
         self._producers: dict[str, Producer] = {}
         self._consumers: dict[str, Consumer] = {}

@@ -1,0 +1,125 @@
+"""The media door: which UDP datagrams reach aiortc's DTLS and SRTP.
+
+aiortc 1.16 (with aioice 0.10) trusts every datagram on a peer connection's
+ICE ports. `RTCDtlsTransport._recv_next` reads `data[0]`, so one empty
+datagram raises IndexError and ends the session - a viewer's, or a
+publisher's and with it the stream for every viewer - and nothing compares
+a datagram's source with the candidate pair ICE selected. Anyone who can
+reach the port can end or feed a session without a token.
+
+This module is the one place that changes that, by wrapping two methods
+process-wide (`install`, which the Router calls):
+
+* `StunProtocol.datagram_received` (aioice; one per local candidate
+  socket) refuses, before DTLS/SRTP, a datagram that is empty or shorter
+  than any header of its kind (RFC 7983's first-byte demultiplexing: STUN,
+  DTLS, RTP/RTCP), of no such kind, malformed STUN, or - once ICE selected
+  a pair - DTLS or RTP/RTCP that did not come from that pair's remote
+  address to that pair's socket. STUN from anywhere still goes to aioice:
+  connectivity checks and consent from the peer, and checks from addresses
+  not yet known (peer-reflexive candidates); aioice authenticates those.
+* `RTCDtlsTransport._recv_next` (aiortc) contains any exception raised
+  while handling one datagram to dropping that datagram; only a closed
+  connection (ConnectionError) ends the receive loop, as before.
+
+Each refusal counts in `COUNTERS.datagrams_refused`; none is fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aioice import stun
+from aioice.ice import StunProtocol
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+
+from hub.media.counters import COUNTERS
+
+log = logging.getLogger(__name__)
+
+# RFC 7983 section 7: the first byte tells what a datagram on the port is.
+# The shortest header of each kind: STUN 20 bytes, a DTLS record 13, RTP 12
+# (RTCP's 8 plus SRTCP's index and tag make more).
+_STUN_HEADER = 20
+_DTLS_RECORD_HEADER = 13
+_RTP_HEADER = 12
+
+_installed = False
+
+
+def install() -> None:
+    """Guard every peer connection in this process; calling again does nothing."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    StunProtocol.datagram_received = _guarded_datagram_received(StunProtocol.datagram_received)  # type: ignore[method-assign]
+    RTCDtlsTransport._recv_next = _contained_recv_next(RTCDtlsTransport._recv_next)  # type: ignore[method-assign]
+
+
+def refuse(reason: str, addr: object, exc_info: bool = False) -> None:
+    COUNTERS.datagrams_refused += 1
+    log.debug("refused a datagram from %s: %s", addr, reason, exc_info=exc_info)
+
+
+def _guarded_datagram_received(
+    received: Callable[[StunProtocol, bytes, tuple[Any, ...]], None],
+) -> Callable[[StunProtocol, bytes, tuple[Any, ...]], None]:
+    def datagram_received(self: StunProtocol, data: bytes, addr: tuple[Any, ...]) -> None:
+        size = len(data)
+        if not size:
+            refuse("empty", addr)
+            return
+        first = data[0]
+        if first < 4:  # STUN
+            if size < _STUN_HEADER:
+                refuse("truncated STUN", addr)
+                return
+            try:
+                stun.parse_message(data)
+            except Exception:  # aioice raises ValueError, struct.error, UnicodeDecodeError... on junk
+                refuse("malformed STUN", addr)
+                return
+            try:
+                received(self, data, addr)
+            except Exception:  # one message aioice cannot handle is that message's problem
+                refuse("STUN not handled", addr, exc_info=True)
+            return
+        if 19 < first < 64:
+            if size < _DTLS_RECORD_HEADER:
+                refuse("truncated DTLS", addr)
+                return
+        elif 127 < first < 192:
+            if size < _RTP_HEADER:
+                refuse("truncated RTP/RTCP", addr)
+                return
+        else:
+            refuse(f"first byte {first} is no STUN, DTLS or RTP", addr)
+            return
+        candidate = getattr(self, "local_candidate", None)  # set once the socket is a candidate
+        if candidate is None:
+            refuse("data before the socket is a candidate", addr)
+            return
+        pair = self.receiver._nominated.get(candidate.component)
+        if pair is not None and (pair.protocol is not self or pair.remote_addr != (addr[0], addr[1])):
+            refuse("not from the selected candidate pair", addr)
+            return
+        received(self, data, addr)
+
+    return datagram_received
+
+
+def _contained_recv_next(
+    recv_next: Callable[[RTCDtlsTransport], Awaitable[None]],
+) -> Callable[[RTCDtlsTransport], Awaitable[None]]:
+    async def _recv_next(self: RTCDtlsTransport) -> None:
+        try:
+            await recv_next(self)
+        except ConnectionError:
+            raise  # the ICE connection closed: the end of this transport
+        except Exception:
+            refuse("failed in DTLS/SRTP handling", "the selected pair", exc_info=True)
+
+    return _recv_next
