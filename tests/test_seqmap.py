@@ -24,14 +24,14 @@ def run(seqs: SeqMap, incoming: list[int], skip: set[int] = frozenset()) -> list
     """Feed numbers as a sink would; what went out under which number (None: not sent)."""
     out: list[int | None] = []
     for n in incoming:
-        if seqs.fresh(n, SSRC):
-            if n in skip:
-                seqs.drop(n)
-                out.append(None)
-            else:
-                out.append(seqs.send(n))
-        else:
+        number = seqs.next(n, SSRC)
+        if number < 0:
             out.append(seqs.late(n))
+        elif n in skip:
+            seqs.drop(n)
+            out.append(None)
+        else:
+            out.append(number)
     return out
 
 
@@ -89,9 +89,8 @@ def test_a_restarted_source_continues_the_viewer_sequence():
     seqs = SeqMap(0)
     run(seqs, [100, 101, 102], skip={102})
     # A camera the hub reconnected: new SSRC, new random numbers.
-    assert seqs.fresh(40000, SSRC + 1)
-    assert seqs.send(40000) == 102
-    assert seqs.fresh(40001, SSRC + 1) and seqs.send(40001) == 103
+    assert seqs.next(40000, SSRC + 1) == 102
+    assert seqs.next(40001, SSRC + 1) == 103
     # The old source's numbers mean nothing any more.
     assert seqs.late(101) is None
 

@@ -318,9 +318,9 @@ class SeqMap:
     sent if it was skipped. Like mediasoup's SeqManager and Galène's
     packetmap, with a ring of the last `HISTORY` incoming numbers.
 
-    Per packet: `fresh` says whether it is newer than all before; a fresh
-    packet is then either `send` (its outgoing number) or `drop`; an old one
-    is looked up with `late`.
+    Per packet: `next` gives a packet newer than all before its outgoing
+    number (the sink then sends it, or takes the number back with `drop`);
+    an older one is looked up with `late`.
     """
 
     __slots__ = ("_top", "_shift", "_ssrc", "_tags", "_outs")
@@ -336,7 +336,9 @@ class SeqMap:
         self._tags = [-1] * HISTORY
         self._outs = [-1] * HISTORY
 
-    def fresh(self, seq: int, ssrc: int) -> bool:
+    def next(self, seq: int, ssrc: int) -> int:
+        """The outgoing number of `seq` if it is newer than every packet
+        before (then noted as sent), else -1."""
         top = self._top
         if ssrc != self._ssrc:
             # First packet, or a source that restarted (a camera the hub
@@ -345,24 +347,19 @@ class SeqMap:
                 self._shift = (top + self._shift + 1 - seq) & 0xFFFF
                 self._tags = [-1] * HISTORY
             self._ssrc = ssrc
-            self._top = seq
-            return True
-        ahead = (seq - top) & 0xFFFF
-        if ahead == 0 or ahead >= 0x8000:
-            return False
-        if ahead > 1:
-            # Lost upstream, for now: reserve their numbers, in case the
-            # publisher retransmits them.
-            tags, outs, shift = self._tags, self._outs, self._shift
-            for missing in range(max(1, ahead - _SLOT), ahead):
-                n = (top + missing) & 0xFFFF
-                tags[n & _SLOT] = n
-                outs[n & _SLOT] = (n + shift) & 0xFFFF
+        else:
+            ahead = (seq - top) & 0xFFFF
+            if ahead == 0 or ahead >= 0x8000:
+                return -1
+            if ahead > 1:
+                # Lost upstream, for now: reserve their numbers, in case the
+                # publisher retransmits them.
+                tags, outs, shift = self._tags, self._outs, self._shift
+                for missing in range(max(1, ahead - _SLOT), ahead):
+                    n = (top + missing) & 0xFFFF
+                    tags[n & _SLOT] = n
+                    outs[n & _SLOT] = (n + shift) & 0xFFFF
         self._top = seq
-        return True
-
-    def send(self, seq: int) -> int:
-        """The outgoing number of the fresh packet `seq`, which goes out."""
         out = (seq + self._shift) & 0xFFFF
         slot = seq & _SLOT
         self._tags[slot] = seq
@@ -370,11 +367,9 @@ class SeqMap:
         return out
 
     def drop(self, seq: int) -> None:
-        """The fresh packet `seq` does not go out: the next one takes its number."""
+        """The newest packet `seq` does not go out: the next one takes its number."""
         self._shift = (self._shift - 1) & 0xFFFF
-        slot = seq & _SLOT
-        self._tags[slot] = seq
-        self._outs[slot] = -1
+        self._outs[seq & _SLOT] = -1
 
     def late(self, seq: int) -> int | None:
         """The outgoing number of an old packet, or None if it must not go out
@@ -448,7 +443,8 @@ class TrackSink:
         number = packet.sequence_number
         seqs = self._seqs
         route = self._route()
-        fresh = seqs.fresh(number, packet.ssrc)
+        seq = seqs.next(number, packet.ssrc)
+        fresh = seq >= 0
         if not fresh:
             # Reordered, or the publisher's retransmission: it goes out under
             # the number it had (the viewer may be missing it too), never as new.
@@ -477,7 +473,6 @@ class TrackSink:
                 self._waiting_keyframe = self.source.kind == "video"
                 self.source.request_keyframe()
                 return
-            seq = seqs.send(number)
         timestamp = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
         # Viewers that negotiated the same extensions share one block per packet.
         extensions = shared.extensions.get(self._ext_layout)
