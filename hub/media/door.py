@@ -18,6 +18,8 @@ process-wide (`install`, which the Router calls):
   address to that pair's socket. STUN from anywhere still goes to aioice:
   connectivity checks and consent from the peer, and checks from addresses
   not yet known (peer-reflexive candidates); aioice authenticates those.
+  DTLS and RTP/RTCP go to aioice's data queue directly (aioice would first
+  try to parse each as STUN, whatever its first byte).
 * `RTCDtlsTransport._recv_next` (aiortc) contains any exception raised
   while handling one datagram to dropping that datagram; only a closed
   connection (ConnectionError) ends the receive loop, as before.
@@ -106,7 +108,9 @@ def _guarded_datagram_received(
         if pair is not None and (pair.protocol is not self or pair.remote_addr != (addr[0], addr[1])):
             refuse("not from the selected candidate pair", addr)
             return
-        received(self, data, addr)
+        # What aioice does with data, without first trying to parse it as
+        # STUN: that costs a raised exception per media packet.
+        self.receiver.data_received(data, candidate.component)
 
     return datagram_received
 
