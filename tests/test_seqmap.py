@@ -13,7 +13,7 @@ from pylibsrtp import Session
 from client import bot
 from hub.media.counters import COUNTERS
 from hub.media.forward import HISTORY, SeqMap
-from hub.media.router import Consumer, Producer, Router
+from hub.media.router import Router, StreamMedia, SubscriptionMedia
 
 from .conftest import wait_until
 
@@ -138,24 +138,24 @@ async def test_real_viewer_sees_no_gap_after_a_keyframe_wait_and_its_nack_is_ans
         await handle(packet, arrival_time_ms)
 
     receiver._handle_rtp_packet = arrive  # type: ignore[method-assign]
-    producers: list[Producer] = []
-    consumers: list[Consumer] = []
+    streams: list[StreamMedia] = []
+    subscriptions: list[SubscriptionMedia] = []
 
     async def publish(offer: str) -> str:
-        producer, answer = await router.publish(offer)
-        producers.append(producer)
+        stream, answer = await router.publish(offer)
+        streams.append(stream)
         return answer
 
     async def consume(offer: str) -> str:
-        consumer, answer = await router.consume(producers[0].id, offer, "viewer")
-        consumers.append(consumer)
+        subscription, answer = await router.view(streams[0].id, offer, "viewer")
+        subscriptions.append(subscription)
         return answer
 
     dropped, retransmitted = COUNTERS.packets_dropped, COUNTERS.retransmissions
     try:
         await _connect(publisher, publish)
         await _connect(viewer, consume)
-        sink = consumers[0].sinks["video"]
+        sink = router._consumers[subscriptions[0].id].sinks["video"]  # its socket is what the test bends
         await wait_until(lambda: len(received) > 40, timeout=30)
         # One packet is lost on its way to the viewer (before SRTP, as on a
         # real network): the viewer's NACK must bring it back from the hub's history.
