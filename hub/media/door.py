@@ -1,6 +1,6 @@
 """The media door: which UDP datagrams reach aiortc's DTLS and SRTP.
 
-aiortc 1.16 (with aioice 0.10) trusts every datagram on a peer connection's
+aiortc 1.16 (with aioice 0.13) trusts every datagram on a peer connection's
 ICE ports. `RTCDtlsTransport._recv_next` reads `data[0]`, so one empty
 datagram raises IndexError and ends the session - a viewer's, or a
 publisher's and with it the stream for every viewer - and nothing compares
