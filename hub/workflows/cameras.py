@@ -31,7 +31,7 @@ from urllib.parse import unquote, urlsplit
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from hub.config import Settings
-from hub.core.access import Forbidden, can_reach_site
+from hub.core.access import Forbidden, can_reach_site, require_site
 from hub.core.livestate import Record
 from hub.core.rooms import NotFound, Rooms
 from hub.core.sites import SiteTree, standing_room_id
@@ -241,15 +241,17 @@ class Cameras:
         return await self._view(camera)
 
     async def cameras(self, claims: Claims, site_id: str | None = None) -> list[Record]:
-        """The cameras of the caller's jurisdiction (of one site's branch if given), with live status."""
-        if claims.role == "guest":
-            raise Forbidden("guests cannot list cameras")
+        """The cameras of the caller's jurisdiction (of one site's branch if
+        given, which the caller must reach), with live status."""
+        branch = claims.site if site_id is None else site_id
+        if self.tree.get(branch) is None:
+            raise NotFound(f"no site {branch}")
+        require_site(self.tree, claims, branch)
         statuses = await self.rooms.state.records("camera")
         return [
             self._merge(c, statuses.get(c["id"]))
             for c in self.store.all()
-            if can_reach_site(self.tree, claims, c["site_id"])
-            and (site_id is None or self.tree.covers(site_id, c["site_id"]))
+            if self.tree.covers(branch, c["site_id"])  # the caller reaches the branch, so all of it
         ]
 
     async def camera(self, claims: Claims, camera_id: str) -> Record:
@@ -275,8 +277,7 @@ class Cameras:
     def _check_manager(self, claims: Claims, site_id: str) -> None:
         if claims.role not in MANAGER_ROLES:
             raise Forbidden("only an admin or an operator may register or remove cameras")
-        if not can_reach_site(self.tree, claims, site_id):
-            raise Forbidden(f"site {site_id} is outside your jurisdiction")
+        require_site(self.tree, claims, site_id)
 
     async def _view(self, camera: dict[str, Any]) -> Record:
         return self._merge(camera, await self.rooms.state.get_record("camera", camera["id"]))
