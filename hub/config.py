@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     cameras: Path | None = None
     #: Directories besides the data directory that file:// camera URLs may point into.
     camera_paths: list[Path] = Field(default_factory=list)
+    #: Networks (CIDR) and host names network cameras may be at; empty = none.
+    #: Loopback and link-local addresses are admitted only by a network inside
+    #: their range (e.g. 127.0.0.1/32), never by a wide one such as 0.0.0.0/0.
+    camera_networks: list[str] = Field(default_factory=list)
     #: Seconds a camera may send nothing before it counts as dropped.
     camera_read_timeout: float = 5.0
     #: Reconnect delays of a dropped camera: from the first, doubling up to the last.

@@ -6,7 +6,7 @@ import json
 
 from aiohttp import web
 
-from hub.core.access import Forbidden, can_reach_site
+from hub.core.access import require_site, room_bound
 from hub.core.rooms import NotFound
 
 from .auth import claims_of
@@ -35,7 +35,7 @@ async def me(request: web.Request) -> web.Response:
 async def list_sites(request: web.Request) -> web.Response:
     claims = claims_of(request)
     tree = request.app[ROOMS].tree
-    if claims.role == "guest":
+    if room_bound(claims):
         return json_response([])
     return json_response([s.to_json() for s in tree.jurisdiction(claims.site)])
 
@@ -47,8 +47,7 @@ async def get_site(request: web.Request) -> web.Response:
     site = tree.get(site_id)
     if site is None:
         raise NotFound(f"no site {site_id}")
-    if not can_reach_site(tree, claims, site_id):
-        raise Forbidden(f"site {site_id} is outside your jurisdiction")
+    require_site(tree, claims, site_id)
     children = [s.id for s in tree.jurisdiction(site_id)[1:] if s.parent == site_id]
     return json_response(site.to_json() | {"children": children})
 

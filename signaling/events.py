@@ -215,6 +215,8 @@ class Session:
         try:
             while (event := await queue.get()) is not None:
                 room_id = event.get("room_id")
+                if event["type"] == "room-updated":
+                    self._may_enter.pop(room_id, None)  # its admissions may have changed
                 if "to" in event:
                     if (self.monitoring or event["type"] not in MONITOR_ONLY) and addressed_to(
                         self.rooms.tree, self.claims, event["to"]
@@ -235,7 +237,7 @@ class Session:
         return event["type"] == "room-opened" and can_enter_room(self.rooms.tree, self.claims, event["room"])
 
     async def _may_enter_room(self, room_id: str) -> bool:
-        # A room's site never changes: ask live state once per room.
+        # Asked once per room, until a room-updated event drops the answer.
         if room_id not in self._may_enter:
             try:
                 await self.rooms.room(self.claims, room_id)

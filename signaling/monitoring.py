@@ -11,7 +11,7 @@ from email.utils import formatdate
 
 from aiohttp import web
 
-from hub.core.access import Forbidden, can_reach_site
+from hub.core.access import require_site
 from hub.core.rooms import NotFound
 from hub.core.tokens import Claims
 from hub.monitoring.snapshots import Snapshots
@@ -34,8 +34,7 @@ def _branch(request: web.Request, claims: Claims) -> str:
     site = request.query.get("site") or claims.site
     if tree.get(site) is None:
         raise NotFound(f"no site {site}")
-    if not can_reach_site(tree, claims, site):
-        raise Forbidden(f"site {site} is outside your jurisdiction")
+    require_site(tree, claims, site)
     return site
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.core.access import Forbidden, can_reach_site
+from hub.core.access import Forbidden, can_reach_site, require_site, room_bound
 from hub.core.rooms import NotFound
 from hub.core.tokens import Claims
 from recorder.export import Exports
@@ -87,13 +87,12 @@ def _when(value: str | None, name: str) -> float | None:
 async def search(request: web.Request) -> web.Response:
     claims = claims_of(request)
     tree = request.app[ROOMS].tree
-    if claims.role == "guest":
-        raise Forbidden("guests cannot search recordings")
+    if room_bound(claims):
+        raise Forbidden("a guest or room-bound token cannot search recordings")
     site = request.query.get("site") or claims.site
     if tree.get(site) is None:
         raise NotFound(f"no site {site}")
-    if not can_reach_site(tree, claims, site):
-        raise Forbidden(f"site {site} is outside your jurisdiction")
+    require_site(tree, claims, site)
     rows = _recorder(request).catalogue.search(
         (s.id for s in tree.jurisdiction(site)),
         since=_when(request.query.get("from"), "from"),

@@ -24,7 +24,12 @@ from .conftest import HubProcess, free_port, start_hub
 def console_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
     """A hub of its own: status counts start from nothing."""
     # Snapshots every second: a camera's health alert comes within seconds.
-    env = {"HUB_SNAPSHOT_SECONDS": "1", "HUB_CAMERA_READ_TIMEOUT": "2", "HUB_CAMERA_BACKOFF_MAX": "2"}
+    env = {
+        "HUB_SNAPSHOT_SECONDS": "1",
+        "HUB_CAMERA_READ_TIMEOUT": "2",
+        "HUB_CAMERA_BACKOFF_MAX": "2",
+        "HUB_CAMERA_NETWORKS": '["127.0.0.1/32"]',
+    }
     process = start_hub(tmp_path_factory.mktemp("console-hub"), env=env)
     yield process
     process.stop()

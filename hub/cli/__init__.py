@@ -100,7 +100,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_cameras(args: argparse.Namespace) -> int:
     from hub.cli.serve import site_tree
-    from hub.workflows.cameras import CameraStore, allowed_dirs, import_cameras, redact
+    from hub.workflows.cameras import CameraStore, import_cameras, redact, url_rules
 
     settings = _settings(args)
     tree = site_tree(settings)
@@ -111,7 +111,7 @@ def cmd_cameras(args: argparse.Namespace) -> int:
                 print("error: cameras import needs a FILE", file=sys.stderr)
                 return 2
             try:
-                count = import_cameras(store, tree, args.file, allowed_dirs(settings), by="import")
+                count = import_cameras(store, tree, args.file, url_rules(settings), by="import")
             except ValueError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
@@ -132,13 +132,19 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--data", type=Path, help="data directory: database, secret, media (HUB_DATA)")
         p.add_argument("--sites", type=Path, help="import this site file (JSON list) first (HUB_SITES)")
 
-    def camera_path_flag(p: argparse.ArgumentParser) -> None:
+    def camera_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--camera-path",
             dest="camera_paths",
             action="append",
             type=Path,
             help="a directory file:// camera URLs may point into besides the data directory (HUB_CAMERA_PATHS)",
+        )
+        p.add_argument(
+            "--camera-network",
+            dest="camera_networks",
+            action="append",
+            help="a network (CIDR) or host name network cameras may be at; repeat for more (HUB_CAMERA_NETWORKS)",
         )
 
     serve = sub.add_parser("serve", help="run the hub")
@@ -154,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--announced-ip", help="public address written into ICE candidates (HUB_ANNOUNCED_IP)")
     serve.add_argument("--public-url", help="URL users reach this hub at, for printed links (HUB_PUBLIC_URL)")
     serve.add_argument("--cameras", type=Path, help="register the cameras of this JSON file first (HUB_CAMERAS)")
-    camera_path_flag(serve)
+    camera_flags(serve)
     data_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -181,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     cameras = sub.add_parser("cameras", help="register cameras from a JSON file, or list them")
     cameras.add_argument("action", choices=("import", "list"))
     cameras.add_argument("file", nargs="?", type=Path, help='JSON list of {"site_id", "name", "url", "id"?}')
-    camera_path_flag(cameras)
+    camera_flags(cameras)
     data_flags(cameras)
     cameras.set_defaults(func=cmd_cameras)
 

@@ -1,4 +1,11 @@
-"""Who may reach what: jurisdiction is a site and every site below it."""
+"""Who may reach what: jurisdiction is a site and every site below it.
+
+A token bound to a room (every guest's, and any other role's made with
+`token --room`) reaches that room only: no site, hence no cases,
+recordings, cameras, snapshots, calls or addressed events, whatever its
+role. Each door asks these functions, so REST and the event socket answer
+the same question the same way.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +19,33 @@ class Forbidden(Exception):
     """The caller is known but the thing lies outside their jurisdiction."""
 
 
+def room_bound(claims: Claims) -> bool:
+    """Whether the token grants one room and nothing else (guests always)."""
+    return claims.role == "guest" or claims.room is not None
+
+
 def can_reach_site(tree: SiteTree, claims: Claims, site_id: str) -> bool:
-    return claims.role != "guest" and tree.covers(claims.site, site_id)
+    """Whether the caller reaches what belongs to a site (its cases,
+    recordings, cameras, snapshots, calls): a site of its jurisdiction,
+    and a token not bound to a room."""
+    return not room_bound(claims) and tree.covers(claims.site, site_id)
+
+
+def require_site(tree: SiteTree, claims: Claims, site_id: str) -> None:
+    """can_reach_site, or Forbidden saying why not."""
+    if can_reach_site(tree, claims, site_id):
+        return
+    if room_bound(claims):
+        raise Forbidden(f"this token is bound to room {claims.room} and reaches nothing else")
+    raise Forbidden(f"site {site_id} is outside your jurisdiction")
 
 
 def can_enter_room(tree: SiteTree, claims: Claims, room: dict[str, Any]) -> bool:
-    """Guests reach the one room their token names; others, any room of a
-    site in their jurisdiction, and a room that admits their site: a
-    training admits a branch, a conference the sites it convened, an
-    escalated case the site it came from (`admit`: site ids, each with
+    """A room-bound token enters the one room it names (a guest's whatever
+    its site; another role's only if its site may enter it too); others,
+    any room of a site in their jurisdiction, and a room that admits their
+    site: a training admits a branch, a conference the sites it convened,
+    an escalated case the site it came from (`admit`: site ids, each with
     everything below it)."""
     if claims.role == "guest":
         return claims.room == room["id"]
@@ -31,15 +56,16 @@ def can_enter_room(tree: SiteTree, claims: Claims, room: dict[str, Any]) -> bool
 
 def addressed_to(tree: SiteTree, claims: Claims, to: dict[str, Any]) -> bool:
     """Whether an event's audience (`to`) includes this caller. Keys, all
-    optional, all must hold: "covering": a site the caller's jurisdiction
-    must cover (alerts go to the operators above a site); "sites": home
-    sites (an invitation goes to the people of a site); "within": a site
-    whose jurisdiction holds the caller's home; "roles"; "users". Guests
-    receive only events of their room, never addressed ones."""
-    if claims.role == "guest":
+    optional, all must hold: "covering": a site the caller must reach
+    (can_reach_site: alerts and case changes go to whoever may read them
+    over REST); "sites": home sites (an invitation goes to the people of a
+    site); "within": a site whose jurisdiction holds the caller's home;
+    "roles"; "users". A room-bound token receives only events of its room,
+    never addressed ones."""
+    if room_bound(claims):
         return False
     checks = (
-        ("covering", lambda site: tree.covers(claims.site, site)),
+        ("covering", lambda site: can_reach_site(tree, claims, site)),
         ("sites", lambda sites: claims.site in sites),
         ("within", lambda site: tree.covers(site, claims.site)),
         ("roles", lambda roles: claims.role in roles),

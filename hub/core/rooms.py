@@ -121,6 +121,18 @@ class Rooms:
         await self.state.emit({"type": "room-opened", "room_id": room["id"], "room": room})
         return room
 
+    async def update_room(self, room_id: str, changes: dict[str, Any]) -> Room | None:
+        """Change an opened room's record (None if there is none), e.g. whom it
+        admits, and say so with `room-updated`: every event socket drops what
+        it cached about who may enter the room. The caller checked its right to."""
+        room = await self.state.get_room(room_id)
+        if room is None:
+            return None
+        room = room | changes  # type: ignore[assignment]  # a feature's own keys, as in open_room
+        await self.state.put_room(room)
+        await self.state.emit({"type": "room-updated", "room_id": room_id, "room": room})
+        return room
+
     async def rooms(self, claims: Claims) -> list[RoomSummary]:
         """Rooms in the caller's jurisdiction that are live or were opened."""
         active = await self.state.active_rooms()

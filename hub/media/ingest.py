@@ -14,6 +14,12 @@ arrives (its own clock paces it) unless it runs ahead of its timestamps by
 more than `NETWORK_LEAD`, as a file served over HTTP would. A read that
 stalls for `read_timeout` seconds, an error or the end of a network stream
 ends the connection; the puller then retries with exponential backoff.
+
+A camera's URL is the registrant's, so what FFmpeg does with it is narrowed:
+a host check before every connection (HUB_CAMERA_NETWORKS, given by the
+caller), no HTTP redirects, video containers only, and an error that says
+no more than UNREACHABLE, REFUSED or NOT_A_VIDEO (the log has FFmpeg's own
+words for the administrator).
 """
 
 from __future__ import annotations
@@ -61,7 +67,16 @@ PROTOCOLS = {
 }
 #: Containers a camera may send: video formats only, so that no URL can make
 #: FFmpeg render another kind of file (its "tty" demuxer draws text as video).
-FORMATS = "rtsp,sdp,rtp,mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,mpegts,h264,hevc,avi,flv,ivf,mjpeg,mpjpeg,hls"
+#: Not hls, nor sdp: a playlist or a session description names further hosts
+#: that no check of the camera's own URL covers.
+FORMATS = "rtsp,rtp,mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,mpegts,h264,hevc,avi,flv,ivf,mjpeg,mpjpeg"
+
+#: The only errors a camera's status shows. Registering URLs must not map the
+#: hub's network: a closed port, a silent one and one speaking another
+#: protocol all read UNREACHABLE.
+UNREACHABLE = "unreachable"  # no media source answered (or the one that did stopped)
+REFUSED = "refused"  # the hub would not connect: the host is not in HUB_CAMERA_NETWORKS (any more)
+NOT_A_VIDEO = "not a video"  # a source answered but holds no video the hub can forward
 
 _H264_IDR, _H264_SPS, _H264_PPS = 5, 7, 8
 
@@ -95,7 +110,13 @@ def redact(url: str) -> str:
 
 
 class IngestError(Exception):
-    """The camera cannot be read; the message says why."""
+    """The camera cannot be read: `status` is what its status may say (one
+    of UNREACHABLE, REFUSED, NOT_A_VIDEO), `detail` what the log says."""
+
+    def __init__(self, status: str, detail: str) -> None:
+        super().__init__(status)
+        self.status = status
+        self.detail = detail
 
 
 def parameter_sets(extradata: bytes | None) -> tuple[list[bytes], int | None]:
@@ -195,12 +216,22 @@ class PullOptions:
 class CameraPuller:
     """Pulls one camera in a thread of its own until `stop`, reconnecting
     with exponential backoff (`backoff_min` doubling up to `backoff_max`;
-    back to the minimum after a connection that delivered frames)."""
+    back to the minimum after a connection that delivered frames). Before
+    each connection to a network camera, `check_host` (ValueError: refused)
+    is asked about the URL's host."""
 
-    def __init__(self, camera_id: str, url: str, link: Link, options: PullOptions) -> None:
+    def __init__(
+        self,
+        camera_id: str,
+        url: str,
+        link: Link,
+        options: PullOptions,
+        check_host: Callable[[str], None] | None = None,
+    ) -> None:
         self.camera_id = camera_id
         self.url = url
         self.options = options
+        self._check_host = check_host
         self.scheme = url.split(":", 1)[0].lower()
         self.transcoding = False
         self._link = link
@@ -234,37 +265,52 @@ class CameraPuller:
         delay = self.options.backoff_min
         while not self._stop.is_set():
             feeder: Feeder | None = None
-            error = ""
+            error, detail = UNREACHABLE, "the stream ended"
             try:
                 feeder = self._pull()
-            except Exception as exc:  # any failure of the source: report it, retry later
-                # FFmpeg's messages quote the URL: its password must not reach the status record.
-                error = (str(exc) or type(exc).__name__).replace(self.url, redact(self.url))
+            except IngestError as exc:
+                error, detail = exc.status, exc.detail
+            except Exception as exc:  # any other failure of the source: report it, retry later
+                detail = str(exc) or type(exc).__name__
             if self._stop.is_set():
                 return
             if feeder is not None and feeder.frames:
                 delay = self.options.backoff_min
-            log.info("camera %s: %s; retrying in %.1f s", self.camera_id, error or "stream ended", delay)
+            # FFmpeg's messages quote the URL: its password must not reach the log either.
+            detail = detail.replace(self.url, redact(self.url))
+            log.info("camera %s: %s (%s); retrying in %.1f s", self.camera_id, error, detail, delay)
             try:
-                self._call(self._link.offline(self, error or "stream ended"))
+                self._call(self._link.offline(self, error))
             except Exception:  # the loop is shutting down
                 return
             self._stop.wait(delay)
             delay = min(delay * 2, self.options.backoff_max)
 
     def _pull(self) -> Feeder | None:
+        local = self.scheme == "file"
+        if not local and self._check_host is not None:
+            try:
+                self._check_host(urlsplit(self.url).hostname or "")
+            except ValueError as exc:
+                raise IngestError(REFUSED, str(exc)) from exc
         # RTSP: FFmpeg's default, UDP first, then TCP interleaved if no UDP
         # packet arrives (rtsp_flags=prefer_tcp is refused by some servers).
         options = {"protocol_whitelist": PROTOCOLS[self.scheme], "format_whitelist": FORMATS}
-        url = self.url.removeprefix("file://") if self.scheme == "file" else self.url
+        if self.scheme in ("http", "https"):
+            options["max_redirects"] = "0"  # a redirect may lead to any host, past the check above
+        url = self.url.removeprefix("file://") if local else self.url
+        # A file that is there but no video is NOT_A_VIDEO; over the network
+        # that answer would tell a listening port from a closed one.
+        unreadable = NOT_A_VIDEO if local else UNREACHABLE
         try:
             container = av.open(url, options=options, timeout=(self.options.open_timeout, self.options.read_timeout))
-        except av.FFmpegError as exc:
-            raise IngestError(f"cannot open: {exc}") from exc
+        except (av.FFmpegError, OSError) as exc:
+            missing = isinstance(exc, FileNotFoundError)
+            raise IngestError(UNREACHABLE if missing else unreadable, f"cannot open: {exc}") from exc
         feeder: Feeder | None = None
         try:
             if not container.streams.video:
-                raise IngestError("the source has no video stream")
+                raise IngestError(NOT_A_VIDEO, "the source has no video stream")
             stream = container.streams.video[0]
             for payloads, seconds in self._frames(container, stream):
                 if self._stop.is_set():
@@ -275,7 +321,7 @@ class CameraPuller:
                 assert feeder is not None
                 self._loop.call_soon_threadsafe(feeder.send, payloads, int(seconds * VIDEO_CLOCK) & 0xFFFFFFFF)
         except av.FFmpegError as exc:
-            raise IngestError(f"read failed: {exc}") from exc
+            raise IngestError(unreadable, f"read failed: {exc}") from exc
         finally:
             container.close()
         return feeder
@@ -354,9 +400,9 @@ class CameraPuller:
                 last = max(last, seconds)
                 yield packet, offset + seconds
             if self.scheme != "file":
-                raise IngestError("the stream ended")
+                raise IngestError(UNREACHABLE, "the stream ended")
             if first is None:
-                raise IngestError("the file has no video frames")
+                raise IngestError(NOT_A_VIDEO, "the file has no video frames")
             offset += last + frame
             container.seek(0)
 

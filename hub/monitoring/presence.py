@@ -13,6 +13,7 @@ import secrets
 import time
 from collections import Counter
 
+from hub.core.access import room_bound
 from hub.core.livestate import LiveState, Record
 from hub.core.tokens import Claims
 
@@ -30,8 +31,9 @@ class Presence:
 
     async def connect(self, claims: Claims) -> str | None:
         """Mark a connection of the caller's home site online; returns its key.
-        Guests are not counted: they are visitors of a room, not a site."""
-        if claims.role == "guest":
+        Guests and other room-bound tokens are not counted: they are visitors
+        of a room, not a site."""
+        if room_bound(claims):
             return None
         key = f"c-{secrets.token_hex(8)}"
         record = {"site_id": claims.site, "user": claims.user, "role": claims.role, "node": self.node_id}

@@ -22,8 +22,10 @@ import json
 import logging
 import re
 import secrets
+import socket
 import time
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -31,7 +33,7 @@ from urllib.parse import unquote, urlsplit
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from hub.config import Settings
-from hub.core.access import Forbidden, can_reach_site
+from hub.core.access import Forbidden, can_reach_site, require_site
 from hub.core.livestate import Record
 from hub.core.rooms import NotFound, Rooms
 from hub.core.sites import SiteTree, standing_room_id
@@ -66,16 +68,107 @@ COLUMNS = ("id", "site_id", "name", "url", "created_by", "created_at")
 
 # -- validation ----------------------------------------------------------------
 
+Address = IPv4Address | IPv6Address
+Network = IPv4Network | IPv6Network
+#: Addresses that reach the hub's own machine or its cloud metadata service
+#: (169.254.169.254): only a network listed inside one of these admits them,
+#: never a wide entry such as 0.0.0.0/0 that merely covers them.
+GUARDED: tuple[Network, ...] = tuple(
+    ip_network(n) for n in ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "::/128", "::1/128", "fe80::/10")
+)
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 
-def check_url(url: object, allowed_dirs: list[Path]) -> str:
+
+def _guard(address: Address) -> Network | None:
+    return next((g for g in GUARDED if address.version == g.version and address in g), None)
+
+
+@dataclass(frozen=True)
+class CameraNetworks:
+    """Where network cameras may be (HUB_CAMERA_NETWORKS): networks in CIDR
+    notation and host names. Nothing listed: no network camera at all.
+
+    A URL's host must resolve only to addresses of listed networks, or be a
+    listed host name; either way a loopback, link-local or unspecified
+    address needs a listed network inside its range (127.0.0.1/32, say).
+    Checked at registration and before every connection, since a name may
+    resolve elsewhere later.
+    """
+
+    networks: tuple[Network, ...] = ()
+    hosts: frozenset[str] = frozenset()
+
+    @classmethod
+    def parse(cls, entries: list[str]) -> CameraNetworks:
+        networks, hosts = [], set()
+        for entry in entries:
+            try:
+                networks.append(ip_network(entry.strip(), strict=False))
+                continue
+            except ValueError:
+                pass
+            name = entry.strip().lower().rstrip(".")
+            if not _HOST_NAME.match(name):
+                raise ValueError(f"HUB_CAMERA_NETWORKS: {entry!r} is neither a network (CIDR) nor a host name")
+            hosts.add(name)
+        return cls(tuple(networks), frozenset(hosts))
+
+    def admits(self, address: Address) -> bool:
+        if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+        guard = _guard(address)
+        return any(
+            address in n and (guard is None or (n.version == guard.version and n.subnet_of(guard)))  # type: ignore[arg-type]
+            for n in self.networks
+            if n.version == address.version
+        )
+
+    def check(self, host: str) -> None:
+        """ValueError unless a camera may be pulled from `host` (a URL's hostname)."""
+        if not self.networks and not self.hosts:
+            raise ValueError("network cameras are off: HUB_CAMERA_NETWORKS lists no networks or hosts")
+        name = host.lower().rstrip(".")
+        literal = True
+        try:
+            addresses: set[Address] = {ip_address(name)}
+        except ValueError:
+            literal = False
+            try:
+                infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+            except (OSError, UnicodeError) as exc:
+                raise ValueError(f"url host {host} does not resolve") from exc
+            addresses = {ip_address(str(info[4][0]).split("%")[0]) for info in infos}
+        listed_name = name in self.hosts
+        for address in addresses:
+            if listed_name and _guard(address) is None:
+                continue
+            if not self.admits(address):
+                where = "is" if literal else "resolves to an address"
+                raise ValueError(
+                    f"url host {host} {where} not in HUB_CAMERA_NETWORKS"
+                    " (a loopback or link-local address only if a network inside its range is listed)"
+                )
+
+
+@dataclass(frozen=True)
+class UrlRules:
+    """Where cameras may be pulled from: `dirs` for file URLs (the data
+    directory's media/ folder and HUB_CAMERA_PATHS), `networks` for the rest."""
+
+    dirs: list[Path]
+    networks: CameraNetworks
+
+
+def check_url(url: object, rules: UrlRules) -> str:
     """The URL if a camera may be pulled from it, else ValueError.
 
-    rtsp, rtsps, http and https need a host. A file URL (file:///abs/path)
-    must name an existing file inside one of `allowed_dirs` (the data
-    directory's media/ folder and HUB_CAMERA_PATHS) after resolving symbolic
-    links and "..": not the data directory itself, which holds the signing
-    secret, the database and recordings. The API must not become a way to
-    read the hub's files (FFmpeg can render even a text file as video).
+    rtsp, rtsps, http and https need a host that `rules.networks` admits.
+    A file URL (file:///abs/path) must name an existing file inside one of
+    `rules.dirs` after resolving symbolic links and "..": not the data
+    directory itself, which holds the signing secret, the database and
+    recordings. The API must not become a way to read the hub's files
+    (FFmpeg can render even a text file as video), nor to reach the hub's
+    own machine or network (a metadata service, Redis on localhost).
     """
     if not isinstance(url, str) or not url or len(url) > MAX_URL:
         raise ValueError(f"url must be a string of at most {MAX_URL} characters")
@@ -88,6 +181,7 @@ def check_url(url: object, allowed_dirs: list[Path]) -> str:
     if scheme != "file":
         if not parts.hostname:
             raise ValueError(f"a {scheme} url needs a host")
+        rules.networks.check(parts.hostname)
         return url
     if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
         raise ValueError("a file url is file:///absolute/path, nothing more")
@@ -95,14 +189,14 @@ def check_url(url: object, allowed_dirs: list[Path]) -> str:
     if not path.is_absolute():
         raise ValueError("a file url needs an absolute path")
     resolved = path.resolve()
-    if not any(resolved.is_relative_to(d.resolve()) for d in allowed_dirs):
+    if not any(resolved.is_relative_to(d.resolve()) for d in rules.dirs):
         raise ValueError("a file url must lie inside the data directory's media/ folder or HUB_CAMERA_PATHS")
     if not resolved.is_file():
         raise ValueError(f"no file {path}")
     return f"file://{resolved}"
 
 
-def check_entry(entry: object, tree: SiteTree, allowed_dirs: list[Path]) -> dict[str, str]:
+def check_entry(entry: object, tree: SiteTree, rules: UrlRules) -> dict[str, str]:
     """One camera to register: {"site_id", "name", "url"} and optionally "id"."""
     if not isinstance(entry, dict):
         raise ValueError('a camera is {"site_id", "name", "url"}')
@@ -111,7 +205,7 @@ def check_entry(entry: object, tree: SiteTree, allowed_dirs: list[Path]) -> dict
         raise NotFound(f"no site {site_id}")
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
         raise ValueError(f"name must be a non-empty string of at most {MAX_NAME} characters")
-    out = {"site_id": site_id, "name": name.strip(), "url": check_url(entry.get("url"), allowed_dirs)}
+    out = {"site_id": site_id, "name": name.strip(), "url": check_url(entry.get("url"), rules)}
     if "id" in entry:
         if not isinstance(entry["id"], str) or not _ID.match(entry["id"]):
             raise ValueError("id must be 1-64 letters, digits, '-', '_' or '.'")
@@ -155,7 +249,7 @@ class CameraStore(Database):
         return row[0] if row else None
 
 
-def import_cameras(store: CameraStore, tree: SiteTree, path: Path, allowed_dirs: list[Path], by: str) -> int:
+def import_cameras(store: CameraStore, tree: SiteTree, path: Path, rules: UrlRules, by: str) -> int:
     """Register the cameras of a data file (a JSON list of {"site_id",
     "name", "url"} with an optional "id"). All or nothing: one bad entry
     stores none. An entry without an id replaces the camera of the same
@@ -169,7 +263,7 @@ def import_cameras(store: CameraStore, tree: SiteTree, path: Path, allowed_dirs:
     cameras = []
     for n, entry in enumerate(entries):
         try:
-            camera = check_entry(entry, tree, allowed_dirs)
+            camera = check_entry(entry, tree, rules)
         except (ValueError, NotFound) as exc:
             raise ValueError(f"{path}: camera {n + 1}: {exc}") from exc
         camera_id = camera.get("id") or store.id_of(camera["site_id"], camera["name"]) or _new_id()
@@ -199,13 +293,13 @@ class Cameras:
         self,
         rooms: Rooms,
         db_path: Path,
-        allowed_dirs: list[Path],
+        rules: UrlRules,
         options: PullOptions,
         lease_seconds: float,
     ) -> None:
         self.rooms = rooms
         self.store = CameraStore(db_path)
-        self.allowed_dirs = allowed_dirs
+        self.rules = rules
         self.options = options
         self.lease_seconds = lease_seconds
         self.pulled: dict[str, _Pulled] = {}
@@ -231,7 +325,8 @@ class Cameras:
     # -- API -------------------------------------------------------------------
 
     async def register(self, claims: Claims, entry: object) -> Record:
-        camera = check_entry(entry, self.tree, self.allowed_dirs)
+        # Off the loop: checking a host name resolves it.
+        camera = await asyncio.to_thread(check_entry, entry, self.tree, self.rules)
         self._check_manager(claims, camera["site_id"])
         if "id" in camera and self.store.get(camera["id"]) is not None:
             raise ValueError(f"camera {camera['id']} exists")
@@ -241,15 +336,17 @@ class Cameras:
         return await self._view(camera)
 
     async def cameras(self, claims: Claims, site_id: str | None = None) -> list[Record]:
-        """The cameras of the caller's jurisdiction (of one site's branch if given), with live status."""
-        if claims.role == "guest":
-            raise Forbidden("guests cannot list cameras")
+        """The cameras of the caller's jurisdiction (of one site's branch if
+        given, which the caller must reach), with live status."""
+        branch = claims.site if site_id is None else site_id
+        if self.tree.get(branch) is None:
+            raise NotFound(f"no site {branch}")
+        require_site(self.tree, claims, branch)
         statuses = await self.rooms.state.records("camera")
         return [
             self._merge(c, statuses.get(c["id"]))
             for c in self.store.all()
-            if can_reach_site(self.tree, claims, c["site_id"])
-            and (site_id is None or self.tree.covers(site_id, c["site_id"]))
+            if self.tree.covers(branch, c["site_id"])  # the caller reaches the branch, so all of it
         ]
 
     async def camera(self, claims: Claims, camera_id: str) -> Record:
@@ -275,8 +372,7 @@ class Cameras:
     def _check_manager(self, claims: Claims, site_id: str) -> None:
         if claims.role not in MANAGER_ROLES:
             raise Forbidden("only an admin or an operator may register or remove cameras")
-        if not can_reach_site(self.tree, claims, site_id):
-            raise Forbidden(f"site {site_id} is outside your jurisdiction")
+        require_site(self.tree, claims, site_id)
 
     async def _view(self, camera: dict[str, Any]) -> Record:
         return self._merge(camera, await self.rooms.state.get_record("camera", camera["id"]))
@@ -330,7 +426,7 @@ class Cameras:
                     await self._start_pulling(camera)
 
     async def _start_pulling(self, camera: dict[str, Any]) -> None:
-        puller = CameraPuller(camera["id"], camera["url"], self, self.options)
+        puller = CameraPuller(camera["id"], camera["url"], self, self.options, self.rules.networks.check)
         self.pulled[camera["id"]] = _Pulled(camera, puller)
         await self._set_status(camera, "connecting", "", None)
         puller.start()
@@ -410,9 +506,10 @@ class Cameras:
         await self.rooms.state.emit(event)
 
 
-def allowed_dirs(settings: Settings) -> list[Path]:
-    """Where file:// camera URLs may point: media/ in the data directory, and HUB_CAMERA_PATHS."""
-    return [settings.data / "media", *settings.camera_paths]
+def url_rules(settings: Settings) -> UrlRules:
+    """Where cameras may be: file:// URLs in media/ of the data directory and
+    HUB_CAMERA_PATHS, network ones in HUB_CAMERA_NETWORKS."""
+    return UrlRules([settings.data / "media", *settings.camera_paths], CameraNetworks.parse(settings.camera_networks))
 
 
 def open_cameras(settings: Settings, rooms: Rooms) -> Cameras:
@@ -420,7 +517,7 @@ def open_cameras(settings: Settings, rooms: Rooms) -> Cameras:
     if settings.cameras is not None:
         store = CameraStore(settings.db_path)
         try:
-            count = import_cameras(store, rooms.tree, settings.cameras, allowed_dirs(settings), by="import")
+            count = import_cameras(store, rooms.tree, settings.cameras, url_rules(settings), by="import")
         finally:
             store.close()
         log.info("registered %d cameras from %s", count, settings.cameras)
@@ -429,4 +526,4 @@ def open_cameras(settings: Settings, rooms: Rooms) -> Cameras:
         backoff_min=settings.camera_backoff_min,
         backoff_max=settings.camera_backoff_max,
     )
-    return Cameras(rooms, settings.db_path, allowed_dirs(settings), options, settings.camera_lease_seconds)
+    return Cameras(rooms, settings.db_path, url_rules(settings), options, settings.camera_lease_seconds)

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hub.core.access import Forbidden
+from hub.core.access import Forbidden, can_reach_site, room_bound
 from hub.core.livestate import EventFollower, Record
 from hub.core.records import Event
 from hub.core.rooms import NotFound, Rooms, _new_id
@@ -141,7 +141,7 @@ SESSION_COLUMNS = ("id", "case_id", "room_id", "site_id", "admit", "opened_by", 
 
 def works_cases(claims: Claims) -> bool:
     """Mediators, operators and admins with an ordinary (not room-bound) token."""
-    return claims.role in CASE_ROLES and claims.room is None
+    return claims.role in CASE_ROLES and not room_bound(claims)
 
 
 class Conflict(Exception):
@@ -275,7 +275,9 @@ class Cases:
     # -- permissions ---------------------------------------------------------
 
     def can_read(self, claims: Claims, case: Record) -> bool:
-        return works_cases(claims) and self.tree.covers(claims.site, case["origin_site_id"])
+        """The rule of the case events' audience too (`_announce`: "covering"
+        the origin, "roles" CASE_ROLES), so REST and the event socket agree."""
+        return claims.role in CASE_ROLES and can_reach_site(self.tree, claims, case["origin_site_id"])
 
     def _readable(self, claims: Claims, case_id: str) -> Record:
         case = self.store.get(case_id)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hub.core.access import Forbidden, can_reach_site
+from hub.core.access import Forbidden, can_reach_site, room_bound
 from hub.core.livestate import Record
 from hub.core.rooms import NotFound, Rooms
 from hub.core.store import Database
@@ -145,8 +145,8 @@ class Dispatch:
     async def call(self, claims: Claims, note: str = "") -> Record:
         """A call for help from the caller's home site; rings until answered,
         cancelled or `ring_seconds` pass."""
-        if claims.role == "guest":
-            raise Forbidden("guests cannot call for help")
+        if room_bound(claims):
+            raise Forbidden("a guest or room-bound token cannot call for help")
         site = self.tree.get(claims.site)
         if site is None:
             raise NotFound(f"no site {claims.site}")
@@ -263,7 +263,7 @@ class Dispatch:
 
     async def calls(self, claims: Claims) -> list[Record]:
         """Ringing and recent calls of the caller's jurisdiction, newest first."""
-        if claims.role == "guest":
+        if room_bound(claims):
             return []
         live = {
             key: call

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hub.core.access import Forbidden, can_reach_site
+from hub.core.access import Forbidden, can_reach_site, room_bound
 from hub.core.livestate import EventFollower, Record
 from hub.core.records import Event, Participant, Room
 from hub.core.rooms import NotFound, Rooms
@@ -272,10 +272,13 @@ class Trainings:
         return training | {"room": room}
 
     def _visible(self, claims: Claims, training: dict[str, Any]) -> bool:
-        """A training is listed to the people of its branch and those above it."""
+        """A training is listed to the people of its branch and those above it;
+        to a room-bound token (not a guest's) only if it is its room."""
+        if room_bound(claims):
+            return claims.role != "guest" and claims.room == training["room_id"]
         tree = self.rooms.tree
         site = training["site_id"]
-        return claims.role != "guest" and (tree.covers(claims.site, site) or tree.covers(site, claims.site))
+        return tree.covers(claims.site, site) or tree.covers(site, claims.site)
 
     async def visible(self, claims: Claims, include_ended: bool = False) -> list[Record]:
         """Trainings the caller may see, newest first, with the names of the
@@ -318,9 +321,7 @@ class Trainings:
         if not self.book.end_training(room_id, now):
             raise ValueError(f"training {room_id} has already ended")
         training["ended_at"] = now
-        room = await self.rooms.state.get_room(room_id)
-        if room is not None:
-            await self.rooms.state.put_room(room | {"ended_at": now, "admit": []})
+        await self.rooms.update_room(room_id, {"ended_at": now, "admit": []})
         await self.rooms.state.emit({"type": "training-ended", "room_id": room_id, "training": training})
         for participant in await self.rooms.state.participants(room_id):
             await self.rooms.leave(room_id, participant["id"])
