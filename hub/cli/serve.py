@@ -67,7 +67,16 @@ async def build(settings: Settings) -> Hub:
         settings.ice_servers,
         settings.session_connect_seconds,
     )
-    rooms = Rooms(tree, state, router, node_id=node_id, node_url=settings.base_url, limits=Limits.of(settings))
+    limits = Limits(
+        whip_per_user=settings.whip_sessions_per_user,
+        whip_per_room=settings.whip_sessions_per_room,
+        whep_per_user=settings.whep_sessions_per_user,
+        whep_per_room=settings.whep_sessions_per_room,
+        rooms_per_site=settings.rooms_per_site,
+        empty_room_seconds=settings.empty_room_seconds,
+        connect_seconds=settings.session_connect_seconds,
+    )
+    rooms = Rooms(tree, state, router, node_id=node_id, node_url=settings.base_url, limits=limits)
     recorder = Recorder(
         rooms, settings.recordings_path, settings.db_path, settings.segment_seconds, settings.record_mediation_rooms
     )

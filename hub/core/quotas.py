@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-
-from hub.config import Settings
 
 
 class QuotaExceeded(Exception):
@@ -22,7 +19,7 @@ class QuotaExceeded(Exception):
 
 @dataclass(frozen=True)
 class Limits:
-    """What `Rooms` enforces; `docs/operate.md` lists the settings."""
+    """What `Rooms` enforces, from the HUB_* settings `docs/operate.md` lists."""
 
     whip_per_user: int
     whip_per_room: int
@@ -34,31 +31,18 @@ class Limits:
     #: client may retry after it.
     connect_seconds: float
 
-    @classmethod
-    def of(cls, settings: Settings) -> Limits:
-        return cls(
-            whip_per_user=settings.whip_sessions_per_user,
-            whip_per_room=settings.whip_sessions_per_room,
-            whep_per_user=settings.whep_sessions_per_user,
-            whep_per_room=settings.whep_sessions_per_room,
-            rooms_per_site=settings.rooms_per_site,
-            empty_room_seconds=settings.empty_room_seconds,
-            connect_seconds=settings.session_connect_seconds,
-        )
-
 
 class TokenBucket:
     """`burst` tokens at most, refilled at `rate` per second; each action takes one."""
 
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, rate: float, burst: int) -> None:
         self.rate = rate
         self.burst = burst
-        self._clock = clock
         self._tokens = float(burst)
-        self._at = clock()
+        self._at = time.monotonic()
 
     def _refill(self) -> None:
-        now = self._clock()
+        now = time.monotonic()
         self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
         self._at = now
 
