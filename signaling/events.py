@@ -159,7 +159,7 @@ class Session:
             log.warning("closing the event socket of %s: it kept sending over its rate limit", self.claims.user)
             await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"message rate limit exceeded")
             return
-        wait = bucket.wait()
+        wait = round(bucket.wait(), 3)
         limit = f"{bucket.rate:g} per second, {bucket.burst} at once"
         await self.error("rate-limited", f"too many {what} ({limit}); retry in {wait:.1f} s", retry_after=wait)
 
@@ -271,9 +271,14 @@ class Session:
         try:
             while (event := await queue.get()) is not None:
                 await self._forward(event)
+            if self.rooms.state.closed:
+                await self.ws.close(code=WSCloseCode.GOING_AWAY, message=b"hub stopping")
+                return
             log.warning("closing the event socket of %s: %d events waited unread", self.claims.user, self._queue_bound)
             reason = f"too slow: {self._queue_bound} events waited unread"
             await self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=reason.encode())
+        except ConnectionError:
+            pass  # the client went away: nobody to tell
         except Exception:
             log.exception("event forwarding to %s failed; closing its socket", self.claims.user)
             await self.ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"event forwarding failed; reconnect")

@@ -36,6 +36,8 @@ class LiveState(ABC):
     def __init__(self) -> None:
         #: Each listener's queue and the filter of the events it takes (None: all).
         self._listeners: dict[asyncio.Queue[Event | None], Callable[[Event], bool] | None] = {}
+        #: Set by close(): a listener dropped now was not too slow, the hub is stopping.
+        self.closed = False
 
     @abstractmethod
     async def start(self) -> None:
@@ -46,6 +48,7 @@ class LiveState(ABC):
         """Ids of the hub processes that are running now."""
 
     async def close(self) -> None:
+        self.closed = True
         for queue in tuple(self._listeners):
             self._drop(queue)
 
