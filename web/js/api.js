@@ -580,6 +580,8 @@ export class Events {
         pending.resolve(message);
       }
     }
+    // The hub has taken this socket out of a closed room: do not join it again on reconnect.
+    if (message.type === "room-closed") this.rooms.delete(message.room_id);
     this._emit(message.type, message);
     this._emit("message", message);
   }
