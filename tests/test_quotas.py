@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from aiortc import RTCPeerConnection
 
 from client.bot import NO_ICE_SERVERS, SyntheticVideo, publish
+from hub.core.livestate import MemoryLiveState
 
 from .conftest import EventSocket, HubProcess, start_hub, wait_until
 
@@ -265,3 +266,19 @@ async def test_an_event_that_cannot_be_sent_does_not_stop_the_socket(
     finally:
         await client.aclose()
         hub.stop()
+
+
+async def test_a_listener_pays_only_for_the_events_it_accepts() -> None:
+    """The bus half of per-socket queues: another room's flood does not count
+    towards a filtered listener's bound, and one that does not read is dropped."""
+    state = MemoryLiveState("node-test")
+    mine = state.listen(lambda event: event.get("room_id") == "site-mine", bound=10)
+    everything = state.listen(bound=10)
+    for i in range(1000):  # emit does not yield: nobody reads meanwhile
+        await state.emit({"type": "chat", "room_id": "site-other", "text": str(i)})
+    await state.emit({"type": "chat", "room_id": "site-mine", "text": "for me"})
+    assert await mine.get() == {"type": "chat", "room_id": "site-mine", "text": "for me"}
+    assert await everything.get() is None  # dropped after 10 unread events
+    for _ in range(11):
+        await state.emit({"type": "chat", "room_id": "site-mine", "text": "unread"})
+    assert mine.qsize() == 1 and await mine.get() is None
