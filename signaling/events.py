@@ -163,9 +163,12 @@ class Session:
         limit = f"{bucket.rate:g} per second, {bucket.burst} at once"
         await self.error("rate-limited", f"too many {what} ({limit}); retry in {wait:.1f} s", retry_after=wait)
 
-    async def handle(self, raw: str) -> None:
+    async def handle(self, raw: str | bytes) -> None:
         if not self._messages.take():
             await self._refuse(self._messages, "messages")
+            return
+        if isinstance(raw, bytes):
+            await self.error("bad-message", "messages are JSON text")
             return
         try:
             message = ClientMessage.validate_json(raw)
@@ -337,10 +340,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     try:
         await session.send({"type": "hello", "user": claims.user, "role": claims.role, "site": claims.site})
         async for msg in ws:
-            if msg.type == WSMsgType.TEXT:
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 await session.handle(msg.data)
-            elif msg.type == WSMsgType.BINARY:
-                await session.error("bad-message", "messages are JSON text")
     finally:
         await cancel_and_wait(forwarder)
         await session.close()

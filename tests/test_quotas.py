@@ -111,6 +111,20 @@ async def test_a_guests_chat_burst_costs_only_the_guest(limited: HubProcess, htt
         await sock.close()
 
 
+async def test_a_binary_flood_is_limited_too(limited: HubProcess, http: aiohttp.ClientSession) -> None:
+    sock = await EventSocket.open(http, limited, limited.sign("bin-flood", "xinhua", "terminal"))
+    for _ in range(200):
+        if sock.ws.closed:
+            break
+        try:
+            await sock.ws.send_bytes(b"\x00" * 100)
+        except ConnectionError:
+            break
+    await wait_until(lambda: sock.ws.closed, 15)
+    assert sock.ws.close_code == 1008
+    assert {m["code"] for m in sock.of("error")} == {"bad-message", "rate-limited"}
+
+
 async def test_the_third_whip_session_of_a_user_gets_429(limited: HubProcess, http: aiohttp.ClientSession) -> None:
     token = limited.sign("party-quota", "shangzhai", "guest", room="site-shangzhai")
     for _ in range(2):
