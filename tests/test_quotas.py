@@ -27,6 +27,7 @@ EMPTY_ROOM_SECONDS = 2
 LIMITS = {
     "HUB_SESSION_CONNECT_SECONDS": str(CONNECT_SECONDS),
     "HUB_WHIP_SESSIONS_PER_USER": "2",
+    "HUB_WHEP_SESSIONS_PER_USER": "2",
     "HUB_ROOMS_PER_SITE": "3",
     "HUB_EMPTY_ROOM_SECONDS": str(EMPTY_ROOM_SECONDS),
     "HUB_SNAPSHOT_SECONDS": "0",
@@ -44,10 +45,10 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def offer_that_never_connects() -> str:
+async def offer_that_never_connects(direction: str = "sendonly") -> str:
     """A real aiortc offer whose peer is gone before the hub answers it."""
     pc = RTCPeerConnection(NO_ICE_SERVERS)
-    pc.addTransceiver("video", direction="sendonly")
+    pc.addTransceiver("video", direction=direction)
     await pc.setLocalDescription(await pc.createOffer())
     sdp = pc.localDescription.sdp
     await pc.close()
@@ -145,6 +146,24 @@ async def test_the_third_whip_session_of_a_user_gets_429(limited: HubProcess, ht
     await asyncio.sleep(retry_after + 1)
     async with await post_offer(http, limited, token, "site-shangzhai", await offer_that_never_connects()) as r:
         assert r.status == 201, await r.text()
+
+
+async def test_the_third_whep_session_of_a_user_gets_429(limited: HubProcess, http: aiohttp.ClientSession) -> None:
+    publisher = limited.sign("cam-xinzhuang", "xinzhuang", "terminal")
+    live = await publish(http, limited.url, publisher, "site-xinzhuang", [SyntheticVideo("vp8", 160, 120)])
+    viewer = limited.sign("op-xinzhuang", "xinzhuang", "operator")
+    headers = auth(viewer) | {"Content-Type": "application/sdp"}
+    url = f"{limited.url}/whep/{live.resource_id}"
+    try:
+        for _ in range(2):
+            async with http.post(url, data=await offer_that_never_connects("recvonly"), headers=headers) as r:
+                assert r.status == 201, await r.text()
+        async with http.post(url, data=await offer_that_never_connects("recvonly"), headers=headers) as r:
+            assert r.status == 429 and r.content_type == PROBLEM
+            assert 1 <= int(r.headers["Retry-After"]) <= CONNECT_SECONDS
+            assert "viewing (WHEP)" in (await r.json())["detail"]
+    finally:
+        await live.close()
 
 
 async def test_an_offer_that_never_connects_is_removed(limited: HubProcess, http: aiohttp.ClientSession) -> None:
