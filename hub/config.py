@@ -75,6 +75,34 @@ class Settings(BaseSettings):
     #: Reconnect delays of a dropped camera: from the first, doubling up to the last.
     camera_backoff_min: float = 1.0
     camera_backoff_max: float = 30.0
+    #: Messages one event socket may send per second, sustained, and in one burst;
+    #: a message over the limit is refused with an `error` (code rate-limited).
+    ws_messages_per_second: float = 20.0
+    ws_message_burst: int = 40
+    #: The same for chat messages (they reach everyone in the room), within the above.
+    ws_chats_per_second: float = 2.0
+    ws_chat_burst: int = 10
+    #: Refused messages after which a socket is closed (1008); one refusal is
+    #: forgiven per second, so only a socket that keeps flooding is closed.
+    ws_refusals_before_close: int = 50
+    #: Events waiting for one socket (its own, after filtering) before it is
+    #: closed as too slow (1013): only a client that does not read gets there.
+    ws_queue_events: int = 1000
+    #: Seconds a WHIP or WHEP session may take to connect (ICE + DTLS) before
+    #: it is removed, with its stream and participant.
+    session_connect_seconds: float = 10.0
+    #: WHIP (publishing) and WHEP (viewing) sessions on this hub process per
+    #: user and per room, connecting or connected; one more is refused with 429.
+    whip_sessions_per_user: int = 4
+    whip_sessions_per_room: int = 50
+    whep_sessions_per_user: int = 64
+    whep_sessions_per_room: int = 1000
+    #: Rooms opened (API, cases, trainings, calls, conferences) and not yet
+    #: closed at one site; one more is refused with 429.
+    rooms_per_site: int = 20
+    #: Seconds an opened room may stay empty (no participant, no stream)
+    #: before it is closed; standing rooms never are.
+    empty_room_seconds: float = 600.0
     #: Seconds a hub process holds a camera's lease (renewed every third of it)
     #: before another process on the same Redis may take the camera over.
     camera_lease_seconds: float = 15.0

@@ -67,6 +67,11 @@ async def open_room(request: web.Request) -> web.Response:
     return json_response(room, status=201)
 
 
+async def close_room(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    return json_response(await request.app[ROOMS].close_room(claims, request.match_info["room_id"]))
+
+
 async def get_room(request: web.Request) -> web.Response:
     claims = claims_of(request)
     return json_response(await request.app[ROOMS].room_detail(claims, request.match_info["room_id"]))

@@ -52,6 +52,7 @@ def make_app(
     app.router.add_get("/api/rooms", api.list_rooms)
     app.router.add_post("/api/rooms", api.open_room)
     app.router.add_get("/api/rooms/{room_id}", api.get_room)
+    app.router.add_delete("/api/rooms/{room_id}", api.close_room)
     app.router.add_post("/api/rooms/{room_id}/invites", invites.create_invite)
     app.router.add_get("/api/rooms/{room_id}/sites", invites.room_sites)
     app.router.add_get("/api/streams/{stream_id}", api.get_stream)

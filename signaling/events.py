@@ -3,20 +3,26 @@
 Messages are JSON objects with a "type"; `docs/protocol.md` documents them.
 Client messages are validated with pydantic: an unknown or malformed
 message gets an `error` reply and changes nothing; an oversized one closes
-the socket (1009).
+the socket (1009). Each socket's messages are rate-limited (token buckets):
+one over the limit is refused, a socket that keeps flooding is closed (1008).
+Each socket queues only the events that may be its own, so another socket's
+burst never fills its queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Annotated, Literal
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
 
+from hub.config import Settings
 from hub.core.access import Forbidden, addressed_to, can_enter_room
 from hub.core.livestate import Record
+from hub.core.quotas import TokenBucket
 from hub.core.records import Event
 from hub.core.rooms import NotFound, Rooms
 from hub.core.tasks import cancel_and_wait
@@ -28,6 +34,8 @@ from .console import PRESENCE
 from .keys import ROOMS, SETTINGS
 from .problems import problem_response, validation_detail
 from .recordings import RECORDER
+
+log = logging.getLogger(__name__)
 
 #: A room or site id as a client may send it.
 Ident = Annotated[str, Field(min_length=1, max_length=100)]
@@ -102,6 +110,8 @@ class Monitor(_Message):
 MONITORED = frozenset({"participant-joined", "participant-left", "stream-added", "stream-removed"})
 #: Addressed events only monitoring sessions receive (of interest to a console, noise elsewhere).
 MONITOR_ONLY = frozenset({"presence", "snapshot"})
+#: Events announcing a room to everyone who may enter it, joined or not.
+ROOM_ANNOUNCEMENTS = frozenset({"room-opened", "room-closed"})
 
 RoomMessage = State | Chat | Hand | InviteSite | Recording
 ClientMessage = TypeAdapter(Annotated[Join | Leave | Ping | Monitor | RoomMessage, Field(discriminator="type")])
@@ -110,7 +120,9 @@ ClientMessage = TypeAdapter(Annotated[Join | Leave | Ping | Monitor | RoomMessag
 class Session:
     """One WebSocket: the rooms it joined and the events it forwards."""
 
-    def __init__(self, ws: web.WebSocketResponse, rooms: Rooms, claims: Claims, recorder: Recorder | None) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, rooms: Rooms, claims: Claims, recorder: Recorder | None, settings: Settings
+    ) -> None:
         self.ws = ws
         self.rooms = rooms
         self.recorder = recorder
@@ -121,18 +133,50 @@ class Session:
         self.pending: dict[str, list[Record]] = {}
         self.monitoring = False
         self._may_enter: dict[str, bool] = {}  # room id -> may this caller enter it (monitoring)
+        self._queue_bound = settings.ws_queue_events
+        self._messages = TokenBucket(settings.ws_messages_per_second, settings.ws_message_burst)
+        self._chats = TokenBucket(settings.ws_chats_per_second, settings.ws_chat_burst)
+        # Refusals are forgiven at one a second: a burst is refused in part,
+        # a flood that goes on is closed.
+        self._refusals = TokenBucket(1.0, settings.ws_refusals_before_close)
 
     async def send(self, message: Record) -> None:
-        await self.ws.send_str(json.dumps(message, ensure_ascii=False))
+        """Send one message; one that cannot be encoded (a record holding
+        something JSON or UTF-8 cannot carry) is logged and skipped, so no
+        record can stop the socket's sending."""
+        try:
+            data = json.dumps(message, ensure_ascii=False).encode("utf-8")
+        except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+            log.error("cannot send a %r message to %s: %s", message.get("type"), self.claims.user, exc)
+            return
+        await self.ws.send_frame(data, WSMsgType.TEXT)
 
-    async def error(self, code: str, message: str) -> None:
-        await self.send({"type": "error", "code": code, "message": message})
+    async def error(self, code: str, message: str, **fields: object) -> None:
+        await self.send({"type": "error", "code": code, "message": message} | fields)
 
-    async def handle(self, raw: str) -> None:
+    async def _refuse(self, bucket: TokenBucket, what: str) -> None:
+        if not self._refusals.take():
+            log.warning("closing the event socket of %s: it kept sending over its rate limit", self.claims.user)
+            await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"message rate limit exceeded")
+            return
+        wait = round(bucket.wait(), 3)
+        limit = f"{bucket.rate:g} per second, {bucket.burst} at once"
+        await self.error("rate-limited", f"too many {what} ({limit}); retry in {wait:.1f} s", retry_after=wait)
+
+    async def handle(self, raw: str | bytes) -> None:
+        if not self._messages.take():
+            await self._refuse(self._messages, "messages")
+            return
+        if isinstance(raw, bytes):
+            await self.error("bad-message", "messages are JSON text")
+            return
         try:
             message = ClientMessage.validate_json(raw)
         except ValidationError as exc:
             await self.error("bad-message", validation_detail(exc))
+            return
+        if isinstance(message, Chat) and not self._chats.take():
+            await self._refuse(self._chats, "chat messages")
             return
         if isinstance(message, Ping):
             await self.send({"type": "pong"})
@@ -210,31 +254,63 @@ class Session:
             await self.rooms.leave(room_id, participant_id)
         await self.send({"type": "left", "room_id": room_id})
 
+    def may_be_mine(self, event: Event) -> bool:
+        """A cheap first cut, made as the event is delivered: events of rooms
+        this socket is not in never take room in its queue. `forward_events`
+        makes the real decision."""
+        kind = event.get("type")
+        if "to" in event or kind in ROOM_ANNOUNCEMENTS:
+            return True
+        room_id = event.get("room_id")
+        if room_id in self.joined or room_id in self.pending:
+            return True
+        if kind == "room-updated" and room_id in self._may_enter:
+            return True  # drops a cached answer
+        return self.monitoring and kind in MONITORED
+
     async def forward_events(self) -> None:
-        queue = self.rooms.state.listen()
+        """Send this socket its events until the socket closes. The queue holds
+        only this socket's events, so it fills only when the client does not
+        read; then, or if forwarding fails, the socket is closed saying why."""
+        queue = self.rooms.state.listen(self.may_be_mine, self._queue_bound)
         try:
             while (event := await queue.get()) is not None:
-                room_id = event.get("room_id")
-                if event["type"] == "room-updated":
-                    self._may_enter.pop(room_id, None)  # its admissions may have changed
-                if "to" in event:
-                    if (self.monitoring or event["type"] not in MONITOR_ONLY) and addressed_to(
-                        self.rooms.tree, self.claims, event["to"]
-                    ):
-                        await self.send(event)
-                elif room_id in self.pending:
-                    self.pending[room_id].append(event)
-                elif room_id in self.joined or self._announces_room_for_me(event):
-                    await self.send(event)
-                elif self.monitoring and event["type"] in MONITORED and await self._may_enter_room(room_id):
-                    await self.send(event)
-            await self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"event stream overflow")
+                await self._forward(event)
+            if self.rooms.state.closed:
+                await self.ws.close(code=WSCloseCode.GOING_AWAY, message=b"hub stopping")
+                return
+            log.warning("closing the event socket of %s: %d events waited unread", self.claims.user, self._queue_bound)
+            reason = f"too slow: {self._queue_bound} events waited unread"
+            await self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=reason.encode())
+        except ConnectionError:
+            pass  # the client went away: nobody to tell
+        except Exception:
+            log.exception("event forwarding to %s failed; closing its socket", self.claims.user)
+            await self.ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"event forwarding failed; reconnect")
         finally:
             self.rooms.state.unlisten(queue)
 
+    async def _forward(self, event: Event) -> None:
+        room_id = event.get("room_id")
+        if event["type"] == "room-updated":
+            self._may_enter.pop(room_id, None)  # its admissions may have changed
+        if "to" in event:
+            if (self.monitoring or event["type"] not in MONITOR_ONLY) and addressed_to(
+                self.rooms.tree, self.claims, event["to"]
+            ):
+                await self.send(event)
+        elif room_id in self.pending:
+            self.pending[room_id].append(event)
+        elif room_id in self.joined or self._announces_room_for_me(event):
+            if event["type"] == "room-closed":
+                self.joined.pop(room_id, None)  # its participants are gone with it
+            await self.send(event)
+        elif self.monitoring and event["type"] in MONITORED and await self._may_enter_room(room_id):
+            await self.send(event)
+
     def _announces_room_for_me(self, event: Event) -> bool:
-        """A new room is announced to everyone who may enter it, joined or not."""
-        return event["type"] == "room-opened" and can_enter_room(self.rooms.tree, self.claims, event["room"])
+        """A room opening or closing is announced to everyone who may enter it, joined or not."""
+        return event["type"] in ROOM_ANNOUNCEMENTS and can_enter_room(self.rooms.tree, self.claims, event["room"])
 
     async def _may_enter_room(self, room_id: str) -> bool:
         # Asked once per room, until a room-updated event drops the answer.
@@ -261,17 +337,15 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     limit = request.app[SETTINGS].max_ws_message_bytes
     ws = web.WebSocketResponse(heartbeat=20, max_msg_size=limit)
     await ws.prepare(request)
-    session = Session(ws, request.app[ROOMS], claims, request.app.get(RECORDER))
+    session = Session(ws, request.app[ROOMS], claims, request.app.get(RECORDER), request.app[SETTINGS])
     forwarder = asyncio.create_task(session.forward_events())
     presence = request.app.get(PRESENCE)
     connection = await presence.connect(claims) if presence else None
     try:
         await session.send({"type": "hello", "user": claims.user, "role": claims.role, "site": claims.site})
         async for msg in ws:
-            if msg.type == WSMsgType.TEXT:
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 await session.handle(msg.data)
-            elif msg.type == WSMsgType.BINARY:
-                await session.error("bad-message", "messages are JSON text")
     finally:
         await cancel_and_wait(forwarder)
         await session.close()

@@ -16,6 +16,14 @@ _SDP_CREATED = {
     "content": {"application/sdp": {"schema": {"type": "string"}}},
 }
 _SDP_ERRORS = _ERRORS | {"400": _PROBLEM, "413": _PROBLEM, "415": _PROBLEM}
+#: Over a quota (sessions, rooms): Retry-After says when asking again may succeed.
+_QUOTA = {
+    "429": {
+        "description": "Too Many Requests: over a quota (docs/operate.md#quotas-and-rate-limits)",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
+        "content": {"application/problem+json": {"schema": {"type": "object"}}},
+    }
+}
 
 
 def _json(ref: str, description: str = "OK") -> dict[str, Any]:
@@ -188,7 +196,7 @@ def document() -> dict[str, Any]:
                             }
                         },
                     },
-                    "responses": {"201": _json("Room", "Created"), "400": _PROBLEM} | _ERRORS,
+                    "responses": {"201": _json("Room", "Created"), "400": _PROBLEM} | _ERRORS | _QUOTA,
                 },
             },
             "/api/rooms/{room_id}": {
@@ -196,7 +204,13 @@ def document() -> dict[str, Any]:
                     "summary": "A room with its participants and streams",
                     "parameters": [_param("room_id")],
                     "responses": {"200": _json("Room")} | _ERRORS,
-                }
+                },
+                "delete": {
+                    "summary": "Close an opened room (its opener, or an operator or admin over its site): "
+                    "ends its streams, removes its participants, emits room-closed",
+                    "parameters": [_param("room_id")],
+                    "responses": {"200": _json("Room", "Closed: the room as it was"), "400": _PROBLEM} | _ERRORS,
+                },
             },
             "/api/rooms/{room_id}/invites": {
                 "post": {
@@ -281,7 +295,7 @@ def document() -> dict[str, Any]:
                         },
                     ],
                     "requestBody": _SDP_BODY,
-                    "responses": {"201": _SDP_CREATED} | _SDP_ERRORS,
+                    "responses": {"201": _SDP_CREATED} | _SDP_ERRORS | _QUOTA,
                 }
             },
             "/whip/{room_id}/{stream_id}": {
@@ -297,7 +311,8 @@ def document() -> dict[str, Any]:
                     "parameters": [_param("stream_id")],
                     "requestBody": _SDP_BODY,
                     "responses": {"201": _SDP_CREATED, "307": {"description": "Hosted by another hub process"}}
-                    | _SDP_ERRORS,
+                    | _SDP_ERRORS
+                    | _QUOTA,
                 }
             },
             "/whep/{stream_id}/{session_id}": {

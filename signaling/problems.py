@@ -12,6 +12,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from hub.core.access import Forbidden
+from hub.core.quotas import QuotaExceeded
 from hub.core.rooms import Elsewhere, NotFound
 from hub.core.tokens import TokenError
 from hub.media.router import SdpError
@@ -52,13 +53,16 @@ def service(request: web.Request, key: web.AppKey[T], missing: str) -> T:
     return found
 
 
-def problem_response(status: int, title: str, detail: str = "", instance: str = "") -> web.Response:
+def problem_response(
+    status: int, title: str, detail: str = "", instance: str = "", headers: dict[str, str] | None = None
+) -> web.Response:
     body: dict[str, object] = {"type": "about:blank", "title": title, "status": status}
     if detail:
         body["detail"] = detail
     if instance:
         body["instance"] = instance
-    headers = {"WWW-Authenticate": 'Bearer realm="hub"'} if status == 401 else None
+    if status == 401:
+        headers = (headers or {}) | {"WWW-Authenticate": 'Bearer realm="hub"'}
     return web.Response(
         status=status, text=json.dumps(body, ensure_ascii=False), content_type=PROBLEM_TYPE, headers=headers
     )
@@ -87,6 +91,9 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
         return problem_response(403, "Forbidden", str(exc), path)
     except NotFound as exc:
         return problem_response(404, "Not Found", str(exc), path)
+    except QuotaExceeded as exc:
+        retry = {"Retry-After": str(exc.retry_after)}
+        return problem_response(429, "Too Many Requests", str(exc), path, retry)
     except Elsewhere as exc:
         raise web.HTTPTemporaryRedirect(exc.url + request.path_qs) from exc
     except SdpError as exc:

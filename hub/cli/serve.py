@@ -12,6 +12,7 @@ from aiohttp import web
 
 from hub.config import DEMO_SITES, Settings
 from hub.core.livestate import LiveState, open_live_state
+from hub.core.quotas import Limits
 from hub.core.rooms import Rooms
 from hub.core.sites import SiteTree, load_sites_file
 from hub.core.store import Store
@@ -60,9 +61,22 @@ async def build(settings: Settings) -> Hub:
     state = open_live_state(settings.redis, node_id, settings.node_ttl)
     await state.start()
     router = Router(
-        settings.announced_ip, settings.viewer_backlog_bytes, settings.keyframe_interval, settings.ice_servers
+        settings.announced_ip,
+        settings.viewer_backlog_bytes,
+        settings.keyframe_interval,
+        settings.ice_servers,
+        settings.session_connect_seconds,
     )
-    rooms = Rooms(tree, state, router, node_id=node_id, node_url=settings.base_url)
+    limits = Limits(
+        whip_per_user=settings.whip_sessions_per_user,
+        whip_per_room=settings.whip_sessions_per_room,
+        whep_per_user=settings.whep_sessions_per_user,
+        whep_per_room=settings.whep_sessions_per_room,
+        rooms_per_site=settings.rooms_per_site,
+        empty_room_seconds=settings.empty_room_seconds,
+        connect_seconds=settings.session_connect_seconds,
+    )
+    rooms = Rooms(tree, state, router, node_id=node_id, node_url=settings.base_url, limits=limits)
     recorder = Recorder(
         rooms, settings.recordings_path, settings.db_path, settings.segment_seconds, settings.record_mediation_rooms
     )
@@ -95,17 +109,17 @@ async def build(settings: Settings) -> Hub:
     # Participants, streams and presence of a process that died linger in shared state until swept.
     sweeps = [rooms.sweep, presence.sweep]
     sweeper = asyncio.create_task(_sweep_forever(sweeps, settings.node_ttl)) if settings.redis else None
+    expiry = asyncio.create_task(rooms.expire_forever())
     retention = None
     if settings.retention_days is not None:
         retention = asyncio.create_task(
-            expire_forever(
-                recorder.catalogue, recorder.root, settings.retention_days, settings.retention_check_seconds
-            )
+            expire_forever(recorder.catalogue, recorder.root, settings.retention_days, settings.retention_check_seconds)
         )
 
     async def shutdown(_: web.Application) -> None:
         if sweeper is not None:
             sweeper.cancel()
+        expiry.cancel()
         if retention is not None:
             retention.cancel()
         await dispatch.close()

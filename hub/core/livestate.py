@@ -34,7 +34,10 @@ class LiveState(ABC):
     """What is live now. Records are JSON-able dicts keyed by their "id"."""
 
     def __init__(self) -> None:
-        self._listeners: set[asyncio.Queue[Event | None]] = set()
+        #: Each listener's queue and the filter of the events it takes (None: all).
+        self._listeners: dict[asyncio.Queue[Event | None], Callable[[Event], bool] | None] = {}
+        #: Set by close(): a listener dropped now was not too slow, the hub is stopping.
+        self.closed = False
 
     @abstractmethod
     async def start(self) -> None:
@@ -45,6 +48,7 @@ class LiveState(ABC):
         """Ids of the hub processes that are running now."""
 
     async def close(self) -> None:
+        self.closed = True
         for queue in tuple(self._listeners):
             self._drop(queue)
 
@@ -56,6 +60,11 @@ class LiveState(ABC):
 
     @abstractmethod
     async def rooms(self) -> list[Room]: ...
+
+    @abstractmethod
+    async def delete_room(self, room_id: str) -> Room | None:
+        """Remove an opened room; None if it was not there (of racing
+        deletes, exactly one gets the room)."""
 
     @abstractmethod
     async def add_participant(self, room_id: str, participant: Participant) -> None: ...
@@ -119,25 +128,41 @@ class LiveState(ABC):
     async def emit(self, event: Event) -> None:
         """Deliver an event to every listener on every hub process."""
 
-    def listen(self) -> asyncio.Queue[Event | None]:
-        """A queue of every event; None means the subscription was dropped."""
-        queue: asyncio.Queue[Event | None] = asyncio.Queue(LISTENER_QUEUE)
-        self._listeners.add(queue)
+    def listen(
+        self, accept: Callable[[Event], bool] | None = None, bound: int = LISTENER_QUEUE
+    ) -> asyncio.Queue[Event | None]:
+        """A queue of every event, or of those `accept` lets in; None means
+        the subscription was dropped. Only accepted events count towards the
+        `bound`, so a listener pays for its own events, not for everyone's."""
+        queue: asyncio.Queue[Event | None] = asyncio.Queue(bound)
+        self._listeners[queue] = accept
         return queue
 
     def unlisten(self, queue: asyncio.Queue[Event | None]) -> None:
-        self._listeners.discard(queue)
+        self._listeners.pop(queue, None)
 
     def _deliver(self, event: Event) -> None:
-        for queue in tuple(self._listeners):
+        for queue, accept in tuple(self._listeners.items()):
+            if accept is not None and not self._accepts(accept, event):
+                continue
             try:
                 queue.put_nowait(event)
             except asyncio.QueueFull:
-                log.warning("dropping an event listener that fell %d events behind", LISTENER_QUEUE)
+                log.warning("dropping an event listener that fell %d events behind", queue.maxsize)
                 self._drop(queue)
 
+    @staticmethod
+    def _accepts(accept: Callable[[Event], bool], event: Event) -> bool:
+        # A filter runs in the emitter's call: its failure must not stop the
+        # event reaching the other listeners, so the listener gets it to judge.
+        try:
+            return accept(event)
+        except Exception:
+            log.exception("event filter failed on %r; delivering the event", event.get("type"))
+            return True
+
     def _drop(self, queue: asyncio.Queue[Event | None]) -> None:
-        self._listeners.discard(queue)
+        self._listeners.pop(queue, None)
         with contextlib.suppress(asyncio.QueueEmpty):
             while True:
                 queue.get_nowait()
@@ -167,6 +192,9 @@ class MemoryLiveState(LiveState):
 
     async def rooms(self) -> list[Room]:
         return list(self._rooms.values())
+
+    async def delete_room(self, room_id: str) -> Room | None:
+        return self._rooms.pop(room_id, None)
 
     async def add_participant(self, room_id: str, participant: Participant) -> None:
         self._participants.setdefault(room_id, {})[participant["id"]] = participant
@@ -307,6 +335,13 @@ class RedisLiveState(LiveState):
 
     async def rooms(self) -> list[Room]:
         return [json.loads(v) for v in (await self._redis.hgetall("hub:rooms")).values()]
+
+    async def delete_room(self, room_id: str) -> Room | None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hget("hub:rooms", room_id)
+            pipe.hdel("hub:rooms", room_id)
+            raw, deleted = await pipe.execute()
+        return json.loads(raw) if raw and deleted else None
 
     async def add_participant(self, room_id: str, participant: Participant) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -451,4 +486,3 @@ class EventFollower:
                 await self._handle(event)
             except Exception:
                 log.exception("%s could not handle %s", self._name, event.get("type"))
-

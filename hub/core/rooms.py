@@ -6,9 +6,13 @@ door into the hub can forget to.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +20,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from hub.core.access import Forbidden, can_enter_room, can_reach_site
 from hub.core.livestate import LiveState
+from hub.core.quotas import Limits, QuotaExceeded
 from hub.core.records import Event, Participant, Room, RoomDetail, RoomSummary, Stream
 from hub.core.sites import Site, SiteTree, standing_room_id
 from hub.core.tokens import Claims
@@ -27,6 +32,10 @@ ROOM_KINDS = ("standing", "mediation", "training", "call", "conference")
 STREAM_KINDS = ("camera", "screen")
 #: Roles that may call a higher-level site into a room.
 SITE_INVITER_ROLES = ("admin", "operator", "mediator")
+#: Roles that may close any opened room of a site in their jurisdiction.
+ROOM_CLOSER_ROLES = ("admin", "operator")
+
+log = logging.getLogger(__name__)
 
 
 class NotFound(Exception):
@@ -60,8 +69,16 @@ def _new_id(prefix: str) -> str:
 
 
 class Rooms:
-    def __init__(self, tree: SiteTree, state: LiveState, router: Router, node_id: str, node_url: str) -> None:
+    def __init__(
+        self, tree: SiteTree, state: LiveState, router: Router, node_id: str, node_url: str, limits: Limits
+    ) -> None:
         self.tree = tree
+        self.limits = limits
+        #: Sessions being answered, not yet counted among hosted streams and
+        #: subscriptions: ("whip"|"whep", "user"|"room", id) -> how many.
+        self._admitting: Counter[tuple[str, str, str]] = Counter()
+        #: Opened room id -> when this process first saw it empty (monotonic).
+        self._empty_since: dict[str, float] = {}
         self.node_url = node_url
         self.state = state
         self._router = router
@@ -108,6 +125,15 @@ class Rooms:
                 raise NotFound(f"no site {site}")
             if not can_reach_site(self.tree, claims, site):
                 raise Forbidden(f"site {site} is outside your jurisdiction")
+        # An emergency call's room is never refused: a site rings one call at a
+        # time (hub.workflows.dispatch), and its rooms do not count either.
+        opened = [r["id"] for r in await self.state.rooms() if r["site_id"] == site_id and r["kind"] != "call"]
+        if kind != "call" and len(opened) >= self.limits.rooms_per_site:
+            raise QuotaExceeded(
+                f"site {site_id} has {len(opened)} open rooms, the most it may have; close one or wait until one"
+                " stands empty long enough to close",
+                self._soonest_expiry(opened),
+            )
         room = fields | {
             "id": _new_id("room"),
             "site_id": site_id,
@@ -132,6 +158,76 @@ class Rooms:
         await self.state.put_room(room)
         await self.state.emit({"type": "room-updated", "room_id": room_id, "room": room})
         return room
+
+    def _soonest_expiry(self, room_ids: list[str]) -> float:
+        """Seconds until the first of these rooms may close for standing empty."""
+        now = time.monotonic()
+        grace = self.limits.empty_room_seconds
+        return min((grace - (now - self._empty_since[r]) for r in room_ids if r in self._empty_since), default=grace)
+
+    async def close_room(self, claims: Claims, room_id: str) -> Room:
+        """Close an opened room: its opener may, and an operator or admin
+        whose jurisdiction covers the room's site. Ends its streams."""
+        room = await self._room(room_id)
+        if room["kind"] == "standing":
+            raise ValueError(f"{room_id} is a site's standing room: it is never closed")
+        opener = room.get("created_by") == claims.user and can_enter_room(self.tree, claims, room)
+        covers = claims.role in ROOM_CLOSER_ROLES and can_reach_site(self.tree, claims, room["site_id"])
+        if not (opener or covers):
+            raise Forbidden(f"only the room's opener or an operator of site {room['site_id']} may close it")
+        if not await self._close_room(room, f"closed by {claims.user}"):
+            raise NotFound(f"no room {room_id}")
+        return room
+
+    async def _close_room(self, room: Room, reason: str) -> bool:
+        """Remove the room, its streams and participants; False if another
+        call (or hub process) closed it first."""
+        room_id = room["id"]
+        self._empty_since.pop(room_id, None)
+        if await self.state.delete_room(room_id) is None:
+            return False
+        for stream in await self.state.streams(room_id):
+            if stream["id"] in self._hosted:
+                await self.unpublish_stream(stream["id"])  # emits stream-removed
+            elif await self.state.remove_stream(stream["id"]):
+                await self.state.emit({"type": "stream-removed", "room_id": room_id, "stream_id": stream["id"]})
+        for participant in await self.state.participants(room_id):
+            if await self.state.remove_participant(room_id, participant["id"]):
+                await self.state.emit(
+                    {"type": "participant-left", "room_id": room_id, "participant_id": participant["id"]}
+                )
+        await self.state.emit({"type": "room-closed", "room_id": room_id, "room": room, "reason": reason})
+        log.info("room %s closed: %s", room_id, reason)
+        return True
+
+    async def expire_empty_rooms(self) -> int:
+        """Close the opened rooms that stood empty (no participant, no
+        stream) for `empty_room_seconds`; returns how many."""
+        now = time.monotonic()
+        active = await self.state.active_rooms()
+        streaming = {s["room_id"] for s in await self.state.all_streams()}
+        opened = await self.state.rooms()
+        closed = 0
+        for room in opened:
+            if room["id"] in active or room["id"] in streaming:
+                self._empty_since.pop(room["id"], None)
+                continue
+            since = self._empty_since.setdefault(room["id"], now)
+            if now - since >= self.limits.empty_room_seconds:
+                closed += await self._close_room(room, f"empty for {self.limits.empty_room_seconds:g} s")
+        for room_id in self._empty_since.keys() - {r["id"] for r in opened}:
+            del self._empty_since[room_id]
+        return closed
+
+    async def expire_forever(self) -> None:
+        # A quarter of the grace period: a room closes at most 25% late.
+        period = min(30.0, max(0.25, self.limits.empty_room_seconds / 4))
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.expire_empty_rooms()
+            except Exception:  # keep expiring; shared live state may come back
+                log.exception("expiring empty rooms failed")
 
     async def rooms(self, claims: Claims) -> list[RoomSummary]:
         """Rooms in the caller's jurisdiction that are live or were opened."""
@@ -268,6 +364,13 @@ class Rooms:
                 raise NotFound(f"no participant {participant_id} of yours in room {room_id}")
         if (guard := self.publish_guards.get(room["kind"])) is not None:
             guard(claims, room, participant)
+        with self._admit("whip", claims.user, room["id"]):
+            return await self._publish(claims, room, offer, kind, participant)
+
+    async def _publish(
+        self, claims: Claims, room: Room, offer: str, kind: str, participant: Participant | None
+    ) -> tuple[Stream, str]:
+        room_id = room["id"]
         media, answer = await self._router.publish(offer)
         own = participant is None
         if participant is None:
@@ -391,9 +494,57 @@ class Rooms:
 
     async def view(self, claims: Claims, stream_id: str, offer: str) -> tuple[str, str]:
         """Subscribe the caller to a stream: (subscription id, SDP answer)."""
-        self.ensure_local(await self.stream(claims, stream_id))
-        subscription, answer = await self._router.view(stream_id, offer, claims.user)
+        stream = await self.stream(claims, stream_id)
+        self.ensure_local(stream)
+        with self._admit("whep", claims.user, stream["room_id"]):
+            subscription, answer = await self._router.view(stream_id, offer, claims.user)
         return subscription.id, answer
+
+    # -- quotas --------------------------------------------------------------
+
+    def _sessions(self, kind: str) -> Iterator[tuple[str, str]]:
+        """(user, room id) of each WHIP or WHEP session on this process."""
+        if kind == "whip":
+            for hosted in self._hosted.values():
+                if hosted.stream["participant_id"] is not None:  # the hub's own cameras are no one's quota
+                    yield hosted.stream["user"], hosted.stream["room_id"]
+        else:
+            for subscription in self._router.subscriptions():
+                if (viewed := self._hosted.get(subscription.stream_id)) is not None:
+                    yield subscription.user, viewed.stream["room_id"]
+
+    @contextlib.contextmanager
+    def _admit(self, kind: str, user: str, room_id: str) -> Iterator[None]:
+        """Refuse a session over the user's or the room's quota; count it as
+        taken while it is being answered, so concurrent offers cannot all pass."""
+        limits = self.limits
+        per_user, per_room = (
+            (limits.whip_per_user, limits.whip_per_room)
+            if kind == "whip"
+            else (limits.whep_per_user, limits.whep_per_room)
+        )
+        sessions = list(self._sessions(kind))
+        users = sum(u == user for u, _ in sessions) + self._admitting[(kind, "user", user)]
+        rooms = sum(r == room_id for _, r in sessions) + self._admitting[(kind, "room", room_id)]
+        what = "publishing (WHIP)" if kind == "whip" else "viewing (WHEP)"
+        # A session that never connects is removed after connect_seconds: the soonest a place may free up.
+        if users >= per_user:
+            raise QuotaExceeded(
+                f"{user} has {users} {what} sessions, the most one user may have", limits.connect_seconds
+            )
+        if rooms >= per_room:
+            raise QuotaExceeded(
+                f"room {room_id} has {rooms} {what} sessions, the most one room may have", limits.connect_seconds
+            )
+        keys = ((kind, "user", user), (kind, "room", room_id))
+        self._admitting.update(keys)
+        try:
+            yield
+        finally:
+            self._admitting.subtract(keys)
+            for key in keys:
+                if self._admitting[key] <= 0:
+                    del self._admitting[key]
 
     async def end_view(self, claims: Claims, stream_id: str, subscription_id: str) -> None:
         subscription = self._router.subscription(subscription_id)

@@ -134,7 +134,12 @@ class Router:
     """Owns the producers and consumers hosted by this hub process."""
 
     def __init__(
-        self, announced_ip: str | None, max_backlog: int, keyframe_interval: float, ice_servers: list[str]
+        self,
+        announced_ip: str | None,
+        max_backlog: int,
+        keyframe_interval: float,
+        ice_servers: list[str],
+        connect_timeout: float,
     ) -> None:
         door.install()  # before any peer connection opens a socket
         self._configuration = RTCConfiguration(iceServers=[RTCIceServer(url) for url in ice_servers])
@@ -143,6 +148,9 @@ class Router:
         self._announced_ip = announced_ip
         self._max_backlog = max_backlog
         self._keyframe_interval = keyframe_interval
+        #: Seconds a session may take to connect (ICE + DTLS) before it is closed.
+        self._connect_timeout = connect_timeout
+        self._expiring: set[asyncio.Task[object]] = set()
         #: Called with a stream's id when its media ends for any reason (DELETE, ICE failure, close).
         self.on_stream_ended: Callable[[str], Awaitable[None]] | None = None
 
@@ -159,6 +167,10 @@ class Router:
 
     def counts(self) -> dict[str, int]:
         return {"streams": len(self._producers), "subscriptions": len(self._consumers)}
+
+    def subscriptions(self) -> list[SubscriptionMedia]:
+        """Every subscription (WHEP session) hosted here, connecting or connected."""
+        return [SubscriptionMedia(c.id, c.producer.id, c.user) for c in self._consumers.values()]
 
     # -- the stream interface: local subscribers of a track --------------------
 
@@ -253,9 +265,23 @@ class Router:
         return SubscriptionMedia(consumer.id, producer.id, user), announce(answer, self._announced_ip)
 
     def _watch(self, pc: RTCPeerConnection, close: Callable[[], Awaitable[object]]) -> None:
+        # An offer that never connects would otherwise hold its session until
+        # ICE gives up (about a minute): a cheap way to pile up sessions.
+        def expire() -> None:
+            if pc.connectionState != "connected":
+                log.info("closing a session that did not connect within %.1f s", self._connect_timeout)
+                task = asyncio.ensure_future(close())
+                self._expiring.add(task)
+                task.add_done_callback(self._expiring.discard)
+
+        timer = asyncio.get_running_loop().call_later(self._connect_timeout, expire)
+
         @pc.on("connectionstatechange")
         async def _on_state() -> None:
-            if pc.connectionState in ("failed", "closed"):
+            if pc.connectionState == "connected":
+                timer.cancel()
+            elif pc.connectionState in ("failed", "closed"):
+                timer.cancel()
                 await close()
 
     async def end_stream(self, stream_id: str) -> bool:

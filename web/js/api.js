@@ -483,7 +483,7 @@ const REPLY_TYPES = new Set(["joined", "left", "pong", "ack", "error"]);
  * The event WebSocket (`/ws?token=`): join and leave rooms, receive their
  * events. Listen with `events.on(type, fn)` for any message type — "hello",
  * "participant-joined", "participant-left", "participant-updated", "stream-added",
- * "stream-removed", "room-opened", "chat", "invitation" — or "message" for all of them, and "state" for the
+ * "stream-removed", "room-opened", "room-closed", "chat", "invitation" — or "message" for all of them, and "state" for the
  * connection state ("connecting", "open", "closed"; detail `{state}`).
  *
  * join/leave/ping resolve with the hub's reply (joined/left/pong) or reject
@@ -580,6 +580,8 @@ export class Events {
         pending.resolve(message);
       }
     }
+    // The hub has taken this socket out of a closed room: do not join it again on reconnect.
+    if (message.type === "room-closed") this.rooms.delete(message.room_id);
     this._emit(message.type, message);
     this._emit("message", message);
   }

@@ -25,6 +25,7 @@ const STATUS_EVENTS = [
   "stream-added",
   "stream-removed",
   "room-opened",
+  "room-closed",
   "presence",
   "camera-status",
   "alert-raised",

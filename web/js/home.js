@@ -536,6 +536,7 @@ function openEvents() {
     renderStage();
   });
   events.on("room-opened", () => refreshRooms());
+  events.on("room-closed", () => refreshRooms());
   events.on("invitation", addInvitation);
   events.connect().catch((err) => console.warn("event socket", err));
 }
