@@ -15,6 +15,7 @@ import pytest
 from yarl import URL
 
 from client import bot
+from recorder.manifest import verify as verify_folder
 
 from .conftest import ROOT, HubProcess
 from .recording_helpers import ROOM, Recorded, auth, decoded_seconds, record, video_packets
@@ -73,6 +74,7 @@ async def test_h264_is_remuxed_into_matroska(hub: HubProcess):
     assert len(indices) >= 0.95 * len(sent)
     frames, seconds = decoded_seconds(recorded.folder, stream)
     assert frames >= 0.95 * len(sent) and abs(seconds - 4) <= 0.2
+    assert verify_folder(recorded.folder, recorded.manifest).intact  # every Matroska segment opens and decodes
 
 
 async def test_range_requests_and_audit(hub: HubProcess, recorded: Recorded, http: aiohttp.ClientSession):
