@@ -42,8 +42,8 @@ MAX_QUEUED = 20_000
 RESYNC_ASK = 1.0
 #: Seconds of one track's frames held back, at most, while another track, still sending, is behind it.
 MAX_AHEAD = 5.0
-#: Seconds without a packet after which a track no longer holds the others back (stopped, or muted without
-#: sending silence).
+#: Seconds of other tracks' packets without one of a track, after which it no longer holds them back
+#: (stopped, or muted without sending silence).
 SILENT = 2.0
 
 
@@ -108,6 +108,7 @@ class StreamRecorder:
         self.dropped_packets = 0
         self.frames_written = 0
         self.late_frames = 0  #: frames that came after the segment of their time was closed
+        self.repeated_frames = 0  #: audio packets with a timestamp not after the last one written
         # Writer-thread state.
         self._writer: SegmentWriter | None = None
         self._index = 0
@@ -118,7 +119,7 @@ class StreamRecorder:
         #: Frames placed on the stream's timeline, waiting to be written in timestamp order: (pts, frame).
         self._held: dict[str, collections.deque[tuple[int, Frame]]] = {k: collections.deque() for k in self._tracks}
         self._heard: dict[str, float] = {}  # kind -> arrival of its latest packet
-        self._now = 0.0  # the arrival of the latest packet, or the clock when none came for a while
+        self._now = 0.0  # the arrival of the latest packet
         self._seg_start = 0.0  # seconds from stream start
         self._keyframe_asked = False
         self._keyframe_held_at = 0.0  # stream time of the latest video keyframe held
@@ -164,18 +165,11 @@ class StreamRecorder:
 
     def _run(self) -> None:
         try:
-            while True:
-                try:
-                    item = self._queue.get(timeout=SILENT / 2)
-                except queue.Empty:
-                    self._now = time.time()  # a silent track stops holding the others back
-                    self._release()
-                    continue
-                if item is None:
-                    break
+            while (item := self._queue.get()) is not None:
                 kind, packet = item
-                # Arrival times, not the clock, so a writer thread that fell behind does not take
-                # a backlog for silence.
+                # Silence is judged by the other track's arrivals, not the clock: a writer thread that
+                # fell behind does not take its backlog for silence, and when the whole publisher
+                # stalls, holding its frames costs nothing.
                 self._now = self._heard[kind] = packet.arrival
                 if self._resync:
                     self._resync = False
@@ -195,11 +189,12 @@ class StreamRecorder:
             self._finish_segment()
             dropped = {kind: a.dropped_frames for kind, a in self._assemblers.items()}
             log.info(
-                "recorded %s: %d frames written, frames dropped %s, late %d, packets dropped %d",
+                "recorded %s: %d frames written, frames dropped %s, late %d, repeated %d, packets dropped %d",
                 self.folder,
                 self.frames_written,
                 dropped,
                 self.late_frames,
+                self.repeated_frames,
                 self.dropped_packets,
             )
 
@@ -270,7 +265,7 @@ class StreamRecorder:
             return
         previous = self._last_ts.get(kind)
         if previous is not None and frame.timestamp <= previous:
-            self.late_frames += 1  # a reordered or repeated audio packet: the muxer takes no step back
+            self.repeated_frames += 1  # a reordered or repeated audio packet: the muxer takes no step back
             return
         usual = clock // 30 if kind == "video" else clock // 50
         duration = frame.timestamp - previous if previous is not None else usual
