@@ -5,11 +5,19 @@ copies what it needs into a queue. The stream's writer thread assembles
 frames, cuts segments at keyframes and remuxes them (`segments.py`).
 Audio and video of a stream share each segment file, so a stream plays
 back as one media element.
+
+The writer handles the tracks' frames in timestamp order, not in arrival
+order. A publisher's audio and video reach the hub with an offset that
+varies (network jitter; a busy sender falling behind on one track), so
+audio of the last moments of a segment often arrives after the video
+keyframe that starts the next one. Taken in arrival order, that audio came
+after its segment was closed and was lost at every cut.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import logging
 import queue
@@ -32,6 +40,11 @@ log = logging.getLogger(__name__)
 MAX_QUEUED = 20_000
 #: Seconds between keyframe requests of a recorder that lost a frame.
 RESYNC_ASK = 1.0
+#: Seconds of one track's frames held back, at most, while another track, still sending, is behind it.
+MAX_AHEAD = 5.0
+#: Seconds of other tracks' packets without one of a track, after which it no longer holds them back
+#: (stopped, or muted without sending silence).
+SILENT = 2.0
 
 
 def recordable(track: Track) -> bool:
@@ -94,14 +107,22 @@ class StreamRecorder:
         self._resync = False
         self.dropped_packets = 0
         self.frames_written = 0
+        self.late_frames = 0  #: frames that came after the segment of their time was closed
+        self.repeated_frames = 0  #: audio packets with a timestamp not after the last one written
         # Writer-thread state.
         self._writer: SegmentWriter | None = None
         self._index = 0
         self._start_wall: float | None = None
         self._bases: dict[str, int] = {}  # kind -> unwrapped RTP timestamp at stream time 0
         self._last_ts: dict[str, int] = {}
+        self._clocks = {kind: CODECS[s.mime_type][1] for kind, s in self._tracks.items()}
+        #: Frames placed on the stream's timeline, waiting to be written in timestamp order: (pts, frame).
+        self._held: dict[str, collections.deque[tuple[int, Frame]]] = {k: collections.deque() for k in self._tracks}
+        self._heard: dict[str, float] = {}  # kind -> arrival of its latest packet
+        self._now = 0.0  # the arrival of the latest packet
         self._seg_start = 0.0  # seconds from stream start
         self._keyframe_asked = False
+        self._keyframe_held_at = 0.0  # stream time of the latest video keyframe held
         self._last_ask = 0.0
         self._size = (0, 0)
         self._thread = threading.Thread(target=self._run, name=f"recorder-{folder}", daemon=True)
@@ -146,6 +167,10 @@ class StreamRecorder:
         try:
             while (item := self._queue.get()) is not None:
                 kind, packet = item
+                # Silence is judged by the other track's arrivals, not the clock: a writer thread that
+                # fell behind does not take its backlog for silence, and when the whole publisher
+                # stalls, holding its frames costs nothing.
+                self._now = self._heard[kind] = packet.arrival
                 if self._resync:
                     self._resync = False
                     for assembler in self._assemblers.values():
@@ -153,24 +178,29 @@ class StreamRecorder:
                     self._ask_keyframe()
                 assembler = self._assemblers[kind]
                 for frame in assembler.add(packet):
-                    self._frame(kind, frame)
+                    self._hold(kind, frame)
+                self._release()
                 if assembler.waiting_keyframe and time.monotonic() - self._last_ask > RESYNC_ASK:
                     self._ask_keyframe()  # lost a frame: nothing decodes until the next keyframe
+            self._release(flush=True)
         except Exception:
             log.exception("recording of %s failed", self.folder)
         finally:
             self._finish_segment()
             dropped = {kind: a.dropped_frames for kind, a in self._assemblers.items()}
             log.info(
-                "recorded %s: %d frames written, frames dropped %s, packets dropped %d",
+                "recorded %s: %d frames written, frames dropped %s, late %d, repeated %d, packets dropped %d",
                 self.folder,
                 self.frames_written,
                 dropped,
+                self.late_frames,
+                self.repeated_frames,
                 self.dropped_packets,
             )
 
-    def _frame(self, kind: str, frame: Frame) -> None:
-        clock = CODECS[self._tracks[kind].mime_type][1]
+    def _hold(self, kind: str, frame: Frame) -> None:
+        """Place a frame on the stream's timeline and queue it for `_release`."""
+        clock = self._clocks[kind]
         leader = "video" if "video" in self._tracks else "audio"
         if self._start_wall is None:
             if kind != leader:
@@ -184,6 +214,42 @@ class StreamRecorder:
             # no RTCP sender-report sync in the hub to do better.
             self._bases[kind] = frame.timestamp - round((frame.arrival - self._start_wall) * clock)
         pts = frame.timestamp - self._bases[kind]
+        self._held[kind].append((pts, frame))
+        if kind == "video":
+            self._want_cut(pts / clock, frame.keyframe)
+
+    def _want_cut(self, seconds: float, keyframe: bool) -> None:
+        """Ask for the keyframe that will cut the next segment as its video arrives, not once it is
+        written: frames held back for a lagging track would delay the cut by as much."""
+        due_at = self._seg_start + self._segment_seconds
+        if keyframe:
+            self._keyframe_held_at = seconds
+        elif seconds >= due_at and self._keyframe_held_at < due_at and not self._keyframe_asked:
+            self._ask_keyframe()
+
+    def _release(self, flush: bool = False) -> None:
+        """Write held frames, earliest first, as long as no other track can still bring an earlier one."""
+        while heads := {kind: held[0][0] / self._clocks[kind] for kind, held in self._held.items() if held}:
+            kind = min(heads, key=heads.__getitem__)
+            held = self._held[kind]
+            ahead = (held[-1][0] - held[0][0]) / self._clocks[kind]
+            if not flush and ahead < MAX_AHEAD and any(self._may_send_earlier(other) for other in self._held):
+                return
+            pts, frame = held.popleft()
+            self._write(kind, frame, pts)
+
+    def _may_send_earlier(self, kind: str) -> bool:
+        """Whether a track has no frame waiting but is still sending: its next frame may be earlier."""
+        return (
+            not self._held[kind]
+            and kind in self._bases
+            and kind in self._open_tracks
+            and self._now - self._heard.get(kind, 0.0) < SILENT
+        )
+
+    def _write(self, kind: str, frame: Frame, pts: int) -> None:
+        clock = self._clocks[kind]
+        leader = "video" if "video" in self._tracks else "audio"
         seconds = pts / clock
         if kind == leader:
             elapsed = seconds - self._seg_start
@@ -191,16 +257,18 @@ class StreamRecorder:
             if due and (frame.keyframe or kind == "audio"):
                 self._finish_segment()
                 self._open_segment(seconds, frame)
-            elif due and not self._keyframe_asked:
-                self._ask_keyframe()
         if self._writer is None:
             return
         local = pts - round(self._seg_start * clock)
         if local < 0:
-            return  # audio from before this segment's first video frame
+            self.late_frames += 1  # held back less than the other track lagged
+            return
         previous = self._last_ts.get(kind)
+        if previous is not None and frame.timestamp <= previous:
+            self.repeated_frames += 1  # a reordered or repeated audio packet: the muxer takes no step back
+            return
         usual = clock // 30 if kind == "video" else clock // 50
-        duration = frame.timestamp - previous if previous is not None and frame.timestamp > previous else usual
+        duration = frame.timestamp - previous if previous is not None else usual
         self._last_ts[kind] = frame.timestamp
         self._writer.write(kind, frame.data, local, frame.keyframe, min(duration, 4 * usual))
         self.frames_written += 1

@@ -419,9 +419,10 @@ def _recording_paths() -> dict[str, Any]:
         },
         "/api/recordings/{recording_id}/verify": {
             "get": {
-                "summary": "Recompute segment hashes and the hash chain: intact, or what changed",
+                "summary": "Recompute segment hashes and the hash chain, open every segment: intact, or what is wrong",
                 "parameters": [rec],
-                "responses": {"200": _ok("Verdict: {intact, segments, changed, missing, chain_broken}")} | _ERRORS,
+                "responses": {"200": _ok("Verdict: {intact, segments, changed, missing, chain_broken, unplayable}")}
+                | _ERRORS,
             }
         },
         "/api/recordings/{recording_id}/export": {

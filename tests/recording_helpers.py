@@ -47,7 +47,7 @@ async def record(hub: HubProcess, seconds: float, room: str = ROOM, audio: bool 
         started = await set_recording(http, hub, token, room, True)
         publisher = await bot.publish(http, hub.url, token, room, tracks)
         try:
-            await wait_until(lambda: video.readyState == "ended", timeout=seconds + 20)
+            await wait_until(lambda: video.readyState == "ended", timeout=seconds + 60)
             await asyncio.sleep(0.5)  # the last frames in flight
         finally:
             await set_recording(http, hub, token, room, False)

@@ -214,6 +214,23 @@ async def test_python_client_stream_plays_in_kiosk(room_hub: HubProcess, browser
             await asyncio.wait_for(session.close(), 10)
 
 
+async def test_guest_kiosk_link_asks_for_the_name(room_hub: HubProcess, browser: Browser) -> None:
+    """A guest must type a name, so ?autojoin=1 shows the name prompt instead of a blank page."""
+    guest = room_hub.token("party-kiosk", "rianxiuma", "guest", room=ROOM)
+    page = await new_page(browser)
+    try:
+        await page.goto(f"{room_hub.url}/rooms/{ROOM}?token={guest}&autojoin=1")
+        await expect(page.locator("#name")).to_be_visible()
+        await expect(page.locator("#name")).to_be_focused()
+        await page.wait_for_function("() => document.querySelector('#preview').videoWidth > 0")
+        await page.fill("#name", "当事人李某")
+        await page.click("#join")
+        await expect(page.locator("#room")).to_be_visible()
+        await expect(page.locator(".room-tile.self .tile-name")).to_contain_text("当事人李某")
+    finally:
+        await page.context.close()
+
+
 async def test_higher_site_sees_invitation_live(room_hub: HubProcess, browser: Browser) -> None:
     village = room_hub.token("med-rianxiuma", "rianxiuma", "mediator")
     township = room_hub.token("med-guomaying", "guomaying", "mediator")

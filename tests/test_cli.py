@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import re
+import select
 import shutil
+import stat
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import jwt
@@ -15,7 +22,7 @@ from hub.config import DEMO_SITES
 from hub.core.sites import LEVELS, SiteTree, SiteTreeError, load_sites_file, sites_from_json
 from hub.core.tokens import Claims, TokenError, issue, verify
 
-from .conftest import ROOT, run_hub_cli
+from .conftest import LOOPBACK_ONLY, ROOT, free_port, run_hub_cli, start_hub
 
 SECRET = "a-test-signing-secret-of-forty-eight-characters!!"
 
@@ -139,3 +146,54 @@ def test_docker_compose_file_is_valid():
         [binary, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+LINK = re.compile(r"http://127\.0\.0\.1:\d+/\?token=[\w.-]+")
+
+
+def test_serve_writes_the_operator_link_to_a_private_file_when_not_on_a_terminal(tmp_path: Path):
+    hub = start_hub(tmp_path)  # its output goes to a log file
+    try:
+        output = hub.log.read_text()
+        link_file = tmp_path / "operator-link.txt"
+        assert "token=" not in output, output
+        assert f"Operator link (valid 12 h) in {link_file.resolve()}" in output
+        assert stat.S_IMODE(link_file.stat().st_mode) == 0o600
+        link = link_file.read_text().strip()
+        assert LINK.fullmatch(link) and link.startswith(hub.url), link
+        token = link.split("token=", 1)[1]
+        claims = verify((tmp_path / "secret.key").read_text().strip(), token)
+        assert (claims.user, claims.role, claims.site) == ("duty-operator", "operator", "qinghai")
+        request = urllib.request.Request(f"{hub.url}/api/me", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:  # raises unless 2xx
+            assert json.load(response)["role"] == "operator"
+    finally:
+        hub.stop()
+    assert token not in hub.log.read_text()
+
+
+def test_serve_prints_the_operator_link_on_a_terminal(tmp_path: Path):
+    port = free_port()
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hub", "serve", "--port", str(port), "--data", str(tmp_path)],
+        cwd=ROOT,
+        env=os.environ | {"HUB_ICE_ADDRESSES": LOOPBACK_ONLY},
+        stdout=terminal,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(terminal)
+    shown = b""
+    try:
+        deadline = time.monotonic() + 60
+        while not LINK.search(shown.decode(errors="replace")) and time.monotonic() < deadline:
+            if select.select([controller], [], [], 1)[0]:
+                shown += os.read(controller, 4096)
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        os.close(controller)
+    text = shown.decode(errors="replace")
+    assert f"Hub ready on http://127.0.0.1:{port}" in text and "Operator link (valid 12 h):" in text, text
+    assert LINK.search(text), text
+    assert not (tmp_path / "operator-link.txt").exists()

@@ -15,9 +15,10 @@ import pytest
 from yarl import URL
 
 from client import bot
+from recorder.manifest import verify as verify_folder
 
-from .conftest import ROOT, HubProcess
-from .recording_helpers import ROOM, Recorded, auth, decoded_seconds, record, video_packets
+from .conftest import ROOT, HubProcess, wait_until
+from .recording_helpers import ROOM, Recorded, auth, decoded_seconds, record, set_recording, video_packets
 
 SECONDS = 10
 
@@ -73,6 +74,41 @@ async def test_h264_is_remuxed_into_matroska(hub: HubProcess):
     assert len(indices) >= 0.95 * len(sent)
     frames, seconds = decoded_seconds(recorded.folder, stream)
     assert frames >= 0.95 * len(sent) and abs(seconds - 4) <= 0.2
+    assert verify_folder(recorded.folder, recorded.manifest).intact  # every Matroska segment opens and decodes
+
+
+async def test_recorded_opus_holds_the_packets_a_live_viewer_received(hub: HubProcess, http: aiohttp.ClientSession):
+    """Audio that arrived after the video keyframe cutting the next segment used to be dropped
+    at every cut; the recording now holds what a viewer of the same stream got."""
+    token = hub.token("mediator-opus", "guomaying", "mediator")
+    video = bot.SyntheticVideo("vp8", 320, 240, 30, frames=8 * 30)
+    audio = bot.SyntheticAudio(frames=8 * 50)
+    started = await set_recording(http, hub, token, ROOM, True)
+    publisher = await bot.publish(http, hub.url, token, ROOM, [video, audio])
+    viewer = await bot.view(http, hub.url, token, publisher.resource_id, kinds=("audio",))
+    try:
+        await wait_until(lambda: video.readyState == "ended", timeout=120)
+        await asyncio.sleep(0.5)  # the last packets in flight
+    finally:
+        await viewer.close()
+        await publisher.close()  # the stream ends first, so the recording keeps its last packets
+        await set_recording(http, hub, token, ROOM, False)
+
+    folder = hub.data / "recordings" / started["recording"]["id"]
+    [stream] = json.loads((folder / "manifest.json").read_text())["streams"]
+    assert len(stream["segments"]) >= 3  # cut at least twice
+    recorded = set()
+    for seg in stream["segments"]:
+        with av.open(str(folder / seg["path"])) as container:
+            for packet in container.demux(audio=0):
+                if packet.size and packet.decode():
+                    recorded.add(audio.sent[bot.frame_key("audio/opus", bytes(packet))].index)
+    viewed = [audio.sent[f.key].index for f in viewer.logs["audio"].frames]
+    assert len(viewed) >= 100, len(viewed)
+    # The same interval: the recording was on before the stream began and stopped after it ended.
+    expected = set(viewed)
+    held = len(expected & recorded)
+    assert held >= 0.99 * len(expected), (held, len(expected), sorted(expected - recorded))
 
 
 async def test_range_requests_and_audit(hub: HubProcess, recorded: Recorded, http: aiohttp.ClientSession):

@@ -6,18 +6,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import aiohttp
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
+from client import bot
 from hub.media.frames import FrameAssembler, RtpIn
 from recorder.catalogue import Catalogue
 from recorder.manifest import GENESIS, link, verify
 from recorder.retention import DAY, expire
+from recorder.segments import SegmentWriter, TrackSpec
 
-from .conftest import start_hub
+from .conftest import ROOT, start_hub
 from .recording_helpers import auth
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
@@ -52,23 +57,73 @@ def test_frames_are_whole_and_resume_at_a_keyframe_after_a_loss():
     assert assembler.dropped_frames >= 2  # the damaged frame and the one that depended on it
 
 
-def test_hash_chain_detects_a_reordered_manifest(tmp_path: Path):
+#: Writes `frames` VP8 frames into a segment, then kills its own process before closing it, as a killed hub would.
+KILLED_WRITER = """
+import os, signal, sys
+from pathlib import Path
+from client.bot import SyntheticVideo
+from recorder.segments import SegmentWriter, TrackSpec
+frames = int(sys.argv[2])
+writer = SegmentWriter(Path(sys.argv[1]), [TrackSpec("video", "video/vp8", 160, 120)])
+for i, packet in enumerate(SyntheticVideo("vp8", 160, 120, 30, frames=frames)._packets):
+    writer.write("video", bytes(packet), i * 3000, bool(packet.is_keyframe), 3000)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def write_segment(path: Path, frames: int, killed: bool = False) -> None:
+    """A real VP8 segment; `killed`: its writer process was killed before closing it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if killed:
+        proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(path), str(frames)], cwd=ROOT, timeout=60)
+        assert proc.returncode == -signal.SIGKILL
+        return
+    writer = SegmentWriter(path, [TrackSpec("video", "video/vp8", 160, 120)])
+    for i, packet in enumerate(bot.SyntheticVideo("vp8", 160, 120, 30, frames=frames)._packets):
+        writer.write("video", bytes(packet), i * 3000, bool(packet.is_keyframe), 3000)
+    writer.close()
+
+
+def chained(folder: Path, paths: list[str]) -> dict:
+    """A manifest listing the files at `paths` (relative to `folder`) in one hash chain."""
     segments = []
     head = GENESIS
+    for n, rel in enumerate(paths):
+        sha = hashlib.sha256((folder / rel).read_bytes()).hexdigest()
+        head = link(head, rel, sha)
+        segments.append({"path": rel, "sha256": sha, "seq": n, "link": head})
+    return {"streams": [{"segments": segments}], "chain_head": head}
+
+
+def test_hash_chain_detects_a_reordered_manifest(tmp_path: Path):
     for n in range(3):
-        path = tmp_path / f"s1/{n:05d}.webm"
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(bytes([n]) * 100)
-        sha = hashlib.sha256(path.read_bytes()).hexdigest()
-        head = link(head, f"s1/{path.name}", sha)
-        segments.append({"path": f"s1/{path.name}", "sha256": sha, "seq": n, "link": head})
-    manifest = {"streams": [{"segments": segments}], "chain_head": head}
+        write_segment(tmp_path / f"s1/{n:05d}.webm", 3)
+    manifest = chained(tmp_path, [f"s1/{n:05d}.webm" for n in range(3)])
+    segments = manifest["streams"][0]["segments"]
     assert verify(tmp_path, manifest).intact
     swapped = [dict(s) for s in segments]
     swapped[0]["seq"], swapped[1]["seq"] = 1, 0
-    verdict = verify(tmp_path, {"streams": [{"segments": swapped}], "chain_head": head})
+    verdict = verify(tmp_path, {"streams": [{"segments": swapped}], "chain_head": manifest["chain_head"]})
     assert verdict.chain_broken and not verdict.intact and verdict.changed == []
     assert not verify(tmp_path, manifest, chain_head=GENESIS).intact  # the catalogue's head disagrees
+
+
+def test_verify_opens_every_segment(tmp_path: Path):
+    """A segment whose writer was killed before its first cluster reached the disk holds only a
+    header: its hash matches what is listed, yet it does not open, so the recording is not intact."""
+    write_segment(tmp_path / "s1/00001.webm", 10)
+    write_segment(tmp_path / "s1/00002.webm", 10, killed=True)  # 1/3 s: no cluster closed yet
+    assert 0 < (tmp_path / "s1/00002.webm").stat().st_size < 1000
+    assert verify(tmp_path, chained(tmp_path, ["s1/00001.webm"])).intact
+    verdict = verify(tmp_path, chained(tmp_path, ["s1/00001.webm", "s1/00002.webm"]))
+    assert not verdict.intact
+    assert (verdict.changed, verdict.missing, verdict.chain_broken) == ([], [], False)
+    assert list(verdict.unplayable) == ["s1/00002.webm"]
+    assert "does not open" in verdict.unplayable["s1/00002.webm"]
+
+    # Killed after its first cluster: it plays up to there, so it counts as playable.
+    write_segment(tmp_path / "s1/00003.webm", 45, killed=True)
+    assert verify(tmp_path, chained(tmp_path, ["s1/00001.webm", "s1/00003.webm"])).intact
 
 
 def test_retention_deletes_old_recordings_and_logs(tmp_path: Path, caplog):

@@ -93,6 +93,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"changed: {path}")
     for path in verdict.missing:
         print(f"missing: {path}")
+    for path, reason in verdict.unplayable.items():
+        print(f"unplayable: {path} ({reason})")
     if verdict.chain_broken:
         print("hash chain broken: the manifest does not match the catalogue or its own links")
     return 1

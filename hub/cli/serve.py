@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
 
 from aiohttp import web
 
@@ -31,6 +35,9 @@ from recorder.service import Recorder
 from signaling.app import make_app
 
 log = logging.getLogger("hub")
+
+#: In the data directory: the latest operator link, when the hub's output is not a terminal.
+OPERATOR_LINK_FILE = "operator-link.txt"
 
 
 def site_tree(settings: Settings) -> SiteTree:
@@ -153,6 +160,29 @@ def operator_link(settings: Settings, tree: SiteTree) -> str:
     return f"{settings.base_url}/?token={token}"
 
 
+def announce(settings: Settings, link: str, out: TextIO) -> None:
+    """Say where the hub listens and hand over the operator link. The link grants the whole
+    province for 12 h: it goes to a terminal, where someone is there to open it, but never
+    into captured output (a log file, journald, `docker-compose logs`), which others read
+    long after; there it goes to a file only the hub's user can read."""
+    if out.isatty():
+        print(f"Hub ready on {settings.base_url}\nOperator link (valid 12 h):\n  {link}", file=out, flush=True)
+        return
+    path = write_private(settings.data / OPERATOR_LINK_FILE, link + "\n")
+    print(f"Hub ready on {settings.base_url}\nOperator link (valid 12 h) in {path.resolve()}", file=out, flush=True)
+
+
+def write_private(path: Path, text: str) -> Path:
+    """Replace a file with one only its owner can read or write (mode 0600 from creation on)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # whatever the umask
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
 def serve(settings: Settings) -> None:
     async def start() -> web.Application:
         hub = await build(settings)
@@ -162,8 +192,7 @@ def serve(settings: Settings) -> None:
             len(hub.rooms.tree),
             "redis" if settings.redis else "memory",
         )
-        link = operator_link(settings, hub.rooms.tree)
-        print(f"Hub ready on {settings.base_url}\nOperator link (valid 12 h):\n  {link}", flush=True)
+        announce(settings, operator_link(settings, hub.rooms.tree), sys.stdout)
         return hub.app
 
     web.run_app(start(), host=settings.host, port=settings.port, print=None, access_log=None)

@@ -215,7 +215,11 @@ async function join(event) {
     $("join").textContent = t("room.join");
     const apiErr = err instanceof ApiError ? err : socketError(err);
     if (["forbidden", "not-found"].includes(apiErr.kind)) showFatal(...errorKey(apiErr));
-    else setBanner(...errorKey(apiErr));
+    else {
+      setBanner(...errorKey(apiErr));
+      // An autojoin that failed would otherwise leave only the banner, with no button to try again.
+      if ($("prejoin").hidden) await showPrejoin();
+    }
   }
 }
 
@@ -881,7 +885,8 @@ async function boot() {
   hideFatal();
   if (state.me.role !== "guest") $("name").value = state.me.name;
   renderAll();
-  if (state.autojoin) {
+  // A guest must type a name before joining, so a kiosk link skips the card only for users the hub names.
+  if (state.autojoin && state.me.role !== "guest") {
     state.local = await openCamera().catch((err) => {
       setBanner(...errorKey(err));
       return null;
@@ -889,6 +894,11 @@ async function boot() {
     await join();
     return;
   }
+  await showPrejoin();
+}
+
+/** The card before joining: the first screen, and where a kiosk's join that failed comes back to. */
+async function showPrejoin() {
   $("prejoin").hidden = false;
   if (state.me.role === "guest") $("name").focus();
   await startPreview();
