@@ -10,7 +10,7 @@ from hub.core.access import require_site, room_bound
 from hub.core.rooms import NotFound
 
 from .auth import claims_of
-from .keys import ROOMS
+from .keys import LAG, ROOMS
 from .problems import Problem, read_json_object
 
 
@@ -90,4 +90,5 @@ async def health(request: web.Request) -> web.Response:
             "node": rooms.node_id,
             **rooms.media_counts(),
         }
+        | ({"loop_lag_max_ms": round(probe.max_ms, 1)} if (probe := request.app.get(LAG)) else {})
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from hub.config import Settings
+from hub.core.lag import LagProbe
 from hub.core.rooms import Rooms
 from hub.monitoring.console import Console
 from hub.monitoring.presence import Presence
@@ -16,7 +17,7 @@ from hub.workflows.training import Trainings
 from recorder.service import Recorder
 
 from . import api, cameras, cases, console, dispatch, events, invites, monitoring, recordings, stats, training, whip
-from .keys import ROOMS, SECRET, SETTINGS
+from .keys import LAG, ROOMS, SECRET, SETTINGS
 from .openapi import document
 from .pages import WEB_ROOT, page
 from .problems import problems_middleware
@@ -39,11 +40,14 @@ def make_app(
     cases_service: Cases | None = None,
     snapshots: Snapshots | None = None,
     camera_service: Cameras | None = None,
+    lag_probe: LagProbe | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[problems_middleware], client_max_size=settings.max_sdp_bytes * 2)
     app[ROOMS] = rooms
     app[SETTINGS] = settings
     app[SECRET] = secret
+    if lag_probe is not None:
+        app[LAG] = lag_probe
     app.router.add_get("/healthz", api.health)
     app.router.add_get("/api/openapi.json", openapi)
     app.router.add_get("/api/me", api.me)

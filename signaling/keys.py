@@ -3,8 +3,10 @@
 from aiohttp import web
 
 from hub.config import Settings
+from hub.core.lag import LagProbe
 from hub.core.rooms import Rooms
 
 ROOMS = web.AppKey("rooms", Rooms)
 SECRET = web.AppKey("secret", str)
 SETTINGS = web.AppKey("settings", Settings)
+LAG = web.AppKey("lag", LagProbe)

@@ -15,6 +15,7 @@ from typing import TextIO
 from aiohttp import web
 
 from hub.config import DEMO_SITES, Settings
+from hub.core.lag import LagProbe
 from hub.core.livestate import LiveState, open_live_state
 from hub.core.quotas import Limits
 from hub.core.rooms import Rooms
@@ -62,6 +63,8 @@ class Hub:
 
 
 async def build(settings: Settings) -> Hub:
+    lag = LagProbe()
+    lag.start()
     use_addresses(settings.ice_addresses)
     tree = site_tree(settings)
     node_id = secrets.token_hex(4)
@@ -111,6 +114,7 @@ async def build(settings: Settings) -> Hub:
         cases_service=cases,
         snapshots=snapshots,
         camera_service=cameras,
+        lag_probe=lag,
     )
 
     # Participants, streams and presence of a process that died linger in shared state until swept.
@@ -138,6 +142,7 @@ async def build(settings: Settings) -> Hub:
         await rooms.close()
         console.close()
         await state.close()
+        await lag.stop()
 
     app.on_shutdown.append(shutdown)
     return Hub(settings, rooms, state, app)
