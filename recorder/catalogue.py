@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
-from hub.core.store import Database
+from hub.core.store import Migrations, Tables, Transaction
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS recordings (
+RECORDINGS = """CREATE TABLE IF NOT EXISTS recordings (
     id TEXT PRIMARY KEY,
     room_id TEXT NOT NULL,
     site_id TEXT NOT NULL,
@@ -24,11 +22,9 @@ CREATE TABLE IF NOT EXISTS recordings (
     ended_at REAL,
     status TEXT NOT NULL,
     chain_head TEXT NOT NULL DEFAULT '',
-    node TEXT NOT NULL DEFAULT '',
     search_text TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS recordings_site_time ON recordings (site_id, started_at);
-CREATE TABLE IF NOT EXISTS audit (
+)"""
+AUDIT = """CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
     user TEXT NOT NULL,
@@ -37,43 +33,52 @@ CREATE TABLE IF NOT EXISTS audit (
     recording_id TEXT NOT NULL,
     site_id TEXT NOT NULL,
     detail TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS audit_site_time ON audit (site_id, at);
-"""
+)"""
+
+
+async def _add_node(tx: Transaction) -> None:
+    """Recordings name the hub process that records them. A catalogue made
+    before schema_migrations existed may have the column already."""
+    if "node" not in await tx.columns("recordings"):
+        await tx.execute("ALTER TABLE recordings ADD COLUMN node TEXT NOT NULL DEFAULT ''")
+
+
+MIGRATIONS = Migrations(
+    "recordings",
+    (
+        (
+            RECORDINGS,
+            "CREATE INDEX IF NOT EXISTS recordings_site_time ON recordings (site_id, started_at)",
+            AUDIT,
+            "CREATE INDEX IF NOT EXISTS audit_site_time ON audit (site_id, at)",
+        ),
+        _add_node,
+    ),
+)
 
 COLUMNS = ("id", "room_id", "site_id", "kind", "title", "started_at", "ended_at", "status", "chain_head", "node")
 AUDIT_COLUMNS = ("id", "at", "user", "role", "action", "recording_id", "site_id", "detail")
 
 
-class Catalogue(Database):
-    # Writer threads and the event loop both record segments: Database's lock serialises them.
-    schema = SCHEMA
+class Catalogue(Tables):
+    migrations = MIGRATIONS
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        with self._lock, self._db:
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(recordings)")}
-            if "node" not in columns:  # a catalogue from before recordings named their hub process
-                self._db.execute("ALTER TABLE recordings ADD COLUMN node TEXT NOT NULL DEFAULT ''")
-
-    def add(self, record: dict[str, Any]) -> None:
+    async def add(self, record: dict[str, Any]) -> None:
         record = {"node": ""} | record
-        with self._lock, self._db:
-            self._db.execute(
-                f"INSERT INTO recordings ({', '.join(COLUMNS)}, search_text) VALUES ({', '.join('?' * 11)})",
-                [record.get(c) for c in COLUMNS] + [record.get("search_text", "")],
-            )
+        await self.db.execute(
+            f"INSERT INTO recordings ({', '.join(COLUMNS)}, search_text) VALUES ({', '.join('?' * 11)})",
+            [record.get(c) for c in COLUMNS] + [record.get("search_text", "")],
+        )
 
-    def update(self, recording_id: str, **fields: Any) -> None:
+    async def update(self, recording_id: str, **fields: Any) -> None:
         names = ", ".join(f"{k} = ?" for k in fields)
-        with self._lock, self._db:
-            self._db.execute(f"UPDATE recordings SET {names} WHERE id = ?", [*fields.values(), recording_id])
+        await self.db.execute(f"UPDATE recordings SET {names} WHERE id = ?", [*fields.values(), recording_id])
 
-    def get(self, recording_id: str) -> dict[str, Any] | None:
-        rows = self._select("WHERE id = ?", [recording_id])
+    async def get(self, recording_id: str) -> dict[str, Any] | None:
+        rows = await self._select("WHERE id = ?", [recording_id])
         return rows[0] if rows else None
 
-    def search(
+    async def search(
         self,
         sites: Iterable[str],
         since: float | None = None,
@@ -97,41 +102,37 @@ class Catalogue(Database):
         if text:
             where.append("(search_text LIKE ? OR id = ?)")
             args += [f"%{text}%", text]
-        return self._select(f"WHERE {' AND '.join(where)} ORDER BY started_at DESC LIMIT ?", [*args, limit])
+        return await self._select(f"WHERE {' AND '.join(where)} ORDER BY started_at DESC LIMIT ?", [*args, limit])
 
-    def by_rooms(self, room_ids: Iterable[str]) -> list[dict[str, Any]]:
+    async def by_rooms(self, room_ids: Iterable[str]) -> list[dict[str, Any]]:
         """Recordings of these rooms, oldest first (a case lists its sessions')."""
         room_ids = list(room_ids)
         if not room_ids:
             return []
-        return self._select(f"WHERE room_id IN ({', '.join('?' * len(room_ids))}) ORDER BY started_at", room_ids)
+        return await self._select(f"WHERE room_id IN ({', '.join('?' * len(room_ids))}) ORDER BY started_at", room_ids)
 
-    def unfinished(self) -> list[dict[str, Any]]:
-        return self._select("WHERE status = 'recording'", [])
+    async def unfinished(self) -> list[dict[str, Any]]:
+        return await self._select("WHERE status = 'recording'", [])
 
-    def older_than(self, when: float) -> list[dict[str, Any]]:
-        return self._select("WHERE status != 'recording' AND started_at < ?", [when])
+    async def older_than(self, when: float) -> list[dict[str, Any]]:
+        return await self._select("WHERE status != 'recording' AND started_at < ?", [when])
 
-    def delete(self, recording_id: str) -> None:
-        with self._lock, self._db:
-            self._db.execute("DELETE FROM recordings WHERE id = ?", [recording_id])
+    async def delete(self, recording_id: str) -> None:
+        await self.db.execute("DELETE FROM recordings WHERE id = ?", [recording_id])
 
-    def _select(self, tail: str, args: list[Any]) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM recordings {tail}", args).fetchall()
+    async def _select(self, tail: str, args: list[Any]) -> list[dict[str, Any]]:
+        rows = await self.db.fetchall(f"SELECT {', '.join(COLUMNS)} FROM recordings {tail}", args)
         return [dict(zip(COLUMNS, row, strict=True)) for row in rows]
 
     # -- audit ---------------------------------------------------------------
 
-    def audit(self, user: str, role: str, action: str, recording_id: str, site_id: str, detail: str = "") -> None:
-        with self._lock, self._db:
-            self._db.execute(
-                "INSERT INTO audit (at, user, role, action, recording_id, site_id, detail)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [time.time(), user, role, action, recording_id, site_id, detail],
-            )
+    async def audit(self, user: str, role: str, action: str, recording_id: str, site_id: str, detail: str = "") -> None:
+        await self.db.execute(
+            "INSERT INTO audit (at, user, role, action, recording_id, site_id, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [time.time(), user, role, action, recording_id, site_id, detail],
+        )
 
-    def audit_rows(
+    async def audit_rows(
         self, sites: Iterable[str], recording_id: str | None = None, limit: int = 500
     ) -> list[dict[str, Any]]:
         sites = list(sites)
@@ -140,8 +141,7 @@ class Catalogue(Database):
         if recording_id:
             where += " AND recording_id = ?"
             args.append(recording_id)
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit WHERE {where} ORDER BY id DESC LIMIT ?", [*args, limit]
-            ).fetchall()
+        rows = await self.db.fetchall(
+            f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit WHERE {where} ORDER BY id DESC LIMIT ?", [*args, limit]
+        )
         return [dict(zip(AUDIT_COLUMNS, row, strict=True)) for row in rows]

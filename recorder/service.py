@@ -12,6 +12,7 @@ from hub.core.access import Forbidden
 from hub.core.livestate import EventFollower
 from hub.core.records import Event, Room, Stream
 from hub.core.rooms import NotFound, Rooms
+from hub.core.store import Database
 from hub.core.tokens import Claims
 
 from .catalogue import Catalogue
@@ -25,11 +26,11 @@ AUTO = "auto"
 
 class Recorder:
     def __init__(
-        self, rooms: Rooms, root: Path, db_path: Path, segment_seconds: float = 2.0, record_mediation: bool = False
+        self, rooms: Rooms, root: Path, db: Database, segment_seconds: float = 2.0, record_mediation: bool = False
     ) -> None:
         self.rooms = rooms
         self.root = root.resolve()
-        self.catalogue = Catalogue(db_path)
+        self.catalogue = Catalogue(db)
         self.segment_seconds = segment_seconds
         self.record_mediation = record_mediation
         #: room id -> its session being recorded on this process
@@ -38,22 +39,23 @@ class Recorder:
 
     async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(self.recover, await self.rooms.state.live_nodes())
+        await self.catalogue.open()
+        await self.recover(await self.rooms.state.live_nodes())
         self._follower.start()
 
-    def recover(self, live_nodes: set[str]) -> list[str]:
+    async def recover(self, live_nodes: set[str]) -> list[str]:
         """Complete the manifests of sessions a killed process left open
         (not those another running hub process is still recording)."""
         done = []
-        for row in self.catalogue.unfinished():
+        for row in await self.catalogue.unfinished():
             if row["node"] in live_nodes:
                 continue
             folder = self.root / row["id"]
             if not (folder / MANIFEST).is_file():
-                self.catalogue.update(row["id"], status="interrupted")
+                await self.catalogue.update(row["id"], status="interrupted")
                 continue
-            manifest = recover(folder)
-            self.catalogue.update(
+            manifest = await asyncio.to_thread(recover, folder)
+            await self.catalogue.update(
                 row["id"], status="interrupted", ended_at=manifest["ended_at"], chain_head=manifest["chain_head"]
             )
             log.warning("recording %s was interrupted; recovered what is on disk", row["id"])
@@ -64,7 +66,6 @@ class Recorder:
         await self._follower.stop()
         for room_id in tuple(self.sessions):
             await self._stop(room_id)
-        self.catalogue.close()
 
     # -- control -------------------------------------------------------------
 
@@ -95,10 +96,12 @@ class Recorder:
             self.segment_seconds,
             site.name if site else "",
             self.rooms.node_id,
+            asyncio.get_running_loop(),
         )
+        await session.register()
         self.sessions[room["id"]] = session
         for participant in await self.rooms.state.participants(room["id"]):
-            session.participant_joined(participant)
+            await session.participant_joined(participant)
         for stream in await self.rooms.state.streams(room["id"]):
             self._add_stream(session, stream)
         log.info("recording %s of room %s started by %s", session.id, room["id"], started_by)
@@ -134,7 +137,7 @@ class Recorder:
                     await self._start(room, AUTO)
                     return
             if session is not None:
-                session.participant_joined(event["participant"])
+                await session.participant_joined(event["participant"])
         elif session is None:
             return
         elif kind == "participant-left":

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import secrets
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,8 @@ from .catalogue import Catalogue
 from .manifest import GENESIS, link, write_manifest
 from .stream import Segment, StreamRecorder, recordable
 
+log = logging.getLogger(__name__)
+
 
 def new_recording_id() -> str:
     return f"rec-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
@@ -23,7 +28,11 @@ def new_recording_id() -> str:
 class RecordingSession:
     """Keeps the manifest current: written at start, at every stream start,
     participant change and finished segment, so a killed process leaves a
-    manifest that `manifest.recover` can complete."""
+    manifest that `manifest.recover` can complete.
+
+    Made on a worker thread (it writes the first manifest), then `register`ed
+    in the catalogue from the event loop `loop`; the writer threads' catalogue
+    updates go through that loop too."""
 
     def __init__(
         self,
@@ -34,12 +43,16 @@ class RecordingSession:
         segment_seconds: float,
         site_name: str,
         node: str,
+        loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.id = new_recording_id()
         self.room_id: str = room["id"]
         self.folder = root / self.id
         self.folder.mkdir(parents=True)
         self._catalogue = catalogue
+        self._loop = loop
+        #: catalogue updates the writer threads handed to the loop, in order
+        self._updates: list[Future[None]] = []
         self._segment_seconds = segment_seconds
         self._lock = threading.Lock()  # writer threads report segments
         self._recorders: dict[str, StreamRecorder] = {}
@@ -63,7 +76,9 @@ class RecordingSession:
             "chain_head": GENESIS,
         }
         self._save()
-        catalogue.add(self.summary() | {"search_text": self._search_text()})
+
+    async def register(self) -> None:
+        await self._catalogue.add(self.summary() | {"search_text": self._search_text()})
 
     def summary(self) -> dict[str, Any]:
         m = self.manifest
@@ -90,7 +105,7 @@ class RecordingSession:
 
     # -- participants --------------------------------------------------------
 
-    def participant_joined(self, participant: Participant) -> None:
+    async def participant_joined(self, participant: Participant) -> None:
         with self._lock:
             if any(p["id"] == participant["id"] for p in self.manifest["participants"]):
                 return
@@ -105,7 +120,7 @@ class RecordingSession:
                 }
             )
             self._save()
-        self._catalogue.update(self.id, search_text=self._search_text())
+        await self._catalogue.update(self.id, search_text=self._search_text())
 
     def participant_left(self, participant_id: str) -> None:
         with self._lock:
@@ -151,7 +166,11 @@ class RecordingSession:
                 entry["segments"].append(vars(segment) | {"seq": self._seq, "link": head})
                 self.manifest["chain_head"] = head
                 self._save()
-            self._catalogue.update(self.id, chain_head=head)
+                # Scheduled under the lock: the loop applies the heads in chain order.
+                self._updates = [f for f in self._updates if not f.done()]
+                self._updates.append(
+                    asyncio.run_coroutine_threadsafe(self._catalogue.update(self.id, chain_head=head), self._loop)
+                )
 
         recorder = StreamRecorder(
             self.folder, entry["folder"], streams, stream["id"], tracks, self._segment_seconds, started, finished
@@ -169,6 +188,11 @@ class RecordingSession:
     async def stop(self) -> dict[str, Any]:
         for stream_id in tuple(self._recorders):
             await self.remove_stream(stream_id)
+        for update in self._updates:
+            try:
+                await asyncio.wrap_future(update)
+            except Exception:  # the final update below writes the head again
+                log.exception("recording %s: a segment's catalogue update failed", self.id)
         with self._lock:
             now = time.time()
             self.manifest["ended_at"] = now
@@ -179,5 +203,5 @@ class RecordingSession:
                 if p["left_at"] is None:
                     p["left_at"] = now
             self._save()
-        self._catalogue.update(self.id, ended_at=now, status="complete", chain_head=self.manifest["chain_head"])
+        await self._catalogue.update(self.id, ended_at=now, status="complete", chain_head=self.manifest["chain_head"])
         return self.summary()

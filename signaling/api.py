@@ -90,5 +90,9 @@ async def health(request: web.Request) -> web.Response:
             "node": rooms.node_id,
             **rooms.media_counts(),
         }
-        | ({"loop_lag_max_ms": round(probe.max_ms, 1)} if (probe := request.app.get(LAG)) else {})
+        | (
+            {"loop_lag_max_ms": round(probe.max_ms, 1), "loop_lag_wall_max_ms": round(probe.wall_max_ms, 1)}
+            if (probe := request.app.get(LAG))
+            else {}
+        )
     )

@@ -7,6 +7,7 @@ from aiohttp import web
 from hub.config import Settings
 from hub.core.lag import LagProbe
 from hub.core.rooms import Rooms
+from hub.core.store import Database
 from hub.monitoring.console import Console
 from hub.monitoring.presence import Presence
 from hub.monitoring.snapshots import Snapshots
@@ -17,7 +18,7 @@ from hub.workflows.training import Trainings
 from recorder.service import Recorder
 
 from . import api, cameras, cases, console, dispatch, events, invites, monitoring, recordings, stats, training, whip
-from .keys import LAG, ROOMS, SECRET, SETTINGS
+from .keys import DATABASE, LAG, ROOMS, SECRET, SETTINGS
 from .openapi import document
 from .pages import WEB_ROOT, page
 from .problems import problems_middleware
@@ -40,12 +41,15 @@ def make_app(
     cases_service: Cases | None = None,
     snapshots: Snapshots | None = None,
     camera_service: Cameras | None = None,
+    database: Database | None = None,
     lag_probe: LagProbe | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[problems_middleware], client_max_size=settings.max_sdp_bytes * 2)
     app[ROOMS] = rooms
     app[SETTINGS] = settings
     app[SECRET] = secret
+    if database is not None:
+        app[DATABASE] = database
     if lag_probe is not None:
         app[LAG] = lag_probe
     app.router.add_get("/healthz", api.health)

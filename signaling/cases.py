@@ -68,12 +68,12 @@ def _cases(request: web.Request) -> Cases:
     return service(request, CASES, "this hub process keeps no cases")
 
 
-def _with_recordings(request: web.Request, claims: Claims, case: dict[str, Any]) -> dict[str, Any]:
+async def _with_recordings(request: web.Request, claims: Claims, case: dict[str, Any]) -> dict[str, Any]:
     """Each session with the recordings of its room; `playable` says whether
     the caller may open one in the player (a recording belongs to its room's
     site, so the origin village cannot play the county's session)."""
     recorder = request.app.get(RECORDER)
-    rows = recorder.catalogue.by_rooms(s["room_id"] for s in case["sessions"]) if recorder else []
+    rows = await recorder.catalogue.by_rooms(s["room_id"] for s in case["sessions"]) if recorder else []
     tree = request.app[ROOMS].tree
     sessions = []
     for session in case["sessions"]:
@@ -107,7 +107,7 @@ async def list_cases(request: web.Request) -> web.Response:
     if queue not in (None, "mine"):
         raise Problem(400, "Bad Request", "queue: expected 'mine' or nothing")
     cases = _cases(request)
-    rows = cases.search(
+    rows = await cases.search(
         claims, site=request.query.get("site") or None, status=request.query.get("status") or None, mine=bool(queue)
     )
     return json_response([row | {"sites": cases.sites_of(row)} for row in rows])
@@ -115,8 +115,8 @@ async def list_cases(request: web.Request) -> web.Response:
 
 async def get_case(request: web.Request) -> web.Response:
     claims = claims_of(request)
-    case = _cases(request).get(claims, request.match_info["case_id"])
-    return json_response(_with_recordings(request, claims, case))
+    case = await _cases(request).get(claims, request.match_info["case_id"])
+    return json_response(await _with_recordings(request, claims, case))
 
 
 async def change_case(request: web.Request) -> web.Response:

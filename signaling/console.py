@@ -27,13 +27,13 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def get_layouts(request: web.Request) -> web.Response:
-    return json_response(_console(request).get_layouts(claims_of(request)))
+    return json_response(await _console(request).get_layouts(claims_of(request)))
 
 
 async def put_layouts(request: web.Request) -> web.Response:
     claims = claims_of(request)
     body = await read_json_object(request, "a JSON object {layouts: [...], current}")
-    return json_response(_console(request).put_layouts(claims, body))
+    return json_response(await _console(request).put_layouts(claims, body))
 
 
 def add_routes(app: web.Application, console: Console | None, presence: Presence | None) -> None:

@@ -32,10 +32,10 @@ def _recorder(request: web.Request) -> Recorder:
     return service(request, RECORDER, "this hub process does not record")
 
 
-def _recording(request: web.Request, claims: Claims) -> dict[str, Any]:
+async def _recording(request: web.Request, claims: Claims) -> dict[str, Any]:
     """The catalogue row of the route's recording, if the caller may reach it."""
     recording_id = request.match_info["recording_id"]
-    row = _recorder(request).catalogue.get(recording_id)
+    row = await _recorder(request).catalogue.get(recording_id)
     if row is None:
         raise NotFound(f"no recording {recording_id}")
     if not can_reach_site(request.app[ROOMS].tree, claims, row["site_id"]):
@@ -43,8 +43,8 @@ def _recording(request: web.Request, claims: Claims) -> dict[str, Any]:
     return row
 
 
-def _audit(request: web.Request, claims: Claims, action: str, row: dict[str, Any], detail: str = "") -> None:
-    _recorder(request).catalogue.audit(claims.user, claims.role, action, row["id"], row["site_id"], detail)
+async def _audit(request: web.Request, claims: Claims, action: str, row: dict[str, Any], detail: str = "") -> None:
+    await _recorder(request).catalogue.audit(claims.user, claims.role, action, row["id"], row["site_id"], detail)
 
 
 
@@ -93,7 +93,7 @@ async def search(request: web.Request) -> web.Response:
     if tree.get(site) is None:
         raise NotFound(f"no site {site}")
     require_site(tree, claims, site)
-    rows = _recorder(request).catalogue.search(
+    rows = await _recorder(request).catalogue.search(
         (s.id for s in tree.jurisdiction(site)),
         since=_when(request.query.get("from"), "from"),
         until=_when(request.query.get("to"), "to"),
@@ -106,7 +106,7 @@ async def search(request: web.Request) -> web.Response:
 
 async def detail(request: web.Request) -> web.Response:
     claims = claims_of(request)
-    row = _recording(request, claims)
+    row = await _recording(request, claims)
     manifest = await asyncio.to_thread(read_manifest, _recorder(request).root / row["id"])
     return json_response(manifest | {"status": row["status"], "ended_at": row["ended_at"]})
 
@@ -126,14 +126,14 @@ def _safe_path(folder: Path, raw: str) -> Path:
 
 async def media_file(request: web.Request) -> web.FileResponse:
     claims = claims_of(request)
-    row = _recording(request, claims)
+    row = await _recording(request, claims)
     raw = request.match_info["path"]
     path = _safe_path(_recorder(request).root / row["id"], raw)
     # A <video> element asks for many ranges of one file; the first request
     # (no range, or one from byte 0) is the playback worth a row.
     ranges = request.headers.get("Range", "")
     if not ranges or ranges.replace(" ", "").startswith("bytes=0-"):
-        _audit(request, claims, "download" if raw == MANIFEST else "playback", row, raw)
+        await _audit(request, claims, "download" if raw == MANIFEST else "playback", row, raw)
     content_type = {".webm": "video/webm", ".mkv": "video/x-matroska"}.get(path.suffix)
     headers = {"Content-Type": content_type} if content_type else None
     return web.FileResponse(path, headers=headers)
@@ -141,11 +141,11 @@ async def media_file(request: web.Request) -> web.FileResponse:
 
 async def verify_recording(request: web.Request) -> web.Response:
     claims = claims_of(request)
-    row = _recording(request, claims)
+    row = await _recording(request, claims)
     folder = _recorder(request).root / row["id"]
     manifest = await asyncio.to_thread(read_manifest, folder)
     verdict = await asyncio.to_thread(verify, folder, manifest, row["chain_head"] or None)
-    _audit(request, claims, "verify", row, "intact" if verdict.intact else "altered")
+    await _audit(request, claims, "verify", row, "intact" if verdict.intact else "altered")
     return json_response({"id": row["id"]} | verdict.to_json())
 
 
@@ -154,18 +154,18 @@ async def verify_recording(request: web.Request) -> web.Response:
 
 async def start_export(request: web.Request) -> web.Response:
     claims = claims_of(request)
-    row = _recording(request, claims)
+    row = await _recording(request, claims)
     if row["status"] == "recording":
         raise Problem(409, "Conflict", "the recording is still running; stop it first")
     recorder = _recorder(request)
     job = request.app[EXPORTS].start(recorder.root / row["id"])
-    _audit(request, claims, "export", row)
+    await _audit(request, claims, "export", row)
     return json_response(job.to_json(), status=202)
 
 
 async def export_status(request: web.Request) -> web.Response:
     claims = claims_of(request)
-    row = _recording(request, claims)
+    row = await _recording(request, claims)
     job = request.app[EXPORTS].get(_recorder(request).root / row["id"])
     if job is None:
         raise NotFound(f"recording {row['id']} has not been exported")
@@ -174,11 +174,11 @@ async def export_status(request: web.Request) -> web.Response:
 
 async def export_file(request: web.Request) -> web.FileResponse:
     claims = claims_of(request)
-    row = _recording(request, claims)
+    row = await _recording(request, claims)
     job = request.app[EXPORTS].get(_recorder(request).root / row["id"])
     if job is None or job.state != "done":
         raise NotFound(f"no finished export of recording {row['id']}")
-    _audit(request, claims, "download", row, job.output.name)
+    await _audit(request, claims, "download", row, job.output.name)
     disposition = f'attachment; filename="{row["id"]}.mp4"'
     return web.FileResponse(job.output, headers={"Content-Type": "video/mp4", "Content-Disposition": disposition})
 
@@ -191,7 +191,7 @@ async def audit_log(request: web.Request) -> web.Response:
     if claims.role not in ("operator", "admin"):
         raise Forbidden("only operators and administrators read the audit log")
     tree = request.app[ROOMS].tree
-    rows = _recorder(request).catalogue.audit_rows(
+    rows = await _recorder(request).catalogue.audit_rows(
         (s.id for s in tree.jurisdiction(claims.site)), recording_id=request.query.get("recording") or None
     )
     return json_response(rows)

@@ -15,9 +15,9 @@ from hub.workflows.training import attendance_by_site
 from .api import json_response
 from .auth import claims_of
 from .cases import _cases
-from .keys import ROOMS, SETTINGS
+from .keys import DATABASE, ROOMS
 from .pages import page
-from .problems import Problem
+from .problems import Problem, service
 from .recordings import _when
 
 #: The period when the query names none: the last 30 days.
@@ -25,7 +25,7 @@ DEFAULT_DAYS = 30
 
 
 
-def _stats(request: web.Request) -> dict[str, object]:
+async def _stats(request: web.Request) -> dict[str, object]:
     claims = claims_of(request)
     if not works_cases(claims):
         raise Forbidden("statistics are for mediators, operators and administrators")
@@ -41,15 +41,16 @@ def _stats(request: web.Request) -> dict[str, object]:
         since = until - DEFAULT_DAYS * 86400
     if since >= until:
         raise Problem(400, "Bad Request", "from must be before to")
-    return compute(_cases(request), site, since, until, request.app[SETTINGS].db_path, attendance_by_site)
+    db = service(request, DATABASE, "this hub process keeps no records")
+    return await compute(_cases(request), site, since, until, db, attendance_by_site)
 
 
 async def stats_json(request: web.Request) -> web.Response:
-    return json_response(_stats(request))
+    return json_response(await _stats(request))
 
 
 async def stats_csv(request: web.Request) -> web.Response:
-    stats = _stats(request)
+    stats = await _stats(request)
     # A byte order mark: Excel then reads the file as UTF-8 (Chinese names intact).
     body = "\ufeff" + to_csv(stats)
     name = f"stats-{stats['site']}-{time.strftime('%Y%m%d', time.gmtime(float(stats['to'])))}.csv"  # type: ignore[arg-type]

@@ -73,7 +73,7 @@ def _iso(at: float | None) -> str:
 async def attendance(request: web.Request) -> web.Response:
     claims = claims_of(request)
     room_id = request.match_info["room_id"]
-    training, rows = _trainings(request).attendance(claims, room_id)
+    training, rows = await _trainings(request).attendance(claims, room_id)
     tree = request.app[ROOMS].tree
     rows = [row | {"site_name": getattr(tree.get(row["site_id"]), "name", "")} for row in rows]
     if request.query.get("format") != "csv":

@@ -22,6 +22,7 @@ from .conftest import HubProcess, start_hub, wait_until
 
 CASES = 100  # each opened (POST) and then changed (PATCH): 200 writes
 MAX_LAG_MS = 50.0
+FRAMES = 150  # 5 s of video at 30 fps
 VILLAGE = "qutancun"
 NEW_CASE = {
     "title": "土地承包纠纷",
@@ -38,10 +39,12 @@ def lag_hub(tmp_path: Path) -> Iterator[HubProcess]:
     process.stop()
 
 
-async def loop_lag_max_ms(http: aiohttp.ClientSession, hub: HubProcess) -> float:
+async def loop_lag(http: aiohttp.ClientSession, hub: HubProcess) -> tuple[float, float]:
+    """The hub's worst lag since start: its own, and as the clock saw it (with the machine's load)."""
     async with http.get(f"{hub.url}/healthz") as response:
         assert response.status == 200
-        return float((await response.json())["loop_lag_max_ms"])
+        health = await response.json()
+        return float(health["loop_lag_max_ms"]), float(health["loop_lag_wall_max_ms"])
 
 
 async def open_and_change(http: aiohttp.ClientSession, hub: HubProcess, token: str, n: int) -> None:
@@ -62,11 +65,12 @@ async def test_case_writes_do_not_stall_forwarding(lag_hub: HubProcess, http: ai
     log = viewer.logs["video"]
     try:
         await wait_until(lambda: log.first_keyframe_at is not None, timeout=15)
-        before = await loop_lag_max_ms(http, hub)
+        before = await loop_lag(http, hub)
         await asyncio.wait_for(asyncio.gather(*(open_and_change(http, hub, mediator, n) for n in range(CASES))), 120)
+        await wait_until(lambda: len(video.sent) >= FRAMES, timeout=30)  # forwarding went on after the writes
         video.stop()
         await asyncio.sleep(0.5)  # the last frames in flight
-        lag = await loop_lag_max_ms(http, hub)
+        lag, wall = await loop_lag(http, hub)
     finally:
         await viewer.close()
         await publisher.close()
@@ -75,9 +79,9 @@ async def test_case_writes_do_not_stall_forwarding(lag_hub: HubProcess, http: ai
     async with http.get(f"{hub.url}/api/cases", params={"status": "mediating"}, headers=headers) as r:
         assert r.status == 200
         assert len(await r.json()) == CASES  # every write landed
-    print(f"loop lag max {lag} ms, before the writes {before} ms")
-    assert lag <= MAX_LAG_MS, f"the hub's event loop stalled {lag} ms (before the writes: {before} ms)"
+    print(f"loop lag max {lag} ms (wall clock {wall} ms); before the writes {before}")
+    assert lag <= MAX_LAG_MS, f"the hub's event loop stalled {lag} ms (before the writes: {before[0]} ms)"
     first_key = next(f for f in log.frames if f.keyframe)
     delivery = bot.compare(video, log, since=video.sent[first_key.key].sent_at)
-    assert delivery.sent >= 60
+    assert delivery.sent >= FRAMES // 2
     assert delivery.ratio >= 0.99, delivery

@@ -16,6 +16,7 @@ import aiohttp
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from client import bot
+from hub.core.store import Database
 from hub.media.frames import FrameAssembler, RtpIn
 from recorder.catalogue import Catalogue
 from recorder.manifest import GENESIS, link, verify
@@ -126,22 +127,24 @@ def test_verify_opens_every_segment(tmp_path: Path):
     assert verify(tmp_path, chained(tmp_path, ["s1/00001.webm", "s1/00003.webm"])).intact
 
 
-def test_retention_deletes_old_recordings_and_logs(tmp_path: Path, caplog):
-    catalogue = Catalogue(tmp_path / "hub.sqlite3")
+async def test_retention_deletes_old_recordings_and_logs(tmp_path: Path, caplog):
+    db = Database(tmp_path / "hub.sqlite3")
+    catalogue = Catalogue(db)
+    await catalogue.open()
     now = time.time()
     for rid, age in [("rec-old", 40), ("rec-new", 5)]:
         (tmp_path / rid).mkdir()
         (tmp_path / rid / "manifest.json").write_text("{}")
-        catalogue.add(
+        await catalogue.add(
             {"id": rid, "room_id": "site-x", "site_id": "x", "kind": "standing", "started_at": now - age * DAY}
             | {"ended_at": now - age * DAY + 60, "status": "complete", "title": "", "chain_head": ""}
         )
     with caplog.at_level(logging.INFO, logger="recorder.retention"):
-        assert expire(catalogue, tmp_path, days=30, now=now) == ["rec-old"]
+        assert await expire(catalogue, tmp_path, days=30, now=now) == ["rec-old"]
     assert "rec-old" in caplog.text
     assert not (tmp_path / "rec-old").exists() and (tmp_path / "rec-new").exists()
-    assert catalogue.get("rec-old") is None and catalogue.get("rec-new") is not None
-    catalogue.close()
+    assert await catalogue.get("rec-old") is None and await catalogue.get("rec-new") is not None
+    await db.close()
 
 
 async def test_mediation_room_records_from_its_first_participant(tmp_path: Path):

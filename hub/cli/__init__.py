@@ -3,19 +3,44 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from hub.config import Settings
-from hub.core.sites import SiteTreeError
+from hub.core.sites import SiteTree, SiteTreeError
+from hub.core.store import Database
 from hub.core.tokens import DEFAULT_TTL, ROLES, Claims, issue
+
+T = TypeVar("T")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
     return Settings(**overrides)
+
+
+def _with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+    """Run `work` on the data directory's database, then close it."""
+
+    async def run() -> T:
+        db = Database(settings.db_path)
+        try:
+            return await work(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(run())
+
+
+def _site_tree(settings: Settings) -> SiteTree:
+    from hub.cli.serve import site_tree
+
+    return _with_database(settings, lambda db: site_tree(db, settings))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -28,10 +53,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from hub.cli.serve import site_tree
-
     settings = _settings(args)
-    tree = site_tree(settings)
+    tree = _site_tree(settings)
     if tree.get(args.site) is None:
         print(f"error: no site {args.site!r} (see: python -m hub sites)", file=sys.stderr)
         return 2
@@ -52,9 +75,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_sites(args: argparse.Namespace) -> int:
-    from hub.cli.serve import site_tree
-
-    tree = site_tree(_settings(args))
+    tree = _site_tree(_settings(args))
     if args.json:
         print(
             json.dumps(
@@ -76,11 +97,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from recorder.manifest import read_manifest, verify
 
     settings = _settings(args)
-    catalogue = Catalogue(settings.db_path)
-    try:
-        row = catalogue.get(args.recording)
-    finally:
-        catalogue.close()
+
+    async def row_of(db: Database) -> dict[str, Any] | None:
+        catalogue = Catalogue(db)
+        await catalogue.open()
+        return await catalogue.get(args.recording)
+
+    row = _with_database(settings, row_of)
     folder = settings.recordings_path / args.recording
     if row is None or not folder.is_dir():
         print(f"error: no recording {args.recording} in {settings.data}", file=sys.stderr)
@@ -105,25 +128,27 @@ def cmd_cameras(args: argparse.Namespace) -> int:
     from hub.workflows.cameras import CameraStore, import_cameras, redact, url_rules
 
     settings = _settings(args)
-    tree = site_tree(settings)
-    store = CameraStore(settings.db_path)
-    try:
+    if args.action == "import" and args.file is None:
+        print("error: cameras import needs a FILE", file=sys.stderr)
+        return 2
+
+    async def run(db: Database) -> int:
+        tree = await site_tree(db, settings)
+        store = CameraStore(db)
+        await store.open()
         if args.action == "import":
-            if args.file is None:
-                print("error: cameras import needs a FILE", file=sys.stderr)
-                return 2
             try:
-                count = import_cameras(store, tree, args.file, url_rules(settings), by="import")
+                count = await import_cameras(store, tree, args.file, url_rules(settings), by="import")
             except ValueError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
             print(f"registered {count} cameras (running hub processes pick them up within a lease period)")
             return 0
-        for camera in store.all():
+        for camera in await store.all():
             print(f"{camera['id']:<20} {camera['site_id']:<16} {camera['name']:<24} {redact(camera['url'])}")
         return 0
-    finally:
-        store.close()
+
+    return _with_database(settings, run)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import secrets
@@ -20,7 +21,7 @@ from hub.core.livestate import LiveState, open_live_state
 from hub.core.quotas import Limits
 from hub.core.rooms import Rooms
 from hub.core.sites import SiteTree, load_sites_file
-from hub.core.store import Store
+from hub.core.store import Database, SiteStore
 from hub.core.tokens import Claims, issue
 from hub.media.ice import use_addresses
 from hub.media.router import Router
@@ -41,17 +42,15 @@ log = logging.getLogger("hub")
 OPERATOR_LINK_FILE = "operator-link.txt"
 
 
-def site_tree(settings: Settings) -> SiteTree:
+async def site_tree(db: Database, settings: Settings) -> SiteTree:
     """The stored tree; `--sites FILE` (or an empty store) imports one first."""
-    store = Store(settings.db_path)
-    try:
-        tree = store.site_tree()
-        if settings.sites is not None or tree is None:
-            tree = load_sites_file(settings.sites or DEMO_SITES)
-            store.replace_sites(tree)
-        return tree
-    finally:
-        store.close()
+    store = SiteStore(db)
+    await store.open()
+    tree = await store.site_tree()
+    if settings.sites is not None or tree is None:
+        tree = load_sites_file(settings.sites or DEMO_SITES)
+        await store.replace_sites(tree)
+    return tree
 
 
 @dataclass
@@ -64,9 +63,9 @@ class Hub:
 
 async def build(settings: Settings) -> Hub:
     lag = LagProbe()
-    lag.start()
     use_addresses(settings.ice_addresses)
-    tree = site_tree(settings)
+    db = Database(settings.db_path)
+    tree = await site_tree(db, settings)
     node_id = secrets.token_hex(4)
     state = open_live_state(settings.redis, node_id, settings.node_ttl)
     await state.start()
@@ -88,19 +87,21 @@ async def build(settings: Settings) -> Hub:
     )
     rooms = Rooms(tree, state, router, node_id=node_id, node_url=settings.base_url, limits=limits)
     recorder = Recorder(
-        rooms, settings.recordings_path, settings.db_path, settings.segment_seconds, settings.record_mediation_rooms
+        rooms, settings.recordings_path, db, settings.segment_seconds, settings.record_mediation_rooms
     )
     await recorder.start()
     snapshots = Snapshots(rooms, settings.snapshot_seconds)
     await snapshots.start()
-    console = Console(rooms, settings.db_path)
+    console = Console(rooms, db)
+    await console.start()
     presence = Presence(state, node_id)
-    dispatch = Dispatch(rooms, settings.db_path, settings.call_ring_seconds)
-    trainings = Trainings(rooms, settings.db_path)
+    dispatch = Dispatch(rooms, db, settings.call_ring_seconds)
+    await dispatch.start()
+    trainings = Trainings(rooms, db)
     await trainings.start()
-    cases = Cases(rooms, settings.db_path)
+    cases = Cases(rooms, db)
     await cases.start()
-    cameras = open_cameras(settings, rooms)
+    cameras = await open_cameras(settings, rooms, db)
     await cameras.start()
     app = make_app(
         rooms,
@@ -114,6 +115,7 @@ async def build(settings: Settings) -> Hub:
         cases_service=cases,
         snapshots=snapshots,
         camera_service=cameras,
+        database=db,
         lag_probe=lag,
     )
 
@@ -140,11 +142,18 @@ async def build(settings: Settings) -> Hub:
         await snapshots.close()
         await recorder.close()
         await rooms.close()
-        console.close()
+        await db.close()
         await state.close()
         await lag.stop()
 
     app.on_shutdown.append(shutdown)
+    # The first full garbage collection after start-up walks every object the
+    # imports made (aiortc, PyAV, OpenCV...): measured 177 ms of a stalled loop
+    # under the first burst of requests. Collect now, before serving, and keep
+    # those objects out of every later collection.
+    gc.collect()
+    gc.freeze()
+    lag.start()  # from here on the loop serves: start-up's own work is not lag
     return Hub(settings, rooms, state, app)
 
 

@@ -21,7 +21,6 @@ import asyncio
 import json
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -29,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from hub.core.access import Forbidden, can_reach_site
 from hub.core.livestate import Record
 from hub.core.rooms import NotFound, Rooms
-from hub.core.store import Database
+from hub.core.store import Database, Migrations, Tables
 from hub.core.tokens import Claims
 from hub.monitoring.presence import KIND as PRESENCE
 from hub.monitoring.presence import by_role
@@ -97,32 +96,35 @@ class Layouts(_Strict):
         return self
 
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS console_layouts (
-    user TEXT PRIMARY KEY,
-    body TEXT NOT NULL,
-    updated_at REAL NOT NULL
-);
-"""
+MIGRATIONS = Migrations(
+    "console",
+    (
+        (
+            """CREATE TABLE IF NOT EXISTS console_layouts (
+                user TEXT PRIMARY KEY,
+                body TEXT NOT NULL,
+                updated_at REAL NOT NULL
+            )""",
+        ),
+    ),
+)
 
 
-class LayoutStore(Database):
+class LayoutStore(Tables):
     """Each user's wall layouts, one JSON document per user."""
 
-    schema = SCHEMA
+    migrations = MIGRATIONS
 
-    def get(self, user: str) -> Layouts:
-        with self._lock:
-            row = self._db.execute("SELECT body FROM console_layouts WHERE user = ?", (user,)).fetchone()
+    async def get(self, user: str) -> Layouts:
+        row = await self.db.fetchone("SELECT body FROM console_layouts WHERE user = ?", (user,))
         return Layouts.model_validate_json(row[0]) if row else Layouts()
 
-    def put(self, user: str, layouts: Layouts) -> None:
-        with self._lock, self._db:
-            self._db.execute(
-                "INSERT INTO console_layouts (user, body, updated_at) VALUES (?, ?, ?)"
-                " ON CONFLICT(user) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
-                (user, layouts.model_dump_json(exclude_none=True), time.time()),
-            )
+    async def put(self, user: str, layouts: Layouts) -> None:
+        await self.db.execute(
+            "INSERT INTO console_layouts (user, body, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT(user) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+            (user, layouts.model_dump_json(exclude_none=True), time.time()),
+        )
 
 
 def _add(into: dict[str, int], counts: dict[str, int]) -> None:
@@ -131,14 +133,14 @@ def _add(into: dict[str, int], counts: dict[str, int]) -> None:
 
 
 class Console:
-    def __init__(self, rooms: Rooms, db_path: Path) -> None:
+    def __init__(self, rooms: Rooms, db: Database) -> None:
         self.rooms = rooms
         self.tree = rooms.tree
         self.state = rooms.state
-        self.layouts = LayoutStore(db_path)
+        self.layouts = LayoutStore(db)
 
-    def close(self) -> None:
-        self.layouts.close()
+    async def start(self) -> None:
+        await self.layouts.open()
 
     async def status(self, claims: Claims, root_id: str | None = None) -> Record:
         """Live status of every site of the branch under `root_id` (default:
@@ -253,11 +255,11 @@ class Console:
 
     # -- layouts -----------------------------------------------------------------
 
-    def get_layouts(self, claims: Claims) -> Record:
-        return json.loads(self.layouts.get(claims.user).model_dump_json(exclude_none=True))
+    async def get_layouts(self, claims: Claims) -> Record:
+        return json.loads((await self.layouts.get(claims.user)).model_dump_json(exclude_none=True))
 
-    def put_layouts(self, claims: Claims, body: dict[str, Any]) -> Record:
+    async def put_layouts(self, claims: Claims, body: dict[str, Any]) -> Record:
         """Replace the caller's layouts (validated: ValidationError → 400)."""
         layouts = Layouts.model_validate(body)
-        self.layouts.put(claims.user, layouts)
+        await self.layouts.put(claims.user, layouts)
         return json.loads(layouts.model_dump_json(exclude_none=True))

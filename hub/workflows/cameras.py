@@ -37,7 +37,7 @@ from hub.core.access import Forbidden, can_reach_site, require_site
 from hub.core.livestate import Record
 from hub.core.rooms import NotFound, Rooms
 from hub.core.sites import SiteTree, standing_room_id
-from hub.core.store import Database
+from hub.core.store import Database, Migrations, Tables
 from hub.core.tasks import cancel_and_wait
 from hub.core.tokens import Claims
 from hub.media.ingest import PROTOCOLS, CameraPuller, Feeder, PullOptions, redact
@@ -52,17 +52,22 @@ MAX_NAME = 100
 MAX_URL = 2048
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS cameras (
+MIGRATIONS = Migrations(
+    "cameras",
+    (
+        (
+            """CREATE TABLE IF NOT EXISTS cameras (
     id TEXT PRIMARY KEY,
     site_id TEXT NOT NULL,
     name TEXT NOT NULL,
     url TEXT NOT NULL,
     created_by TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS cameras_site ON cameras (site_id);
-"""
+)""",
+            "CREATE INDEX IF NOT EXISTS cameras_site ON cameras (site_id)",
+        ),
+    ),
+)
 COLUMNS = ("id", "site_id", "name", "url", "created_by", "created_at")
 
 
@@ -216,40 +221,36 @@ def check_entry(entry: object, tree: SiteTree, rules: UrlRules) -> dict[str, str
 # -- durable registrations --------------------------------------------------------
 
 
-class CameraStore(Database):
-    """The `cameras` table in the hub's SQLite file."""
+class CameraStore(Tables):
+    """The `cameras` table."""
 
-    schema = SCHEMA
+    migrations = MIGRATIONS
 
-    def all(self) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM cameras ORDER BY site_id, name").fetchall()
+    async def all(self) -> list[dict[str, Any]]:
+        rows = await self.db.fetchall(f"SELECT {', '.join(COLUMNS)} FROM cameras ORDER BY site_id, name")
         return [dict(zip(COLUMNS, row, strict=True)) for row in rows]
 
-    def get(self, camera_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            row = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM cameras WHERE id = ?", (camera_id,)).fetchone()
+    async def get(self, camera_id: str) -> dict[str, Any] | None:
+        row = await self.db.fetchone(f"SELECT {', '.join(COLUMNS)} FROM cameras WHERE id = ?", (camera_id,))
         return dict(zip(COLUMNS, row, strict=True)) if row else None
 
-    def save(self, cameras: list[dict[str, Any]]) -> None:
+    async def save(self, cameras: list[dict[str, Any]]) -> None:
         """Insert or replace, all in one transaction."""
-        with self._lock, self._db:
-            self._db.executemany(
+        async with self.db.transaction() as tx:
+            await tx.executemany(
                 f"INSERT OR REPLACE INTO cameras ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
                 [tuple(c[k] for k in COLUMNS) for c in cameras],
             )
 
-    def delete(self, camera_id: str) -> bool:
-        with self._lock, self._db:
-            return self._db.execute("DELETE FROM cameras WHERE id = ?", (camera_id,)).rowcount > 0
+    async def delete(self, camera_id: str) -> bool:
+        return await self.db.execute("DELETE FROM cameras WHERE id = ?", (camera_id,)) > 0
 
-    def id_of(self, site_id: str, name: str) -> str | None:
-        with self._lock:
-            row = self._db.execute("SELECT id FROM cameras WHERE site_id = ? AND name = ?", (site_id, name)).fetchone()
+    async def id_of(self, site_id: str, name: str) -> str | None:
+        row = await self.db.fetchone("SELECT id FROM cameras WHERE site_id = ? AND name = ?", (site_id, name))
         return row[0] if row else None
 
 
-def import_cameras(store: CameraStore, tree: SiteTree, path: Path, rules: UrlRules, by: str) -> int:
+async def import_cameras(store: CameraStore, tree: SiteTree, path: Path, rules: UrlRules, by: str) -> int:
     """Register the cameras of a data file (a JSON list of {"site_id",
     "name", "url"} with an optional "id"). All or nothing: one bad entry
     stores none. An entry without an id replaces the camera of the same
@@ -266,9 +267,9 @@ def import_cameras(store: CameraStore, tree: SiteTree, path: Path, rules: UrlRul
             camera = check_entry(entry, tree, rules)
         except (ValueError, NotFound) as exc:
             raise ValueError(f"{path}: camera {n + 1}: {exc}") from exc
-        camera_id = camera.get("id") or store.id_of(camera["site_id"], camera["name"]) or _new_id()
+        camera_id = camera.get("id") or await store.id_of(camera["site_id"], camera["name"]) or _new_id()
         cameras.append(camera | {"id": camera_id, "created_by": by, "created_at": time.time()})
-    store.save(cameras)
+    await store.save(cameras)
     return len(cameras)
 
 
@@ -292,13 +293,13 @@ class Cameras:
     def __init__(
         self,
         rooms: Rooms,
-        db_path: Path,
+        db: Database,
         rules: UrlRules,
         options: PullOptions,
         lease_seconds: float,
     ) -> None:
         self.rooms = rooms
-        self.store = CameraStore(db_path)
+        self.store = CameraStore(db)
         self.rules = rules
         self.options = options
         self.lease_seconds = lease_seconds
@@ -311,6 +312,7 @@ class Cameras:
         return self.rooms.tree
 
     async def start(self) -> None:
+        await self.store.open()
         await self.reconcile()
         self._task = asyncio.create_task(self._reconcile_forever())
 
@@ -320,7 +322,6 @@ class Cameras:
             pulled.puller.stop()  # all at once: each may wait out a read
         for camera_id in tuple(self.pulled):
             await self._stop_pulling(camera_id, "the hub process stopped")
-        self.store.close()
 
     # -- API -------------------------------------------------------------------
 
@@ -328,10 +329,10 @@ class Cameras:
         # Off the loop: checking a host name resolves it.
         camera = await asyncio.to_thread(check_entry, entry, self.tree, self.rules)
         self._check_manager(claims, camera["site_id"])
-        if "id" in camera and self.store.get(camera["id"]) is not None:
+        if "id" in camera and await self.store.get(camera["id"]) is not None:
             raise ValueError(f"camera {camera['id']} exists")
         camera = camera | {"id": camera.get("id") or _new_id(), "created_by": claims.user, "created_at": time.time()}
-        self.store.save([camera])
+        await self.store.save([camera])
         await self.reconcile()
         return await self._view(camera)
 
@@ -345,24 +346,24 @@ class Cameras:
         statuses = await self.rooms.state.records("camera")
         return [
             self._merge(c, statuses.get(c["id"]))
-            for c in self.store.all()
+            for c in await self.store.all()
             if self.tree.covers(branch, c["site_id"])  # the caller reaches the branch, so all of it
         ]
 
     async def camera(self, claims: Claims, camera_id: str) -> Record:
-        camera = self._reachable(claims, camera_id)
+        camera = await self._reachable(claims, camera_id)
         return await self._view(camera)
 
     async def remove(self, claims: Claims, camera_id: str) -> None:
-        camera = self._reachable(claims, camera_id)
+        camera = await self._reachable(claims, camera_id)
         self._check_manager(claims, camera["site_id"])
-        self.store.delete(camera_id)
+        await self.store.delete(camera_id)
         await self.reconcile()  # stops pulling it here; another process holding it stops at its next round
         await self.rooms.state.delete_record("camera", camera_id)
         await self._announce(self._status_record(camera, "removed", "", None))
 
-    def _reachable(self, claims: Claims, camera_id: str) -> dict[str, Any]:
-        camera = self.store.get(camera_id)
+    async def _reachable(self, claims: Claims, camera_id: str) -> dict[str, Any]:
+        camera = await self.store.get(camera_id)
         if camera is None:
             raise NotFound(f"no camera {camera_id}")
         if not can_reach_site(self.tree, claims, camera["site_id"]):
@@ -404,7 +405,7 @@ class Cameras:
         wins; stop those removed or whose lease went elsewhere; renew the rest."""
         async with self._reconcile_lock:
             state, node = self.rooms.state, self.rooms.node_id
-            registered = {c["id"]: c for c in self.store.all()}
+            registered = {c["id"]: c for c in await self.store.all()}
             for camera_id, pulled in tuple(self.pulled.items()):
                 lease = await state.get_record("camera-lease", camera_id)
                 camera = registered.get(camera_id)
@@ -512,18 +513,16 @@ def url_rules(settings: Settings) -> UrlRules:
     return UrlRules([settings.data / "media", *settings.camera_paths], CameraNetworks.parse(settings.camera_networks))
 
 
-def open_cameras(settings: Settings, rooms: Rooms) -> Cameras:
+async def open_cameras(settings: Settings, rooms: Rooms, db: Database) -> Cameras:
     """The camera service of a hub process; `--cameras FILE` is imported first."""
     if settings.cameras is not None:
-        store = CameraStore(settings.db_path)
-        try:
-            count = import_cameras(store, rooms.tree, settings.cameras, url_rules(settings), by="import")
-        finally:
-            store.close()
+        store = CameraStore(db)
+        await store.open()
+        count = await import_cameras(store, rooms.tree, settings.cameras, url_rules(settings), by="import")
         log.info("registered %d cameras from %s", count, settings.cameras)
     options = PullOptions(
         read_timeout=settings.camera_read_timeout,
         backoff_min=settings.camera_backoff_min,
         backoff_max=settings.camera_backoff_max,
     )
-    return Cameras(rooms, settings.db_path, url_rules(settings), options, settings.camera_lease_seconds)
+    return Cameras(rooms, db, url_rules(settings), options, settings.camera_lease_seconds)

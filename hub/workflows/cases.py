@@ -35,14 +35,13 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 from hub.core.access import Forbidden, can_reach_site, room_bound
 from hub.core.livestate import EventFollower, Record
 from hub.core.records import Event
 from hub.core.rooms import NotFound, Rooms, _new_id
-from hub.core.store import Database
+from hub.core.store import Database, Migrations, Tables, Transaction
 from hub.core.tokens import Claims
 
 DISPUTE_TYPES = ("family", "neighbour", "land", "wages", "contract", "other")
@@ -62,8 +61,11 @@ RESULTS = ("agreement", "failed")
 #: Roles that read and work cases.
 CASE_ROLES = ("admin", "operator", "mediator")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS cases (
+MIGRATIONS = Migrations(
+    "cases",
+    (
+        (
+            """CREATE TABLE IF NOT EXISTS cases (
     id TEXT PRIMARY KEY,
     site_id TEXT NOT NULL,
     origin_site_id TEXT NOT NULL,
@@ -77,10 +79,10 @@ CREATE TABLE IF NOT EXISTS cases (
     created_by TEXT NOT NULL,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS cases_origin ON cases (origin_site_id, created_at);
-CREATE INDEX IF NOT EXISTS cases_site ON cases (site_id);
-CREATE TABLE IF NOT EXISTS case_history (
+)""",
+            "CREATE INDEX IF NOT EXISTS cases_origin ON cases (origin_site_id, created_at)",
+            "CREATE INDEX IF NOT EXISTS cases_site ON cases (site_id)",
+            """CREATE TABLE IF NOT EXISTS case_history (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     case_id TEXT NOT NULL,
     at REAL NOT NULL,
@@ -93,9 +95,9 @@ CREATE TABLE IF NOT EXISTS case_history (
     to_site TEXT,
     room_id TEXT,
     note TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS case_history_case ON case_history (case_id, id);
-CREATE TABLE IF NOT EXISTS case_sessions (
+)""",
+            "CREATE INDEX IF NOT EXISTS case_history_case ON case_history (case_id, id)",
+            """CREATE TABLE IF NOT EXISTS case_sessions (
     id TEXT PRIMARY KEY,
     case_id TEXT NOT NULL,
     room_id TEXT NOT NULL UNIQUE,
@@ -105,9 +107,11 @@ CREATE TABLE IF NOT EXISTS case_sessions (
     opened_at REAL NOT NULL,
     started_at REAL,
     ended_at REAL
-);
-CREATE INDEX IF NOT EXISTS case_sessions_case ON case_sessions (case_id, opened_at);
-"""
+)""",
+            "CREATE INDEX IF NOT EXISTS case_sessions_case ON case_sessions (case_id, opened_at)",
+        ),
+    ),
+)
 
 CASE_COLUMNS = (
     "id",
@@ -148,48 +152,48 @@ class Conflict(Exception):
     """The change is not allowed in the case's current state (HTTP 409)."""
 
 
-class CaseStore(Database):
-    """The three case tables in the hub's SQLite file."""
+class CaseStore(Tables):
+    """The three case tables."""
 
-    schema = SCHEMA
+    migrations = MIGRATIONS
 
-    def insert(self, case: Record, history: Record) -> None:
+    async def insert(self, case: Record, history: Record) -> None:
         row = case | {"parties": json.dumps(case["parties"], ensure_ascii=False)}
-        with self._lock, self._db:
-            self._db.execute(
+        async with self.db.transaction() as tx:
+            await tx.execute(
                 f"INSERT INTO cases ({', '.join(CASE_COLUMNS)}) VALUES ({', '.join('?' * len(CASE_COLUMNS))})",
                 [row[c] for c in CASE_COLUMNS],
             )
-            self._add_history(case["id"], history)
+            await self._add_history(tx, case["id"], history)
 
-    def update(self, case_id: str, expect: Record, changes: Record, history: Record) -> bool:
+    async def update(self, case_id: str, expect: Record, changes: Record, history: Record) -> bool:
         """Apply `changes` only if the row still has the `expect`ed values (two
         hub processes racing on one case: one wins, the other gets False)."""
         sets = ", ".join(f"{k} = ?" for k in changes)
         where = " AND ".join(f"{k} IS ?" for k in expect)
-        with self._lock, self._db:
-            cursor = self._db.execute(
+        async with self.db.transaction() as tx:
+            changed = await tx.execute(
                 f"UPDATE cases SET {sets} WHERE id = ? AND {where}", [*changes.values(), case_id, *expect.values()]
             )
-            if cursor.rowcount != 1:
+            if changed != 1:
                 return False
-            self._add_history(case_id, history)
+            await self._add_history(tx, case_id, history)
             return True
 
-    def _add_history(self, case_id: str, entry: Record) -> None:
-        self._db.execute(
+    @staticmethod
+    async def _add_history(tx: Transaction, case_id: str, entry: Record) -> None:
+        await tx.execute(
             f"INSERT INTO case_history (case_id, {', '.join(HISTORY_COLUMNS)})"
             f" VALUES (?, {', '.join('?' * len(HISTORY_COLUMNS))})",
             [case_id, *(entry.get(c, "" if c == "note" else None) for c in HISTORY_COLUMNS)],
         )
 
-    def get(self, case_id: str) -> Record | None:
-        rows = self.select("WHERE id = ?", [case_id])
+    async def get(self, case_id: str) -> Record | None:
+        rows = await self.select("WHERE id = ?", [case_id])
         return rows[0] if rows else None
 
-    def select(self, tail: str, args: list[Any]) -> list[Record]:
-        with self._lock:
-            rows = self._db.execute(f"SELECT {', '.join(CASE_COLUMNS)} FROM cases {tail}", args).fetchall()
+    async def select(self, tail: str, args: list[Any]) -> list[Record]:
+        rows = await self.db.fetchall(f"SELECT {', '.join(CASE_COLUMNS)} FROM cases {tail}", args)
         out = []
         for row in rows:
             case = dict(zip(CASE_COLUMNS, row, strict=True))
@@ -197,36 +201,34 @@ class CaseStore(Database):
             out.append(case)
         return out
 
-    def history(self, case_ids: list[str]) -> dict[str, list[Record]]:
+    async def history(self, case_ids: list[str]) -> dict[str, list[Record]]:
         out: dict[str, list[Record]] = {c: [] for c in case_ids}
         if not case_ids:
             return out
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT case_id, {', '.join(HISTORY_COLUMNS)} FROM case_history"
-                f" WHERE case_id IN ({', '.join('?' * len(case_ids))}) ORDER BY id",
-                case_ids,
-            ).fetchall()
+        rows = await self.db.fetchall(
+            f"SELECT case_id, {', '.join(HISTORY_COLUMNS)} FROM case_history"
+            f" WHERE case_id IN ({', '.join('?' * len(case_ids))}) ORDER BY id",
+            case_ids,
+        )
         for case_id, *values in rows:
             out[case_id].append(dict(zip(HISTORY_COLUMNS, values, strict=True)))
         return out
 
-    def add_session(self, session: Record, history: Record) -> None:
+    async def add_session(self, session: Record, history: Record) -> None:
         row = session | {"admit": json.dumps(session["admit"])}
-        with self._lock, self._db:
-            self._db.execute(
+        async with self.db.transaction() as tx:
+            await tx.execute(
                 f"INSERT INTO case_sessions ({', '.join(SESSION_COLUMNS)})"
                 f" VALUES ({', '.join('?' * len(SESSION_COLUMNS))})",
                 [row[c] for c in SESSION_COLUMNS],
             )
-            self._add_history(session["case_id"], history)
+            await self._add_history(tx, session["case_id"], history)
 
-    def sessions(self, case_id: str) -> list[Record]:
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {', '.join(SESSION_COLUMNS)} FROM case_sessions WHERE case_id = ? ORDER BY opened_at",
-                [case_id],
-            ).fetchall()
+    async def sessions(self, case_id: str) -> list[Record]:
+        rows = await self.db.fetchall(
+            f"SELECT {', '.join(SESSION_COLUMNS)} FROM case_sessions WHERE case_id = ? ORDER BY opened_at",
+            [case_id],
+        )
         out = []
         for row in rows:
             session = dict(zip(SESSION_COLUMNS, row, strict=True))
@@ -234,43 +236,40 @@ class CaseStore(Database):
             out.append(session)
         return out
 
-    def has_session(self, room_id: str) -> bool:
-        with self._lock:
-            return self._db.execute("SELECT 1 FROM case_sessions WHERE room_id = ?", [room_id]).fetchone() is not None
+    async def has_session(self, room_id: str) -> bool:
+        return await self.db.fetchone("SELECT 1 FROM case_sessions WHERE room_id = ?", [room_id]) is not None
 
-    def session_started(self, room_id: str, at: float) -> bool:
+    async def session_started(self, room_id: str, at: float) -> bool:
         """Someone is in the session's room: it started (once) and has not ended."""
-        with self._lock, self._db:
-            cursor = self._db.execute(
-                "UPDATE case_sessions SET started_at = COALESCE(started_at, ?), ended_at = NULL WHERE room_id = ?",
-                [at, room_id],
-            )
-            return cursor.rowcount == 1
+        changed = await self.db.execute(
+            "UPDATE case_sessions SET started_at = COALESCE(started_at, ?), ended_at = NULL WHERE room_id = ?",
+            [at, room_id],
+        )
+        return changed == 1
 
-    def session_ended(self, room_id: str, at: float) -> bool:
+    async def session_ended(self, room_id: str, at: float) -> bool:
         """The session's room emptied; a later join reopens it."""
-        with self._lock, self._db:
-            cursor = self._db.execute(
-                "UPDATE case_sessions SET ended_at = ? WHERE room_id = ? AND started_at IS NOT NULL", [at, room_id]
-            )
-            return cursor.rowcount == 1
+        changed = await self.db.execute(
+            "UPDATE case_sessions SET ended_at = ? WHERE room_id = ? AND started_at IS NOT NULL", [at, room_id]
+        )
+        return changed == 1
 
 
 class Cases:
     """The case workflow; every method checks the caller itself."""
 
-    def __init__(self, rooms: Rooms, db_path: Path) -> None:
+    def __init__(self, rooms: Rooms, db: Database) -> None:
         self.rooms = rooms
         self.tree = rooms.tree
-        self.store = CaseStore(db_path)
+        self.store = CaseStore(db)
         self._follower = EventFollower(rooms.state, self.on_event, "cases")
 
     async def start(self) -> None:
+        await self.store.open()
         self._follower.start()
 
     async def close(self) -> None:
         await self._follower.stop()
-        self.store.close()
 
     # -- permissions ---------------------------------------------------------
 
@@ -279,16 +278,16 @@ class Cases:
         the origin, "roles" CASE_ROLES), so REST and the event socket agree."""
         return claims.role in CASE_ROLES and can_reach_site(self.tree, claims, case["origin_site_id"])
 
-    def _readable(self, claims: Claims, case_id: str) -> Record:
-        case = self.store.get(case_id)
+    async def _readable(self, claims: Claims, case_id: str) -> Record:
+        case = await self.store.get(case_id)
         if case is None:
             raise NotFound(f"no case {case_id}")
         if not self.can_read(claims, case):
             raise Forbidden(f"case {case_id} is outside your jurisdiction")
         return case
 
-    def _writable(self, claims: Claims, case_id: str) -> Record:
-        case = self._readable(claims, case_id)
+    async def _writable(self, claims: Claims, case_id: str) -> Record:
+        case = await self._readable(claims, case_id)
         if not self.tree.covers(claims.site, case["site_id"]):
             raise Forbidden(f"case {case_id} is now handled at {case['site_id']}; only that site and above may act")
         return case
@@ -303,12 +302,12 @@ class Cases:
 
     # -- reading -------------------------------------------------------------
 
-    def get(self, claims: Claims, case_id: str) -> Record:
+    async def get(self, claims: Claims, case_id: str) -> Record:
         """A case with its history and sessions (oldest first) and what the caller may do."""
-        case = self._readable(claims, case_id)
+        case = await self._readable(claims, case_id)
         return case | {
-            "history": self.store.history([case_id])[case_id],
-            "sessions": self.store.sessions(case_id),
+            "history": (await self.store.history([case_id]))[case_id],
+            "sessions": await self.store.sessions(case_id),
             "actions": self.actions(claims, case),
             "sites": self.sites_of(case),
         }
@@ -329,7 +328,7 @@ class Cases:
             "escalate": case["status"] in ESCALATABLE and site is not None and site.parent is not None,
         }
 
-    def search(
+    async def search(
         self, claims: Claims, site: str | None = None, status: str | None = None, mine: bool = False
     ) -> list[Record]:
         """Cases the caller may read, newest first. `site`: cases that have
@@ -355,17 +354,17 @@ class Cases:
         if mine:
             where.append("site_id = ?")
             args.append(claims.site)
-        return self.store.select(f"WHERE {' AND '.join(where)} ORDER BY created_at DESC", args)
+        return await self.store.select(f"WHERE {' AND '.join(where)} ORDER BY created_at DESC", args)
 
-    def in_period(self, sites: list[str], since: float, until: float) -> list[Record]:
+    async def in_period(self, sites: list[str], since: float, until: float) -> list[Record]:
         """Cases opened in [since, until) whose origin is one of `sites`, with
         their history (for statistics; the caller checked the branch)."""
-        cases = self.store.select(
+        cases = await self.store.select(
             f"WHERE origin_site_id IN ({', '.join('?' * len(sites))}) AND created_at >= ? AND created_at < ?"
             " ORDER BY created_at",
             [*sites, since, until],
         )
-        history = self.store.history([c["id"] for c in cases])
+        history = await self.store.history([c["id"] for c in cases])
         return [c | {"history": history[c["id"]]} for c in cases]
 
     # -- changes -------------------------------------------------------------
@@ -392,13 +391,13 @@ class Cases:
             "created_at": now,
             "updated_at": now,
         }
-        self.store.insert(case, self._entry(claims, "opened", now, to_status="open", to_site=site_id))
+        await self.store.insert(case, self._entry(claims, "opened", now, to_status="open", to_site=site_id))
         await self._announce("case-updated", case)
         return case
 
     async def update(self, claims: Claims, case_id: str, status: str | None, outcome: str | None) -> Record:
         """Change the status (along TRANSITIONS) and/or the outcome note."""
-        case = self._writable(claims, case_id)
+        case = await self._writable(claims, case_id)
         if case["status"] == "closed":
             raise Conflict(f"case {case_id} is closed")
         changes: Record = {}
@@ -433,7 +432,7 @@ class Cases:
     async def hold_session(self, claims: Claims, case_id: str) -> tuple[Record, Record]:
         """Open the case's next mediation room at its current site; the sites
         it came from are admitted (each with its branch) and invited."""
-        case = self._writable(claims, case_id)
+        case = await self._writable(claims, case_id)
         if case["status"] not in SESSION_STATUSES:
             raise Conflict(f"a case that is {case['status']} holds no more sessions")
         below = self._visited(case)[:-1]
@@ -452,7 +451,7 @@ class Cases:
             "started_at": None,
             "ended_at": None,
         }
-        self.store.add_session(
+        await self.store.add_session(
             session, self._entry(claims, "session", now, to_site=case["site_id"], room_id=room["id"])
         )
         if case["status"] != "mediating":
@@ -466,7 +465,7 @@ class Cases:
         return session, room
 
     async def escalate(self, claims: Claims, case_id: str, note: str) -> Record:
-        case = self._writable(claims, case_id)
+        case = await self._writable(claims, case_id)
         if case["status"] not in ESCALATABLE:
             raise Conflict(f"a case that is {case['status']} cannot be escalated")
         site = self.tree.get(case["site_id"])
@@ -494,13 +493,13 @@ class Cases:
         kind = event.get("type")
         room_id = str(event.get("room_id") or "")
         if kind == "participant-joined":
-            self.store.session_started(room_id, float(event["participant"].get("joined_at") or time.time()))
+            await self.store.session_started(room_id, float(event["participant"].get("joined_at") or time.time()))
         elif (
             kind == "participant-left"
-            and self.store.has_session(room_id)
+            and await self.store.has_session(room_id)
             and not await self.rooms.state.participants(room_id)
         ):
-            self.store.session_ended(room_id, time.time())
+            await self.store.session_ended(room_id, time.time())
 
     # -- helpers -------------------------------------------------------------
 
@@ -520,7 +519,7 @@ class Cases:
 
     async def _apply(self, case: Record, changes: Record, entry: Record, event: str | None) -> None:
         expect = {"status": case["status"], "site_id": case["site_id"], "updated_at": case["updated_at"]}
-        if not self.store.update(case["id"], expect, changes, entry):
+        if not await self.store.update(case["id"], expect, changes, entry):
             raise Conflict(f"case {case['id']} changed meanwhile; reload it and try again")
         if event is not None:
             await self._announce(event, case | changes, from_site=case["site_id"])

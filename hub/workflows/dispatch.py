@@ -18,13 +18,12 @@ import asyncio
 import logging
 import secrets
 import time
-from pathlib import Path
 from typing import Any
 
 from hub.core.access import Forbidden, can_reach_site, room_bound
 from hub.core.livestate import Record
 from hub.core.rooms import NotFound, Rooms
-from hub.core.store import Database
+from hub.core.store import Database, Migrations, Tables
 from hub.core.tasks import cancel_and_wait
 from hub.core.tokens import Claims
 
@@ -46,8 +45,11 @@ CALL = "call"  # a call, by call id
 SITE_CALL = "call-site"  # the ringing call of a site, by site id: one at a time
 CALL_END = "call-end"  # how a call ended (answered, cancelled, missed): claimed once
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS calls (
+MIGRATIONS = Migrations(
+    "calls",
+    (
+        (
+            """CREATE TABLE IF NOT EXISTS calls (
     id TEXT PRIMARY KEY,
     site_id TEXT NOT NULL,
     caller_user TEXT NOT NULL,
@@ -59,9 +61,11 @@ CREATE TABLE IF NOT EXISTS calls (
     answered_name TEXT,
     ended_at REAL,
     room_id TEXT
-);
-CREATE INDEX IF NOT EXISTS calls_site_time ON calls (site_id, at);
-"""
+)""",
+            "CREATE INDEX IF NOT EXISTS calls_site_time ON calls (site_id, at)",
+        ),
+    ),
+)
 
 
 class CallConflict(Exception):
@@ -73,40 +77,35 @@ class CallConflict(Exception):
         self.call = call
 
 
-class CallLog(Database):
+class CallLog(Tables):
     """The durable record of calls: who called, who answered, when."""
 
-    schema = SCHEMA
+    migrations = MIGRATIONS
 
-    def add(self, call: Record) -> None:
-        with self._lock, self._db:
-            self._db.execute(
-                "INSERT INTO calls (id, site_id, caller_user, caller_name, note, at, state)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (call["id"], call["site_id"], call["from"]["user"], call["from"]["name"], call["note"], call["at"])
-                + (call["state"],),
-            )
+    async def add(self, call: Record) -> None:
+        await self.db.execute(
+            "INSERT INTO calls (id, site_id, caller_user, caller_name, note, at, state) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (call["id"], call["site_id"], call["from"]["user"], call["from"]["name"], call["note"], call["at"])
+            + (call["state"],),
+        )
 
-    def end(self, call: Record) -> None:
+    async def end(self, call: Record) -> None:
         answered = call.get("answered_by") or {}
-        with self._lock, self._db:
-            self._db.execute(
-                "UPDATE calls SET state = ?, answered_user = ?, answered_name = ?, ended_at = ?, room_id = ?"
-                " WHERE id = ?",
-                (call["state"], answered.get("user"), answered.get("name"), call["ended_at"], call.get("room_id"))
-                + (call["id"],),
-            )
+        await self.db.execute(
+            "UPDATE calls SET state = ?, answered_user = ?, answered_name = ?, ended_at = ?, room_id = ? WHERE id = ?",
+            (call["state"], answered.get("user"), answered.get("name"), call["ended_at"], call.get("room_id"))
+            + (call["id"],),
+        )
 
-    def recent(self, site_ids: list[str], limit: int) -> list[Record]:
+    async def recent(self, site_ids: list[str], limit: int) -> list[Record]:
         if not site_ids:
             return []
         marks = ", ".join("?" * len(site_ids))
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, site_id, caller_user, caller_name, note, at, state, answered_user, answered_name,"
-                f" ended_at, room_id FROM calls WHERE site_id IN ({marks}) ORDER BY at DESC LIMIT ?",
-                [*site_ids, limit],
-            ).fetchall()
+        rows = await self.db.fetchall(
+            "SELECT id, site_id, caller_user, caller_name, note, at, state, answered_user, answered_name,"
+            f" ended_at, room_id FROM calls WHERE site_id IN ({marks}) ORDER BY at DESC LIMIT ?",
+            [*site_ids, limit],
+        )
         return [
             {
                 "id": row[0],
@@ -124,18 +123,20 @@ class CallLog(Database):
 
 
 class Dispatch:
-    def __init__(self, rooms: Rooms, db_path: Path, ring_seconds: float) -> None:
+    def __init__(self, rooms: Rooms, db: Database, ring_seconds: float) -> None:
         self.rooms = rooms
         self.tree = rooms.tree
         self.state = rooms.state
         self.ring_seconds = ring_seconds
-        self.log = CallLog(db_path)
+        self.log = CallLog(db)
         self._timers: dict[str, asyncio.Task[None]] = {}
+
+    async def start(self) -> None:
+        await self.log.open()
 
     async def close(self) -> None:
         await cancel_and_wait(*self._timers.values())
         self._timers.clear()
-        self.log.close()
 
     # -- emergency calls ----------------------------------------------------------
 
@@ -167,7 +168,7 @@ class Dispatch:
             ringing = await self.state.get_record(CALL, held["call_id"]) if held else None
             raise CallConflict(f"site {site.id} already has a ringing call", ringing or {})
         await self.state.put_record(CALL, call["id"], call, ttl=self.ring_seconds + RECENT_SECONDS)
-        await asyncio.to_thread(self.log.add, call)
+        await self.log.add(call)
         await self.state.emit({"type": "call-ringing", "call": call, "to": self._ringing_to(site.id)})
         self._timers[call["id"]] = asyncio.create_task(self._time_out(call["id"]))
         return call
@@ -258,7 +259,7 @@ class Dispatch:
         timer = self._timers.pop(call["id"], None)
         if timer is not None and timer is not asyncio.current_task():
             timer.cancel()
-        await asyncio.to_thread(self.log.end, call)
+        await self.log.end(call)
         return call
 
     async def calls(self, claims: Claims) -> list[Record]:
@@ -276,7 +277,7 @@ class Dispatch:
                 await self._miss(call["id"])
                 live[call["id"]] = await self.state.get_record(CALL, call["id"]) or call
         sites = [s.id for s in self.tree.jurisdiction(claims.site)]
-        recent = await asyncio.to_thread(self.log.recent, sites, RECENT_LIMIT)
+        recent = await self.log.recent(sites, RECENT_LIMIT)
         for row in recent:
             if row["id"] not in live:
                 site = self.tree.get(row["site_id"])

@@ -18,11 +18,11 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hub.core.sites import LEVELS, SiteTree
+from hub.core.store import Database
 from hub.workflows.cases import DISPUTE_TYPES, RESULTS, STATUSES, Cases
 
 DEFINITIONS = {
@@ -33,8 +33,8 @@ DEFINITIONS = {
     "escalation_rate": "cases escalated from a site of the level / cases that were at a site of the level",
 }
 
-#: hub/workflows/training.py's attendance_by_site(db_path, since, until) -> [{site_id, trainings, people, minutes}]
-Attendance = Callable[[Path, float, float], list[dict[str, Any]]]
+#: hub/workflows/training.py's attendance_by_site(db, since, until) -> [{site_id, trainings, people, minutes}]
+Attendance = Callable[[Database, float, float], Awaitable[list[dict[str, Any]]]]
 
 
 def _rate(part: int, whole: int) -> float | None:
@@ -48,17 +48,17 @@ def _levels_visited(tree: SiteTree, case: dict[str, Any]) -> set[str]:
     return {site.level for s in sites if (site := tree.get(s)) is not None}
 
 
-def compute(
+async def compute(
     cases: Cases,
     branch: str,
     since: float,
     until: float,
-    db_path: Path,
+    db: Database,
     attendance: Attendance | None = None,
 ) -> dict[str, Any]:
     tree = cases.tree
     sites = [s.id for s in tree.jurisdiction(branch)]
-    rows = cases.in_period(sites, since, until)
+    rows = await cases.in_period(sites, since, until)
 
     def level_of(site_id: str) -> str:
         site = tree.get(site_id)
@@ -99,7 +99,7 @@ def compute(
         in_branch = set(sites)
         training = [
             row | {"site_name": site.name, "site_name_en": site.name_en}
-            for row in attendance(db_path, since, until)
+            for row in await attendance(db, since, until)
             if row["site_id"] in in_branch and (site := tree.get(row["site_id"])) is not None
         ]
     return {

@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
-from pathlib import Path
 from typing import Any
 
 from hub.core.access import Forbidden, can_reach_site, room_bound
 from hub.core.livestate import EventFollower, Record
 from hub.core.records import Event, Participant, Room
 from hub.core.rooms import NotFound, Rooms
-from hub.core.store import Database
+from hub.core.store import Database, DatabaseError, Migrations, Tables
 from hub.core.tasks import cancel_and_wait
 from hub.core.tokens import Claims
 
@@ -39,8 +37,11 @@ TRAINER_ROLES = ("trainer", "operator", "admin")
 #: Roles that may read the attendance of any training of their jurisdiction.
 ATTENDANCE_READERS = ("operator", "admin")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS trainings (
+MIGRATIONS = Migrations(
+    "trainings",
+    (
+        (
+            """CREATE TABLE IF NOT EXISTS trainings (
     room_id TEXT PRIMARY KEY,
     title TEXT NOT NULL,
     site_id TEXT NOT NULL,
@@ -49,9 +50,9 @@ CREATE TABLE IF NOT EXISTS trainings (
     trainer_site TEXT NOT NULL,
     started_at REAL NOT NULL,
     ended_at REAL
-);
-CREATE INDEX IF NOT EXISTS trainings_site_time ON trainings (site_id, started_at);
-CREATE TABLE IF NOT EXISTS attendance (
+)""",
+            "CREATE INDEX IF NOT EXISTS trainings_site_time ON trainings (site_id, started_at)",
+            """CREATE TABLE IF NOT EXISTS attendance (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     room_id TEXT NOT NULL,
     participant_id TEXT NOT NULL,
@@ -63,14 +64,16 @@ CREATE TABLE IF NOT EXISTS attendance (
     left_at REAL,
     node TEXT NOT NULL,
     interrupted INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS attendance_room ON attendance (room_id, joined_at);
-CREATE INDEX IF NOT EXISTS attendance_time ON attendance (joined_at);
-CREATE TABLE IF NOT EXISTS attendance_nodes (
+)""",
+            "CREATE INDEX IF NOT EXISTS attendance_room ON attendance (room_id, joined_at)",
+            "CREATE INDEX IF NOT EXISTS attendance_time ON attendance (joined_at)",
+            """CREATE TABLE IF NOT EXISTS attendance_nodes (
     node TEXT PRIMARY KEY,
     seen_at REAL NOT NULL
-);
-"""
+)""",
+        ),
+    ),
+)
 
 TRAINING_COLUMNS = ("room_id", "title", "site_id", "trainer", "trainer_name", "trainer_site", "started_at", "ended_at")
 ATTENDANCE_COLUMNS = (
@@ -86,7 +89,7 @@ ATTENDANCE_COLUMNS = (
 )
 
 
-def attendance_by_site(db_path: Path, since: float, until: float) -> list[dict[str, Any]]:
+async def attendance_by_site(db: Database, since: float, until: float) -> list[dict[str, Any]]:
     """Training attendance per attending site over [since, until): rows
     {site_id, trainings, people, minutes}, for the statistics page.
 
@@ -94,52 +97,43 @@ def attendance_by_site(db_path: Path, since: float, until: float) -> list[dict[s
     open counts up to now. `trainings` is how many trainings someone of
     the site attended, `people` how many distinct users.
     """
-    book = AttendanceBook(db_path)
-    try:
-        return book.by_site(since, until)
-    finally:
-        book.close()
+    return await AttendanceBook(db).by_site(since, until)
 
 
-class AttendanceBook(Database):
+class AttendanceBook(Tables):
     """The trainings and attendance tables: a handful of short writes per join or leave."""
 
-    schema = SCHEMA
+    migrations = MIGRATIONS
 
-    def _write(self, sql: str, args: list[Any] | dict[str, Any]) -> int:
-        with self._lock, self._db:
-            return self._db.execute(sql, args).rowcount
-
-    def _select(self, columns: tuple[str, ...], tail: str, args: list[Any]) -> list[dict[str, Any]]:
+    async def _select(self, columns: tuple[str, ...], tail: str, args: list[Any]) -> list[dict[str, Any]]:
         table = "trainings" if columns is TRAINING_COLUMNS else "attendance"
-        with self._lock:
-            rows = self._db.execute(f"SELECT {', '.join(columns)} FROM {table} {tail}", args).fetchall()
+        rows = await self.db.fetchall(f"SELECT {', '.join(columns)} FROM {table} {tail}", args)
         return [dict(zip(columns, row, strict=True)) for row in rows]
 
     # -- trainings -------------------------------------------------------------
 
-    def add_training(self, training: dict[str, Any]) -> None:
-        self._write(
+    async def add_training(self, training: dict[str, Any]) -> None:
+        await self.db.execute(
             f"INSERT INTO trainings ({', '.join(TRAINING_COLUMNS)}) VALUES ({', '.join('?' * len(TRAINING_COLUMNS))})",
             [training.get(c) for c in TRAINING_COLUMNS],
         )
 
-    def end_training(self, room_id: str, at: float) -> bool:
+    async def end_training(self, room_id: str, at: float) -> bool:
         sql = "UPDATE trainings SET ended_at = ? WHERE room_id = ? AND ended_at IS NULL"
-        return self._write(sql, [at, room_id]) > 0
+        return await self.db.execute(sql, [at, room_id]) > 0
 
-    def training(self, room_id: str) -> dict[str, Any] | None:
-        rows = self._select(TRAINING_COLUMNS, "WHERE room_id = ?", [room_id])
+    async def training(self, room_id: str) -> dict[str, Any] | None:
+        rows = await self._select(TRAINING_COLUMNS, "WHERE room_id = ?", [room_id])
         return rows[0] if rows else None
 
-    def trainings(self, live_only: bool, limit: int = 200) -> list[dict[str, Any]]:
+    async def trainings(self, live_only: bool, limit: int = 200) -> list[dict[str, Any]]:
         where = "WHERE ended_at IS NULL " if live_only else ""
-        return self._select(TRAINING_COLUMNS, f"{where}ORDER BY started_at DESC LIMIT ?", [limit])
+        return await self._select(TRAINING_COLUMNS, f"{where}ORDER BY started_at DESC LIMIT ?", [limit])
 
     # -- attendance ------------------------------------------------------------
 
-    def joined(self, participant: Participant, node: str) -> None:
-        self._write(
+    async def joined(self, participant: Participant, node: str) -> None:
+        await self.db.execute(
             "INSERT INTO attendance (room_id, participant_id, site_id, user, name, role, joined_at, node)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
@@ -154,59 +148,55 @@ class AttendanceBook(Database):
             ],
         )
 
-    def left(self, room_id: str, participant_id: str, at: float) -> None:
-        self._write(
+    async def left(self, room_id: str, participant_id: str, at: float) -> None:
+        await self.db.execute(
             "UPDATE attendance SET left_at = ? WHERE room_id = ? AND participant_id = ? AND left_at IS NULL",
             [at, room_id, participant_id],
         )
 
-    def rows(self, room_id: str) -> list[dict[str, Any]]:
-        return self._select(ATTENDANCE_COLUMNS, "WHERE room_id = ? ORDER BY joined_at, id", [room_id])
+    async def rows(self, room_id: str) -> list[dict[str, Any]]:
+        return await self._select(ATTENDANCE_COLUMNS, "WHERE room_id = ? ORDER BY joined_at, id", [room_id])
 
-    def beat(self, node: str, at: float) -> None:
-        self._write(
+    async def beat(self, node: str, at: float) -> None:
+        await self.db.execute(
             "INSERT INTO attendance_nodes (node, seen_at) VALUES (?, ?)"
             " ON CONFLICT (node) DO UPDATE SET seen_at = excluded.seen_at",
             [node, at],
         )
 
-    def close_dead(self, live_nodes: set[str], now: float) -> int:
+    async def close_dead(self, live_nodes: set[str], now: float) -> int:
         """Close the attendance rows of hub processes no longer running, at
         the last moment each was seen; returns how many."""
-        with self._lock, self._db:
-            dead = {
-                node: seen
-                for node, seen in self._db.execute(
-                    "SELECT DISTINCT a.node, n.seen_at FROM attendance a LEFT JOIN attendance_nodes n USING (node)"
-                    " WHERE a.left_at IS NULL"
-                )
-                if node not in live_nodes
-            }
+        async with self.db.transaction() as tx:
+            open_rows = await tx.fetchall(
+                "SELECT DISTINCT a.node, n.seen_at FROM attendance a LEFT JOIN attendance_nodes n USING (node)"
+                " WHERE a.left_at IS NULL"
+            )
             closed = 0
-            for node, seen in dead.items():
-                closed += self._db.execute(
-                    "UPDATE attendance SET left_at = MAX(joined_at, ?), interrupted = 1"
-                    " WHERE node = ? AND left_at IS NULL",
-                    [seen if seen is not None else now, node],
-                ).rowcount
-            for (node,) in self._db.execute("SELECT node FROM attendance_nodes").fetchall():
+            for node, seen in open_rows:
                 if node not in live_nodes:
-                    self._db.execute("DELETE FROM attendance_nodes WHERE node = ?", [node])
+                    closed += await tx.execute(
+                        "UPDATE attendance SET left_at = MAX(joined_at, ?), interrupted = 1"
+                        " WHERE node = ? AND left_at IS NULL",
+                        [seen if seen is not None else now, node],
+                    )
+            for (node,) in await tx.fetchall("SELECT node FROM attendance_nodes"):
+                if node not in live_nodes:
+                    await tx.execute("DELETE FROM attendance_nodes WHERE node = ?", [node])
         return closed
 
-    def by_site(self, since: float, until: float) -> list[dict[str, Any]]:
+    async def by_site(self, since: float, until: float) -> list[dict[str, Any]]:
         """See attendance_by_site."""
-        with self._lock:
-            rows = self._db.execute(
-                """
+        rows = await self.db.fetchall(
+            """
                 SELECT site_id, COUNT(DISTINCT room_id), COUNT(DISTINCT user),
                        SUM(MAX(0, MIN(COALESCE(left_at, :now), :until) - MAX(joined_at, :since)))
                 FROM attendance
                 WHERE joined_at < :until AND COALESCE(left_at, :now) > :since
                 GROUP BY site_id ORDER BY site_id
                 """,
-                {"since": since, "until": until, "now": time.time()},
-            ).fetchall()
+            {"since": since, "until": until, "now": time.time()},
+        )
         return [
             {"site_id": site, "trainings": trainings, "people": people, "minutes": round(seconds / 60, 1)}
             for site, trainings, people, seconds in rows
@@ -220,9 +210,9 @@ def minutes(row: dict[str, Any], now: float) -> float:
 class Trainings:
     """The training service of one hub process."""
 
-    def __init__(self, rooms: Rooms, db_path: Path, beat_seconds: float = 10.0) -> None:
+    def __init__(self, rooms: Rooms, db: Database, beat_seconds: float = 10.0) -> None:
         self.rooms = rooms
-        self.book = AttendanceBook(db_path)
+        self.book = AttendanceBook(db)
         self.beat_seconds = beat_seconds
         self._follower = EventFollower(rooms.state, self._on_event, "training attendance")
         self._heartbeat_task: asyncio.Task[None] | None = None
@@ -230,21 +220,21 @@ class Trainings:
 
     async def start(self) -> None:
         """Close what a killed process left open, then follow the room events."""
+        await self.book.open()
         live = await self.rooms.state.live_nodes()
         now = time.time()
-        if closed := self.book.close_dead(live, now):
+        if closed := await self.book.close_dead(live, now):
             log.warning("closed %d attendance rows left open by hub processes that stopped", closed)
-        for training in self.book.trainings(live_only=True):
+        for training in await self.book.trainings(live_only=True):
             if await self.rooms.state.get_room(training["room_id"]) is None:
-                self.book.end_training(training["room_id"], now)  # its room went with the live state
-        self.book.beat(self.rooms.node_id, now)
+                await self.book.end_training(training["room_id"], now)  # its room went with the live state
+        await self.book.beat(self.rooms.node_id, now)
         self._follower.start()
         self._heartbeat_task = asyncio.create_task(self._heartbeat())
 
     async def close(self) -> None:
         await self._follower.stop()
         await cancel_and_wait(self._heartbeat_task)
-        self.book.close()
 
     # -- trainings -------------------------------------------------------------
 
@@ -267,7 +257,7 @@ class Trainings:
             "started_at": room["created_at"],
             "ended_at": None,
         }
-        self.book.add_training(training)
+        await self.book.add_training(training)
         await self.rooms.announce_invitation(claims, room, branch, {"within": branch}, downward=True)
         return training | {"room": room}
 
@@ -296,12 +286,12 @@ class Trainings:
                 "trainer_site_name_en": getattr(tree.get(t["trainer_site"]), "name_en", ""),
                 "invited": tree.covers(t["site_id"], claims.site) and claims.user != t["trainer"],
             }
-            for t in self.book.trainings(live_only=not include_ended)
+            for t in await self.book.trainings(live_only=not include_ended)
             if self._visible(claims, t)
         ]
 
-    def _training(self, claims: Claims, room_id: str) -> dict[str, Any]:
-        training = self.book.training(room_id)
+    async def _training(self, claims: Claims, room_id: str) -> dict[str, Any]:
+        training = await self.book.training(room_id)
         if training is None or not self._visible(claims, training):
             raise NotFound(f"no training {room_id}")
         return training
@@ -314,11 +304,11 @@ class Trainings:
     async def end(self, claims: Claims, room_id: str) -> Record:
         """End a training: its streams stop, its participants are let go and
         the branch may no longer enter."""
-        training = self._training(claims, room_id)
+        training = await self._training(claims, room_id)
         if not self._may_manage(claims, training):
             raise Forbidden("only the trainer or an operator above the training may end it")
         now = time.time()
-        if not self.book.end_training(room_id, now):
+        if not await self.book.end_training(room_id, now):
             raise ValueError(f"training {room_id} has already ended")
         training["ended_at"] = now
         await self.rooms.update_room(room_id, {"ended_at": now, "admit": []})
@@ -368,12 +358,12 @@ class Trainings:
 
     # -- attendance ------------------------------------------------------------
 
-    def attendance(self, claims: Claims, room_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        training = self._training(claims, room_id)
+    async def attendance(self, claims: Claims, room_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        training = await self._training(claims, room_id)
         if not self._may_manage(claims, training):
             raise Forbidden("only the trainer or an operator above the training may read its attendance")
         now = time.time()
-        rows = self.book.rows(room_id)
+        rows = await self.book.rows(room_id)
         return training, [row | {"interrupted": bool(row["interrupted"]), "minutes": minutes(row, now)} for row in rows]
 
     # -- room events -----------------------------------------------------------
@@ -388,9 +378,9 @@ class Trainings:
                 return
             room = await self.rooms.state.get_room(room_id)
             if room is not None and room.get("kind") == "training":
-                self.book.joined(participant, self.rooms.node_id)
+                await self.book.joined(participant, self.rooms.node_id)
         elif kind == "participant-left":
-            self.book.left(room_id, event["participant_id"], time.time())
+            await self.book.left(room_id, event["participant_id"], time.time())
         elif kind == "participant-updated" and event["participant"].get("speaker") is False:
             await self._end_streams(room_id, event["participant"]["id"])
         elif kind == "training-ended":
@@ -406,6 +396,6 @@ class Trainings:
         while True:
             await asyncio.sleep(self.beat_seconds)
             try:
-                self.book.beat(self.rooms.node_id, time.time())
-            except sqlite3.Error:
+                await self.book.beat(self.rooms.node_id, time.time())
+            except DatabaseError:
                 log.exception("attendance heartbeat failed")
