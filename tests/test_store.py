@@ -1,0 +1,176 @@
+"""The store layer: numbered migrations, transactions, and data directories
+made by the code before schema_migrations opening and upgrading cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from hub.core.store import Database, DatabaseError, Migrations, Transaction
+
+from .conftest import start_hub
+
+OLD_SCHEMA = (Path(__file__).parent / "data" / "schema-26ea4d8.sql").read_text(encoding="utf-8")
+#: The recordings catalogue before recordings named their hub process.
+PRE_NODE_SCHEMA = OLD_SCHEMA.replace("    node TEXT NOT NULL DEFAULT '',\n", "")
+#: What this code's migrations bring every feature to.
+VERSIONS = {"sites": 1, "cases": 1, "trainings": 1, "calls": 1, "cameras": 1, "console": 1, "recordings": 2}
+
+
+def make_old_database(path: Path, schema: str) -> None:
+    """A database as the old code left it: its tables and some rows, no schema_migrations."""
+    db = sqlite3.connect(path)
+    with db:
+        db.executescript(schema)
+        db.executemany(
+            "INSERT INTO sites (position, id, name, name_en, level, parent) VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (0, "qinghai", "青海省", "Qinghai", "province", None),
+                (1, "xining", "西宁市", "Xining", "prefecture", "qinghai"),
+            ],
+        )
+        now = time.time()
+        db.execute(
+            "INSERT INTO cases (id, site_id, origin_site_id, title, dispute_type, parties, status, created_by,"
+            " created_at, updated_at) VALUES ('case-old', 'xining', 'xining', '旧案', 'land', ?, 'open', 'm', ?, ?)",
+            [json.dumps([{"name": "张三", "role": "applicant"}]), now - 3600, now - 3600],
+        )
+        db.execute(
+            "INSERT INTO recordings (id, room_id, site_id, kind, title, started_at, status)"
+            " VALUES ('rec-old', 'site-xining', 'xining', 'standing', '', ?, 'recording')",
+            [now - 7200],
+        )
+        db.execute(
+            "INSERT INTO console_layouts (user, body, updated_at) VALUES ('op', ?, ?)",
+            [json.dumps({"layouts": [{"name": "墙", "grid": 4, "panes": []}], "current": "墙"}), now],
+        )
+    db.close()
+
+
+def read_versions(path: Path) -> dict[str, tuple[int, float]]:
+    db = sqlite3.connect(path)
+    try:
+        rows = db.execute("SELECT feature, MAX(version), MAX(applied_at) FROM schema_migrations GROUP BY feature")
+        return {feature: (version, at) for feature, version, at in rows}
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("schema", [OLD_SCHEMA, PRE_NODE_SCHEMA], ids=["26ea4d8", "catalogue-before-node"])
+async def test_old_data_directory_opens_and_upgrades(tmp_path: Path, http: aiohttp.ClientSession, schema: str):
+    data = tmp_path / "hub"
+    data.mkdir()
+    make_old_database(data / "hub.sqlite3", schema)
+
+    hub = start_hub(data)
+    try:
+        operator = {"Authorization": f"Bearer {hub.sign('op', 'qinghai', 'operator')}"}
+        async with http.get(f"{hub.url}/api/sites", headers=operator) as r:
+            assert [s["id"] for s in await r.json()] == ["qinghai", "xining"]  # the stored tree, not the demo's
+        async with http.get(f"{hub.url}/api/cases/case-old", headers=operator) as r:
+            assert r.status == 200
+            case = await r.json()
+            assert case["title"] == "旧案" and case["parties"][0]["name"] == "张三"
+        async with http.get(f"{hub.url}/api/console/layouts", headers=operator) as r:
+            assert (await r.json())["current"] == "墙"
+        # Start-up recovery wrote to the upgraded catalogue: the old process's recording is closed.
+        async with http.get(f"{hub.url}/api/recordings", params={"site": "qinghai"}, headers=operator) as r:
+            recordings = await r.json()
+            assert r.status == 200, recordings
+            assert [(x["id"], x["status"], x["node"]) for x in recordings] == [("rec-old", "interrupted", "")]
+    finally:
+        hub.stop()
+    versions = read_versions(data / "hub.sqlite3")
+    assert {feature: v for feature, (v, _) in versions.items()} == VERSIONS
+
+    # A second start runs no step again.
+    hub = start_hub(data)
+    hub.stop()
+    assert read_versions(data / "hub.sqlite3") == versions
+
+
+async def test_migrations_run_once_in_order_and_refuse_a_newer_database(tmp_path: Path):
+    path = tmp_path / "hub.sqlite3"
+    seen: list[set[str]] = []
+
+    async def look(tx: Transaction) -> None:
+        seen.append(await tx.columns("things"))
+
+    first = Migrations("things", (("CREATE TABLE things (id TEXT PRIMARY KEY)",), look))
+    db = Database(path)
+    try:
+        assert await db.migrate(first) == 2
+        assert await db.migrate(first) == 0
+        assert seen == [{"id"}]
+    finally:
+        await db.close()
+
+    # Another process (a new Database) with one more step runs only that step.
+    second = Migrations("things", (*first.steps, ("ALTER TABLE things ADD COLUMN name TEXT NOT NULL DEFAULT ''",)))
+    db = Database(path)
+    try:
+        assert await db.migrate(second) == 1
+        assert await db.columns("things") == {"id", "name"}
+        assert (await db.versions())["things"] == 3
+    finally:
+        await db.close()
+
+    # Older code on a newer database: a clear error, nothing changed.
+    db = Database(path)
+    try:
+        with pytest.raises(DatabaseError, match="newer than this hub knows"):
+            await db.migrate(first)
+        assert (await db.versions())["things"] == 3
+    finally:
+        await db.close()
+
+
+async def test_a_failed_step_or_transaction_changes_nothing(tmp_path: Path):
+    db = Database(tmp_path / "hub.sqlite3")
+    try:
+        broken = Migrations("broken", (("CREATE TABLE a (x INTEGER)", "CREATE TABLE a (x INTEGER)"),))
+        with pytest.raises(DatabaseError, match="already exists"):
+            await db.migrate(broken)
+        assert await db.columns("a") == set()
+        assert "broken" not in await db.versions()
+
+        await db.execute("CREATE TABLE t (x INTEGER UNIQUE)")
+        with pytest.raises(DatabaseError):
+            async with db.transaction() as tx:
+                await tx.execute("INSERT INTO t VALUES (1)")
+                await tx.execute("INSERT INTO t VALUES (1)")
+        assert await db.fetchall("SELECT x FROM t") == []
+        assert (await db.fetchone("PRAGMA journal_mode"))[0] == "wal"  # type: ignore[index]
+    finally:
+        await db.close()
+
+
+async def test_statements_wait_for_an_open_transaction(tmp_path: Path):
+    """A plain statement issued while a transaction is open is not part of it:
+    the transaction's rollback does not take it along."""
+    db = Database(tmp_path / "hub.sqlite3")
+    try:
+        await db.execute("CREATE TABLE t (x INTEGER)")
+        inside = asyncio.Event()
+
+        async def failing() -> None:
+            async with db.transaction() as tx:
+                await tx.execute("INSERT INTO t VALUES (1)")
+                inside.set()
+                await asyncio.sleep(0.1)
+                raise RuntimeError("abandon")
+
+        task = asyncio.create_task(failing())
+        await inside.wait()
+        await db.execute("INSERT INTO t VALUES (2)")
+        with pytest.raises(RuntimeError):
+            await task
+        assert await db.fetchall("SELECT x FROM t") == [(2,)]
+    finally:
+        await db.close()
