@@ -266,9 +266,19 @@ async def test_training_broadcast_with_speaker_and_attendance(hub: HubProcess, h
         assert r.status == 403
     async with http.get(attendance_url, headers=auth(keys["op-ledu"])) as r:
         assert r.status == 200
-    async with http.get(attendance_url, headers=auth(trainer)) as r:
-        assert r.status == 200
-        body = await r.json()
+    body: dict[str, Any] = {}
+
+    async def all_left() -> bool:
+        # Attendance follows the room events: the leave is written just after the "left" reply.
+        nonlocal body
+        async with http.get(attendance_url, headers=auth(trainer)) as r:
+            assert r.status == 200
+            body = await r.json()
+        return all(row["left_at"] for row in body["attendance"] if row["user"] in viewers)
+
+    deadline = time.monotonic() + 10
+    while not await all_left() and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
     rows = {row["user"]: row for row in body["attendance"] if row["user"] in viewers}
     assert set(rows) == set(viewers)
     for user, (site, _) in viewers.items():
