@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -44,11 +45,12 @@ class DatabaseError(Exception):
     """A statement failed, or the database is closed or newer than this code."""
 
 
-class _Statements:
+class _Statements(ABC):
     """What a `Database` and a `Transaction` both run."""
 
+    @abstractmethod
     async def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        raise NotImplementedError
+        """Run `work` with the connection on the database thread."""
 
     async def execute(self, sql: str, args: Args = ()) -> int:
         """Run one statement; the number of rows it changed."""
@@ -136,6 +138,9 @@ class Database(_Statements):
         return self._connection
 
     async def _on_thread(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise DatabaseError(f"database {self.path} is closed")
+
         def run() -> T:
             try:
                 return work(self._connect())
