@@ -9,15 +9,17 @@ from aiohttp import web
 from hub.core.access import require_site, room_bound
 from hub.core.rooms import NotFound
 
+from . import models as m
 from .auth import claims_of
+from .doors import QUOTA, created, door, ok, read_body
 from .keys import LAG, ROOMS
-from .problems import Problem, read_json_object
 
 
 def json_response(data: object, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, ensure_ascii=False))
 
 
+@door("The caller's identity and home site", ok(m.Me))
 async def me(request: web.Request) -> web.Response:
     claims = claims_of(request)
     site = request.app[ROOMS].tree.get(claims.site)
@@ -32,6 +34,7 @@ async def me(request: web.Request) -> web.Response:
     )
 
 
+@door("Sites of the caller's jurisdiction, parents first", ok(list[m.Site]))
 async def list_sites(request: web.Request) -> web.Response:
     claims = claims_of(request)
     tree = request.app[ROOMS].tree
@@ -40,6 +43,7 @@ async def list_sites(request: web.Request) -> web.Response:
     return json_response([s.to_json() for s in tree.jurisdiction(claims.site)])
 
 
+@door("One site with its standing room and its children's ids", ok(m.SiteDetail))
 async def get_site(request: web.Request) -> web.Response:
     claims = claims_of(request)
     tree = request.app[ROOMS].tree
@@ -52,36 +56,39 @@ async def get_site(request: web.Request) -> web.Response:
     return json_response(site.to_json() | {"children": children})
 
 
+@door("Live or opened rooms in the caller's jurisdiction", ok(list[m.ListedRoom]))
 async def list_rooms(request: web.Request) -> web.Response:
     claims = claims_of(request)
     return json_response(await request.app[ROOMS].rooms(claims))
 
 
+@door("Open a mediation room at a site", created(m.Room), body=m.NewRoom, problems=QUOTA)
 async def open_room(request: web.Request) -> web.Response:
     claims = claims_of(request)
-    body = await read_json_object(request, '{"site_id", "kind", "title"}')
-    if not isinstance(body.get("site_id"), str):
-        raise Problem(400, "Bad Request", 'expected {"site_id", "kind", "title"}')
-    title = str(body.get("title", ""))[:200]
-    room = await request.app[ROOMS].open_room(claims, body["site_id"], str(body.get("kind", "")), title)
+    body = await read_body(request, m.NewRoom)
+    room = await request.app[ROOMS].open_room(claims, body.site_id, body.kind, body.title)
     return json_response(room, status=201)
 
 
+@door("Close an opened room (its opener, or an operator above it); its streams end", ok(m.Room))
 async def close_room(request: web.Request) -> web.Response:
     claims = claims_of(request)
     return json_response(await request.app[ROOMS].close_room(claims, request.match_info["room_id"]))
 
 
+@door("A room with its participants and streams", ok(m.RoomDetail))
 async def get_room(request: web.Request) -> web.Response:
     claims = claims_of(request)
     return json_response(await request.app[ROOMS].room_detail(claims, request.match_info["room_id"]))
 
 
+@door("One live stream", ok(m.Stream))
 async def get_stream(request: web.Request) -> web.Response:
     claims = claims_of(request)
     return json_response(await request.app[ROOMS].stream(claims, request.match_info["stream_id"]))
 
 
+@door("Liveness of this hub process", ok(m.Health), public=True)
 async def health(request: web.Request) -> web.Response:
     rooms = request.app[ROOMS]
     return json_response(

@@ -18,14 +18,29 @@ from hub.workflows.training import Trainings
 from recorder.service import Recorder
 
 from . import api, cameras, cases, console, dispatch, events, invites, monitoring, recordings, stats, training, whip
+from .doors import Answer, door, ok
 from .keys import DATABASE, LAG, ROOMS, SECRET, SETTINGS
 from .openapi import document
 from .pages import WEB_ROOT, page
 from .problems import problems_middleware
 
+#: The API document, built once: the route table is frozen when the application starts.
+DOCUMENT = web.AppKey("openapi", dict)
 
+# signaling/events.py is the event protocol's own module (docs/protocol.md); its door is described here.
+door(
+    "The event WebSocket (docs/protocol.md): roster, streams, chat, calls, alerts",
+    Answer(101, "Switching Protocols"),
+    problems=(400,),
+    description="Without an Upgrade: websocket request: 400.",
+)(events.websocket)
+
+
+@door("This document", ok(dict), public=True)
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(document())
+    if DOCUMENT not in request.app:
+        request.app[DOCUMENT] = document(request.app)
+    return web.json_response(request.app[DOCUMENT])
 
 
 def make_app(
@@ -77,7 +92,7 @@ def make_app(
     app.router.add_post("/whep/{stream_id}", whip.whep_view)
     app.router.add_delete("/whep/{stream_id}/{session_id}", whip.whep_delete)
     app.router.add_get("/ws", events.websocket)
-    app.router.add_get("/", page("index.html"))
-    app.router.add_get("/rooms/{room_id}", page("room.html"))
+    app.router.add_get("/", page("index.html", "The web app's home page"))
+    app.router.add_get("/rooms/{room_id}", page("room.html", "The room page; ?token= signs in, &autojoin=1 joins"))
     app.router.add_static("/web/", WEB_ROOT, name="web")
     return app

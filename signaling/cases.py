@@ -8,60 +8,28 @@ here by room id (the hub does not import the recorder).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
 
 from hub.core.access import can_reach_site
 from hub.core.tokens import Claims
-from hub.workflows.cases import DISPUTE_TYPES, STATUSES, Cases, Conflict
+from hub.workflows.cases import Cases, Conflict
 
+from . import models as m
 from .api import json_response
 from .auth import claims_of
+from .doors import created, door, ok, read_body, read_query
 from .keys import ROOMS
 from .pages import page
-from .problems import Problem, read_json_object, service
+from .problems import Problem, service
 from .recordings import RECORDER
 
 CASES = web.AppKey("cases", Cases)
-
-Text = Annotated[str, Field(max_length=4000)]
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
-
-class Party(_Body):
-    name: str = Field(min_length=1, max_length=64)
-    role: Literal["applicant", "respondent", "other"] = "other"
-    phone: str = Field(default="", max_length=32, pattern=r"^[0-9+\-() ]*$")
-
-
-class NewCase(_Body):
-    site_id: str | None = Field(default=None, min_length=1, max_length=100)
-    title: str = Field(min_length=1, max_length=200)
-    dispute_type: Literal[DISPUTE_TYPES]  # type: ignore[valid-type]
-    parties: list[Party] = Field(min_length=1, max_length=20)
-    summary: Text = ""
-
-
-class CaseChange(_Body):
-    status: Literal[STATUSES] | None = None  # type: ignore[valid-type]
-    outcome: Annotated[str, Field(max_length=2000)] | None = None
-
-
-class Escalation(_Body):
-    note: Annotated[str, Field(max_length=1000)] = ""
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-async def _body(request: web.Request, model: type[M], expected: str) -> M:
-    raw = await read_json_object(request, expected) if request.can_read_body else {}
-    return model.model_validate(raw)  # a ValidationError is a 400 problem (problems_middleware)
+#: A hub process may run without cases: 503.
+FEATURE = (503,)
+#: A change the case's state does not allow.
+CONFLICT = (409, 503)
 
 
 def _cases(request: web.Request) -> Cases:
@@ -86,10 +54,10 @@ async def _with_recordings(request: web.Request, claims: Claims, case: dict[str,
     return case | {"sessions": sessions, "recordings": [r for s in sessions for r in s["recordings"]]}
 
 
-
+@door("Open a mediation case (default: at the caller's home site)", created(m.Case), body=m.NewCase, problems=FEATURE)
 async def open_case(request: web.Request) -> web.Response:
     claims = claims_of(request)
-    body = await _body(request, NewCase, '{"title", "dispute_type", "parties": [{"name"}], "summary"}')
+    body = await read_body(request, m.NewCase)
     case = await _cases(request).open(
         claims,
         body.site_id or claims.site,
@@ -101,27 +69,32 @@ async def open_case(request: web.Request) -> web.Response:
     return json_response(case, status=201)
 
 
+@door(
+    "Cases that have been in a branch",
+    ok(list[m.ListedCase]),
+    query=m.CaseSearch,
+    problems=FEATURE,
+    description="`queue=mine`: only cases now at the caller's own site",
+)
 async def list_cases(request: web.Request) -> web.Response:
     claims = claims_of(request)
-    queue = request.query.get("queue") or None
-    if queue not in (None, "mine"):
-        raise Problem(400, "Bad Request", "queue: expected 'mine' or nothing")
+    query = read_query(request, m.CaseSearch)
     cases = _cases(request)
-    rows = await cases.search(
-        claims, site=request.query.get("site") or None, status=request.query.get("status") or None, mine=bool(queue)
-    )
+    rows = await cases.search(claims, site=query.site, status=query.status, mine=query.queue == "mine")
     return json_response([row | {"sites": cases.sites_of(row)} for row in rows])
 
 
+@door("A case with its history, sessions, recordings and what the caller may do", ok(m.CaseDetail), problems=FEATURE)
 async def get_case(request: web.Request) -> web.Response:
     claims = claims_of(request)
     case = await _cases(request).get(claims, request.match_info["case_id"])
     return json_response(await _with_recordings(request, claims, case))
 
 
+@door("Change a case's status or outcome", ok(m.Case), body=m.CaseChange, problems=CONFLICT)
 async def change_case(request: web.Request) -> web.Response:
     claims = claims_of(request)
-    body = await _body(request, CaseChange, '{"status"?, "outcome"?}')
+    body = await read_body(request, m.CaseChange)
     if body.status is None and body.outcome is None:
         raise Problem(400, "Bad Request", 'expected {"status"?, "outcome"?} with at least one')
     try:
@@ -131,6 +104,7 @@ async def change_case(request: web.Request) -> web.Response:
     return json_response(case)
 
 
+@door("Hold a session: open a mediation room for the case", created(m.CaseSession), problems=CONFLICT)
 async def hold_session(request: web.Request) -> web.Response:
     claims = claims_of(request)
     try:
@@ -140,9 +114,16 @@ async def hold_session(request: web.Request) -> web.Response:
     return json_response(session | {"room": room}, status=201)
 
 
+@door(
+    "Escalate a case to the parent site (the body is optional)",
+    ok(m.Case),
+    body=m.Escalation,
+    body_optional=True,
+    problems=CONFLICT,
+)
 async def escalate(request: web.Request) -> web.Response:
     claims = claims_of(request)
-    body = await _body(request, Escalation, '{"note"}')
+    body = await read_body(request, m.Escalation)
     try:
         case = await _cases(request).escalate(claims, request.match_info["case_id"], body.note)
     except Conflict as exc:
@@ -153,7 +134,7 @@ async def escalate(request: web.Request) -> web.Response:
 def add_routes(app: web.Application, cases: Cases | None) -> None:
     if cases is not None:
         app[CASES] = cases
-    app.router.add_get("/cases", page("cases.html"))
+    app.router.add_get("/cases", page("cases.html", "The cases page"))
     app.router.add_get("/api/cases", list_cases)
     app.router.add_post("/api/cases", open_case)
     app.router.add_get("/api/cases/{case_id}", get_case)

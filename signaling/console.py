@@ -4,36 +4,52 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hub.monitoring.console import Console
+from hub.monitoring.console import Console, Layouts
 from hub.monitoring.presence import Presence
 
+from . import models as m
 from .api import json_response
 from .auth import claims_of
+from .doors import door, ok, read_body, read_query
 from .pages import page
-from .problems import read_json_object, service
+from .problems import service
 
 CONSOLE = web.AppKey("console", Console)
 PRESENCE = web.AppKey("presence", Presence)
+#: A hub process may run without the console: 503.
+FEATURE = (503,)
+
+
+class LayoutsBody(Layouts, m.Body):
+    """The wall layouts (hub.monitoring.console.Layouts) as a request body."""
 
 
 def _console(request: web.Request) -> Console:
     return service(request, CONSOLE, "this hub process has no console")
 
 
-
+@door(
+    "Live status of a branch (default: the caller's home site): sites online, rooms, streams, cameras, roll-ups",
+    ok(m.ConsoleStatus),
+    query=m.BranchQuery,
+    problems=FEATURE,
+)
 async def status(request: web.Request) -> web.Response:
     claims = claims_of(request)
-    return json_response(await _console(request).status(claims, request.query.get("site") or None))
+    site = read_query(request, m.BranchQuery).site
+    return json_response(await _console(request).status(claims, site))
 
 
+@door("The caller's wall layouts", ok(Layouts), problems=FEATURE)
 async def get_layouts(request: web.Request) -> web.Response:
     return json_response(await _console(request).get_layouts(claims_of(request)))
 
 
+@door("Replace the caller's wall layouts", ok(Layouts), body=LayoutsBody, problems=FEATURE)
 async def put_layouts(request: web.Request) -> web.Response:
     claims = claims_of(request)
-    body = await read_json_object(request, "a JSON object {layouts: [...], current}")
-    return json_response(await _console(request).put_layouts(claims, body))
+    body = await read_body(request, LayoutsBody)
+    return json_response(await _console(request).put_layouts(claims, body.model_dump(exclude_none=True)))
 
 
 def add_routes(app: web.Application, console: Console | None, presence: Presence | None) -> None:
@@ -41,7 +57,7 @@ def add_routes(app: web.Application, console: Console | None, presence: Presence
         app[PRESENCE] = presence
     if console is not None:
         app[CONSOLE] = console
-    app.router.add_get("/console", page("console.html"))
+    app.router.add_get("/console", page("console.html", "The console page"))
     app.router.add_get("/api/console/status", status)
     app.router.add_get("/api/console/layouts", get_layouts)
     app.router.add_put("/api/console/layouts", put_layouts)

@@ -12,13 +12,17 @@ from aiohttp import web
 
 from hub.workflows.dispatch import CallConflict, Dispatch
 
+from . import models as m
 from .api import json_response
 from .auth import claims_of
-from .problems import PROBLEM_TYPE, Problem, read_json_object, service
+from .doors import created, door, ok, read_body
+from .problems import PROBLEM_TYPE, service
 
 DISPATCH = web.AppKey("dispatch", Dispatch)
-MAX_NOTE = 200
-MAX_TITLE = 100
+#: A hub process may run without dispatch: 503. A call someone else
+#: answered or that ended is a 409 carrying the call (CallConflict).
+FEATURE = (503,)
+CONFLICT = (409, 503)
 
 
 def _dispatch(request: web.Request) -> Dispatch:
@@ -32,29 +36,31 @@ def _conflict(request: web.Request, exc: CallConflict) -> web.Response:
     return web.Response(status=409, text=json.dumps(body, ensure_ascii=False), content_type=PROBLEM_TYPE)
 
 
-def _text(body: dict[str, object], key: str, limit: int) -> str:
-    value = body.get(key, "")
-    if not isinstance(value, str) or len(value) > limit:
-        raise Problem(400, "Bad Request", f"{key}: expected a string of at most {limit} characters")
-    return value.strip()
-
-
+@door("Ringing and recent emergency calls the caller answers", ok(list[m.Call]), problems=FEATURE)
 async def list_calls(request: web.Request) -> web.Response:
     claims = claims_of(request)
     return json_response(await _dispatch(request).calls(claims))
 
 
+@door(
+    "Call for help from the caller's home site (the body is optional)",
+    created(m.Call),
+    body=m.NewCall,
+    body_optional=True,
+    problems=CONFLICT,
+    conflict=m.CallConflict,
+)
 async def create_call(request: web.Request) -> web.Response:
     claims = claims_of(request)
     dispatch = _dispatch(request)
-    body = await read_json_object(request, '{"note": "..."} (optional)') if request.body_exists else {}
-    note = _text(body, "note", MAX_NOTE)
+    note = (await read_body(request, m.NewCall)).note
     try:
         return json_response(await dispatch.call(claims, note), status=201)
     except CallConflict as exc:
         return _conflict(request, exc)
 
 
+@door("Answer a call; the first to answer wins", ok(m.AnsweredCall), problems=CONFLICT, conflict=m.CallConflict)
 async def answer_call(request: web.Request) -> web.Response:
     claims = claims_of(request)
     try:
@@ -64,6 +70,7 @@ async def answer_call(request: web.Request) -> web.Response:
     return json_response({"call": call, "room": room})
 
 
+@door("The caller cancels a ringing call", ok(m.Call), problems=CONFLICT, conflict=m.CallConflict)
 async def cancel_call(request: web.Request) -> web.Response:
     claims = claims_of(request)
     try:
@@ -72,17 +79,20 @@ async def cancel_call(request: web.Request) -> web.Response:
         return _conflict(request, exc)
 
 
+@door(
+    "Convene sites into a conference at the caller's home site; each site is invited live",
+    created(m.Room),
+    body=m.NewConference,
+    problems=FEATURE,
+)
 async def convene(request: web.Request) -> web.Response:
     claims = claims_of(request)
     dispatch = _dispatch(request)
-    body = await read_json_object(request, '{"title": "...", "sites": ["site id", ...]}')
-    title = _text(body, "title", MAX_TITLE)
-    sites = body.get("sites")
-    if not isinstance(sites, list) or not all(isinstance(s, str) and 0 < len(s) <= 100 for s in sites):
-        raise Problem(400, "Bad Request", "sites: expected a list of site ids")
-    return json_response(await dispatch.convene(claims, title, sites), status=201)
+    body = await read_body(request, m.NewConference)
+    return json_response(await dispatch.convene(claims, body.title, body.sites), status=201)
 
 
+@door("Who of each convened site has joined, since when", ok(m.Rollcall), problems=FEATURE)
 async def rollcall(request: web.Request) -> web.Response:
     claims = claims_of(request)
     return json_response(await _dispatch(request).rollcall(claims, request.match_info["room_id"]))

@@ -11,26 +11,21 @@ from aiohttp import web
 from hub.core.access import Forbidden
 from hub.core.tokens import Claims, issue
 
+from . import models as m
 from .api import json_response
 from .auth import claims_of
+from .doors import created, door, ok, read_body
 from .keys import ROOMS, SECRET
-from .problems import Problem, read_json_object
-
-#: The lifetimes an invite link may have, in seconds: a session, an afternoon, a day.
-INVITE_TTLS = (1800, 7200, 86400)
 
 
+@door("A guest invite link for the room, valid 1800, 7200 or 86400 s", created(m.Invite), body=m.NewInvite)
 async def create_invite(request: web.Request) -> web.Response:
     claims = claims_of(request)
     room_id = request.match_info["room_id"]
     if claims.role == "guest":
         raise Forbidden("guests cannot invite")
     room = await request.app[ROOMS].room(claims, room_id)  # jurisdiction before reading the body
-    expected = f'{{"ttl": one of {", ".join(map(str, INVITE_TTLS))}}}'
-    body = await read_json_object(request, expected)
-    ttl = body.get("ttl")
-    if set(body) - {"ttl"} or type(ttl) is not int or ttl not in INVITE_TTLS:
-        raise Problem(400, "Bad Request", f"expected {expected}")
+    ttl = (await read_body(request, m.NewInvite)).ttl
     # Each link is its own guest user, so its streams and roster entries are told apart.
     guest = Claims(user=f"guest-{secrets.token_hex(4)}", site=room["site_id"], role="guest", room=room_id)
     token = issue(request.app[SECRET], guest, ttl)
@@ -39,6 +34,7 @@ async def create_invite(request: web.Request) -> web.Response:
     )
 
 
+@door("The room's site and the sites above it, nearest first", ok(list[m.Site]))
 async def room_sites(request: web.Request) -> web.Response:
     """The room's site and the sites above it, nearest first: the names a
     participant's site may have, and the sites that may be invited."""

@@ -16,12 +16,16 @@ from hub.core.rooms import NotFound
 from hub.core.tokens import Claims
 from hub.monitoring.snapshots import Snapshots
 
+from . import models as m
 from .api import json_response
 from .auth import claims_of
+from .doors import Answer, door, ok, read_query
 from .keys import ROOMS
 from .problems import service
 
 SNAPSHOTS = web.AppKey("snapshots", Snapshots)
+#: A hub process may run without snapshots: 503.
+FEATURE = (503,)
 
 
 def _snapshots(request: web.Request) -> Snapshots:
@@ -31,13 +35,19 @@ def _snapshots(request: web.Request) -> Snapshots:
 def _branch(request: web.Request, claims: Claims) -> str:
     """The `site` query parameter (default: the caller's home site), if the caller reaches it."""
     tree = request.app[ROOMS].tree
-    site = request.query.get("site") or claims.site
+    site = read_query(request, m.BranchQuery).site or claims.site
     if tree.get(site) is None:
         raise NotFound(f"no site {site}")
     require_site(tree, claims, site)
     return site
 
 
+@door(
+    "The latest snapshot of a stream (JPEG); send If-None-Match with its ETag",
+    Answer(200, "JPEG", media="image/jpeg", headers=("ETag", "Cache-Control", "Last-Modified")),
+    Answer(304, "Not modified since the ETag", headers=("ETag",)),
+    problems=FEATURE,
+)
 async def snapshot(request: web.Request) -> web.Response:
     claims = claims_of(request)
     stream_id = request.match_info["stream_id"]
@@ -55,11 +65,13 @@ async def snapshot(request: web.Request) -> web.Response:
     return web.Response(body=jpeg, content_type="image/jpeg", headers=headers)
 
 
+@door("Snapshots of a branch's streams", ok(list[m.Snapshot]), query=m.BranchQuery, problems=FEATURE)
 async def list_snapshots(request: web.Request) -> web.Response:
     claims = claims_of(request)
     return json_response(await _snapshots(request).in_branch(_branch(request, claims)))
 
 
+@door("Active video health alerts of a branch, oldest first", ok(list[m.Alert]), query=m.BranchQuery, problems=FEATURE)
 async def list_alerts(request: web.Request) -> web.Response:
     claims = claims_of(request)
     return json_response(await _snapshots(request).alerts(_branch(request, claims)))

@@ -30,17 +30,6 @@ class Problem(Exception):
         self.detail = detail
 
 
-async def read_json_object(request: web.Request, expected: str) -> dict[str, object]:
-    """The request body as a JSON object, or a 400 naming what was `expected`."""
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise Problem(400, "Bad Request", f"expected {expected}") from exc
-    if not isinstance(body, dict):
-        raise Problem(400, "Bad Request", f"expected {expected}")
-    return body
-
-
 T = TypeVar("T")
 
 
@@ -106,7 +95,9 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
         if exc.status < 400:
             raise
         detail = "" if exc.text == f"{exc.status}: {exc.reason}" else (exc.text or "")
-        return problem_response(exc.status, exc.reason, detail, path)
+        # A 405 says which methods the path takes (RFC 9110 §15.5.6).
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return problem_response(exc.status, exc.reason, detail, path, allow)
     except Exception:
         log.exception("unexpected error on %s %s", request.method, path)
         return problem_response(500, "Internal Server Error", "the hub logged the details", path)

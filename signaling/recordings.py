@@ -5,7 +5,6 @@ jurisdiction: a recording belongs to its room's site."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -18,13 +17,17 @@ from recorder.export import Exports
 from recorder.manifest import MANIFEST, read_manifest, verify
 from recorder.service import Recorder
 
+from . import models as m
 from .api import json_response
 from .auth import claims_of
+from .doors import Answer, door, ok, read_body, read_query
 from .keys import ROOMS
 from .pages import page
-from .problems import Problem, read_json_object, service
+from .problems import Problem, service
 
 RECORDER = web.AppKey("recorder", Recorder)
+#: A hub process may run without the recorder: 503.
+FEATURE = (503,)
 EXPORTS = web.AppKey("exports", Exports)
 
 
@@ -47,18 +50,17 @@ async def _audit(request: web.Request, claims: Claims, action: str, row: dict[st
     await _recorder(request).catalogue.audit(claims.user, claims.role, action, row["id"], row["site_id"], detail)
 
 
-
 # -- recording a room ---------------------------------------------------------
 
 
+@door("Start or stop recording a room", ok(m.RecordingState), body=m.RecordingSwitch, problems=FEATURE)
 async def set_recording(request: web.Request) -> web.Response:
     claims = claims_of(request)
-    body = await read_json_object(request, '{"on": true|false}')
-    if not isinstance(body.get("on"), bool):
-        raise Problem(400, "Bad Request", 'expected {"on": true|false}')
-    return json_response(await _recorder(request).set_recording(claims, request.match_info["room_id"], body["on"]))
+    on = (await read_body(request, m.RecordingSwitch)).on
+    return json_response(await _recorder(request).set_recording(claims, request.match_info["room_id"], on))
 
 
+@door("Whether a room is being recorded", ok(m.RecordingState), problems=FEATURE)
 async def recording_status(request: web.Request) -> web.Response:
     claims = claims_of(request)
     return json_response(await _recorder(request).status(claims, request.match_info["room_id"]))
@@ -67,43 +69,35 @@ async def recording_status(request: web.Request) -> web.Response:
 # -- catalogue ----------------------------------------------------------------
 
 
-def _when(value: str | None, name: str) -> float | None:
-    """Seconds since the epoch, or an ISO 8601 date/time (UTC unless it says)."""
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise Problem(400, "Bad Request", f"{name}: expected an ISO 8601 date or epoch seconds") from exc
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
+@door(
+    "Search the recordings of a branch",
+    ok(list[m.FoundRecording]),
+    query=m.RecordingSearch,
+    problems=FEATURE,
+    description="`q`: text in the title, room, site or participant names, or a recording id",
+)
 async def search(request: web.Request) -> web.Response:
     claims = claims_of(request)
+    query = read_query(request, m.RecordingSearch)
     tree = request.app[ROOMS].tree
     if room_bound(claims):
         raise Forbidden("a guest or room-bound token cannot search recordings")
-    site = request.query.get("site") or claims.site
+    site = query.site or claims.site
     if tree.get(site) is None:
         raise NotFound(f"no site {site}")
     require_site(tree, claims, site)
     rows = await _recorder(request).catalogue.search(
         (s.id for s in tree.jurisdiction(site)),
-        since=_when(request.query.get("from"), "from"),
-        until=_when(request.query.get("to"), "to"),
-        kind=request.query.get("kind") or None,
-        text=(request.query.get("q") or "").strip() or None,
+        since=query.from_,
+        until=query.to,
+        kind=query.kind,
+        text=query.q or None,
     )
     names = {row["site_id"]: tree.get(row["site_id"]) for row in rows}
     return json_response([row | {"site_name": getattr(names[row["site_id"]], "name", "")} for row in rows])
 
 
+@door("One recording's manifest, status and end", ok(m.Manifest), problems=FEATURE)
 async def detail(request: web.Request) -> web.Response:
     claims = claims_of(request)
     row = await _recording(request, claims)
@@ -124,6 +118,12 @@ def _safe_path(folder: Path, raw: str) -> Path:
     return path
 
 
+@door(
+    "A segment or the manifest of a recording, with HTTP ranges",
+    Answer(200, "The file", media="application/octet-stream"),
+    Answer(206, "The requested range", media="application/octet-stream"),
+    problems=(416, *FEATURE),
+)
 async def media_file(request: web.Request) -> web.FileResponse:
     claims = claims_of(request)
     row = await _recording(request, claims)
@@ -139,6 +139,7 @@ async def media_file(request: web.Request) -> web.FileResponse:
     return web.FileResponse(path, headers=headers)
 
 
+@door("Recompute a recording's hashes and its chain", ok(m.Verdict), problems=FEATURE)
 async def verify_recording(request: web.Request) -> web.Response:
     claims = claims_of(request)
     row = await _recording(request, claims)
@@ -152,6 +153,7 @@ async def verify_recording(request: web.Request) -> web.Response:
 # -- export -------------------------------------------------------------------
 
 
+@door("Start a one-file export (MP4)", Answer(202, "The job", m.ExportJob), problems=(409, *FEATURE))
 async def start_export(request: web.Request) -> web.Response:
     claims = claims_of(request)
     row = await _recording(request, claims)
@@ -163,6 +165,7 @@ async def start_export(request: web.Request) -> web.Response:
     return json_response(job.to_json(), status=202)
 
 
+@door("The export job's progress", ok(m.ExportJob), problems=FEATURE)
 async def export_status(request: web.Request) -> web.Response:
     claims = claims_of(request)
     row = await _recording(request, claims)
@@ -172,6 +175,7 @@ async def export_status(request: web.Request) -> web.Response:
     return json_response(job.to_json())
 
 
+@door("The finished export", Answer(200, "MP4", media="video/mp4"), problems=FEATURE)
 async def export_file(request: web.Request) -> web.FileResponse:
     claims = claims_of(request)
     row = await _recording(request, claims)
@@ -186,13 +190,20 @@ async def export_file(request: web.Request) -> web.FileResponse:
 # -- audit --------------------------------------------------------------------
 
 
+@door(
+    "The audit log of the caller's jurisdiction (operators, admins)",
+    ok(list[m.AuditRow]),
+    query=m.AuditQuery,
+    problems=FEATURE,
+)
 async def audit_log(request: web.Request) -> web.Response:
     claims = claims_of(request)
+    query = read_query(request, m.AuditQuery)
     if claims.role not in ("operator", "admin"):
         raise Forbidden("only operators and administrators read the audit log")
     tree = request.app[ROOMS].tree
     rows = await _recorder(request).catalogue.audit_rows(
-        (s.id for s in tree.jurisdiction(claims.site)), recording_id=request.query.get("recording") or None
+        (s.id for s in tree.jurisdiction(claims.site)), recording_id=query.recording
     )
     return json_response(rows)
 
@@ -201,8 +212,8 @@ def add_routes(app: web.Application, recorder: Recorder | None) -> None:
     if recorder is not None:
         app[RECORDER] = recorder
     app[EXPORTS] = Exports()
-    app.router.add_get("/recordings", page("recordings.html"))
-    app.router.add_get("/recordings/{recording_id}", page("recordings.html"))
+    app.router.add_get("/recordings", page("recordings.html", "The playback page"))
+    app.router.add_get("/recordings/{recording_id}", page("recordings.html", "The playback page"))
     app.router.add_get("/api/rooms/{room_id}/recording", recording_status)
     app.router.add_post("/api/rooms/{room_id}/recording", set_recording)
     app.router.add_get("/api/recordings", search)

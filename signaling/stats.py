@@ -12,43 +12,59 @@ from hub.workflows.cases import works_cases
 from hub.workflows.stats import compute, to_csv
 from hub.workflows.training import attendance_by_site
 
+from . import models as m
 from .api import json_response
 from .auth import claims_of
-from .cases import _cases
+from .cases import FEATURE, _cases
+from .doors import Answer, door, ok, read_query
 from .keys import DATABASE, ROOMS
 from .pages import page
 from .problems import Problem, service
-from .recordings import _when
 
 #: The period when the query names none: the last 30 days.
 DEFAULT_DAYS = 30
 
 
-
 async def _stats(request: web.Request) -> dict[str, object]:
     claims = claims_of(request)
+    query = read_query(request, m.Period)
     if not works_cases(claims):
         raise Forbidden("statistics are for mediators, operators and administrators")
     tree = request.app[ROOMS].tree
-    site = request.query.get("site") or claims.site
+    site = query.site or claims.site
     if tree.get(site) is None:
         raise NotFound(f"no site {site}")
     if not tree.covers(claims.site, site):
         raise Forbidden(f"site {site} is outside your jurisdiction")
-    until = _when(request.query.get("to"), "to") or time.time()
-    since = _when(request.query.get("from"), "from")
-    if since is None:
-        since = until - DEFAULT_DAYS * 86400
+    until = query.to if query.to is not None else time.time()
+    since = query.from_ if query.from_ is not None else max(0.0, until - DEFAULT_DAYS * 86400)
     if since >= until:
         raise Problem(400, "Bad Request", "from must be before to")
     db = service(request, DATABASE, "this hub process keeps no records")
     return await compute(_cases(request), site, since, until, db, attendance_by_site)
 
 
+PERIOD = "`from` defaults to 30 days before `to`, `to` to now"
+
+
+@door(
+    "Case and training statistics of a branch over a period",
+    ok(m.Stats),
+    query=m.Period,
+    problems=FEATURE,
+    description=PERIOD,
+)
 async def stats_json(request: web.Request) -> web.Response:
     return json_response(await _stats(request))
 
 
+@door(
+    "The statistics as CSV (UTF-8 with a byte order mark)",
+    Answer(200, "CSV", media="text/csv", headers=("Content-Disposition",)),
+    query=m.Period,
+    problems=FEATURE,
+    description=PERIOD,
+)
 async def stats_csv(request: web.Request) -> web.Response:
     stats = await _stats(request)
     # A byte order mark: Excel then reads the file as UTF-8 (Chinese names intact).
@@ -63,6 +79,6 @@ async def stats_csv(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/stats", page("stats.html"))
+    app.router.add_get("/stats", page("stats.html", "The statistics page"))
     app.router.add_get("/api/stats", stats_json)
     app.router.add_get("/api/stats.csv", stats_csv)

@@ -11,13 +11,17 @@ from aiohttp import web
 
 from hub.workflows.training import Trainings
 
+from . import models as m
 from .api import json_response
 from .auth import claims_of
+from .doors import Answer, created, door, ok, read_body, read_query
 from .keys import ROOMS
 from .pages import page
-from .problems import Problem, read_json_object, service
+from .problems import service
 
 TRAININGS = web.AppKey("trainings", Trainings)
+#: A hub process may run without trainings: 503.
+FEATURE = (503,)
 CSV_COLUMNS = ("site_id", "site_name", "user", "name", "role", "joined_at", "left_at", "minutes", "interrupted")
 
 
@@ -25,42 +29,54 @@ def _trainings(request: web.Request) -> Trainings:
     return service(request, TRAININGS, "this hub process does not run trainings")
 
 
-
+@door(
+    "Start a training for a branch; its users get an `invitation` event",
+    created(m.StartedTraining),
+    body=m.NewTraining,
+    problems=FEATURE,
+)
 async def start(request: web.Request) -> web.Response:
     claims = claims_of(request)
-    body = await read_json_object(request, '{"title", "branch"}')
-    title, branch = body.get("title"), body.get("branch")
-    if not isinstance(title, str) or not isinstance(branch, str):
-        raise Problem(400, "Bad Request", 'expected {"title": string, "branch": site id}')
-    return json_response(await _trainings(request).start_training(claims, title[:200], branch), status=201)
+    body = await read_body(request, m.NewTraining)
+    return json_response(await _trainings(request).start_training(claims, body.title, body.branch), status=201)
 
 
+@door(
+    "Trainings of the caller's branch (`all=1`: ended ones too)",
+    ok(list[m.ListedTraining]),
+    query=m.TrainingList,
+    problems=FEATURE,
+)
 async def listing(request: web.Request) -> web.Response:
     claims = claims_of(request)
-    include_ended = request.query.get("all", "") in ("1", "true")
+    include_ended = read_query(request, m.TrainingList).all in ("1", "true")
     return json_response(await _trainings(request).visible(claims, include_ended))
 
 
+@door("End a training", ok(m.Training), problems=FEATURE)
 async def end(request: web.Request) -> web.Response:
     claims = claims_of(request)
     return json_response(await _trainings(request).end(claims, request.match_info["room_id"]))
 
 
+SPEAKER = "The participant, `speaker` set (participant-updated goes to the room)"
+
+
+@door("Let an attendee speak", ok(m.Participant, SPEAKER), body=m.Speaker, problems=FEATURE)
 async def promote(request: web.Request) -> web.Response:
     claims = claims_of(request)
-    body = await read_json_object(request, '{"participant_id"}')
-    participant_id = body.get("participant_id")
-    if not isinstance(participant_id, str) or not participant_id:
-        raise Problem(400, "Bad Request", 'expected {"participant_id": string}')
+    participant_id = (await read_body(request, m.Speaker)).participant_id
     return json_response(await _trainings(request).promote(claims, request.match_info["room_id"], participant_id))
 
 
+@door("Return a speaker to watching", ok(m.Participant, SPEAKER), problems=FEATURE)
 async def demote(request: web.Request) -> web.Response:
     claims = claims_of(request)
     room_id, participant_id = request.match_info["room_id"], request.match_info["participant_id"]
     return json_response(await _trainings(request).demote(claims, room_id, participant_id))
 
 
+@door("The sites of the training's branch, for whoever may enter it", ok(list[m.Site]), problems=FEATURE)
 async def branch_sites(request: web.Request) -> web.Response:
     claims = claims_of(request)
     return json_response(await _trainings(request).branch_sites(claims, request.match_info["room_id"]))
@@ -70,13 +86,20 @@ def _iso(at: float | None) -> str:
     return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds") if at is not None else ""
 
 
+@door(
+    "Who attended from which site, from when to when",
+    Answer(200, "JSON, or CSV with `format=csv`", m.Attendance, media="text/csv"),
+    query=m.AttendanceQuery,
+    problems=FEATURE,
+)
 async def attendance(request: web.Request) -> web.Response:
     claims = claims_of(request)
+    as_csv = read_query(request, m.AttendanceQuery).format == "csv"
     room_id = request.match_info["room_id"]
     training, rows = await _trainings(request).attendance(claims, room_id)
     tree = request.app[ROOMS].tree
     rows = [row | {"site_name": getattr(tree.get(row["site_id"]), "name", "")} for row in rows]
-    if request.query.get("format") != "csv":
+    if not as_csv:
         return json_response({"training": training, "attendance": rows})
     out = io.StringIO()
     writer = csv.DictWriter(out, CSV_COLUMNS, extrasaction="ignore")
@@ -95,7 +118,7 @@ async def attendance(request: web.Request) -> web.Response:
 def add_routes(app: web.Application, trainings: Trainings | None) -> None:
     if trainings is not None:
         app[TRAININGS] = trainings
-    app.router.add_get("/trainings", page("training.html"))
+    app.router.add_get("/trainings", page("training.html", "The trainings page"))
     app.router.add_get("/api/trainings", listing)
     app.router.add_post("/api/trainings", start)
     app.router.add_post("/api/trainings/{room_id}/end", end)

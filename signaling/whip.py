@@ -6,11 +6,15 @@ from aiohttp import web
 
 from hub.media.router import check_offer
 
+from . import models as m
 from .auth import claims_of
+from .doors import Answer, door, read_query
 from .keys import ROOMS, SETTINGS
 from .problems import Problem
 
 SDP_TYPE = "application/sdp"
+SDP_ANSWER = Answer(201, "The SDP answer; Location names the session to DELETE", media=SDP_TYPE, headers=("Location",))
+ENDED = Answer(200, "Ended")
 
 
 async def read_offer(request: web.Request) -> str:
@@ -33,8 +37,16 @@ def sdp_created(answer: str, location: str) -> web.Response:
     return web.Response(status=201, text=answer, content_type=SDP_TYPE, headers={"Location": location})
 
 
+@door(
+    "Publish a stream into a room (WHIP, RFC 9725): an SDP offer in, the answer out",
+    SDP_ANSWER,
+    query=m.PublishQuery,
+    sdp=True,
+    description="`participant`: attach the stream to your participant in the room (else the hub adds one)",
+)
 async def whip_publish(request: web.Request) -> web.Response:
     claims = claims_of(request)
+    query = read_query(request, m.PublishQuery)
     room_id = request.match_info["room_id"]
     rooms = request.app[ROOMS]
     await rooms.room(claims, room_id)  # jurisdiction before reading the body
@@ -44,18 +56,25 @@ async def whip_publish(request: web.Request) -> web.Response:
         claims,
         room_id,
         offer,
-        kind=request.query.get("kind", "camera"),
-        participant_id=request.query.get("participant"),
+        kind=query.kind or "camera",
+        participant_id=query.participant,
     )
     return sdp_created(answer, f"/whip/{room_id}/{stream['id']}")
 
 
+@door("Stop publishing (WHIP)", ENDED)
 async def whip_delete(request: web.Request) -> web.Response:
     claims = claims_of(request)
     await request.app[ROOMS].unpublish(claims, request.match_info["room_id"], request.match_info["stream_id"])
     return web.Response(status=200)
 
 
+@door(
+    "View a stream (WHEP): an SDP offer in, the answer out",
+    SDP_ANSWER,
+    Answer(307, "Hosted by another hub process: ask there", headers=("Location",)),
+    sdp=True,
+)
 async def whep_view(request: web.Request) -> web.Response:
     claims = claims_of(request)
     stream_id = request.match_info["stream_id"]
@@ -67,6 +86,7 @@ async def whep_view(request: web.Request) -> web.Response:
     return sdp_created(answer, f"/whep/{stream_id}/{subscription_id}")
 
 
+@door("Stop viewing (WHEP)", ENDED)
 async def whep_delete(request: web.Request) -> web.Response:
     claims = claims_of(request)
     await request.app[ROOMS].end_view(claims, request.match_info["stream_id"], request.match_info["session_id"])

@@ -321,7 +321,9 @@ class Trainings:
         """The sites of a training's branch, for anyone who may enter it: the
         room names its attendees' sites, which may lie beside the caller's."""
         room = await self.rooms.room(claims, room_id)
-        if room.get("kind") != "training":
+        # A training-kind room that Trainings did not start has no branch (one
+        # opened through POST /api/rooms before that door took mediation rooms only).
+        if room.get("kind") != "training" or "branch" not in room:
             raise NotFound(f"room {room_id} is not a training")
         return [site.to_json() for site in self.rooms.tree.jurisdiction(room["branch"])]
 

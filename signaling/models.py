@@ -1,0 +1,537 @@
+"""What goes through the REST doors: a pydantic model for every request body,
+query and response. signaling/doors.py validates requests with them before a
+handler changes anything; signaling/openapi.py describes the API from them.
+
+Request models refuse unknown fields (a misspelt field is an error, not a
+silent default). Response models describe what the hub always sends and
+allow the extra fields a feature keeps on its records (`extra="allow"`).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+
+from hub.core.rooms import STREAM_KINDS
+from hub.core.sites import LEVELS
+from hub.workflows.cameras import STREAM_KIND as CAMERA_STREAM_KIND
+from hub.workflows.cases import DISPUTE_TYPES, STATUSES
+
+# -- shared types ----------------------------------------------------------------
+
+#: One line shown to people: no control characters (C0, DEL, C1). Lone
+#: surrogates never get this far: pydantic refuses them as invalid Unicode.
+LINE = r"^[^\x00-\x1f\x7f-\x9f]*$"
+#: Running text (a summary, a note): tabs and line breaks allowed.
+PROSE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
+
+
+def text(max_length: int, *, min_length: int = 0, multiline: bool = False) -> Any:
+    """A string shown to people, of at most `max_length` characters, stripped."""
+    return Annotated[
+        str,
+        StringConstraints(
+            strip_whitespace=True, min_length=min_length, max_length=max_length, pattern=PROSE if multiline else LINE
+        ),
+    ]
+
+
+#: A title or a name; the shared type for every one-line string people see.
+Text = text(200)
+#: An id the hub or an administrator made: site, room, stream, case, camera ...
+Ident = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")]
+
+
+class Body(BaseModel):
+    """A request body: unknown fields are refused, NaN and infinities too."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class Query(BaseModel):
+    """Query parameters. Unknown ones are ignored: `token` and cache-busting
+    parameters ride along on many requests."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+
+class Out(BaseModel):
+    """A response body; features keep extra fields on records."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+# -- moments in query strings --------------------------------------------------------
+
+#: The latest moment a query may name: the year 9999 (datetime's limit, so
+#: every moment can be formatted back; 1e20 seconds cannot).
+LAST_MOMENT = datetime(9999, 12, 31, tzinfo=UTC).timestamp()
+
+
+def _moment(value: object) -> float:
+    """Seconds since the epoch, or an ISO 8601 date/time (UTC unless it says)."""
+    if not isinstance(value, str):
+        raise ValueError("expected an ISO 8601 date or epoch seconds")
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise ValueError("expected an ISO 8601 date or epoch seconds") from exc
+        seconds = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    if not math.isfinite(seconds) or not 0 <= seconds <= LAST_MOMENT:
+        raise ValueError("expected a moment between 1970 and 9999")
+    return seconds
+
+
+Moment = Annotated[
+    float,
+    BeforeValidator(_moment),
+    Field(
+        json_schema_extra={"type": "string", "description": "ISO 8601 date/time (UTC if no offset) or epoch seconds"}
+    ),
+]
+
+
+def _empty_is_none(value: object) -> object:
+    return None if value == "" else value
+
+
+def optional(kind: Any) -> Any:
+    """A query parameter that may be missing or empty (`?site=`)."""
+    return Annotated[kind | None, BeforeValidator(_empty_is_none)]
+
+
+# -- request bodies ----------------------------------------------------------------
+
+
+class NewRoom(Body):
+    site_id: Ident
+    #: Trainings, calls and conferences open through their own routes, which
+    #: keep on the room what their features need (trainer, branch, invited).
+    kind: Literal["mediation"]
+    title: Text = ""
+
+
+class NewInvite(Body):
+    ttl: Literal[1800, 7200, 86400]
+
+
+class RecordingSwitch(Body):
+    on: bool
+
+
+class NewCall(Body):
+    note: text(200, multiline=True) = ""  # type: ignore[valid-type]
+
+
+class NewConference(Body):
+    title: text(100) = ""  # type: ignore[valid-type]
+    sites: list[Ident] = Field(max_length=500)
+
+
+class NewTraining(Body):
+    title: Text
+    branch: Ident
+
+
+class Speaker(Body):
+    participant_id: Ident
+
+
+class NewCamera(Body):
+    site_id: Ident
+    name: text(100, min_length=1)  # type: ignore[valid-type]
+    url: Annotated[str, StringConstraints(min_length=1, max_length=2000, pattern=r"^[^\x00-\x20\x7f-\x9f]+$")]
+    id: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")] | None = None
+
+
+class Party(Body):
+    name: text(64, min_length=1)  # type: ignore[valid-type]
+    role: Literal["applicant", "respondent", "other"] = "other"
+    phone: Annotated[str, StringConstraints(strip_whitespace=True, max_length=32, pattern=r"^[0-9+\-() ]*$")] = ""
+
+
+class NewCase(Body):
+    site_id: Ident | None = None
+    title: text(200, min_length=1)  # type: ignore[valid-type]
+    dispute_type: Literal[DISPUTE_TYPES]  # type: ignore[valid-type]
+    parties: list[Party] = Field(min_length=1, max_length=20)
+    summary: text(4000, multiline=True) = ""  # type: ignore[valid-type]
+
+
+class CaseChange(Body):
+    status: Literal[STATUSES] | None = None  # type: ignore[valid-type]
+    outcome: text(2000, multiline=True) | None = None  # type: ignore[valid-type]
+
+
+class Escalation(Body):
+    note: text(1000, multiline=True) = ""  # type: ignore[valid-type]
+
+
+# -- query parameters ----------------------------------------------------------------
+
+
+class BranchQuery(Query):
+    site: optional(Ident) = None  # type: ignore[valid-type]
+
+
+class RecordingSearch(Query):
+    site: optional(Ident) = None  # type: ignore[valid-type]
+    from_: optional(Moment) = Field(default=None, alias="from")  # type: ignore[valid-type]
+    to: optional(Moment) = None  # type: ignore[valid-type]
+    kind: optional(Literal["standing", "mediation", "training", "call", "conference"]) = None  # type: ignore[valid-type]
+    q: optional(text(200)) = None  # type: ignore[valid-type]
+
+
+class Period(Query):
+    site: optional(Ident) = None  # type: ignore[valid-type]
+    from_: optional(Moment) = Field(default=None, alias="from")  # type: ignore[valid-type]
+    to: optional(Moment) = None  # type: ignore[valid-type]
+
+
+class AuditQuery(Query):
+    recording: optional(Ident) = None  # type: ignore[valid-type]
+
+
+class CaseSearch(Query):
+    site: optional(Ident) = None  # type: ignore[valid-type]
+    status: optional(Literal[STATUSES]) = None  # type: ignore[valid-type]
+    queue: optional(Literal["mine"]) = None  # type: ignore[valid-type]
+
+
+class TrainingList(Query):
+    all: optional(Literal["0", "1", "true", "false"]) = None  # type: ignore[valid-type]
+
+
+class AttendanceQuery(Query):
+    format: optional(Literal["json", "csv"]) = None  # type: ignore[valid-type]
+
+
+class PublishQuery(Query):
+    kind: optional(Literal[STREAM_KINDS]) = None  # type: ignore[valid-type]
+    participant: optional(Ident) = None  # type: ignore[valid-type]
+
+
+# -- responses ---------------------------------------------------------------------
+
+
+class Problem(BaseModel):
+    """Problem details (RFC 9457)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str = ""
+    instance: str = ""
+
+
+class Health(Out):
+    status: Literal["ok"]
+    node: str
+    producers: int
+    consumers: int
+
+
+class Site(Out):
+    id: str
+    name: str
+    level: Literal[LEVELS]  # type: ignore[valid-type]
+    parent: str | None
+    name_en: str
+    room_id: str = Field(description="the site's standing room")
+
+
+class SiteDetail(Site):
+    children: list[str]
+
+
+class Me(Out):
+    user: str
+    name: str
+    role: str
+    site: Site | None
+    room: str | None = Field(description="the room the token is bound to")
+
+
+class Room(Out):
+    id: str
+    site_id: str
+    kind: Literal["standing", "mediation", "training", "call", "conference"]
+    title: str
+    admit: list[str] = Field(default=[], description="other sites whose people (and everyone below) may enter")
+
+
+class ListedRoom(Room):
+    participant_count: int
+
+
+class Participant(Out):
+    id: str
+    room_id: str
+    user: str
+    name: str
+    role: str
+    site_id: str
+    via: Literal["ws", "whip"]
+    joined_at: float
+
+
+class Stream(Out):
+    id: str = Field(description="use with POST /whep/{stream_id}")
+    room_id: str
+    kind: Literal[(*STREAM_KINDS, CAMERA_STREAM_KIND)]  # type: ignore[valid-type]
+    tracks: list[Literal["audio", "video"]]
+    codecs: dict[str, str]
+    participant_id: str | None = Field(description="null for a camera the hub pulls")
+    user: str
+    name: str
+    site_id: str
+    node: str
+    node_url: str
+
+
+class RoomDetail(Room):
+    participants: list[Participant]
+    streams: list[Stream]
+
+
+class Invite(Out):
+    url: str
+    token: str
+    expires_at: int
+
+
+class RecordingSummary(Out):
+    id: str
+    room_id: str
+    site_id: str
+    kind: str
+    title: str
+    started_at: float
+    ended_at: float | None
+    status: str
+
+
+class RecordingState(Out):
+    room_id: str
+    on: bool
+    recording: RecordingSummary | None
+
+
+class FoundRecording(RecordingSummary):
+    site_name: str
+
+
+class Manifest(Out):
+    room_id: str
+    site_id: str
+    status: str
+    ended_at: float | None
+    streams: list[dict[str, Any]]
+
+
+class Verdict(Out):
+    id: str
+    intact: bool
+    segments: int
+    changed: list[str]
+    missing: list[str]
+    chain_broken: bool
+
+
+class ExportJob(Out):
+    state: Literal["queued", "running", "done", "failed"]
+    progress: float
+    error: str | None
+    started_at: float | None
+    finished_at: float | None
+
+
+class AuditRow(Out):
+    id: int
+    at: float
+    user: str
+    role: str
+    action: str
+    recording_id: str
+    site_id: str
+    detail: str
+
+
+class Caller(Out):
+    user: str
+    name: str
+
+
+class Call(Out):
+    id: str
+    site_id: str
+    site_name: str
+    from_: Caller = Field(alias="from")
+    at: float
+    note: str
+    state: Literal["ringing", "answered", "cancelled", "missed"]
+
+
+class AnsweredCall(Out):
+    call: Call
+    room: Room
+
+
+class CallConflict(Problem):
+    call: dict[str, Any] = Field(description="the call as it ended; empty if it is gone")
+
+
+class Present(Out):
+    id: str
+    user: str
+    name: str
+    site_id: str
+    since: float
+
+
+class RollcallSite(Out):
+    site_id: str
+    name: str
+    name_en: str
+    joined: bool
+    since: float | None
+    participants: list[Present]
+
+
+class Rollcall(Out):
+    room_id: str
+    title: str
+    sites: list[RollcallSite]
+
+
+class Training(Out):
+    room_id: str
+    title: str
+    site_id: str
+    trainer: str
+    trainer_name: str
+    trainer_site: str
+    started_at: float
+    ended_at: float | None
+
+
+class StartedTraining(Training):
+    room: Room
+
+
+class ListedTraining(Training):
+    participant_count: int
+    site: Site | None
+    invited: bool
+
+
+class AttendanceRow(Out):
+    site_id: str
+    site_name: str
+    user: str
+    name: str
+    joined_at: float
+    left_at: float | None
+    minutes: float
+    interrupted: bool
+
+
+class Attendance(Out):
+    training: Training
+    attendance: list[AttendanceRow]
+
+
+class CaseParty(Out):
+    name: str
+    role: str
+    phone: str
+
+
+class Case(Out):
+    id: str
+    site_id: str
+    origin_site_id: str
+    title: str
+    dispute_type: str
+    parties: list[CaseParty]
+    summary: str
+    status: Literal[STATUSES]  # type: ignore[valid-type]
+    outcome: str
+    created_by: str
+    created_at: float
+    updated_at: float
+
+
+class ListedCase(Case):
+    sites: dict[str, Site]
+
+
+class CaseActions(Out):
+    statuses: list[str]
+    session: bool
+    escalate: bool
+
+
+class CaseDetail(ListedCase):
+    history: list[dict[str, Any]]
+    sessions: list[dict[str, Any]]
+    actions: CaseActions
+    recordings: list[dict[str, Any]]
+
+
+class CaseSession(Out):
+    room_id: str
+    room: Room
+
+
+class Stats(Out):
+    site: str
+    from_: float = Field(alias="from")
+    to: float
+    totals: dict[str, Any]
+    by_status: dict[str, int]
+
+
+class Camera(Out):
+    id: str
+    site_id: str
+    name: str
+    url: str = Field(description="credentials redacted")
+    status: str
+    since: float | None
+    error: str
+    stream_id: str | None
+    room_id: str
+
+
+class ConsoleSite(Out):
+    id: str
+    online: bool
+    in_session: bool
+    rooms: list[dict[str, Any]]
+    streams: list[dict[str, Any]]
+    cameras: list[dict[str, Any]]
+    rollup: dict[str, int]
+
+
+class ConsoleStatus(Out):
+    root: str
+    at: float
+    sites: list[ConsoleSite]
+
+
+class Snapshot(Out):
+    stream_id: str
+    site_id: str
+
+
+class Alert(Out):
+    stream_id: str
+    site_id: str
+    since: float
