@@ -22,7 +22,7 @@ from .doors import Answer, door, ok
 from .keys import DATABASE, LAG, ROOMS, SECRET, SETTINGS
 from .openapi import document
 from .pages import WEB_ROOT, page
-from .problems import problems_middleware
+from .problems import problems_middleware, quiet_malformed_requests
 
 #: The API document, built once: the route table is frozen when the application starts.
 DOCUMENT = web.AppKey("openapi", dict)
@@ -59,6 +59,7 @@ def make_app(
     database: Database | None = None,
     lag_probe: LagProbe | None = None,
 ) -> web.Application:
+    quiet_malformed_requests()
     app = web.Application(middlewares=[problems_middleware], client_max_size=settings.max_sdp_bytes * 2)
     app[ROOMS] = rooms
     app[SETTINGS] = settings

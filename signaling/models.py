@@ -46,9 +46,10 @@ Ident = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r
 
 
 class Body(BaseModel):
-    """A request body: unknown fields are refused, NaN and infinities too."""
+    """A request body: unknown fields are refused, NaN and infinities too, and
+    no value is coerced (`"yes"` is not a boolean, `"1800"` not a number)."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class Query(BaseModel):

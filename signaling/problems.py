@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 from pydantic import ValidationError
 
 from hub.core.access import Forbidden
@@ -62,6 +63,26 @@ def validation_detail(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"])
     return f"{where}: {first['msg']}" if where else first["msg"]
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse (a request line past its 8 KiB
+    limit, a broken header) with a traceback, once per request: the client's
+    fault, answered 400, so one line without the traceback says enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, BadHttpMessage):
+            record.msg, record.args = "refused a malformed request: %s", (exc.message,)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def quiet_malformed_requests() -> None:
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequests) for f in server.filters):
+        server.addFilter(MalformedRequests())
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
