@@ -21,7 +21,7 @@ from . import api, cameras, cases, console, dispatch, events, invites, monitorin
 from .doors import Answer, door, ok
 from .keys import DATABASE, LAG, ROOMS, SECRET, SETTINGS
 from .openapi import document
-from .pages import WEB_ROOT, page
+from .pages import page, web_file
 from .problems import problems_middleware, quiet_malformed_requests
 
 #: The API document, built once: the route table is frozen when the application starts.
@@ -95,5 +95,5 @@ def make_app(
     app.router.add_get("/ws", events.websocket)
     app.router.add_get("/", page("index.html", "The web app's home page"))
     app.router.add_get("/rooms/{room_id}", page("room.html", "The room page; ?token= signs in, &autojoin=1 joins"))
-    app.router.add_static("/web/", WEB_ROOT, name="web")
+    app.router.add_get("/web/{path:.+}", web_file)
     return app

@@ -67,9 +67,16 @@ class Out(BaseModel):
 
 # -- moments in query strings --------------------------------------------------------
 
-#: The latest moment a query may name: the year 9999 (datetime's limit, so
-#: every moment can be formatted back; 1e20 seconds cannot).
+#: The moments a query may name: those datetime can hold (years 1 to 9999),
+#: so every one can be formatted back (1e20 seconds cannot, nor NaN).
+FIRST_MOMENT = datetime(1, 1, 1, tzinfo=UTC).timestamp()
 LAST_MOMENT = datetime(9999, 12, 31, tzinfo=UTC).timestamp()
+#: What the document promises is accepted: epoch seconds, or a date with an
+#: optional time and offset (a narrower grammar than datetime.fromisoformat's).
+MOMENT = (
+    r"^([0-9]{1,11}(\.[0-9]{1,6})?|(19[7-9][0-9]|2[0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])"
+    r"(T([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?(Z|[+-](0[0-9]|1[0-3]):[0-5][0-9])?)?)$"
+)
 
 
 def _moment(value: object) -> float:
@@ -84,8 +91,8 @@ def _moment(value: object) -> float:
         except ValueError as exc:
             raise ValueError("expected an ISO 8601 date or epoch seconds") from exc
         seconds = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-    if not math.isfinite(seconds) or not 0 <= seconds <= LAST_MOMENT:
-        raise ValueError("expected a moment between 1970 and 9999")
+    if not math.isfinite(seconds) or not FIRST_MOMENT <= seconds <= LAST_MOMENT:
+        raise ValueError("expected a moment between the years 1 and 9999")
     return seconds
 
 
@@ -93,7 +100,11 @@ Moment = Annotated[
     float,
     BeforeValidator(_moment),
     Field(
-        json_schema_extra={"type": "string", "description": "ISO 8601 date/time (UTC if no offset) or epoch seconds"}
+        json_schema_extra={
+            "type": "string",
+            "pattern": MOMENT,
+            "description": "epoch seconds, or an ISO 8601 date/time (UTC if no offset)",
+        }
     ),
 ]
 

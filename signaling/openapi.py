@@ -95,11 +95,10 @@ def _answer(answer: Answer, schemas: _Schemas) -> dict[str, Any]:
 def _problem_statuses(door: Door, has_path_parameters: bool) -> list[int]:
     statuses = set(door.problems)
     if not door.public:
-        statuses |= {401, 403}
+        # 404: a path, body or query may name a site, room or stream that is not there.
+        statuses |= {401, 403, 404}
     if door.body is not None or door.query is not None or door.sdp or has_path_parameters:
         statuses.add(400)
-    if has_path_parameters:
-        statuses.add(404)
     if door.body is not None or door.sdp:
         statuses |= {413, 415}
     return sorted(statuses)
@@ -135,9 +134,6 @@ def _operation(door: Door, path: str, schemas: _Schemas) -> dict[str, Any]:
     return operation
 
 
-STATIC = Door("The web app's files", (Answer(200, "The file", media="application/octet-stream"),), public=True)
-
-
 def document(app: web.Application) -> dict[str, Any]:
     """Every route of `app`, described; a route without a description is an error."""
     schemas = _Schemas()
@@ -145,10 +141,7 @@ def document(app: web.Application) -> dict[str, Any]:
     for route in app.router.routes():
         if route.method == "HEAD" or route.resource is None:
             continue  # aiohttp answers HEAD wherever it answers GET
-        if isinstance(route.resource, web.StaticResource):
-            path, door = route.resource.canonical + "/{path}", STATIC
-        else:
-            path, door = route.resource.canonical, DOORS.get(route.handler)  # type: ignore[arg-type]
+        path, door = route.resource.canonical, DOORS.get(route.handler)  # type: ignore[arg-type]
         if door is None:
             raise LookupError(f"{route.method} {path} has no @door description (signaling/doors.py)")
         paths.setdefault(path, {})[route.method.lower()] = _operation(door, path, schemas)

@@ -37,7 +37,7 @@ async def _stats(request: web.Request) -> dict[str, object]:
     if not tree.covers(claims.site, site):
         raise Forbidden(f"site {site} is outside your jurisdiction")
     until = query.to if query.to is not None else time.time()
-    since = query.from_ if query.from_ is not None else max(0.0, until - DEFAULT_DAYS * 86400)
+    since = query.from_ if query.from_ is not None else until - DEFAULT_DAYS * 86400
     if since >= until:
         raise Problem(400, "Bad Request", "from must be before to")
     db = service(request, DATABASE, "this hub process keeps no records")
