@@ -248,7 +248,11 @@ async def test_camera_api_checks_urls_roles_and_jurisdiction(
     for body in bad:
         async with http.post(f"{camera_hub.url}/api/cameras", json=body, headers=auth(operator)) as r:
             assert r.status == 400 and r.content_type == PROBLEM, (body, r.status)
-    async with http.post(f"{camera_hub.url}/api/cameras", data="[", headers=auth(operator)) as r:
+    async with http.post(
+        f"{camera_hub.url}/api/cameras",
+        data=aiohttp.StringPayload("[", content_type="application/json"),
+        headers=auth(operator),
+    ) as r:
         assert r.status == 400 and r.content_type == PROBLEM
     async with http.get(f"{camera_hub.url}/api/cameras", headers=auth(operator)) as r:
         assert await r.json() == []  # nothing was stored

@@ -238,7 +238,11 @@ async def test_bad_changes_are_refused_and_change_nothing(case_hub: HubProcess, 
     for body in ({}, {"status": "resolved"}, {"outcome": 3}, {"status": "closed", "extra": 1}, "closed"):
         status, problem = await call(http, "PATCH", url, mediator, json=body)
         assert status == 400, problem
-    assert (await call(http, "PATCH", url, mediator, data=b"{not json"))[0] == 400
+    assert (
+        await call(
+            http, "PATCH", url, mediator, data=aiohttp.StringPayload("{not json", content_type="application/json")
+        )
+    )[0] == 400
     assert (await call(http, "POST", f"{url}/escalate", mediator, json={"note": "x" * 1001}))[0] == 400
     # Escalation has its own call.
     assert (await call(http, "PATCH", url, mediator, json={"status": "escalated"}))[0] == 409

@@ -163,9 +163,10 @@ async def test_presence_follows_the_event_socket(console_hub: HubProcess, http: 
     operator = console_hub.sign("op-guinan", "guinan", "operator")
     outsider = console_hub.sign("op-chengdong", "chengdong", "operator")
     terminal = console_hub.sign("t-shangzhai", "shangzhai", "terminal")
-    async with http.ws_connect(f"{console_hub.url}/ws?token={operator}") as console, http.ws_connect(
-        f"{console_hub.url}/ws?token={outsider}"
-    ) as other:
+    async with (
+        http.ws_connect(f"{console_hub.url}/ws?token={operator}") as console,
+        http.ws_connect(f"{console_hub.url}/ws?token={outsider}") as other,
+    ):
         for ws in (console, other):
             await next_of(ws, "hello")
             await ws.send_json({"type": "monitor", "on": True})
@@ -273,7 +274,7 @@ async def test_layouts_round_trip_and_reject_bad_input(console_hub: HubProcess, 
     for bad in BAD_LAYOUTS:
         async with http.put(url, json=bad, headers=me) as r:
             assert r.status == 400 and r.content_type == "application/problem+json", (bad, await r.text())
-    async with http.put(url, data=b"{not json", headers=me) as r:
+    async with http.put(url, data=aiohttp.StringPayload("{not json", content_type="application/json"), headers=me) as r:
         assert r.status == 400
     async with http.get(url, headers=me) as r:
         assert await r.json() == LAYOUTS  # nothing changed
