@@ -245,8 +245,8 @@ class Problem(BaseModel):
 class Health(Out):
     status: Literal["ok"]
     node: str
-    producers: int
-    consumers: int
+    streams: int = Field(description="streams hosted by this process")
+    subscriptions: int = Field(description="subscriptions served by this process")
 
 
 class Site(Out):
