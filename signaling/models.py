@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic_core import PydanticCustomError
 
 from hub.core.rooms import STREAM_KINDS
 from hub.core.sites import LEVELS
@@ -129,8 +130,19 @@ class NewRoom(Body):
     title: Text = ""
 
 
+#: The lifetimes an invite link may have, in seconds: a session, an afternoon, a day.
+INVITE_TTLS = (1800, 7200, 86400)
+
+
+def _no_float(value: object) -> object:
+    """pydantic matches an int Literal by equality even when strict (1800.0 == 1800)."""
+    if type(value) is not int:
+        raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": "1800, 7200 or 86400"})
+    return value
+
+
 class NewInvite(Body):
-    ttl: Literal[1800, 7200, 86400]
+    ttl: Annotated[Literal[INVITE_TTLS], BeforeValidator(_no_float)]  # type: ignore[valid-type]
 
 
 class RecordingSwitch(Body):

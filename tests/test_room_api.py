@@ -214,13 +214,22 @@ async def test_invite_links(hub: HubProcess, http: aiohttp.ClientSession, tokens
 
 
 @pytest.mark.parametrize(
-    "body",
-    [{}, {"ttl": 60}, {"ttl": "1800"}, {"ttl": 1800.0}, {"ttl": True}, {"ttl": 1800, "room": "x"}, [1800], "x"],
+    ("body", "detail"),
+    [
+        ({}, "ttl: Field required"),
+        ({"ttl": 60}, "ttl: Input should be 1800, 7200 or 86400"),
+        ({"ttl": "1800"}, "ttl: Input should be 1800, 7200 or 86400"),
+        ({"ttl": 1800.0}, "ttl: Input should be 1800, 7200 or 86400"),
+        ({"ttl": True}, "ttl: Input should be 1800, 7200 or 86400"),
+        ({"ttl": 1800, "room": "x"}, "room: Extra inputs are not permitted"),
+        ([1800], "the body must be a JSON object"),
+        ("x", "the body must be a JSON object"),
+    ],
 )
-async def test_invite_link_bad_input(hub: HubProcess, http: aiohttp.ClientSession, tokens, body):
+async def test_invite_link_bad_input(hub: HubProcess, http: aiohttp.ClientSession, tokens, body, detail):
     async with http.post(f"{hub.url}/api/rooms/{ROOM}/invites", json=body, headers=auth(tokens["village"])) as r:
         assert r.status == 400 and r.content_type == PROBLEM
-        assert "1800, 7200, 86400" in (await r.json())["detail"]
+        assert detail in (await r.json())["detail"]
 
 
 async def test_invite_link_refusals(hub: HubProcess, http: aiohttp.ClientSession, tokens):
