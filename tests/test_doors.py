@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 from pydantic import TypeAdapter
+from yarl import URL
 
 from hub.config import Settings
 from signaling import models as m
@@ -247,3 +248,12 @@ async def test_responses_match_their_models(world: World) -> None:
         async with w.http.get(w.hub.url + path, headers=auth(token)) as r:
             assert r.status == 200, (path, await r.text())
             TypeAdapter(model).validate_python(await r.json())
+
+
+@pytest.mark.parametrize("path", ["/web/%2e%2e/pyproject.toml", "/web/js/..%2f..%2fhub%2fconfig.py", "/web/nothere.js"])
+async def test_web_files_stay_inside_web(doors_hub: HubProcess, http: aiohttp.ClientSession, path: str) -> None:
+    async with http.get(URL(doors_hub.url + path, encoded=True)) as r:  # encoded: the client keeps the ".."
+        assert r.status == 404 and r.content_type == "application/problem+json"
+        assert "no file" in (await r.json())["detail"]  # refused by the handler, not unrouted
+    async with http.get(doors_hub.url + "/web/js/api.js") as r:
+        assert r.status == 200 and "javascript" in r.content_type
