@@ -19,7 +19,7 @@ from hub.workflows.cases import Cases, Conflict
 from . import models as m
 from .api import json_response
 from .auth import claims_of
-from .doors import created, door, ok, read_body, read_query
+from .doors import QUOTA, created, door, ok, read_body, read_query
 from .keys import ROOMS
 from .pages import page
 from .problems import Problem, service
@@ -104,7 +104,7 @@ async def change_case(request: web.Request) -> web.Response:
     return json_response(case)
 
 
-@door("Hold a session: open a mediation room for the case", created(m.CaseSession), problems=CONFLICT)
+@door("Hold a session: open a mediation room for the case", created(m.CaseSession), problems=(*CONFLICT, *QUOTA))
 async def hold_session(request: web.Request) -> web.Response:
     claims = claims_of(request)
     try:

@@ -15,7 +15,7 @@ from hub.workflows.dispatch import CallConflict, Dispatch
 from . import models as m
 from .api import json_response
 from .auth import claims_of
-from .doors import created, door, ok, read_body
+from .doors import QUOTA, created, door, ok, read_body
 from .problems import PROBLEM_TYPE, service
 
 DISPATCH = web.AppKey("dispatch", Dispatch)
@@ -83,7 +83,7 @@ async def cancel_call(request: web.Request) -> web.Response:
     "Convene sites into a conference at the caller's home site; each site is invited live",
     created(m.Room),
     body=m.NewConference,
-    problems=FEATURE,
+    problems=(*FEATURE, *QUOTA),
 )
 async def convene(request: web.Request) -> web.Response:
     claims = claims_of(request)

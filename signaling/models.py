@@ -366,6 +366,7 @@ class Verdict(Out):
     changed: list[str]
     missing: list[str]
     chain_broken: bool
+    unplayable: dict[str, str] = Field(description="segment -> why it does not open or decode")
 
 
 class ExportJob(Out):

@@ -14,7 +14,7 @@ from hub.workflows.training import Trainings
 from . import models as m
 from .api import json_response
 from .auth import claims_of
-from .doors import Answer, created, door, ok, read_body, read_query
+from .doors import QUOTA, Answer, created, door, ok, read_body, read_query
 from .keys import ROOMS
 from .pages import page
 from .problems import service
@@ -33,7 +33,7 @@ def _trainings(request: web.Request) -> Trainings:
     "Start a training for a branch; its users get an `invitation` event",
     created(m.StartedTraining),
     body=m.NewTraining,
-    problems=FEATURE,
+    problems=(*FEATURE, *QUOTA),
 )
 async def start(request: web.Request) -> web.Response:
     claims = claims_of(request)

@@ -8,7 +8,7 @@ from hub.media.router import check_offer
 
 from . import models as m
 from .auth import claims_of
-from .doors import Answer, door, read_query
+from .doors import QUOTA, Answer, door, read_query
 from .keys import ROOMS, SETTINGS
 from .problems import Problem
 
@@ -42,6 +42,7 @@ def sdp_created(answer: str, location: str) -> web.Response:
     SDP_ANSWER,
     query=m.PublishQuery,
     sdp=True,
+    problems=QUOTA,
     description="`participant`: attach the stream to your participant in the room (else the hub adds one)",
 )
 async def whip_publish(request: web.Request) -> web.Response:
@@ -74,6 +75,7 @@ async def whip_delete(request: web.Request) -> web.Response:
     SDP_ANSWER,
     Answer(307, "Hosted by another hub process: ask there", headers=("Location",)),
     sdp=True,
+    problems=QUOTA,
 )
 async def whep_view(request: web.Request) -> web.Response:
     claims = claims_of(request)

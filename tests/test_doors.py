@@ -64,6 +64,14 @@ async def world(doors_hub: HubProcess, http: aiohttp.ClientSession) -> AsyncIter
             assert r.status == 201, await r.text()
             made.append(await r.json())
     yield World(doors_hub, http, operator, mediator, made[0]["id"], made[1]["room_id"], made[2]["id"])
+    # Each test opens two rooms; a site may hold only so many (HUB_ROOMS_PER_SITE).
+    for method, path in (
+        ("DELETE", f"/api/rooms/{made[0]['id']}"),
+        ("POST", f"/api/trainings/{made[1]['room_id']}/end"),
+        ("DELETE", f"/api/rooms/{made[1]['room_id']}"),
+    ):
+        async with http.request(method, doors_hub.url + path, headers=auth(operator)) as r:
+            assert r.status == 200, await r.text()
 
 
 async def picture(w: World) -> dict[str, Any]:
