@@ -62,7 +62,7 @@ async def list_rooms(request: web.Request) -> web.Response:
     return json_response(await request.app[ROOMS].rooms(claims))
 
 
-@door("Open a mediation room at a site", created(m.Room), body=m.NewRoom, problems=QUOTA)
+@door("Open a mediation room or a conference at a site", created(m.Room), body=m.NewRoom, problems=QUOTA)
 async def open_room(request: web.Request) -> web.Response:
     claims = claims_of(request)
     body = await read_body(request, m.NewRoom)

@@ -124,9 +124,11 @@ def optional(kind: Any) -> Any:
 
 class NewRoom(Body):
     site_id: Ident
-    #: Trainings, calls and conferences open through their own routes, which
-    #: keep on the room what their features need (trainer, branch, invited).
-    kind: Literal["mediation"]
+    #: Trainings and calls open through their own routes, which keep on the
+    #: room what their features need (trainer, branch, the call answered); a
+    #: conference opened here is one without invitations (POST /api/conferences
+    #: invites sites).
+    kind: Literal["mediation", "conference"]
     title: Text = ""
 
 
