@@ -103,6 +103,17 @@ class Settings(BaseSettings):
     #: Seconds an opened room may stay empty (no participant, no stream)
     #: before it is closed; standing rooms never are.
     empty_room_seconds: float = 600.0
+    #: The cluster credential: hub processes sign the tokens with which they
+    #: pull streams from each other (relays) with it; every process of a
+    #: cluster needs the same one. Unset: a viewer of a stream another process
+    #: hosts is redirected there (307) instead.
+    cluster_secret: str | None = None
+    #: Seconds a relay (a pull of another process's stream) stays after its
+    #: last local viewer left, so a viewer who reloads finds it still there.
+    relay_linger_seconds: float = 5.0
+    #: Pull relayed streams through this hub (its URL) rather than from the
+    #: process hosting them: a cascade along the site tree.
+    upstream: str | None = None
     #: Seconds a hub process holds a camera's lease (renewed every third of it)
     #: before another process on the same Redis may take the camera over.
     camera_lease_seconds: float = 15.0

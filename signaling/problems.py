@@ -16,7 +16,8 @@ from hub.core.access import Forbidden
 from hub.core.quotas import QuotaExceeded
 from hub.core.rooms import Elsewhere, NotFound
 from hub.core.tokens import TokenError
-from hub.media.router import SdpError
+from hub.media.relay import RelayError
+from hub.media.router import SdpError, StreamEnded
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,10 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
         return problem_response(401, "Unauthorized", str(exc), path)
     except Forbidden as exc:
         return problem_response(403, "Forbidden", str(exc), path)
-    except NotFound as exc:
+    except (NotFound, StreamEnded) as exc:
         return problem_response(404, "Not Found", str(exc), path)
+    except RelayError as exc:  # the stream's host (or upstream hub) did not give it to this process
+        return problem_response(502, "Bad Gateway", str(exc), path)
     except QuotaExceeded as exc:
         retry = {"Retry-After": str(exc.retry_after)}
         return problem_response(429, "Too Many Requests", str(exc), path, retry)

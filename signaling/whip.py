@@ -78,18 +78,20 @@ async def whip_delete(request: web.Request) -> web.Response:
     problems=QUOTA,
 )
 async def whep_view(request: web.Request) -> web.Response:
-    claims = claims_of(request)
+    claims = claims_of(request, node=True)
     stream_id = request.match_info["stream_id"]
     rooms = request.app[ROOMS]
-    rooms.ensure_local(await rooms.stream(claims, stream_id))  # redirect before reading the body
+    # A stream hosted by another process is pulled here; ?redirect=1 asks for a 307 to its host instead.
+    redirect = request.query.get("redirect") == "1"
+    rooms.check_viewable(await rooms.stream(claims, stream_id), redirect)  # redirect before reading the body
     offer = await read_offer(request)
     check_offer(offer, request.app[SETTINGS].max_sdp_bytes)
-    subscription_id, answer = await rooms.view(claims, stream_id, offer)
+    subscription_id, answer = await rooms.view(claims, stream_id, offer, redirect)
     return sdp_created(answer, f"/whep/{stream_id}/{subscription_id}")
 
 
 @door("Stop viewing (WHEP)", ENDED)
 async def whep_delete(request: web.Request) -> web.Response:
-    claims = claims_of(request)
+    claims = claims_of(request, node=True)
     await request.app[ROOMS].end_view(claims, request.match_info["stream_id"], request.match_info["session_id"])
     return web.Response(status=200)

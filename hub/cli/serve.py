@@ -16,6 +16,7 @@ from typing import TextIO
 from aiohttp import web
 
 from hub.config import DEMO_SITES, Settings
+from hub.core.cluster import Cluster
 from hub.core.lag import LagProbe
 from hub.core.livestate import LiveState, open_live_state
 from hub.core.quotas import Limits
@@ -75,6 +76,7 @@ async def build(settings: Settings) -> Hub:
         settings.keyframe_interval,
         settings.ice_servers,
         settings.session_connect_seconds,
+        settings.relay_linger_seconds,
     )
     limits = Limits(
         whip_per_user=settings.whip_sessions_per_user,
@@ -85,7 +87,10 @@ async def build(settings: Settings) -> Hub:
         empty_room_seconds=settings.empty_room_seconds,
         connect_seconds=settings.session_connect_seconds,
     )
-    rooms = Rooms(tree, state, router, node_id=node_id, node_url=settings.base_url, limits=limits)
+    cluster = None
+    if settings.cluster_secret:
+        cluster = Cluster(settings.cluster_secret, node_id, settings.upstream, settings.session_connect_seconds)
+    rooms = Rooms(tree, state, router, node_id=node_id, node_url=settings.base_url, limits=limits, cluster=cluster)
     recorder = Recorder(
         rooms, settings.recordings_path, db, settings.segment_seconds, settings.record_mediation_rooms
     )

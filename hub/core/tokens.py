@@ -11,6 +11,13 @@ import jwt
 ROLES = ("admin", "operator", "mediator", "trainer", "terminal", "guest")
 ALGORITHM = "HS256"
 DEFAULT_TTL = 12 * 3600
+#: The role of another hub process pulling a stream (a relay). Not among
+#: ROLES: no user token can carry it; only a token signed with the cluster
+#: secret for the cluster audience does, and only the WHEP doors accept it.
+NODE_ROLE = "node"
+NODE_AUDIENCE = "hub-cluster"
+#: A node token is made per request, so it needs to live only that long.
+NODE_TTL = 60
 
 
 class TokenError(Exception):
@@ -67,3 +74,25 @@ def verify(secret: str, token: str) -> Claims:
         room=payload.get("room"),
         name=payload.get("name"),
     )
+
+
+def issue_node(cluster_secret: str, node_id: str, ttl: int = NODE_TTL) -> str:
+    """A cluster credential: this hub process, asking another one for a stream."""
+    now = int(time.time())
+    payload = {"sub": f"node:{node_id}", "role": NODE_ROLE, "aud": NODE_AUDIENCE, "iat": now, "exp": now + ttl}
+    return jwt.encode(payload, cluster_secret, algorithm=ALGORITHM)
+
+
+def verify_node(cluster_secret: str, token: str) -> Claims:
+    """The claims of another hub process's token, or TokenError."""
+    try:
+        payload = jwt.decode(
+            token, cluster_secret, algorithms=[ALGORITHM], audience=NODE_AUDIENCE, options={"require": ["sub", "exp"]}
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise TokenError("cluster token expired") from exc
+    except jwt.InvalidTokenError as exc:
+        raise TokenError(f"invalid token: {exc}") from exc
+    if payload.get("role") != NODE_ROLE:
+        raise TokenError("invalid cluster token: bad role")
+    return Claims(user=str(payload["sub"]), site="", role=NODE_ROLE)
