@@ -147,8 +147,9 @@ async def run(viewers: int, seconds: float) -> None:
         f" av {info['av']}; {info['date']}; load average at start {info['load_average_at_start']}"
     )
     print(
-        f"Stream: VP8 640x480 30 fps from a file (~400 kbps, a keyframe a second); {viewers} viewers per phase,"
-        f" window {seconds:g} s; all on 127.0.0.1; runtime {time.monotonic() - started:.0f} s\n"
+        "Stream: VP8 640x480 30 fps from a file (encoder target 400 kbps, a keyframe a second);"
+        f" {viewers} viewers per phase, window {seconds:g} s; all on 127.0.0.1;"
+        f" runtime {time.monotonic() - started:.0f} s\n"
     )
     print("| viewers on | hops | relays (origin/P2/P3) | origin CPU % | P2 CPU % | P3 CPU % | delivered % |"
           " latency p50 / p95 ms |")

@@ -243,6 +243,11 @@ class PublishQuery(Query):
     participant: optional(Ident) = None  # type: ignore[valid-type]
 
 
+class ViewQuery(Query):
+    #: "1": a 307 to the hub process hosting the stream, instead of this one pulling it (a relay).
+    redirect: optional(Literal["1"]) = None  # type: ignore[valid-type]
+
+
 # -- responses ---------------------------------------------------------------------
 
 

@@ -73,16 +73,18 @@ async def whip_delete(request: web.Request) -> web.Response:
 @door(
     "View a stream (WHEP): an SDP offer in, the answer out",
     SDP_ANSWER,
-    Answer(307, "Hosted by another hub process: ask there", headers=("Location",)),
+    Answer(307, "Hosted by another hub process, and redirect=1 asked to go there", headers=("Location",)),
+    query=m.ViewQuery,
     sdp=True,
-    problems=QUOTA,
+    problems=(*QUOTA, 502),
+    description="A stream another hub process hosts is pulled to this one (a relay) and served from here;"
+    " `redirect=1` asks for a 307 to the hosting process instead",
 )
 async def whep_view(request: web.Request) -> web.Response:
     claims = claims_of(request, node=True)
     stream_id = request.match_info["stream_id"]
     rooms = request.app[ROOMS]
-    # A stream hosted by another process is pulled here; ?redirect=1 asks for a 307 to its host instead.
-    redirect = request.query.get("redirect") == "1"
+    redirect = read_query(request, m.ViewQuery).redirect == "1"
     rooms.check_viewable(await rooms.stream(claims, stream_id), redirect)  # redirect before reading the body
     offer = await read_offer(request)
     check_offer(offer, request.app[SETTINGS].max_sdp_bytes)
