@@ -515,17 +515,16 @@ class Rooms:
         A stream hosted by another process is pulled here first (once)."""
         stream = await self.stream(claims, stream_id)
         self.check_viewable(stream, redirect)
-        if self.cluster is not None and not self._router.hosts(stream_id):
-            cluster = self.cluster
-            await self._router.pull(stream_id, list(stream["tracks"]), lambda: cluster.upstream(stream))
-            if self._router.relays(stream_id):
-                self._relayed[stream_id] = stream
-        if claims.role == NODE_ROLE:
-            # Another process's pull: one per stream and process, no user's quota.
+        # Another process's pull is one per stream and process: no user's quota. A
+        # viewer over quota is refused before anything is pulled for it.
+        node = claims.role == NODE_ROLE
+        with contextlib.nullcontext() if node else self._admit("whep", claims.user, stream["room_id"]):
+            if self.cluster is not None and not self._router.hosts(stream_id):
+                cluster = self.cluster
+                await self._router.pull(stream_id, list(stream["tracks"]), lambda: cluster.upstream(stream))
+                if self._router.relays(stream_id):
+                    self._relayed[stream_id] = stream
             subscription, answer = await self._router.view(stream_id, offer, claims.user)
-        else:
-            with self._admit("whep", claims.user, stream["room_id"]):
-                subscription, answer = await self._router.view(stream_id, offer, claims.user)
         return subscription.id, answer
 
     # -- quotas --------------------------------------------------------------
