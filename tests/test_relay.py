@@ -17,7 +17,7 @@ import pytest
 from client import bot
 from hub.core.tokens import Claims, TokenError, issue, issue_node, verify, verify_node
 
-from .conftest import HubProcess, start_hub, wait_until
+from .conftest import HubProcess, free_port, start_hub, wait_until
 
 CLUSTER_SECRET = secrets.token_urlsafe(32)
 NODE_TTL = 2.0
@@ -169,6 +169,24 @@ async def test_a_killed_host_ends_the_relayed_viewers(cluster, redis_url: str, t
         await publisher.pc.close()
     finally:
         doomed.stop()
+
+
+async def test_a_pull_that_fails_answers_502_and_leaves_nothing(cluster, redis_url: str, http):
+    origin = cluster["origin"]
+    # Its upstream is a port nobody listens on.
+    stranded = start_hub(origin.data, "--redis", redis_url, env=cluster_env(HUB_UPSTREAM=f"http://127.0.0.1:{free_port()}"))
+    token = origin.sign("m-relay5", "heping", "mediator")
+    publisher = await bot.publish(http, origin.url, token, "site-heping", [bot.SyntheticVideo("vp8", 160, 120, 15)])
+    try:
+        with pytest.raises(bot.ClientError, match="502") as refused:
+            await bot.view(http, stranded.url, token, publisher.resource_id, kinds=("video",))
+        assert "could not be reached" in str(refused.value)
+        counts = await health(http, stranded)
+        assert counts["relays"] == 0 and counts["subscriptions"] == 0
+        assert (await health(http, origin))["subscriptions"] == 0
+    finally:
+        await publisher.close()
+        stranded.stop()
 
 
 async def test_only_a_cluster_token_pulls_and_only_at_the_whep_doors(cluster, http: aiohttp.ClientSession):

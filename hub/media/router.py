@@ -84,6 +84,8 @@ class Producer:
     upstream: Upstream | None = None
     #: A relay's end, pending while it has no local viewer.
     linger: asyncio.TimerHandle | None = None
+    #: Viewers' offers being answered: a relay does not end under them.
+    answering: int = 0
 
     def media(self) -> StreamMedia:
         codecs = {kind: s.codec.mimeType for kind, s in self.sources.items() if s.codec}
@@ -294,7 +296,8 @@ class Router:
 
     def _end_idle(self, producer: Producer) -> None:
         producer.linger = None
-        if not producer.consumers and self._producers.get(producer.id) is producer:
+        # An offer being answered re-arms the linger when it is done, if it adds no viewer.
+        if not producer.answering and not producer.consumers and self._producers.get(producer.id) is producer:
             task = asyncio.ensure_future(self.end_stream(producer.id))
             self._expiring.add(task)
             task.add_done_callback(self._expiring.discard)
@@ -322,12 +325,17 @@ class Router:
             if not sinks:
                 raise SdpError("the offer has no audio or video section this stream can fill")
 
+        producer.answering += 1
         try:
             answer = await _answer(pc, offer, prepare)
         except BaseException:
             for sink in sinks.values():
                 sink.close()
             raise
+        finally:
+            producer.answering -= 1
+            if producer.upstream is not None and not producer.consumers and self._producers.get(stream_id) is producer:
+                self._linger(producer)  # cancelled below if this viewer is added
         consumer = Consumer(id=secrets.token_urlsafe(9), producer=producer, pc=pc, sinks=sinks, user=user)
         if self._producers.get(stream_id) is not producer:  # it ended while the offer was answered
             await pc.close()
