@@ -111,6 +111,8 @@ def _paste(canvas: np.ndarray, picture: np.ndarray, x: int, y: int, right: int) 
     """Copy `picture` with its top-left at (x, y), cut at column `right` and the canvas edge."""
     h = min(picture.shape[0], canvas.shape[0] - y)
     w = min(picture.shape[1], right - x)
+    if h <= 0 or w <= 0:
+        return  # a picture too small for all the lines
     canvas[y : y + h, x : x + w] = picture[:h, :w]
 
 
@@ -205,7 +207,7 @@ class Labels:
 
     def clock(self, t: float) -> np.ndarray:
         """The wall-clock time and time into the session at `t` seconds from its start."""
-        text = f"{wall_clock(self._session_start + t)[0][11:]}  {elapsed(t)}"
+        text = f"{time.strftime('%H:%M:%S', time.localtime(self._session_start + t))}  {elapsed(t)}"
         if text != self._clock_text:
             self._clock_text, self._clock = text, plate(self.font, text)
         return self._clock
@@ -260,17 +262,18 @@ class ExportJob:
         width, height = cell[0] * cols, cell[1] * rows
         self.info = {"participants": len(streams), "width": width, "height": height, "duration": round(seconds, 3)}
         font = load_font(font_path, font_px(cell[1]))
+        names = [_label(s) for s in streams]
         site = manifest.get("site_name") or manifest["site_id"]
         title = manifest.get("title") or ""
-        started, zone = wall_clock(manifest["started_at"])
-        texts = [_label(s) for s in streams] + [f"{site}  {title}" if title and title != site else site]
-        for text in texts:
+        heading = f"{site}  {title}" if title and title != site else site
+        for text in [*names, heading]:
             if missing := missing_glyphs(font, text):
                 log.warning("export of %s: %s has no glyph for %r in %r", self.folder.name, font_path, missing, text)
+        started, zone = wall_clock(manifest["started_at"])
         labels = Labels(
             font,
-            names=[plate(font, text) for text in texts[:-1]],
-            header=[plate(font, texts[-1]), plate(font, f"{started} {zone}")],
+            names=[plate(font, name) for name in names],
+            header=[plate(font, heading), plate(font, f"{started} {zone}")],
             session_start=manifest["started_at"],
         )
 
