@@ -65,7 +65,7 @@ def load_font(path: Path, px: int) -> ImageFont.FreeTypeFont:
     """The face of `path` for simplified Chinese: a collection such as Noto
     Sans CJK holds Japanese, Korean and traditional forms too, and its first
     face is not always the Chinese one."""
-    faces = []
+    faces: list[ImageFont.FreeTypeFont] = []
     for index in range(16):
         try:
             faces.append(ImageFont.truetype(str(path), px, index=index))
