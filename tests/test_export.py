@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from recorder.export import PLATE, ExportJob, find_font, font_px, load_font, missing_glyphs
+from recorder.export import PLATE, ExportJob, Exports, find_font, font_px, load_font, missing_glyphs
 
 from .conftest import HubProcess
 from .recording_helpers import Recorded, auth, record
@@ -133,7 +134,12 @@ async def test_export_draws_the_chinese_name_site_and_start_time(
     assert mismatch(control[:top], wrong_start) < 100
 
 
-def test_export_without_its_font_fails_clearly_and_writes_nothing(recorded: Recorded, tmp_path: Path):
+def test_export_without_its_font_fails_clearly_and_writes_nothing(
+    recorded: Recorded, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    with caplog.at_level(logging.WARNING, logger="recorder.export"):
+        Exports(tmp_path / "no-such-font.ttc")  # as the hub starts
+    assert "exports will fail: HUB_EXPORT_FONT=" in caplog.text
     folder = copy_with(recorded, tmp_path / "copy")
     job = export_in_process(folder, font=tmp_path / "no-such-font.ttc")
     assert job.state == "failed"
