@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     retention_days: float | None = None
     #: Seconds between retention sweeps.
     retention_check_seconds: float = 3600.0
+    #: Font file the one-file export draws names, site and time with; unset =
+    #: the first installed of recorder.export.FONT_CANDIDATES (Debian CJK fonts).
+    export_font: Path | None = None
     #: Record mediation rooms from their first participant until the last one leaves.
     record_mediation_rooms: bool = False
     #: Seconds between snapshots (JPEG thumbnail + health diagnostics) of each

@@ -21,7 +21,7 @@ from . import models as m
 from .api import json_response
 from .auth import claims_of
 from .doors import Answer, door, ok, read_body, read_query
-from .keys import ROOMS
+from .keys import ROOMS, SETTINGS
 from .pages import page
 from .problems import Problem, service
 
@@ -211,7 +211,7 @@ async def audit_log(request: web.Request) -> web.Response:
 def add_routes(app: web.Application, recorder: Recorder | None) -> None:
     if recorder is not None:
         app[RECORDER] = recorder
-    app[EXPORTS] = Exports()
+    app[EXPORTS] = Exports(app[SETTINGS].export_font)
     app.router.add_get("/recordings", page("recordings.html", "The playback page"))
     app.router.add_get("/recordings/{recording_id}", page("recordings.html", "The playback page"))
     app.router.add_get("/api/rooms/{room_id}/recording", recording_status)

@@ -77,10 +77,14 @@ class HubProcess:
     proc: subprocess.Popen[bytes]
     log: Path
 
-    def token(self, user: str, site: str, role: str, room: str | None = None, ttl: int | None = None) -> str:
+    def token(
+        self, user: str, site: str, role: str, room: str | None = None, ttl: int | None = None, name: str | None = None
+    ) -> str:
         args = ["token", "--user", user, "--site", site, "--role", role]
         if room:
             args += ["--room", room]
+        if name:
+            args += ["--name", name]
         if ttl is not None:
             args += ["--ttl", str(ttl)]
         return run_hub_cli(self.data, *args).strip()
