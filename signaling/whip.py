@@ -11,6 +11,7 @@ from .auth import claims_of
 from .doors import QUOTA, Answer, door, read_query
 from .keys import ROOMS, SETTINGS
 from .problems import Problem
+from .recordings import audit_view
 
 SDP_TYPE = "application/sdp"
 SDP_ANSWER = Answer(201, "The SDP answer; Location names the session to DELETE", media=SDP_TYPE, headers=("Location",))
@@ -81,10 +82,12 @@ async def whep_view(request: web.Request) -> web.Response:
     claims = claims_of(request)
     stream_id = request.match_info["stream_id"]
     rooms = request.app[ROOMS]
-    rooms.ensure_local(await rooms.stream(claims, stream_id))  # redirect before reading the body
+    stream = await rooms.stream(claims, stream_id)
+    rooms.ensure_local(stream)  # redirect before reading the body
     offer = await read_offer(request)
     check_offer(offer, request.app[SETTINGS].max_sdp_bytes)
     subscription_id, answer = await rooms.view(claims, stream_id, offer)
+    await audit_view(request, claims, stream, subscription_id)
     return sdp_created(answer, f"/whep/{stream_id}/{subscription_id}")
 
 

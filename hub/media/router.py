@@ -153,6 +153,8 @@ class Router:
         self._expiring: set[asyncio.Task[object]] = set()
         #: Called with a stream's id when its media ends for any reason (DELETE, ICE failure, close).
         self.on_stream_ended: Callable[[str], Awaitable[None]] | None = None
+        #: Called with a subscription's id when it ends for any reason (DELETE, ICE failure, its stream ending, close).
+        self.on_view_ended: Callable[[str], Awaitable[None]] | None = None
 
     # -- what is hosted here ---------------------------------------------------
 
@@ -306,6 +308,8 @@ class Router:
         for sink in consumer.sinks.values():
             sink.close()
         await consumer.pc.close()
+        if self.on_view_ended is not None:
+            await self.on_view_ended(consumer.id)
         return True
 
     async def close(self) -> None:
