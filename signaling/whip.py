@@ -87,7 +87,11 @@ async def whep_view(request: web.Request) -> web.Response:
     offer = await read_offer(request)
     check_offer(offer, request.app[SETTINGS].max_sdp_bytes)
     subscription_id, answer = await rooms.view(claims, stream_id, offer)
-    await audit_view(request, claims, stream, subscription_id)
+    try:
+        await audit_view(request, claims, stream, subscription_id)
+    except BaseException:  # a view the audit log does not hold is not served
+        await rooms.end_view(claims, stream_id, subscription_id)
+        raise
     return sdp_created(answer, f"/whep/{stream_id}/{subscription_id}")
 
 
