@@ -68,6 +68,7 @@ class Recorder:
         await self._follower.stop()
         for room_id in tuple(self.sessions):
             await self._stop(room_id)
+        await self.audit.close()
 
     # -- control -------------------------------------------------------------
 
