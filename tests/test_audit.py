@@ -89,6 +89,23 @@ async def test_the_stream_ending_ends_its_views(audit_hub: HubProcess, http: aio
     assert row["user"] == "mediator-b" and row["ended_at"] is not None and row["duration"] > 0
 
 
+async def test_a_viewer_gone_without_delete_ends_its_row(audit_hub: HubProcess, http: aiohttp.ClientSession):
+    hub = audit_hub
+    operator = hub.sign("op-guinan", "guinan", "operator")
+    publisher = await publish(http, hub)
+    try:
+        viewer = await watch(http, hub, operator, publisher.resource_id)
+        await viewer.pc.close()  # no DELETE: the hub sees its peer connection close
+        for _ in range(100):
+            [row] = await audit_rows(http, hub, operator, stream=publisher.resource_id)
+            if row["ended_at"] is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert row["ended_at"] is not None and row["duration"] > 0
+    finally:
+        await publisher.close()
+
+
 async def fetch_snapshot(http: aiohttp.ClientSession, hub: HubProcess, token: str, stream_id: str) -> str:
     """Fetch a stream's snapshot once it has one (within the 1 s period); its ETag."""
     url = f"{hub.url}/api/streams/{stream_id}/snapshot"
