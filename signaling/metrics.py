@@ -107,11 +107,14 @@ def check_scraper(request: web.Request) -> None:
 def is_direct_loopback(remote: str | None, headers: Iterable[str]) -> bool:
     """A peer on loopback that is not a reverse proxy passing a request on."""
     try:
-        loopback = remote is not None and ipaddress.ip_address(remote).is_loopback
+        address = ipaddress.ip_address(remote or "")
     except ValueError:
         return False
+    # A dual-stack socket reports an IPv4 peer as ::ffff:127.0.0.1, which is_loopback does not count.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
     names = {h.lower() for h in headers}
-    return loopback and not any(h.lower() in names for h in FORWARDED_HEADERS)
+    return address.is_loopback and not any(h.lower() in names for h in FORWARDED_HEADERS)
 
 
 @door(

@@ -124,5 +124,6 @@ async def test_without_a_token_only_direct_loopback_may_scrape(hub: HubProcess, 
             assert r.content_type == "application/problem+json"
     # Tests may not send from another address; the rule itself:
     assert is_direct_loopback("127.0.0.5", []) and is_direct_loopback("::1", [])
+    assert is_direct_loopback("::ffff:127.0.0.1", []) and not is_direct_loopback("::ffff:10.0.0.7", [])
     assert not is_direct_loopback("10.0.0.7", []) and not is_direct_loopback("192.0.2.1", [])
     assert not is_direct_loopback(None, []) and not is_direct_loopback("", [])
