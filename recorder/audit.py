@@ -10,10 +10,9 @@ snapshot period. One row per fetch would write ~10 rows a second for one
 console watching 100 feeds; instead one user's fetches of one stream less
 than `merge_seconds` apart extend one row: its `at` is the first fetch, its
 `ended_at` the latest, its detail the count. The row is written at the first
-fetch and brought up to date at most every `write_seconds` (an SQLite commit
-took 1-20 ms at the median, 20-32 ms at p95, on the test machine) and when
-the hub stops: a killed hub loses at most that much of a run's count, never
-the fact of it.
+fetch and brought up to date at most every `write_seconds` and when the
+hub stops (fewer writes for the store's one writer thread to queue): a
+killed hub loses at most that much of a run's count, never the fact of it.
 """
 
 from __future__ import annotations
