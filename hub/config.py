@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     #: Public URL used in printed links; defaults to http://host:port.
     public_url: str | None = None
     max_sdp_bytes: int = 64 * 1024
+    #: Bearer secret a Prometheus scraper sends to GET /metrics; unset, /metrics
+    #: answers only requests made directly on loopback.
+    metrics_token: str | None = None
     max_ws_message_bytes: int = 16 * 1024
     #: Seconds after which a silent hub process's rooms and streams are
     #: swept from shared live state (it refreshes its heartbeat every third).

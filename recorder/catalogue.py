@@ -53,11 +53,31 @@ MIGRATIONS = Migrations(
             "CREATE INDEX IF NOT EXISTS audit_site_time ON audit (site_id, at)",
         ),
         _add_node,
+        # Live feeds are audited too: who viewed which stream of which room, until when.
+        (
+            "ALTER TABLE audit ADD COLUMN user_site TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE audit ADD COLUMN stream_id TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE audit ADD COLUMN room_id TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE audit ADD COLUMN ended_at REAL",
+        ),
     ),
 )
 
 COLUMNS = ("id", "room_id", "site_id", "kind", "title", "started_at", "ended_at", "status", "chain_head", "node")
-AUDIT_COLUMNS = ("id", "at", "user", "role", "action", "recording_id", "site_id", "detail")
+AUDIT_COLUMNS = (
+    "id",
+    "at",
+    "user",
+    "role",
+    "action",
+    "recording_id",
+    "site_id",
+    "detail",
+    "user_site",
+    "stream_id",
+    "room_id",
+    "ended_at",
+)
 
 
 class Catalogue(Tables):
@@ -132,16 +152,55 @@ class Catalogue(Tables):
             [time.time(), user, role, action, recording_id, site_id, detail],
         )
 
+    async def audit_live(
+        self,
+        user: str,
+        role: str,
+        user_site: str,
+        action: str,
+        stream_id: str,
+        room_id: str,
+        site_id: str,
+        detail: str = "",
+        at: float | None = None,
+        ended_at: float | None = None,
+    ) -> int:
+        """A row about a live stream (a view, snapshots fetched); one with no
+        `ended_at` stays open until `audit_until` gives its end. Returns the row's id."""
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO audit"
+                " (at, user, role, action, recording_id, site_id, detail, user_site, stream_id, room_id, ended_at)"
+                " VALUES (?, ?, ?, ?, '', ?, ?, ?, ?, ?, ?)",
+                [at or time.time(), user, role, action, site_id, detail, user_site, stream_id, room_id, ended_at],
+            )
+            row = await tx.fetchone("SELECT last_insert_rowid()")
+        assert row is not None
+        return int(row[0])
+
+    async def audit_until(self, row_id: int, ended_at: float, detail: str | None = None) -> None:
+        await self.db.execute(
+            "UPDATE audit SET ended_at = ?, detail = COALESCE(?, detail) WHERE id = ?", [ended_at, detail, row_id]
+        )
+
     async def audit_rows(
-        self, sites: Iterable[str], recording_id: str | None = None, limit: int = 500
+        self,
+        sites: Iterable[str],
+        recording_id: str | None = None,
+        stream_id: str | None = None,
+        limit: int = 500,
     ) -> list[dict[str, Any]]:
         sites = list(sites)
         where = f"site_id IN ({', '.join('?' * len(sites))})"
         args: list[Any] = list(sites)
-        if recording_id:
-            where += " AND recording_id = ?"
-            args.append(recording_id)
+        for column, value in (("recording_id", recording_id), ("stream_id", stream_id)):
+            if value:
+                where += f" AND {column} = ?"
+                args.append(value)
         rows = await self.db.fetchall(
             f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit WHERE {where} ORDER BY id DESC LIMIT ?", [*args, limit]
         )
-        return [dict(zip(AUDIT_COLUMNS, row, strict=True)) for row in rows]
+        out = [dict(zip(AUDIT_COLUMNS, row, strict=True)) for row in rows]
+        for row in out:
+            row["duration"] = None if row["ended_at"] is None else round(row["ended_at"] - row["at"], 3)
+        return out

@@ -17,9 +17,23 @@ from hub.workflows.dispatch import Dispatch
 from hub.workflows.training import Trainings
 from recorder.service import Recorder
 
-from . import api, cameras, cases, console, dispatch, events, invites, monitoring, recordings, stats, training, whip
+from . import (
+    api,
+    cameras,
+    cases,
+    console,
+    dispatch,
+    events,
+    invites,
+    metrics,
+    monitoring,
+    recordings,
+    stats,
+    training,
+    whip,
+)
 from .doors import Answer, door, ok
-from .keys import DATABASE, LAG, ROOMS, SECRET, SETTINGS
+from .keys import DATABASE, EVENT_SOCKETS, LAG, ROOMS, SECRET, SETTINGS
 from .openapi import document
 from .pages import page, web_file
 from .problems import problems_middleware, quiet_malformed_requests
@@ -68,6 +82,7 @@ def make_app(
         app[DATABASE] = database
     if lag_probe is not None:
         app[LAG] = lag_probe
+    app[EVENT_SOCKETS] = set()
     app.router.add_get("/healthz", api.health)
     app.router.add_get("/api/openapi.json", openapi)
     app.router.add_get("/api/me", api.me)
@@ -88,6 +103,7 @@ def make_app(
     monitoring.add_routes(app, snapshots)
     cameras.add_routes(app, camera_service)
     stats.add_routes(app)
+    metrics.add_routes(app)
     app.router.add_post("/whip/{room_id}", whip.whip_publish)
     app.router.add_delete("/whip/{room_id}/{stream_id}", whip.whip_delete)
     app.router.add_post("/whep/{stream_id}", whip.whep_view)

@@ -31,7 +31,7 @@ from recorder.service import Recorder
 
 from .auth import claims_of
 from .console import PRESENCE
-from .keys import ROOMS, SETTINGS
+from .keys import EVENT_SOCKETS, ROOMS, SETTINGS
 from .problems import problem_response, validation_detail
 from .recordings import RECORDER
 
@@ -338,6 +338,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(heartbeat=20, max_msg_size=limit)
     await ws.prepare(request)
     session = Session(ws, request.app[ROOMS], claims, request.app.get(RECORDER), request.app[SETTINGS])
+    sockets = request.app[EVENT_SOCKETS]
+    sockets.add(session)
     forwarder = asyncio.create_task(session.forward_events())
     presence = request.app.get(PRESENCE)
     connection = await presence.connect(claims) if presence else None
@@ -347,6 +349,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 await session.handle(msg.data)
     finally:
+        sockets.discard(session)
         await cancel_and_wait(forwarder)
         await session.close()
         if presence:

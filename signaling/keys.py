@@ -12,3 +12,5 @@ SECRET = web.AppKey("secret", str)
 SETTINGS = web.AppKey("settings", Settings)
 DATABASE = web.AppKey("database", Database)
 LAG = web.AppKey("lag", LagProbe)
+#: The event WebSockets open on this process (their count is a metric).
+EVENT_SOCKETS = web.AppKey("event_sockets", set[object])

@@ -221,7 +221,9 @@ class Period(Query):
 
 
 class AuditQuery(Query):
+    site: optional(Ident) = None  # type: ignore[valid-type]
     recording: optional(Ident) = None  # type: ignore[valid-type]
+    stream: optional(Ident) = None  # type: ignore[valid-type]
 
 
 class CaseSearch(Query):
@@ -389,10 +391,17 @@ class AuditRow(Out):
     at: float
     user: str
     role: str
-    action: str
-    recording_id: str
-    site_id: str
-    detail: str
+    user_site: str = Field(description="the caller's home site")
+    action: Literal["playback", "download", "export", "verify", "view", "snapshot"]
+    recording_id: str = Field(description="a recording's rows; empty for a live stream's")
+    stream_id: str = Field(description="a live stream's rows (view, snapshot); empty for a recording's")
+    room_id: str
+    site_id: str = Field(description="the site of the recording's or stream's room: whose auditors see the row")
+    detail: str = Field(description="a file, a verdict, a WHEP session id, or 'N snapshots'")
+    ended_at: float | None = Field(
+        description="a view's end, a snapshot run's latest fetch; null while it lasts, or after a killed hub"
+    )
+    duration: float | None
 
 
 class Caller(Out):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from hub.core.tokens import NODE_ROLE
 from hub.media.router import check_offer
 
 from . import models as m
@@ -11,6 +12,7 @@ from .auth import claims_of
 from .doors import QUOTA, Answer, door, read_query
 from .keys import ROOMS, SETTINGS
 from .problems import Problem
+from .recordings import audit_view
 
 SDP_TYPE = "application/sdp"
 SDP_ANSWER = Answer(201, "The SDP answer; Location names the session to DELETE", media=SDP_TYPE, headers=("Location",))
@@ -85,10 +87,17 @@ async def whep_view(request: web.Request) -> web.Response:
     stream_id = request.match_info["stream_id"]
     rooms = request.app[ROOMS]
     redirect = read_query(request, m.ViewQuery).redirect == "1"
-    rooms.check_viewable(await rooms.stream(claims, stream_id), redirect)  # redirect before reading the body
+    stream = await rooms.stream(claims, stream_id)
+    rooms.check_viewable(stream, redirect)  # redirect before reading the body
     offer = await read_offer(request)
     check_offer(offer, request.app[SETTINGS].max_sdp_bytes)
     subscription_id, answer = await rooms.view(claims, stream_id, offer, redirect)
+    if claims.role != NODE_ROLE:  # a relay's pull: its viewers are audited where they watch
+        try:
+            await audit_view(request, claims, stream, subscription_id)
+        except BaseException:  # a view the audit log does not hold is not served
+            await rooms.end_view(claims, stream_id, subscription_id)
+            raise
     return sdp_created(answer, f"/whep/{stream_id}/{subscription_id}")
 
 

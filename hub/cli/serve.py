@@ -95,6 +95,7 @@ async def build(settings: Settings) -> Hub:
         rooms, settings.recordings_path, db, settings.segment_seconds, settings.record_mediation_rooms
     )
     await recorder.start()
+    router.on_view_ended = recorder.audit.view_ended
     snapshots = Snapshots(rooms, settings.snapshot_seconds)
     await snapshots.start()
     console = Console(rooms, db)
@@ -147,7 +148,7 @@ async def build(settings: Settings) -> Hub:
         await snapshots.close()
         await recorder.close()
         await rooms.close()
-        await db.close()
+        await db.close()  # after rooms: the views it ends write their audit rows' ends
         await state.close()
         await lag.stop()
 

@@ -169,6 +169,8 @@ class Router:
         self._pulls: dict[str, asyncio.Future[None]] = {}
         #: Called with a stream's id when its media ends for any reason (DELETE, ICE failure, close).
         self.on_stream_ended: Callable[[str], Awaitable[None]] | None = None
+        #: Called with a subscription's id when it ends for any reason (DELETE, ICE failure, its stream ending, close).
+        self.on_view_ended: Callable[[str], Awaitable[None]] | None = None
 
     # -- what is hosted here ---------------------------------------------------
 
@@ -398,6 +400,8 @@ class Router:
         if producer.upstream is not None and not producer.consumers and self._producers.get(producer.id) is producer:
             self._linger(producer)
         await consumer.pc.close()
+        if self.on_view_ended is not None:
+            await self.on_view_ended(consumer.id)
         return True
 
     async def close(self) -> None:
