@@ -6,7 +6,7 @@ from aiohttp import web
 
 from hub.core.tokens import Claims, TokenError, verify
 
-from .keys import SECRET
+from .keys import KEYS
 
 
 def claims_of(request: web.Request) -> Claims:
@@ -21,4 +21,4 @@ def claims_of(request: web.Request) -> Claims:
         token = request.query.get("token", "")
     if not token:
         raise TokenError("no bearer token")
-    return verify(request.app[SECRET], token.strip())
+    return verify(request.app[KEYS], token.strip())

@@ -37,7 +37,7 @@ VIEWERS = 21
 
 def tokens(hub: HubProcess, people: dict[str, tuple[str, str]]) -> dict[str, str]:
     """Tokens signed with the hub's secret in this process: 20-odd CLI runs would take most of a minute."""
-    secret = Settings(data=hub.data).signing_secret()
+    secret = Settings(data=hub.data).keys()
     return {user: issue(secret, Claims(user=user, site=site, role=role)) for user, (site, role) in people.items()}
 
 
