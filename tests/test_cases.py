@@ -379,3 +379,20 @@ async def test_an_escalation_and_a_change_at_once_on_two_hub_processes_lose_noth
             assert len(won) == (1 if versioned else 2), (escalated, updated)
             seen[order] = seen.get(order, 0) + 1
     print("race outcomes:", seen)
+
+    # A session held on one process while the other notes an outcome: the room
+    # is open either way, so both are written and the case is being mediated.
+    for _ in range(6):
+        status, case = await call(
+            http, "POST", f"{first.url}/api/cases", township, json=NEW_CASE | {"site_id": VILLAGE}
+        )
+        url = f"/api/cases/{case['id']}"
+        (s_session, session), (s_note, noted) = await asyncio.gather(
+            call(http, "POST", f"{first.url}{url}/sessions", township),
+            call(http, "PATCH", f"{second.url}{url}", township, json={"outcome": "双方同意再谈"}),
+        )
+        assert (s_session, s_note) == (201, 200), (session, noted)
+        await call(http, "DELETE", f"{first.url}/api/rooms/{session['room_id']}", township)
+        status, final = await call(http, "GET", f"{second.url}{url}", township)
+        assert (final["status"], final["outcome"], final["version"]) == ("mediating", "双方同意再谈", 3)
+        assert sorted(h["action"] for h in final["history"]) == ["opened", "outcome", "session", "status"]

@@ -486,13 +486,24 @@ class Cases:
             session, self._entry(claims, "session", now, to_site=case["site_id"], room_id=room["id"])
         )
         if case["status"] != "mediating":
-            changes = {"status": "mediating", "result": None, "updated_at": now}
-            entry = self._entry(claims, "status", now, from_status=case["status"], to_status="mediating")
-            case = await self._apply(case, changes, entry, None)
+            case = await self._decided(None, lambda: self._mediating(claims, case_id, now))
         await self._announce("case-updated", case)
         for site_id in below:
             await self.rooms.announce_invitation(claims, room, site_id, {"sites": [site_id]})
         return session, room
+
+    async def _mediating(self, claims: Claims, case_id: str, at: float) -> Record:
+        """A session was held, so the case is being mediated: decided on the
+        case as it is now, since the room is open whatever changed meanwhile
+        (a 409 here would hide a session that exists)."""
+        case = await self.store.get(case_id)
+        if case is None:
+            raise NotFound(f"no case {case_id}")
+        if case["status"] == "mediating" or case["status"] not in SESSION_STATUSES:
+            return case
+        changes = {"status": "mediating", "result": None, "updated_at": at}
+        entry = self._entry(claims, "status", at, from_status=case["status"], to_status="mediating")
+        return await self._apply(case, changes, entry, None)
 
     async def escalate(self, claims: Claims, case_id: str, note: str, version: int | None = None) -> Record:
         """Move the case to the parent site's queue; `version` as for update."""
