@@ -10,6 +10,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from hub.core.tokens import KeyFile
+
 DEMO_SITES = Path(__file__).parent / "core" / "demo_sites.json"
 
 
@@ -123,6 +125,9 @@ class Settings(BaseSettings):
     #: Seconds a hub process holds a camera's lease (renewed every third of it)
     #: before another process on the same Redis may take the camera over.
     camera_lease_seconds: float = 15.0
+    #: File of token signing keys, one `ID SECRET` a line, the first signs
+    #: (see docs/operate.md); unset: the data directory's secret.key.
+    secret_file: Path | None = None
 
     @property
     def recordings_path(self) -> Path:
@@ -140,8 +145,17 @@ class Settings(BaseSettings):
     def base_url(self) -> str:
         return self.public_url or f"http://{self.host}:{self.port}"
 
-    def signing_secret(self) -> str:
-        """The token signing secret, generated and stored on first use."""
+    def keys(self) -> KeyFile:
+        """The token signing keys: HUB_SECRET_FILE, or else the data
+        directory's `secret.key`, generated on first use. Raises
+        KeyringError if the file cannot be used."""
+        if self.secret_file is None:
+            self._make_secret()
+        keys = KeyFile(self.secret_file or self.secret_path)
+        keys.current()  # a file that cannot be used stops the command here, with its reason
+        return keys
+
+    def _make_secret(self) -> None:
         self.data.mkdir(parents=True, exist_ok=True)
         try:
             # O_EXCL: of two processes starting on one data directory, one
@@ -153,8 +167,7 @@ class Settings(BaseSettings):
             with os.fdopen(fd, "w") as f:
                 f.write(secrets.token_urlsafe(48))
         for _ in range(50):
-            secret = self.secret_path.read_text().strip()
-            if secret:
-                return secret
+            if self.secret_path.read_text().strip():
+                return
             time.sleep(0.01)  # the other process is still writing it
         raise RuntimeError(f"{self.secret_path} is empty")

@@ -8,6 +8,7 @@ from hub.config import Settings
 from hub.core.lag import LagProbe
 from hub.core.rooms import Rooms
 from hub.core.store import Database
+from hub.core.tokens import Keys
 from hub.monitoring.console import Console
 from hub.monitoring.presence import Presence
 from hub.monitoring.snapshots import Snapshots
@@ -33,7 +34,7 @@ from . import (
     whip,
 )
 from .doors import Answer, door, ok
-from .keys import DATABASE, EVENT_SOCKETS, LAG, ROOMS, SECRET, SETTINGS
+from .keys import DATABASE, EVENT_SOCKETS, KEYS, LAG, ROOMS, SETTINGS
 from .openapi import document
 from .pages import page, web_file
 from .problems import problems_middleware, quiet_malformed_requests
@@ -60,7 +61,7 @@ async def openapi(request: web.Request) -> web.Response:
 def make_app(
     rooms: Rooms,
     settings: Settings,
-    secret: str,
+    keys: Keys,
     recorder: Recorder | None = None,
     *,
     console_service: Console | None = None,
@@ -77,7 +78,7 @@ def make_app(
     app = web.Application(middlewares=[problems_middleware], client_max_size=settings.max_sdp_bytes * 2)
     app[ROOMS] = rooms
     app[SETTINGS] = settings
-    app[SECRET] = secret
+    app[KEYS] = keys
     if database is not None:
         app[DATABASE] = database
     if lag_probe is not None:

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from hub.core.tokens import Claims, TokenError, verify, verify_node
 
-from .keys import SECRET, SETTINGS
+from .keys import KEYS, SETTINGS
 
 
 def claims_of(request: web.Request, node: bool = False) -> Claims:
@@ -26,7 +26,7 @@ def claims_of(request: web.Request, node: bool = False) -> Claims:
     token = token.strip()
     cluster_secret = request.app[SETTINGS].cluster_secret if node else None
     try:
-        return verify(request.app[SECRET], token)
+        return verify(request.app[KEYS], token)
     except TokenError:
         if not cluster_secret:
             raise

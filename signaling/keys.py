@@ -6,9 +6,11 @@ from hub.config import Settings
 from hub.core.lag import LagProbe
 from hub.core.rooms import Rooms
 from hub.core.store import Database
+from hub.core.tokens import Keys
 
 ROOMS = web.AppKey("rooms", Rooms)
-SECRET = web.AppKey("secret", str)
+#: The token signing keys (a key file re-read when it changes, a keyring or one secret).
+KEYS = web.AppKey("keys", Keys)  # type: ignore[arg-type]
 SETTINGS = web.AppKey("settings", Settings)
 DATABASE = web.AppKey("database", Database)
 LAG = web.AppKey("lag", LagProbe)

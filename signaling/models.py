@@ -190,13 +190,19 @@ class NewCase(Body):
     summary: text(4000, multiline=True) = ""  # type: ignore[valid-type]
 
 
+#: The case version a change was decided on (the `version` of the case as read).
+CaseVersion = Annotated[int, Field(ge=1, le=2**53)]
+
+
 class CaseChange(Body):
     status: Literal[STATUSES] | None = None  # type: ignore[valid-type]
     outcome: text(2000, multiline=True) | None = None  # type: ignore[valid-type]
+    version: CaseVersion | None = None
 
 
 class Escalation(Body):
     note: text(1000, multiline=True) = ""  # type: ignore[valid-type]
+    version: CaseVersion | None = None
 
 
 # -- query parameters ----------------------------------------------------------------
@@ -507,6 +513,13 @@ class Case(Out):
     created_by: str
     created_at: float
     updated_at: float
+    version: int = Field(description="counts every change of the case; send it back to change only that version")
+
+
+class CaseConflict(Problem):
+    case: dict[str, Any] | None = Field(
+        default=None, description="the case as it is now, when the change was refused for being stale"
+    )
 
 
 class ListedCase(Case):

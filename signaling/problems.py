@@ -45,13 +45,20 @@ def service(request: web.Request, key: web.AppKey[T], missing: str) -> T:
 
 
 def problem_response(
-    status: int, title: str, detail: str = "", instance: str = "", headers: dict[str, str] | None = None
+    status: int,
+    title: str,
+    detail: str = "",
+    instance: str = "",
+    headers: dict[str, str] | None = None,
+    members: dict[str, object] | None = None,
 ) -> web.Response:
+    """`members`: extension members (RFC 9457 §3.2), e.g. the record a 409 was about."""
     body: dict[str, object] = {"type": "about:blank", "title": title, "status": status}
     if detail:
         body["detail"] = detail
     if instance:
         body["instance"] = instance
+    body |= members or {}
     if status == 401:
         headers = (headers or {}) | {"WWW-Authenticate": 'Bearer realm="hub"'}
     return web.Response(

@@ -92,7 +92,7 @@ class HubProcess:
     def sign(self, user: str, site: str, role: str, room: str | None = None) -> str:
         """Like token(), signed in this process with the hub's secret: no CLI process per token
         (one costs seconds on a busy machine) and no check that the site exists."""
-        return issue(Settings(data=self.data).signing_secret(), Claims(user=user, site=site, role=role, room=room))
+        return issue(Settings(data=self.data).keys(), Claims(user=user, site=site, role=role, room=room))
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -20,7 +20,7 @@ OLD_SCHEMA = (Path(__file__).parent / "data" / "schema-26ea4d8.sql").read_text(e
 #: The recordings catalogue before recordings named their hub process.
 PRE_NODE_SCHEMA = OLD_SCHEMA.replace("    node TEXT NOT NULL DEFAULT '',\n", "")
 #: What this code's migrations bring every feature to.
-VERSIONS = {"sites": 1, "cases": 1, "trainings": 1, "calls": 1, "cameras": 1, "console": 1, "recordings": 3}
+VERSIONS = {"sites": 1, "cases": 2, "trainings": 1, "calls": 1, "cameras": 1, "console": 1, "recordings": 3}
 
 
 def make_old_database(path: Path, schema: str) -> None:
@@ -77,6 +77,7 @@ async def test_old_data_directory_opens_and_upgrades(tmp_path: Path, http: aioht
             assert r.status == 200
             case = await r.json()
             assert case["title"] == "旧案" and case["parties"][0]["name"] == "张三"
+            assert case["version"] == 1  # a row from before versions starts at 1
         async with http.get(f"{hub.url}/api/console/layouts", headers=operator) as r:
             assert (await r.json())["current"] == "墙"
         # Start-up recovery wrote to the upgraded catalogue: the old process's recording is closed.

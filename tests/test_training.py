@@ -36,9 +36,9 @@ VIEWERS = 21
 
 
 def tokens(hub: HubProcess, people: dict[str, tuple[str, str]]) -> dict[str, str]:
-    """Tokens signed with the hub's secret in this process: 20-odd CLI runs would take most of a minute."""
-    secret = Settings(data=hub.data).signing_secret()
-    return {user: issue(secret, Claims(user=user, site=site, role=role)) for user, (site, role) in people.items()}
+    """Tokens signed with the hub's keys in this process: 20-odd CLI runs would take most of a minute."""
+    keys = Settings(data=hub.data).keys()
+    return {user: issue(keys, Claims(user=user, site=site, role=role)) for user, (site, role) in people.items()}
 
 
 class Drained:

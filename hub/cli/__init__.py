@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from hub.config import Settings
 from hub.core.sites import SiteTree, SiteTreeError
 from hub.core.store import Database
-from hub.core.tokens import DEFAULT_TTL, ROLES, Claims, issue
+from hub.core.tokens import DEFAULT_TTL, ROLES, Claims, KeyringError, issue
 
 T = TypeVar("T")
 
@@ -48,7 +48,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aioice").setLevel(logging.WARNING)
-    serve(_settings(args))
+    settings = _settings(args)
+    try:
+        settings.keys()
+    except KeyringError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    serve(settings)
     return 0
 
 
@@ -67,8 +73,8 @@ def cmd_token(args: argparse.Namespace) -> int:
         return 2
     try:
         claims = Claims(user=args.user, site=args.site, role=args.role, room=args.room, name=args.name)
-        print(issue(settings.signing_secret(), claims, args.ttl))
-    except ValueError as exc:
+        print(issue(settings.keys(), claims, args.ttl))
+    except ValueError as exc:  # KeyringError too
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -159,6 +165,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--data", type=Path, help="data directory: database, secret, media (HUB_DATA)")
         p.add_argument("--sites", type=Path, help="import this site file (JSON list) first (HUB_SITES)")
 
+    def key_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--secret-file",
+            type=Path,
+            help="token signing keys, one 'ID SECRET' a line, the first signs (HUB_SECRET_FILE;"
+            " default: the data directory's secret.key)",
+        )
+
     def camera_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--camera-path",
@@ -188,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--public-url", help="URL users reach this hub at, for printed links (HUB_PUBLIC_URL)")
     serve.add_argument("--cameras", type=Path, help="register the cameras of this JSON file first (HUB_CAMERAS)")
     camera_flags(serve)
+    key_flags(serve)
     data_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -198,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--room", help="bind the token to one room (required for guests)")
     token.add_argument("--name", help="display name")
     token.add_argument("--ttl", type=int, default=DEFAULT_TTL, help="seconds of validity (default 12 h)")
+    key_flags(token)
     data_flags(token)
     token.set_defaults(func=cmd_token)
 

@@ -112,7 +112,7 @@ async def build(settings: Settings) -> Hub:
     app = make_app(
         rooms,
         settings,
-        settings.signing_secret(),
+        settings.keys(),
         recorder,
         console_service=console,
         presence=presence,
@@ -176,7 +176,7 @@ async def _sweep_forever(sweeps: list[Callable[[], Awaitable[int]]], period: flo
 
 def operator_link(settings: Settings, tree: SiteTree) -> str:
     root = next(iter(tree))
-    token = issue(settings.signing_secret(), Claims(user="duty-operator", site=root.id, role="operator", name="值班员"))
+    token = issue(settings.keys(), Claims(user="duty-operator", site=root.id, role="operator", name="值班员"))
     return f"{settings.base_url}/?token={token}"
 
 
