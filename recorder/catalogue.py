@@ -1,7 +1,7 @@
-"""The recordings catalogue and the audit log, in the hub's SQLite file.
+"""The recordings catalogue and the audit log, in the hub's database.
 
-Both tables live beside the site tree (`hub.sqlite3` in the data directory)
-so that one backup holds every durable record.
+Both tables live beside the site tree (`hub.sqlite3` in the data directory,
+or the PostgreSQL database of `--database`) so that one backup holds every durable record.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from hub.core.store import Migrations, Tables, Transaction
+from hub.core.store import Migrations, Tables, Transaction, quoted
 
 RECORDINGS = """CREATE TABLE IF NOT EXISTS recordings (
     id TEXT PRIMARY KEY,
@@ -27,7 +27,7 @@ RECORDINGS = """CREATE TABLE IF NOT EXISTS recordings (
 AUDIT = """CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
-    user TEXT NOT NULL,
+    "user" TEXT NOT NULL,
     role TEXT NOT NULL,
     action TEXT NOT NULL,
     recording_id TEXT NOT NULL,
@@ -100,7 +100,8 @@ class Catalogue(Tables):
             where.append("kind = ?")
             args.append(kind)
         if text:
-            where.append("(search_text LIKE ? OR id = ?)")
+            # LOWER on both sides: SQLite's LIKE ignores ASCII case, PostgreSQL's does not.
+            where.append("(LOWER(search_text) LIKE LOWER(?) OR id = ?)")
             args += [f"%{text}%", text]
         return await self._select(f"WHERE {' AND '.join(where)} ORDER BY started_at DESC LIMIT ?", [*args, limit])
 
@@ -128,7 +129,7 @@ class Catalogue(Tables):
 
     async def audit(self, user: str, role: str, action: str, recording_id: str, site_id: str, detail: str = "") -> None:
         await self.db.execute(
-            "INSERT INTO audit (at, user, role, action, recording_id, site_id, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            'INSERT INTO audit (at, "user", role, action, recording_id, site_id, detail) VALUES (?, ?, ?, ?, ?, ?, ?)',
             [time.time(), user, role, action, recording_id, site_id, detail],
         )
 
@@ -142,6 +143,6 @@ class Catalogue(Tables):
             where += " AND recording_id = ?"
             args.append(recording_id)
         rows = await self.db.fetchall(
-            f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit WHERE {where} ORDER BY id DESC LIMIT ?", [*args, limit]
+            f"SELECT {quoted(AUDIT_COLUMNS)} FROM audit WHERE {where} ORDER BY id DESC LIMIT ?", [*args, limit]
         )
         return [dict(zip(AUDIT_COLUMNS, row, strict=True)) for row in rows]

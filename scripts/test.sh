@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
 need=()
-for pkg in redis-server chromium docker-compose python3-venv fonts-wqy-microhei rtsp-server-perl; do
+for pkg in redis-server postgresql chromium docker-compose python3-venv fonts-wqy-microhei rtsp-server-perl; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -21,7 +21,7 @@ from hub.core.livestate import LiveState, open_live_state
 from hub.core.quotas import Limits
 from hub.core.rooms import Rooms
 from hub.core.sites import SiteTree, load_sites_file
-from hub.core.store import Database, SiteStore
+from hub.core.store import Database, SiteStore, open_database
 from hub.core.tokens import Claims, issue
 from hub.media.ice import use_addresses
 from hub.media.router import Router
@@ -64,7 +64,7 @@ class Hub:
 async def build(settings: Settings) -> Hub:
     lag = LagProbe()
     use_addresses(settings.ice_addresses)
-    db = Database(settings.db_path)
+    db = open_database(settings.database_url)
     tree = await site_tree(db, settings)
     node_id = secrets.token_hex(4)
     state = open_live_state(settings.redis, node_id, settings.node_ttl)
