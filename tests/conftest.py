@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -201,9 +202,10 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
-def _as_postgres_user(*command: str) -> list[str]:
-    """initdb and postgres refuse to run as root: run them as Debian's postgres user then."""
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else list(command)
+def _as_postgres_user() -> dict[str, Any]:
+    """initdb and postgres refuse to run as root: as root, they run as Debian's postgres user
+    (the child itself, not a runuser wrapper, so that signals reach the server)."""
+    return {"user": "postgres", "group": "postgres", "extra_groups": []} if os.geteuid() == 0 else {}
 
 
 @pytest.fixture(scope="session")
@@ -219,23 +221,23 @@ def postgres_server() -> Iterator[str]:
     if os.geteuid() == 0:
         shutil.chown(workdir, "postgres", "postgres")
     subprocess.run(
-        _as_postgres_user(
-            str(POSTGRES_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-            "--encoding=UTF8", "--locale=C.UTF-8",
-        ),
+        [str(POSTGRES_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
+         "--locale=C.UTF-8"],
         check=True,
         capture_output=True,
         timeout=60,
+        cwd=workdir,
+        **_as_postgres_user(),
     )  # fmt: skip
     port = free_port()
     log = (workdir / "postgres.log").open("wb")
     proc = subprocess.Popen(
-        _as_postgres_user(
-            str(POSTGRES_BIN / "postgres"), "-D", str(data), "-k", str(workdir), "-h", "127.0.0.1",
-            "-p", str(port), "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-        ),
+        [str(POSTGRES_BIN / "postgres"), "-D", str(data), "-k", str(workdir), "-h", "127.0.0.1", "-p", str(port),
+         "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
         stdout=log,
         stderr=subprocess.STDOUT,
+        cwd=workdir,
+        **_as_postgres_user(),
     )  # fmt: skip
     try:
         wait_for_port(port, proc)  # type: ignore[arg-type]
@@ -251,7 +253,7 @@ def postgres_server() -> Iterator[str]:
                 time.sleep(0.1)
         yield f"postgresql://postgres@127.0.0.1:{port}"
     finally:
-        proc.terminate()
+        proc.send_signal(signal.SIGINT)  # a fast shutdown: sessions are ended, nothing is kept anyway
         proc.wait(20)
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)
