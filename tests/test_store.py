@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import psycopg
 import pytest
 
 from hub.cli.db import copy, upgrade
@@ -24,7 +25,7 @@ from hub.workflows.dispatch import CallLog
 from hub.workflows.training import AttendanceBook
 from recorder.catalogue import Catalogue
 
-from .conftest import ROOT, start_hub
+from .conftest import ROOT, free_port, start_hub
 
 OLD_SCHEMA = (Path(__file__).parent / "data" / "schema-26ea4d8.sql").read_text(encoding="utf-8")
 #: The recordings catalogue before recordings named their hub process.
@@ -286,3 +287,52 @@ async def test_a_sqlite_data_directory_moves_into_postgresql(
     finally:
         hub.stop()
     assert not (tmp_path / "node" / "hub.sqlite3").exists()
+
+
+async def test_processes_starting_together_run_each_step_once(database_url: str):
+    """Two hub processes (two connections) migrating one database at once: every
+    step runs once between them, and neither fails."""
+    runs: list[str] = []
+
+    async def counted(tx: Transaction) -> None:
+        runs.append("step 2")
+        await tx.execute("INSERT INTO things (id) VALUES ('first')")
+
+    migrations = Migrations("things", (("CREATE TABLE things (id TEXT PRIMARY KEY)",), counted))
+    first, second = open_database(database_url), open_database(database_url)
+    try:
+        ran = await asyncio.gather(first.migrate(migrations), second.migrate(migrations))
+        assert sum(ran) == 2 and runs == ["step 2"]  # each step by one of them, whichever got there first
+        assert await first.fetchall("SELECT id FROM things") == [("first",)]
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_lost_postgresql_connection_is_replaced(postgres_url: str):
+    """The server ends the hub's session (a restart, a failover, an idle
+    timeout): that statement fails with DatabaseError, the next one connects again."""
+    db = open_database(postgres_url)
+    try:
+        (pid,) = await db.fetchone("SELECT pg_backend_pid()")  # type: ignore[misc]
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+        with pytest.raises(DatabaseError):
+            await db.fetchone("SELECT 1")
+        assert await db.fetchone("SELECT 1") == (1,)
+        assert (await db.fetchone("SELECT pg_backend_pid()")) != (pid,)
+    finally:
+        await db.close()
+
+
+async def test_a_bad_database_url_is_a_clear_error(tmp_path: Path, postgres_server: str):
+    with pytest.raises(DatabaseError, match="expected sqlite:///PATH or postgresql://"):
+        open_database("mysql://root:secret@127.0.0.1/hub")
+    # Nothing listens there: the error names the database without its password.
+    db = open_database(f"postgresql://hub:secret@127.0.0.1:{free_port()}/hub")
+    with pytest.raises(DatabaseError, match="cannot connect") as caught:
+        await db.fetchone("SELECT 1")
+    assert "secret" not in str(caught.value) and "hub:***@127.0.0.1" in str(caught.value)
+    await db.close()
+    out = hub_cli("sites", "--database", "mysql://127.0.0.1/hub", "--data", str(tmp_path))
+    assert out.returncode == 2 and "error: database URL" in out.stderr

@@ -483,8 +483,6 @@ class PostgresDatabase(Database):
                     return await cursor.fetchone()
                 return await cursor.fetchall() if fetch == "all" else cursor.rowcount
         except psycopg.Error as exc:
-            if connection.broken:
-                await connection.close()
             raise DatabaseError(f"{self.name}: {str(exc).strip()}") from exc
 
     async def _begin(self) -> None:
