@@ -3,7 +3,7 @@ or move every durable record from one database into another."""
 
 from __future__ import annotations
 
-from hub.core.store import SITES, Database, DatabaseError, Migrations
+from hub.core.store import SITES, Database, DatabaseError, Migrations, quote, quoted
 from hub.monitoring import console
 from hub.workflows import cameras, cases, dispatch, training
 from recorder import catalogue
@@ -28,10 +28,6 @@ async def upgrade(db: Database) -> dict[str, int]:
     return {m.feature: await db.migrate(m) for m in FEATURES}
 
 
-def _name(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
-
-
 async def copy(source: Database, target: Database) -> dict[str, int]:
     """Copy every table's rows from `source` into `target`, which must hold
     no records yet (only what `upgrade` made). Both are upgraded first, so a
@@ -47,7 +43,7 @@ async def copy(source: Database, target: Database) -> dict[str, int]:
     copied: dict[str, int] = {}
     async with target.transaction() as tx:
         for table in tables:
-            if await tx.fetchone(f"SELECT 1 FROM {_name(table)} LIMIT 1"):
+            if await tx.fetchone(f"SELECT 1 FROM {quote(table)} LIMIT 1"):
                 raise DatabaseError(
                     f"{target.name}: table {table} already has rows; db copy fills an empty database"
                     " (one that only `db upgrade` made)"
@@ -57,9 +53,9 @@ async def copy(source: Database, target: Database) -> dict[str, int]:
             lacking = set(columns) - await tx.columns(table)
             if lacking:
                 raise DatabaseError(f"{target.name}: table {table} lacks {', '.join(sorted(lacking))}")
-            names = ", ".join(_name(c) for c in columns)
-            rows = await source.fetchall(f"SELECT {names} FROM {_name(table)}")
-            insert = f"INSERT INTO {_name(table)} ({names}) VALUES ({', '.join('?' * len(columns))})"
+            names = quoted(columns)
+            rows = await source.fetchall(f"SELECT {names} FROM {quote(table)}")
+            insert = f"INSERT INTO {quote(table)} ({names}) VALUES ({', '.join('?' * len(columns))})"
             for start in range(0, len(rows), COPY_BATCH):
                 await tx.executemany(insert, rows[start : start + COPY_BATCH])
             await target.resync_identity(tx, table)

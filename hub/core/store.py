@@ -62,6 +62,17 @@ class DatabaseError(Exception):
     """A statement failed, the database is unreachable, closed, or newer than this code."""
 
 
+def quote(identifier: str) -> str:
+    """A table or column name as a quoted identifier: `user` is a column in
+    SQLite and the current role's name in PostgreSQL unless quoted."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def quoted(columns: Iterable[str]) -> str:
+    """A column list with every name quoted."""
+    return ", ".join(quote(c) for c in columns)
+
+
 class _Statements(ABC):
     """What a `Database` and a `Transaction` both run."""
 
@@ -358,8 +369,7 @@ class SQLiteDatabase(Database):
             await self._on_thread(lambda c: c.in_transaction and c.execute("ROLLBACK"))
 
     async def _columns(self, on: _Statements, table: str) -> set[str]:
-        quoted = table.replace('"', '""')
-        return {row[1] for row in await on.fetchall(f'PRAGMA table_info("{quoted}")')}
+        return {row[1] for row in await on.fetchall(f"PRAGMA table_info({quote(table)})")}
 
     async def tables(self) -> list[str]:
         rows = await self.fetchall(
@@ -517,23 +527,16 @@ class PostgresDatabase(Database):
             [table],
         )
         for (column,) in rows:
-            quoted_table, quoted_column = table.replace('"', '""'), column.replace('"', '""')
             await tx.fetchone(
-                f'SELECT setval(pg_get_serial_sequence(?, ?), COALESCE(MAX("{quoted_column}"), 0) + 1, false)'
-                f' FROM "{quoted_table}"',
-                [f'"{quoted_table}"', column],
+                f"SELECT setval(pg_get_serial_sequence(?, ?), COALESCE(MAX({quote(column)}), 0) + 1, false)"
+                f" FROM {quote(table)}",
+                [quote(table), column],
             )
 
     async def _disconnect(self) -> None:
         if self._connection is not None:
             connection, self._connection = self._connection, None
             await connection.close()
-
-
-def quoted(columns: Iterable[str]) -> str:
-    """A column list with every name quoted: `user` is a column in SQLite and
-    the current role's name in PostgreSQL unless quoted."""
-    return ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
 
 
 class Tables:
