@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psycopg
 
 from .conftest import ROOT, HubProcess, free_port, start_hub
 from .recording_helpers import auth
@@ -26,7 +27,7 @@ NEW_CASE = {
 
 async def call(http: aiohttp.ClientSession, method: str, url: str, token: str, **kw: Any) -> tuple[int, Any]:
     async with http.request(method, url, headers=auth(token), **kw) as r:
-        return r.status, await r.json()
+        return r.status, await r.json(content_type=None)
 
 
 async def test_two_hubs_on_one_postgresql_share_durable_records(
@@ -79,6 +80,17 @@ async def test_two_hubs_on_one_postgresql_share_durable_records(
         assert status == 200 and training["room_id"] in [t["room_id"] for t in trainings]
         status, cameras = await call(http, "GET", f"{b.url}/api/cameras", operator)
         assert status == 200 and [c["id"] for c in cameras] == [camera["id"]]
+
+        # The server ends every hub session (a restart, a failover): the statement that finds
+        # its connection gone fails (500, unless a background task found it first), the next connects again.
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            ended = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()
+        assert ended is not None and ended[0] >= 2
+        statuses = [(await call(http, "GET", f"{a.url}/api/cases/{case['id']}", mediator))[0] for _ in range(2)]
+        assert statuses[-1] == 200 and set(statuses) <= {200, 500}
     finally:
         for hub in hubs:
             hub.stop()

@@ -21,7 +21,7 @@ from hub.core.livestate import LiveState, open_live_state
 from hub.core.quotas import Limits
 from hub.core.rooms import Rooms
 from hub.core.sites import SiteTree, load_sites_file
-from hub.core.store import Database, SiteStore, open_database
+from hub.core.store import Database, SiteStore, open_database, redact_url
 from hub.core.tokens import Claims, issue
 from hub.media.ice import use_addresses
 from hub.media.router import Router
@@ -201,10 +201,11 @@ def serve(settings: Settings) -> None:
     async def start() -> web.Application:
         hub = await build(settings)
         log.info(
-            "hub node %s: %d sites, live state in %s",
+            "hub node %s: %d sites, live state in %s, durable records in %s",
             hub.rooms.node_id,
             len(hub.rooms.tree),
             "redis" if settings.redis else "memory",
+            redact_url(settings.database_url),
         )
         announce(settings, operator_link(settings, hub.rooms.tree), sys.stdout)
         return hub.app
