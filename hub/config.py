@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     port: int = 8080
     data: Path = Path("hub-data")
     redis: str | None = None
+    #: Durable records: sqlite:///PATH or postgresql://user:password@host/name;
+    #: unset means the SQLite file hub.sqlite3 in the data directory.
+    database: str | None = None
     sites: Path | None = None
     #: Local addresses ICE gathers host candidates on; empty = every interface
     #: address (aioice's default, which leaves out loopback).
@@ -138,8 +141,8 @@ class Settings(BaseSettings):
         return self.data / "secret.key"
 
     @property
-    def db_path(self) -> Path:
-        return self.data / "hub.sqlite3"
+    def database_url(self) -> str:
+        return self.database or f"sqlite:///{self.data / 'hub.sqlite3'}"
 
     @property
     def base_url(self) -> str:

@@ -1,4 +1,4 @@
-"""python -m hub serve | token | sites | verify | bot"""
+"""python -m hub serve | token | sites | verify | cameras | db | bot"""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from hub.config import Settings
 from hub.core.sites import SiteTree, SiteTreeError
-from hub.core.store import Database
+from hub.core.store import Database, DatabaseError, open_database, redact_url
 from hub.core.tokens import DEFAULT_TTL, ROLES, Claims, KeyringError, issue
 
 T = TypeVar("T")
@@ -28,7 +28,7 @@ def _with_database(settings: Settings, work: Callable[[Database], Awaitable[T]])
     """Run `work` on the data directory's database, then close it."""
 
     async def run() -> T:
-        db = Database(settings.db_path)
+        db = open_database(settings.database_url)
         try:
             return await work(db)
         finally:
@@ -157,12 +157,51 @@ def cmd_cameras(args: argparse.Namespace) -> int:
     return _with_database(settings, run)
 
 
+def cmd_db(args: argparse.Namespace) -> int:
+    from hub.cli.db import copy, upgrade
+
+    if args.action == "upgrade":
+        settings = _settings(args)
+
+        async def run(db: Database) -> int:
+            ran = await upgrade(db)
+            versions = await db.versions()
+            for feature, steps in ran.items():
+                print(f"{feature:<12} version {versions.get(feature, 0)}" + (f" ({steps} new)" if steps else ""))
+            return 0
+
+        return _with_database(settings, run)
+
+    if not args.source or not args.target:
+        print("error: db copy needs --from URL and --to URL", file=sys.stderr)
+        return 2
+
+    async def run_copy() -> int:
+        source, target = open_database(args.source), open_database(args.target)
+        try:
+            copied = await copy(source, target)
+        finally:
+            await source.close()
+            await target.close()
+        for table, rows in copied.items():
+            print(f"{table:<20} {rows} rows")
+        print(f"copied {sum(copied.values())} rows from {redact_url(args.source)} to {redact_url(args.target)}")
+        return 0
+
+    return asyncio.run(run_copy())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hub", description="Linked governance video hub")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def data_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--data", type=Path, help="data directory: database, secret, media (HUB_DATA)")
+        p.add_argument(
+            "--database",
+            help="durable records: sqlite:///PATH or postgresql://user:pass@host/name"
+            " (HUB_DATABASE; default DATA/hub.sqlite3)",
+        )
         p.add_argument("--sites", type=Path, help="import this site file (JSON list) first (HUB_SITES)")
 
     def key_flags(p: argparse.ArgumentParser) -> None:
@@ -234,6 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     data_flags(cameras)
     cameras.set_defaults(func=cmd_cameras)
 
+    db = sub.add_parser("db", help="upgrade a database's schema, or copy every record into another database")
+    db.add_argument("action", choices=("upgrade", "copy"))
+    db.add_argument("--from", dest="source", help="db copy: the database to read (sqlite:///PATH, postgresql://...)")
+    db.add_argument("--to", dest="target", help="db copy: the empty database to fill")
+    data_flags(db)
+    db.set_defaults(func=cmd_db)
+
     from hub.cli.bot import add_bot_parser
 
     add_bot_parser(sub)
@@ -241,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except SiteTreeError as exc:
+    except (SiteTreeError, DatabaseError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

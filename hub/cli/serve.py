@@ -22,7 +22,7 @@ from hub.core.livestate import LiveState, open_live_state
 from hub.core.quotas import Limits
 from hub.core.rooms import Rooms
 from hub.core.sites import SiteTree, load_sites_file
-from hub.core.store import Database, SiteStore
+from hub.core.store import Database, SiteStore, open_database, redact_url
 from hub.core.tokens import Claims, issue
 from hub.media.ice import use_addresses
 from hub.media.router import Router
@@ -65,7 +65,7 @@ class Hub:
 async def build(settings: Settings) -> Hub:
     lag = LagProbe()
     use_addresses(settings.ice_addresses)
-    db = Database(settings.db_path)
+    db = open_database(settings.database_url)
     tree = await site_tree(db, settings)
     node_id = secrets.token_hex(4)
     state = open_live_state(settings.redis, node_id, settings.node_ttl)
@@ -207,10 +207,11 @@ def serve(settings: Settings) -> None:
     async def start() -> web.Application:
         hub = await build(settings)
         log.info(
-            "hub node %s: %d sites, live state in %s",
+            "hub node %s: %d sites, live state in %s, durable records in %s",
             hub.rooms.node_id,
             len(hub.rooms.tree),
             "redis" if settings.redis else "memory",
+            redact_url(settings.database_url),
         )
         announce(settings, operator_link(settings, hub.rooms.tree), sys.stdout)
         return hub.app

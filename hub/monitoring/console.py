@@ -101,7 +101,7 @@ MIGRATIONS = Migrations(
     (
         (
             """CREATE TABLE IF NOT EXISTS console_layouts (
-                user TEXT PRIMARY KEY,
+                "user" TEXT PRIMARY KEY,
                 body TEXT NOT NULL,
                 updated_at REAL NOT NULL
             )""",
@@ -116,13 +116,13 @@ class LayoutStore(Tables):
     migrations = MIGRATIONS
 
     async def get(self, user: str) -> Layouts:
-        row = await self.db.fetchone("SELECT body FROM console_layouts WHERE user = ?", (user,))
+        row = await self.db.fetchone('SELECT body FROM console_layouts WHERE "user" = ?', (user,))
         return Layouts.model_validate_json(row[0]) if row else Layouts()
 
     async def put(self, user: str, layouts: Layouts) -> None:
         await self.db.execute(
-            "INSERT INTO console_layouts (user, body, updated_at) VALUES (?, ?, ?)"
-            " ON CONFLICT(user) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+            'INSERT INTO console_layouts ("user", body, updated_at) VALUES (?, ?, ?)'
+            ' ON CONFLICT ("user") DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at',
             (user, layouts.model_dump_json(exclude_none=True), time.time()),
         )
 

@@ -42,7 +42,7 @@ from hub.core.access import Forbidden, can_reach_site, room_bound
 from hub.core.livestate import EventFollower, Record
 from hub.core.records import Event
 from hub.core.rooms import NotFound, Rooms, _new_id
-from hub.core.store import Database, Migrations, Tables, Transaction
+from hub.core.store import Database, Migrations, Tables, Transaction, quoted
 from hub.core.tokens import Claims
 
 DISPUTE_TYPES = ("family", "neighbour", "land", "wages", "contract", "other")
@@ -90,7 +90,7 @@ MIGRATIONS = Migrations(
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     case_id TEXT NOT NULL,
     at REAL NOT NULL,
-    user TEXT NOT NULL,
+    "user" TEXT NOT NULL,
     role TEXT NOT NULL,
     action TEXT NOT NULL,
     from_status TEXT,
@@ -202,7 +202,7 @@ class CaseStore(Tables):
     @staticmethod
     async def _add_history(tx: Transaction, case_id: str, entry: Record) -> None:
         await tx.execute(
-            f"INSERT INTO case_history (case_id, {', '.join(HISTORY_COLUMNS)})"
+            f"INSERT INTO case_history (case_id, {quoted(HISTORY_COLUMNS)})"
             f" VALUES (?, {', '.join('?' * len(HISTORY_COLUMNS))})",
             [case_id, *(entry.get(c, "" if c == "note" else None) for c in HISTORY_COLUMNS)],
         )
@@ -225,7 +225,7 @@ class CaseStore(Tables):
         if not case_ids:
             return out
         rows = await self.db.fetchall(
-            f"SELECT case_id, {', '.join(HISTORY_COLUMNS)} FROM case_history"
+            f"SELECT case_id, {quoted(HISTORY_COLUMNS)} FROM case_history"
             f" WHERE case_id IN ({', '.join('?' * len(case_ids))}) ORDER BY id",
             case_ids,
         )
