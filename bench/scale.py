@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-import psutil
 
 from bench.harness import cpu_seconds, running_hub, say
 from bench.machine import machine
@@ -87,9 +86,9 @@ class ConsoleClient:
 
     async def load(self) -> tuple[int, float]:
         start = time.perf_counter()
-        async with self.http.get(
-            f"{self.url}/api/console/status", params={"site": self.site}, headers={"Authorization": f"Bearer {self.token}"}
-        ) as response:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        url = f"{self.url}/api/console/status"
+        async with self.http.get(url, params={"site": self.site}, headers=headers) as response:
             body = await response.read()
             response.raise_for_status()
         return len(body), (time.perf_counter() - start) * 1000
