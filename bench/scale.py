@@ -12,7 +12,7 @@ if the hub's `monitor` ack carries a sequence number (`seq`), it applies the
 deltas carried by the socket; otherwise (the older hub) it fetches the
 status again, debounced by 400 ms, after every event that may change it.
 
-    .venv/bin/python -m bench.scale [--sockets 5000] [--changes 40]
+    .venv/bin/python -m bench.scale [--sockets 5000] [--changes 40] [--workers 4]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import asyncio
 import json
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.harness import cpu_seconds, running_hub, say
+from bench.harness import ROOT, cpu_seconds, running_hub, say
 from bench.machine import machine
 from hub.core.tokens import Claims, issue
 
@@ -84,11 +85,13 @@ class ConsoleClient:
     _refetch: asyncio.Task[None] | None = None
     reader: asyncio.Task[None] | None = None
 
-    async def load(self) -> tuple[int, float]:
+    async def load(self, compact: bool = False) -> tuple[int, float]:
+        """GET the status as web/js/console.js does: compact where the hub keeps consoles by deltas."""
         start = time.perf_counter()
         headers = {"Authorization": f"Bearer {self.token}"}
         url = f"{self.url}/api/console/status"
-        async with self.http.get(url, params={"site": self.site}, headers=headers) as response:
+        params = {"site": self.site} | ({"compact": "1"} if compact else {})
+        async with self.http.get(url, params=params, headers=headers) as response:
             body = await response.read()
             response.raise_for_status()
         return len(body), (time.perf_counter() - start) * 1000
@@ -144,6 +147,50 @@ async def drain(ws: aiohttp.ClientWebSocketResponse) -> None:
         pass
 
 
+async def worker(url: str, tokens_file: Path) -> None:
+    """One of the storm's client processes (one process alone would be the
+    bottleneck): once told to go (a line on stdin), connects its sockets at
+    once, prints when all are greeted, reads them until stdin closes, then
+    prints how many the hub closed."""
+    tokens = tokens_file.read_text().split()
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        print(json.dumps({"ready": True}), flush=True)
+        await loop.run_in_executor(None, sys.stdin.readline)
+        results = await asyncio.gather(*(terminal(http, url, t) for t in tokens), return_exceptions=True)
+        sockets = [r for r in results if isinstance(r, aiohttp.ClientWebSocketResponse)]
+        print(json.dumps({"connected": len(sockets), "failed": len(results) - len(sockets)}), flush=True)
+        readers = [asyncio.create_task(drain(ws)) for ws in sockets]
+        await loop.run_in_executor(None, sys.stdin.read)
+        closed = [ws.close_code for ws in sockets if ws.closed]
+        print(json.dumps({"closed": len(closed), "codes": sorted({c for c in closed if c})}), flush=True)
+        for ws in sockets:
+            await ws.close()
+        await asyncio.gather(*readers, return_exceptions=True)
+
+
+async def storm(url: str, tokens: list[str], data: Path, workers: int) -> list[asyncio.subprocess.Process]:
+    """Start the workers; returns them once each is ready to connect."""
+    procs = []
+    for i in range(workers):
+        part = data / f"tokens-{i}.txt"
+        part.write_text("\n".join(tokens[i::workers]))
+        procs.append(
+            await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bench.scale", "--worker", url, str(part),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+            )
+        )  # fmt: skip
+    for p in procs:
+        await report(p)
+    return procs
+
+
+async def report(proc: asyncio.subprocess.Process) -> dict[str, int]:
+    assert proc.stdout is not None
+    return json.loads(await proc.stdout.readline())
+
+
 async def run(args: argparse.Namespace) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the hub inherits it
@@ -168,24 +215,28 @@ async def run(args: argparse.Namespace) -> None:
                 consoles = [
                     ConsoleClient(site, token(f"op-{site}", site, "operator"), hub.url, http) for site in console_sites
                 ]
-                first = [await c.load() for c in consoles[:1]]
-                first_bytes, first_ms = first[0]
                 for c in consoles:
                     await c.open()
                 say(f"{len(consoles)} consoles monitoring; deltas: {consoles[0].deltas}")
                 await asyncio.sleep(2)
 
                 tokens = [token(f"t{i}", villages[i % len(villages)], "terminal") for i in range(args.sockets)]
+                workers = await storm(hub.url, tokens, data, args.workers)
+                await asyncio.sleep(2)
                 cpu0, t0 = cpu_seconds(proc), time.perf_counter()
-                results = await asyncio.gather(*(terminal(http, hub.url, t) for t in tokens), return_exceptions=True)
+                for w in workers:
+                    assert w.stdin is not None
+                    w.stdin.write(b"go\n")
+                connected = [await report(w) for w in workers]
                 connect_s = time.perf_counter() - t0
                 storm_cpu = cpu_seconds(proc) - cpu0
-                sockets = [r for r in results if isinstance(r, aiohttp.ClientWebSocketResponse)]
-                failed = len(results) - len(sockets)
-                say(f"{len(sockets)} sockets connected in {connect_s:.1f} s ({failed} failed)")
-                readers = [asyncio.create_task(drain(ws)) for ws in sockets]
+                n_sockets = sum(c["connected"] for c in connected)
+                failed = sum(c["failed"] for c in connected)
+                say(f"{n_sockets} sockets connected in {connect_s:.1f} s ({failed} failed)")
 
                 await asyncio.sleep(5)  # the storm's presence events reach the consoles
+                # A console opened now sees the whole province online.
+                first_bytes, first_ms = await consoles[0].load(compact=consoles[0].deltas)
                 rss_mb = proc.memory_info().rss / 2**20
                 cpu1, t1 = cpu_seconds(proc), time.perf_counter()
                 await asyncio.sleep(args.idle)
@@ -223,14 +274,19 @@ async def run(args: argparse.Namespace) -> None:
                 per_change = [(c.sent() - b) / changes for c, b in zip(consoles, sent_before, strict=True)]
                 province_per_change = per_change[0]
 
-                dropped = sum(1 for ws in sockets if ws.closed) + failed
-                close_codes = sorted({ws.close_code for ws in sockets if ws.closed and ws.close_code})
-                for ws in sockets:
-                    await ws.close()
+                for w in workers:
+                    assert w.stdin is not None
+                    w.stdin.close()
+                ends = [await report(w) for w in workers]
+                for w in workers:
+                    await w.wait()
+                dropped = sum(e["closed"] for e in ends) + failed
+                close_codes = sorted({c for e in ends for c in e["codes"]})
+                consoles_dropped = sum(1 for c in consoles if c.ws is not None and c.ws.closed)
                 for c in consoles:
                     if c.ws is not None:
                         await c.ws.close()
-                await asyncio.gather(*readers, *(c.reader for c in consoles if c.reader), return_exceptions=True)
+                await asyncio.gather(*(c.reader for c in consoles if c.reader), return_exceptions=True)
 
     print(f"Machine: {info['cpu']}, {info['cores']} cores; Python {info['python']}; {info['date']}; "
           f"load average at start {', '.join(map(str, info['load_average_at_start']))}")  # fmt: skip
@@ -241,17 +297,18 @@ async def run(args: argparse.Namespace) -> None:
     rows = [
         ("connect time of the storm (s)", f"{connect_s:.1f}"),
         ("sockets dropped or refused", f"{dropped}" + (f" (close codes {close_codes})" if close_codes else "")),
+        ("consoles dropped", f"{consoles_dropped}"),
         ("hub CPU during the storm (s)", f"{storm_cpu:.1f}"),
         ("hub RSS with every socket open (MB)", f"{rss_mb:.0f}"),
-        (f"hub idle CPU with {len(sockets)} sockets (% of a core, {args.idle:.0f} s)", f"{idle_pct:.1f}"),
+        (f"hub idle CPU with {n_sockets} sockets (% of a core, {args.idle:.0f} s)", f"{idle_pct:.1f}"),
         ("presence latency to consoles p50 / p95 (ms)",
          f"{statistics.median(latencies):.0f} / {percentile(latencies, 95):.0f}" if latencies else "none arrived"),
         ("presence events that reached their consoles", f"{len(latencies)}"),
         ("bytes to the province console per presence change", f"{province_per_change:.0f}"),
         ("bytes to a console per presence change, mean of 20", f"{statistics.mean(per_change):.0f}"),
         ("status re-fetches by the consoles", f"{sum(c.fetches for c in consoles)}"),
-        ("province console's first load (bytes)", f"{first_bytes}"),
-        ("province console's first load (ms)", f"{first_ms:.0f}"),
+        ("province console's first load after the storm (bytes)", f"{first_bytes}"),
+        ("province console's first load after the storm (ms)", f"{first_ms:.0f}"),
     ]  # fmt: skip
     for name, value in rows:
         print(f"| {name} | {value} |")
@@ -263,7 +320,13 @@ def main() -> None:
     parser.add_argument("--sockets", type=int, default=5000)
     parser.add_argument("--changes", type=int, default=40, help="presence changes (online + offline)")
     parser.add_argument("--idle", type=float, default=20.0, help="seconds of idle CPU measurement")
-    asyncio.run(run(parser.parse_args()))
+    parser.add_argument("--workers", type=int, default=4, help="client processes of the storm")
+    parser.add_argument("--worker", nargs=2, metavar=("URL", "TOKENS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        asyncio.run(worker(args.worker[0], Path(args.worker[1])))
+    else:
+        asyncio.run(run(args))
 
 
 if __name__ == "__main__":
