@@ -42,6 +42,9 @@ MONITORED = frozenset({"participant-joined", "participant-left", "stream-added",
 MONITOR_ONLY = frozenset({"presence", "snapshot"})
 #: Events announcing a room to everyone who may enter it, joined or not.
 ROOM_ANNOUNCEMENTS = frozenset({"room-opened", "room-closed"})
+#: Seconds a send must have been blocked (its buffer full) before a backlog
+#: over the bound drops the listener: a momentary full buffer is not "does not read".
+BLOCKED_BEFORE_DROP = 1.0
 #: Why every listener is dropped when the live state closes.
 STOPPING = "hub stopping"
 
@@ -51,8 +54,9 @@ class Listener:
 
     The queue is not bounded by a count: a socket whose forwarder is merely
     behind (a busy process) keeps its events. It is dropped as too slow only
-    when more than `bound` events wait *and* its last send is still blocked
-    on a full send buffer: a client that does not read."""
+    when more than `bound` events wait *and* its current send has been
+    blocked on a full send buffer for a second or more: a client that does
+    not read."""
 
     def __init__(self, index: EventIndex, claims: Claims, bound: int) -> None:
         self.index = index
@@ -74,7 +78,9 @@ class Listener:
         self._ready.set()
         if len(self._queue) > self.bound and self.blocked_since is not None:
             blocked = time.monotonic() - self.blocked_since
-            self.drop(f"too slow: {len(self._queue)} events waited while the client read nothing for {blocked:.0f} s")
+            if blocked >= BLOCKED_BEFORE_DROP:
+                waiting = len(self._queue)
+                self.drop(f"too slow: {waiting} events waited while the client read nothing for {blocked:.1f} s")
 
     def drop(self, reason: str) -> None:
         log.warning("dropping the event listener of %s: %s", self.claims.user, reason)
