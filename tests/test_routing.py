@@ -1,18 +1,23 @@
 """Events routed by interest (hub/core/bus.py): each socket receives exactly
 the events meant for it, as it joins, leaves and starts monitoring; an event
 is offered only to its candidates, whatever the number of sockets; a console
-that lost its socket knows from the sequence numbers that it missed events."""
+that lost its socket knows from the sequence numbers that it missed events;
+only a client that does not read is closed as too slow, and told so."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import aiohttp
+import redis.asyncio as aioredis
 
 from hub.core.bus import EventIndex
 from hub.core.livestate import MemoryLiveState
 from hub.core.sites import Site, SiteTree
 from hub.core.tokens import Claims
 
-from .conftest import EventSocket, HubProcess
+from .conftest import EventSocket, HubProcess, start_hub, wait_until
 
 #: Events every socket may get whatever it does; the test ignores them.
 CHATTER = {"hello", "pong", "ack", "joined", "left", "error"}
@@ -164,3 +169,35 @@ async def test_a_console_knows_it_missed_events(hub: HubProcess, http: aiohttp.C
     presence = await console.wait_for("presence")
     assert presence["site_id"] == "shangzhai" and presence["seq"] > status["seq"]
     await console.close()
+
+
+async def test_only_a_client_that_does_not_read_is_closed_as_too_slow(
+    tmp_path: Path, redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    """A burst far over HUB_WS_QUEUE_EVENTS: the socket that reads gets all of
+    it; the one that reads nothing is closed with 1013 and the reason."""
+    hub = start_hub(tmp_path, "--redis", redis_url, env={"HUB_WS_SEND_STALL_SECONDS": "2", "HUB_SNAPSHOT_SECONDS": "0"})
+    client = aioredis.from_url(redis_url)
+    room = "site-hedong"
+    try:
+        token = hub.sign("med-hedong", "hedong", "mediator")
+        reader = await EventSocket.open(http, hub, token)
+        idle = await http.ws_connect(f"{hub.url}/ws?token={token}")  # never read until the end
+        for ws in (reader.ws, idle):
+            await ws.send_json({"type": "join", "room": room})
+        await reader.wait_for("joined")
+        text = "话" * 6000  # 18 KB of UTF-8 per event: 1,500 of them are far more than any socket buffer
+        for i in range(1500):  # as another process would: straight onto the event channel
+            event = {"type": "chat", "room_id": room, "participant_id": "p-x", "name": "x", "text": text, "n": i}
+            await client.publish("hub:events", json.dumps(event, ensure_ascii=False))
+        await wait_until(lambda: len(reader.of("chat")) == 1500, 60)
+        assert not reader.ws.closed
+        await wait_until(lambda: "closing the event socket of med-hedong: too slow" in hub.log.read_text(), 20)
+        while (msg := await idle.receive(timeout=20)).type == aiohttp.WSMsgType.TEXT:
+            pass  # what it was sent before it was closed
+        assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1013, msg
+        assert msg.extra.startswith("too slow: "), msg.extra
+        await reader.close()
+    finally:
+        await client.aclose()
+        hub.stop()
