@@ -285,9 +285,9 @@ class Session:
             if self.rooms.state.closed or self.listener.dropped == STOPPING:
                 await self.ws.close(code=WSCloseCode.GOING_AWAY, message=STOPPING.encode())
                 return
-            await self._close_slow(self.listener.dropped or "too slow")
+            await self.close_slow(self.listener.dropped or "too slow")
         except TimeoutError:
-            await self._close_slow(f"too slow: the client read nothing for {self._send_stall:g} s")
+            await self.close_slow(self.stalled)
         except ConnectionError:
             pass  # the client went away: nobody to tell
         except Exception:
@@ -296,7 +296,12 @@ class Session:
         finally:
             self.index.remove(self.listener)
 
-    async def _close_slow(self, reason: str) -> None:
+    @property
+    def stalled(self) -> str:
+        """Why a socket whose send timed out is closed."""
+        return f"too slow: the client read nothing for {self._send_stall:g} s"
+
+    async def close_slow(self, reason: str) -> None:
         log.warning("closing the event socket of %s: %s", self.claims.user, reason)
         # The close frame queues behind what the client has not read; it is
         # given as long as one event was, then the socket is left to its heartbeat.
@@ -365,6 +370,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         async for msg in ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 await session.handle(msg.data)
+    except TimeoutError:  # a reply that could not be sent: the client reads nothing
+        await session.close_slow(session.stalled)
     finally:
         await cancel_and_wait(forwarder)
         await session.close()
