@@ -96,9 +96,12 @@ class Settings(BaseSettings):
     #: Refused messages after which a socket is closed (1008); one refusal is
     #: forgiven per second, so only a socket that keeps flooding is closed.
     ws_refusals_before_close: int = 50
-    #: Events waiting for one socket (its own, after filtering) before it is
-    #: closed as too slow (1013): only a client that does not read gets there.
+    #: Events waiting for one socket while its client reads nothing (a send
+    #: blocked on a full buffer) before it is closed as too slow (1013).
     ws_queue_events: int = 1000
+    #: Seconds one send to an event socket may stay blocked on a full buffer
+    #: (the client reads nothing) before the socket is closed as too slow (1013).
+    ws_send_stall_seconds: float = 10.0
     #: Seconds a WHIP or WHEP session may take to connect (ICE + DTLS) before
     #: it is removed, with its stream and participant.
     session_connect_seconds: float = 10.0

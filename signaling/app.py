@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from hub.config import Settings
+from hub.core.bus import EventIndex
 from hub.core.lag import LagProbe
 from hub.core.rooms import Rooms
 from hub.core.store import Database
@@ -34,7 +35,7 @@ from . import (
     whip,
 )
 from .doors import Answer, door, ok
-from .keys import DATABASE, EVENT_SOCKETS, KEYS, LAG, ROOMS, SETTINGS
+from .keys import DATABASE, EVENT_INDEX, EVENT_SOCKETS, KEYS, LAG, ROOMS, SETTINGS
 from .openapi import document
 from .pages import page, web_file
 from .problems import problems_middleware, quiet_malformed_requests
@@ -77,6 +78,12 @@ def make_app(
     quiet_malformed_requests()
     app = web.Application(middlewares=[problems_middleware], client_max_size=settings.max_sdp_bytes * 2)
     app[ROOMS] = rooms
+    index = app[EVENT_INDEX] = EventIndex(rooms.state, rooms.tree)
+
+    async def close_index(_: web.Application) -> None:
+        index.close()
+
+    app.on_cleanup.append(close_index)
     app[SETTINGS] = settings
     app[KEYS] = keys
     if database is not None:

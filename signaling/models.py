@@ -212,6 +212,11 @@ class BranchQuery(Query):
     site: optional(Ident) = None  # type: ignore[valid-type]
 
 
+class ConsoleQuery(BranchQuery):
+    #: "1": the compact form a console keeps by deltas (docs/api.md).
+    compact: optional(Literal["0", "1"]) = None  # type: ignore[valid-type]
+
+
 class RecordingSearch(Query):
     site: optional(Ident) = None  # type: ignore[valid-type]
     from_: optional(Moment) = Field(default=None, alias="from")  # type: ignore[valid-type]
@@ -574,10 +579,23 @@ class ConsoleSite(Out):
     rollup: dict[str, int]
 
 
+class ConsoleLiveSite(Out):
+    """A row of the compact status: only what is live (connections, rooms with
+    their participants' ids, streams, cameras, named alerts)."""
+
+    id: str
+
+
 class ConsoleStatus(Out):
     root: str
     at: float
-    sites: list[ConsoleSite]
+    #: The event sequence number the status reflects, and the process that numbered it.
+    seq: int
+    node: str
+    sites: list[ConsoleSite] | list[ConsoleLiveSite]
+    compact: bool | None = None
+    #: Compact: the branch's opened rooms, so that their events can be placed.
+    opened: list[dict[str, Any]] | None = None
 
 
 class Snapshot(Out):

@@ -375,9 +375,12 @@ export class HubClient {
   // -- the console ------------------------------------------------------------------
 
   /** Live status of every site of a branch (default: the caller's home) with rollups. */
-  consoleStatus(siteId = "") {
-    const query = siteId ? `?site=${encodeURIComponent(siteId)}` : "";
-    return this.request("GET", `/api/console/status${query}`);
+  consoleStatus(siteId = "", { compact = false } = {}) {
+    const query = new URLSearchParams();
+    if (siteId) query.set("site", siteId);
+    if (compact) query.set("compact", "1");
+    const text = query.toString();
+    return this.request("GET", `/api/console/status${text ? `?${text}` : ""}`);
   }
 
   /** The caller's saved wall layouts: {layouts: [{name, grid, panes, patrol}], current}. */
