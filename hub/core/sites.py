@@ -117,7 +117,7 @@ def sites_from_json(items: list[dict[str, object]]) -> list[Site]:
 def load_sites_file(path: Path) -> SiteTree:
     try:
         items = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or not JSON
         raise SiteTreeError(f"cannot read site file {path}: {exc}") from exc
     if not isinstance(items, list):
         raise SiteTreeError(f"{path}: expected a JSON list of sites")

@@ -114,6 +114,12 @@ class FrameAssembler:
         out = []
         while self._pending:
             timestamp, pending = next(iter(self._pending.items()))
+            if self._last_timestamp is not None and _older(timestamp, self._last_timestamp):
+                # A publisher whose timestamps ran backwards: a frame released after a later
+                # one would reach the muxer out of order.
+                del self._pending[timestamp]
+                self.dropped_frames += 1
+                continue
             ordered = pending.ordered()
             follows = (
                 ordered is not None
@@ -144,8 +150,16 @@ class FrameAssembler:
             self.waiting_keyframe = True
             self.dropped_frames += 1
             return None
+        try:
+            data = b"".join(depayload(self.codec, p.payload) for p in ordered)
+        except ValueError:
+            # A malformed payload (aiortc's depayloaders raise ValueError): the frame
+            # cannot be decoded, nor anything after it until the next keyframe. Raising
+            # instead would end the recording that feeds on this stream.
+            self.waiting_keyframe = True
+            self.dropped_frames += 1
+            return None
         self.waiting_keyframe = False
-        data = b"".join(depayload(self.codec, p.payload) for p in ordered)
         return Frame(data, self._unwrap(timestamp), keyframe, ordered[0].arrival)
 
 

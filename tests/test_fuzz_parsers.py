@@ -1,0 +1,55 @@
+"""The in-process fuzz targets (tests/fuzz/parsers.py) in their CI size, and
+the inputs they found, kept as plain regression tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from hub.media.frames import FrameAssembler, RtpIn
+
+from .fuzz import parsers
+from .fuzz.core import TARGETS, run
+
+# aiortc 1.16 raises struct.error (not the ValueError its DTLS transport catches) for
+# an RTP header extension of the wrong length (rtp.py:94, e.g. a 1-byte abs-send-time)
+# and for RTCP whose counts overrun its length (rtp.py:210, a REMB listing more SSRCs
+# than it carries): the exception ends the sender's own DTLS transport. Only the
+# authenticated peer itself can send such a packet (SRTP comes first).
+AIORTC_PARSE = pytest.mark.xfail(
+    reason="aiortc 1.16 RtpPacket/RtcpPacket.parse raise struct.error on malformed extensions and counts",
+    strict=False,
+)
+IN_PROCESS = [
+    pytest.param(name, marks=AIORTC_PARSE) if name in ("rtp_parse", "rtcp_parse") else name
+    for name, t in TARGETS.items()
+    if t.test.__module__ == parsers.__name__
+]
+
+
+@pytest.mark.parametrize("name", IN_PROCESS)
+def test_fuzz(name: str) -> None:
+    entry = TARGETS[name]
+    outcome = run(entry, None, entry.ci_examples)
+    assert not outcome.failures, "\n\n".join(f"{kind}: {text}" for kind, text in outcome.failures)
+    assert outcome.tried > entry.ci_examples // 2, "hypothesis ran far fewer inputs than asked"
+
+
+def test_frame_that_does_not_depayload_is_dropped() -> None:
+    """An SPS start, then a 1-byte NAL: aiortc's depayloader raises, which ended the recording."""
+    assembler = FrameAssembler(parsers.H264)
+    assert assembler.add(RtpIn(1, 0, False, b"gB\x00\x1f", 0.0)) == []
+    assert assembler.add(RtpIn(2, 0, True, b"\x00", 0.05)) == []
+    assert assembler.dropped_frames == 1 and assembler.waiting_keyframe
+    frames = assembler.add(RtpIn(3, 3000, True, b"gB\x00\x1f", 0.1))
+    assert [f.keyframe for f in frames] == [True]
+
+
+def test_frames_whose_timestamps_run_backwards_never_leave_out_of_order() -> None:
+    assembler = FrameAssembler(parsers.H264)
+    sps = b"gB\x00\x1f"
+    out = []
+    for seq, ts, marker, at in [(1, 0, False, 0.0), (2, -3000, True, 0.05), (3, -6000, False, 0.1),
+                                (4, -6000, True, 0.15), (5, -9000, False, 0.4)]:  # fmt: skip
+        out += assembler.add(RtpIn(seq, ts & 0xFFFFFFFF, marker, sps, at))
+    timestamps = [f.timestamp for f in out]
+    assert timestamps == sorted(set(timestamps))
