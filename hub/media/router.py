@@ -129,15 +129,18 @@ async def _answer(pc: RTCPeerConnection, offer: str, prepare: Callable[[], None]
     try:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
-        except SdpError:
-            raise
         except Exception as exc:  # aiortc reports bad SDP with assorted errors
             raise SdpError(f"malformed SDP offer: {exc}") from exc
         prepare()
-        await pc.setLocalDescription(await pc.createAnswer())
+        try:
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:  # an offer aiortc took but cannot answer (e.g. attributes outside any m= section)
+            raise SdpError(f"cannot answer this SDP offer: {exc}") from exc
         return pc.localDescription.sdp
     except BaseException:
-        await pc.close()
+        # After a half-applied offer aiortc's close can fail too: that must not hide why.
+        with contextlib.suppress(Exception):
+            await pc.close()
         raise
 
 

@@ -1,0 +1,46 @@
+"""The fuzz targets against a live hub process (tests/fuzz/live.py), in their CI size.
+
+One hub of their own: accepted inputs open rooms and cases, which other tests
+sharing the session's hub must not see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from .conftest import start_hub
+from .fuzz import live as live_targets
+from .fuzz.core import TARGETS, run
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[live_targets.LiveHub]:
+    hub = start_hub(tmp_path_factory.mktemp("fuzz-hub"))
+    context = live_targets.LiveHub(hub)
+    try:
+        yield context
+    finally:
+        context.close()
+        hub.stop()
+
+
+def _fuzz(live: live_targets.LiveHub, name: str) -> None:
+    entry = TARGETS[name]
+    outcome = run(entry, live, entry.ci_examples)
+    assert not outcome.failures, "\n\n".join(f"{kind}: {text}" for kind, text in outcome.failures)
+    assert outcome.tried >= entry.ci_examples // 2, "hypothesis ran far fewer inputs than asked"
+    live.alive()
+
+
+@pytest.mark.parametrize("name", ["live_whip", "live_whep", "live_json_bodies", "live_query", "live_events"])
+def test_fuzz(live: live_targets.LiveHub, name: str) -> None:
+    _fuzz(live, name)
+
+
+# Last: on aiortc 1.16 an empty datagram ends the session it reaches, and
+# with it the stream the other targets view. The "media" work is fixing that door.
+@pytest.mark.xfail(reason="aiortc 1.16: an empty UDP datagram at the ICE port ends the peer connection", strict=False)
+def test_fuzz_media_door(live: live_targets.LiveHub) -> None:
+    _fuzz(live, "live_media_door")
