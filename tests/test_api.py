@@ -309,8 +309,9 @@ async def test_offer_arriving_in_pieces_is_read_whole(hub: HubProcess, http: aio
         await asyncio.sleep(0.3)
         yield offer[100:]
 
-    async with http.post(f"{hub.url}/whip/site-changjianglu", data=slowly(),
-                         headers=auth(token) | {"Content-Type": "application/sdp"}) as r:
+    async with http.post(
+        f"{hub.url}/whip/site-changjianglu", data=slowly(), headers=auth(token) | {"Content-Type": "application/sdp"}
+    ) as r:
         assert r.status == 201, await r.text()
         location = r.headers["Location"]
     async with http.delete(hub.url + location, headers=auth(token)) as r:
@@ -320,8 +321,10 @@ async def test_offer_arriving_in_pieces_is_read_whole(hub: HubProcess, http: aio
 async def test_watching_a_room_is_not_attending_it(hub: HubProcess, http: aiohttp.ClientSession):
     operator = hub.token("op-yinmajie", "yinmajie", "operator")
     mediator = hub.token("m-beidajie", "beidajie", "mediator")
-    async with http.ws_connect(f"{hub.url}/ws?token={operator}") as watcher, \
-            http.ws_connect(f"{hub.url}/ws?token={mediator}") as member:
+    async with (
+        http.ws_connect(f"{hub.url}/ws?token={operator}") as watcher,
+        http.ws_connect(f"{hub.url}/ws?token={mediator}") as member,
+    ):
         for ws in (watcher, member):
             assert (await ws.receive_json(timeout=5))["type"] == "hello"
         await watcher.send_json({"type": "join", "room": "site-beidajie", "watch": True})

@@ -31,7 +31,6 @@ def console_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess
     process.stop()
 
 
-
 async def open_console(browser: Browser, hub: HubProcess, token: str) -> Page:
     page = await browser.new_page(viewport={"width": 1440, "height": 900})
     page.on("console", lambda m: print(f"[browser {m.type}] {m.text}"))
@@ -49,9 +48,7 @@ async def publish(http: aiohttp.ClientSession, hub: HubProcess, token: str, room
 async def assert_playing(page: Page, pane) -> None:  # type: ignore[no-untyped-def]
     """The pane's <video> has a size and keeps decoding frames."""
     video = pane.locator("video")
-    await page.wait_for_function(
-        "v => v.videoWidth > 0", arg=await video.element_handle(), timeout=20_000, polling=100
-    )
+    await page.wait_for_function("v => v.videoWidth > 0", arg=await video.element_handle(), timeout=20_000, polling=100)
     before = await video_stats(video)
     await asyncio.sleep(1.5)
     after = await video_stats(video)

@@ -102,7 +102,6 @@ def hub_server(tmp_path_factory: pytest.TempPathFactory):
             proc.wait(timeout=10)
 
 
-
 @pytest.fixture
 def loopback_media():
     """Python peers of this test offer only 127.0.0.1; whatever was chosen before is restored."""

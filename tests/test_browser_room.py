@@ -42,7 +42,6 @@ def room_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
     process.stop()
 
 
-
 async def new_page(browser: Browser) -> Page:
     context = await browser.new_context(viewport={"width": 1440, "height": 900})
     page = await context.new_page()

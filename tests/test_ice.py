@@ -28,8 +28,11 @@ def test_announced_ip_replaces_host_candidates_only():
 
 async def test_hub_offers_only_its_configured_addresses(hub: HubProcess, http: aiohttp.ClientSession):
     token = hub.token("m-hedong", "hedong", "mediator")
-    async with http.post(f"{hub.url}/whip/site-hedong", data=await offer_sdp(("video",)),
-                         headers=auth(token) | {"Content-Type": "application/sdp"}) as r:
+    async with http.post(
+        f"{hub.url}/whip/site-hedong",
+        data=await offer_sdp(("video",)),
+        headers=auth(token) | {"Content-Type": "application/sdp"},
+    ) as r:
         assert r.status == 201
         answer = await r.text()
         location = r.headers["Location"]

@@ -236,8 +236,10 @@ async def test_export_renders_one_mp4(hub: HubProcess, recorded: Recorded, http:
 async def test_recording_is_switched_through_the_event_channel(hub: HubProcess, http: aiohttp.ClientSession):
     mediator = hub.token("m-hongzhuang-rec", "hongzhuang", "mediator")
     guest = hub.token("party-rec", "hongzhuang", "guest", room="site-hongzhuang")
-    async with http.ws_connect(f"{hub.url}/ws?token={mediator}") as ws, \
-            http.ws_connect(f"{hub.url}/ws?token={guest}") as guest_ws:
+    async with (
+        http.ws_connect(f"{hub.url}/ws?token={mediator}") as ws,
+        http.ws_connect(f"{hub.url}/ws?token={guest}") as guest_ws,
+    ):
         for socket in (ws, guest_ws):
             assert (await socket.receive_json(timeout=5))["type"] == "hello"
             await socket.send_json({"type": "join", "room": "site-hongzhuang"})

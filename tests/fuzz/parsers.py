@@ -44,6 +44,7 @@ from hub.monitoring.console import Layouts
 from signaling.cases import CaseChange, Escalation, NewCase
 from signaling.events import ClientMessage
 
+from . import known
 from .core import target
 from .strategies import json_values, mutated_bytes, mutated_text
 
@@ -310,7 +311,8 @@ def fuzz_rtp_parse(_: object, data: bytes) -> None:
     escapes its receive loop and ends the session. What parses, TrackSource can handle."""
     try:
         packet = RtpPacket.parse(data, EXTENSIONS_MAP)
-    except ValueError:
+    except known.parse_errors() as exc:
+        known.hit(known.PARSE, exc)
         return
     for mime in ("video/vp8", "video/h264", "audio/opus"):
         is_keyframe_start(mime, packet.payload)
@@ -324,14 +326,15 @@ def fuzz_rtcp_parse(_: object, data: bytes) -> None:
     """As for RTP: only ValueError is contained; a REMB's FCI is unpacked the same way."""
     try:
         packets = RtcpPacket.parse(data)
-    except ValueError:
+    except known.parse_errors() as exc:
+        known.hit(known.PARSE, exc)
         return
     for packet in packets:
         if isinstance(packet, RtcpPsfbPacket) and packet.fmt == 15:
             try:
                 unpack_remb_fci(packet.fci)
-            except ValueError:
-                pass
+            except known.parse_errors() as exc:
+                known.hit(known.PARSE, exc)
 
 
 # --- H.264 Annex B (hub/media/annexb.py) -------------------------------------------------------

@@ -105,7 +105,7 @@ def loopback_only(sdp: str) -> str:
     return "\r\n".join(kept)
 
 
-async def _real_offer(kinds: tuple[str, ...]) -> str:
+async def make_offer(kinds: tuple[str, ...]) -> str:
     pc = RTCPeerConnection()
     for kind in kinds:
         pc.addTransceiver(kind, direction="sendonly" if kinds == ("video", "audio") else "recvonly")
@@ -121,8 +121,8 @@ def real_offers() -> dict[str, str]:
     loop = asyncio.new_event_loop()
     try:
         return {
-            "whip": loop.run_until_complete(_real_offer(("video", "audio"))),
-            "whep": loop.run_until_complete(_real_offer(("video", "audio", "video"))),
+            "whip": loop.run_until_complete(make_offer(("video", "audio"))),
+            "whep": loop.run_until_complete(make_offer(("video", "audio", "video"))),
         }
     finally:
         loop.close()
