@@ -27,6 +27,7 @@ from aiortc.rtp import (
     RtcpSenderInfo,
     RtcpSrPacket,
     RtpPacket,
+    pack_header_extensions,
     pack_remb_fci,
     unpack_remb_fci,
     unwrap_rtx,
@@ -262,7 +263,15 @@ def rtp_packets(draw: st.DrawFn) -> bytes:
     ext.audio_level = draw(st.none() | st.tuples(st.booleans(), st.integers(0, 127)))
     ext.rtp_stream_id = draw(st.none() | st.sampled_from(["h", "m", "l"]))
     ext.transport_sequence_number = draw(st.none() | st.integers(0, 0xFFFF))
-    return packet.serialize(EXTENSIONS_MAP)
+    data = packet.serialize(EXTENSIONS_MAP)
+    if draw(st.booleans()):
+        return data
+    # Extension elements of any length under the negotiated ids: what a peer's
+    # sender may write, well-formed as RFC 8285 framing, wrong in content.
+    elements = draw(st.lists(st.tuples(st.integers(1, 14), st.binary(min_size=1, max_size=16)), min_size=1, max_size=4))
+    profile, body = pack_header_extensions(elements)
+    header = bytes([data[0] & 0xE0 | 0x10, data[1]]) + data[2:12]  # no CSRC, X bit set
+    return header + profile.to_bytes(2, "big") + (len(body) // 4).to_bytes(2, "big") + body + packet.payload
 
 
 def _rtcp_packets() -> st.SearchStrategy[bytes]:
