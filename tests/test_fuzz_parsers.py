@@ -56,4 +56,4 @@ async def test_offer_aiortc_parses_but_cannot_answer_is_an_sdp_error() -> None:
     router = Router(announced_ip=None, max_backlog=100_000, keyframe_interval=1.0, ice_servers=[])
     with pytest.raises(SdpError):
         await router.publish(offer)
-    assert router.producers == {}
+    assert router.counts() == {"streams": 0, "subscriptions": 0}

@@ -12,7 +12,6 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hub.media.forward import TrackSource
 from hub.media.ice import use_addresses
 from hub.media.router import Router, SdpError, check_offer
 
@@ -165,41 +164,29 @@ def mutated_offers(draw: st.DrawFn, door: str) -> str:
 door_offers = st.sampled_from(["whip", "whep"]).flatmap(lambda door: st.tuples(st.just(door), mutated_offers(door)))
 
 
-def _video_audio_producer(router: Router) -> None:
-    """A stream for WHEP offers to view: VP8 and Opus sources fed by no one."""
-    sources = {}
-    for kind, codec in (
-        ("video", RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)),
-        ("audio", RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)),
-    ):
-        sources[kind] = TrackSource(None, kind, 1.0)
-        sources[kind].codec = codec
-    router.add_local_producer(sources)
-
-
 @functools.cache
-def _router() -> tuple[asyncio.AbstractEventLoop, Router]:
+def _router() -> tuple[asyncio.AbstractEventLoop, Router, str]:
+    """A router and a VP8 stream it hosts (fed by no one) for WHEP offers to view."""
     loop = asyncio.new_event_loop()
     router = Router(announced_ip=None, max_backlog=100_000, keyframe_interval=1.0, ice_servers=[])
-    _video_audio_producer(router)
-    return loop, router
+    vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+    media, _ = router.publish_local(vp8, lambda: None)
+    return loop, router, media.id
 
 
-async def _answer_offer(router: Router, door: str, offer: str) -> None:
-    (producer,) = [p for p in router.producers.values() if p.pc is None]
-    before = (set(router.producers), set(router.consumers), len(producer.sources["video"].sinks))
+async def _answer_offer(router: Router, stream_id: str, door: str, offer: str) -> None:
+    before = router.counts()
     try:
         check_offer(offer, MAX_SDP_BYTES)
         if door == "whip":
-            made, answer = await router.publish(offer)
-            await router.close_producer(made.id)
+            media, answer = await router.publish(offer)
+            await router.end_stream(media.id)
         else:
-            consumer, answer = await router.consume(producer.id, offer, "fuzz")
-            await router.close_consumer(consumer.id)
+            subscription, answer = await router.view(stream_id, offer, "fuzz")
+            await router.end_view(subscription.id)
         assert answer.startswith("v=0"), answer
     except SdpError:
-        after = (set(router.producers), set(router.consumers), len(producer.sources["video"].sinks))
-        assert after == before, "a refused offer left a producer, consumer or sink behind"
+        assert router.counts() == before, "a refused offer left a stream or subscription behind"
 
 
 @target(ci_examples=150)
@@ -208,5 +195,5 @@ def fuzz_sdp_offers(_: object, offer: tuple[str, str]) -> None:
     """An offer through check_offer and the Router (aiortc's SDP parser as `_answer`
     uses it) is answered or refused with SdpError, and a refused one leaves nothing."""
     door, offer = offer
-    loop, router = _router()
-    loop.run_until_complete(asyncio.wait_for(_answer_offer(router, door, offer), 30))
+    loop, router, stream_id = _router()
+    loop.run_until_complete(asyncio.wait_for(_answer_offer(router, stream_id, door, offer), 30))
