@@ -11,7 +11,6 @@ from collections.abc import Iterator
 import pytest
 
 from .conftest import start_hub
-from .fuzz import known
 from .fuzz import live as live_targets
 from .fuzz.core import TARGETS, run
 
@@ -40,8 +39,7 @@ def test_fuzz(live: live_targets.LiveHub, name: str) -> None:
     _fuzz(live, name)
 
 
-# Last: on aiortc 1.16 an empty datagram ends the session it reaches, and with it the
-# stream the other targets view (tests/fuzz/known.py). The "media" work is fixing that door.
-@pytest.mark.xfail(reason=known.EMPTY_DATAGRAM, strict=False)
+# Last: should a datagram end the session (as an empty one did on aiortc 1.16 before
+# hub/media/door.py), the stream the other targets view goes with it.
 def test_fuzz_media_door(live: live_targets.LiveHub) -> None:
     _fuzz(live, "live_media_door")

@@ -26,8 +26,10 @@ class Target:
     #: Needs a hub process (a `live.LiveHub` context) rather than none.
     live: bool = False
     tried: int = 0
-    #: The arguments of the last input that failed (hypothesis re-runs the minimal one last).
+    #: The arguments of the last input that failed (hypothesis re-runs the minimal one last),
+    #: and of the first: against a live hub, an input can break what every later one meets.
     failing: str = ""
+    first_failing: str = ""
 
 
 TARGETS: dict[str, Target] = {}
@@ -47,7 +49,8 @@ def target(ci_examples: int, live: bool = False) -> Callable[[Callable[..., None
             try:
                 inner(*args, **kwargs)
             except BaseException:
-                entry.failing = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+                entry.failing = ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if k != "live")
+                entry.first_failing = entry.first_failing or entry.failing
                 raise
 
         test.hypothesis.inner_test = counted  # type: ignore[attr-defined]
@@ -86,19 +89,22 @@ def run(entry: Target, context: object, examples: int, profile: str = "ci", seed
         settings.get_profile(profile), max_examples=examples
     )
     entry.test._hypothesis_internal_use_seed = seed  # type: ignore[attr-defined]
-    entry.tried, entry.failing = 0, ""
+    entry.tried, entry.failing, entry.first_failing = 0, "", ""
     started = time.monotonic()
     failures: list[tuple[str, str]] = []
     try:
         entry.test(context)
     except BaseExceptionGroup as group:
-        failures = [_describe(exc, entry.failing) for exc in group.exceptions]
+        failures = [_describe(exc, entry) for exc in group.exceptions]
     except Exception as exc:
-        failures = [_describe(exc, entry.failing)]
+        failures = [_describe(exc, entry)]
     return Outcome(entry.name, entry.tried, time.monotonic() - started, failures)
 
 
-def _describe(exc: BaseException, failing: str) -> tuple[str, str]:
+def _describe(exc: BaseException, entry: Target) -> tuple[str, str]:
     kind = "state change" if isinstance(exc, StateChanged) else "crash"
     where = traceback.extract_tb(exc.__traceback__)[-1]
-    return kind, f"{type(exc).__name__}: {exc}\n  at {where.filename}:{where.lineno}\n  input: {failing}"
+    text = f"{type(exc).__name__}: {exc}\n  at {where.filename}:{where.lineno}\n  input: {entry.failing}"
+    if entry.first_failing != entry.failing:
+        text += f"\n  first failing input: {entry.first_failing}"
+    return kind, text

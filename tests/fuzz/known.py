@@ -17,11 +17,10 @@ hits: Counter[str] = Counter()
 #: RtpPacket.parse raises struct.error for a header extension of the wrong length
 #: (rtp.py:94, e.g. a 1-byte abs-send-time); RtcpPacket.parse and unpack_remb_fci for
 #: counts that overrun the packet (e.g. a REMB listing more SSRCs than it carries).
-#: aiortc's DTLS transport catches only ValueError: the sender's own session ends.
+#: aiortc's DTLS transport catches only ValueError, so on its own the sender's session
+#: would end; hub/media/door.py contains any exception per datagram.
 PARSE_ERRORS = (ValueError, struct.error)
-PARSE = "aiortc 1.16: struct.error from RTP/RTCP parsing ends the session"
-#: An empty datagram at a peer connection's ICE port ends it (RTCDtlsTransport._recv_next).
-EMPTY_DATAGRAM = "aiortc 1.16: an empty UDP datagram ends the session"
+PARSE = "aiortc 1.16: RTP/RTCP parsing raises struct.error, not ValueError (the media door contains it)"
 
 
 def parse_errors() -> tuple[type[Exception], ...]:

@@ -168,7 +168,7 @@ door_offers = st.sampled_from(["whip", "whep"]).flatmap(lambda door: st.tuples(s
 def _router() -> tuple[asyncio.AbstractEventLoop, Router, str]:
     """A router and a VP8 stream it hosts (fed by no one) for WHEP offers to view."""
     loop = asyncio.new_event_loop()
-    router = Router(announced_ip=None, max_backlog=100_000, keyframe_interval=1.0, ice_servers=[])
+    router = Router(None, max_backlog=100_000, keyframe_interval=1.0, ice_servers=[], connect_timeout=30.0)
     vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
     media, _ = router.publish_local(vp8, lambda: None)
     return loop, router, media.id
