@@ -42,7 +42,7 @@ from hub.media.annexb import join_nal_units, split_nal_units
 from hub.media.forward import is_keyframe_start
 from hub.media.frames import HOLD, FrameAssembler, RtpIn
 from hub.monitoring.console import Layouts
-from signaling.cases import CaseChange, Escalation, NewCase
+from signaling import models
 from signaling.events import ClientMessage
 
 from . import known
@@ -408,16 +408,22 @@ def fuzz_event_messages(_: object, raw: str) -> None:
         pass
 
 
-_BODIES: list[tuple[type[BaseModel], list[dict[str, object]]]] = [
-    (Layouts, [{"layouts": [{"name": "墙", "grid": 4, "panes": [{"site_id": "guinan"}, None]}], "current": "墙"}]),
-    (NewCase, [{"title": "土地纠纷", "dispute_type": "land", "parties": [{"name": "甲", "phone": "123"}]}]),
-    (CaseChange, [{"status": "closed", "outcome": "调解成功"}]),
-    (Escalation, [{"note": "升级"}]),
-]
+_VALID_BODIES: dict[type[BaseModel], list[dict[str, object]]] = {
+    Layouts: [{"layouts": [{"name": "墙", "grid": 4, "panes": [{"site_id": "guinan"}, None]}], "current": "墙"}],
+    models.NewCase: [{"title": "土地纠纷", "dispute_type": "land", "parties": [{"name": "甲", "phone": "123"}]}],
+    models.CaseChange: [{"status": "closed", "outcome": "调解成功"}],
+    models.Escalation: [{"note": "升级"}],
+    models.NewRoom: [{"site_id": "guomaying", "kind": "mediation", "title": "t"}],
+    models.NewTraining: [{"title": "培训", "branch": "guinan"}],
+    models.NewConference: [{"title": "会", "sites": ["guomaying"]}],
+}
+#: Every request-body model the REST doors validate with (signaling/models.py), and the console's.
+_BODIES = [Layouts, *models.Body.__subclasses__()]
+_QUERIES = models.Query.__subclasses__()
 
 
 @target(ci_examples=300)
-@given(body=st.one_of(*(st.tuples(st.just(cls), mutated_documents(valid)) for cls, valid in _BODIES)))
+@given(body=st.one_of(*(st.tuples(st.just(cls), mutated_documents(_VALID_BODIES.get(cls, [{}]))) for cls in _BODIES)))
 def fuzz_json_bodies(_: object, body: tuple[type[BaseModel], str]) -> None:
     """The request-body models raise only ValidationError (a 400 problem)."""
     cls, raw = body
@@ -426,14 +432,30 @@ def fuzz_json_bodies(_: object, body: tuple[type[BaseModel], str]) -> None:
     except ValidationError:
         pass
     try:
-        body = json.loads(raw)
+        document = json.loads(raw)
     except ValueError:
         return
-    if isinstance(body, dict):  # how handlers pass it on, after read_json_object
+    if isinstance(document, dict):  # how the doors pass it on, after read_json_object
         try:
-            cls.model_validate(body)
+            cls.model_validate(document)
         except ValidationError:
             pass
+
+
+@target(ci_examples=200)
+@given(
+    model=st.sampled_from(_QUERIES),
+    query=st.dictionaries(
+        st.sampled_from(["site", "from", "to", "kind", "q", "status", "queue", "all", "format", "recording", "x"]),
+        st.text(max_size=20) | st.sampled_from(["", "1", "true", "mine", "csv", "2026-12-01", "1e999", "nan", "-1"]),
+    ),
+)
+def fuzz_query_models(_: object, model: type[BaseModel], query: dict[str, str]) -> None:
+    """Query parameters (strings, as aiohttp hands them over) raise only ValidationError."""
+    try:
+        model.model_validate(query)
+    except ValidationError:
+        pass
 
 
 # --- site files (hub/core/sites.py) ------------------------------------------------------------
