@@ -57,4 +57,4 @@ async def test_offer_aiortc_parses_but_cannot_answer_is_an_sdp_error() -> None:
     router = Router(None, max_backlog=100_000, keyframe_interval=1.0, ice_servers=[], connect_timeout=30.0)
     with pytest.raises(SdpError):
         await router.publish(offer)
-    assert router.counts() == {"streams": 0, "subscriptions": 0}
+    assert not any(router.counts().values())
