@@ -10,8 +10,13 @@ from aiohttp import WSMsgType
 from aiohttp.test_utils import TestServer
 
 from client import bot
-from hub.config import Settings
+from hub.config import DEMO_SITES, Settings
+from hub.core.livestate import MemoryLiveState
+from hub.core.quotas import Limits
+from hub.core.rooms import Rooms
+from hub.core.sites import load_sites_file
 from hub.core.tokens import Claims, issue
+from hub.media.router import Router
 from signaling.app import make_app
 
 from .conftest import HubProcess
@@ -35,12 +40,19 @@ async def offer_sdp(kinds: tuple[str, ...] = ("video",)) -> str:
     return sdp
 
 
+def bare_rooms() -> Rooms:
+    """Rooms on memory and no media: an app with none of the features' services."""
+    router = Router(None, 1 << 20, 0.5, [], 10.0)
+    limits = Limits(4, 50, 64, 1000, 20, 600.0, 10.0)
+    return Rooms(load_sites_file(DEMO_SITES), MemoryLiveState("test"), router, "test", "http://127.0.0.1", limits)
+
+
 async def test_openapi_lists_every_route(hub: HubProcess, http: aiohttp.ClientSession):
     async with http.get(f"{hub.url}/api/openapi.json") as r:
         doc = await r.json()
     assert doc["openapi"].startswith("3.")
     routes = set()
-    for route in make_app(None, Settings(), "unused").router.routes():  # type: ignore[arg-type]
+    for route in make_app(bare_rooms(), Settings(), "unused").router.routes():  # type: ignore[arg-type]
         info = route.resource.get_info() if route.resource else {}
         path = info.get("path") or info.get("formatter") or (info.get("prefix", "") + "/{path}")
         if route.method != "HEAD":
@@ -56,7 +68,7 @@ async def test_openapi_lists_every_route(hub: HubProcess, http: aiohttp.ClientSe
 async def test_a_feature_this_process_does_not_run_answers_503(http: aiohttp.ClientSession, path: str):
     """make_app without a feature's service (signaling.problems.service): a problem, not a crash."""
     secret = "s" * 32
-    app = make_app(None, Settings(), secret)  # type: ignore[arg-type]
+    app = make_app(bare_rooms(), Settings(), secret)  # type: ignore[arg-type]
     async with TestServer(app, host="127.0.0.1") as server:
         token = issue(secret, Claims(user="op", site="guinan", role="operator"))
         async with http.get(server.make_url(path), headers=auth(token)) as r:
