@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from client import bot
-from hub.core.store import Database
+from hub.core.store import SQLiteDatabase
 from recorder.catalogue import Catalogue
 
 from .conftest import HubProcess, start_hub, wait_until
@@ -223,7 +223,7 @@ async def test_a_killed_hub_keeps_the_view_and_a_stopped_one_ends_it(tmp_path: P
 
 
 async def read_rows(path: Path, stream_id: str) -> list[dict[str, Any]]:
-    db = Database(path)
+    db = SQLiteDatabase(path)
     try:
         catalogue = Catalogue(db)
         await catalogue.open()
@@ -245,7 +245,7 @@ async def test_an_audit_log_from_before_live_views_upgrades(tmp_path: Path):
             " VALUES (1, 'u', 'operator', 'playback', 'rec-1', 'guinan')"
         )
     old.close()
-    db = Database(path)
+    db = SQLiteDatabase(path)
     try:
         catalogue = Catalogue(db)
         await catalogue.open()
