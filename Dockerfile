@@ -13,6 +13,7 @@ COPY pyproject.toml README.md ./
 COPY hub ./hub
 COPY signaling ./signaling
 COPY recorder ./recorder
+COPY client ./client
 COPY web ./web
 
 RUN pip install --no-cache-dir .
