@@ -69,6 +69,7 @@ def make_app(
     if lag_probe is not None:
         app[LAG] = lag_probe
     app.router.add_get("/healthz", api.health)
+    app.router.add_get("/readyz", api.ready)
     app.router.add_get("/api/openapi.json", openapi)
     app.router.add_get("/api/me", api.me)
     app.router.add_get("/api/sites", api.list_sites)

@@ -12,6 +12,7 @@ burst never fills its queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from typing import Annotated, Literal
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, Vali
 
 from hub.config import Settings
 from hub.core.access import Forbidden, addressed_to, can_enter_room
-from hub.core.livestate import Record
+from hub.core.livestate import DEGRADED, RESTORED, Record, Unavailable
 from hub.core.quotas import TokenBucket
 from hub.core.records import Event
 from hub.core.rooms import NotFound, Rooms
@@ -112,6 +113,8 @@ MONITORED = frozenset({"participant-joined", "participant-left", "stream-added",
 MONITOR_ONLY = frozenset({"presence", "snapshot"})
 #: Events announcing a room to everyone who may enter it, joined or not.
 ROOM_ANNOUNCEMENTS = frozenset({"room-opened", "room-closed"})
+#: This process's own notices about shared live state, for every socket.
+STATE_NOTICES = frozenset({DEGRADED, RESTORED})
 
 RoomMessage = State | Chat | Hand | InviteSite | Recording
 ClientMessage = TypeAdapter(Annotated[Join | Leave | Ping | Monitor | RoomMessage, Field(discriminator="type")])
@@ -164,6 +167,12 @@ class Session:
         await self.error("rate-limited", f"too many {what} ({limit}); retry in {wait:.1f} s", retry_after=wait)
 
     async def handle(self, raw: str | bytes) -> None:
+        try:
+            await self._handle(raw)
+        except Unavailable as exc:
+            await self.error("unavailable", f"{exc}; retry when told restored")
+
+    async def _handle(self, raw: str | bytes) -> None:
         if not self._messages.take():
             await self._refuse(self._messages, "messages")
             return
@@ -259,7 +268,7 @@ class Session:
         this socket is not in never take room in its queue. `forward_events`
         makes the real decision."""
         kind = event.get("type")
-        if "to" in event or kind in ROOM_ANNOUNCEMENTS:
+        if "to" in event or kind in ROOM_ANNOUNCEMENTS or kind in STATE_NOTICES:
             return True
         room_id = event.get("room_id")
         if room_id in self.joined or room_id in self.pending:
@@ -275,7 +284,10 @@ class Session:
         queue = self.rooms.state.listen(self.may_be_mine, self._queue_bound)
         try:
             while (event := await queue.get()) is not None:
-                await self._forward(event)
+                try:
+                    await self._forward(event)
+                except Unavailable:
+                    pass  # an event needing a lookup while Redis is down; the roster after `restored` covers it
             if self.rooms.state.closed:
                 await self.ws.close(code=WSCloseCode.GOING_AWAY, message=b"hub stopping")
                 return
@@ -291,6 +303,11 @@ class Session:
             self.rooms.state.unlisten(queue)
 
     async def _forward(self, event: Event) -> None:
+        if event["type"] in STATE_NOTICES:
+            await self.send(event)
+            if event["type"] == RESTORED:
+                await self.send_rosters()
+            return
         room_id = event.get("room_id")
         if event["type"] == "room-updated":
             self._may_enter.pop(room_id, None)  # its admissions may have changed
@@ -322,10 +339,27 @@ class Session:
                 self._may_enter[room_id] = False
         return self._may_enter[room_id]
 
+    async def send_rosters(self) -> None:
+        """Each joined room's participants and streams as they are now: events
+        published while Redis was down reached no one, so a client replaces
+        what it shows with this. Sent after `restored`, once this process's
+        event channel is subscribed again, so every later change follows it."""
+        for room_id in tuple(self.joined):
+            detail = await self.rooms.room_detail(self.claims, room_id)
+            await self.send(
+                {
+                    "type": "roster",
+                    "room_id": room_id,
+                    "participants": detail["participants"],
+                    "streams": detail["streams"],
+                }
+            )
+
     async def close(self) -> None:
         for room_id, participant_id in tuple(self.joined.items()):
             if participant_id is not None:
-                await self.rooms.leave(room_id, participant_id)
+                with contextlib.suppress(Unavailable):  # it is forgotten here; restore() removes its record
+                    await self.rooms.leave(room_id, participant_id)
         self.joined.clear()
 
 
@@ -343,6 +377,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     connection = await presence.connect(claims) if presence else None
     try:
         await session.send({"type": "hello", "user": claims.user, "role": claims.role, "site": claims.site})
+        if not session.rooms.state.available:
+            await session.send({"type": DEGRADED, "reason": "shared live state unreachable"})
         async for msg in ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 await session.handle(msg.data)

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from hub.config import DEMO_SITES, Settings
 from hub.core.lag import LagProbe
-from hub.core.livestate import LiveState, open_live_state
+from hub.core.livestate import LiveState, Unavailable, open_live_state
 from hub.core.quotas import Limits
 from hub.core.rooms import Rooms
 from hub.core.sites import SiteTree, load_sites_file
@@ -121,7 +121,7 @@ async def build(settings: Settings) -> Hub:
 
     # Participants, streams and presence of a process that died linger in shared state until swept.
     sweeps = [rooms.sweep, presence.sweep]
-    sweeper = asyncio.create_task(_sweep_forever(sweeps, settings.node_ttl)) if settings.redis else None
+    sweeper = asyncio.create_task(_sweep_forever(state, sweeps, settings.node_ttl)) if settings.redis else None
     expiry = asyncio.create_task(rooms.expire_forever())
     retention = None
     if settings.retention_days is not None:
@@ -157,14 +157,20 @@ async def build(settings: Settings) -> Hub:
     return Hub(settings, rooms, state, app)
 
 
-async def _sweep_forever(sweeps: list[Callable[[], Awaitable[int]]], period: float) -> None:
+async def _sweep_forever(state: LiveState, sweeps: list[Callable[[], Awaitable[int]]], period: float) -> None:
     while True:
         await asyncio.sleep(period)
+        # Not while this process is cut off or re-registering: the others' heartbeats
+        # may not be back yet, and their records are theirs to restore.
+        if not state.available:
+            continue
         for sweep in sweeps:
             try:
                 if swept := await sweep():
                     log.info("swept %d records of hub processes that stopped", swept)
-            except Exception:  # keep sweeping; Redis may come back
+            except Unavailable:
+                break  # noticed and logged by the live state; swept again once it is back
+            except Exception:
                 log.exception("sweep failed")
 
 

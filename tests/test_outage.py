@@ -1,0 +1,161 @@
+"""Redis outages: media keeps flowing, requests that need Redis get a 503,
+and a fresh, empty Redis gets every process's records back without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from client import bot
+
+from .conftest import EventSocket, HubProcess, free_port, start_hub, wait_for_port, wait_until
+
+#: The outage the done criterion names; it bounds this test (~60-80 s in all).
+OUTAGE_SECONDS = 30
+#: How soon after a fresh Redis starts both processes must list their records again.
+RECOVERY_SECONDS = 10
+
+
+class PrivateRedis:
+    """A redis-server of this test alone, so that killing it harms no other test."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed (the README's test command installs it)")
+        self.binary = binary
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        # No persistence: a restart comes back empty, the hardest case.
+        args = ["--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen([self.binary, *args, "--dir", str(self.workdir)], stdout=subprocess.DEVNULL)
+        wait_for_port(self.port, self.proc)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def two_hubs(tmp_path: Path, private_redis: PrivateRedis) -> Iterator[tuple[HubProcess, HubProcess]]:
+    # A 3 s heartbeat (beats every second), so the others notice a swept or returning process within seconds.
+    env = {"HUB_NODE_TTL": "3"}
+    first = start_hub(tmp_path / "hubs", "--redis", private_redis.url, env=env)
+    second = start_hub(tmp_path / "hubs", "--redis", private_redis.url, env=env)
+    yield first, second
+    first.stop()
+    second.stop()
+
+
+async def _status(http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None) -> int:
+    async with http.get(url, headers=headers or {}) as r:
+        await r.read()
+        return r.status
+
+
+async def _room(http: aiohttp.ClientSession, hub: HubProcess, room_id: str, headers: dict[str, str]) -> dict:
+    async with http.get(f"{hub.url}/api/rooms/{room_id}", headers=headers) as r:
+        return {"status": r.status, "content_type": r.content_type} | await r.json(content_type=None)
+
+
+async def test_redis_killed_for_30_s_under_a_live_two_process_room(
+    two_hubs: tuple[HubProcess, HubProcess], private_redis: PrivateRedis, http: aiohttp.ClientSession
+) -> None:
+    a, b = two_hubs
+    room_id = "site-heping"
+    token = a.sign("m-heping", "heping", "mediator")
+    headers = {"Authorization": f"Bearer {token}"}
+
+    # The room: a publisher (its own WHIP participant) on a, a viewer of it on a,
+    # and an event-socket participant on b.
+    publisher = await bot.publish(http, a.url, token, room_id, [bot.SyntheticVideo("vp8", 160, 120, 15)])
+    viewer = await bot.view(http, a.url, token, publisher.resource_id, kinds=("video",))
+    frames = viewer.logs["video"].frames
+    socket = await EventSocket.open(http, b, token)
+    try:
+        await socket.ws.send_json({"type": "join", "room": room_id, "name": "乙"})
+        await socket.wait_for("joined")
+        await wait_until(lambda: len(frames) >= 10, 20)
+        before = await _room(http, b, room_id, headers)
+        participants = sorted(p["id"] for p in before["participants"])
+        assert len(participants) == 2
+        assert [s["id"] for s in before["streams"]] == [publisher.resource_id]
+
+        private_redis.kill()
+        outage_start = time.monotonic()
+        await socket.wait_for("degraded", timeout=10)
+        refused = await _room(http, a, room_id, headers)
+        assert refused["status"] == 503 and refused["content_type"] == "application/problem+json"
+        assert "redis" in refused["detail"]
+        for hub in (a, b):
+            assert await _status(http, f"{hub.url}/readyz") == 503
+        # Every second of the outage: frames still arrive, liveness stays 200.
+        last = len(frames)
+        while time.monotonic() - outage_start < OUTAGE_SECONDS:
+            await asyncio.sleep(1)
+            assert len(frames) > last, f"no frame in the second ending {time.monotonic() - outage_start:.1f} s in"
+            last = len(frames)
+            for hub in (a, b):
+                assert await _status(http, f"{hub.url}/healthz") == 200
+        assert await _status(http, f"{b.url}/api/rooms/{room_id}", headers) == 503
+
+        private_redis.start()  # the same port, empty
+        back = time.monotonic()
+        listed: dict[str, dict] = {}
+
+        async def relisted() -> bool:
+            for hub in (a, b):
+                listed[hub.url] = await _room(http, hub, room_id, headers)
+            return all(
+                r["status"] == 200
+                and sorted(p["id"] for p in r["participants"]) == participants
+                and [s["id"] for s in r["streams"]] == [publisher.resource_id]
+                for r in listed.values()
+            )
+
+        while not await relisted():
+            assert time.monotonic() - back < RECOVERY_SECONDS, f"not listed again in time: {listed}"
+            await asyncio.sleep(0.25)
+        for hub in (a, b):
+            assert await _status(http, f"{hub.url}/readyz") == 200
+        assert len(frames) > last  # and media never stopped
+        # The open socket is told, and gets its room's picture again without rejoining.
+        await socket.wait_for("restored", timeout=RECOVERY_SECONDS)
+        roster = await socket.wait_for("roster", timeout=RECOVERY_SECONDS)
+        # b's own participant is written back before b's sockets get the roster (a's records may follow as events).
+        mine = socket.of("joined")[0]["participant"]["id"]
+        assert roster["room_id"] == room_id and mine in {p["id"] for p in roster["participants"]}
+
+        # A new viewer joins through the other process (redirected to the stream's host).
+        late = await bot.view(http, b.url, token, publisher.resource_id, kinds=("video",))
+        try:
+            await wait_until(lambda: len(late.logs["video"].frames) >= 10, 20)
+        finally:
+            await late.close()
+    finally:
+        await socket.close()
+        await viewer.pc.close()
+        await publisher.pc.close()
