@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     public_url: str | None = None
     max_sdp_bytes: int = 64 * 1024
     max_ws_message_bytes: int = 16 * 1024
+    #: Hub processes `serve` runs on one HTTP port (SO_REUSEPORT), sharing Redis;
+    #: worker i also listens on port + i, the address its streams are redirected to.
+    workers: int = Field(default=1, ge=1)
+    #: Set by the supervisor in each worker (1..workers); 0 = a process on its own.
+    worker: int = Field(default=0, ge=0)
     #: Seconds after which a silent hub process's rooms and streams are
     #: swept from shared live state (it refreshes its heartbeat every third).
     node_ttl: float = 15.0
@@ -122,6 +127,15 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         return self.public_url or f"http://{self.host}:{self.port}"
+
+    @property
+    def node_url(self) -> str:
+        """Where this process alone answers (a WHEP redirect for a stream it hosts
+        points here). Behind a public URL every worker shares it, and viewers
+        of another worker's stream need that worker reachable there."""
+        if self.worker and self.public_url is None:
+            return f"http://{self.host}:{self.port + self.worker}"
+        return self.base_url
 
     def signing_secret(self) -> str:
         """The token signing secret, generated and stored on first use."""
