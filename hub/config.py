@@ -130,12 +130,14 @@ class Settings(BaseSettings):
 
     @property
     def node_url(self) -> str:
-        """Where this process alone answers (a WHEP redirect for a stream it hosts
-        points here). Behind a public URL every worker shares it, and viewers
-        of another worker's stream need that worker reachable there."""
-        if self.worker and self.public_url is None:
-            return f"http://{self.host}:{self.port + self.worker}"
-        return self.base_url
+        """Where this process alone answers: other hub processes and WHEP
+        redirects for the streams it hosts go here. A worker's is its own port
+        on the address it binds (loopback when it binds every address), also
+        behind a public URL, which all workers share."""
+        if not self.worker:
+            return self.base_url
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port + self.worker}"
 
     def signing_secret(self) -> str:
         """The token signing secret, generated and stored on first use."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -159,3 +160,34 @@ async def test_redis_killed_for_30_s_under_a_live_two_process_room(
         await socket.close()
         await viewer.pc.close()
         await publisher.pc.close()
+
+
+async def test_a_process_swept_during_a_partition_re_registers_when_it_is_back(
+    two_hubs: tuple[HubProcess, HubProcess], http: aiohttp.ClientSession
+) -> None:
+    a, b = two_hubs
+    room_id = "site-xiazhai"
+    token = a.sign("m-xiazhai", "xiazhai", "mediator")
+    headers = {"Authorization": f"Bearer {token}"}
+    on_a = await EventSocket.open(http, a, token)
+    on_b = await EventSocket.open(http, b, token)
+    try:
+        await on_a.ws.send_json({"type": "join", "room": room_id, "name": "甲"})
+        mine = (await on_a.wait_for("joined"))["participant"]["id"]
+        await on_b.ws.send_json({"type": "join", "room": room_id, "watch": True})
+        await on_b.wait_for("joined")
+        # Frozen past its heartbeat's life (3 s), a is cut off as far as the others can tell: b sweeps it.
+        a.proc.send_signal(signal.SIGSTOP)
+        try:
+            left = await on_b.wait_for("participant-left", timeout=15)
+            assert left["participant_id"] == mine
+            assert (await _room(http, b, room_id, headers))["participants"] == []
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+        # Back, a finds its heartbeat key gone and writes its participant again; b's watcher is told.
+        joined = await on_b.wait_for("participant-joined", timeout=RECOVERY_SECONDS)
+        assert joined["participant"]["id"] == mine
+        assert [p["id"] for p in (await _room(http, b, room_id, headers))["participants"]] == [mine]
+    finally:
+        await on_a.close()
+        await on_b.close()
