@@ -30,6 +30,7 @@ const STATUS_EVENTS = [
   "camera-status",
   "alert-raised",
   "alert-cleared",
+  "restored", // shared live state is back: what changed meanwhile was announced to no one
 ];
 
 const state = {
@@ -501,6 +502,8 @@ function openEvents() {
   events.on("state", ({ state: s }) => s === "open" && scheduleRefresh()); // catch up on what happened while disconnected
   for (const type of STATUS_EVENTS) events.on(type, scheduleRefresh);
   events.on("snapshot", onSnapshot);
+  events.on("degraded", () => setBanner("live.degraded"));
+  events.on("restored", () => state.banner?.[0] === "live.degraded" && setBanner(null));
   events
     .connect()
     .then(() => events.monitor(true))
