@@ -140,6 +140,7 @@ async def test_redis_killed_for_30_s_under_a_live_two_process_room(
         while not await relisted():
             assert time.monotonic() - back < RECOVERY_SECONDS, f"not listed again in time: {listed}"
             await asyncio.sleep(0.25)
+        print(f"listed again on both processes {time.monotonic() - back:.2f} s after Redis restarted")
         for hub in (a, b):
             assert await _status(http, f"{hub.url}/readyz") == 200
         assert len(frames) > last  # and media never stopped

@@ -319,7 +319,8 @@ def _shared(method: Callable[Concatenate[S, P], Awaitable[R]]) -> Callable[Conca
             return await method(self, *args, **kwargs)
         except REDIS_DOWN as exc:
             self._lost(exc)
-            raise Unavailable(f"shared live state (redis) is unreachable: {exc}") from exc
+            # The cause (an address, an errno) is logged once by _lost, not handed to clients.
+            raise Unavailable("shared live state (redis) is unreachable") from exc
 
     return call
 
