@@ -77,6 +77,13 @@ async def _status(http: aiohttp.ClientSession, url: str, headers: dict[str, str]
         return r.status
 
 
+async def _terminals(http: aiohttp.ClientSession, hub: HubProcess, site: str, headers: dict[str, str]) -> int:
+    """Event sockets of a site's people online, as the console counts them."""
+    async with http.get(f"{hub.url}/api/console/status?site={site}", headers=headers) as r:
+        assert r.status == 200, await r.text()
+        return next(row["terminals"] for row in (await r.json())["sites"] if row["id"] == site)
+
+
 async def _room(http: aiohttp.ClientSession, hub: HubProcess, room_id: str, headers: dict[str, str]) -> dict:
     async with http.get(f"{hub.url}/api/rooms/{room_id}", headers=headers) as r:
         return {"status": r.status, "content_type": r.content_type} | await r.json(content_type=None)
@@ -96,10 +103,13 @@ async def test_redis_killed_for_30_s_under_a_live_two_process_room(
     viewer = await bot.view(http, a.url, token, publisher.resource_id, kinds=("video",))
     frames = viewer.logs["video"].frames
     socket = await EventSocket.open(http, b, token)
+    late_socket = None
     try:
         await socket.ws.send_json({"type": "join", "room": room_id, "name": "乙"})
         await socket.wait_for("joined")
         await wait_until(lambda: len(frames) >= 10, 20)
+        operator = {"Authorization": f"Bearer {a.sign('op-heping', 'heping', 'operator')}"}
+        assert await _terminals(http, a, "heping", operator) == 1  # the socket on b
         before = await _room(http, b, room_id, headers)
         participants = sorted(p["id"] for p in before["participants"])
         assert len(participants) == 2
@@ -113,6 +123,11 @@ async def test_redis_killed_for_30_s_under_a_live_two_process_room(
         assert "redis" in refused["detail"]
         for hub in (a, b):
             assert await _status(http, f"{hub.url}/readyz") == 503
+        # A socket's message that needs Redis is refused, not dropped; a socket opened now is told at once.
+        await socket.ws.send_json({"type": "chat", "room": room_id, "text": "还在吗"})
+        assert (await socket.wait_for("error", timeout=10))["code"] == "unavailable"
+        late_socket = await EventSocket.open(http, a, token)
+        await late_socket.wait_for("degraded", timeout=10)
         # Every second of the outage: frames still arrive, liveness stays 200.
         last = len(frames)
         while time.monotonic() - outage_start < OUTAGE_SECONDS:
@@ -143,6 +158,10 @@ async def test_redis_killed_for_30_s_under_a_live_two_process_room(
         print(f"listed again on both processes {time.monotonic() - back:.2f} s after Redis restarted")
         for hub in (a, b):
             assert await _status(http, f"{hub.url}/readyz") == 200
+        # Presence too: both sockets (b's from before, a's opened during the outage) count again.
+        while (terminals := await _terminals(http, a, "heping", operator)) != 2:
+            assert time.monotonic() - back < RECOVERY_SECONDS, f"{terminals} terminals online"
+            await asyncio.sleep(0.25)
         assert len(frames) > last  # and media never stopped
         # The open socket is told, and gets its room's picture again without rejoining.
         await socket.wait_for("restored", timeout=RECOVERY_SECONDS)
@@ -159,6 +178,8 @@ async def test_redis_killed_for_30_s_under_a_live_two_process_room(
             await late.close()
     finally:
         await socket.close()
+        if late_socket is not None:
+            await late_socket.close()
         await viewer.pc.close()
         await publisher.pc.close()
 
