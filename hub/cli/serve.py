@@ -248,6 +248,14 @@ def _run_worker(settings: Settings) -> None:
     serve(settings)
 
 
+async def _import_sites(settings: Settings) -> None:
+    db = Database(settings.db_path)
+    try:
+        await site_tree(db, settings)
+    finally:
+        await db.close()
+
+
 def supervise(settings: Settings) -> int:
     """Run `settings.workers` hub processes on one port and keep them running:
     a worker that dies is restarted, unless it died within RESTART_AFTER_SECONDS
@@ -261,7 +269,7 @@ def supervise(settings: Settings) -> int:
         )
         return 2
     # Once, here, rather than racing in every worker: the site import and the signing secret.
-    site_tree(settings)
+    asyncio.run(_import_sites(settings))
     settings.signing_secret()
     ctx = multiprocessing.get_context("spawn")  # nothing of this process's state leaks into a worker
     stopping = False
