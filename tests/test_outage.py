@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from playwright.async_api import Browser, expect
 
 from client import bot
 
@@ -213,3 +214,34 @@ async def test_a_process_swept_during_a_partition_re_registers_when_it_is_back(
     finally:
         await on_a.close()
         await on_b.close()
+
+
+async def test_the_room_page_shows_the_outage_and_takes_the_roster_after_it(
+    two_hubs: tuple[HubProcess, HubProcess], private_redis: PrivateRedis, http: aiohttp.ClientSession, browser: Browser
+) -> None:
+    a, b = two_hubs
+    room_id = "site-rianxiuma"
+    token = a.sign("med-rianxiuma", "rianxiuma", "mediator")
+    publisher = await bot.publish(http, a.url, token, room_id, [bot.SyntheticVideo("vp8", 160, 120, 15)])
+    context = await browser.new_context(viewport={"width": 1280, "height": 800})
+    page = await context.new_page()
+    page.on("console", lambda m: m.type in ("error", "warning") and print(f"[browser {m.type}] {m.text}"))
+    try:
+        await page.goto(f"{b.url}/rooms/{room_id}?token={token}&autojoin=1")
+        await expect(page.locator("#room")).to_be_visible(timeout=20_000)
+        tile = page.locator(f'.room-tile:not(.self)[data-stream-id="{publisher.resource_id}"]')
+        await expect(tile).to_have_count(1, timeout=20_000)
+
+        private_redis.kill()
+        banner = page.locator("#banner")
+        await expect(banner).to_have_attribute("data-error", "live.degraded", timeout=10_000)
+        # Ended while Redis is away: no process can announce it, nothing is there to sweep once Redis is back empty.
+        await publisher.close()
+        private_redis.start()
+        # The page was not reloaded: the roster after `restored` takes the ended stream's tile away.
+        await expect(banner).to_be_hidden(timeout=RECOVERY_SECONDS * 1000)
+        await expect(tile).to_have_count(0, timeout=RECOVERY_SECONDS * 1000)
+        await expect(page.locator(".room-tile.self")).to_be_visible()
+    finally:
+        await context.close()
+        await publisher.pc.close()

@@ -483,10 +483,13 @@ class Rooms:
         stream = hosted.stream
         if hosted.own_participant:
             self._members.pop(stream["participant_id"], None)
-        await self.state.remove_stream(stream["id"])
-        await self.state.emit({"type": "stream-removed", "room_id": stream["room_id"], "stream_id": stream["id"]})
-        if hosted.own_participant:
-            await self.leave(stream["room_id"], stream["participant_id"])
+        # The media has ended whatever Redis says: with Redis down, its records
+        # are left to restore(), and the WHIP DELETE that ended it succeeds.
+        with contextlib.suppress(Unavailable):
+            await self.state.remove_stream(stream["id"])
+            await self.state.emit({"type": "stream-removed", "room_id": stream["room_id"], "stream_id": stream["id"]})
+            if hosted.own_participant:
+                await self.leave(stream["room_id"], stream["participant_id"])
 
     # -- the stream interface: this process's media ---------------------------
 
@@ -576,7 +579,11 @@ class Rooms:
         subscription = self._router.subscription(subscription_id)
         if subscription is None or subscription.stream_id != stream_id:
             raise NotFound(f"no subscription {subscription_id} to stream {stream_id}")
-        await self.stream(claims, stream_id)
+        # A subscription is to a stream hosted here: its record is at hand, also while Redis is down.
+        hosted = self._hosted.get(stream_id)
+        if hosted is None:
+            raise NotFound(f"stream {stream_id} has ended")
+        await self.room(claims, hosted.stream["room_id"])
         if subscription.user != claims.user and claims.role not in ("operator", "admin"):
             raise Forbidden("only its viewer or an operator may end a subscription")
         await self._router.end_view(subscription_id)

@@ -203,7 +203,8 @@ async function join(event) {
   events.on("stream-removed", (m) => m.room_id === state.roomId && removeTile(m.stream_id));
   events.on("roster", (m) => m.room_id === state.roomId && state.joined && syncRoom(m));
   events.on("degraded", () => state.joined && setBanner("live.degraded"));
-  events.on("restored", () => state.banner?.[0] === "live.degraded" && setBanner(null));
+  // A request refused meanwhile (503) says "server error" over the outage's banner: both are over.
+  events.on("restored", () => ["live.degraded", "error.server"].includes(state.banner?.[0]) && setBanner(null));
   events.on("chat", (m) => m.room_id === state.roomId && addChat(m));
   events.on("recording-started", (m) => m.room_id === state.roomId && setRecording(true));
   events.on("recording-stopped", (m) => m.room_id === state.roomId && setRecording(false));
