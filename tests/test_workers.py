@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import socket
@@ -33,11 +34,13 @@ def test_workers_are_refused_without_redis(tmp_path: Path) -> None:
 
 
 def free_ports(count: int) -> int:
-    """A port such that it and the `count - 1` after it are free (a worker listens on port + its number)."""
+    """A port such that it and the `count - 1` after it are free (a worker listens on port + its number).
+    Below Linux's ephemeral range (32768 up), where the kernel hands out no ports of its own, so
+    the others are still free when the workers bind them seconds later."""
     while True:
-        port = free_port()
+        port = random.randrange(20000, 32768 - count)
         try:
-            for offset in range(1, count):
+            for offset in range(count):
                 with socket.create_server(("127.0.0.1", port + offset)):
                     pass
         except OSError:
