@@ -17,7 +17,7 @@ from playwright.async_api import Browser, expect
 
 from client import bot
 
-from .conftest import EventSocket, HubProcess, free_port, start_hub, wait_for_port, wait_until
+from .conftest import EventSocket, HubProcess, free_ports, start_hub, wait_for_port, wait_until
 
 #: The outage the done criterion names; it bounds this test (~60-80 s in all).
 OUTAGE_SECONDS = 30
@@ -34,7 +34,7 @@ class PrivateRedis:
             pytest.fail("redis-server is not installed (the README's test command installs it)")
         self.binary = binary
         self.workdir = workdir
-        self.port = free_port()
+        self.port = free_ports(1)  # bound again after the outage: nothing else may take it meanwhile
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

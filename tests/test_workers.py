@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import re
 import signal
 import socket
@@ -18,7 +17,7 @@ import aiohttp
 from client import bot
 from hub.cli.serve import RESTART_AFTER_SECONDS
 
-from .conftest import LOOPBACK_ONLY, ROOT, HubProcess, free_port, wait_for_port, wait_until
+from .conftest import LOOPBACK_ONLY, ROOT, HubProcess, free_port, free_ports, wait_for_port, wait_until
 
 
 def test_workers_are_refused_without_redis(tmp_path: Path) -> None:
@@ -31,21 +30,6 @@ def test_workers_are_refused_without_redis(tmp_path: Path) -> None:
     )
     assert out.returncode == 2
     assert "--workers needs --redis" in out.stderr
-
-
-def free_ports(count: int) -> int:
-    """A port such that it and the `count - 1` after it are free (a worker listens on port + its number).
-    Below Linux's ephemeral range (32768 up), where the kernel hands out no ports of its own, so
-    the others are still free when the workers bind them seconds later."""
-    while True:
-        port = random.randrange(20000, 32768 - count)
-        try:
-            for offset in range(count):
-                with socket.create_server(("127.0.0.1", port + offset)):
-                    pass
-        except OSError:
-            continue
-        return port
 
 
 async def _node(port: int) -> str:
@@ -74,12 +58,12 @@ async def test_workers_share_one_port_and_a_dead_worker_is_restarted(tmp_path: P
     try:
         for worker_port in (port, port + 1, port + 2):
             wait_for_port(worker_port, supervisor, timeout=60)
+        # A worker's own port listens before it serves; once it answers there, it serves the shared port too.
+        first, second = await _node(port + 1), await _node(port + 2)
         nodes = set()
         for _ in range(40):  # two workers: 40 connections all landing on one is a 2^-39 chance
             nodes.add(await _node(port))
-        assert len(nodes) == 2, nodes
-        first, second = await _node(port + 1), await _node(port + 2)
-        assert {first, second} == nodes
+        assert nodes == {first, second}
 
         # A stream hosted by worker 1, viewed through worker 2: redirected to worker 1's own port.
         hub = HubProcess(f"http://127.0.0.1:{port}", tmp_path, supervisor, log)
