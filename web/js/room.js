@@ -74,6 +74,7 @@ const state = {
   panel: "people",
   joined: false,
   banner: null,
+  degraded: false, // the hub said its shared live state is unreachable ("degraded" until "restored")
   soundBlocked: false,
   invite: null, // {url, expires_at}
   invitedSites: new Set(),
@@ -83,6 +84,8 @@ const state = {
 // -- messages ------------------------------------------------------------------------
 
 function setBanner(key = null, params = {}) {
+  // While the hub's live state is down, its 503s say nothing new: the outage's banner stays.
+  if (state.degraded && (key === null || key === "error.server")) [key, params] = ["live.degraded", {}];
   state.banner = key ? [key, params] : null;
   renderBanner();
 }
@@ -202,9 +205,14 @@ async function join(event) {
   events.on("stream-added", (m) => m.room_id === state.roomId && addTile(m.stream));
   events.on("stream-removed", (m) => m.room_id === state.roomId && removeTile(m.stream_id));
   events.on("roster", (m) => m.room_id === state.roomId && state.joined && syncRoom(m));
-  events.on("degraded", () => state.joined && setBanner("live.degraded"));
-  // A request refused meanwhile (503) says "server error" over the outage's banner: both are over.
-  events.on("restored", () => ["live.degraded", "error.server"].includes(state.banner?.[0]) && setBanner(null));
+  events.on("degraded", () => {
+    state.degraded = true;
+    setBanner("live.degraded");
+  });
+  events.on("restored", () => {
+    state.degraded = false;
+    if (state.banner?.[0] === "live.degraded") setBanner(null);
+  });
   events.on("chat", (m) => m.room_id === state.roomId && addChat(m));
   events.on("recording-started", (m) => m.room_id === state.roomId && setRecording(true));
   events.on("recording-stopped", (m) => m.room_id === state.roomId && setRecording(false));
