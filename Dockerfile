@@ -2,6 +2,11 @@ FROM python:3.11-slim-bookworm
 
 WORKDIR /app
 
+# The one-file export draws Chinese names with this font (recorder/export.py).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends fonts-wqy-microhei \
+    && rm -rf /var/lib/apt/lists/*
+
 # Metadata first so the layer order matches the install inputs.
 COPY pyproject.toml README.md ./
 # One COPY per package: a multi-source COPY would flatten the directories' contents into /app.

@@ -118,9 +118,12 @@ class BenchHub:
 
 
 @contextlib.asynccontextmanager
-async def running_hub(data: Path, env: dict[str, str] | None = None) -> AsyncIterator[BenchHub]:
+async def running_hub(
+    data: Path, env: dict[str, str] | None = None, operator_site: str = "guomaying"
+) -> AsyncIterator[BenchHub]:
     """A hub serving `data` on a free loopback port (ICE on 127.0.0.1 only),
-    its log in data/hub.log; it and every child are stopped on exit."""
+    its log in data/hub.log, with an operator token of `operator_site`; it
+    and every child are stopped on exit."""
     port = free_port()
     log = (data / "hub.log").open("wb")
     process = subprocess.Popen(
@@ -137,7 +140,7 @@ async def running_hub(data: Path, env: dict[str, str] | None = None) -> AsyncIte
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
             await asyncio.sleep(0.1)
-        hub.token = cli(data, "token", "--user", "bench", "--site", "guomaying", "--role", "operator")
+        hub.token = cli(data, "token", "--user", "bench", "--site", operator_site, "--role", "operator")
         yield hub
     finally:
         for child in reversed(hub.children):

@@ -10,6 +10,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from hub.core.tokens import KeyFile
+
 DEMO_SITES = Path(__file__).parent / "core" / "demo_sites.json"
 
 
@@ -26,6 +28,9 @@ class Settings(BaseSettings):
     port: int = 8080
     data: Path = Path("hub-data")
     redis: str | None = None
+    #: Durable records: sqlite:///PATH or postgresql://user:password@host/name;
+    #: unset means the SQLite file hub.sqlite3 in the data directory.
+    database: str | None = None
     sites: Path | None = None
     #: Local addresses ICE gathers host candidates on; empty = every interface
     #: address (aioice's default, which leaves out loopback).
@@ -39,6 +44,9 @@ class Settings(BaseSettings):
     #: Public URL used in printed links; defaults to http://host:port.
     public_url: str | None = None
     max_sdp_bytes: int = 64 * 1024
+    #: Bearer secret a Prometheus scraper sends to GET /metrics; unset, /metrics
+    #: answers only requests made directly on loopback.
+    metrics_token: str | None = None
     max_ws_message_bytes: int = 16 * 1024
     #: Hub processes `serve` runs on one HTTP port (SO_REUSEPORT), sharing Redis;
     #: worker i also listens on port + i, the address its streams are redirected to.
@@ -60,6 +68,9 @@ class Settings(BaseSettings):
     retention_days: float | None = None
     #: Seconds between retention sweeps.
     retention_check_seconds: float = 3600.0
+    #: Font file the one-file export draws names, site and time with; unset =
+    #: the first installed of recorder.export.FONT_CANDIDATES (Debian CJK fonts).
+    export_font: Path | None = None
     #: Record mediation rooms from their first participant until the last one leaves.
     record_mediation_rooms: bool = False
     #: Seconds between snapshots (JPEG thumbnail + health diagnostics) of each
@@ -90,9 +101,12 @@ class Settings(BaseSettings):
     #: Refused messages after which a socket is closed (1008); one refusal is
     #: forgiven per second, so only a socket that keeps flooding is closed.
     ws_refusals_before_close: int = 50
-    #: Events waiting for one socket (its own, after filtering) before it is
-    #: closed as too slow (1013): only a client that does not read gets there.
+    #: Events waiting for one socket while its client reads nothing (a send
+    #: blocked on a full buffer) before it is closed as too slow (1013).
     ws_queue_events: int = 1000
+    #: Seconds one send to an event socket may stay blocked on a full buffer
+    #: (the client reads nothing) before the socket is closed as too slow (1013).
+    ws_send_stall_seconds: float = 10.0
     #: Seconds a WHIP or WHEP session may take to connect (ICE + DTLS) before
     #: it is removed, with its stream and participant.
     session_connect_seconds: float = 10.0
@@ -108,9 +122,23 @@ class Settings(BaseSettings):
     #: Seconds an opened room may stay empty (no participant, no stream)
     #: before it is closed; standing rooms never are.
     empty_room_seconds: float = 600.0
+    #: The cluster credential: hub processes sign the tokens with which they
+    #: pull streams from each other (relays) with it; every process of a
+    #: cluster needs the same one. Unset: a viewer of a stream another process
+    #: hosts is redirected there (307) instead.
+    cluster_secret: str | None = None
+    #: Seconds a relay (a pull of another process's stream) stays after its
+    #: last local viewer left, so a viewer who reloads finds it still there.
+    relay_linger_seconds: float = 5.0
+    #: Pull relayed streams through this hub (its URL) rather than from the
+    #: process hosting them: a cascade along the site tree.
+    upstream: str | None = None
     #: Seconds a hub process holds a camera's lease (renewed every third of it)
     #: before another process on the same Redis may take the camera over.
     camera_lease_seconds: float = 15.0
+    #: File of token signing keys, one `ID SECRET` a line, the first signs
+    #: (see docs/operate.md); unset: the data directory's secret.key.
+    secret_file: Path | None = None
 
     @property
     def recordings_path(self) -> Path:
@@ -121,8 +149,8 @@ class Settings(BaseSettings):
         return self.data / "secret.key"
 
     @property
-    def db_path(self) -> Path:
-        return self.data / "hub.sqlite3"
+    def database_url(self) -> str:
+        return self.database or f"sqlite:///{self.data / 'hub.sqlite3'}"
 
     @property
     def base_url(self) -> str:
@@ -139,8 +167,17 @@ class Settings(BaseSettings):
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         return f"http://{host}:{self.port + self.worker}"
 
-    def signing_secret(self) -> str:
-        """The token signing secret, generated and stored on first use."""
+    def keys(self) -> KeyFile:
+        """The token signing keys: HUB_SECRET_FILE, or else the data
+        directory's `secret.key`, generated on first use. Raises
+        KeyringError if the file cannot be used."""
+        if self.secret_file is None:
+            self._make_secret()
+        keys = KeyFile(self.secret_file or self.secret_path)
+        keys.current()  # a file that cannot be used stops the command here, with its reason
+        return keys
+
+    def _make_secret(self) -> None:
         self.data.mkdir(parents=True, exist_ok=True)
         try:
             # O_EXCL: of two processes starting on one data directory, one
@@ -152,8 +189,7 @@ class Settings(BaseSettings):
             with os.fdopen(fd, "w") as f:
                 f.write(secrets.token_urlsafe(48))
         for _ in range(50):
-            secret = self.secret_path.read_text().strip()
-            if secret:
-                return secret
+            if self.secret_path.read_text().strip():
+                return
             time.sleep(0.01)  # the other process is still writing it
         raise RuntimeError(f"{self.secret_path} is empty")

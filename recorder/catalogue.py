@@ -1,7 +1,7 @@
-"""The recordings catalogue and the audit log, in the hub's SQLite file.
+"""The recordings catalogue and the audit log, in the hub's database.
 
-Both tables live beside the site tree (`hub.sqlite3` in the data directory)
-so that one backup holds every durable record.
+Both tables live beside the site tree (`hub.sqlite3` in the data directory,
+or the PostgreSQL database of `--database`) so that one backup holds every durable record.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from hub.core.store import Migrations, Tables, Transaction
+from hub.core.store import Migrations, Tables, Transaction, quoted
 
 RECORDINGS = """CREATE TABLE IF NOT EXISTS recordings (
     id TEXT PRIMARY KEY,
@@ -27,7 +27,7 @@ RECORDINGS = """CREATE TABLE IF NOT EXISTS recordings (
 AUDIT = """CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
-    user TEXT NOT NULL,
+    "user" TEXT NOT NULL,
     role TEXT NOT NULL,
     action TEXT NOT NULL,
     recording_id TEXT NOT NULL,
@@ -53,11 +53,31 @@ MIGRATIONS = Migrations(
             "CREATE INDEX IF NOT EXISTS audit_site_time ON audit (site_id, at)",
         ),
         _add_node,
+        # Live feeds are audited too: who viewed which stream of which room, until when.
+        (
+            "ALTER TABLE audit ADD COLUMN user_site TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE audit ADD COLUMN stream_id TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE audit ADD COLUMN room_id TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE audit ADD COLUMN ended_at REAL",
+        ),
     ),
 )
 
 COLUMNS = ("id", "room_id", "site_id", "kind", "title", "started_at", "ended_at", "status", "chain_head", "node")
-AUDIT_COLUMNS = ("id", "at", "user", "role", "action", "recording_id", "site_id", "detail")
+AUDIT_COLUMNS = (
+    "id",
+    "at",
+    "user",
+    "role",
+    "action",
+    "recording_id",
+    "site_id",
+    "detail",
+    "user_site",
+    "stream_id",
+    "room_id",
+    "ended_at",
+)
 
 
 class Catalogue(Tables):
@@ -100,7 +120,8 @@ class Catalogue(Tables):
             where.append("kind = ?")
             args.append(kind)
         if text:
-            where.append("(search_text LIKE ? OR id = ?)")
+            # LOWER on both sides: SQLite's LIKE ignores ASCII case, PostgreSQL's does not.
+            where.append("(LOWER(search_text) LIKE LOWER(?) OR id = ?)")
             args += [f"%{text}%", text]
         return await self._select(f"WHERE {' AND '.join(where)} ORDER BY started_at DESC LIMIT ?", [*args, limit])
 
@@ -128,20 +149,57 @@ class Catalogue(Tables):
 
     async def audit(self, user: str, role: str, action: str, recording_id: str, site_id: str, detail: str = "") -> None:
         await self.db.execute(
-            "INSERT INTO audit (at, user, role, action, recording_id, site_id, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            'INSERT INTO audit (at, "user", role, action, recording_id, site_id, detail) VALUES (?, ?, ?, ?, ?, ?, ?)',
             [time.time(), user, role, action, recording_id, site_id, detail],
         )
 
+    async def audit_live(
+        self,
+        user: str,
+        role: str,
+        user_site: str,
+        action: str,
+        stream_id: str,
+        room_id: str,
+        site_id: str,
+        detail: str = "",
+        at: float | None = None,
+        ended_at: float | None = None,
+    ) -> int:
+        """A row about a live stream (a view, snapshots fetched); one with no
+        `ended_at` stays open until `audit_until` gives its end. Returns the row's id."""
+        # fetchall: the statement runs to its end (and commits) before the id is read.
+        rows = await self.db.fetchall(
+            "INSERT INTO audit"
+            ' (at, "user", role, action, recording_id, site_id, detail, user_site, stream_id, room_id, ended_at)'
+            " VALUES (?, ?, ?, ?, '', ?, ?, ?, ?, ?, ?) RETURNING id",
+            [at or time.time(), user, role, action, site_id, detail, user_site, stream_id, room_id, ended_at],
+        )
+        return int(rows[0][0])
+
+    async def audit_until(self, row_id: int, ended_at: float, detail: str | None = None) -> None:
+        await self.db.execute(
+            "UPDATE audit SET ended_at = ?, detail = COALESCE(?, detail) WHERE id = ?", [ended_at, detail, row_id]
+        )
+
     async def audit_rows(
-        self, sites: Iterable[str], recording_id: str | None = None, limit: int = 500
+        self,
+        sites: Iterable[str],
+        recording_id: str | None = None,
+        stream_id: str | None = None,
+        limit: int = 500,
     ) -> list[dict[str, Any]]:
         sites = list(sites)
         where = f"site_id IN ({', '.join('?' * len(sites))})"
         args: list[Any] = list(sites)
-        if recording_id:
-            where += " AND recording_id = ?"
-            args.append(recording_id)
+        for column, value in (("recording_id", recording_id), ("stream_id", stream_id)):
+            if value:
+                where += f" AND {column} = ?"
+                args.append(value)
         rows = await self.db.fetchall(
-            f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit WHERE {where} ORDER BY id DESC LIMIT ?", [*args, limit]
+            f"SELECT {quoted(AUDIT_COLUMNS)} FROM audit WHERE {where} ORDER BY id DESC LIMIT ?", [*args, limit]
         )
-        return [dict(zip(AUDIT_COLUMNS, row, strict=True)) for row in rows]
+        out = [dict(zip(AUDIT_COLUMNS, row, strict=True)) for row in rows]
+        for row in out:
+            row["duration"] = None if row["ended_at"] is None else round(row["ended_at"] - row["at"], 3)
+        return out

@@ -15,6 +15,7 @@ from hub.core.rooms import NotFound, Rooms
 from hub.core.store import Database
 from hub.core.tokens import Claims
 
+from .audit import LiveAudit
 from .catalogue import Catalogue
 from .manifest import MANIFEST, recover
 from .session import RecordingSession
@@ -31,6 +32,7 @@ class Recorder:
         self.rooms = rooms
         self.root = root.resolve()
         self.catalogue = Catalogue(db)
+        self.audit = LiveAudit(self.catalogue)
         self.segment_seconds = segment_seconds
         self.record_mediation = record_mediation
         #: room id -> its session being recorded on this process
@@ -66,6 +68,7 @@ class Recorder:
         await self._follower.stop()
         for room_id in tuple(self.sessions):
             await self._stop(room_id)
+        await self.audit.close()
 
     # -- control -------------------------------------------------------------
 

@@ -6,10 +6,15 @@ cd "$(dirname "$0")/.."
 
 SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
 need=()
-for pkg in redis-server chromium docker-compose python3-venv fonts-wqy-microhei rtsp-server-perl; do
+for pkg in redis-server postgresql chromium docker-compose python3-venv fonts-wqy-microhei fonts-noto-cjk rtsp-server-perl; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
+    # The tests start throwaway PostgreSQL clusters of their own: the package's main cluster is not wanted.
+    if [[ " ${need[*]} " == *" postgresql "* ]]; then
+        $SUDO mkdir -p /etc/postgresql-common
+        echo "create_main_cluster = false" | $SUDO tee /etc/postgresql-common/createcluster.conf >/dev/null
+    fi
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi

@@ -5,9 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from hub.config import Settings
+from hub.core.bus import EventIndex
 from hub.core.lag import LagProbe
 from hub.core.rooms import Rooms
 from hub.core.store import Database
+from hub.core.tokens import Keys
 from hub.monitoring.console import Console
 from hub.monitoring.presence import Presence
 from hub.monitoring.snapshots import Snapshots
@@ -17,9 +19,23 @@ from hub.workflows.dispatch import Dispatch
 from hub.workflows.training import Trainings
 from recorder.service import Recorder
 
-from . import api, cameras, cases, console, dispatch, events, invites, monitoring, recordings, stats, training, whip
+from . import (
+    api,
+    cameras,
+    cases,
+    console,
+    dispatch,
+    events,
+    invites,
+    metrics,
+    monitoring,
+    recordings,
+    stats,
+    training,
+    whip,
+)
 from .doors import Answer, door, ok
-from .keys import DATABASE, LAG, ROOMS, SECRET, SETTINGS
+from .keys import DATABASE, EVENT_INDEX, EVENT_SOCKETS, KEYS, LAG, ROOMS, SETTINGS
 from .openapi import document
 from .pages import page, web_file
 from .problems import problems_middleware, quiet_malformed_requests
@@ -46,7 +62,7 @@ async def openapi(request: web.Request) -> web.Response:
 def make_app(
     rooms: Rooms,
     settings: Settings,
-    secret: str,
+    keys: Keys,
     recorder: Recorder | None = None,
     *,
     console_service: Console | None = None,
@@ -62,12 +78,19 @@ def make_app(
     quiet_malformed_requests()
     app = web.Application(middlewares=[problems_middleware], client_max_size=settings.max_sdp_bytes * 2)
     app[ROOMS] = rooms
+    index = app[EVENT_INDEX] = EventIndex(rooms.state, rooms.tree)
+
+    async def close_index(_: web.Application) -> None:
+        index.close()
+
+    app.on_cleanup.append(close_index)
     app[SETTINGS] = settings
-    app[SECRET] = secret
+    app[KEYS] = keys
     if database is not None:
         app[DATABASE] = database
     if lag_probe is not None:
         app[LAG] = lag_probe
+    app[EVENT_SOCKETS] = set()
     app.router.add_get("/healthz", api.health)
     app.router.add_get("/readyz", api.ready)
     app.router.add_get("/api/openapi.json", openapi)
@@ -89,6 +112,7 @@ def make_app(
     monitoring.add_routes(app, snapshots)
     cameras.add_routes(app, camera_service)
     stats.add_routes(app)
+    metrics.add_routes(app)
     app.router.add_post("/whip/{room_id}", whip.whip_publish)
     app.router.add_delete("/whip/{room_id}/{stream_id}", whip.whip_delete)
     app.router.add_post("/whep/{stream_id}", whip.whep_view)

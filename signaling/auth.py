@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hub.core.tokens import Claims, TokenError, verify
+from hub.core.tokens import Claims, TokenError, verify, verify_node
 
-from .keys import SECRET
+from .keys import KEYS, SETTINGS
 
 
-def claims_of(request: web.Request) -> Claims:
+def claims_of(request: web.Request, node: bool = False) -> Claims:
     """Verify the request's token: the Authorization header, or a `token`
-    query parameter where a browser cannot set headers (WebSocket, links)."""
+    query parameter where a browser cannot set headers (WebSocket, links).
+    A door that serves other hub processes (WHEP: relays) says `node`: it
+    also accepts a cluster token, signed with HUB_CLUSTER_SECRET."""
     header = request.headers.get("Authorization", "")
     if header:
         scheme, _, token = header.partition(" ")
@@ -21,4 +23,11 @@ def claims_of(request: web.Request) -> Claims:
         token = request.query.get("token", "")
     if not token:
         raise TokenError("no bearer token")
-    return verify(request.app[SECRET], token.strip())
+    token = token.strip()
+    cluster_secret = request.app[SETTINGS].cluster_secret if node else None
+    try:
+        return verify(request.app[KEYS], token)
+    except TokenError:
+        if not cluster_secret:
+            raise
+    return verify_node(cluster_secret, token)

@@ -22,7 +22,7 @@ from .auth import claims_of
 from .doors import QUOTA, created, door, ok, read_body, read_query
 from .keys import ROOMS
 from .pages import page
-from .problems import Problem, service
+from .problems import Problem, problem_response, service
 from .recordings import RECORDER
 
 CASES = web.AppKey("cases", Cases)
@@ -30,6 +30,12 @@ CASES = web.AppKey("cases", Cases)
 FEATURE = (503,)
 #: A change the case's state does not allow.
 CONFLICT = (409, 503)
+
+
+def _conflict(request: web.Request, exc: Conflict) -> web.Response:
+    """A 409 problem; one refused for being stale carries the case as it is now."""
+    members = {"case": exc.case} if exc.case is not None else None
+    return problem_response(409, "Conflict", str(exc), request.path, members=members)
 
 
 def _cases(request: web.Request) -> Cases:
@@ -91,26 +97,40 @@ async def get_case(request: web.Request) -> web.Response:
     return json_response(await _with_recordings(request, claims, case))
 
 
-@door("Change a case's status or outcome", ok(m.Case), body=m.CaseChange, problems=CONFLICT)
+@door(
+    "Change a case's status or outcome",
+    ok(m.Case),
+    body=m.CaseChange,
+    problems=CONFLICT,
+    conflict=m.CaseConflict,
+    description="`version`: change it only if it is still at that version (else 409 with the case as it is)",
+)
 async def change_case(request: web.Request) -> web.Response:
     claims = claims_of(request)
     body = await read_body(request, m.CaseChange)
     if body.status is None and body.outcome is None:
-        raise Problem(400, "Bad Request", 'expected {"status"?, "outcome"?} with at least one')
+        raise Problem(400, "Bad Request", 'expected {"status"?, "outcome"?, "version"?} with a status or an outcome')
     try:
-        case = await _cases(request).update(claims, request.match_info["case_id"], body.status, body.outcome)
+        case = await _cases(request).update(
+            claims, request.match_info["case_id"], body.status, body.outcome, body.version
+        )
     except Conflict as exc:
-        raise Problem(409, "Conflict", str(exc)) from exc
+        return _conflict(request, exc)
     return json_response(case)
 
 
-@door("Hold a session: open a mediation room for the case", created(m.CaseSession), problems=(*CONFLICT, *QUOTA))
+@door(
+    "Hold a session: open a mediation room for the case",
+    created(m.CaseSession),
+    problems=(*CONFLICT, *QUOTA),
+    conflict=m.CaseConflict,
+)
 async def hold_session(request: web.Request) -> web.Response:
     claims = claims_of(request)
     try:
         session, room = await _cases(request).hold_session(claims, request.match_info["case_id"])
     except Conflict as exc:
-        raise Problem(409, "Conflict", str(exc)) from exc
+        return _conflict(request, exc)
     return json_response(session | {"room": room}, status=201)
 
 
@@ -120,14 +140,16 @@ async def hold_session(request: web.Request) -> web.Response:
     body=m.Escalation,
     body_optional=True,
     problems=CONFLICT,
+    conflict=m.CaseConflict,
+    description="`version`: escalate it only if it is still at that version (else 409 with the case as it is)",
 )
 async def escalate(request: web.Request) -> web.Response:
     claims = claims_of(request)
     body = await read_body(request, m.Escalation)
     try:
-        case = await _cases(request).escalate(claims, request.match_info["case_id"], body.note)
+        case = await _cases(request).escalate(claims, request.match_info["case_id"], body.note, body.version)
     except Conflict as exc:
-        raise Problem(409, "Conflict", str(exc)) from exc
+        return _conflict(request, exc)
     return json_response(case)
 
 

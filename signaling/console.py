@@ -11,6 +11,7 @@ from . import models as m
 from .api import json_response
 from .auth import claims_of
 from .doors import door, ok, read_body, read_query
+from .keys import EVENT_INDEX, ROOMS
 from .pages import page
 from .problems import service
 
@@ -29,15 +30,22 @@ def _console(request: web.Request) -> Console:
 
 
 @door(
-    "Live status of a branch (default: the caller's home site): sites online, rooms, streams, cameras, roll-ups",
+    "Live status of a branch (default: the caller's home site): sites online, rooms, streams, cameras,"
+    " roll-ups; compact=1: only live sites, for a console kept by deltas",
     ok(m.ConsoleStatus),
-    query=m.BranchQuery,
+    query=m.ConsoleQuery,
     problems=FEATURE,
 )
 async def status(request: web.Request) -> web.Response:
+    """The branch's status, with the event sequence number it reflects: the
+    console applies only events numbered after it (docs/protocol.md)."""
     claims = claims_of(request)
-    site = read_query(request, m.BranchQuery).site
-    return json_response(await _console(request).status(claims, site))
+    query = read_query(request, m.ConsoleQuery)
+    # Read before the state: an event numbered after `seq` may or may not be
+    # in the status, and the console's deltas are idempotent for that.
+    seq = request.app[EVENT_INDEX].seq
+    body = await _console(request).status(claims, query.site, query.compact == "1")
+    return json_response(body | {"seq": seq, "node": request.app[ROOMS].node_id})
 
 
 @door("The caller's wall layouts", ok(Layouts), problems=FEATURE)

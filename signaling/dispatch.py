@@ -6,8 +6,6 @@ problem whose `call` member says how it ended and who answered.
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 
 from hub.workflows.dispatch import CallConflict, Dispatch
@@ -16,7 +14,7 @@ from . import models as m
 from .api import json_response
 from .auth import claims_of
 from .doors import QUOTA, created, door, ok, read_body
-from .problems import PROBLEM_TYPE, service
+from .problems import problem_response, service
 
 DISPATCH = web.AppKey("dispatch", Dispatch)
 #: A hub process may run without dispatch: 503. A call someone else
@@ -30,10 +28,8 @@ def _dispatch(request: web.Request) -> Dispatch:
 
 
 def _conflict(request: web.Request, exc: CallConflict) -> web.Response:
-    """A 409 problem carrying the call as an extension member (RFC 9457 §3.2)."""
-    body = {"type": "about:blank", "title": "Conflict", "status": 409, "detail": str(exc)}
-    body |= {"instance": request.path, "call": exc.call}
-    return web.Response(status=409, text=json.dumps(body, ensure_ascii=False), content_type=PROBLEM_TYPE)
+    """A 409 problem carrying the call as an extension member."""
+    return problem_response(409, "Conflict", str(exc), request.path, members={"call": exc.call})
 
 
 @door("Ringing and recent emergency calls the caller answers", ok(list[m.Call]), problems=FEATURE)

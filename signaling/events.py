@@ -5,8 +5,11 @@ Client messages are validated with pydantic: an unknown or malformed
 message gets an `error` reply and changes nothing; an oversized one closes
 the socket (1009). Each socket's messages are rate-limited (token buckets):
 one over the limit is refused, a socket that keeps flooding is closed (1008).
-Each socket queues only the events that may be its own, so another socket's
-burst never fills its queue.
+Events reach a socket through hub/core/bus.py's index (by the rooms it joined,
+its home site, what it monitors), so an event costs in proportion to its
+recipients; each socket then decides with hub/core/access.py. A socket is
+closed as too slow (1013) only when its client does not read: a send that
+stays blocked on a full buffer.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from typing import Annotated, Literal
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -22,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, Vali
 
 from hub.config import Settings
 from hub.core.access import Forbidden, addressed_to, can_enter_room
+from hub.core.bus import MONITOR_ONLY, MONITORED, ROOM_ANNOUNCEMENTS, STATE_NOTICES, STOPPING, EventIndex
 from hub.core.livestate import DEGRADED, RESTORED, Record, Unavailable
 from hub.core.quotas import TokenBucket
 from hub.core.records import Event
@@ -32,7 +37,7 @@ from recorder.service import Recorder
 
 from .auth import claims_of
 from .console import PRESENCE
-from .keys import ROOMS, SETTINGS
+from .keys import EVENT_INDEX, EVENT_SOCKETS, ROOMS, SETTINGS
 from .problems import problem_response, validation_detail
 from .recordings import RECORDER
 
@@ -107,15 +112,6 @@ class Monitor(_Message):
     on: StrictBool
 
 
-#: Room events a monitoring session receives from every room it may enter.
-MONITORED = frozenset({"participant-joined", "participant-left", "stream-added", "stream-removed"})
-#: Addressed events only monitoring sessions receive (of interest to a console, noise elsewhere).
-MONITOR_ONLY = frozenset({"presence", "snapshot"})
-#: Events announcing a room to everyone who may enter it, joined or not.
-ROOM_ANNOUNCEMENTS = frozenset({"room-opened", "room-closed"})
-#: This process's own notices about shared live state, for every socket.
-STATE_NOTICES = frozenset({DEGRADED, RESTORED})
-
 RoomMessage = State | Chat | Hand | InviteSite | Recording
 ClientMessage = TypeAdapter(Annotated[Join | Leave | Ping | Monitor | RoomMessage, Field(discriminator="type")])
 
@@ -124,19 +120,28 @@ class Session:
     """One WebSocket: the rooms it joined and the events it forwards."""
 
     def __init__(
-        self, ws: web.WebSocketResponse, rooms: Rooms, claims: Claims, recorder: Recorder | None, settings: Settings
+        self,
+        ws: web.WebSocketResponse,
+        rooms: Rooms,
+        index: EventIndex,
+        claims: Claims,
+        recorder: Recorder | None,
+        settings: Settings,
     ) -> None:
         self.ws = ws
         self.rooms = rooms
         self.recorder = recorder
         self.claims = claims
+        self.index = index
+        # Registered now, before anything is sent: no event of this socket's is missed.
+        self.listener = index.add(claims, settings.ws_queue_events)
+        self._send_stall = settings.ws_send_stall_seconds
         self.joined: dict[str, str | None] = {}  # room id -> participant id (None: watching)
         # Events of a room being joined wait until its "joined" reply is out,
         # so a client always sees its roster before changes to it.
-        self.pending: dict[str, list[Record]] = {}
+        self.pending: dict[str, list[tuple[int, Event]]] = {}
         self.monitoring = False
         self._may_enter: dict[str, bool] = {}  # room id -> may this caller enter it (monitoring)
-        self._queue_bound = settings.ws_queue_events
         self._messages = TokenBucket(settings.ws_messages_per_second, settings.ws_message_burst)
         self._chats = TokenBucket(settings.ws_chats_per_second, settings.ws_chat_burst)
         # Refusals are forgiven at one a second: a burst is refused in part,
@@ -152,7 +157,14 @@ class Session:
         except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
             log.error("cannot send a %r message to %s: %s", message.get("type"), self.claims.user, exc)
             return
-        await self.ws.send_frame(data, WSMsgType.TEXT)
+        # A send waits only while the client's buffer is full; one that waits
+        # too long means the client does not read (TimeoutError: closed as too slow).
+        self.listener.blocked_since = time.monotonic()
+        try:
+            async with asyncio.timeout(self._send_stall):
+                await self.ws.send_frame(data, WSMsgType.TEXT)
+        finally:
+            self.listener.blocked_since = None
 
     async def error(self, code: str, message: str, **fields: object) -> None:
         await self.send({"type": "error", "code": code, "message": message} | fields)
@@ -195,7 +207,9 @@ class Session:
             await self.leave(message.room)
         elif isinstance(message, Monitor):
             self.monitoring = message.on
-            await self.send({"type": "ack", "of": "monitor"})
+            self.index.monitor(self.listener, message.on)
+            # The sequence number lets a console know whether it missed events (docs/protocol.md).
+            await self.send({"type": "ack", "of": "monitor", "seq": self.index.seq, "node": self.rooms.node_id})
         else:
             await self.in_room(message)
 
@@ -242,6 +256,7 @@ class Session:
             await self.error("forbidden", str(exc))
             return
         self.pending[room["id"]] = []
+        self.index.join(self.listener, room["id"])
         try:
             participant = None if message.watch else await self.rooms.join(self.claims, room["id"], message.name)
             self.joined[room["id"]] = participant["id"] if participant else None
@@ -251,60 +266,65 @@ class Session:
                 | {"participants": detail["participants"], "streams": detail["streams"]}
             )
         finally:
-            for event in self.pending.pop(room["id"]):
-                await self.send(event)
+            for seq, event in self.pending.pop(room["id"]):
+                await self._send_event(seq, event)
+            if room["id"] not in self.joined:
+                self.index.leave(self.listener, room["id"])
 
     async def leave(self, room_id: str) -> None:
         if room_id not in self.joined:
             await self.error("not-joined", f"not in room {room_id}")
             return
         participant_id = self.joined.pop(room_id)
+        self.index.leave(self.listener, room_id)
         if participant_id is not None:
             await self.rooms.leave(room_id, participant_id)
         await self.send({"type": "left", "room_id": room_id})
 
-    def may_be_mine(self, event: Event) -> bool:
-        """A cheap first cut, made as the event is delivered: events of rooms
-        this socket is not in never take room in its queue. `forward_events`
-        makes the real decision."""
-        kind = event.get("type")
-        if "to" in event or kind in ROOM_ANNOUNCEMENTS or kind in STATE_NOTICES:
-            return True
-        room_id = event.get("room_id")
-        if room_id in self.joined or room_id in self.pending:
-            return True
-        if kind == "room-updated" and room_id in self._may_enter:
-            return True  # drops a cached answer
-        return self.monitoring and kind in MONITORED
-
     async def forward_events(self) -> None:
-        """Send this socket its events until the socket closes. The queue holds
-        only this socket's events, so it fills only when the client does not
-        read; then, or if forwarding fails, the socket is closed saying why."""
-        queue = self.rooms.state.listen(self.may_be_mine, self._queue_bound)
+        """Send this socket its events until the socket closes. Its queue holds
+        only events the index found it a candidate for; the socket is closed,
+        saying why, when its client stops reading or forwarding fails."""
         try:
-            while (event := await queue.get()) is not None:
+            while (item := await self.listener.get()) is not None:
                 try:
-                    await self._forward(event)
+                    await self._forward(*item)
                 except Unavailable:
                     pass  # an event needing a lookup while Redis is down; the roster after `restored` covers it
-            if self.rooms.state.closed:
-                await self.ws.close(code=WSCloseCode.GOING_AWAY, message=b"hub stopping")
+            if self.rooms.state.closed or self.listener.dropped == STOPPING:
+                await self.ws.close(code=WSCloseCode.GOING_AWAY, message=STOPPING.encode())
                 return
-            log.warning("closing the event socket of %s: %d events waited unread", self.claims.user, self._queue_bound)
-            reason = f"too slow: {self._queue_bound} events waited unread"
-            await self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=reason.encode())
+            await self.close_slow(self.listener.dropped or "too slow")
+        except TimeoutError:
+            await self.close_slow(self.stalled)
         except ConnectionError:
             pass  # the client went away: nobody to tell
         except Exception:
             log.exception("event forwarding to %s failed; closing its socket", self.claims.user)
             await self.ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"event forwarding failed; reconnect")
         finally:
-            self.rooms.state.unlisten(queue)
+            self.index.remove(self.listener)
 
-    async def _forward(self, event: Event) -> None:
+    @property
+    def stalled(self) -> str:
+        """Why a socket whose send timed out is closed."""
+        return f"too slow: the client read nothing for {self._send_stall:g} s"
+
+    async def close_slow(self, reason: str) -> None:
+        log.warning("closing the event socket of %s: %s", self.claims.user, reason)
+        # The close frame queues behind what the client has not read; it is
+        # given as long as one event was, then the socket is left to its heartbeat.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._send_stall):
+                await self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=reason.encode()[:120])
+
+    async def _send_event(self, seq: int, event: Event) -> None:
+        await self.send(event | {"seq": seq})
+
+    async def _forward(self, seq: int, event: Event) -> None:
+        """The final yes/no for an event the index offered this socket (access.py decides)."""
         if event["type"] in STATE_NOTICES:
-            await self.send(event)
+            await self._send_event(seq, event)
             if event["type"] == RESTORED:
                 await self.send_rosters()
             return
@@ -315,15 +335,15 @@ class Session:
             if (self.monitoring or event["type"] not in MONITOR_ONLY) and addressed_to(
                 self.rooms.tree, self.claims, event["to"]
             ):
-                await self.send(event)
+                await self._send_event(seq, event)
         elif room_id in self.pending:
-            self.pending[room_id].append(event)
+            self.pending[room_id].append((seq, event))
         elif room_id in self.joined or self._announces_room_for_me(event):
-            if event["type"] == "room-closed":
-                self.joined.pop(room_id, None)  # its participants are gone with it
-            await self.send(event)
+            if event["type"] == "room-closed" and self.joined.pop(room_id, False) is not False:
+                self.index.leave(self.listener, room_id)  # its participants are gone with it
+            await self._send_event(seq, event)
         elif self.monitoring and event["type"] in MONITORED and await self._may_enter_room(room_id):
-            await self.send(event)
+            await self._send_event(seq, event)
 
     def _announces_room_for_me(self, event: Event) -> bool:
         """A room opening or closing is announced to everyone who may enter it, joined or not."""
@@ -371,7 +391,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     limit = request.app[SETTINGS].max_ws_message_bytes
     ws = web.WebSocketResponse(heartbeat=20, max_msg_size=limit)
     await ws.prepare(request)
-    session = Session(ws, request.app[ROOMS], claims, request.app.get(RECORDER), request.app[SETTINGS])
+    app = request.app
+    session = Session(ws, app[ROOMS], app[EVENT_INDEX], claims, app.get(RECORDER), app[SETTINGS])
+    sockets = app[EVENT_SOCKETS]
+    sockets.add(session)
     forwarder = asyncio.create_task(session.forward_events())
     presence = request.app.get(PRESENCE)
     connection = await presence.connect(claims) if presence else None
@@ -382,7 +405,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         async for msg in ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 await session.handle(msg.data)
+    except TimeoutError:  # a reply that could not be sent: the client reads nothing
+        await session.close_slow(session.stalled)
     finally:
+        sockets.discard(session)
         await cancel_and_wait(forwarder)
         await session.close()
         if presence:

@@ -15,7 +15,7 @@ from . import models as m
 from .api import json_response
 from .auth import claims_of
 from .doors import created, door, ok, read_body
-from .keys import ROOMS, SECRET
+from .keys import KEYS, ROOMS
 
 
 @door("A guest invite link for the room, valid 1800, 7200 or 86400 s", created(m.Invite), body=m.NewInvite)
@@ -28,7 +28,7 @@ async def create_invite(request: web.Request) -> web.Response:
     ttl = (await read_body(request, m.NewInvite)).ttl
     # Each link is its own guest user, so its streams and roster entries are told apart.
     guest = Claims(user=f"guest-{secrets.token_hex(4)}", site=room["site_id"], role="guest", room=room_id)
-    token = issue(request.app[SECRET], guest, ttl)
+    token = issue(request.app[KEYS], guest, ttl)
     return json_response(
         {"url": f"/rooms/{room_id}?token={token}", "token": token, "expires_at": int(time.time()) + ttl}, status=201
     )

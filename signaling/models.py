@@ -190,13 +190,19 @@ class NewCase(Body):
     summary: text(4000, multiline=True) = ""  # type: ignore[valid-type]
 
 
+#: The case version a change was decided on (the `version` of the case as read).
+CaseVersion = Annotated[int, Field(ge=1, le=2**53)]
+
+
 class CaseChange(Body):
     status: Literal[STATUSES] | None = None  # type: ignore[valid-type]
     outcome: text(2000, multiline=True) | None = None  # type: ignore[valid-type]
+    version: CaseVersion | None = None
 
 
 class Escalation(Body):
     note: text(1000, multiline=True) = ""  # type: ignore[valid-type]
+    version: CaseVersion | None = None
 
 
 # -- query parameters ----------------------------------------------------------------
@@ -204,6 +210,11 @@ class Escalation(Body):
 
 class BranchQuery(Query):
     site: optional(Ident) = None  # type: ignore[valid-type]
+
+
+class ConsoleQuery(BranchQuery):
+    #: "1": the compact form a console keeps by deltas (docs/api.md).
+    compact: optional(Literal["0", "1"]) = None  # type: ignore[valid-type]
 
 
 class RecordingSearch(Query):
@@ -221,7 +232,9 @@ class Period(Query):
 
 
 class AuditQuery(Query):
+    site: optional(Ident) = None  # type: ignore[valid-type]
     recording: optional(Ident) = None  # type: ignore[valid-type]
+    stream: optional(Ident) = None  # type: ignore[valid-type]
 
 
 class CaseSearch(Query):
@@ -241,6 +254,11 @@ class AttendanceQuery(Query):
 class PublishQuery(Query):
     kind: optional(Literal[STREAM_KINDS]) = None  # type: ignore[valid-type]
     participant: optional(Ident) = None  # type: ignore[valid-type]
+
+
+class ViewQuery(Query):
+    #: "1": a 307 to the hub process hosting the stream, instead of this one pulling it (a relay).
+    redirect: optional(Literal["1"]) = None  # type: ignore[valid-type]
 
 
 # -- responses ---------------------------------------------------------------------
@@ -392,10 +410,17 @@ class AuditRow(Out):
     at: float
     user: str
     role: str
-    action: str
-    recording_id: str
-    site_id: str
-    detail: str
+    user_site: str = Field(description="the caller's home site")
+    action: Literal["playback", "download", "export", "verify", "view", "snapshot"]
+    recording_id: str = Field(description="a recording's rows; empty for a live stream's")
+    stream_id: str = Field(description="a live stream's rows (view, snapshot); empty for a recording's")
+    room_id: str
+    site_id: str = Field(description="the site of the recording's or stream's room: whose auditors see the row")
+    detail: str = Field(description="a file, a verdict, a WHEP session id, or 'N snapshots'")
+    ended_at: float | None = Field(
+        description="a view's end, a snapshot run's latest fetch; null while it lasts, or after a killed hub"
+    )
+    duration: float | None
 
 
 class Caller(Out):
@@ -501,6 +526,13 @@ class Case(Out):
     created_by: str
     created_at: float
     updated_at: float
+    version: int = Field(description="counts every change of the case; send it back to change only that version")
+
+
+class CaseConflict(Problem):
+    case: dict[str, Any] | None = Field(
+        default=None, description="the case as it is now, when the change was refused for being stale"
+    )
 
 
 class ListedCase(Case):
@@ -555,10 +587,23 @@ class ConsoleSite(Out):
     rollup: dict[str, int]
 
 
+class ConsoleLiveSite(Out):
+    """A row of the compact status: only what is live (connections, rooms with
+    their participants' ids, streams, cameras, named alerts)."""
+
+    id: str
+
+
 class ConsoleStatus(Out):
     root: str
     at: float
-    sites: list[ConsoleSite]
+    #: The event sequence number the status reflects, and the process that numbered it.
+    seq: int
+    node: str
+    sites: list[ConsoleSite] | list[ConsoleLiveSite]
+    compact: bool | None = None
+    #: Compact: the branch's opened rooms, so that their events can be placed.
+    opened: list[dict[str, Any]] | None = None
 
 
 class Snapshot(Out):

@@ -22,6 +22,7 @@ from .auth import claims_of
 from .doors import Answer, door, ok, read_query
 from .keys import ROOMS
 from .problems import service
+from .recordings import audit_snapshot
 
 SNAPSHOTS = web.AppKey("snapshots", Snapshots)
 #: A hub process may run without snapshots: 503.
@@ -51,7 +52,7 @@ def _branch(request: web.Request, claims: Claims) -> str:
 async def snapshot(request: web.Request) -> web.Response:
     claims = claims_of(request)
     stream_id = request.match_info["stream_id"]
-    await request.app[ROOMS].stream(claims, stream_id)  # NotFound / Forbidden
+    stream = await request.app[ROOMS].stream(claims, stream_id)  # NotFound / Forbidden
     latest = await _snapshots(request).latest(stream_id)
     if latest is None:
         raise NotFound(f"stream {stream_id} has no snapshot yet")
@@ -61,7 +62,8 @@ async def snapshot(request: web.Request) -> web.Response:
     # ETag makes that ask cheap when no newer snapshot was taken.
     headers = {"ETag": etag, "Cache-Control": "no-cache", "Last-Modified": formatdate(at, usegmt=True)}
     if etag in request.headers.get("If-None-Match", ""):
-        return web.Response(status=304, headers=headers)
+        return web.Response(status=304, headers=headers)  # a picture the caller already has: no new view
+    await audit_snapshot(request, claims, stream)
     return web.Response(body=jpeg, content_type="image/jpeg", headers=headers)
 
 

@@ -17,7 +17,8 @@ from hub.core.livestate import PROBE_SECONDS, Unavailable
 from hub.core.quotas import QuotaExceeded
 from hub.core.rooms import Elsewhere, NotFound
 from hub.core.tokens import TokenError
-from hub.media.router import SdpError
+from hub.media.relay import RelayError
+from hub.media.router import SdpError, StreamEnded
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +46,20 @@ def service(request: web.Request, key: web.AppKey[T], missing: str) -> T:
 
 
 def problem_response(
-    status: int, title: str, detail: str = "", instance: str = "", headers: dict[str, str] | None = None
+    status: int,
+    title: str,
+    detail: str = "",
+    instance: str = "",
+    headers: dict[str, str] | None = None,
+    members: dict[str, object] | None = None,
 ) -> web.Response:
+    """`members`: extension members (RFC 9457 §3.2), e.g. the record a 409 was about."""
     body: dict[str, object] = {"type": "about:blank", "title": title, "status": status}
     if detail:
         body["detail"] = detail
     if instance:
         body["instance"] = instance
+    body |= members or {}
     if status == 401:
         headers = (headers or {}) | {"WWW-Authenticate": 'Bearer realm="hub"'}
     return web.Response(
@@ -100,8 +108,10 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
         return problem_response(401, "Unauthorized", str(exc), path)
     except Forbidden as exc:
         return problem_response(403, "Forbidden", str(exc), path)
-    except NotFound as exc:
+    except (NotFound, StreamEnded) as exc:
         return problem_response(404, "Not Found", str(exc), path)
+    except RelayError as exc:  # the stream's host (or upstream hub) did not give it to this process
+        return problem_response(502, "Bad Gateway", str(exc), path)
     except QuotaExceeded as exc:
         retry = {"Retry-After": str(exc.retry_after)}
         return problem_response(429, "Too Many Requests", str(exc), path, retry)

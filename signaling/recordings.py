@@ -11,7 +11,9 @@ from typing import Any
 from aiohttp import web
 
 from hub.core.access import Forbidden, can_reach_site, require_site, room_bound
+from hub.core.records import Stream
 from hub.core.rooms import NotFound
+from hub.core.sites import SiteTree
 from hub.core.tokens import Claims
 from recorder.export import Exports
 from recorder.manifest import MANIFEST, read_manifest, verify
@@ -21,7 +23,7 @@ from . import models as m
 from .api import json_response
 from .auth import claims_of
 from .doors import Answer, door, ok, read_body, read_query
-from .keys import ROOMS
+from .keys import ROOMS, SETTINGS
 from .pages import page
 from .problems import Problem, service
 
@@ -48,6 +50,27 @@ async def _recording(request: web.Request, claims: Claims) -> dict[str, Any]:
 
 async def _audit(request: web.Request, claims: Claims, action: str, row: dict[str, Any], detail: str = "") -> None:
     await _recorder(request).catalogue.audit(claims.user, claims.role, action, row["id"], row["site_id"], detail)
+
+
+async def audit_view(request: web.Request, claims: Claims, stream: Stream, subscription_id: str) -> None:
+    """A WHEP view of a live stream starts; the recorder's LiveAudit writes its end."""
+    if (recorder := request.app.get(RECORDER)) is not None:
+        site_id = await request.app[ROOMS].site_of_stream(stream)
+        await recorder.audit.view_started(claims, stream, site_id, subscription_id)
+
+
+async def audit_snapshot(request: web.Request, claims: Claims, stream: Stream) -> None:
+    if (recorder := request.app.get(RECORDER)) is not None:
+        await recorder.audit.snapshot_fetched(claims, stream, await request.app[ROOMS].site_of_stream(stream))
+
+
+def _branch(tree: SiteTree, claims: Claims, site: str | None) -> list[str]:
+    """The sites of `site`'s branch (default: the caller's home), if the caller reaches it."""
+    site = site or claims.site
+    if tree.get(site) is None:
+        raise NotFound(f"no site {site}")
+    require_site(tree, claims, site)
+    return [s.id for s in tree.jurisdiction(site)]
 
 
 # -- recording a room ---------------------------------------------------------
@@ -82,12 +105,8 @@ async def search(request: web.Request) -> web.Response:
     tree = request.app[ROOMS].tree
     if room_bound(claims):
         raise Forbidden("a guest or room-bound token cannot search recordings")
-    site = query.site or claims.site
-    if tree.get(site) is None:
-        raise NotFound(f"no site {site}")
-    require_site(tree, claims, site)
     rows = await _recorder(request).catalogue.search(
-        (s.id for s in tree.jurisdiction(site)),
+        _branch(tree, claims, query.site),
         since=query.from_,
         until=query.to,
         kind=query.kind,
@@ -191,19 +210,19 @@ async def export_file(request: web.Request) -> web.FileResponse:
 
 
 @door(
-    "The audit log of the caller's jurisdiction (operators, admins)",
+    "The audit log of a branch (operators, admins): recordings played, live streams viewed, snapshots fetched",
     ok(list[m.AuditRow]),
     query=m.AuditQuery,
     problems=FEATURE,
+    description="`site`: the branch (default: the caller's home site); a token bound to a room reaches none",
 )
 async def audit_log(request: web.Request) -> web.Response:
     claims = claims_of(request)
     query = read_query(request, m.AuditQuery)
     if claims.role not in ("operator", "admin"):
         raise Forbidden("only operators and administrators read the audit log")
-    tree = request.app[ROOMS].tree
     rows = await _recorder(request).catalogue.audit_rows(
-        (s.id for s in tree.jurisdiction(claims.site)), recording_id=query.recording
+        _branch(request.app[ROOMS].tree, claims, query.site), recording_id=query.recording, stream_id=query.stream
     )
     return json_response(rows)
 
@@ -211,7 +230,7 @@ async def audit_log(request: web.Request) -> web.Response:
 def add_routes(app: web.Application, recorder: Recorder | None) -> None:
     if recorder is not None:
         app[RECORDER] = recorder
-    app[EXPORTS] = Exports()
+    app[EXPORTS] = Exports(app[SETTINGS].export_font)
     app.router.add_get("/recordings", page("recordings.html", "The playback page"))
     app.router.add_get("/recordings/{recording_id}", page("recordings.html", "The playback page"))
     app.router.add_get("/api/rooms/{room_id}/recording", recording_status)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from hub.core.tokens import NODE_ROLE
 from hub.media.router import check_offer
 
 from . import models as m
@@ -11,6 +12,7 @@ from .auth import claims_of
 from .doors import QUOTA, Answer, door, read_query
 from .keys import ROOMS, SETTINGS
 from .problems import Problem
+from .recordings import audit_view
 
 SDP_TYPE = "application/sdp"
 SDP_ANSWER = Answer(201, "The SDP answer; Location names the session to DELETE", media=SDP_TYPE, headers=("Location",))
@@ -73,23 +75,34 @@ async def whip_delete(request: web.Request) -> web.Response:
 @door(
     "View a stream (WHEP): an SDP offer in, the answer out",
     SDP_ANSWER,
-    Answer(307, "Hosted by another hub process: ask there", headers=("Location",)),
+    Answer(307, "Hosted by another hub process, and redirect=1 asked to go there", headers=("Location",)),
+    query=m.ViewQuery,
     sdp=True,
-    problems=QUOTA,
+    problems=(*QUOTA, 502),
+    description="A stream another hub process hosts is pulled to this one (a relay) and served from here;"
+    " `redirect=1` asks for a 307 to the hosting process instead",
 )
 async def whep_view(request: web.Request) -> web.Response:
-    claims = claims_of(request)
+    claims = claims_of(request, node=True)
     stream_id = request.match_info["stream_id"]
     rooms = request.app[ROOMS]
-    rooms.ensure_local(await rooms.stream(claims, stream_id))  # redirect before reading the body
+    redirect = read_query(request, m.ViewQuery).redirect == "1"
+    stream = await rooms.stream(claims, stream_id)
+    rooms.check_viewable(stream, redirect)  # redirect before reading the body
     offer = await read_offer(request)
     check_offer(offer, request.app[SETTINGS].max_sdp_bytes)
-    subscription_id, answer = await rooms.view(claims, stream_id, offer)
+    subscription_id, answer = await rooms.view(claims, stream_id, offer, redirect)
+    if claims.role != NODE_ROLE:  # a relay's pull: its viewers are audited where they watch
+        try:
+            await audit_view(request, claims, stream, subscription_id)
+        except BaseException:  # a view the audit log does not hold is not served
+            await rooms.end_view(claims, stream_id, subscription_id)
+            raise
     return sdp_created(answer, f"/whep/{stream_id}/{subscription_id}")
 
 
 @door("Stop viewing (WHEP)", ENDED)
 async def whep_delete(request: web.Request) -> web.Response:
-    claims = claims_of(request)
+    claims = claims_of(request, node=True)
     await request.app[ROOMS].end_view(claims, request.match_info["stream_id"], request.match_info["session_id"])
     return web.Response(status=200)

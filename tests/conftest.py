@@ -1,4 +1,4 @@
-"""Fixtures: real hub processes, real redis-server, tokens, loopback-only media."""
+"""Fixtures: real hub processes, real redis-server and PostgreSQL, tokens, loopback-only media."""
 
 from __future__ import annotations
 
@@ -6,10 +6,13 @@ import asyncio
 import json
 import os
 import random
+import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psycopg
 import pytest
 from playwright.async_api import Browser
 
@@ -93,10 +97,14 @@ class HubProcess:
     proc: subprocess.Popen[bytes]
     log: Path
 
-    def token(self, user: str, site: str, role: str, room: str | None = None, ttl: int | None = None) -> str:
+    def token(
+        self, user: str, site: str, role: str, room: str | None = None, ttl: int | None = None, name: str | None = None
+    ) -> str:
         args = ["token", "--user", user, "--site", site, "--role", role]
         if room:
             args += ["--room", room]
+        if name:
+            args += ["--name", name]
         if ttl is not None:
             args += ["--ttl", str(ttl)]
         return run_hub_cli(self.data, *args).strip()
@@ -104,7 +112,7 @@ class HubProcess:
     def sign(self, user: str, site: str, role: str, room: str | None = None) -> str:
         """Like token(), signed in this process with the hub's secret: no CLI process per token
         (one costs seconds on a busy machine) and no check that the site exists."""
-        return issue(Settings(data=self.data).signing_secret(), Claims(user=user, site=site, role=role, room=room))
+        return issue(Settings(data=self.data).keys(), Claims(user=user, site=site, role=role, room=room))
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -209,3 +217,80 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(10)
+
+
+POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def _as_postgres_user() -> dict[str, Any]:
+    """initdb and postgres refuse to run as root: as root, they run as Debian's postgres user
+    (the child itself, not a runuser wrapper, so that signals reach the server)."""
+    return {"user": "postgres", "group": "postgres", "extra_groups": []} if os.geteuid() == 0 else {}
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster (Debian's postgresql) on 127.0.0.1, private
+    to this test run; its URL without a database name. Durability is off: it
+    is deleted at the end."""
+    if not (POSTGRES_BIN / "initdb").exists():
+        pytest.fail("postgresql is not installed (the README's test command installs it)")
+    # Not under pytest's tmp_path: that is root's own (mode 0700), and the server runs as postgres.
+    workdir = Path(tempfile.mkdtemp(prefix="hub-pg-"))
+    data = workdir / "data"
+    if os.geteuid() == 0:
+        shutil.chown(workdir, "postgres", "postgres")
+    subprocess.run(
+        [str(POSTGRES_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
+         "--locale=C.UTF-8"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+        cwd=workdir,
+        **_as_postgres_user(),
+    )  # fmt: skip
+    port = free_port()
+    log = (workdir / "postgres.log").open("wb")
+    proc = subprocess.Popen(
+        [str(POSTGRES_BIN / "postgres"), "-D", str(data), "-k", str(workdir), "-h", "127.0.0.1", "-p", str(port),
+         "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=workdir,
+        **_as_postgres_user(),
+    )  # fmt: skip
+    try:
+        wait_for_port(port, proc)  # type: ignore[arg-type]
+        # The port opens before the server accepts logins: wait for a query to succeed.
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", connect_timeout=2).close()
+                break
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield f"postgresql://postgres@127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGINT)  # a fast shutdown: sessions are ended, nothing is kept anyway
+        proc.wait(20)
+        log.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> str:
+    """A new, empty database on the test run's PostgreSQL server."""
+    name = f"t_{secrets.token_hex(6)}"
+    with psycopg.connect(f"{postgres_server}/postgres", autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    return f"{postgres_server}/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test that takes it runs on both backends: a SQLite file, and a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'hub.sqlite3'}"
+    return str(request.getfixturevalue("postgres_url"))

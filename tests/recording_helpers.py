@@ -38,9 +38,12 @@ class Recorded:
     token: str
 
 
-async def record(hub: HubProcess, seconds: float, room: str = ROOM, audio: bool = True, codec: str = "vp8") -> Recorded:
-    """Record `seconds` of a 320x240 30 fps VP8 or H.264 (+ Opus) stream published over WHIP."""
-    token = hub.token("mediator-rec", "guomaying", "mediator")
+async def record(
+    hub: HubProcess, seconds: float, room: str = ROOM, audio: bool = True, codec: str = "vp8", name: str | None = None
+) -> Recorded:
+    """Record `seconds` of a 320x240 30 fps VP8 or H.264 (+ Opus) stream published over WHIP
+    by a mediator whose display name is `name` (else the account name)."""
+    token = hub.token("mediator-rec", "guomaying", "mediator", name=name)
     video = bot.SyntheticVideo(codec, 320, 240, 30, frames=int(seconds * 30))
     tracks: list[bot.EncodedTrack] = [video] + ([bot.SyntheticAudio(frames=int(seconds * 50))] if audio else [])
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:

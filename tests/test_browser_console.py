@@ -225,3 +225,55 @@ async def test_other_county_neither_sees_nor_walls_it(
         assert not CJK.search(text), CJK.findall(text)
     finally:
         await session.close()
+
+
+async def test_sites_go_online_and_offline_by_deltas_and_resync_after_a_drop(
+    console_hub: HubProcess, browser: Browser, http: aiohttp.ClientSession
+) -> None:
+    """The console loads its status once; a village going online and offline
+    twice is shown from the event socket's deltas, with no status request.
+    When its socket drops and a change happens meanwhile, the reconnected
+    socket's sequence number makes it load the status once more."""
+    page = await browser.new_page(viewport={"width": 1440, "height": 900})
+    status_requests: list[str] = []
+    page.on("request", lambda r: "/api/console/status" in r.url and status_requests.append(r.url))
+    sockets = []
+
+    def proxy(ws) -> None:  # type: ignore[no-untyped-def]
+        sockets.append(ws)
+        if len(sockets) == 1:
+            ws.connect_to_server()  # later ones wait for the test (below)
+
+    await page.route_web_socket(re.compile(r"/ws\?"), proxy)
+    await page.goto(f"{console_hub.url}/console?token={console_hub.sign('op-ledu2', 'ledu', 'operator')}")
+    await expect(page.locator("#conn")).to_have_attribute("data-state", "open")
+    village = page.locator('[data-select="hongzhuang"]')
+    await expect(village).to_have_attribute("data-online", "false")
+    assert len(status_requests) == 1 and "compact=1" in status_requests[0]
+
+    terminal = console_hub.sign("t-hongzhuang2", "hongzhuang", "terminal")
+    for _ in range(2):
+        async with http.ws_connect(f"{console_hub.url}/ws?token={terminal}"):
+            await expect(village).to_have_attribute("data-online", "true")
+            await expect(page.locator('[data-rollup="chengtai"]')).to_contain_text("1/2")
+        await expect(village).to_have_attribute("data-online", "false")
+        await expect(page.locator('[data-rollup="chengtai"]')).to_contain_text("0/2")
+    assert len(status_requests) == 1, status_requests  # deltas only
+
+    # The console's socket drops; the village comes online while it is away.
+    await sockets[0].close(code=4000, reason="test drop")
+    await expect(page.locator("#conn")).not_to_have_attribute("data-state", "open")
+    async with http.ws_connect(f"{console_hub.url}/ws?token={terminal}") as away:
+        await away.receive_json()  # hello: its presence is out
+        for _ in range(100):  # api.js reconnects after 0.5 s, to a socket held back until now
+            if len(sockets) == 2:
+                break
+            await asyncio.sleep(0.1)
+        sockets[1].connect_to_server()
+        await expect(page.locator("#conn")).to_have_attribute("data-state", "open")
+        await expect(village).to_have_attribute("data-online", "true")
+        assert len(status_requests) == 2, status_requests  # resynchronized once
+        await away.close()
+    await expect(village).to_have_attribute("data-online", "false")
+    assert len(status_requests) == 2
+    await page.close()

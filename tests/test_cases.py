@@ -235,7 +235,9 @@ async def test_bad_changes_are_refused_and_change_nothing(case_hub: HubProcess, 
     mediator = case_hub.sign("m-taizi", "taizi", "mediator")
     status, case = await call(http, "POST", f"{case_hub.url}/api/cases", mediator, json=NEW_CASE)
     url = f"{case_hub.url}/api/cases/{case['id']}"
-    for body in ({}, {"status": "resolved"}, {"outcome": 3}, {"status": "closed", "extra": 1}, "closed"):
+    bad = ({}, {"status": "resolved"}, {"outcome": 3}, {"status": "closed", "extra": 1}, "closed", {"version": 1})
+    versions = ({"outcome": "x", "version": 0}, {"outcome": "x", "version": "1"}, {"outcome": "x", "version": True})
+    for body in (*bad, *versions):
         status, problem = await call(http, "PATCH", url, mediator, json=body)
         assert status == 400, problem
     assert (
@@ -244,6 +246,12 @@ async def test_bad_changes_are_refused_and_change_nothing(case_hub: HubProcess, 
         )
     )[0] == 400
     assert (await call(http, "POST", f"{url}/escalate", mediator, json={"note": "x" * 1001}))[0] == 400
+    assert (await call(http, "POST", f"{url}/escalate", mediator, json={"version": 1.5}))[0] == 400
+    # A change decided on a version the case is not at: 409 with the case as it is.
+    stale = (("PATCH", url, {"outcome": "x", "version": 2}), ("POST", f"{url}/escalate", {"version": 7}))
+    for method, path, body in stale:
+        status, problem = await call(http, method, path, mediator, json=body)
+        assert status == 409 and problem["case"]["version"] == 1 and problem["case"]["status"] == "open", problem
     # Escalation has its own call.
     assert (await call(http, "PATCH", url, mediator, json={"status": "escalated"}))[0] == 409
     assert (await call(http, "GET", f"{case_hub.url}/api/cases?status=whatever", mediator))[0] == 400
@@ -254,6 +262,7 @@ async def test_bad_changes_are_refused_and_change_nothing(case_hub: HubProcess, 
     assert (await call(http, "POST", f"{case_hub.url}/api/cases", mediator, json=other_site))[0] == 403
     status, unchanged = await call(http, "GET", url, mediator)
     assert unchanged["status"] == "open" and unchanged["updated_at"] == case["updated_at"]
+    assert unchanged["version"] == case["version"] == 1
     assert [h["action"] for h in unchanged["history"]] == ["opened"]
 
 
@@ -306,3 +315,84 @@ async def test_escalation_reaches_the_township_on_another_hub_process(
     finally:
         first.stop()
         second.stop()
+
+
+#: Outcomes of an escalation racing a status change of an open village case,
+#: by which of them was written: (site, status, history after "opened").
+RACE_OUTCOMES = {
+    ("escalate", "update"): (TOWNSHIP, "mediating", ["escalated", "status"]),
+    ("update", "escalate"): (TOWNSHIP, "escalated", ["status", "escalated"]),
+    ("escalate",): (TOWNSHIP, "escalated", ["escalated"]),
+    ("update",): (VILLAGE, "mediating", ["status"]),
+}
+
+
+@pytest.fixture
+def two_case_hubs(tmp_path: Path, redis_url: str) -> Iterator[tuple[HubProcess, HubProcess]]:
+    """Two hub processes on one data directory (one database) and one Redis."""
+    first = start_hub(tmp_path, "--redis", redis_url)
+    second = start_hub(tmp_path, "--redis", redis_url)
+    yield first, second
+    first.stop()
+    second.stop()
+
+
+async def test_an_escalation_and_a_change_at_once_on_two_hub_processes_lose_nothing(
+    two_case_hubs: tuple[HubProcess, HubProcess], http: aiohttp.ClientSession
+):
+    """Round after round, one process escalates a case while the other moves it
+    to mediating. Each write applies to the version it was decided on, so the
+    case ends in one of RACE_OUTCOMES and its history holds exactly the writes
+    answered 200, in the order of their versions. Unversioned, the loser is
+    decided again on the winner's case: both are written. Both naming
+    version 1: exactly one wins, the other is a 409 with the winner's case."""
+    first, second = two_case_hubs
+    # A township mediator still works the case once it is escalated to the township.
+    township = first.sign("m-qutan", TOWNSHIP, "mediator")
+    seen: dict[tuple[str, ...], int] = {}
+    for versioned in (False, True):
+        for _ in range(12):
+            status, case = await call(
+                http, "POST", f"{first.url}/api/cases", township, json=NEW_CASE | {"site_id": VILLAGE}
+            )
+            assert status == 201 and case["version"] == 1
+            pin = {"version": 1} if versioned else {}
+            url = f"/api/cases/{case['id']}"
+            (s_escalate, escalated), (s_update, updated) = await asyncio.gather(
+                call(http, "POST", f"{first.url}{url}/escalate", township, json={"note": "升级"} | pin),
+                call(http, "PATCH", f"{second.url}{url}", township, json={"status": "mediating"} | pin),
+            )
+            assert {s_escalate, s_update} <= {200, 409}, (escalated, updated)
+            status, final = await call(http, "GET", f"{second.url}{url}", township)
+            assert status == 200
+            answers = (("escalate", s_escalate, escalated), ("update", s_update, updated))
+            won = {name: body for name, s, body in answers if s == 200}
+            order = tuple(sorted(won, key=lambda name: won[name]["version"]))
+            assert order in RACE_OUTCOMES, (escalated, updated)
+            site, state, history = RACE_OUTCOMES[order]
+            assert (final["site_id"], final["status"]) == (site, state)
+            assert [h["action"] for h in final["history"]] == ["opened", *history]
+            assert final["version"] == 1 + len(won) == max(b["version"] for b in won.values())
+            for refused in (body for _, s, body in answers if s == 409):
+                assert refused["case"]["id"] == case["id"]
+                assert refused["case"]["version"] >= 2  # the case as the winner left it
+            assert len(won) == (1 if versioned else 2), (escalated, updated)
+            seen[order] = seen.get(order, 0) + 1
+    print("race outcomes:", seen)
+
+    # A session held on one process while the other notes an outcome: the room
+    # is open either way, so both are written and the case is being mediated.
+    for _ in range(6):
+        status, case = await call(
+            http, "POST", f"{first.url}/api/cases", township, json=NEW_CASE | {"site_id": VILLAGE}
+        )
+        url = f"/api/cases/{case['id']}"
+        (s_session, session), (s_note, noted) = await asyncio.gather(
+            call(http, "POST", f"{first.url}{url}/sessions", township),
+            call(http, "PATCH", f"{second.url}{url}", township, json={"outcome": "双方同意再谈"}),
+        )
+        assert (s_session, s_note) == (201, 200), (session, noted)
+        await call(http, "DELETE", f"{first.url}/api/rooms/{session['room_id']}", township)
+        status, final = await call(http, "GET", f"{second.url}{url}", township)
+        assert (final["status"], final["outcome"], final["version"]) == ("mediating", "双方同意再谈", 3)
+        assert sorted(h["action"] for h in final["history"]) == ["opened", "outcome", "session", "status"]

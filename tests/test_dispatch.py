@@ -169,21 +169,35 @@ async def test_unanswered_call_is_missed_and_logged(quick_hub: HubProcess, http:
 
 
 async def test_answers_race_across_two_hub_processes(tmp_path: Path, redis_url: str, http: aiohttp.ClientSession):
-    a = start_hub(tmp_path, "--redis", redis_url)
-    b = start_hub(tmp_path, "--redis", redis_url)
+    """The same call answered on two processes at once, round after round:
+    the claim in shared live state decides, so exactly one gets 200 and the
+    call room, the other a 409 naming the winner, and the call log agrees."""
+    rounds = 20
+    roomy = {"HUB_ROOMS_PER_SITE": str(rounds + 5)}  # every answer opens a call room at the caller's site
+    a = start_hub(tmp_path, "--redis", redis_url, env=roomy)
+    b = start_hub(tmp_path, "--redis", redis_url, env=roomy)
     try:
-        caller = a.token("term-hongzhuang", "hongzhuang", "terminal")
-        op_a = a.token("op-ledu", "ledu", "operator")
-        op_b = a.token("op-haidong", "haidong", "operator")
+        caller = a.sign("term-hongzhuang", "hongzhuang", "terminal")
+        op_a = a.sign("op-ledu", "ledu", "operator")
+        op_b = a.sign("op-haidong", "haidong", "operator")
+        winners = []
         async with socket(http, b, op_b) as on_b:
-            for _ in range(5):
+            for _ in range(rounds):
                 status, call = await post(http, f"{a.url}/api/calls", caller)
                 assert status == 201, call
                 assert (await on_b.next("call-ringing"))["call"]["id"] == call["id"]  # rung through Redis
                 path = f"/api/calls/{call['id']}/answer"
-                (s1, _), (s2, _) = await asyncio.gather(post(http, a.url + path, op_a), post(http, b.url + path, op_b))
-                assert sorted((s1, s2)) == [200, 409]
-                await on_b.next("call-answered")
+                answers = await asyncio.gather(post(http, a.url + path, op_a), post(http, b.url + path, op_b))
+                assert sorted(s for s, _ in answers) == [200, 409], answers
+                (_, won), (_, lost) = sorted(answers, key=lambda answer: answer[0])
+                winner = won["call"]["answered_by"]["user"]
+                assert lost["call"]["state"] == "answered" and lost["call"]["answered_by"]["user"] == winner
+                assert (await on_b.next("call-answered"))["answered_by"]["user"] == winner
+                winners.append((call["id"], winner, won["room"]["id"]))
+        status, listed = await get(http, f"{b.url}/api/calls", op_a)
+        logged = {c["id"]: (c["answered_by"]["user"], c["room_id"]) for c in listed}
+        assert all(logged[call_id] == (user, room) for call_id, user, room in winners)
+        print("answers won by:", {u: sum(w == u for _, w, _ in winners) for u in ("op-ledu", "op-haidong")})
     finally:
         a.stop()
         b.stop()

@@ -15,7 +15,6 @@ import pytest
 from pydantic import TypeAdapter
 from yarl import URL
 
-from hub.config import Settings
 from signaling import models as m
 
 from .conftest import EventSocket, HubProcess, start_hub
@@ -82,7 +81,7 @@ async def picture(w: World) -> dict[str, Any]:
             async with w.http.get(w.hub.url + path, headers=auth(token)) as r:
                 assert r.status == 200, (path, await r.text())
                 seen[f"{token[-6:]} {path}"] = await r.json()
-    seen["sqlite"] = sqlite_rows(Settings(data=w.hub.data).db_path)
+    seen["sqlite"] = sqlite_rows(w.hub.data / "hub.sqlite3")
     return seen
 
 

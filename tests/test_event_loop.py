@@ -31,10 +31,12 @@ NEW_CASE = {
 }
 
 
-@pytest.fixture
-def lag_hub(tmp_path: Path) -> Iterator[HubProcess]:
-    """A hub of its own: the lag probe's maximum counts from the hub's start."""
-    process = start_hub(tmp_path / "hub")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def lag_hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HubProcess]:
+    """A hub of its own: the lag probe's maximum counts from the hub's start. On
+    SQLite (its thread) and on PostgreSQL (psycopg waits on the loop itself)."""
+    database = () if request.param == "sqlite" else ("--database", request.getfixturevalue("postgres_url"))
+    process = start_hub(tmp_path / "hub", *database)
     yield process
     process.stop()
 

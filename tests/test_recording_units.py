@@ -16,7 +16,7 @@ import aiohttp
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from client import bot
-from hub.core.store import Database
+from hub.core.store import SQLiteDatabase
 from hub.media.frames import FrameAssembler, RtpIn
 from recorder.catalogue import Catalogue
 from recorder.manifest import GENESIS, link, verify
@@ -128,7 +128,7 @@ def test_verify_opens_every_segment(tmp_path: Path):
 
 
 async def test_retention_deletes_old_recordings_and_logs(tmp_path: Path, caplog):
-    db = Database(tmp_path / "hub.sqlite3")
+    db = SQLiteDatabase(tmp_path / "hub.sqlite3")
     catalogue = Catalogue(db)
     await catalogue.open()
     now = time.time()

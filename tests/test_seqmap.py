@@ -123,7 +123,7 @@ async def _connect(pc: RTCPeerConnection, answer: Callable[[str], Awaitable[str]
 async def test_real_viewer_sees_no_gap_after_a_keyframe_wait_and_its_nack_is_answered():
     """A real aiortc publisher and viewer through the hub's Router, in this
     process so that the viewer's socket can be made to report a backlog once."""
-    router = Router(None, max_backlog=1 << 20, keyframe_interval=0.1, ice_servers=[])
+    router = Router(None, max_backlog=1 << 20, keyframe_interval=0.1, ice_servers=[], connect_timeout=10.0)
     video = bot.SyntheticVideo("vp8", 160, 120, 30)
     publisher = RTCPeerConnection(bot.NO_ICE_SERVERS)
     publisher.addTransceiver(video, direction="sendonly").sender._send_keyframe = video.request_keyframe  # type: ignore[method-assign]

@@ -21,7 +21,7 @@ from playwright.async_api import expect
 
 from client import bot
 from hub.config import Settings
-from hub.core.store import Database
+from hub.core.store import SQLiteDatabase
 from hub.core.tokens import Claims, issue
 from hub.workflows.training import attendance_by_site
 
@@ -36,9 +36,9 @@ VIEWERS = 21
 
 
 def tokens(hub: HubProcess, people: dict[str, tuple[str, str]]) -> dict[str, str]:
-    """Tokens signed with the hub's secret in this process: 20-odd CLI runs would take most of a minute."""
-    secret = Settings(data=hub.data).signing_secret()
-    return {user: issue(secret, Claims(user=user, site=site, role=role)) for user, (site, role) in people.items()}
+    """Tokens signed with the hub's keys in this process: 20-odd CLI runs would take most of a minute."""
+    keys = Settings(data=hub.data).keys()
+    return {user: issue(keys, Claims(user=user, site=site, role=role)) for user, (site, role) in people.items()}
 
 
 class Drained:
@@ -294,7 +294,7 @@ async def test_training_broadcast_with_speaker_and_attendance(hub: HubProcess, h
     assert all(row["joined_at"] and row["left_at"] for row in table if row["user"] in viewers)
 
     # The statistics page's view of it: every site of the branch attended.
-    db = Database(hub.data / "hub.sqlite3")
+    db = SQLiteDatabase(hub.data / "hub.sqlite3")
     try:
         by_site = {row["site_id"]: row for row in await attendance_by_site(db, left_at - 3600, time.time())}
     finally:

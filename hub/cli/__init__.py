@@ -1,4 +1,4 @@
-"""python -m hub serve | token | sites | verify | bot"""
+"""python -m hub serve | token | sites | verify | cameras | db | bot"""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 
 from hub.config import Settings
 from hub.core.sites import SiteTree, SiteTreeError
-from hub.core.store import Database
-from hub.core.tokens import DEFAULT_TTL, ROLES, Claims, issue
+from hub.core.store import Database, DatabaseError, open_database, redact_url
+from hub.core.tokens import DEFAULT_TTL, ROLES, Claims, KeyringError, issue
 
 T = TypeVar("T")
 
@@ -27,7 +27,7 @@ def _with_database(settings: Settings, work: Callable[[Database], Awaitable[T]])
     """Run `work` on the data directory's database, then close it."""
 
     async def run() -> T:
-        db = Database(settings.db_path)
+        db = open_database(settings.database_url)
         try:
             return await work(db)
         finally:
@@ -47,6 +47,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     configure_logging()
     settings = _settings(args)
+    try:
+        settings.keys()
+    except KeyringError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if settings.workers > 1:
         return supervise(settings)
     serve(settings)
@@ -68,8 +73,8 @@ def cmd_token(args: argparse.Namespace) -> int:
         return 2
     try:
         claims = Claims(user=args.user, site=args.site, role=args.role, room=args.room, name=args.name)
-        print(issue(settings.signing_secret(), claims, args.ttl))
-    except ValueError as exc:
+        print(issue(settings.keys(), claims, args.ttl))
+    except ValueError as exc:  # KeyringError too
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -152,13 +157,60 @@ def cmd_cameras(args: argparse.Namespace) -> int:
     return _with_database(settings, run)
 
 
+def cmd_db(args: argparse.Namespace) -> int:
+    from hub.cli.db import copy, upgrade
+
+    if args.action == "upgrade":
+        settings = _settings(args)
+
+        async def run(db: Database) -> int:
+            ran = await upgrade(db)
+            versions = await db.versions()
+            for feature, steps in ran.items():
+                print(f"{feature:<12} version {versions.get(feature, 0)}" + (f" ({steps} new)" if steps else ""))
+            return 0
+
+        return _with_database(settings, run)
+
+    if not args.source or not args.target:
+        print("error: db copy needs --from URL and --to URL", file=sys.stderr)
+        return 2
+
+    async def run_copy() -> int:
+        source, target = open_database(args.source), open_database(args.target)
+        try:
+            copied = await copy(source, target)
+        finally:
+            await source.close()
+            await target.close()
+        for table, rows in copied.items():
+            print(f"{table:<20} {rows} rows")
+        print(f"copied {sum(copied.values())} rows from {redact_url(args.source)} to {redact_url(args.target)}")
+        return 0
+
+    return asyncio.run(run_copy())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hub", description="Linked governance video hub")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def data_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--data", type=Path, help="data directory: database, secret, media (HUB_DATA)")
+        p.add_argument(
+            "--database",
+            help="durable records: sqlite:///PATH or postgresql://user:pass@host/name"
+            " (HUB_DATABASE; default DATA/hub.sqlite3)",
+        )
         p.add_argument("--sites", type=Path, help="import this site file (JSON list) first (HUB_SITES)")
+
+    def key_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--secret-file",
+            type=Path,
+            help="token signing keys, one 'ID SECRET' a line, the first signs (HUB_SECRET_FILE;"
+            " default: the data directory's secret.key)",
+        )
 
     def camera_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -194,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--public-url", help="URL users reach this hub at, for printed links (HUB_PUBLIC_URL)")
     serve.add_argument("--cameras", type=Path, help="register the cameras of this JSON file first (HUB_CAMERAS)")
     camera_flags(serve)
+    key_flags(serve)
     data_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -204,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--room", help="bind the token to one room (required for guests)")
     token.add_argument("--name", help="display name")
     token.add_argument("--ttl", type=int, default=DEFAULT_TTL, help="seconds of validity (default 12 h)")
+    key_flags(token)
     data_flags(token)
     token.set_defaults(func=cmd_token)
 
@@ -224,6 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     data_flags(cameras)
     cameras.set_defaults(func=cmd_cameras)
 
+    db = sub.add_parser("db", help="upgrade a database's schema, or copy every record into another database")
+    db.add_argument("action", choices=("upgrade", "copy"))
+    db.add_argument("--from", dest="source", help="db copy: the database to read (sqlite:///PATH, postgresql://...)")
+    db.add_argument("--to", dest="target", help="db copy: the empty database to fill")
+    data_flags(db)
+    db.set_defaults(func=cmd_db)
+
     from hub.cli.bot import add_bot_parser
 
     add_bot_parser(sub)
@@ -231,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except SiteTreeError as exc:
+    except (SiteTreeError, DatabaseError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -21,12 +21,13 @@ from typing import TextIO
 from aiohttp import web
 
 from hub.config import DEMO_SITES, Settings
+from hub.core.cluster import Cluster
 from hub.core.lag import LagProbe
 from hub.core.livestate import LiveState, Unavailable, open_live_state
 from hub.core.quotas import Limits
 from hub.core.rooms import Rooms
 from hub.core.sites import SiteTree, load_sites_file
-from hub.core.store import Database, SiteStore
+from hub.core.store import Database, SiteStore, open_database, redact_url
 from hub.core.tokens import Claims, issue
 from hub.media.ice import use_addresses
 from hub.media.router import Router
@@ -80,7 +81,7 @@ class Hub:
 async def build(settings: Settings) -> Hub:
     lag = LagProbe()
     use_addresses(settings.ice_addresses)
-    db = Database(settings.db_path)
+    db = open_database(settings.database_url)
     tree = await site_tree(db, settings)
     node_id = secrets.token_hex(4)
     state = open_live_state(settings.redis, node_id, settings.node_ttl)
@@ -91,6 +92,7 @@ async def build(settings: Settings) -> Hub:
         settings.keyframe_interval,
         settings.ice_servers,
         settings.session_connect_seconds,
+        settings.relay_linger_seconds,
     )
     limits = Limits(
         whip_per_user=settings.whip_sessions_per_user,
@@ -101,11 +103,15 @@ async def build(settings: Settings) -> Hub:
         empty_room_seconds=settings.empty_room_seconds,
         connect_seconds=settings.session_connect_seconds,
     )
-    rooms = Rooms(tree, state, router, node_id=node_id, node_url=settings.node_url, limits=limits)
+    cluster = None
+    if settings.cluster_secret:
+        cluster = Cluster(settings.cluster_secret, node_id, settings.upstream, settings.session_connect_seconds)
+    rooms = Rooms(tree, state, router, node_id=node_id, node_url=settings.node_url, limits=limits, cluster=cluster)
     recorder = Recorder(
         rooms, settings.recordings_path, db, settings.segment_seconds, settings.record_mediation_rooms
     )
     await recorder.start()
+    router.on_view_ended = recorder.audit.view_ended
     snapshots = Snapshots(rooms, settings.snapshot_seconds)
     await snapshots.start()
     console = Console(rooms, db)
@@ -122,7 +128,7 @@ async def build(settings: Settings) -> Hub:
     app = make_app(
         rooms,
         settings,
-        settings.signing_secret(),
+        settings.keys(),
         recorder,
         console_service=console,
         presence=presence,
@@ -158,7 +164,7 @@ async def build(settings: Settings) -> Hub:
         await snapshots.close()
         await recorder.close()
         await rooms.close()
-        await db.close()
+        await db.close()  # after rooms: the views it ends write their audit rows' ends
         await state.close()
         await lag.stop()
 
@@ -192,7 +198,7 @@ async def _sweep_forever(state: LiveState, sweeps: list[Callable[[], Awaitable[i
 
 def operator_link(settings: Settings, tree: SiteTree) -> str:
     root = next(iter(tree))
-    token = issue(settings.signing_secret(), Claims(user="duty-operator", site=root.id, role="operator", name="值班员"))
+    token = issue(settings.keys(), Claims(user="duty-operator", site=root.id, role="operator", name="值班员"))
     return f"{settings.base_url}/?token={token}"
 
 
@@ -223,10 +229,11 @@ def serve(settings: Settings) -> None:
     async def start() -> web.Application:
         hub = await build(settings)
         log.info(
-            "hub node %s: %d sites, live state in %s",
+            "hub node %s: %d sites, live state in %s, durable records in %s",
             hub.rooms.node_id,
             len(hub.rooms.tree),
             "redis" if settings.redis else "memory",
+            redact_url(settings.database_url),
         )
         if settings.worker <= 1:  # one link for the whole set of workers
             announce(settings, operator_link(settings, hub.rooms.tree), sys.stdout)
@@ -249,7 +256,7 @@ def _run_worker(settings: Settings) -> None:
 
 
 async def _import_sites(settings: Settings) -> None:
-    db = Database(settings.db_path)
+    db = open_database(settings.database_url)
     try:
         await site_tree(db, settings)
     finally:
@@ -268,9 +275,9 @@ def supervise(settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
-    # Once, here, rather than racing in every worker: the site import and the signing secret.
+    # Once, here, rather than racing in every worker: the site import and the signing keys.
     asyncio.run(_import_sites(settings))
-    settings.signing_secret()
+    settings.keys()
     ctx = multiprocessing.get_context("spawn")  # nothing of this process's state leaks into a worker
     stopping = False
 

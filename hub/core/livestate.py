@@ -16,7 +16,7 @@ import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -52,12 +52,23 @@ class Unavailable(Exception):
 Restorer = Callable[[], Awaitable[None]]
 
 
+class Tap(Protocol):
+    """Takes every event as it is delivered, in the emitter's call, and routes
+    it itself (hub/core/bus.py's index of event sockets)."""
+
+    def deliver(self, event: Event) -> None: ...
+
+    def close(self) -> None:
+        """The live state is closing."""
+
+
 class LiveState(ABC):
     """What is live now. Records are JSON-able dicts keyed by their "id"."""
 
     def __init__(self) -> None:
         #: Each listener's queue and the filter of the events it takes (None: all).
         self._listeners: dict[asyncio.Queue[Event | None], Callable[[Event], bool] | None] = {}
+        self._taps: list[Tap] = []
         #: Set by close(): a listener dropped now was not too slow, the hub is stopping.
         self.closed = False
         #: Run, in order, when shared live state is back after an outage or lost this process's records.
@@ -84,6 +95,8 @@ class LiveState(ABC):
         self.closed = True
         for queue in tuple(self._listeners):
             self._drop(queue)
+        for tap in tuple(self._taps):
+            tap.close()
 
     @abstractmethod
     async def put_room(self, room: Room) -> None: ...
@@ -174,6 +187,16 @@ class LiveState(ABC):
     def unlisten(self, queue: asyncio.Queue[Event | None]) -> None:
         self._listeners.pop(queue, None)
 
+    def tap(self, tap: Tap) -> None:
+        """Hand every event to `tap.deliver` as it is delivered: one index
+        routing events to thousands of sockets costs one call per event,
+        not one filter per socket."""
+        self._taps.append(tap)
+
+    def untap(self, tap: Tap) -> None:
+        with contextlib.suppress(ValueError):
+            self._taps.remove(tap)
+
     def _deliver(self, event: Event) -> None:
         for queue, accept in tuple(self._listeners.items()):
             if accept is not None and not self._accepts(accept, event):
@@ -183,6 +206,11 @@ class LiveState(ABC):
             except asyncio.QueueFull:
                 log.warning("dropping an event listener that fell %d events behind", queue.maxsize)
                 self._drop(queue)
+        for tap in tuple(self._taps):
+            try:
+                tap.deliver(event)
+            except Exception:  # one broken tap must not stop the event reaching the others
+                log.exception("an event tap failed on %r", event.get("type"))
 
     @staticmethod
     def _accepts(accept: Callable[[Event], bool], event: Event) -> bool:
@@ -210,6 +238,7 @@ class MemoryLiveState(LiveState):
         self._participants: dict[str, dict[str, Participant]] = {}
         self._streams: dict[str, Stream] = {}
         self._records: dict[str, dict[str, tuple[Record, float | None]]] = {}
+        self._expiring: dict[str, set[str]] = {}  # kind -> keys written with a ttl
 
     async def start(self) -> None:
         """Nothing to connect to."""
@@ -273,13 +302,21 @@ class MemoryLiveState(LiveState):
 
     def _live(self, kind: str) -> dict[str, tuple[Record, float | None]]:
         table = self._records.setdefault(kind, {})
+        # Only keys written with a ttl are looked at: a kind of 5,000 lasting
+        # records (presence) costs nothing per write.
+        expiring = self._expiring.setdefault(kind, set())
         now = time.monotonic()
-        for key in [k for k, (_, expires) in table.items() if expires is not None and expires <= now]:
-            del table[key]
+        for key in [k for k in expiring if k not in table or _expired(table[k][1], now)]:
+            table.pop(key, None)
+            expiring.discard(key)
         return table
 
     async def put_record(self, kind: str, key: str, record: Record, ttl: float | None = None) -> None:
         self._live(kind)[key] = (record, None if ttl is None else time.monotonic() + ttl)
+        if ttl is None:
+            self._expiring[kind].discard(key)
+        else:
+            self._expiring[kind].add(key)
 
     async def claim_record(self, kind: str, key: str, record: Record, ttl: float | None = None) -> bool:
         if key in self._live(kind):
@@ -574,6 +611,10 @@ class RedisLiveState(LiveState):
     @_shared
     async def emit(self, event: Event) -> None:
         await self._redis.publish(self.CHANNEL, json.dumps(event))
+
+
+def _expired(expires: float | None, now: float) -> bool:
+    return expires is not None and expires <= now
 
 
 def open_live_state(redis_url: str | None, node_id: str, node_ttl: float) -> LiveState:

@@ -19,11 +19,12 @@ from typing import Any
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from hub.core.access import Forbidden, can_enter_room, can_reach_site
+from hub.core.cluster import Cluster
 from hub.core.livestate import LiveState, Unavailable
 from hub.core.quotas import Limits, QuotaExceeded
 from hub.core.records import Event, Participant, Room, RoomDetail, RoomSummary, Stream
 from hub.core.sites import Site, SiteTree, standing_room_id
-from hub.core.tokens import Claims
+from hub.core.tokens import NODE_ROLE, Claims
 from hub.media.forward import Sink, Track
 from hub.media.ingest import Feeder
 from hub.media.router import Router
@@ -70,7 +71,14 @@ def _new_id(prefix: str) -> str:
 
 class Rooms:
     def __init__(
-        self, tree: SiteTree, state: LiveState, router: Router, node_id: str, node_url: str, limits: Limits
+        self,
+        tree: SiteTree,
+        state: LiveState,
+        router: Router,
+        node_id: str,
+        node_url: str,
+        limits: Limits,
+        cluster: Cluster | None = None,
     ) -> None:
         self.tree = tree
         self.limits = limits
@@ -89,6 +97,10 @@ class Rooms:
         #: shared live state lost them (restore).
         self._members: dict[str, Participant] = {}
         self._opened: dict[str, Room] = {}
+        #: How this process pulls streams other processes host; None: it redirects viewers there.
+        self.cluster = cluster
+        #: Streams this process relays (pulls from another process): id -> record.
+        self._relayed: dict[str, Stream] = {}
         #: Room kind -> its publish guard; a feature registers one for its rooms (training).
         self.publish_guards: dict[str, PublishGuard] = {}
         router.on_stream_ended = self._stream_ended
@@ -477,6 +489,7 @@ class Rooms:
             await self._router.end_stream(stream_id)
 
     async def _stream_ended(self, stream_id: str) -> None:
+        self._relayed.pop(stream_id, None)
         hosted = self._hosted.pop(stream_id, None)
         if hosted is None:
             return
@@ -514,18 +527,32 @@ class Rooms:
 
     # -- viewing -------------------------------------------------------------
 
-    def ensure_local(self, stream: Stream) -> None:
-        """Raise unless this process hosts the stream's media."""
-        if not self._router.hosts(stream["id"]):
-            if stream["node"] == self.node_id:
-                raise NotFound(f"stream {stream['id']} has ended")
+    def check_viewable(self, stream: Stream, redirect: bool = False) -> None:
+        """Raise unless this process can serve the stream's viewers: it hosts
+        the stream, or pulls it (relays) from the process that does. A
+        viewer that asks to be `redirect`ed, and every viewer of a process
+        with no cluster secret, is sent to the host instead (Elsewhere)."""
+        if self._router.hosts(stream["id"]):
+            return
+        if stream["node"] == self.node_id:
+            raise NotFound(f"stream {stream['id']} has ended")
+        if redirect or self.cluster is None:
             raise Elsewhere(stream["node_url"])
 
-    async def view(self, claims: Claims, stream_id: str, offer: str) -> tuple[str, str]:
-        """Subscribe the caller to a stream: (subscription id, SDP answer)."""
+    async def view(self, claims: Claims, stream_id: str, offer: str, redirect: bool = False) -> tuple[str, str]:
+        """Subscribe the caller to a stream: (subscription id, SDP answer).
+        A stream hosted by another process is pulled here first (once)."""
         stream = await self.stream(claims, stream_id)
-        self.ensure_local(stream)
-        with self._admit("whep", claims.user, stream["room_id"]):
+        self.check_viewable(stream, redirect)
+        # Another process's pull is one per stream and process: no user's quota. A
+        # viewer over quota is refused before anything is pulled for it.
+        node = claims.role == NODE_ROLE
+        with contextlib.nullcontext() if node else self._admit("whep", claims.user, stream["room_id"]):
+            if self.cluster is not None and not self._router.hosts(stream_id):
+                cluster = self.cluster
+                await self._router.pull(stream_id, list(stream["tracks"]), lambda: cluster.upstream(stream))
+                if self._router.relays(stream_id):
+                    self._relayed[stream_id] = stream
             subscription, answer = await self._router.view(stream_id, offer, claims.user)
         return subscription.id, answer
 
@@ -539,8 +566,10 @@ class Rooms:
                     yield hosted.stream["user"], hosted.stream["room_id"]
         else:
             for subscription in self._router.subscriptions():
-                if (viewed := self._hosted.get(subscription.stream_id)) is not None:
-                    yield subscription.user, viewed.stream["room_id"]
+                if (hosted := self._hosted.get(subscription.stream_id)) is not None:
+                    yield subscription.user, hosted.stream["room_id"]
+                elif (relayed := self._relayed.get(subscription.stream_id)) is not None:
+                    yield subscription.user, relayed["room_id"]
 
     @contextlib.contextmanager
     def _admit(self, kind: str, user: str, room_id: str) -> Iterator[None]:
@@ -604,6 +633,14 @@ class Rooms:
                     await self.state.emit(
                         {"type": "participant-left", "room_id": room_id, "participant_id": participant["id"]}
                     )
+        # A relay whose stream left the directory with its host (it died, and a
+        # sweep here or elsewhere removed it) ends with its viewers: its
+        # upstream may never say goodbye. A stream merely missing while its
+        # host's heartbeat is there is not ended: after a Redis restart the
+        # host writes it back (restore), and relays are in no directory to restore.
+        for stream_id, relayed in tuple(self._relayed.items()):
+            if relayed["node"] not in alive and await self.state.get_stream(stream_id) is None:
+                await self._router.end_stream(stream_id)
         return swept
 
     async def restore(self) -> None:
@@ -649,3 +686,5 @@ class Rooms:
 
     async def close(self) -> None:
         await self._router.close()
+        if self.cluster is not None:
+            await self.cluster.close()

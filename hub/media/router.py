@@ -36,12 +36,17 @@ from hub.media.forward import (
 )
 from hub.media.ice import announce
 from hub.media.ingest import Feeder
+from hub.media.relay import Upstream, open_pull
 
 log = logging.getLogger(__name__)
 
 
 class SdpError(ValueError):
     """An offer the hub cannot answer; the message says why."""
+
+
+class StreamEnded(LookupError):
+    """The stream's media is not (or no longer) on this process."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +80,12 @@ class Producer:
     sources: dict[str, TrackSource]
     created: float = field(default_factory=time.time)
     consumers: set[Consumer] = field(default_factory=set)
+    #: Set for a relay: the hub this process pulls the stream from.
+    upstream: Upstream | None = None
+    #: A relay's end, pending while it has no local viewer.
+    linger: asyncio.TimerHandle | None = None
+    #: Viewers' offers being answered: a relay does not end under them.
+    answering: int = 0
 
     def media(self) -> StreamMedia:
         codecs = {kind: s.codec.mimeType for kind, s in self.sources.items() if s.codec}
@@ -140,6 +151,7 @@ class Router:
         keyframe_interval: float,
         ice_servers: list[str],
         connect_timeout: float,
+        relay_linger: float = 5.0,
     ) -> None:
         door.install()  # before any peer connection opens a socket
         self._configuration = RTCConfiguration(iceServers=[RTCIceServer(url) for url in ice_servers])
@@ -151,13 +163,29 @@ class Router:
         #: Seconds a session may take to connect (ICE + DTLS) before it is closed.
         self._connect_timeout = connect_timeout
         self._expiring: set[asyncio.Task[object]] = set()
+        #: Seconds a relay stays after its last local viewer left.
+        self._relay_linger = relay_linger
+        #: Stream id -> the pull being set up: concurrent viewers wait on the one.
+        self._pulls: dict[str, asyncio.Future[None]] = {}
         #: Called with a stream's id when its media ends for any reason (DELETE, ICE failure, close).
         self.on_stream_ended: Callable[[str], Awaitable[None]] | None = None
+        #: Called with a subscription's id when it ends for any reason (DELETE, ICE failure, its stream ending, close).
+        self.on_view_ended: Callable[[str], Awaitable[None]] | None = None
 
     # -- what is hosted here ---------------------------------------------------
 
     def hosts(self, stream_id: str) -> bool:
-        return stream_id in self._producers
+        """Whether the stream is published here (a relay's stream is hosted elsewhere)."""
+        return self._hosted(stream_id) is not None
+
+    def relays(self, stream_id: str) -> bool:
+        """Whether this process pulls the stream from another hub process."""
+        producer = self._producers.get(stream_id)
+        return producer is not None and producer.upstream is not None
+
+    def _hosted(self, stream_id: str) -> Producer | None:
+        producer = self._producers.get(stream_id)
+        return producer if producer is not None and producer.upstream is None else None
 
     def subscription(self, subscription_id: str) -> SubscriptionMedia | None:
         consumer = self._consumers.get(subscription_id)
@@ -166,29 +194,32 @@ class Router:
         return SubscriptionMedia(consumer.id, consumer.producer.id, consumer.user)
 
     def counts(self) -> dict[str, int]:
-        return {"streams": len(self._producers), "subscriptions": len(self._consumers)}
+        relays = sum(p.upstream is not None for p in self._producers.values())
+        return {"streams": len(self._producers) - relays, "subscriptions": len(self._consumers), "relays": relays}
 
     def subscriptions(self) -> list[SubscriptionMedia]:
         """Every subscription (WHEP session) hosted here, connecting or connected."""
         return [SubscriptionMedia(c.id, c.producer.id, c.user) for c in self._consumers.values()]
 
     # -- the stream interface: local subscribers of a track --------------------
+    # Only of streams hosted here: the recorder and the snapshot taker of the
+    # hosting process serve the whole cluster, so a relay never feeds them.
 
     def tracks(self, stream_id: str) -> dict[str, Track]:
         """A stream's tracks by kind; empty when it is not hosted here."""
-        producer = self._producers.get(stream_id)
+        producer = self._hosted(stream_id)
         return dict(producer.sources) if producer is not None else {}
 
     def subscribe(self, stream_id: str, kind: str, sink: Sink) -> Track | None:
         """Attach a sink to a track of a stream hosted here (None: no such track)."""
-        producer = self._producers.get(stream_id)
+        producer = self._hosted(stream_id)
         source = producer.sources.get(kind) if producer is not None else None
         if source is not None:
             source.sinks.add(sink)
         return source
 
     def unsubscribe(self, stream_id: str, kind: str, sink: Sink) -> None:
-        producer = self._producers.get(stream_id)
+        producer = self._hosted(stream_id)
         source = producer.sources.get(kind) if producer is not None else None
         if source is not None:
             source.sinks.discard(sink)
@@ -231,8 +262,52 @@ class Router:
         self._producers[producer.id] = producer
         return producer.media(), Feeder(source)
 
+    async def pull(self, stream_id: str, kinds: list[str], connect: Callable[[], Upstream]) -> None:
+        """Make sure this process has the stream, hosted or relayed: pull it
+        from the hub `connect` reaches unless it does. One pull per stream: a second viewer
+        waits for the first one's pull. Raises RelayError (hub.media.relay)."""
+        if stream_id in self._producers:
+            return
+        pending = self._pulls.get(stream_id)
+        if pending is None:
+            pending = self._pulls[stream_id] = asyncio.ensure_future(self._open_relay(stream_id, kinds, connect()))
+
+            def done(future: asyncio.Future[None]) -> None:
+                self._pulls.pop(stream_id, None)
+                if not future.cancelled():
+                    future.exception()  # retrieved even when every waiter went away
+
+            pending.add_done_callback(done)
+        # A viewer that gives up does not cancel the pull the others wait for.
+        await asyncio.shield(pending)
+
+    async def _open_relay(self, stream_id: str, kinds: list[str], upstream: Upstream) -> None:
+        pc, sources = await open_pull(
+            self._configuration, kinds, upstream, self._keyframe_interval, self._connect_timeout
+        )
+        producer = Producer(id=stream_id, pc=pc, sources=sources, upstream=upstream)
+        self._producers[stream_id] = producer
+        self._watch(pc, lambda: self.end_stream(stream_id))
+        self._linger(producer)  # until its first viewer is answered
+        log.info("relaying stream %s (%s)", stream_id, ", ".join(sorted(sources)))
+
+    def _linger(self, producer: Producer) -> None:
+        """End a relay with no local viewer after the linger, unless one comes."""
+        if producer.linger is None:
+            producer.linger = asyncio.get_running_loop().call_later(self._relay_linger, self._end_idle, producer)
+
+    def _end_idle(self, producer: Producer) -> None:
+        producer.linger = None
+        # An offer being answered re-arms the linger when it is done, if it adds no viewer.
+        if not producer.answering and not producer.consumers and self._producers.get(producer.id) is producer:
+            task = asyncio.ensure_future(self.end_stream(producer.id))
+            self._expiring.add(task)
+            task.add_done_callback(self._expiring.discard)
+
     async def view(self, stream_id: str, offer: str, user: str) -> tuple[SubscriptionMedia, str]:
-        producer = self._producers[stream_id]
+        producer = self._producers.get(stream_id)
+        if producer is None:
+            raise StreamEnded(f"stream {stream_id} has ended")
         pc = RTCPeerConnection(self._configuration)
         sinks: dict[str, TrackSink] = {}
 
@@ -252,15 +327,26 @@ class Router:
             if not sinks:
                 raise SdpError("the offer has no audio or video section this stream can fill")
 
+        producer.answering += 1
         try:
             answer = await _answer(pc, offer, prepare)
         except BaseException:
             for sink in sinks.values():
                 sink.close()
             raise
+        finally:
+            producer.answering -= 1
+            if producer.upstream is not None and not producer.consumers and self._producers.get(stream_id) is producer:
+                self._linger(producer)  # cancelled below if this viewer is added
         consumer = Consumer(id=secrets.token_urlsafe(9), producer=producer, pc=pc, sinks=sinks, user=user)
+        if self._producers.get(stream_id) is not producer:  # it ended while the offer was answered
+            await pc.close()
+            raise StreamEnded(f"stream {stream_id} has ended")
         self._consumers[consumer.id] = consumer
         producer.consumers.add(consumer)
+        if producer.linger is not None:
+            producer.linger.cancel()
+            producer.linger = None
         self._watch(pc, lambda: self.end_view(consumer.id))
         return SubscriptionMedia(consumer.id, producer.id, user), announce(answer, self._announced_ip)
 
@@ -289,11 +375,16 @@ class Router:
         producer = self._producers.pop(stream_id, None)
         if producer is None:
             return False
+        if producer.linger is not None:
+            producer.linger.cancel()
         for source in producer.sources.values():
             source.close()
         await asyncio.gather(*(self.end_view(c.id) for c in tuple(producer.consumers)))
         if producer.pc is not None:
             await producer.pc.close()
+        if producer.upstream is not None:
+            log.info("relay of stream %s ended", stream_id)
+            await producer.upstream.close()
         if self.on_stream_ended is not None:
             await self.on_stream_ended(producer.id)
         return True
@@ -302,10 +393,15 @@ class Router:
         consumer = self._consumers.pop(subscription_id, None)
         if consumer is None:
             return False
-        consumer.producer.consumers.discard(consumer)
+        producer = consumer.producer
+        producer.consumers.discard(consumer)
         for sink in consumer.sinks.values():
             sink.close()
+        if producer.upstream is not None and not producer.consumers and self._producers.get(producer.id) is producer:
+            self._linger(producer)
         await consumer.pc.close()
+        if self.on_view_ended is not None:
+            await self.on_view_ended(consumer.id)
         return True
 
     async def close(self) -> None:

@@ -101,7 +101,7 @@ MIGRATIONS = Migrations(
     (
         (
             """CREATE TABLE IF NOT EXISTS console_layouts (
-                user TEXT PRIMARY KEY,
+                "user" TEXT PRIMARY KEY,
                 body TEXT NOT NULL,
                 updated_at REAL NOT NULL
             )""",
@@ -116,13 +116,13 @@ class LayoutStore(Tables):
     migrations = MIGRATIONS
 
     async def get(self, user: str) -> Layouts:
-        row = await self.db.fetchone("SELECT body FROM console_layouts WHERE user = ?", (user,))
+        row = await self.db.fetchone('SELECT body FROM console_layouts WHERE "user" = ?', (user,))
         return Layouts.model_validate_json(row[0]) if row else Layouts()
 
     async def put(self, user: str, layouts: Layouts) -> None:
         await self.db.execute(
-            "INSERT INTO console_layouts (user, body, updated_at) VALUES (?, ?, ?)"
-            " ON CONFLICT(user) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+            'INSERT INTO console_layouts ("user", body, updated_at) VALUES (?, ?, ?)'
+            ' ON CONFLICT ("user") DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at',
             (user, layouts.model_dump_json(exclude_none=True), time.time()),
         )
 
@@ -142,9 +142,12 @@ class Console:
     async def start(self) -> None:
         await self.layouts.open()
 
-    async def status(self, claims: Claims, root_id: str | None = None) -> Record:
+    async def status(self, claims: Claims, root_id: str | None = None, compact: bool = False) -> Record:
         """Live status of every site of the branch under `root_id` (default:
-        the caller's home site), with per-branch rollups."""
+        the caller's home site), with per-branch rollups; or, `compact`, only
+        the sites with something live, without rollups, each room with the ids
+        of its participants and each alert named: what a console needs to apply
+        the event socket's deltas itself (web/js/console.js rolls up)."""
         root_id = root_id or claims.site
         if self.tree.get(root_id) is None:
             raise NotFound(f"no site {root_id}")
@@ -198,9 +201,13 @@ class Console:
                 )
 
         alarmed: set[str] = set()
-        for alert in alerts.values():
+        named: dict[str, list[Record]] = {}
+        for key, alert in alerts.items():
             if alert.get("site_id") in in_branch:
                 site_rows[alert["site_id"]]["alerts"] += 1
+                named.setdefault(alert["site_id"], []).append(
+                    {"id": alert.get("id", key)} | {k: alert[k] for k in ("camera_id", "stream_id") if alert.get(k)}
+                )
                 alarmed.update(str(alert[k]) for k in ("camera_id", "stream_id") if alert.get(k))
         for key, camera in cameras.items():
             if camera.get("site_id") not in in_branch:
@@ -218,11 +225,34 @@ class Console:
 
         for row in site_rows.values():
             row["rooms"].sort(key=lambda r: (r["kind"] != "standing", r["id"]))
+        if compact:
+            rooms = [
+                {k: room.get(k, "") for k in ("id", "site_id", "kind", "title")}
+                for room in opened_rooms
+                if room["site_id"] in in_branch
+            ]
+            sites = await self._compact(site_rows, named)
+            return {"root": root_id, "at": time.time(), "compact": True, "opened": rooms, "sites": sites}
+        for row in site_rows.values():
             row["in_session"] = bool(row["rooms"])
             row["online"] = row["terminals"] > 0 or row["in_session"]
 
         self._roll_up(branch, site_rows)
         return {"root": root_id, "at": time.time(), "sites": [site_rows[s.id] for s in branch]}
+
+    async def _compact(self, rows: dict[str, Record], alerts: dict[str, list[Record]]) -> list[Record]:
+        """The rows with anything live, empty fields left out; rooms list their participants' ids."""
+        fields = ("connections", "rooms", "streams", "cameras")
+        live = [row for row in rows.values() if row["id"] in alerts or any(row[k] for k in fields)]
+        rooms = [room for row in live for room in row["rooms"]]
+        people = await asyncio.gather(*(self.state.participants(room["id"]) for room in rooms))
+        for room, participants in zip(rooms, people, strict=True):
+            room["participants"] = sorted(p["id"] for p in participants)
+        out = []
+        for row in live:
+            compact = {"id": row["id"]} | {k: row[k] for k in fields if row[k]}
+            out.append(compact | ({"alerts": alerts[row["id"]]} if row["id"] in alerts else {}))
+        return out
 
     def _roll_up(self, branch: list[Any], rows: dict[str, Record]) -> None:
         """Fill each site's "rollup": counts over it and everything below.

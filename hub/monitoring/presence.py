@@ -2,8 +2,11 @@
 
 Every event WebSocket counts as one connection of its user's home site: a
 named record (kind "presence", keyed by a connection id) lives while the
-socket is open. When a site's count changes, the operators whose
-jurisdiction covers it get a "presence" event. Records of a hub process
+socket is open, and once more under the site's own kind ("presence@<site>"),
+so that counting one site's connections reads that site's records only, not
+every connection of the tree. When a site's count changes, the operators
+whose jurisdiction covers it get a "presence" event with the site's
+connections by role. Records of a hub process
 that died without closing its sockets are swept once its heartbeat expires.
 """
 
@@ -44,7 +47,7 @@ class Presence:
         self._mine[key] = record = record | {"since": time.time()}
         # A socket opened while shared live state is down still counts: restore() writes it.
         with contextlib.suppress(Unavailable):
-            await self.state.put_record(KIND, key, record)
+            await self._write(key, record)
             await self._announce(claims.site)
         return key
 
@@ -53,30 +56,47 @@ class Presence:
             return
         self._mine.pop(key, None)
         with contextlib.suppress(Unavailable):  # restore() removes the record later
-            record = await self.state.delete_record(KIND, key)
+            record = await self._forget(key)
             if record is not None:
                 await self._announce(record["site_id"])
 
     async def restore(self) -> None:
-        """Write back this process's connections that shared live state lost,
-        remove those it holds under this process's name that closed meanwhile,
-        and announce the sites whose count changed."""
+        """Write back this process's connections that shared live state lost
+        (both the record and its site's), remove those it holds under this
+        process's name that closed meanwhile, and announce the sites whose
+        count changed."""
         stored = await self.state.records(KIND)
         sites: set[str] = set()
         for key, record in tuple(self._mine.items()):
             if key not in stored:
-                await self.state.put_record(KIND, key, record)
+                await self._write(key, record)
                 sites.add(record["site_id"])
         for key, record in stored.items():
             if record.get("node") == self.node_id and key not in self._mine:
-                if await self.state.delete_record(KIND, key) is not None:
+                if await self._forget(key) is not None:
                     sites.add(record["site_id"])
         for site_id in sorted(sites):
             await self._announce(site_id)
 
+    async def _write(self, key: str, record: Record) -> None:
+        await self.state.put_record(_site_kind(record["site_id"]), key, record)
+        await self.state.put_record(KIND, key, record)
+
+    async def _forget(self, key: str) -> Record | None:
+        record = await self.state.delete_record(KIND, key)
+        if record is not None:
+            await self.state.delete_record(_site_kind(record["site_id"]), key)
+        return record
+
     async def _announce(self, site_id: str) -> None:
-        online = (await self.counts())[site_id]
-        event = {"type": "presence", "site_id": site_id, "online": online, "to": {"covering": site_id}}
+        connections = Counter(r["role"] for r in (await self.state.records(_site_kind(site_id))).values())
+        event = {
+            "type": "presence",
+            "site_id": site_id,
+            "online": sum(connections.values()),
+            "connections": dict(connections),
+            "to": {"covering": site_id},
+        }
         await self.state.emit(event)
 
     async def sweep(self) -> int:
@@ -86,12 +106,16 @@ class Presence:
         swept = 0
         sites: set[str] = set()
         for key, record in (await self.state.records(KIND)).items():
-            if record.get("node") not in alive and await self.state.delete_record(KIND, key) is not None:
+            if record.get("node") not in alive and await self._forget(key) is not None:
                 swept += 1
                 sites.add(record["site_id"])
         for site_id in sorted(sites):
             await self._announce(site_id)
         return swept
+
+
+def _site_kind(site_id: str) -> str:
+    return f"{KIND}@{site_id}"
 
 
 def by_role(records: dict[str, Record]) -> dict[str, Counter[str]]:

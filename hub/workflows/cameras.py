@@ -238,7 +238,8 @@ class CameraStore(Tables):
         """Insert or replace, all in one transaction."""
         async with self.db.transaction() as tx:
             await tx.executemany(
-                f"INSERT OR REPLACE INTO cameras ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                f"INSERT INTO cameras ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+                f" ON CONFLICT (id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in COLUMNS[1:])}",
                 [tuple(c[k] for k in COLUMNS) for c in cameras],
             )
 

@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hub.core.access import Forbidden, can_reach_site, room_bound
 from hub.core.livestate import EventFollower, Record
 from hub.core.records import Event
 from hub.core.rooms import NotFound, Rooms, _new_id
-from hub.core.store import Database, Migrations, Tables, Transaction
+from hub.core.store import Database, Migrations, Tables, Transaction, quoted
 from hub.core.tokens import Claims
 
 DISPUTE_TYPES = ("family", "neighbour", "land", "wages", "contract", "other")
@@ -58,6 +59,9 @@ ESCALATABLE = ("open", "mediating", "failed", "escalated")
 #: A session may be held while the case is still being worked.
 SESSION_STATUSES = ("open", "mediating", "failed", "escalated")
 RESULTS = ("agreement", "failed")
+#: Times an unversioned change is decided again after another process's write
+#: got in first (each retry means one more write to the case meanwhile).
+STALE_RETRIES = 3
 #: Roles that read and work cases.
 CASE_ROLES = ("admin", "operator", "mediator")
 
@@ -86,7 +90,7 @@ MIGRATIONS = Migrations(
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     case_id TEXT NOT NULL,
     at REAL NOT NULL,
-    user TEXT NOT NULL,
+    "user" TEXT NOT NULL,
     role TEXT NOT NULL,
     action TEXT NOT NULL,
     from_status TEXT,
@@ -110,6 +114,10 @@ MIGRATIONS = Migrations(
 )""",
             "CREATE INDEX IF NOT EXISTS case_sessions_case ON case_sessions (case_id, opened_at)",
         ),
+        # Every change of a case row counts up its version: a write names the
+        # version it read, so of two hub processes changing one case at once
+        # exactly one writes and the other learns so (no change lost silently).
+        ("ALTER TABLE cases ADD COLUMN version INTEGER NOT NULL DEFAULT 1",),
     ),
 )
 
@@ -127,6 +135,7 @@ CASE_COLUMNS = (
     "created_by",
     "created_at",
     "updated_at",
+    "version",
 )
 HISTORY_COLUMNS = (
     "at",
@@ -149,7 +158,16 @@ def works_cases(claims: Claims) -> bool:
 
 
 class Conflict(Exception):
-    """The change is not allowed in the case's current state (HTTP 409)."""
+    """The change is not allowed in the case's current state (HTTP 409);
+    `case` is that state, where known."""
+
+    def __init__(self, message: str, case: Record | None = None) -> None:
+        super().__init__(message)
+        self.case = case
+
+
+class Stale(Conflict):
+    """The case is no longer at the version the change was decided on."""
 
 
 class CaseStore(Tables):
@@ -166,14 +184,15 @@ class CaseStore(Tables):
             )
             await self._add_history(tx, case["id"], history)
 
-    async def update(self, case_id: str, expect: Record, changes: Record, history: Record) -> bool:
-        """Apply `changes` only if the row still has the `expect`ed values (two
-        hub processes racing on one case: one wins, the other gets False)."""
+    async def update(self, case_id: str, version: int, changes: Record, history: Record) -> bool:
+        """Apply `changes` and count the version up, only if the row is still
+        at `version` (two hub processes racing on one case: one wins, the
+        other gets False); the history entry commits with the change."""
         sets = ", ".join(f"{k} = ?" for k in changes)
-        where = " AND ".join(f"{k} IS ?" for k in expect)
         async with self.db.transaction() as tx:
             changed = await tx.execute(
-                f"UPDATE cases SET {sets} WHERE id = ? AND {where}", [*changes.values(), case_id, *expect.values()]
+                f"UPDATE cases SET {sets}, version = version + 1 WHERE id = ? AND version = ?",
+                [*changes.values(), case_id, version],
             )
             if changed != 1:
                 return False
@@ -183,7 +202,7 @@ class CaseStore(Tables):
     @staticmethod
     async def _add_history(tx: Transaction, case_id: str, entry: Record) -> None:
         await tx.execute(
-            f"INSERT INTO case_history (case_id, {', '.join(HISTORY_COLUMNS)})"
+            f"INSERT INTO case_history (case_id, {quoted(HISTORY_COLUMNS)})"
             f" VALUES (?, {', '.join('?' * len(HISTORY_COLUMNS))})",
             [case_id, *(entry.get(c, "" if c == "note" else None) for c in HISTORY_COLUMNS)],
         )
@@ -206,7 +225,7 @@ class CaseStore(Tables):
         if not case_ids:
             return out
         rows = await self.db.fetchall(
-            f"SELECT case_id, {', '.join(HISTORY_COLUMNS)} FROM case_history"
+            f"SELECT case_id, {quoted(HISTORY_COLUMNS)} FROM case_history"
             f" WHERE case_id IN ({', '.join('?' * len(case_ids))}) ORDER BY id",
             case_ids,
         )
@@ -286,10 +305,14 @@ class Cases:
             raise Forbidden(f"case {case_id} is outside your jurisdiction")
         return case
 
-    async def _writable(self, claims: Claims, case_id: str) -> Record:
+    async def _writable(self, claims: Claims, case_id: str, version: int | None = None) -> Record:
+        """The case, if the caller may change it; `version`: the one the
+        caller saw, refused (with the case as it is) if the case moved on."""
         case = await self._readable(claims, case_id)
         if not self.tree.covers(claims.site, case["site_id"]):
             raise Forbidden(f"case {case_id} is now handled at {case['site_id']}; only that site and above may act")
+        if version is not None and version != case["version"]:
+            raise Stale(f"case {case_id} is at version {case['version']}, not {version}; reload it", case)
         return case
 
     def _site_for_new_case(self, claims: Claims, site_id: str) -> None:
@@ -390,23 +413,32 @@ class Cases:
             "created_by": claims.user,
             "created_at": now,
             "updated_at": now,
+            "version": 1,
         }
         await self.store.insert(case, self._entry(claims, "opened", now, to_status="open", to_site=site_id))
         await self._announce("case-updated", case)
         return case
 
-    async def update(self, claims: Claims, case_id: str, status: str | None, outcome: str | None) -> Record:
-        """Change the status (along TRANSITIONS) and/or the outcome note."""
-        case = await self._writable(claims, case_id)
+    async def update(
+        self, claims: Claims, case_id: str, status: str | None, outcome: str | None, version: int | None = None
+    ) -> Record:
+        """Change the status (along TRANSITIONS) and/or the outcome note;
+        `version`: only if the case is still at that version."""
+        return await self._decided(version, lambda: self._update(claims, case_id, status, outcome, version))
+
+    async def _update(
+        self, claims: Claims, case_id: str, status: str | None, outcome: str | None, version: int | None
+    ) -> Record:
+        case = await self._writable(claims, case_id, version)
         if case["status"] == "closed":
-            raise Conflict(f"case {case_id} is closed")
+            raise Conflict(f"case {case_id} is closed", case)
         changes: Record = {}
         if status is not None and status != case["status"]:
             if status not in STATUSES:
                 raise ValueError(f"status must be one of {', '.join(STATUSES)}")
             if status not in TRANSITIONS[case["status"]]:
                 allowed = ", ".join(TRANSITIONS[case["status"]]) or "nothing"
-                raise Conflict(f"a case that is {case['status']} may become {allowed}, not {status}")
+                raise Conflict(f"a case that is {case['status']} may become {allowed}, not {status}", case)
             changes["status"] = status
             if status in RESULTS:
                 changes["result"] = status
@@ -426,8 +458,7 @@ class Cases:
             to_status=changes.get("status", case["status"]),
             note=changes.get("outcome", ""),
         )
-        await self._apply(case, changes, entry, "case-updated")
-        return case | changes
+        return await self._apply(case, changes, entry, "case-updated")
 
     async def hold_session(self, claims: Claims, case_id: str) -> tuple[Record, Record]:
         """Open the case's next mediation room at its current site; the sites
@@ -455,22 +486,36 @@ class Cases:
             session, self._entry(claims, "session", now, to_site=case["site_id"], room_id=room["id"])
         )
         if case["status"] != "mediating":
-            changes = {"status": "mediating", "result": None, "updated_at": now}
-            entry = self._entry(claims, "status", now, from_status=case["status"], to_status="mediating")
-            await self._apply(case, changes, entry, None)
-            case = case | changes
+            case = await self._decided(None, lambda: self._mediating(claims, case_id, now))
         await self._announce("case-updated", case)
         for site_id in below:
             await self.rooms.announce_invitation(claims, room, site_id, {"sites": [site_id]})
         return session, room
 
-    async def escalate(self, claims: Claims, case_id: str, note: str) -> Record:
-        case = await self._writable(claims, case_id)
+    async def _mediating(self, claims: Claims, case_id: str, at: float) -> Record:
+        """A session was held, so the case is being mediated: decided on the
+        case as it is now, since the room is open whatever changed meanwhile
+        (a 409 here would hide a session that exists)."""
+        case = await self.store.get(case_id)
+        if case is None:
+            raise NotFound(f"no case {case_id}")
+        if case["status"] == "mediating" or case["status"] not in SESSION_STATUSES:
+            return case
+        changes = {"status": "mediating", "result": None, "updated_at": at}
+        entry = self._entry(claims, "status", at, from_status=case["status"], to_status="mediating")
+        return await self._apply(case, changes, entry, None)
+
+    async def escalate(self, claims: Claims, case_id: str, note: str, version: int | None = None) -> Record:
+        """Move the case to the parent site's queue; `version` as for update."""
+        return await self._decided(version, lambda: self._escalate(claims, case_id, note, version))
+
+    async def _escalate(self, claims: Claims, case_id: str, note: str, version: int | None) -> Record:
+        case = await self._writable(claims, case_id, version)
         if case["status"] not in ESCALATABLE:
-            raise Conflict(f"a case that is {case['status']} cannot be escalated")
+            raise Conflict(f"a case that is {case['status']} cannot be escalated", case)
         site = self.tree.get(case["site_id"])
         if site is None or site.parent is None:
-            raise Conflict(f"there is no level above {case['site_id']}")
+            raise Conflict(f"there is no level above {case['site_id']}", case)
         now = time.time()
         changes = {"site_id": site.parent, "status": "escalated", "result": None, "updated_at": now}
         entry = self._entry(
@@ -483,8 +528,7 @@ class Cases:
             to_site=site.parent,
             note=note,
         )
-        await self._apply(case, changes, entry, "case-escalated")
-        return case | changes
+        return await self._apply(case, changes, entry, "case-escalated")
 
     # -- sessions follow their rooms ----------------------------------------
 
@@ -517,12 +561,34 @@ class Cases:
     def _entry(claims: Claims, action: str, at: float, **fields: Any) -> Record:
         return {"at": at, "user": claims.user, "role": claims.role, "action": action} | fields
 
-    async def _apply(self, case: Record, changes: Record, entry: Record, event: str | None) -> None:
-        expect = {"status": case["status"], "site_id": case["site_id"], "updated_at": case["updated_at"]}
-        if not await self.store.update(case["id"], expect, changes, entry):
-            raise Conflict(f"case {case['id']} changed meanwhile; reload it and try again")
+    @staticmethod
+    async def _decided(version: int | None, change: Callable[[], Awaitable[Record]]) -> Record:
+        """Run `change`, which reads the case, decides and writes. A caller who
+        named a version gets Stale as it is; one who did not named no basis,
+        so the change is decided again on the case another process just
+        wrote (its rules checked anew), a few times before giving up."""
+        for _ in range(STALE_RETRIES):
+            try:
+                return await change()
+            except Stale:
+                if version is not None:
+                    raise
+        return await change()
+
+    async def _apply(self, case: Record, changes: Record, entry: Record, event: str | None) -> Record:
+        """Write `changes` over the version of `case` they were decided on: the
+        case after them, or Conflict carrying the case as another change left it."""
+        if not await self.store.update(case["id"], case["version"], changes, entry):
+            current = await self.store.get(case["id"])
+            version = current["version"] if current else "gone"
+            raise Stale(
+                f"case {case['id']} changed meanwhile (now at version {version}); reload it and try again",
+                current,
+            )
+        changed = case | changes | {"version": case["version"] + 1}
         if event is not None:
-            await self._announce(event, case | changes, from_site=case["site_id"])
+            await self._announce(event, changed, from_site=case["site_id"])
+        return changed
 
     async def _announce(self, kind: str, case: Record, from_site: str | None = None) -> None:
         """Tell the case's readers, live. They are exactly the users covering

@@ -5,7 +5,7 @@ townships and villages, say): the room belongs to the branch's root site and
 admits the whole branch. In it only the trainer and the attendees the
 trainer promoted to speaker may publish; everyone else watches.
 
-Attendance is kept in SQLite (the hub's `hub.sqlite3`, beside the recordings
+Attendance is kept in the hub's database (beside the recordings
 catalogue) from the room events every hub process already receives: each
 participant-joined of a training room opens a row, its participant-left
 closes it. A participant who reconnects gets a new participant, so a second
@@ -26,7 +26,7 @@ from hub.core.access import Forbidden, can_reach_site, room_bound
 from hub.core.livestate import EventFollower, Record
 from hub.core.records import Event, Participant, Room
 from hub.core.rooms import NotFound, Rooms
-from hub.core.store import Database, DatabaseError, Migrations, Tables
+from hub.core.store import Database, DatabaseError, Migrations, Tables, quoted
 from hub.core.tasks import cancel_and_wait
 from hub.core.tokens import Claims
 
@@ -57,7 +57,7 @@ MIGRATIONS = Migrations(
     room_id TEXT NOT NULL,
     participant_id TEXT NOT NULL,
     site_id TEXT NOT NULL,
-    user TEXT NOT NULL,
+    "user" TEXT NOT NULL,
     name TEXT NOT NULL,
     role TEXT NOT NULL,
     joined_at REAL NOT NULL,
@@ -107,7 +107,7 @@ class AttendanceBook(Tables):
 
     async def _select(self, columns: tuple[str, ...], tail: str, args: list[Any]) -> list[dict[str, Any]]:
         table = "trainings" if columns is TRAINING_COLUMNS else "attendance"
-        rows = await self.db.fetchall(f"SELECT {', '.join(columns)} FROM {table} {tail}", args)
+        rows = await self.db.fetchall(f"SELECT {quoted(columns)} FROM {table} {tail}", args)
         return [dict(zip(columns, row, strict=True)) for row in rows]
 
     # -- trainings -------------------------------------------------------------
@@ -134,7 +134,7 @@ class AttendanceBook(Tables):
 
     async def joined(self, participant: Participant, node: str) -> None:
         await self.db.execute(
-            "INSERT INTO attendance (room_id, participant_id, site_id, user, name, role, joined_at, node)"
+            'INSERT INTO attendance (room_id, participant_id, site_id, "user", name, role, joined_at, node)'
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 participant["room_id"],
@@ -176,7 +176,7 @@ class AttendanceBook(Tables):
             for node, seen in open_rows:
                 if node not in live_nodes:
                     closed += await tx.execute(
-                        "UPDATE attendance SET left_at = MAX(joined_at, ?), interrupted = 1"
+                        "UPDATE attendance SET left_at = GREATEST(joined_at, ?), interrupted = 1"
                         " WHERE node = ? AND left_at IS NULL",
                         [seen if seen is not None else now, node],
                     )
@@ -189,8 +189,8 @@ class AttendanceBook(Tables):
         """See attendance_by_site."""
         rows = await self.db.fetchall(
             """
-                SELECT site_id, COUNT(DISTINCT room_id), COUNT(DISTINCT user),
-                       SUM(MAX(0, MIN(COALESCE(left_at, :now), :until) - MAX(joined_at, :since)))
+                SELECT site_id, COUNT(DISTINCT room_id), COUNT(DISTINCT "user"),
+                       SUM(GREATEST(0, LEAST(COALESCE(left_at, :now), :until) - GREATEST(joined_at, :since)))
                 FROM attendance
                 WHERE joined_at < :until AND COALESCE(left_at, :now) > :since
                 GROUP BY site_id ORDER BY site_id

@@ -375,9 +375,12 @@ export class HubClient {
   // -- the console ------------------------------------------------------------------
 
   /** Live status of every site of a branch (default: the caller's home) with rollups. */
-  consoleStatus(siteId = "") {
-    const query = siteId ? `?site=${encodeURIComponent(siteId)}` : "";
-    return this.request("GET", `/api/console/status${query}`);
+  consoleStatus(siteId = "", { compact = false } = {}) {
+    const query = new URLSearchParams();
+    if (siteId) query.set("site", siteId);
+    if (compact) query.set("compact", "1");
+    const text = query.toString();
+    return this.request("GET", `/api/console/status${text ? `?${text}` : ""}`);
   }
 
   /** The caller's saved wall layouts: {layouts: [{name, grid, panes, patrol}], current}. */
@@ -428,7 +431,9 @@ export class HubClient {
   }
 
   // -- mediation cases and statistics ---------------------------------------------
-  // A change the case's state does not allow rejects with ApiError status 409.
+  // A change the case's state does not allow rejects with ApiError status 409
+  // (problem.case: the case as it is). `version`: change only that version of
+  // the case (the one shown), so a change decided on a stale view is refused.
 
   /** Cases the caller may read, newest first; filters: {site, status, queue: "mine"}. */
   cases(filters = {}) {
@@ -445,7 +450,7 @@ export class HubClient {
     return this.request("POST", "/api/cases", body);
   }
 
-  /** Change {status?, outcome?}. */
+  /** Change {status?, outcome?, version?}. */
   updateCase(caseId, changes) {
     return this.request("PATCH", `/api/cases/${encodeURIComponent(caseId)}`, changes);
   }
@@ -455,8 +460,8 @@ export class HubClient {
     return this.request("POST", `/api/cases/${encodeURIComponent(caseId)}/sessions`);
   }
 
-  escalateCase(caseId, note = "") {
-    return this.request("POST", `/api/cases/${encodeURIComponent(caseId)}/escalate`, { note });
+  escalateCase(caseId, note = "", version = undefined) {
+    return this.request("POST", `/api/cases/${encodeURIComponent(caseId)}/escalate`, { note, version });
   }
 
   /** Statistics of a branch over a period; filters: {site, from, to}. */

@@ -140,7 +140,8 @@ function controls(c) {
     const outcome = el("textarea", { id: "outcome-input", rows: 2, maxlength: 2000, placeholder: t("case.outcomeHint") });
     outcome.value = c.outcome;
     const save = async () => {
-      const changes = { outcome: outcome.value };
+      // The outcome text was edited over this version: another's edit meanwhile is a 409, not overwritten.
+      const changes = { outcome: outcome.value, version: c.version };
       if (select.value) changes.status = select.value;
       await act(() => state.client.updateCase(c.id, changes));
     };
@@ -148,7 +149,7 @@ function controls(c) {
   }
   if (a.escalate) {
     const note = el("input", { id: "escalate-note", maxlength: 1000, placeholder: t("case.escalateHint") });
-    const go = () => act(() => state.client.escalateCase(c.id, note.value));
+    const go = () => act(() => state.client.escalateCase(c.id, note.value, c.version));
     box.append(el("div", { class: "case-escalate" }, note, el("button", { id: "escalate", class: "button", type: "button", onclick: go }, t("case.escalate"))));
   }
   return box;

@@ -1,37 +1,23 @@
 // The command-centre console: the jurisdiction's site tree with live status
 // and per-branch rollups, a thumbnail grid of the selected branch's feeds,
 // the video wall with saved layouts and patrol, and the dispatch panel.
-// Status comes from GET /api/console/status, fetched again (debounced) on
-// every live event that may change it.
+// Status is loaded once (GET /api/console/status?compact=1) and then kept by
+// the event socket's deltas (livestatus.js); it is loaded again only when a
+// reconnected socket's sequence number says events were missed.
 
 import { ApiError } from "./api.js";
 import { mountDispatch } from "./dispatch.js";
 import { $, apiErrorKey as errorKey, el, hideFatal, hubClient, indexSites, renderBanner, replaceTree, showFatal, startFailed, treeKeys } from "./dom.js";
 import * as i18n from "./i18n.js";
+import { LiveStatus, STATUS_EVENTS } from "./livestatus.js";
 import { mountTopbar, setTopbar } from "./topbar.js";
 import { FEED_MIME, GRID_SIDES, Wall, feedKey } from "./wall.js";
 
 const { t } = i18n;
 
 const BOOT_RETRY_MS = 5000;
-const REFRESH_DEBOUNCE_MS = 400; // events come in bursts (join + publish); one status read per burst
-const REFRESH_POLL_MS = 30000; // a safety net: events lost during a reconnect
+const RENDER_DEBOUNCE_MS = 100; // events come in bursts (join + publish); one render per burst
 const SAVE_DEBOUNCE_MS = 800;
-
-/** Events after which the status is fetched again. */
-const STATUS_EVENTS = [
-  "participant-joined",
-  "participant-left",
-  "stream-added",
-  "stream-removed",
-  "room-opened",
-  "room-closed",
-  "presence",
-  "camera-status",
-  "alert-raised",
-  "alert-cleared",
-  "restored", // shared live state is back: what changed meanwhile was announced to no one
-];
 
 const state = {
   client: null,
@@ -42,7 +28,10 @@ const state = {
   children: new Map(),
   roots: [],
   depth: new Map(),
-  status: new Map(), // site id -> status row
+  status: new Map(), // site id -> status row (live.rows())
+  live: null, // LiveStatus: the status kept by deltas
+  loading: null, // the status load in flight (events meanwhile wait in `held`)
+  held: [],
   expanded: new Set(),
   checked: new Set(), // sites ticked for dispatch
   selected: null, // the branch shown in the thumbnail grid
@@ -53,11 +42,8 @@ const state = {
   layouts: { layouts: [], current: null },
   wall: null,
   banner: null,
-  refreshTimer: null,
-  pollTimer: null,
+  renderTimer: null,
   saveTimer: null,
-  refreshing: false,
-  refreshAgain: false,
 };
 
 // -- messages ---------------------------------------------------------------------
@@ -94,40 +80,60 @@ function setSites(sites) {
   for (const site of sites) if (state.depth.get(site.id) < 2) state.expanded.add(site.id);
 }
 
-function setStatus(status) {
-  state.status = new Map(status.sites.map((row) => [row.id, row]));
+/** Load the status (compact) and apply the events that arrived meanwhile and are newer than it. */
+function loadStatus() {
+  if (state.loading) return state.loading;
+  state.loading = (async () => {
+    try {
+      const status = await state.client.consoleStatus(state.me.site.id, { compact: true });
+      state.live.load(status);
+      for (const event of state.held.splice(0)) state.live.apply(event);
+      state.status = state.live.rows();
+      if (state.banner && ["error.unreachable", "error.server"].includes(state.banner[0])) setBanner(null);
+      if (state.wall) scheduleRender();
+    } finally {
+      state.loading = null;
+    }
+  })();
+  return state.loading;
 }
 
-/** Fetch the status now; calls arriving meanwhile cause one more fetch after it. */
-async function refreshStatus() {
-  clearTimeout(state.refreshTimer);
-  state.refreshTimer = null;
-  if (state.refreshing) {
-    state.refreshAgain = true;
+/** One event that may change the status: applied as a delta, rendered soon. */
+function onStatusEvent(event) {
+  if (state.loading) {
+    state.held.push(event);
     return;
   }
-  state.refreshing = true;
-  try {
-    setStatus(await state.client.consoleStatus(state.me.site.id));
-    if (state.banner && ["error.unreachable", "error.server"].includes(state.banner[0])) setBanner(null);
-    renderAll();
-    state.wall.refresh();
-  } catch (err) {
-    reportError(err);
-  } finally {
-    state.refreshing = false;
+  if (state.live.apply(event)) {
+    state.status = state.live.rows();
+    scheduleRender();
   }
-  if (state.refreshAgain) {
-    state.refreshAgain = false;
-    scheduleRefresh();
-  }
-  clearTimeout(state.pollTimer);
-  state.pollTimer = setTimeout(refreshStatus, REFRESH_POLL_MS);
 }
 
-function scheduleRefresh() {
-  if (state.refreshTimer === null) state.refreshTimer = setTimeout(refreshStatus, REFRESH_DEBOUNCE_MS);
+/** The monitor ack of a (re)connected socket: load again only if events went by unseen. */
+function onMonitorAck(ack) {
+  if (ack.of !== "monitor") return;
+  if (ack.node === state.live.node && ack.seq === state.live.seq) return;
+  loadStatus().catch(reportError);
 }
+
+/** Shared live state is back: what changed while it was down was announced to no one, so the status is read again (after a load already under way, which may predate the outage's end). */
+function onRestored() {
+  if (state.banner?.[0] === "live.degraded") setBanner(null);
+  const again = () => loadStatus().catch(reportError);
+  if (state.loading) state.loading.then(again, again);
+  else again();
+}
+
+function scheduleRender() {
+  if (state.renderTimer !== null) return;
+  state.renderTimer = setTimeout(() => {
+    state.renderTimer = null;
+    renderAll();
+    state.wall.refresh();
+  }, RENDER_DEBOUNCE_MS);
+}
+
 
 // -- feeds ---------------------------------------------------------------------------
 
@@ -496,15 +502,17 @@ function togglePatrol() {
 // -- live events --------------------------------------------------------------------------------
 
 function openEvents() {
+  state.events?.close(); // a retried start-up opens a new one
   const events = state.client.events();
   state.events = events;
   setTopbar({ events });
-  events.on("state", ({ state: s }) => s === "open" && scheduleRefresh()); // catch up on what happened while disconnected
-  for (const type of STATUS_EVENTS) events.on(type, scheduleRefresh);
+  for (const type of STATUS_EVENTS) events.on(type, onStatusEvent);
+  events.on("ack", onMonitorAck); // also after a reconnect: catch up on what was missed
   events.on("snapshot", onSnapshot);
   events.on("degraded", () => setBanner("live.degraded"));
-  events.on("restored", () => state.banner?.[0] === "live.degraded" && setBanner(null));
-  events
+  events.on("restored", onRestored);
+  // Monitoring starts before the status is read, so no event falls between them.
+  return events
     .connect()
     .then(() => events.monitor(true))
     .catch((err) => console.warn("event socket", err));
@@ -530,14 +538,12 @@ async function boot() {
   if (!state.client) return;
   try {
     state.me = await state.client.me();
-    const [sites, status, layouts] = await Promise.all([
-      state.client.sites(),
-      state.client.consoleStatus(state.me.site.id),
-      state.client.consoleLayouts(),
-    ]);
+    const [sites, layouts] = await Promise.all([state.client.sites(), state.client.consoleLayouts()]);
     setSites(sites);
-    setStatus(status);
+    state.live = new LiveStatus(sites);
     state.layouts = layouts;
+    await openEvents(); // its monitor ack starts the status load
+    await loadStatus();
   } catch (err) {
     startFailed(err, boot, BOOT_RETRY_MS);
     return;
@@ -549,9 +555,7 @@ async function boot() {
   if (current) state.wall.applyLayout(current);
   $("layout").hidden = false;
   renderAll();
-  openEvents();
   mountDispatch($("dispatch"), { client: state.client, tree: state.sites, selectedSites, events: state.events });
-  state.pollTimer = setTimeout(refreshStatus, REFRESH_POLL_MS);
 }
 
 function init() {

@@ -1,0 +1,190 @@
+"""What a relay costs: CPU of the pulling process and latency per hop.
+
+Three hub processes share a redis-server (all on 127.0.0.1): the origin,
+P2, and P3 configured to pull through P2 (HUB_UPSTREAM). One publisher on
+the origin sends a VP8 640x480 30 fps file encoded beforehand (no live
+encoding competes for the CPU); then N viewers watch it, in turn, on the
+origin (0 hops), on P2 (1 hop: P2 pulls from the origin) and on P3 (2 hops:
+P3 pulls from P2, P2 from the origin). Each phase measures every hub
+process's CPU over the window, the viewers' delivered frames and their
+latency (frame handed to the publisher's sender → frame whole at the viewer;
+publisher and viewers share this process's clock).
+
+    .venv/bin/python -m bench.cluster              # about 1.5 minutes
+    .venv/bin/python -m bench.cluster --viewers 2 --seconds 5
+
+The report (a markdown table) goes to stdout, progress to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.forwarding import percentile  # noqa: E402
+from bench.harness import ROOM, make_source, measure, running_hub, say  # noqa: E402
+from bench.machine import free_port, machine  # noqa: E402
+from client import bot  # noqa: E402
+from hub.media.ice import use_addresses  # noqa: E402
+
+WARMUP = 3.0
+SETTLE = 2.0
+DRAIN = 1.0
+LINGER = 1.0
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    with tempfile.TemporaryDirectory() as work:
+        proc = subprocess.Popen(
+            [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", work],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(0.5)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+async def health(http: aiohttp.ClientSession, url: str) -> dict[str, int]:
+    async with http.get(f"{url}/healthz") as r:
+        return dict(await r.json())
+
+
+async def measure_all(procs: dict[str, psutil.Process], seconds: float) -> dict[str, float]:
+    """Percent of a core each process used over the same window."""
+    cpu = await asyncio.gather(*(measure(p, seconds) for p in procs.values()))
+    return dict(zip(procs, cpu, strict=True))
+
+
+async def run(viewers: int, seconds: float) -> None:
+    use_addresses(["127.0.0.1"])
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp, redis_server() as redis_url:
+        root = Path(tmp)
+        source = root / "source.webm"
+        phase_seconds = SETTLE + seconds + DRAIN + LINGER + 3
+        make_source(source, WARMUP + seconds + 3 * phase_seconds + 10)
+        # One user-token secret for the three processes (tokens of one work on all), one cluster secret.
+        user_secret = secrets.token_urlsafe(48)
+        dirs = []
+        for name in ("origin", "p2", "p3"):
+            d = root / name
+            d.mkdir()
+            (d / "secret.key").write_text(user_secret)
+            os.chmod(d / "secret.key", 0o600)
+            dirs.append(d)
+        env = {"HUB_REDIS": redis_url, "HUB_CLUSTER_SECRET": secrets.token_urlsafe(32)}
+        env |= {"HUB_RELAY_LINGER_SECONDS": str(LINGER), "HUB_SNAPSHOT_SECONDS": "0"}
+        async with (
+            running_hub(dirs[0], env) as origin,
+            running_hub(dirs[1], env) as p2,
+            running_hub(dirs[2], env | {"HUB_UPSTREAM": p2.url}) as p3,
+            aiohttp.ClientSession() as http,
+        ):
+            hubs = {"origin": origin, "P2": p2, "P3": p3}
+            procs = {name: psutil.Process(h.process.pid) for name, h in hubs.items()}
+            video = bot.FileTracks(source).tracks[0]
+            publisher = await bot.publish(http, origin.url, origin.token, ROOM, [video])
+            await asyncio.sleep(WARMUP)
+            say(f"idle: {seconds:g} s with the publisher only")
+            idle = await measure_all(procs, seconds)
+            rows = []
+            for hops, name in enumerate(("origin", "P2", "P3")):
+                hub = hubs[name]
+                say(f"{viewers} viewers on {name} ({hops} hops)")
+                sessions = [
+                    await bot.view(http, hub.url, origin.token, publisher.resource_id, kinds=("video",))
+                    for _ in range(viewers)
+                ]
+                await asyncio.sleep(SETTLE)
+                counts = {n: await health(http, h.url) for n, h in hubs.items()}
+                since = time.monotonic()
+                cpu = await measure_all(procs, seconds)
+                until = time.monotonic()
+                await asyncio.sleep(DRAIN)
+                latencies: list[float] = []
+                expected = sum(1 for f in video.sent.values() if since <= f.sent_at < until)
+                matched = 0
+                for session in sessions:
+                    for frame in session.logs["video"].frames:
+                        sent = video.sent.get(frame.key)
+                        if sent is not None and since <= sent.sent_at < until:
+                            matched += 1
+                            latencies.append(1000 * (frame.received_at - sent.sent_at))
+                for session in sessions:
+                    await session.close()
+                await asyncio.sleep(LINGER + 1)  # the relays end
+                rows.append((name, hops, cpu, counts, 100 * matched / max(1, expected * viewers), latencies))
+            await publisher.close()
+
+    info = machine()
+    print(
+        f"Machine: {info['cpu']}, {info['cores']} cores; Python {info['python']}, aiortc {info['aiortc']},"
+        f" av {info['av']}; {info['date']}; load average at start {info['load_average_at_start']}"
+    )
+    print(
+        "Stream: VP8 640x480 30 fps from a file (encoder target 400 kbps, a keyframe a second);"
+        f" {viewers} viewers per phase, window {seconds:g} s; all on 127.0.0.1;"
+        f" runtime {time.monotonic() - started:.0f} s\n"
+    )
+    print("| viewers on | hops | relays (origin/P2/P3) | origin CPU % | P2 CPU % | P3 CPU % | delivered % |"
+          " latency p50 / p95 ms |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| (none: idle) | – | 0/0/0 | {idle['origin']:.1f} | {idle['P2']:.1f} | {idle['P3']:.1f} | – | – |")
+    p50s = []
+    for name, hops, cpu, counts, ratio, latencies in rows:
+        p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
+        p50s.append(p50 or 0.0)
+        relays = "/".join(str(counts[n]["relays"]) for n in ("origin", "P2", "P3"))
+        print(
+            f"| {name} | {hops} | {relays} | {cpu['origin']:.1f} | {cpu['P2']:.1f} | {cpu['P3']:.1f} | {ratio:.1f} |"
+            f" {p50:.0f} / {p95:.0f} |"
+        )
+    direct, one, two = rows
+    per_viewer = (direct[2]["origin"] - idle["origin"]) / viewers
+    relay_pull = one[2]["P2"] - idle["P2"] - viewers * per_viewer
+    serve_pull = one[2]["origin"] - idle["origin"]
+    print()
+    print(f"- one viewer on the hosting process: {per_viewer:.2f}% of a core")
+    print(
+        f"- a relay on the pulling process (P2 with {viewers} viewers, less {viewers} viewers' cost and idle):"
+        f" {relay_pull:.2f}% of a core, {relay_pull / per_viewer if per_viewer > 0 else float('nan'):.1f}x a viewer"
+    )
+    print(f"- the pull on the process it pulls from (origin, 1 hop, less idle): {serve_pull:.2f}% of a core")
+    print(f"- latency a hop adds at p50: {p50s[1] - p50s[0]:.0f} ms (0→1 hop), {p50s[2] - p50s[1]:.0f} ms (1→2 hops)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--viewers", type=int, default=4, help="viewers per phase (default 4)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measuring window per phase (default 10)")
+    args = parser.parse_args()
+    asyncio.run(run(args.viewers, args.seconds))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Hub-to-hub pulls: the WHEP client half of a relay.
+
+A hub process asks another one for a stream with a plain WHEP POST, as any
+viewer does, but with a cluster credential (`tokens.issue_node`, signed with
+HUB_CLUSTER_SECRET) instead of a user's token. The media then flows over
+that WHEP session's DTLS-SRTP, so it is encrypted between machines whatever
+the network; `hub.media.relay` does the peer connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+
+import aiohttp
+from yarl import URL
+
+from hub.core.records import Stream
+from hub.core.tokens import issue_node
+from hub.media.relay import RelayError
+
+log = logging.getLogger(__name__)
+
+
+class Cluster:
+    """How this process reaches the others: its credential, and where it pulls from."""
+
+    def __init__(self, secret: str, node_id: str, upstream_url: str | None, timeout: float) -> None:
+        self._secret = secret
+        self.node_id = node_id
+        #: Pull every relayed stream through this hub rather than from its host (a cascade).
+        self.upstream_url = upstream_url.rstrip("/") if upstream_url else None
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._http: aiohttp.ClientSession | None = None
+
+    def upstream(self, stream: Stream) -> WhepUpstream:
+        """The hub to pull `stream` from: the configured upstream, else its host."""
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=self._timeout)
+        base = self.upstream_url or stream["node_url"].rstrip("/")
+        return WhepUpstream(self._http, URL(f"{base}/whep/{stream['id']}"), self._token)
+
+    def _token(self) -> str:
+        return issue_node(self._secret, self.node_id)
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+
+class WhepUpstream:
+    """One pull's WHEP session at the upstream hub."""
+
+    def __init__(self, http: aiohttp.ClientSession, url: URL, token: Callable[[], str]) -> None:
+        self._http = http
+        self.url = url
+        self._token = token
+        self._location: URL | None = None
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token()}"}
+
+    async def exchange(self, offer: str) -> str:
+        headers = self._headers() | {"Content-Type": "application/sdp"}
+        try:
+            async with self._http.post(self.url, data=offer, headers=headers, allow_redirects=False) as response:
+                body = await response.text()
+                if response.status != 201 or "Location" not in response.headers:
+                    raise RelayError(f"{self.url} answered {response.status}: {body[:300]}")
+                self._location = response.url.join(URL(response.headers["Location"]))
+                return body
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise RelayError(f"{self.url} could not be reached: {exc or type(exc).__name__}") from exc
+
+    async def close(self) -> None:
+        location, self._location = self._location, None
+        if location is None or self._http.closed:
+            return
+        # The upstream also ends the session when our peer connection closes
+        # (DTLS close_notify); the DELETE frees it at once even if that was lost.
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with self._http.delete(location, headers=self._headers()) as response:
+                if response.status >= 400 and response.status != 404:
+                    log.info("DELETE %s: %s", location, response.status)

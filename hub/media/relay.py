@@ -1,0 +1,89 @@
+"""A relay: this process's pull of a stream another hub process hosts.
+
+The pull is one WHEP session to the upstream hub, made by this process as
+the client: a recvonly peer connection (DTLS-SRTP, so the hop is encrypted
+whatever the network) whose receivers `TrackSource`s take over exactly as
+for a WHIP publisher. Its packets then fan out to local viewers like any
+stream's; their keyframe requests go upstream as PLI on the relay's
+receiver, throttled as for a publisher.
+
+How the offer reaches the upstream hub (HTTP, a cluster credential) is not
+this package's business: the caller passes an `Upstream`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Protocol
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from hub.media.forward import TrackSource, offered_codecs
+
+
+class RelayError(Exception):
+    """The upstream hub could not be pulled from; the message says why."""
+
+
+class Upstream(Protocol):
+    """The other end of a pull: a hub that answers a WHEP offer."""
+
+    async def exchange(self, offer: str) -> str:
+        """Send the SDP offer, return the answer; raise RelayError if refused."""
+        ...
+
+    async def close(self) -> None:
+        """End the session upstream (best effort: the upstream may be gone)."""
+        ...
+
+
+async def open_pull(
+    configuration: RTCConfiguration,
+    kinds: list[str],
+    upstream: Upstream,
+    keyframe_interval: float,
+    connect_timeout: float,
+) -> tuple[RTCPeerConnection, dict[str, TrackSource]]:
+    """Pull `kinds` of a stream from `upstream`, connected (ICE + DTLS), its
+    tracks ready to fan out; anything that fails closes both ends."""
+    pc = RTCPeerConnection(configuration)
+    state = asyncio.Event()
+
+    @pc.on("connectionstatechange")
+    def _on_state() -> None:
+        if pc.connectionState in ("connected", "failed", "closed"):
+            state.set()
+
+    try:
+        for kind in kinds:
+            pc.addTransceiver(kind, direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())  # gathers every candidate: no trickle
+        answer = await upstream.exchange(pc.localDescription.sdp)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        except Exception as exc:  # aiortc reports bad SDP with assorted errors
+            raise RelayError(f"the upstream hub's answer does not apply: {exc}") from exc
+        sources: dict[str, TrackSource] = {}
+        for transceiver in pc.getTransceivers():
+            codecs = offered_codecs(transceiver)
+            if transceiver.currentDirection != "recvonly" or not codecs:
+                continue  # the stream has no such track
+            # The upstream answered with exactly the stream's codec (restrict_codecs).
+            source = TrackSource(transceiver.receiver, transceiver.kind, keyframe_interval)
+            source.codec = codecs[0]
+            sources[transceiver.kind] = source
+        if not sources:
+            raise RelayError("the upstream hub's answer carries no track")
+        try:
+            await asyncio.wait_for(state.wait(), connect_timeout)
+        except TimeoutError:
+            raise RelayError(f"the pull did not connect within {connect_timeout:g} s") from None
+        if pc.connectionState != "connected":
+            raise RelayError(f"the pull's connection {pc.connectionState}")
+        return pc, sources
+    except BaseException:
+        await pc.close()
+        with contextlib.suppress(Exception):
+            await upstream.close()
+        raise
