@@ -146,7 +146,7 @@ def test_docker_compose_file_is_valid():
     result = subprocess.run([*compose, "-q"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     services = subprocess.run([*compose, "--services"], capture_output=True, text=True, timeout=60, check=True)
-    assert set(services.stdout.split()) == {"proxy", "hub", "redis", "coturn"}
+    assert set(services.stdout.split()) == {"proxy", "hub", "redis", "postgres", "coturn"}
     resolved = subprocess.run(compose, capture_output=True, text=True, timeout=60, check=True).stdout
     assert "--workers" in resolved and "deploy/nginx.conf" in resolved
     # The proxy passes the event WebSocket's upgrade on to the workers' one port.
