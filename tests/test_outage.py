@@ -4,6 +4,7 @@ and a fresh, empty Redis gets every process's records back without a restart."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import shutil
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 from playwright.async_api import Browser, expect
 
 from client import bot
@@ -245,3 +247,53 @@ async def test_the_room_page_shows_the_outage_and_takes_the_roster_after_it(
     finally:
         await context.close()
         await publisher.pc.close()
+
+
+async def test_a_relay_outlives_a_redis_restart_until_its_host_is_back(
+    tmp_path: Path, private_redis: PrivateRedis, http: aiohttp.ClientSession
+):
+    """A relay is in no directory, so nothing of it is written back; while a
+    fresh Redis lacks the host's stream (until the host writes it back), the
+    relaying process's sweeps must not take that for the host's death."""
+    env = {"HUB_NODE_TTL": "3", "HUB_CLUSTER_SECRET": secrets.token_urlsafe(32)}
+    host = start_hub(tmp_path / "hubs", "--redis", private_redis.url, env=env)
+    relay = start_hub(tmp_path / "hubs", "--redis", private_redis.url, env=env)
+    try:
+        token = host.sign("m-relay-outage", "xiazhai", "mediator")
+        headers = {"Authorization": f"Bearer {token}"}
+        publisher = await bot.publish(http, host.url, token, "site-xiazhai", [bot.SyntheticVideo("vp8", 160, 120, 15)])
+        viewer = await bot.view(http, relay.url, token, publisher.resource_id, kinds=("video",))
+        frames = viewer.logs["video"].frames
+        await wait_until(lambda: len(frames) > 10, timeout=15)
+        async with http.get(f"{relay.url}/healthz") as r:
+            assert (await r.json())["relays"] == 1  # pulled through the relaying process, not redirected
+
+        private_redis.kill()
+        await asyncio.sleep(5)
+        private_redis.start()
+        deadline = time.monotonic() + RECOVERY_SECONDS
+        while publisher.resource_id not in {
+            s["id"] for s in (await _room(http, relay, "site-xiazhai", headers)).get("streams", [])
+        }:
+            assert time.monotonic() < deadline, "the host did not write its stream back"
+            await asyncio.sleep(0.2)
+
+        # The moment a sweep may fall in after a restart: the host's heartbeat is
+        # back, its stream not yet (made to last here by removing the stream
+        # again). Three sweep periods of the relaying process later, the relay still carries frames.
+        shared = aioredis.from_url(private_redis.url)
+        try:
+            assert await shared.hdel("hub:streams", publisher.resource_id) == 1
+        finally:
+            await shared.aclose()
+        seen = len(frames)
+        await asyncio.sleep(3 * 3)
+        assert viewer.pc.connectionState == "connected"
+        assert len(frames) > seen + 60, (seen, len(frames))
+        async with http.get(f"{relay.url}/healthz") as r:
+            assert (await r.json())["relays"] == 1
+        await viewer.pc.close()
+        await publisher.pc.close()
+    finally:
+        host.stop()
+        relay.stop()
