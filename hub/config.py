@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     #: answers only requests made directly on loopback.
     metrics_token: str | None = None
     max_ws_message_bytes: int = 16 * 1024
+    #: Hub processes `serve` runs on one HTTP port (SO_REUSEPORT), sharing Redis;
+    #: worker i also listens on port + i, the address its streams are redirected to.
+    workers: int = Field(default=1, ge=1)
+    #: Set by the supervisor in each worker (1..workers); 0 = a process on its own.
+    worker: int = Field(default=0, ge=0)
     #: Seconds after which a silent hub process's rooms and streams are
     #: swept from shared live state (it refreshes its heartbeat every third).
     node_ttl: float = 15.0
@@ -150,6 +155,17 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         return self.public_url or f"http://{self.host}:{self.port}"
+
+    @property
+    def node_url(self) -> str:
+        """Where this process alone answers: other hub processes and WHEP
+        redirects for the streams it hosts go here. A worker's is its own port
+        on the address it binds (loopback when it binds every address), also
+        behind a public URL, which all workers share."""
+        if not self.worker:
+            return self.base_url
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port + self.worker}"
 
     def keys(self) -> KeyFile:
         """The token signing keys: HUB_SECRET_FILE, or else the data

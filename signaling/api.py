@@ -7,6 +7,7 @@ import json
 from aiohttp import web
 
 from hub.core.access import require_site, room_bound
+from hub.core.livestate import Unavailable
 from hub.core.rooms import NotFound
 
 from . import models as m
@@ -90,11 +91,14 @@ async def get_stream(request: web.Request) -> web.Response:
 
 @door("Liveness of this hub process", ok(m.Health), public=True)
 async def health(request: web.Request) -> web.Response:
+    """Liveness: this process runs and forwards media. Never asks Redis, so an
+    outage of shared live state does not get healthy processes restarted."""
     rooms = request.app[ROOMS]
     return json_response(
         {
             "status": "ok",
             "node": rooms.node_id,
+            "live_state": "up" if rooms.state.available else "down",
             **rooms.media_counts(),
         }
         | (
@@ -103,3 +107,19 @@ async def health(request: web.Request) -> web.Response:
             else {}
         )
     )
+
+
+@door(
+    "Readiness: shared live state (Redis) answers and holds this process's records",
+    ok(m.Ready),
+    public=True,
+    problems=(503,),
+)
+async def ready(request: web.Request) -> web.Response:
+    """Readiness: this process can take requests that need shared live state
+    (it answers now, and holds this process's records again after an outage)."""
+    rooms = request.app[ROOMS]
+    await rooms.state.check()  # Unavailable: a 503 problem
+    if not rooms.state.available:
+        raise Unavailable("shared live state is back; this process is re-registering what it hosts")
+    return json_response({"status": "ready", "node": rooms.node_id})

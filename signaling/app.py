@@ -92,6 +92,7 @@ def make_app(
         app[LAG] = lag_probe
     app[EVENT_SOCKETS] = set()
     app.router.add_get("/healthz", api.health)
+    app.router.add_get("/readyz", api.ready)
     app.router.add_get("/api/openapi.json", openapi)
     app.router.add_get("/api/me", api.me)
     app.router.add_get("/api/sites", api.list_sites)

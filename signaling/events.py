@@ -26,8 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, Vali
 
 from hub.config import Settings
 from hub.core.access import Forbidden, addressed_to, can_enter_room
-from hub.core.bus import MONITOR_ONLY, MONITORED, ROOM_ANNOUNCEMENTS, STOPPING, EventIndex
-from hub.core.livestate import Record
+from hub.core.bus import MONITOR_ONLY, MONITORED, ROOM_ANNOUNCEMENTS, STATE_NOTICES, STOPPING, EventIndex
+from hub.core.livestate import DEGRADED, RESTORED, Record, Unavailable
 from hub.core.quotas import TokenBucket
 from hub.core.records import Event
 from hub.core.rooms import NotFound, Rooms
@@ -179,6 +179,12 @@ class Session:
         await self.error("rate-limited", f"too many {what} ({limit}); retry in {wait:.1f} s", retry_after=wait)
 
     async def handle(self, raw: str | bytes) -> None:
+        try:
+            await self._handle(raw)
+        except Unavailable as exc:
+            await self.error("unavailable", f"{exc}; retry when told restored")
+
+    async def _handle(self, raw: str | bytes) -> None:
         if not self._messages.take():
             await self._refuse(self._messages, "messages")
             return
@@ -281,7 +287,10 @@ class Session:
         saying why, when its client stops reading or forwarding fails."""
         try:
             while (item := await self.listener.get()) is not None:
-                await self._forward(*item)
+                try:
+                    await self._forward(*item)
+                except Unavailable:
+                    pass  # an event needing a lookup while Redis is down; the roster after `restored` covers it
             if self.rooms.state.closed or self.listener.dropped == STOPPING:
                 await self.ws.close(code=WSCloseCode.GOING_AWAY, message=STOPPING.encode())
                 return
@@ -314,6 +323,11 @@ class Session:
 
     async def _forward(self, seq: int, event: Event) -> None:
         """The final yes/no for an event the index offered this socket (access.py decides)."""
+        if event["type"] in STATE_NOTICES:
+            await self._send_event(seq, event)
+            if event["type"] == RESTORED:
+                await self.send_rosters()
+            return
         room_id = event.get("room_id")
         if event["type"] == "room-updated":
             self._may_enter.pop(room_id, None)  # its admissions may have changed
@@ -345,10 +359,27 @@ class Session:
                 self._may_enter[room_id] = False
         return self._may_enter[room_id]
 
+    async def send_rosters(self) -> None:
+        """Each joined room's participants and streams as they are now: events
+        published while Redis was down reached no one, so a client replaces
+        what it shows with this. Sent after `restored`, once this process's
+        event channel is subscribed again, so every later change follows it."""
+        for room_id in tuple(self.joined):
+            detail = await self.rooms.room_detail(self.claims, room_id)
+            await self.send(
+                {
+                    "type": "roster",
+                    "room_id": room_id,
+                    "participants": detail["participants"],
+                    "streams": detail["streams"],
+                }
+            )
+
     async def close(self) -> None:
         for room_id, participant_id in tuple(self.joined.items()):
             if participant_id is not None:
-                await self.rooms.leave(room_id, participant_id)
+                with contextlib.suppress(Unavailable):  # it is forgotten here; restore() removes its record
+                    await self.rooms.leave(room_id, participant_id)
         self.joined.clear()
 
 
@@ -369,6 +400,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     connection = await presence.connect(claims) if presence else None
     try:
         await session.send({"type": "hello", "user": claims.user, "role": claims.role, "site": claims.site})
+        if not session.rooms.state.available:
+            await session.send({"type": DEGRADED, "reason": "shared live state unreachable"})
         async for msg in ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 await session.handle(msg.data)

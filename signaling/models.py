@@ -277,8 +277,16 @@ class Problem(BaseModel):
 class Health(Out):
     status: Literal["ok"]
     node: str
+    live_state: Literal["up", "down"] = Field(
+        description="down while shared live state (Redis) is unreachable or this process re-registers"
+    )
     streams: int = Field(description="streams hosted by this process")
     subscriptions: int = Field(description="subscriptions served by this process")
+
+
+class Ready(Out):
+    status: Literal["ready"]
+    node: str
 
 
 class Site(Out):

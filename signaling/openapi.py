@@ -29,12 +29,12 @@ TITLES = {
     416: "Range Not Satisfiable",
     429: "Over a quota (docs/operate.md#quotas-and-rate-limits); Retry-After says when to ask again",
     502: "Another hub process hosts the stream, and this one could not pull it from there",
-    503: "This hub process does not run the feature",
+    503: "Shared live state (Redis) is unreachable (Retry-After), or this hub process does not run the feature",
 }
 INFO = {
     "title": "Linked governance video hub",
     "version": "0.1.0",
-    "description": "Every call except /healthz, /api/openapi.json and the pages needs a bearer token: "
+    "description": "Every call except /healthz, /readyz, /api/openapi.json and the pages needs a bearer token: "
     "'Authorization: Bearer <token>', or ?token= where headers cannot be set. Errors are problem "
     "details (RFC 9457). JSON bodies are application/json objects that name only known fields.",
 }
@@ -96,8 +96,9 @@ def _answer(answer: Answer, schemas: _Schemas) -> dict[str, Any]:
 def _problem_statuses(door: Door, has_path_parameters: bool) -> list[int]:
     statuses = set(door.problems)
     if not door.public:
-        # 404: a path, body or query may name a site, room or stream that is not there.
-        statuses |= {401, 403, 404}
+        # 404: a path, body or query may name a site, room or stream that is not there;
+        # 503: with Redis, any of them may find shared live state unreachable.
+        statuses |= {401, 403, 404, 503}
     if door.body is not None or door.query is not None or door.sdp or has_path_parameters:
         statuses.add(400)
     if door.body is not None or door.sdp:
@@ -127,7 +128,7 @@ def _operation(door: Door, path: str, schemas: _Schemas) -> dict[str, Any]:
     for status in _problem_statuses(door, bool(names)):
         schema = schemas.of(door.conflict) if status == 409 and door.conflict is not None else problem
         responses[str(status)] = {"description": TITLES[status], "content": {PROBLEM_TYPE: {"schema": schema}}}
-        if status == 429:
+        if status in (429, 503):  # a 503 for a feature this process does not run has none
             responses[str(status)]["headers"] = {
                 "Retry-After": {"schema": {"type": "string"}, "description": "seconds"}
             }

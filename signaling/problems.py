@@ -13,6 +13,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 from pydantic import ValidationError
 
 from hub.core.access import Forbidden
+from hub.core.livestate import PROBE_SECONDS, Unavailable
 from hub.core.quotas import QuotaExceeded
 from hub.core.rooms import Elsewhere, NotFound
 from hub.core.tokens import TokenError
@@ -114,6 +115,10 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
     except QuotaExceeded as exc:
         retry = {"Retry-After": str(exc.retry_after)}
         return problem_response(429, "Too Many Requests", str(exc), path, retry)
+    except Unavailable as exc:
+        # Not the client's fault and soon over: the hub probes Redis every PROBE_SECONDS.
+        retry = {"Retry-After": str(max(1, round(PROBE_SECONDS)))}
+        return problem_response(503, "Service Unavailable", str(exc), path, retry)
     except Elsewhere as exc:
         raise web.HTTPTemporaryRedirect(exc.url + request.path_qs) from exc
     except SdpError as exc:

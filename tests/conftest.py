@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -40,6 +41,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_ports(count: int) -> int:
+    """A port that is free with the `count - 1` after it, for a server that binds it again later (a
+    Redis restarted on its port) or hub workers (each on port + its number). Below Linux's ephemeral
+    range (32768 up), where the kernel hands out no ports of its own, so it stays free meanwhile."""
+    while True:
+        port = random.randrange(20000, 32768 - count)
+        try:
+            for offset in range(count):
+                with socket.create_server(("127.0.0.1", port + offset)):
+                    pass
+        except OSError:
+            continue
+        return port
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:

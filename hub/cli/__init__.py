@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -44,16 +43,17 @@ def _site_tree(settings: Settings) -> SiteTree:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from hub.cli.serve import serve
+    from hub.cli.serve import configure_logging, serve, supervise
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aioice").setLevel(logging.WARNING)
+    configure_logging()
     settings = _settings(args)
     try:
         settings.keys()
     except KeyringError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if settings.workers > 1:
+        return supervise(settings)
     serve(settings)
     return 0
 
@@ -231,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", help="HTTP address (HUB_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="HTTP port (HUB_PORT, default 8080)")
     serve.add_argument("--redis", help="share live state through Redis, e.g. redis://127.0.0.1:6379/0 (HUB_REDIS)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="run this many hub processes on one HTTP port, sharing --redis (HUB_WORKERS, default 1)",
+    )
     serve.add_argument(
         "--ice-address",
         dest="ice_addresses",

@@ -5,9 +5,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import multiprocessing
+import multiprocessing.connection
 import os
 import secrets
+import signal
+import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +23,7 @@ from aiohttp import web
 from hub.config import DEMO_SITES, Settings
 from hub.core.cluster import Cluster
 from hub.core.lag import LagProbe
-from hub.core.livestate import LiveState, open_live_state
+from hub.core.livestate import LiveState, Unavailable, open_live_state
 from hub.core.quotas import Limits
 from hub.core.rooms import Rooms
 from hub.core.sites import SiteTree, load_sites_file
@@ -41,6 +46,17 @@ log = logging.getLogger("hub")
 
 #: In the data directory: the latest operator link, when the hub's output is not a terminal.
 OPERATOR_LINK_FILE = "operator-link.txt"
+
+#: A worker that dies sooner than this after it started is not restarted: it
+#: would die again (a bad setting, a port taken); the supervisor stops them all.
+RESTART_AFTER_SECONDS = 10.0
+#: Seconds workers get to close their sessions after SIGTERM before they are killed.
+STOP_SECONDS = 15.0
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aioice").setLevel(logging.WARNING)
 
 
 async def site_tree(db: Database, settings: Settings) -> SiteTree:
@@ -90,7 +106,7 @@ async def build(settings: Settings) -> Hub:
     cluster = None
     if settings.cluster_secret:
         cluster = Cluster(settings.cluster_secret, node_id, settings.upstream, settings.session_connect_seconds)
-    rooms = Rooms(tree, state, router, node_id=node_id, node_url=settings.base_url, limits=limits, cluster=cluster)
+    rooms = Rooms(tree, state, router, node_id=node_id, node_url=settings.node_url, limits=limits, cluster=cluster)
     recorder = Recorder(
         rooms, settings.recordings_path, db, settings.segment_seconds, settings.record_mediation_rooms
     )
@@ -127,7 +143,7 @@ async def build(settings: Settings) -> Hub:
 
     # Participants, streams and presence of a process that died linger in shared state until swept.
     sweeps = [rooms.sweep, presence.sweep]
-    sweeper = asyncio.create_task(_sweep_forever(sweeps, settings.node_ttl)) if settings.redis else None
+    sweeper = asyncio.create_task(_sweep_forever(state, sweeps, settings.node_ttl)) if settings.redis else None
     expiry = asyncio.create_task(rooms.expire_forever())
     retention = None
     if settings.retention_days is not None:
@@ -163,14 +179,20 @@ async def build(settings: Settings) -> Hub:
     return Hub(settings, rooms, state, app)
 
 
-async def _sweep_forever(sweeps: list[Callable[[], Awaitable[int]]], period: float) -> None:
+async def _sweep_forever(state: LiveState, sweeps: list[Callable[[], Awaitable[int]]], period: float) -> None:
     while True:
         await asyncio.sleep(period)
+        # Not while this process is cut off or re-registering: the others' heartbeats
+        # may not be back yet, and their records are theirs to restore.
+        if not state.available:
+            continue
         for sweep in sweeps:
             try:
                 if swept := await sweep():
                     log.info("swept %d records of hub processes that stopped", swept)
-            except Exception:  # keep sweeping; Redis may come back
+            except Unavailable:
+                break  # noticed and logged by the live state; swept again once it is back
+            except Exception:
                 log.exception("sweep failed")
 
 
@@ -213,7 +235,93 @@ def serve(settings: Settings) -> None:
             "redis" if settings.redis else "memory",
             redact_url(settings.database_url),
         )
-        announce(settings, operator_link(settings, hub.rooms.tree), sys.stdout)
+        if settings.worker <= 1:  # one link for the whole set of workers
+            announce(settings, operator_link(settings, hub.rooms.tree), sys.stdout)
         return hub.app
 
-    web.run_app(start(), host=settings.host, port=settings.port, print=None, access_log=None)
+    if not settings.worker:
+        web.run_app(start(), host=settings.host, port=settings.port, print=None, access_log=None)
+        return
+    # A worker shares the HTTP port with its siblings (the kernel spreads
+    # connections over them) and answers alone on port + worker.
+    own = socket.create_server((settings.host, settings.port + settings.worker))
+    web.run_app(
+        start(), host=settings.host, port=settings.port, reuse_port=True, sock=[own], print=None, access_log=None
+    )
+
+
+def _run_worker(settings: Settings) -> None:
+    configure_logging()
+    serve(settings)
+
+
+async def _import_sites(settings: Settings) -> None:
+    db = open_database(settings.database_url)
+    try:
+        await site_tree(db, settings)
+    finally:
+        await db.close()
+
+
+def supervise(settings: Settings) -> int:
+    """Run `settings.workers` hub processes on one port and keep them running:
+    a worker that dies is restarted, unless it died within RESTART_AFTER_SECONDS
+    of starting, when all are stopped and the exit status is 1. SIGTERM or
+    SIGINT stops them all (each closes its sessions) and exits 0."""
+    if settings.redis is None:
+        print(
+            "error: --workers needs --redis: the workers are separate processes and share rooms,"
+            " participants and streams only through Redis",
+            file=sys.stderr,
+        )
+        return 2
+    # Once, here, rather than racing in every worker: the site import and the signing keys.
+    asyncio.run(_import_sites(settings))
+    settings.keys()
+    ctx = multiprocessing.get_context("spawn")  # nothing of this process's state leaks into a worker
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        log.info("supervisor: %s, stopping the workers", signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    workers: dict[int, tuple[multiprocessing.process.BaseProcess, float]] = {}
+
+    def start(worker: int) -> None:
+        # The site file was imported above; only the first worker imports a camera file.
+        changes = {"workers": 1, "worker": worker, "sites": None} | ({"cameras": None} if worker > 1 else {})
+        process = ctx.Process(target=_run_worker, args=(settings.model_copy(update=changes),), name=f"hub-{worker}")
+        process.start()
+        workers[worker] = (process, time.monotonic())
+        log.info("supervisor: worker %d is pid %s, also on port %d", worker, process.pid, settings.port + worker)
+
+    for worker in range(1, settings.workers + 1):
+        start(worker)
+    status = 0
+    while not stopping:
+        multiprocessing.connection.wait([p.sentinel for p, _ in workers.values()], timeout=1)
+        for worker, (process, started) in tuple(workers.items()):
+            if stopping or process.exitcode is None:
+                continue
+            lived = time.monotonic() - started
+            if lived < RESTART_AFTER_SECONDS:
+                log.error(
+                    "supervisor: worker %d exited (%s) %.1f s after starting; stopping", worker, process.exitcode, lived
+                )
+                status, stopping = 1, True
+                break
+            log.warning("supervisor: worker %d exited (%s); starting it again", worker, process.exitcode)
+            start(worker)
+    for process, _ in workers.values():
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + STOP_SECONDS
+    for process, _ in workers.values():
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
+    return status

@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterable
 
 from hub.core.access import room_bound
-from hub.core.livestate import LiveState
+from hub.core.livestate import DEGRADED, RESTORED, LiveState
 from hub.core.records import Event
 from hub.core.sites import SiteTree
 from hub.core.tokens import Claims
@@ -42,6 +42,8 @@ MONITORED = frozenset({"participant-joined", "participant-left", "stream-added",
 MONITOR_ONLY = frozenset({"presence", "snapshot"})
 #: Events announcing a room to everyone who may enter it, joined or not.
 ROOM_ANNOUNCEMENTS = frozenset({"room-opened", "room-closed"})
+#: This process's own notices about shared live state, for every socket.
+STATE_NOTICES = frozenset({DEGRADED, RESTORED})
 #: Seconds a send must have been blocked (its buffer full) before a backlog
 #: over the bound drops the listener: a momentary full buffer is not "does not read".
 BLOCKED_BEFORE_DROP = 1.0
@@ -189,6 +191,8 @@ class EventIndex:
         """Every listener the event may be for (a superset; the socket decides)."""
         kind = event.get("type")
         room_id = event.get("room_id")
+        if kind in STATE_NOTICES:
+            return set(self._all)
         if "to" in event:
             return self._addressed(event["to"], monitors_only=kind in MONITOR_ONLY)
         out: set[Listener] = set(self._by_room.get(room_id, ())) if room_id else set()

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
+import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from hub.core.records import Event, Participant, Room, Stream
 from hub.core.tasks import cancel_and_wait
@@ -28,6 +32,24 @@ Record = dict[str, Any]
 #: Bound of each local listener's event queue; a listener that falls
 #: this far behind is dropped rather than growing without limit.
 LISTENER_QUEUE = 1000
+
+#: Local-only events (never published): shared live state became unreachable,
+#: and it is back with this process's records written into it again.
+DEGRADED = "degraded"
+RESTORED = "restored"
+
+#: Seconds between probes of an unreachable Redis: how soon after it returns a process notices.
+PROBE_SECONDS = 1.0
+
+
+class Unavailable(Exception):
+    """Shared live state (Redis) cannot be reached now: a request that needs it
+    may be retried later (HTTP 503); media already flowing is not affected."""
+
+
+#: A step that writes back what this process hosts (its participants, streams,
+#: presence records, camera leases ...) after shared live state lost them.
+Restorer = Callable[[], Awaitable[None]]
 
 
 class Tap(Protocol):
@@ -49,6 +71,17 @@ class LiveState(ABC):
         self._taps: list[Tap] = []
         #: Set by close(): a listener dropped now was not too slow, the hub is stopping.
         self.closed = False
+        #: Run, in order, when shared live state is back after an outage or lost this process's records.
+        self.restorers: list[Restorer] = []
+
+    @property
+    def available(self) -> bool:
+        """Whether shared live state is reachable and holds this process's records."""
+        return True
+
+    @abstractmethod
+    async def check(self) -> None:
+        """Raise Unavailable unless the backend answers now (readiness)."""
 
     @abstractmethod
     async def start(self) -> None:
@@ -213,6 +246,9 @@ class MemoryLiveState(LiveState):
     async def live_nodes(self) -> set[str]:
         return {self.node_id}
 
+    async def check(self) -> None:
+        """In-process state is always there."""
+
     async def put_room(self, room: Room) -> None:
         self._rooms[room["id"]] = room
 
@@ -303,6 +339,29 @@ class MemoryLiveState(LiveState):
         self._deliver(event)
 
 
+REDIS_DOWN = (aioredis.ConnectionError, aioredis.TimeoutError, OSError)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+S = TypeVar("S", bound="RedisLiveState")
+
+
+def _shared(method: Callable[Concatenate[S, P], Awaitable[R]]) -> Callable[Concatenate[S, P], Awaitable[R]]:
+    """A Redis call whose connection failure becomes `Unavailable` and marks
+    shared live state down (the heartbeat brings it back)."""
+
+    @functools.wraps(method)
+    async def call(self: S, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(self, *args, **kwargs)
+        except REDIS_DOWN as exc:
+            self._lost(exc)
+            # The cause (an address, an errno) is logged once by _lost, not handed to clients.
+            raise Unavailable("shared live state (redis) is unreachable") from exc
+
+    return call
+
+
 class RedisLiveState(LiveState):
     """Keys: hub:rooms (hash), hub:participants:<room> (hash), hub:active
     (set of rooms with participants), hub:streams (hash), hub:node:<id>
@@ -313,66 +372,132 @@ class RedisLiveState(LiveState):
 
     def __init__(self, url: str, node_id: str, node_ttl: float) -> None:
         super().__init__()
-        self._redis = aioredis.from_url(url, decode_responses=True)
+        # One retry without delay: a pooled connection found dead after a Redis
+        # restart is replaced at once; a Redis that is down fails fast (a 503)
+        # instead of holding the request through redis-py's default backoff.
+        retry = Retry(NoBackoff(), 1)
+        self._redis = aioredis.from_url(
+            url, decode_responses=True, retry=retry, socket_connect_timeout=2, socket_timeout=5
+        )
+        # Pub/sub blocks reading for as long as no event comes: no read timeout on its connection.
+        self._pubsub_redis = aioredis.from_url(url, decode_responses=True, retry=retry, socket_connect_timeout=2)
         self._node_key = f"hub:node:{node_id}"
         self._node_ttl = node_ttl
         self._tasks: list[asyncio.Task[None]] = []
-        self._ready = asyncio.Event()
+        self._subscribed = asyncio.Event()
+        self._up = True
+        #: This process's run, as the value of its heartbeat key (for whoever inspects Redis).
+        self._epoch = secrets.token_hex(4)
+
+    @property
+    def available(self) -> bool:
+        return self._up
 
     async def start(self) -> None:
         await self._beat()
         self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._heartbeat())]
-        await self._ready.wait()
+        await self._subscribed.wait()
 
     async def close(self) -> None:
         await cancel_and_wait(*self._tasks)
         with contextlib.suppress(aioredis.RedisError, OSError):
             await self._redis.delete(self._node_key)
         await self._redis.aclose()
+        await self._pubsub_redis.aclose()
         await super().close()
 
-    async def _beat(self) -> None:
-        await self._redis.set(self._node_key, "1", px=int(self._node_ttl * 1000))
+    def _lost(self, exc: BaseException) -> None:
+        """Redis stopped answering: tell this process's listeners once."""
+        if self._up:
+            self._up = False
+            log.warning("shared live state (redis) unreachable: %s", exc)
+            self._deliver({"type": DEGRADED, "reason": "shared live state unreachable"})
+
+    async def _beat(self) -> bool:
+        """Renew this process's heartbeat key; True if it was missing (Redis
+        restarted empty, or the others swept this process as dead)."""
+        previous = await self._redis.set(self._node_key, self._epoch, px=int(self._node_ttl * 1000), get=True)
+        return previous is None
 
     async def _heartbeat(self) -> None:
         while True:
-            await asyncio.sleep(self._node_ttl / 3)
+            await asyncio.sleep(self._node_ttl / 3 if self._up else min(PROBE_SECONDS, self._node_ttl / 3))
             try:
-                await self._beat()
-            except (aioredis.RedisError, OSError) as exc:
-                log.warning("redis heartbeat failed: %s", exc)
+                vanished = await self._beat()
+            except REDIS_DOWN as exc:
+                self._lost(exc)
+                continue
+            if vanished or not self._up:
+                await self._restore("its records were gone" if vanished else "it answers again")
 
+    async def _restore(self, why: str) -> None:
+        """Write back what this process hosts, once its event channel is
+        subscribed again: a listener told `restored` then reads a picture that
+        every later change reaches it after."""
+        try:
+            await asyncio.wait_for(self._subscribed.wait(), self._node_ttl)
+        except TimeoutError:
+            return  # the next beat tries again
+        log.info("shared live state is back (%s): re-registering what this process hosts", why)
+        for restore in self.restorers:
+            try:
+                await restore()
+            except Unavailable as exc:
+                self._lost(exc)
+                return
+            except Exception:
+                log.exception("re-registering with %r failed", restore)
+        if not self._up:
+            self._up = True
+            self._deliver({"type": RESTORED})
+
+    async def check(self) -> None:
+        await self._ping()
+
+    @_shared
+    async def _ping(self) -> None:
+        await self._redis.ping()
+
+    @_shared
     async def live_nodes(self) -> set[str]:
         return {key.removeprefix("hub:node:") async for key in self._redis.scan_iter("hub:node:*")}
 
     async def _listen(self) -> None:
         """Relay the event channel to local listeners, resubscribing after
-        a lost connection (events published meanwhile are lost to this node)."""
-        delay = 0.5
+        a lost connection (events published meanwhile are lost to this node;
+        the `restored` notice tells listeners to read the picture again)."""
+        delay = 0.25
         while True:
             try:
-                async with self._redis.pubsub() as pubsub:
+                async with self._pubsub_redis.pubsub() as pubsub:
                     await pubsub.subscribe(self.CHANNEL)
-                    self._ready.set()
-                    delay = 0.5
+                    self._subscribed.set()
+                    delay = 0.25
                     async for message in pubsub.listen():
                         if message["type"] == "message":
                             self._deliver(json.loads(message["data"]))
-            except (ConnectionError, OSError, aioredis.RedisError) as exc:
-                log.warning("redis event channel lost (%s); retrying in %.1f s", exc, delay)
+            except (*REDIS_DOWN, aioredis.RedisError) as exc:
+                self._subscribed.clear()
+                self._lost(exc)
+                log.warning("redis event channel lost (%s); retrying in %.2f s", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10)
+                # Capped low: after an outage, re-registration waits for this subscription.
+                delay = min(delay * 2, PROBE_SECONDS)
 
+    @_shared
     async def put_room(self, room: Room) -> None:
         await self._redis.hset("hub:rooms", room["id"], json.dumps(room))
 
+    @_shared
     async def get_room(self, room_id: str) -> Room | None:
         raw = await self._redis.hget("hub:rooms", room_id)
         return json.loads(raw) if raw else None
 
+    @_shared
     async def rooms(self) -> list[Room]:
         return [json.loads(v) for v in (await self._redis.hgetall("hub:rooms")).values()]
 
+    @_shared
     async def delete_room(self, room_id: str) -> Room | None:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hget("hub:rooms", room_id)
@@ -380,6 +505,7 @@ class RedisLiveState(LiveState):
             raw, deleted = await pipe.execute()
         return json.loads(raw) if raw and deleted else None
 
+    @_shared
     async def add_participant(self, room_id: str, participant: Participant) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(f"hub:participants:{room_id}", participant["id"], json.dumps(participant))
@@ -392,10 +518,12 @@ class RedisLiveState(LiveState):
         "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return 1 end return 0"
     )
 
+    @_shared
     async def replace_participant(self, room_id: str, participant: Participant) -> bool:
         key = f"hub:participants:{room_id}"
         return bool(await self._redis.eval(self._REPLACE, 1, key, participant["id"], json.dumps(participant)))
 
+    @_shared
     async def remove_participant(self, room_id: str, participant_id: str) -> bool:
         key = f"hub:participants:{room_id}"
         removed = bool(await self._redis.hdel(key, participant_id))
@@ -403,9 +531,11 @@ class RedisLiveState(LiveState):
             await self._redis.srem("hub:active", room_id)
         return removed
 
+    @_shared
     async def participants(self, room_id: str) -> list[Participant]:
         return [json.loads(v) for v in (await self._redis.hgetall(f"hub:participants:{room_id}")).values()]
 
+    @_shared
     async def active_rooms(self) -> dict[str, int]:
         rooms = sorted(await self._redis.smembers("hub:active"))
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -414,9 +544,11 @@ class RedisLiveState(LiveState):
             counts = await pipe.execute()
         return {room_id: n for room_id, n in zip(rooms, counts, strict=True) if n}
 
+    @_shared
     async def add_stream(self, stream: Stream) -> None:
         await self._redis.hset("hub:streams", stream["id"], json.dumps(stream))
 
+    @_shared
     async def remove_stream(self, stream_id: str) -> Stream | None:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hget("hub:streams", stream_id)
@@ -424,20 +556,25 @@ class RedisLiveState(LiveState):
             raw, _ = await pipe.execute()
         return json.loads(raw) if raw else None
 
+    @_shared
     async def get_stream(self, stream_id: str) -> Stream | None:
         raw = await self._redis.hget("hub:streams", stream_id)
         return json.loads(raw) if raw else None
 
+    @_shared
     async def streams(self, room_id: str) -> list[Stream]:
         return [s for s in await self.all_streams() if s["room_id"] == room_id]
 
+    @_shared
     async def all_streams(self) -> list[Stream]:
         # One read for the whole directory (the console asks for every branch's streams).
         return [json.loads(v) for v in (await self._redis.hgetall("hub:streams")).values()]
 
+    @_shared
     async def put_record(self, kind: str, key: str, record: Record, ttl: float | None = None) -> None:
         await self._set_record(kind, key, record, ttl, only_if_absent=False)
 
+    @_shared
     async def claim_record(self, kind: str, key: str, record: Record, ttl: float | None = None) -> bool:
         return await self._set_record(kind, key, record, ttl, only_if_absent=True)
 
@@ -448,10 +585,12 @@ class RedisLiveState(LiveState):
             await self._redis.sadd(f"hub:rec:{kind}", key)
         return bool(stored)
 
+    @_shared
     async def get_record(self, kind: str, key: str) -> Record | None:
         raw = await self._redis.get(f"hub:rec:{kind}:{key}")
         return json.loads(raw) if raw else None
 
+    @_shared
     async def delete_record(self, kind: str, key: str) -> Record | None:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.getdel(f"hub:rec:{kind}:{key}")
@@ -459,6 +598,7 @@ class RedisLiveState(LiveState):
             raw, _ = await pipe.execute()
         return json.loads(raw) if raw else None
 
+    @_shared
     async def records(self, kind: str) -> dict[str, Record]:
         keys = sorted(await self._redis.smembers(f"hub:rec:{kind}"))
         if not keys:
@@ -468,6 +608,7 @@ class RedisLiveState(LiveState):
             await self._redis.srem(f"hub:rec:{kind}", *expired)
         return {key: json.loads(raw) for key, raw in zip(keys, values, strict=True) if raw is not None}
 
+    @_shared
     async def emit(self, event: Event) -> None:
         await self._redis.publish(self.CHANNEL, json.dumps(event))
 

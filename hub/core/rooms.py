@@ -20,7 +20,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from hub.core.access import Forbidden, can_enter_room, can_reach_site
 from hub.core.cluster import Cluster
-from hub.core.livestate import LiveState
+from hub.core.livestate import LiveState, Unavailable
 from hub.core.quotas import Limits, QuotaExceeded
 from hub.core.records import Event, Participant, Room, RoomDetail, RoomSummary, Stream
 from hub.core.sites import Site, SiteTree, standing_room_id
@@ -92,6 +92,11 @@ class Rooms:
         self._router = router
         self.node_id = node_id
         self._hosted: dict[str, HostedStream] = {}
+        #: Participants this process added (event sockets, WHIP) by id, and the
+        #: opened rooms they or hosted streams are in: what it writes back after
+        #: shared live state lost them (restore).
+        self._members: dict[str, Participant] = {}
+        self._opened: dict[str, Room] = {}
         #: How this process pulls streams other processes host; None: it redirects viewers there.
         self.cluster = cluster
         #: Streams this process relays (pulls from another process): id -> record.
@@ -99,6 +104,7 @@ class Rooms:
         #: Room kind -> its publish guard; a feature registers one for its rooms (training).
         self.publish_guards: dict[str, PublishGuard] = {}
         router.on_stream_ended = self._stream_ended
+        state.restorers.append(self.restore)
 
     # -- rooms ---------------------------------------------------------------
 
@@ -204,10 +210,12 @@ class Rooms:
             elif await self.state.remove_stream(stream["id"]):
                 await self.state.emit({"type": "stream-removed", "room_id": room_id, "stream_id": stream["id"]})
         for participant in await self.state.participants(room_id):
+            self._members.pop(participant["id"], None)
             if await self.state.remove_participant(room_id, participant["id"]):
                 await self.state.emit(
                     {"type": "participant-left", "room_id": room_id, "participant_id": participant["id"]}
                 )
+        self._opened.pop(room_id, None)
         await self.state.emit({"type": "room-closed", "room_id": room_id, "room": room, "reason": reason})
         log.info("room %s closed: %s", room_id, reason)
         return True
@@ -238,6 +246,8 @@ class Rooms:
             await asyncio.sleep(period)
             try:
                 await self.expire_empty_rooms()
+            except Unavailable:
+                pass  # nothing can be judged empty while shared live state is down
             except Exception:  # keep expiring; shared live state may come back
                 log.exception("expiring empty rooms failed")
 
@@ -273,8 +283,15 @@ class Rooms:
             "joined_at": time.time(),
         }
         await self.state.add_participant(room["id"], participant)
+        self._keep(room, participant)
         await self.state.emit({"type": "participant-joined", "room_id": room_id, "participant": participant})
         return participant
+
+    def _keep(self, room: Room, participant: Participant | None = None) -> None:
+        if participant is not None:
+            self._members[participant["id"]] = participant
+        if room["kind"] != "standing":
+            self._opened[room["id"]] = room
 
     async def participant(self, room_id: str, participant_id: str) -> Participant:
         found = next((p for p in await self.state.participants(room_id) if p["id"] == participant_id), None)
@@ -288,6 +305,8 @@ class Rooms:
         participant = await self.participant(room_id, participant_id) | changes
         if not await self.state.replace_participant(room_id, participant):
             raise NotFound(f"participant {participant_id} has left room {room_id}")
+        if participant_id in self._members:
+            self._members[participant_id] = participant
         await self.state.emit({"type": "participant-updated", "room_id": room_id, "participant": participant})
         return participant
 
@@ -355,6 +374,8 @@ class Rooms:
         return event
 
     async def leave(self, room_id: str, participant_id: str) -> None:
+        # Forgotten first: if shared live state is down now, restore() removes its record later.
+        self._members.pop(participant_id, None)
         for stream in await self.state.streams(room_id):
             if stream["participant_id"] == participant_id and stream["id"] in self._hosted:
                 await self.unpublish_stream(stream["id"])
@@ -402,6 +423,7 @@ class Rooms:
             "created_at": media.created,
         }
         self._hosted[media.id] = HostedStream(stream, own)
+        self._keep(room)
         await self.state.add_stream(stream)
         await self.state.emit({"type": "stream-added", "room_id": room_id, "stream": stream})
         return stream, answer
@@ -436,6 +458,8 @@ class Rooms:
             "created_at": media.created,
         }
         self._hosted[media.id] = HostedStream(stream, own_participant=False)
+        if (room := await self.state.get_room(room_id)) is not None:
+            self._keep(room)
         await self.state.add_stream(stream)
         await self.state.emit({"type": "stream-added", "room_id": room_id, "stream": stream})
         return stream, feeder
@@ -470,10 +494,15 @@ class Rooms:
         if hosted is None:
             return
         stream = hosted.stream
-        await self.state.remove_stream(stream["id"])
-        await self.state.emit({"type": "stream-removed", "room_id": stream["room_id"], "stream_id": stream["id"]})
         if hosted.own_participant:
-            await self.leave(stream["room_id"], stream["participant_id"])
+            self._members.pop(stream["participant_id"], None)
+        # The media has ended whatever Redis says: with Redis down, its records
+        # are left to restore(), and the WHIP DELETE that ended it succeeds.
+        with contextlib.suppress(Unavailable):
+            await self.state.remove_stream(stream["id"])
+            await self.state.emit({"type": "stream-removed", "room_id": stream["room_id"], "stream_id": stream["id"]})
+            if hosted.own_participant:
+                await self.leave(stream["room_id"], stream["participant_id"])
 
     # -- the stream interface: this process's media ---------------------------
 
@@ -579,7 +608,11 @@ class Rooms:
         subscription = self._router.subscription(subscription_id)
         if subscription is None or subscription.stream_id != stream_id:
             raise NotFound(f"no subscription {subscription_id} to stream {stream_id}")
-        await self.stream(claims, stream_id)
+        # A subscription is to a stream hosted here: its record is at hand, also while Redis is down.
+        hosted = self._hosted.get(stream_id)
+        if hosted is None:
+            raise NotFound(f"stream {stream_id} has ended")
+        await self.room(claims, hosted.stream["room_id"])
         if subscription.user != claims.user and claims.role not in ("operator", "admin"):
             raise Forbidden("only its viewer or an operator may end a subscription")
         await self._router.end_view(subscription_id)
@@ -600,13 +633,56 @@ class Rooms:
                     await self.state.emit(
                         {"type": "participant-left", "room_id": room_id, "participant_id": participant["id"]}
                     )
-        # A relay whose stream left the directory (its host died, and a sweep
-        # here or elsewhere removed it) ends with its viewers: its upstream
-        # may never say goodbye.
-        for stream_id in tuple(self._relayed):
-            if await self.state.get_stream(stream_id) is None:
+        # A relay whose stream left the directory with its host (it died, and a
+        # sweep here or elsewhere removed it) ends with its viewers: its
+        # upstream may never say goodbye. A stream merely missing while its
+        # host's heartbeat is there is not ended: after a Redis restart the
+        # host writes it back (restore), and relays are in no directory to restore.
+        for stream_id, relayed in tuple(self._relayed.items()):
+            if relayed["node"] not in alive and await self.state.get_stream(stream_id) is None:
                 await self._router.end_stream(stream_id)
         return swept
+
+    async def restore(self) -> None:
+        """Make shared live state hold what this process hosts again, after an
+        outage, a Redis restart or a sweep by the others: write back its
+        participants, streams and their opened rooms where missing, and remove
+        what it holds under this process's name that ended meanwhile. Each
+        change is announced as it would have been, so pages and consoles
+        catch up without reloading."""
+        # Copies: the awaits below let joins and leaves change the registries.
+        members, hosted, opened = dict(self._members), dict(self._hosted), dict(self._opened)
+        for room in opened.values():
+            if await self.state.get_room(room["id"]) is None:
+                await self.state.put_room(room)
+        rooms = {p["room_id"] for p in members.values()} | {h.stream["room_id"] for h in hosted.values()}
+        for room_id in sorted(rooms | set(await self.state.active_rooms())):
+            present = {p["id"]: p for p in await self.state.participants(room_id)}
+            for participant in members.values():
+                if participant["room_id"] == room_id and participant["id"] not in present:
+                    await self.state.add_participant(room_id, participant)
+                    await self.state.emit(
+                        {"type": "participant-joined", "room_id": room_id, "participant": participant}
+                    )
+            for participant_id, participant in present.items():
+                if participant.get("node") == self.node_id and participant_id not in self._members:
+                    if await self.state.remove_participant(room_id, participant_id):
+                        await self.state.emit(
+                            {"type": "participant-left", "room_id": room_id, "participant_id": participant_id}
+                        )
+        listed = {s["id"]: s for s in await self.state.all_streams()}
+        for stream_id, kept in hosted.items():
+            if stream_id not in listed and stream_id in self._hosted:
+                await self.state.add_stream(kept.stream)
+                await self.state.emit(
+                    {"type": "stream-added", "room_id": kept.stream["room_id"], "stream": kept.stream}
+                )
+        for stream_id, stream in listed.items():
+            if stream.get("node") == self.node_id and stream_id not in self._hosted:
+                if await self.state.remove_stream(stream_id):
+                    await self.state.emit(
+                        {"type": "stream-removed", "room_id": stream["room_id"], "stream_id": stream_id}
+                    )
 
     async def close(self) -> None:
         await self._router.close()

@@ -12,12 +12,13 @@ that died without closing its sockets are swept once its heartbeat expires.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections import Counter
 
 from hub.core.access import room_bound
-from hub.core.livestate import LiveState, Record
+from hub.core.livestate import LiveState, Record, Unavailable
 from hub.core.tokens import Claims
 
 KIND = "presence"
@@ -27,6 +28,9 @@ class Presence:
     def __init__(self, state: LiveState, node_id: str) -> None:
         self.state = state
         self.node_id = node_id
+        #: This process's open connections by key: written back by restore().
+        self._mine: dict[str, Record] = {}
+        state.restorers.append(self.restore)
 
     async def counts(self) -> Counter[str]:
         """Connections online per home site."""
@@ -40,18 +44,43 @@ class Presence:
             return None
         key = f"c-{secrets.token_hex(8)}"
         record = {"site_id": claims.site, "user": claims.user, "role": claims.role, "node": self.node_id}
-        record["since"] = time.time()
-        await self.state.put_record(_site_kind(claims.site), key, record)
-        await self.state.put_record(KIND, key, record)
-        await self._announce(claims.site)
+        self._mine[key] = record = record | {"since": time.time()}
+        # A socket opened while shared live state is down still counts: restore() writes it.
+        with contextlib.suppress(Unavailable):
+            await self._write(key, record)
+            await self._announce(claims.site)
         return key
 
     async def disconnect(self, key: str | None) -> None:
         if key is None:
             return
-        record = await self._forget(key)
-        if record is not None:
-            await self._announce(record["site_id"])
+        self._mine.pop(key, None)
+        with contextlib.suppress(Unavailable):  # restore() removes the record later
+            record = await self._forget(key)
+            if record is not None:
+                await self._announce(record["site_id"])
+
+    async def restore(self) -> None:
+        """Write back this process's connections that shared live state lost
+        (both the record and its site's), remove those it holds under this
+        process's name that closed meanwhile, and announce the sites whose
+        count changed."""
+        stored = await self.state.records(KIND)
+        sites: set[str] = set()
+        for key, record in tuple(self._mine.items()):
+            if key not in stored:
+                await self._write(key, record)
+                sites.add(record["site_id"])
+        for key, record in stored.items():
+            if record.get("node") == self.node_id and key not in self._mine:
+                if await self._forget(key) is not None:
+                    sites.add(record["site_id"])
+        for site_id in sorted(sites):
+            await self._announce(site_id)
+
+    async def _write(self, key: str, record: Record) -> None:
+        await self.state.put_record(_site_kind(record["site_id"]), key, record)
+        await self.state.put_record(KIND, key, record)
 
     async def _forget(self, key: str) -> Record | None:
         record = await self.state.delete_record(KIND, key)

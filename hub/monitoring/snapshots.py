@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 from aiortc.rtp import RtpPacket
 
-from hub.core.livestate import EventFollower, Record
+from hub.core.livestate import EventFollower, Record, Unavailable
 from hub.core.records import Event, Stream
 from hub.core.rooms import Rooms
 from hub.core.tasks import cancel_and_wait
@@ -244,6 +244,8 @@ class Snapshots:
                 await self._snapshot(monitor)
             except asyncio.CancelledError:
                 raise
+            except Unavailable:
+                pass  # shared live state is down (logged once, where it is noticed); the next period tries again
             except Exception:
                 log.exception("snapshot of stream %s failed", monitor.stream["id"])
             # A fixed rate, whatever a snapshot took (a late one does not delay the next).

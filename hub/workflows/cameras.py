@@ -34,7 +34,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from hub.config import Settings
 from hub.core.access import Forbidden, can_reach_site, require_site
-from hub.core.livestate import Record
+from hub.core.livestate import Record, Unavailable
 from hub.core.rooms import NotFound, Rooms
 from hub.core.sites import SiteTree, standing_room_id
 from hub.core.store import Database, Migrations, Tables
@@ -288,6 +288,8 @@ class _Pulled:
     camera: dict[str, Any]
     puller: CameraPuller
     stream_id: str | None = None
+    #: The last status record written: restored when shared live state lost it.
+    status: Record | None = None
 
 
 class Cameras:
@@ -307,6 +309,8 @@ class Cameras:
         self.pulled: dict[str, _Pulled] = {}
         self._task: asyncio.Task[None] | None = None
         self._reconcile_lock = asyncio.Lock()
+        # Leases and statuses are renewed by reconcile: after an outage, at once.
+        rooms.state.restorers.append(self.reconcile)
 
     @property
     def tree(self) -> SiteTree:
@@ -398,6 +402,8 @@ class Cameras:
             await asyncio.sleep(self.lease_seconds / 3)
             try:
                 await self.reconcile()
+            except Unavailable:
+                pass  # the pulls go on; the leases are renewed when shared live state is back (a restorer)
             except Exception:  # keep going; Redis may come back
                 log.exception("camera reconcile failed")
 
@@ -418,7 +424,7 @@ class Cameras:
                     continue
                 pulled.camera = camera
                 await state.put_record("camera-lease", camera_id, {"node": node}, ttl=self.lease_seconds)
-                status = await state.get_record("camera", camera_id)
+                status = await state.get_record("camera", camera_id) or pulled.status
                 if status is not None:
                     await state.put_record("camera", camera_id, status, ttl=self.lease_seconds)
             for camera_id, camera in registered.items():
@@ -500,6 +506,8 @@ class Cameras:
         if old is not None and old.get("status") == status:
             record["since"] = old.get("since", record["since"])
         await state.put_record("camera", camera["id"], record, ttl=self.lease_seconds)
+        if (pulled := self.pulled.get(camera["id"])) is not None:
+            pulled.status = record
         if old is None or any(old.get(k) != record.get(k) for k in ("status", "error", "stream_id", "name")):
             await self._announce(record)
 

@@ -117,6 +117,14 @@ function onMonitorAck(ack) {
   loadStatus().catch(reportError);
 }
 
+/** Shared live state is back: what changed while it was down was announced to no one, so the status is read again (after a load already under way, which may predate the outage's end). */
+function onRestored() {
+  if (state.banner?.[0] === "live.degraded") setBanner(null);
+  const again = () => loadStatus().catch(reportError);
+  if (state.loading) state.loading.then(again, again);
+  else again();
+}
+
 function scheduleRender() {
   if (state.renderTimer !== null) return;
   state.renderTimer = setTimeout(() => {
@@ -501,6 +509,8 @@ function openEvents() {
   for (const type of STATUS_EVENTS) events.on(type, onStatusEvent);
   events.on("ack", onMonitorAck); // also after a reconnect: catch up on what was missed
   events.on("snapshot", onSnapshot);
+  events.on("degraded", () => setBanner("live.degraded"));
+  events.on("restored", onRestored);
   // Monitoring starts before the status is read, so no event falls between them.
   return events
     .connect()

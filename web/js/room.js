@@ -74,6 +74,7 @@ const state = {
   panel: "people",
   joined: false,
   banner: null,
+  degraded: false, // the hub said its shared live state is unreachable ("degraded" until "restored")
   soundBlocked: false,
   invite: null, // {url, expires_at}
   invitedSites: new Set(),
@@ -83,6 +84,8 @@ const state = {
 // -- messages ------------------------------------------------------------------------
 
 function setBanner(key = null, params = {}) {
+  // While the hub's live state is down, its 503s say nothing new: the outage's banner stays.
+  if (state.degraded && (key === null || key === "error.server")) [key, params] = ["live.degraded", {}];
   state.banner = key ? [key, params] : null;
   renderBanner();
 }
@@ -201,6 +204,15 @@ async function join(event) {
   events.on("participant-left", (m) => m.room_id === state.roomId && dropParticipant(m.participant_id));
   events.on("stream-added", (m) => m.room_id === state.roomId && addTile(m.stream));
   events.on("stream-removed", (m) => m.room_id === state.roomId && removeTile(m.stream_id));
+  events.on("roster", (m) => m.room_id === state.roomId && state.joined && syncRoom(m));
+  events.on("degraded", () => {
+    state.degraded = true;
+    setBanner("live.degraded");
+  });
+  events.on("restored", () => {
+    state.degraded = false;
+    if (state.banner?.[0] === "live.degraded") setBanner(null);
+  });
   events.on("chat", (m) => m.room_id === state.roomId && addChat(m));
   events.on("recording-started", (m) => m.room_id === state.roomId && setRecording(true));
   events.on("recording-stopped", (m) => m.room_id === state.roomId && setRecording(false));
@@ -229,13 +241,9 @@ function onJoined(reply) {
   const rejoined = state.joined;
   state.joined = true;
   state.participantId = reply.participant.id;
-  state.participants = new Map(reply.participants.map((p) => [p.id, p]));
   if (!rejoined) enterRoom();
-  const ids = new Set(reply.streams.map((s) => s.id));
-  for (const id of state.tiles.keys()) if (!ids.has(id)) removeTile(id);
-  for (const stream of reply.streams) addTile(stream);
+  syncRoom(reply);
   if (state.banner?.[0] === "room.reconnecting") setBanner(null);
-  renderAll();
   // A new participant: our old streams ended with the old one, so publish again.
   publishCamera();
   if (state.screen) publishScreen();
@@ -246,6 +254,15 @@ function onJoined(reply) {
     .recordingState(state.roomId)
     .then((r) => setRecording(r.on))
     .catch((err) => console.warn("recording state", err));
+}
+
+/** Show a room's participants and streams as a snapshot (`joined`, or `roster` after an outage) has them. */
+function syncRoom({ participants, streams }) {
+  state.participants = new Map(participants.map((p) => [p.id, p]));
+  const ids = new Set(streams.map((s) => s.id));
+  for (const id of state.tiles.keys()) if (!ids.has(id)) removeTile(id);
+  for (const stream of streams) addTile(stream);
+  renderAll();
 }
 
 function setRecording(on) {
