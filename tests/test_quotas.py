@@ -20,6 +20,7 @@ from client.bot import NO_ICE_SERVERS, SyntheticVideo, publish
 from hub.core.livestate import MemoryLiveState
 
 from .conftest import EventSocket, HubProcess, start_hub, wait_until
+from .fuzz.live import PacedSocket
 
 PROBLEM = "application/problem+json"
 CONNECT_SECONDS = 3
@@ -124,6 +125,23 @@ async def test_a_binary_flood_is_limited_too(limited: HubProcess, http: aiohttp.
     await wait_until(lambda: sock.ws.closed, 15)
     assert sock.ws.close_code == 1008
     assert {m["code"] for m in sock.of("error")} == {"bad-message", "rate-limited"}
+
+
+async def test_a_paced_socket_keeps_to_the_message_rate(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    """The fuzz harness's bystander pings once per input; when inputs came faster than the
+    hub's message rate its ping was refused as rate-limited, and it waited 30 s for a pong
+    that never came (seen as a hang of the hub's event socket in fuzz_live_events)."""
+    hub = start_hub(tmp_path, env={"HUB_WS_MESSAGES_PER_SECOND": "5", "HUB_WS_MESSAGE_BURST": "2"})
+    try:
+        ws = await http.ws_connect(f"{hub.url}/ws?token={hub.sign('op-ping', 'guinan', 'operator')}")
+        assert (await ws.receive_json(timeout=10))["type"] == "hello"
+        paced = PacedSocket(ws, 5)
+        async with asyncio.timeout(10):  # 8 round trips at 5 a second; without pacing the third hangs
+            for _ in range(8):
+                assert await paced.round_trip() == []
+        await ws.close()
+    finally:
+        hub.stop()
 
 
 async def test_the_third_whip_session_of_a_user_gets_429(limited: HubProcess, http: aiohttp.ClientSession) -> None:

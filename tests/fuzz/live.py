@@ -22,6 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from client import bot
+from hub.config import Settings
 
 from ..conftest import HubProcess
 from .core import StateChanged, target
@@ -57,7 +58,7 @@ class LiveHub:
         self.publisher = self.run(self._publish())
         self.stream_id = self.publisher.resource_id
         self.case_id = self.run(self._open_case())
-        self.bystander: aiohttp.ClientWebSocketResponse | None = None
+        self.bystander: PacedSocket | None = None
 
     async def _session(self) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=STEP))
@@ -91,7 +92,7 @@ class LiveHub:
     def close(self) -> None:
         async def _close() -> None:
             if self.bystander is not None:
-                await self.bystander.close()
+                await self.bystander.ws.close()
             await self.publisher.close()
             await self.http.close()
 
@@ -302,7 +303,7 @@ async def _socket(live: LiveHub, token: str) -> aiohttp.ClientWebSocketResponse:
     return ws
 
 
-async def _round_trip(ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, Any]] | None:
+async def round_trip(ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, Any]] | None:
     """Messages up to the pong that answers a ping; None if the socket was closed instead."""
     await ws.send_json({"type": "ping"})
     replies = []
@@ -316,10 +317,28 @@ async def _round_trip(ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, Any
         replies.append(data)
 
 
+class PacedSocket:
+    """A socket that round-trips again and again (the bystander: once per input) no faster
+    than the hub's per-socket message rate. Inputs come faster than that while hypothesis
+    shrinks; a ping over the rate is refused as rate-limited, no pong ever answers it, and
+    the round trip waited its 30 s as if the hub had hung."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, messages_per_second: float) -> None:
+        self.ws = ws
+        self._gap = 1 / messages_per_second
+        self._next = 0.0
+
+    async def round_trip(self) -> list[dict[str, Any]] | None:
+        await asyncio.sleep(self._next - time.monotonic())
+        self._next = time.monotonic() + self._gap
+        return await round_trip(self.ws)
+
+
 async def _ws_message(live: LiveHub, raw: str | bytes, token: int) -> None:
     if live.bystander is None:
-        live.bystander = await _socket(live, live.tokens[2])
-        await live.bystander.send_json({"type": "join", "room": ROOM, "watch": True})
+        # The hub process was started with this environment, so it has these settings.
+        live.bystander = PacedSocket(await _socket(live, live.tokens[2]), Settings().ws_messages_per_second)
+        await live.bystander.ws.send_json({"type": "join", "room": ROOM, "watch": True})
     before = await live.listing()
     ws = await _socket(live, live.tokens[token % 4])
     try:
@@ -328,7 +347,7 @@ async def _ws_message(live: LiveHub, raw: str | bytes, token: int) -> None:
         else:
             await ws.send_str(raw)
         try:
-            replies = await _round_trip(ws)
+            replies = await round_trip(ws)
         except ConnectionResetError:
             replies = None
         if replies is None:  # closed: it must say why, and not as a server error
@@ -339,7 +358,7 @@ async def _ws_message(live: LiveHub, raw: str | bytes, token: int) -> None:
     finally:
         await ws.close()
     # Another client's socket is unaffected.
-    assert await _round_trip(live.bystander) is not None, "the bystander's socket was closed"
+    assert await live.bystander.round_trip() is not None, "the bystander's socket was closed"
 
 
 _WS_INPUTS = st.one_of(
