@@ -499,11 +499,7 @@ class RedisLiveState(LiveState):
 
     @_shared
     async def delete_room(self, room_id: str) -> Room | None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hget("hub:rooms", room_id)
-            pipe.hdel("hub:rooms", room_id)
-            raw, deleted = await pipe.execute()
-        return json.loads(raw) if raw and deleted else None
+        return await self._pop("hub:rooms", room_id)  # type: ignore[return-value]
 
     @_shared
     async def add_participant(self, room_id: str, participant: Participant) -> None:
@@ -550,11 +546,16 @@ class RedisLiveState(LiveState):
 
     @_shared
     async def remove_stream(self, stream_id: str) -> Stream | None:
+        return await self._pop("hub:streams", stream_id)  # type: ignore[return-value]
+
+    async def _pop(self, name: str, key: str) -> Record | None:
+        """Remove a hash field and return its record, in one transaction: of
+        two processes removing it at once, exactly one gets it."""
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hget("hub:streams", stream_id)
-            pipe.hdel("hub:streams", stream_id)
-            raw, _ = await pipe.execute()
-        return json.loads(raw) if raw else None
+            pipe.hget(name, key)
+            pipe.hdel(name, key)
+            raw, deleted = await pipe.execute()
+        return json.loads(raw) if raw and deleted else None
 
     @_shared
     async def get_stream(self, stream_id: str) -> Stream | None:
