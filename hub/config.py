@@ -139,10 +139,15 @@ class Settings(BaseSettings):
     #: File of token signing keys, one `ID SECRET` a line, the first signs
     #: (see docs/operate.md); unset: the data directory's secret.key.
     secret_file: Path | None = None
+    #: A directory every node of a cluster mounts (NFS, CephFS...) and records
+    #: into instead of DATA/recordings; each node then reads every recording's
+    #: files there. Unset: a recording held by another node is fetched from it
+    #: (with HUB_CLUSTER_SECRET).
+    shared_media: Path | None = None
 
     @property
     def recordings_path(self) -> Path:
-        return self.data / "recordings"
+        return self.shared_media or self.data / "recordings"
 
     @property
     def secret_path(self) -> Path:

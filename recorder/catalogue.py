@@ -60,10 +60,24 @@ MIGRATIONS = Migrations(
             "ALTER TABLE audit ADD COLUMN room_id TEXT NOT NULL DEFAULT ''",
             "ALTER TABLE audit ADD COLUMN ended_at REAL",
         ),
+        # Where the node that records a recording answers: any other node fetches its files there.
+        ("ALTER TABLE recordings ADD COLUMN node_url TEXT NOT NULL DEFAULT ''",),
     ),
 )
 
-COLUMNS = ("id", "room_id", "site_id", "kind", "title", "started_at", "ended_at", "status", "chain_head", "node")
+COLUMNS = (
+    "id",
+    "room_id",
+    "site_id",
+    "kind",
+    "title",
+    "started_at",
+    "ended_at",
+    "status",
+    "chain_head",
+    "node",
+    "node_url",
+)
 AUDIT_COLUMNS = (
     "id",
     "at",
@@ -84,9 +98,10 @@ class Catalogue(Tables):
     migrations = MIGRATIONS
 
     async def add(self, record: dict[str, Any]) -> None:
-        record = {"node": ""} | record
+        record = {"node": "", "node_url": ""} | record
+        marks = ", ".join("?" * (len(COLUMNS) + 1))
         await self.db.execute(
-            f"INSERT INTO recordings ({', '.join(COLUMNS)}, search_text) VALUES ({', '.join('?' * 11)})",
+            f"INSERT INTO recordings ({', '.join(COLUMNS)}, search_text) VALUES ({marks})",
             [record.get(c) for c in COLUMNS] + [record.get("search_text", "")],
         )
 

@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 AUTO = "auto"
 
 
+def held_here(root: Path, node_url: str, row: dict[str, Any]) -> bool:
+    """See Recorder.holds; a row from before node URLs were kept counts as this node's."""
+    return (root / row["id"]).is_dir() or row["node_url"] in ("", node_url)
+
+
 class Recorder:
     def __init__(
         self, rooms: Rooms, root: Path, db: Database, segment_seconds: float = 2.0, record_mediation: bool = False
@@ -45,12 +50,19 @@ class Recorder:
         await self.recover(await self.rooms.state.live_nodes())
         self._follower.start()
 
+    def holds(self, row: dict[str, Any]) -> bool:
+        """Whether this process holds a recording's files: they are in its
+        recordings directory (HUB_SHARED_MEDIA: every node's), or this
+        process's URL recorded them (and they are gone)."""
+        return held_here(self.root, self.rooms.node_url, row)
+
     async def recover(self, live_nodes: set[str]) -> list[str]:
         """Complete the manifests of sessions a killed process left open
-        (not those another running hub process is still recording)."""
+        (not those another running hub process is still recording, nor
+        those another machine holds: that one completes its own)."""
         done = []
         for row in await self.catalogue.unfinished():
-            if row["node"] in live_nodes:
+            if row["node"] in live_nodes or not self.holds(row):
                 continue
             folder = self.root / row["id"]
             if not (folder / MANIFEST).is_file():
@@ -99,6 +111,7 @@ class Recorder:
             self.segment_seconds,
             site.name if site else "",
             self.rooms.node_id,
+            self.rooms.node_url,
             asyncio.get_running_loop(),
         )
         await session.register()

@@ -43,6 +43,7 @@ class RecordingSession:
         segment_seconds: float,
         site_name: str,
         node: str,
+        node_url: str,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.id = new_recording_id()
@@ -67,6 +68,7 @@ class RecordingSession:
             "title": room.get("title", ""),
             "started_by": started_by,
             "node": node,
+            "node_url": node_url,
             "started_at": time.time(),
             "ended_at": None,
             "status": "recording",
@@ -93,6 +95,7 @@ class RecordingSession:
             "status": m["status"],
             "chain_head": m["chain_head"],
             "node": m["node"],
+            "node_url": m["node_url"],
         }
 
     def _search_text(self) -> str:

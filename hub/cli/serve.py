@@ -148,7 +148,13 @@ async def build(settings: Settings) -> Hub:
     retention = None
     if settings.retention_days is not None:
         retention = asyncio.create_task(
-            expire_forever(recorder.catalogue, recorder.root, settings.retention_days, settings.retention_check_seconds)
+            expire_forever(
+                recorder.catalogue,
+                recorder.root,
+                settings.retention_days,
+                settings.retention_check_seconds,
+                rooms.node_url,
+            )
         )
 
     async def shutdown(_: web.Application) -> None:

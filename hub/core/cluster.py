@@ -4,14 +4,16 @@ A hub process asks another one for a stream with a plain WHEP POST, as any
 viewer does, but with a cluster credential (`tokens.issue_node`, signed with
 HUB_CLUSTER_SECRET) instead of a user's token. The media then flows over
 that WHEP session's DTLS-SRTP, so it is encrypted between machines whatever
-the network; `hub.media.relay` does the peer connection.
+the network; `hub.media.relay` does the peer connection. The same
+credential fetches a recording's files from the machine that holds them
+(`Cluster.ask`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import aiohttp
 from yarl import URL
@@ -34,12 +36,32 @@ class Cluster:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._http: aiohttp.ClientSession | None = None
 
-    def upstream(self, stream: Stream) -> WhepUpstream:
-        """The hub to pull `stream` from: the configured upstream, else its host."""
+    def _session(self) -> aiohttp.ClientSession:
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=self._timeout)
+        return self._http
+
+    def upstream(self, stream: Stream) -> WhepUpstream:
+        """The hub to pull `stream` from: the configured upstream, else its host."""
         base = self.upstream_url or stream["node_url"].rstrip("/")
-        return WhepUpstream(self._http, URL(f"{base}/whep/{stream['id']}"), self._token)
+        return WhepUpstream(self._session(), URL(f"{base}/whep/{stream['id']}"), self._token)
+
+    @contextlib.asynccontextmanager
+    async def ask(self, method: str, url: URL, headers: Mapping[str, str]) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A request to another hub process as this one, its body left
+        unread and undecoded for the caller to stream on. Only connecting
+        and each read are bounded in time: a recording's file may take
+        longer than any total."""
+        timeout = aiohttp.ClientTimeout(total=None, connect=self._timeout.total, sock_read=self._timeout.total)
+        async with self._session().request(
+            method,
+            url,
+            headers={**headers, "Authorization": f"Bearer {self._token()}"},
+            allow_redirects=False,
+            auto_decompress=False,
+            timeout=timeout,
+        ) as response:
+            yield response
 
     def _token(self) -> str:
         return issue_node(self._secret, self.node_id)
