@@ -31,7 +31,7 @@ OLD_SCHEMA = (Path(__file__).parent / "data" / "schema-26ea4d8.sql").read_text(e
 #: The recordings catalogue before recordings named their hub process.
 PRE_NODE_SCHEMA = OLD_SCHEMA.replace("    node TEXT NOT NULL DEFAULT '',\n", "")
 #: What this code's migrations bring every feature to.
-VERSIONS = {"sites": 1, "cases": 2, "trainings": 1, "calls": 1, "cameras": 1, "console": 1, "recordings": 3}
+VERSIONS = {"sites": 1, "cases": 2, "trainings": 1, "calls": 1, "cameras": 1, "console": 1, "recordings": 4}
 
 
 def make_old_database(path: Path, schema: str) -> None:
