@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -230,11 +231,24 @@ def _as_postgres_user() -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
-    """A throwaway PostgreSQL cluster (Debian's postgresql) on 127.0.0.1, private
-    to this test run; its URL without a database name. Durability is off: it
-    is deleted at the end."""
+    """A throwaway PostgreSQL cluster private to this test run; its URL without a database name."""
     if not (POSTGRES_BIN / "initdb").exists():
         pytest.fail("postgresql is not installed (the README's test command installs it)")
+    with postgres_cluster() as server:
+        yield server.url
+
+
+@dataclass
+class PostgresServer:
+    url: str
+    proc: subprocess.Popen[bytes]
+
+
+@contextlib.contextmanager
+def postgres_cluster() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL cluster (Debian's postgresql) on 127.0.0.1 (the
+    tests' and bench/database.py's); its URL has no database name. Durability
+    is off: it is deleted at the end."""
     # Not under pytest's tmp_path: that is root's own (mode 0700), and the server runs as postgres.
     workdir = Path(tempfile.mkdtemp(prefix="hub-pg-"))
     data = workdir / "data"
@@ -271,7 +285,7 @@ def postgres_server() -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-        yield f"postgresql://postgres@127.0.0.1:{port}"
+        yield PostgresServer(f"postgresql://postgres@127.0.0.1:{port}", proc)
     finally:
         proc.send_signal(signal.SIGINT)  # a fast shutdown: sessions are ended, nothing is kept anyway
         proc.wait(20)
