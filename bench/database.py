@@ -70,6 +70,14 @@ class Row:
     hub_cpu: float
     database_cpu: float | None
 
+    @property
+    def cpu_ms_per_request(self) -> float:
+        """CPU of the hub and PostgreSQL per answer: on a busy machine, where
+        requests/s says as much about the neighbours as about the hub, this
+        is what stays."""
+        per_second = (self.hub_cpu + (self.database_cpu or 0.0)) / 100
+        return 1000 * per_second / max(self.requests_per_second, 0.1)
+
 
 def cpu_seconds(procs: Iterator[psutil.Process]) -> float:
     total = 0.0
@@ -212,14 +220,15 @@ def report(rows: list[Row], args: argparse.Namespace, info: dict[str, Any], runt
         f"Load: {args.clients} concurrent clients (one process, aiohttp) per read, {args.seconds:g} s each after"
         f" {WARMUP:g} s warm-up; one hub process; all on 127.0.0.1; runtime {runtime:.0f} s",
         "",
-        "| backend | read | requests/s | p50 ms | p95 ms | errors | answer bytes | hub CPU % | PostgreSQL CPU % |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| backend | read | requests/s | p50 ms | p95 ms | errors | answer bytes | hub CPU % | PostgreSQL CPU %"
+        " | CPU ms per request |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         db = "–" if r.database_cpu is None else f"{r.database_cpu:.0f}"
         lines.append(
             f"| {r.backend} | {r.read} | {r.requests_per_second:.0f} | {r.p50_ms:.1f} | {r.p95_ms:.1f} |"
-            f" {r.errors} | {r.bytes_per_answer} | {r.hub_cpu:.0f} | {db} |"
+            f" {r.errors} | {r.bytes_per_answer} | {r.hub_cpu:.0f} | {db} | {r.cpu_ms_per_request:.2f} |"
         )
     return "\n".join(lines)
 
@@ -244,7 +253,8 @@ async def run(args: argparse.Namespace) -> None:
     runtime = time.monotonic() - started
     print(report(rows, args, info, runtime))
     if args.json:
-        args.json.write_text(json.dumps({"machine": info, "rows": [asdict(r) for r in rows]}, indent=2))
+        figures = [asdict(r) | {"cpu_ms_per_request": r.cpu_ms_per_request} for r in rows]
+        args.json.write_text(json.dumps({"machine": info, "rows": figures}, indent=2))
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ TITLES = {
     415: "Unsupported Media Type",
     416: "Range Not Satisfiable",
     429: "Over a quota (docs/operate.md#quotas-and-rate-limits); Retry-After says when to ask again",
-    502: "Another hub process hosts the stream, and this one could not pull it from there",
+    502: "Another hub process hosts the stream or holds the recording, and this one could not reach it there",
     503: "Shared live state (Redis) is unreachable (Retry-After), or this hub process does not run the feature",
 }
 INFO = {
