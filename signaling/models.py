@@ -367,6 +367,7 @@ class RecordingSummary(Out):
     started_at: float
     ended_at: float | None
     status: str
+    node_url: str = Field(default="", description="the hub holding its files; any hub serves them")
 
 
 class RecordingState(Out):
