@@ -39,10 +39,17 @@ class Recorded:
 
 
 async def record(
-    hub: HubProcess, seconds: float, room: str = ROOM, audio: bool = True, codec: str = "vp8", name: str | None = None
+    hub: HubProcess,
+    seconds: float,
+    room: str = ROOM,
+    audio: bool = True,
+    codec: str = "vp8",
+    name: str | None = None,
+    folder: Path | None = None,
 ) -> Recorded:
     """Record `seconds` of a 320x240 30 fps VP8 or H.264 (+ Opus) stream published over WHIP
-    by a mediator whose display name is `name` (else the account name)."""
+    by a mediator whose display name is `name` (else the account name), into the hub's
+    recordings directory (`folder` if it has another: HUB_SHARED_MEDIA)."""
     token = hub.token("mediator-rec", "guomaying", "mediator", name=name)
     video = bot.SyntheticVideo(codec, 320, 240, 30, frames=int(seconds * 30))
     tracks: list[bot.EncodedTrack] = [video] + ([bot.SyntheticAudio(frames=int(seconds * 50))] if audio else [])
@@ -56,7 +63,7 @@ async def record(
             await set_recording(http, hub, token, room, False)
             await publisher.close()
     recording_id = started["recording"]["id"]
-    folder = hub.data / "recordings" / recording_id
+    folder = (folder or hub.data / "recordings") / recording_id
     return Recorded(recording_id, folder, json.loads((folder / "manifest.json").read_text()), video, token)
 
 

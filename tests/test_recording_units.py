@@ -147,6 +147,31 @@ async def test_retention_deletes_old_recordings_and_logs(tmp_path: Path, caplog)
     await db.close()
 
 
+async def test_retention_leaves_recordings_another_machine_holds(tmp_path: Path):
+    """An old recording made on another machine (its files there, not here) keeps its
+    catalogue row: that machine deletes it with its files. One recorded here whose
+    folder is already gone loses its row."""
+    db = SQLiteDatabase(tmp_path / "hub.sqlite3")
+    catalogue = Catalogue(db)
+    await catalogue.open()
+    now = time.time()
+    here, there = "http://10.0.0.1:8080", "http://10.0.0.2:8080"
+    for rid, node_url in [("rec-there", there), ("rec-here-gone", here)]:
+        await catalogue.add(
+            {"id": rid, "room_id": "site-x", "site_id": "x", "kind": "standing", "started_at": now - 40 * DAY}
+            | {
+                "ended_at": now - 40 * DAY + 60,
+                "status": "complete",
+                "title": "",
+                "chain_head": "",
+                "node_url": node_url,
+            }
+        )
+    assert await expire(catalogue, tmp_path, days=30, now=now, node_url=here) == ["rec-here-gone"]
+    assert await catalogue.get("rec-there") is not None
+    await db.close()
+
+
 async def test_mediation_room_records_from_its_first_participant(tmp_path: Path):
     hub = start_hub(tmp_path / "hub", env={"HUB_RECORD_MEDIATION_ROOMS": "true"})
     try:

@@ -123,3 +123,37 @@ async def test_a_recording_made_on_one_machine_is_served_by_another(
     finally:
         for hub in hubs:
             hub.stop()
+
+
+async def test_a_shared_media_directory_needs_no_fetch(
+    tmp_path: Path, postgres_url: str, redis_url: str, http: aiohttp.ClientSession
+):
+    """With HUB_SHARED_MEDIA every node records into one directory and reads every
+    recording there, with no cluster credential; a node that has neither answers 503."""
+    key = secrets.token_urlsafe(48)
+    shared = tmp_path / "media"
+    env = {"HUB_DATABASE": postgres_url}
+    hubs: list[HubProcess] = []
+    try:
+        for name, extra in (
+            ("a", {"HUB_SHARED_MEDIA": str(shared)}),
+            ("b", {"HUB_SHARED_MEDIA": str(shared)}),
+            ("c", {}),
+        ):
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "secret.key").write_text(key)
+            hubs.append(start_hub(tmp_path / name, "--redis", redis_url, env=env | extra))
+        a, b, c = hubs
+        recorded = await record(a, 1.0, folder=shared)
+        assert recorded.folder.parent == shared and not (a.data / "recordings" / recorded.id).exists()
+        seg = recorded.manifest["streams"][0]["segments"][0]["path"]
+        status, headers, body = await fetch(
+            http, f"{b.url}/api/recordings/{recorded.id}/files/{seg}", recorded.token, Range="bytes=0-99"
+        )
+        assert status == 206 and body == (recorded.folder / seg).read_bytes()[:100]
+        async with http.get(f"{c.url}/api/recordings/{recorded.id}/files/{seg}", headers=auth(recorded.token)) as r:
+            problem = await r.json(content_type="application/problem+json")
+        assert r.status == 503 and "HUB_CLUSTER_SECRET" in problem["detail"], problem
+    finally:
+        for hub in hubs:
+            hub.stop()
