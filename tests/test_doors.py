@@ -90,9 +90,7 @@ def sqlite_rows(path: Path) -> dict[str, list[tuple[Any, ...]]]:
     try:
         # attendance_nodes is each process's heartbeat: it ticks on its own, whatever a request did.
         tables = [
-            t
-            for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            if t != "attendance_nodes"
+            t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'") if t != "attendance_nodes"
         ]
         return {t: sorted(map(repr, db.execute(f'SELECT * FROM "{t}"'))) for t in tables}  # type: ignore[misc]
     finally:
