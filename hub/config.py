@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     #: Seconds one send to an event socket may stay blocked on a full buffer
     #: (the client reads nothing) before the socket is closed as too slow (1013).
     ws_send_stall_seconds: float = 10.0
+    #: A silent event socket is pinged about once per this many seconds and
+    #: dropped when it answers nothing for as long again (signaling/heartbeat.py).
+    ws_heartbeat_seconds: float = Field(default=30.0, ge=0.2)
     #: Seconds a WHIP or WHEP session may take to connect (ICE + DTLS) before
     #: it is removed, with its stream and participant.
     session_connect_seconds: float = 10.0
