@@ -43,6 +43,10 @@ from .recordings import RECORDER
 
 log = logging.getLogger(__name__)
 
+#: Events that change a console's status (web/js/livestatus.js).
+CONSOLE_EVENTS = frozenset(
+    {"presence", "camera-status", "alert-raised", "alert-cleared"} | MONITORED | ROOM_ANNOUNCEMENTS | {"room-updated"}
+)
 #: A room or site id as a client may send it.
 Ident = Annotated[str, Field(min_length=1, max_length=100)]
 
@@ -337,7 +341,22 @@ class Session:
                 await self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=reason.encode()[:120])
 
     async def _send_event(self, seq: int, event: Event) -> None:
+        if self.monitoring and event["type"] in CONSOLE_EVENTS and (path := self._path(event)):
+            # A console of a big tree holds counts per branch: the path tells it which to change.
+            event = event | {"path": path}
         await self.send(event | {"seq": seq})
+
+    def _path(self, event: Event) -> list[str]:
+        """The site an event is about and its ancestors up to this socket's
+        home site, nearest first; [] if it names none (or one outside it)."""
+        site_id = event.get("site_id")
+        for holder in ("room", "camera", "alert"):
+            if site_id is None and isinstance(event.get(holder), dict):
+                site_id = event[holder].get("site_id")
+        if site_id is None and (room_id := event.get("room_id")):
+            site_id = self.index.site_of_room(str(room_id))
+        path = self.rooms.tree.ancestors(str(site_id)) if site_id else []
+        return path[: path.index(self.claims.site) + 1] if self.claims.site in path else []
 
     async def _forward(self, seq: int, event: Event) -> None:
         """The final yes/no for an event the index offered this socket (access.py decides)."""
