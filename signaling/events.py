@@ -343,7 +343,8 @@ class Session:
     async def _send_event(self, seq: int, event: Event) -> None:
         if self.monitoring and event["type"] in CONSOLE_EVENTS and (path := self._path(event)):
             # A console of a big tree holds counts per branch: the path tells it which to change.
-            event = event | {"path": path}
+            site = self.rooms.tree.get(path[0])
+            event = event | {"path": path, "level": site.level if site else None}
         await self.send(event | {"seq": seq})
 
     def _path(self, event: Event) -> list[str]:

@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from playwright.async_api import Browser, expect
 
 from .conftest import EventSocket, HubProcess, start_hub, wait_until
 from .test_routing import storm_tree
@@ -45,22 +46,21 @@ def counts(branch: dict[str, Any]) -> dict[str, dict[str, int]]:
     return {entry["id"]: entry["counts"] for entry in [branch["site"], *branch["children"]]}
 
 
-def apply_presence(loaded: dict[str, dict[str, int]], event: dict[str, Any], villages: set[str]) -> None:
-    """What web/js/livestatus.js does with a presence event for a site it holds no row of."""
+def apply_presence(loaded: dict[str, dict[str, int]], event: dict[str, Any]) -> None:
+    """What web/js/livestatus.js (BranchStatus) does with a presence event for a site it holds no row of."""
     change = event["online"] - event["was"]
     went = int(event["online"] > 0) - int(event["was"] > 0)
     for site_id in event["path"]:
         if site_id in loaded:
             loaded[site_id]["terminals"] += change
             loaded[site_id]["sites_online"] += went
-            loaded[site_id]["villages_online"] += went if event["site_id"] in villages else 0
+            loaded[site_id]["villages_online"] += went if event["level"] == "village" else 0
 
 
 async def test_a_big_trees_console_loads_counts_opens_branches_and_follows_deltas(
     big_hub: HubProcess, http: aiohttp.ClientSession
 ) -> None:
     tree = storm_tree()
-    villages = {s.id for s in tree if s.level == "village"}
     operator = big_hub.sign("op-prov", "prov", "operator")
     early = [await EventSocket.open(http, big_hub, big_hub.sign(f"t{v}", v, "terminal")) for v in ("v0", "v4485")]
 
@@ -93,7 +93,7 @@ async def test_a_big_trees_console_loads_counts_opens_branches_and_follows_delta
     for event in (e for e in console.of("presence") if e["site_id"] == village):
         assert event["seq"] > max(ack["seq"], base["seq"], county_branch["seq"])
         assert event["path"][0] == village and event["path"][-1] == "prov", event
-        apply_presence(loaded, event, villages)
+        apply_presence(loaded, event)
     _, now = await load(http, big_hub, operator)
     _, county_now = await load(http, big_hub, operator, expected[0])
     assert loaded == counts(now) | counts(county_now)
@@ -112,3 +112,39 @@ async def test_a_branch_outside_the_jurisdiction_is_forbidden(big_hub: HubProces
         assert response.content_type == "application/problem+json"
     async with http.get(f"{big_hub.url}/api/console/branch", params={"site": "nowhere"}, headers=headers) as response:
         assert response.status == 404
+
+
+async def test_the_console_page_opens_a_big_tree_branch_by_branch(
+    big_hub: HubProcess, browser: Browser, http: aiohttp.ClientSession
+) -> None:
+    """In Chromium: the province console of the seed-sized tree loads neither
+    the site list nor the status, only branches; opening a prefecture loads
+    its children; a village going online and offline deep in an unopened
+    branch changes the counts of its prefecture by deltas, with no request."""
+    page = await browser.new_page(viewport={"width": 1440, "height": 900})
+    page.on("pageerror", lambda e: print(f"[browser pageerror] {e}"))
+    requests: list[str] = []
+    page.on(
+        "request",
+        lambda r: "/api/" in r.url and requests.append(r.url.split("?")[0] + "?" + r.url.partition("site=")[2]),
+    )
+    await page.goto(f"{big_hub.url}/console?token={big_hub.sign('op-prov2', 'prov', 'operator')}")
+    await expect(page.locator("#conn")).to_have_attribute("data-state", "open")
+    await expect(page.locator('[data-select="p7"]')).to_be_visible()
+    assert not any(r.startswith((f"{big_hub.url}/api/sites", f"{big_hub.url}/api/console/status")) for r in requests)
+    assert await page.locator("[data-select]").count() == 9  # the province and its 8 prefectures
+
+    await page.locator('[data-toggle="p3"]').click()
+    counties = [s.id for s in storm_tree() if s.parent == "p3"]
+    await expect(page.locator(f'[data-select="{counties[-1]}"]')).to_be_visible()
+    assert f"{big_hub.url}/api/console/branch?p3" in requests
+
+    village = next(s.id for s in storm_tree().jurisdiction("p5") if s.level == "village")
+    prefecture = page.locator('[data-rollup="p5"]')
+    await expect(prefecture).to_contain_text(" 0/")
+    before = len(requests)
+    async with http.ws_connect(f"{big_hub.url}/ws?token={big_hub.sign('t-deep', village, 'terminal')}"):
+        await expect(prefecture).to_contain_text(" 1/")
+    await expect(prefecture).to_contain_text(" 0/")
+    assert len(requests) == before, requests[before:]  # deltas only
+    await page.close()
