@@ -219,8 +219,9 @@ class Console:
         opened = {r["id"]: r for r in opened_rooms}
 
         site_rows: dict[str, Record] = {}
+        none: Counter[str] = Counter()  # one for every site without connections, not one each
         for site in branch:
-            connections = presence.get(site.id, Counter())
+            connections = presence.get(site.id, none)
             site_rows[site.id] = {
                 "id": site.id,
                 "connections": dict(connections),
