@@ -22,7 +22,7 @@ const BOOT_RETRY_MS = 5000;
 const RENDER_DEBOUNCE_MS = 100; // events come in bursts (join + publish); one render per burst
 const SAVE_DEBOUNCE_MS = 800;
 const BIG_TREE = 500; // sites in the jurisdiction from which it is loaded branch by branch
-const STALE_RELOAD_MS = 1000; // a big tree's counts that deltas could not change are loaded again after this
+const STALE_RELOAD_MS = 5000; // a big tree's counts that deltas could not change (room activity deep in an unopened branch) are loaded again after this: at most one load of the branches per 5 s, however busy the tree
 
 const state = {
   client: null,
