@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     #: answers only requests made directly on loopback.
     metrics_token: str | None = None
     max_ws_message_bytes: int = 16 * 1024
+    #: Connections the kernel queues for the hub to accept (the kernel caps it
+    #: at net.core.somaxconn). aiohttp's 128 overflowed in a join storm: each
+    #: connection dropped so waited for its client's SYN retries (1, 3, 7, 15 s...).
+    listen_backlog: int = Field(default=4096, ge=1)
     #: Hub processes `serve` runs on one HTTP port (SO_REUSEPORT), sharing Redis;
     #: worker i also listens on port + i, the address its streams are redirected to.
     workers: int = Field(default=1, ge=1)
@@ -107,6 +111,9 @@ class Settings(BaseSettings):
     #: Seconds one send to an event socket may stay blocked on a full buffer
     #: (the client reads nothing) before the socket is closed as too slow (1013).
     ws_send_stall_seconds: float = 10.0
+    #: A silent event socket is pinged about once per this many seconds and
+    #: dropped when it answers nothing for as long again (signaling/heartbeat.py).
+    ws_heartbeat_seconds: float = Field(default=30.0, ge=0.2)
     #: Seconds a WHIP or WHEP session may take to connect (ICE + DTLS) before
     #: it is removed, with its stream and participant.
     session_connect_seconds: float = 10.0

@@ -35,7 +35,8 @@ from . import (
     whip,
 )
 from .doors import Answer, door, ok
-from .keys import DATABASE, EVENT_INDEX, EVENT_SOCKETS, KEYS, LAG, ROOMS, SETTINGS
+from .heartbeat import Heartbeat
+from .keys import DATABASE, EVENT_INDEX, EVENT_SOCKETS, HEARTBEAT, KEYS, LAG, ROOMS, SETTINGS
 from .openapi import document
 from .pages import page, web_file
 from .problems import problems_middleware, quiet_malformed_requests
@@ -91,6 +92,16 @@ def make_app(
     if lag_probe is not None:
         app[LAG] = lag_probe
     app[EVENT_SOCKETS] = set()
+    heartbeat = app[HEARTBEAT] = Heartbeat(settings.ws_heartbeat_seconds)
+
+    async def start_heartbeat(_: web.Application) -> None:
+        heartbeat.start()
+
+    async def stop_heartbeat(_: web.Application) -> None:
+        await heartbeat.stop()
+
+    app.on_startup.append(start_heartbeat)
+    app.on_cleanup.append(stop_heartbeat)
     app.router.add_get("/healthz", api.health)
     app.router.add_get("/readyz", api.ready)
     app.router.add_get("/api/openapi.json", openapi)

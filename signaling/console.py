@@ -48,6 +48,21 @@ async def status(request: web.Request) -> web.Response:
     return json_response(body | {"seq": seq, "node": request.app[ROOMS].node_id})
 
 
+@door(
+    "One branch of the tree, for a console of a big one: the site (default: the caller's home site) and its"
+    " children, each with its branch's counts; a console loads its root's, then each branch it opens",
+    ok(m.ConsoleBranch),
+    query=m.BranchQuery,
+    problems=FEATURE,
+)
+async def branch(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    query = read_query(request, m.BranchQuery)
+    seq = request.app[EVENT_INDEX].seq  # read before the state, as for the status
+    body = await _console(request).branch(claims, query.site)
+    return json_response(body | {"seq": seq, "node": request.app[ROOMS].node_id})
+
+
 @door("The caller's wall layouts", ok(Layouts), problems=FEATURE)
 async def get_layouts(request: web.Request) -> web.Response:
     return json_response(await _console(request).get_layouts(claims_of(request)))
@@ -67,5 +82,6 @@ def add_routes(app: web.Application, console: Console | None, presence: Presence
         app[CONSOLE] = console
     app.router.add_get("/console", page("console.html", "The console page"))
     app.router.add_get("/api/console/status", status)
+    app.router.add_get("/api/console/branch", branch)
     app.router.add_get("/api/console/layouts", get_layouts)
     app.router.add_put("/api/console/layouts", put_layouts)

@@ -37,12 +37,16 @@ from recorder.service import Recorder
 
 from .auth import claims_of
 from .console import PRESENCE
-from .keys import EVENT_INDEX, EVENT_SOCKETS, ROOMS, SETTINGS
+from .keys import EVENT_INDEX, EVENT_SOCKETS, HEARTBEAT, ROOMS, SETTINGS
 from .problems import problem_response, validation_detail
 from .recordings import RECORDER
 
 log = logging.getLogger(__name__)
 
+#: Events that change a console's status (web/js/livestatus.js).
+CONSOLE_EVENTS = frozenset(
+    {"presence", "camera-status", "alert-raised", "alert-cleared"} | MONITORED | ROOM_ANNOUNCEMENTS | {"room-updated"}
+)
 #: A room or site id as a client may send it.
 Ident = Annotated[str, Field(min_length=1, max_length=100)]
 
@@ -127,8 +131,13 @@ class Session:
         claims: Claims,
         recorder: Recorder | None,
         settings: Settings,
+        transport: asyncio.Transport | None = None,
     ) -> None:
         self.ws = ws
+        self.transport = transport
+        #: When (monotonic) the client last sent anything, and when it was last pinged (signaling/heartbeat.py).
+        self.heard_at = time.monotonic()
+        self.pinged_at: float | None = None
         self.rooms = rooms
         self.recorder = recorder
         self.claims = claims
@@ -165,6 +174,19 @@ class Session:
                 await self.ws.send_frame(data, WSMsgType.TEXT)
         finally:
             self.listener.blocked_since = None
+
+    def unsent(self) -> int | None:
+        transport = self.transport
+        return None if transport is None or transport.is_closing() else transport.get_write_buffer_size()
+
+    async def ping(self) -> None:
+        with contextlib.suppress(ConnectionError):
+            await self.ws.ping()
+
+    def abort(self, reason: str) -> None:
+        log.warning("dropping the event socket of %s: %s", self.claims.user, reason)
+        if self.transport is not None:
+            self.transport.abort()
 
     async def error(self, code: str, message: str, **fields: object) -> None:
         await self.send({"type": "error", "code": code, "message": message} | fields)
@@ -319,7 +341,23 @@ class Session:
                 await self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=reason.encode()[:120])
 
     async def _send_event(self, seq: int, event: Event) -> None:
+        if self.monitoring and event["type"] in CONSOLE_EVENTS and (path := self._path(event)):
+            # A console of a big tree holds counts per branch: the path tells it which to change.
+            site = self.rooms.tree.get(path[0])
+            event = event | {"path": path, "level": site.level if site else None}
         await self.send(event | {"seq": seq})
+
+    def _path(self, event: Event) -> list[str]:
+        """The site an event is about and its ancestors up to this socket's
+        home site, nearest first; [] if it names none (or one outside it)."""
+        site_id = event.get("site_id")
+        for holder in ("room", "camera", "alert"):
+            if site_id is None and isinstance(event.get(holder), dict):
+                site_id = event[holder].get("site_id")
+        if site_id is None and (room_id := event.get("room_id")):
+            site_id = self.index.site_of_room(str(room_id))
+        path = self.rooms.tree.ancestors(str(site_id)) if site_id else []
+        return path[: path.index(self.claims.site) + 1] if self.claims.site in path else []
 
     async def _forward(self, seq: int, event: Event) -> None:
         """The final yes/no for an event the index offered this socket (access.py decides)."""
@@ -389,12 +427,15 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     except TokenError as exc:
         return problem_response(401, "Unauthorized", str(exc), request.path)
     limit = request.app[SETTINGS].max_ws_message_bytes
-    ws = web.WebSocketResponse(heartbeat=20, max_msg_size=limit)
+    # Pings are the shared heartbeat's (signaling/heartbeat.py), so this loop sees them and the pongs.
+    ws = web.WebSocketResponse(autoping=False, max_msg_size=limit)
     await ws.prepare(request)
     app = request.app
-    session = Session(ws, app[ROOMS], app[EVENT_INDEX], claims, app.get(RECORDER), app[SETTINGS])
+    session = Session(ws, app[ROOMS], app[EVENT_INDEX], claims, app.get(RECORDER), app[SETTINGS], request.transport)
     sockets = app[EVENT_SOCKETS]
     sockets.add(session)
+    heartbeat = app[HEARTBEAT]
+    heartbeat.add(session)
     forwarder = asyncio.create_task(session.forward_events())
     presence = request.app.get(PRESENCE)
     connection = await presence.connect(claims) if presence else None
@@ -403,12 +444,16 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         if not session.rooms.state.available:
             await session.send({"type": DEGRADED, "reason": "shared live state unreachable"})
         async for msg in ws:
+            session.heard_at = time.monotonic()
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 await session.handle(msg.data)
+            elif msg.type == WSMsgType.PING:
+                await ws.pong(msg.data)
     except TimeoutError:  # a reply that could not be sent: the client reads nothing
         await session.close_slow(session.stalled)
     finally:
         sockets.discard(session)
+        heartbeat.discard(session)
         await cancel_and_wait(forwarder)
         await session.close()
         if presence:

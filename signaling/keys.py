@@ -9,6 +9,8 @@ from hub.core.rooms import Rooms
 from hub.core.store import Database
 from hub.core.tokens import Keys
 
+from .heartbeat import Heartbeat
+
 ROOMS = web.AppKey("rooms", Rooms)
 #: The token signing keys (a key file re-read when it changes, a keyring or one secret).
 KEYS = web.AppKey("keys", Keys)  # type: ignore[arg-type]
@@ -18,3 +20,5 @@ DATABASE = web.AppKey("database", Database)
 LAG = web.AppKey("lag", LagProbe)
 #: The event WebSockets open on this process (their count is a metric).
 EVENT_SOCKETS = web.AppKey("event_sockets", set[object])
+#: Pings the event sockets and drops the dead ones, from one task.
+HEARTBEAT = web.AppKey("heartbeat", Heartbeat)

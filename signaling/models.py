@@ -607,6 +607,54 @@ class ConsoleStatus(Out):
     opened: list[dict[str, Any]] | None = None
 
 
+class BranchCounts(Out):
+    """Counts over a site and everything below it (the status's rollup)."""
+
+    sites: int
+    sites_online: int
+    sites_in_session: int
+    villages: int
+    villages_online: int
+    rooms_in_session: int
+    participants: int
+    terminals: int
+    streams: int
+    cameras: int
+    cameras_online: int
+    cameras_offline: int
+    cameras_alarm: int
+    alerts: int
+
+
+class BranchSite(Out):
+    """A site of a branch load: named, how many children it has, its branch's
+    counts, and its own live fields as a compact status row gives them
+    (connections, rooms with participants' ids, streams, cameras, alerts),
+    each left out when empty."""
+
+    id: str
+    name: str
+    name_en: str
+    level: str
+    parent: str | None
+    children: int
+    counts: BranchCounts
+
+
+class ConsoleBranch(Out):
+    """One branch of a big tree: the site and its children (docs/api.md)."""
+
+    root: str
+    at: float
+    #: The event sequence number the counts reflect, and the process that numbered it.
+    seq: int
+    node: str
+    site: BranchSite
+    children: list[BranchSite]
+    #: The opened rooms of these sites, so that their events can be placed.
+    opened: list[dict[str, Any]]
+
+
 class Snapshot(Out):
     stream_id: str
     site_id: str

@@ -245,14 +245,22 @@ def serve(settings: Settings) -> None:
             announce(settings, operator_link(settings, hub.rooms.tree), sys.stdout)
         return hub.app
 
+    backlog = settings.listen_backlog
     if not settings.worker:
-        web.run_app(start(), host=settings.host, port=settings.port, print=None, access_log=None)
+        web.run_app(start(), host=settings.host, port=settings.port, backlog=backlog, print=None, access_log=None)
         return
     # A worker shares the HTTP port with its siblings (the kernel spreads
     # connections over them) and answers alone on port + worker.
     own = socket.create_server((settings.host, settings.port + settings.worker))
     web.run_app(
-        start(), host=settings.host, port=settings.port, reuse_port=True, sock=[own], print=None, access_log=None
+        start(),
+        host=settings.host,
+        port=settings.port,
+        reuse_port=True,
+        sock=[own],
+        backlog=backlog,
+        print=None,
+        access_log=None,
     )
 
 

@@ -247,16 +247,19 @@ class EventIndex:
             out |= self._within(self._monitors, str(admitted))
         return out
 
+    def site_of_room(self, room_id: str) -> str | None:
+        """The site of a standing room, or of an opened room this process saw announced."""
+        site = self.tree.site_of_room(room_id)
+        if site is not None:
+            return site.id
+        room = self._opened.get(room_id)
+        return str(room["site_id"]) if room and room.get("site_id") else None
+
     def _monitoring(self) -> set[Listener]:
         return set().union(*self._monitors.values())
 
     def _ancestors(self, site_id: str) -> list[str]:
-        out: list[str] = []
-        current = self.tree.get(site_id)
-        while current is not None:
-            out.append(current.id)
-            current = self.tree.get(current.parent) if current.parent else None
-        return out
+        return self.tree.ancestors(site_id)
 
     def _within(self, homes: dict[str, set[Listener]], site_id: str) -> set[Listener]:
         # Whichever is smaller: the branch's sites, or the home sites that have sockets.

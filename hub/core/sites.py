@@ -82,6 +82,19 @@ class SiteTree:
             current = self._sites.get(current.parent) if current.parent else None
         return False
 
+    def children(self, site_id: str) -> list[str]:
+        """The ids of the site's children, in the order the tree lists them."""
+        return list(self._children.get(site_id, ()))
+
+    def ancestors(self, site_id: str) -> list[str]:
+        """The site and the sites above it, nearest first; [] for an unknown site."""
+        out: list[str] = []
+        current = self._sites.get(site_id)
+        while current is not None:
+            out.append(current.id)
+            current = self._sites.get(current.parent) if current.parent else None
+        return out
+
     def jurisdiction(self, site_id: str) -> list[Site]:
         """The site and every site below it, parents before children."""
         if site_id not in self._sites:

@@ -148,30 +148,80 @@ class Console:
         the sites with something live, without rollups, each room with the ids
         of its participants and each alert named: what a console needs to apply
         the event socket's deltas itself (web/js/console.js rolls up)."""
+        root_id = self._reachable(claims, root_id)
+        branch, site_rows, named, opened_rooms = await self._rows(root_id)
+        if compact:
+            in_branch = set(site_rows)
+            rooms = [
+                {k: room.get(k, "") for k in ("id", "site_id", "kind", "title")}
+                for room in opened_rooms
+                if room["site_id"] in in_branch
+            ]
+            sites = await self._compact(site_rows, named)
+            return {"root": root_id, "at": time.time(), "compact": True, "opened": rooms, "sites": sites}
+        self._roll_up(branch, site_rows)
+        return {"root": root_id, "at": time.time(), "sites": [site_rows[s.id] for s in branch]}
+
+    async def branch(self, claims: Claims, site_id: str | None = None) -> Record:
+        """Counts per branch, children on demand: the site (default: the
+        caller's home site) and each of its children, named, with how many
+        children each has, the counts over its branch (the rollup) and its
+        own live fields as the compact status gives them. A console of a big
+        tree loads this for its root, then for each branch an operator opens,
+        and changes the counts by the event socket's deltas (docs/api.md)."""
+        site_id = self._reachable(claims, site_id)
+        branch, site_rows, named, opened_rooms = await self._rows(site_id)
+        self._roll_up(branch, site_rows)
+        shown = [site_id, *self.tree.children(site_id)]
+        live = {row["id"]: row for row in await self._compact({i: site_rows[i] for i in shown}, named)}
+        entries = []
+        for shown_id in shown:
+            site = self.tree.get(shown_id)
+            assert site is not None
+            entries.append(
+                site.to_json()
+                | {"children": len(self.tree.children(site.id)), "counts": site_rows[site.id]["rollup"]}
+                | live.get(site.id, {})
+            )
+        shown_set = set(shown)
+        rooms = [
+            {k: room.get(k, "") for k in ("id", "site_id", "kind", "title")}
+            for room in opened_rooms
+            if room["site_id"] in shown_set
+        ]
+        return {"root": site_id, "at": time.time(), "site": entries[0], "children": entries[1:], "opened": rooms}
+
+    def _reachable(self, claims: Claims, root_id: str | None) -> str:
         root_id = root_id or claims.site
         if self.tree.get(root_id) is None:
             raise NotFound(f"no site {root_id}")
         if not can_reach_site(self.tree, claims, root_id):
             raise Forbidden(f"site {root_id} is outside your jurisdiction")
+        return root_id
+
+    async def _rows(self, root_id: str) -> tuple[list[Any], dict[str, Record], dict[str, list[Record]], list[Record]]:
+        """Every site row of the branch (its live fields, `online`, `in_session`),
+        its alerts named per site, and every opened room."""
         branch = self.tree.jurisdiction(root_id)
         in_branch = {s.id for s in branch}
         state = self.state
 
-        # Six independent reads, in flight together (each a round trip or two with Redis).
-        presence_records, active, opened_rooms, streams, cameras, alerts = await asyncio.gather(
-            state.records(PRESENCE),
-            state.active_rooms(),
-            state.rooms(),
-            state.all_streams(),
-            state.records("camera"),
-            state.records("alert"),
-        )
-        presence = by_role(presence_records)
+        # One after the other, not gathered: in memory none of them yields, so
+        # with the event sequence number read just before (signaling/console.py)
+        # they are one snapshot, and a console changing counts by deltas
+        # counts no change twice. (With Redis, six round trips.)
+        presence = by_role(await state.records(PRESENCE))
+        active = await state.active_rooms()
+        opened_rooms = await state.rooms()
+        streams = await state.all_streams()
+        cameras = await state.records("camera")
+        alerts = await state.records("alert")
         opened = {r["id"]: r for r in opened_rooms}
 
         site_rows: dict[str, Record] = {}
+        none: Counter[str] = Counter()  # one for every site without connections, not one each
         for site in branch:
-            connections = presence.get(site.id, Counter())
+            connections = presence.get(site.id, none)
             site_rows[site.id] = {
                 "id": site.id,
                 "connections": dict(connections),
@@ -225,20 +275,7 @@ class Console:
 
         for row in site_rows.values():
             row["rooms"].sort(key=lambda r: (r["kind"] != "standing", r["id"]))
-        if compact:
-            rooms = [
-                {k: room.get(k, "") for k in ("id", "site_id", "kind", "title")}
-                for room in opened_rooms
-                if room["site_id"] in in_branch
-            ]
-            sites = await self._compact(site_rows, named)
-            return {"root": root_id, "at": time.time(), "compact": True, "opened": rooms, "sites": sites}
-        for row in site_rows.values():
-            row["in_session"] = bool(row["rooms"])
-            row["online"] = row["terminals"] > 0 or row["in_session"]
-
-        self._roll_up(branch, site_rows)
-        return {"root": root_id, "at": time.time(), "sites": [site_rows[s.id] for s in branch]}
+        return branch, site_rows, named, opened_rooms
 
     async def _compact(self, rows: dict[str, Record], alerts: dict[str, list[Record]]) -> list[Record]:
         """The rows with anything live, empty fields left out; rooms list their participants' ids."""
@@ -261,6 +298,8 @@ class Console:
         below: dict[str, dict[str, int]] = {}  # site id -> sums over its children's branches
         for site in reversed(branch):
             row = rows[site.id]
+            row["in_session"] = bool(row["rooms"])
+            row["online"] = row["terminals"] > 0 or row["in_session"]
             cameras = row["cameras"]
             total = {
                 "sites": 1,

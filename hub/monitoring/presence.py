@@ -48,7 +48,7 @@ class Presence:
         # A socket opened while shared live state is down still counts: restore() writes it.
         with contextlib.suppress(Unavailable):
             await self._write(key, record)
-            await self._announce(claims.site)
+            await self._announce(claims.site, change=1)
         return key
 
     async def disconnect(self, key: str | None) -> None:
@@ -58,7 +58,7 @@ class Presence:
         with contextlib.suppress(Unavailable):  # restore() removes the record later
             record = await self._forget(key)
             if record is not None:
-                await self._announce(record["site_id"])
+                await self._announce(record["site_id"], change=-1)
 
     async def restore(self) -> None:
         """Write back this process's connections that shared live state lost
@@ -88,16 +88,19 @@ class Presence:
             await self.state.delete_record(_site_kind(record["site_id"]), key)
         return record
 
-    async def _announce(self, site_id: str) -> None:
+    async def _announce(self, site_id: str, change: int | None = None) -> None:
+        """Tell the site's operators its connections; `change` (one connection
+        more or less) adds what the count was before it ("was"), from which a
+        console that holds only counts per branch changes them by the delta.
+        Exact with one process (nothing runs between the write and this
+        count); with several, two changes of one site at the same instant may
+        both count the other's, which the console's next branch load mends."""
         connections = Counter(r["role"] for r in (await self.state.records(_site_kind(site_id))).values())
-        event = {
-            "type": "presence",
-            "site_id": site_id,
-            "online": sum(connections.values()),
-            "connections": dict(connections),
-            "to": {"covering": site_id},
-        }
-        await self.state.emit(event)
+        online = sum(connections.values())
+        event = {"type": "presence", "site_id": site_id, "online": online, "connections": dict(connections)}
+        if change is not None:
+            event["was"] = max(0, online - change)
+        await self.state.emit(event | {"to": {"covering": site_id}})
 
     async def sweep(self) -> int:
         """Drop the connections of hub processes that are no longer running;

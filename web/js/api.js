@@ -383,6 +383,11 @@ export class HubClient {
     return this.request("GET", `/api/console/status${text ? `?${text}` : ""}`);
   }
 
+  /** One branch of a big tree: the site and its children, each with its branch's counts. */
+  consoleBranch(siteId = "") {
+    return this.request("GET", `/api/console/branch${siteId ? `?site=${encodeURIComponent(siteId)}` : ""}`);
+  }
+
   /** The caller's saved wall layouts: {layouts: [{name, grid, panes, patrol}], current}. */
   consoleLayouts() {
     return this.request("GET", "/api/console/layouts");

@@ -3,13 +3,16 @@
 // the video wall with saved layouts and patrol, and the dispatch panel.
 // Status is loaded once (GET /api/console/status?compact=1) and then kept by
 // the event socket's deltas (livestatus.js); it is loaded again only when a
-// reconnected socket's sequence number says events were missed.
+// reconnected socket's sequence number says events were missed. A big tree
+// (over BIG_TREE sites) is loaded by counts per branch instead: the root and
+// its children (GET /api/console/branch), then a branch's children when it
+// is opened; deltas change the counts.
 
 import { ApiError } from "./api.js";
 import { mountDispatch } from "./dispatch.js";
 import { $, apiErrorKey as errorKey, el, hideFatal, hubClient, indexSites, renderBanner, replaceTree, showFatal, startFailed, treeKeys } from "./dom.js";
 import * as i18n from "./i18n.js";
-import { LiveStatus, STATUS_EVENTS } from "./livestatus.js";
+import { BranchStatus, LiveStatus, STATUS_EVENTS } from "./livestatus.js";
 import { mountTopbar, setTopbar } from "./topbar.js";
 import { FEED_MIME, GRID_SIDES, Wall, feedKey } from "./wall.js";
 
@@ -18,6 +21,8 @@ const { t } = i18n;
 const BOOT_RETRY_MS = 5000;
 const RENDER_DEBOUNCE_MS = 100; // events come in bursts (join + publish); one render per burst
 const SAVE_DEBOUNCE_MS = 800;
+const BIG_TREE = 500; // sites in the jurisdiction from which it is loaded branch by branch
+const STALE_RELOAD_MS = 5000; // a big tree's counts that deltas could not change (room activity deep in an unopened branch) are loaded again after this: at most one load of the branches per 5 s, however busy the tree
 
 const state = {
   client: null,
@@ -29,7 +34,9 @@ const state = {
   roots: [],
   depth: new Map(),
   status: new Map(), // site id -> status row (live.rows())
-  live: null, // LiveStatus: the status kept by deltas
+  live: null, // LiveStatus (or BranchStatus, for a big tree): the status kept by deltas
+  big: false, // the tree is loaded branch by branch
+  staleTimer: null,
   loading: null, // the status load in flight (events meanwhile wait in `held`)
   held: [],
   expanded: new Set(),
@@ -74,10 +81,42 @@ function renderHeader() {
 
 // -- sites and status ---------------------------------------------------------------
 
-function setSites(sites) {
+function setSites(sites, open = 2) {
+  const known = new Set(state.sites.map((s) => s.id));
   state.sites = sites;
   Object.assign(state, indexSites(sites));
-  for (const site of sites) if (state.depth.get(site.id) < 2) state.expanded.add(site.id);
+  for (const site of sites) if (!known.has(site.id) && state.depth.get(site.id) < open) state.expanded.add(site.id);
+}
+
+/** Whether a site has children, loaded or not (a big tree's). */
+function hasChildren(siteId) {
+  return state.children.get(siteId).length > 0 || (state.big && state.live.childCount(siteId) > 0);
+}
+
+/** A big tree: the root's branch and every opened branch, loaded again. */
+async function loadBranches() {
+  const opened = state.sites.filter((s) => s.id !== state.me.site.id && state.children.get(s.id)?.length).map((s) => s.id);
+  const [root, ...rest] = await Promise.all([state.me.site.id, ...opened].map((id) => state.client.consoleBranch(id)));
+  state.live.load(root);
+  for (const branch of rest) state.live.addBranch(branch);
+  setSites([...state.live.sites], 1);
+}
+
+/** A big tree's branch opened for the first time: its children are loaded. */
+function openBranch(siteId) {
+  if (state.loading) return state.loading.then(() => openBranch(siteId));
+  state.loading = (async () => {
+    try {
+      state.live.addBranch(await state.client.consoleBranch(siteId));
+      for (const event of state.held.splice(0)) state.live.apply(event);
+      setSites([...state.live.sites], 1);
+      state.status = state.live.rows();
+    } finally {
+      state.loading = null;
+    }
+    renderAll();
+  })();
+  return state.loading.catch(reportError);
 }
 
 /** Load the status (compact) and apply the events that arrived meanwhile and are newer than it. */
@@ -85,8 +124,8 @@ function loadStatus() {
   if (state.loading) return state.loading;
   state.loading = (async () => {
     try {
-      const status = await state.client.consoleStatus(state.me.site.id, { compact: true });
-      state.live.load(status);
+      if (state.big) await loadBranches();
+      else state.live.load(await state.client.consoleStatus(state.me.site.id, { compact: true }));
       for (const event of state.held.splice(0)) state.live.apply(event);
       state.status = state.live.rows();
       if (state.banner && ["error.unreachable", "error.server"].includes(state.banner[0])) setBanner(null);
@@ -107,6 +146,12 @@ function onStatusEvent(event) {
   if (state.live.apply(event)) {
     state.status = state.live.rows();
     scheduleRender();
+  }
+  if (state.live.stale && state.staleTimer === null) {
+    state.staleTimer = setTimeout(() => {
+      state.staleTimer = null;
+      loadStatus().catch(reportError);
+    }, STALE_RELOAD_MS);
   }
 }
 
@@ -270,7 +315,7 @@ function renderNode(siteId, visible) {
       tabindex: "0",
       draggable: "true",
     },
-    kids.length
+    kids.length || (!visible && hasChildren(siteId))
       ? el("button", { class: "twisty", type: "button", "aria-label": t(open ? "tree.collapse" : "tree.expand"), dataset: { toggle: siteId } })
       : el("span", { class: "twisty leaf", "aria-hidden": "true" }),
     el("input", { type: "checkbox", class: "node-check", checked: state.checked.has(siteId), dataset: { check: siteId }, "aria-label": i18n.siteName(site) }),
@@ -279,8 +324,8 @@ function renderNode(siteId, visible) {
     el("span", { class: "name", title: i18n.siteName(site) }, i18n.siteName(site)),
     ...badges,
   );
-  const item = el("li", { role: "treeitem", "aria-expanded": kids.length ? String(open) : null, dataset: { siteId } }, node);
-  if (row && state.children.get(siteId).length) item.append(el("div", { class: "rollup", style: `--depth:${state.depth.get(siteId)}`, dataset: { rollup: siteId } }, rollupText(row.rollup)));
+  const item = el("li", { role: "treeitem", "aria-expanded": hasChildren(siteId) ? String(open) : null, dataset: { siteId } }, node);
+  if (row && hasChildren(siteId)) item.append(el("div", { class: "rollup", style: `--depth:${state.depth.get(siteId)}`, dataset: { rollup: siteId } }, rollupText(row.rollup)));
   if (kids.length && open) item.append(el("ul", { role: "group" }, ...kids.map((id) => renderNode(id, visible))));
   return item;
 }
@@ -297,7 +342,8 @@ function onTreeClick(event) {
     const id = toggle.dataset.toggle;
     if (state.expanded.has(id)) state.expanded.delete(id);
     else state.expanded.add(id);
-    renderTree();
+    if (state.big && state.expanded.has(id) && !state.children.get(id).length) openBranch(id);
+    else renderTree();
     return;
   }
   const row = event.target.closest("[data-select]");
@@ -538,9 +584,17 @@ async function boot() {
   if (!state.client) return;
   try {
     state.me = await state.client.me();
-    const [sites, layouts] = await Promise.all([state.client.sites(), state.client.consoleLayouts()]);
-    setSites(sites);
-    state.live = new LiveStatus(sites);
+    const [first, layouts] = await Promise.all([state.client.consoleBranch(state.me.site.id), state.client.consoleLayouts()]);
+    state.big = first.site.counts.sites > BIG_TREE;
+    if (state.big) {
+      state.live = new BranchStatus();
+      state.live.load(first);
+      setSites([...state.live.sites], 1);
+    } else {
+      const sites = await state.client.sites();
+      setSites(sites);
+      state.live = new LiveStatus(sites);
+    }
     state.layouts = layouts;
     await openEvents(); // its monitor ack starts the status load
     await loadStatus();
