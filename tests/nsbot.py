@@ -18,6 +18,7 @@ import json
 import queue
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Any
@@ -51,6 +52,26 @@ async def connected(session: bot.Session, timeout: float) -> None:
         await asyncio.sleep(0.05)
 
 
+def count_requests(session: bot.Session) -> dict[str, int]:
+    """Counts, as the publisher's sender handles them, of packets retransmitted on NACK and of
+    keyframe requests (PLI/FIR): proof that repair requests crossed the link (aiortc's, private)."""
+    sender = session.pc.getSenders()[0]
+    counts = {"retransmit_requests": 0, "keyframe_requests": 0}
+    retransmit, send_keyframe = sender._retransmit, sender._send_keyframe
+
+    async def counted_retransmit(sequence_number: int) -> None:
+        counts["retransmit_requests"] += 1
+        await retransmit(sequence_number)
+
+    def counted_keyframe() -> None:
+        counts["keyframe_requests"] += 1
+        send_keyframe()
+
+    sender._retransmit = counted_retransmit  # type: ignore[method-assign]
+    sender._send_keyframe = counted_keyframe  # type: ignore[method-assign]
+    return counts
+
+
 def stdin_closed() -> asyncio.Future[None]:
     """Done when stdin reaches its end (BotProcess.finish). A daemon thread reads it: an executor's
     thread would keep the process from exiting while the test keeps stdin open."""
@@ -74,6 +95,7 @@ async def run(args: argparse.Namespace) -> None:
         if args.action == "publish":
             video = bot.SyntheticVideo("vp8", args.width, args.height, args.fps, bitrate=args.bitrate)
             session = await bot.publish(http, args.url, args.token, args.target, [video], ice_servers=ice)
+            asked = count_requests(session)
         else:
             session = await bot.view(http, args.url, args.token, args.target, kinds=("video",), ice_servers=ice)
         try:
@@ -83,7 +105,7 @@ async def run(args: argparse.Namespace) -> None:
         finally:
             await session.close()
         if args.action == "publish":
-            _emit(sent=[[k.hex(), f.sent_at, f.keyframe] for k, f in video.sent.items()])
+            _emit(sent=[[k.hex(), f.sent_at, f.keyframe] for k, f in video.sent.items()], **asked)
         else:
             _emit(received=[[f.key.hex(), f.received_at, f.keyframe] for f in session.logs["video"].frames])
 
@@ -93,7 +115,9 @@ class BotProcess:
     per process: a test waits for a line with a time bound, never on a pipe that stays silent)."""
 
     def __init__(self, ns: Namespace, *args: str) -> None:
-        self.proc = ns.python("-m", "tests.nsbot", *args, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self._stderr = tempfile.TemporaryFile()
+        self.proc = ns.python("-m", "tests.nsbot", *args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=self._stderr)  # fmt: skip
         self._lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -115,7 +139,9 @@ class BotProcess:
         except queue.Empty:
             raise TimeoutError(f"no line from {self.proc.args} in {timeout} s") from None
         if line is None:
-            raise RuntimeError(f"bot exited ({self.proc.wait(10)}) without a line")
+            status = self.proc.wait(10)
+            self._stderr.seek(0)
+            raise RuntimeError(f"bot exited ({status}) without a line: {self._stderr.read()[-3000:].decode()}")
         return line
 
 

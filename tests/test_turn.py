@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import pytest
 from hub.config import Settings
 from hub.media.turn import mint, password
 
-from .conftest import HubProcess, start_hub
+from .conftest import ROOT, HubProcess, start_hub
 from .netem import Namespace, Network
 from .nsbot import BotProcess
 
@@ -194,6 +195,21 @@ def test_turn_urls_without_a_secret_are_refused():
         Settings(turn_urls=[TURN_URL])
     with pytest.raises(ValueError, match="not a turn"):
         Settings(turn_urls=["stun:example.org"], turn_secret="s")
+
+
+def test_compose_gives_coturn_and_the_hub_one_secret():
+    """docker-compose.yml: coturn checks the credentials the hub mints (one TURN_SECRET), at the
+    URLs the hub hands out (TURN_HOST)."""
+    binary = shutil.which("docker-compose")
+    assert binary, "docker-compose is not installed (scripts/test.sh installs it)"
+    env = os.environ | {"TURN_SECRET": "s3cret-from-env", "TURN_HOST": "turn.example.org"}
+    resolved = subprocess.run([binary, "-f", str(ROOT / "docker-compose.yml"), "config"], env=env,
+                              capture_output=True, text=True, timeout=60, check=True).stdout  # fmt: skip
+    assert "HUB_TURN_SECRET: s3cret-from-env" in resolved
+    assert "- --use-auth-secret" in resolved and "- --static-auth-secret=s3cret-from-env" in resolved
+    urls = json.loads(re.search(r"HUB_TURN_URLS: '(.*)'", resolved).group(1))  # type: ignore[union-attr]
+    assert urls and all(url.startswith("turn:turn.example.org:3478?transport=") for url in urls)
+    Settings(turn_urls=urls, turn_secret="s3cret-from-env")  # the hub accepts them
 
 
 def _auth(token: str) -> dict[str, str]:
