@@ -14,11 +14,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from playwright.async_api import Browser
 
+from client import bot
 from hub.config import Settings
 from hub.media.turn import mint, password
 
-from .conftest import ROOT, HubProcess, start_hub
+from .conftest import ROOT, HubProcess, free_port, start_hub
 from .netem import Namespace, Network
 from .nsbot import BotProcess
 
@@ -131,18 +133,15 @@ def test_clients_reach_the_hub_only_through_turn_with_minted_credentials(network
     # Refused by coturn: a credential whose HMAC does not match, and a well-signed one that expired.
     expired = mint(SECRET, [TURN_URL], "operator-expired", int(time.time()) - 60).ice_server()
     forged = dict(expired, username=f"{int(time.time()) + 3600}:operator-forged", credential=password("guess", "x"))
-    refused = [
-        BotProcess(refused_ns, "view", setup.url, viewer_token, published["connected"], "--seconds", "1",
-                   "--connect-timeout", "6", "--ice-servers", json.dumps([bad]))  # fmt: skip
-        for bad in (expired, forged)
-    ]
+    view_args = ("view", setup.url, viewer_token, published["connected"], "--seconds", "1", "--connect-timeout", "6")
+    refused = [BotProcess(refused_ns, *view_args, "--ice-servers", json.dumps([bad])) for bad in (expired, forged)]
     viewed = viewer.next(timeout=30)
     assert viewed.get("local") == "relay", viewed
     received = viewer.next(timeout=30)["received"]
-    for bot in refused:
-        failure = bot.next(timeout=30)
+    for refused_bot in refused:
+        failure = refused_bot.next(timeout=30)
         assert "not connected" in failure.get("error", ""), failure
-        assert bot.proc.wait(10) == 1
+        assert refused_bot.proc.wait(10) == 1
     publisher.finish()
     sent = {key: at for key, at, _ in publisher.next(timeout=30)["sent"]}
 
@@ -182,6 +181,43 @@ async def test_ice_servers_api_mints_a_credential_per_user(tmp_path: Path, http:
         async with http.get(f"{hub.url}/api/ice-servers") as r:
             assert r.status == 401
     finally:
+        hub.stop()
+
+
+#: Records the configuration of every RTCPeerConnection the page creates.
+RECORD_PC_CONFIG = """
+window.pcConfigs = [];
+const Native = window.RTCPeerConnection;
+window.RTCPeerConnection = function (config) { window.pcConfigs.push(config); return new Native(config); };
+window.RTCPeerConnection.prototype = Native.prototype;
+"""
+
+
+async def test_room_page_uses_the_turn_credential_minted_for_its_user(tmp_path: Path, browser: Browser):
+    # Media stays on loopback; the TURN URL points at a loopback port nobody listens on, so
+    # Chromium's allocation fails at once and the host candidates carry the media.
+    turn_url = f"turn:127.0.0.1:{free_port()}?transport=udp"
+    hub = start_hub(tmp_path, env={"HUB_TURN_URLS": json.dumps([turn_url]), "HUB_TURN_SECRET": SECRET})
+    context = await browser.new_context()
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
+            camera = await bot.publish(http, hub.url, hub.sign("cam-turn", "rianxiuma", "terminal"), "site-rianxiuma",
+                                       [bot.SyntheticVideo("vp8", 160, 120, 15)])  # fmt: skip
+            page = await context.new_page()
+            await page.add_init_script(RECORD_PC_CONFIG)
+            kiosk = hub.sign("kiosk-turn", "rianxiuma", "terminal")
+            await page.goto(f"{hub.url}/rooms/site-rianxiuma?token={kiosk}&autojoin=1")
+            tile = page.locator(f'.room-tile[data-stream-id="{camera.resource_id}"] video')
+            await page.wait_for_function("(v) => v.videoWidth > 0", arg=await tile.element_handle(timeout=20_000))
+            configs = await page.evaluate("window.pcConfigs")
+            await camera.close()
+        assert configs, "the page made no peer connection"
+        for config in configs:  # its own camera's WHIP and the WHEP of the bot's stream
+            [server] = config["iceServers"]
+            assert server["urls"] == [turn_url] and server["username"].endswith(":kiosk-turn")
+            assert server["credential"] == password(SECRET, server["username"])
+    finally:
+        await context.close()
         hub.stop()
 
 

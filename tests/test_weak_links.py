@@ -23,9 +23,7 @@ BITRATE = 300_000
 BIN, FREEZE, SETTLE = 0.2, 1.0, 5.0
 
 
-def test_a_publisher_behind_loss_and_a_rate_limit_reaches_its_viewer_without_freezes(
-    network: Network, tmp_path: Path
-):
+def test_a_publisher_behind_loss_and_a_rate_limit_reaches_its_viewer_without_freezes(network: Network, tmp_path: Path):
     hub_ns, router, publisher_ns, viewer_ns = (network.namespace() for _ in range(4))
     # The hub, the publisher and the viewer each hang off a router, as on a real network: the
     # hub has one address (10.77.1.1), the publisher's link is the weak one.
