@@ -88,8 +88,10 @@ class Namespace:
         return proc
 
     def python(self, *args: str, **kwargs: object) -> subprocess.Popen[bytes]:
-        """This test run's Python in the namespace, in the project's root (so that `-m hub` works)."""
-        return self.popen([sys.executable, *args], cwd=ROOT, **kwargs)
+        """This test run's Python in the namespace, by default in the project's root (so that
+        `-m hub` works)."""
+        kwargs.setdefault("cwd", ROOT)
+        return self.popen([sys.executable, *args], **kwargs)
 
     def wait_for_port(self, host: str, port: int, proc: subprocess.Popen[bytes] | None = None,
                       timeout: float = 30) -> None:  # fmt: skip
