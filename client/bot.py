@@ -23,7 +23,7 @@ from pathlib import Path
 import aiohttp
 import av
 import numpy as np
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from yarl import URL
 
@@ -322,6 +322,26 @@ def _auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+async def fetch_ice_servers(http: aiohttp.ClientSession, base_url: str, token: str) -> list[RTCIceServer]:
+    """The STUN/TURN servers the hub hands this token's user (GET /api/ice-servers): with TURN
+    configured, time-limited credentials minted for the user; none when the hub has none."""
+    async with http.get(f"{base_url}/api/ice-servers", headers=_auth(token)) as response:
+        if response.status != 200:
+            raise ClientError(f"GET {base_url}/api/ice-servers: {response.status} {await response.text()}")
+        body = await response.json()
+    return [RTCIceServer(s["urls"], s.get("username"), s.get("credential")) for s in body["ice_servers"]]
+
+
+async def _peer_connection(
+    http: aiohttp.ClientSession, base_url: str, token: str, ice_servers: list[RTCIceServer] | None
+) -> RTCPeerConnection:
+    """A peer connection with `ice_servers`, or with those the hub hands out when None (as the
+    browser pages do); an empty list means host candidates only."""
+    if ice_servers is None:
+        ice_servers = await fetch_ice_servers(http, base_url, token)
+    return RTCPeerConnection(RTCConfiguration(iceServers=ice_servers))
+
+
 async def _exchange(http: aiohttp.ClientSession, url: str, token: str, pc: RTCPeerConnection) -> str:
     await pc.setLocalDescription(await pc.createOffer())  # gathers all candidates: no trickle
     headers = _auth(token) | {"Content-Type": "application/sdp"}
@@ -353,10 +373,12 @@ async def publish(
     tracks: list[EncodedTrack],
     kind: str = "camera",
     participant: str | None = None,
+    ice_servers: list[RTCIceServer] | None = None,
 ) -> Session:
     """Publish tracks into a room; `participant` attaches the stream to the
-    caller's event-socket participant (else the hub makes one for it)."""
-    pc = RTCPeerConnection(NO_ICE_SERVERS)
+    caller's event-socket participant (else the hub makes one for it).
+    `ice_servers` None: the STUN/TURN servers the hub hands out."""
+    pc = await _peer_connection(http, base_url, token, ice_servers)
     for track in tracks:
         transceiver = pc.addTransceiver(track, direction="sendonly")
         codecs = [
@@ -379,8 +401,10 @@ async def view(
     stream_id: str,
     kinds: tuple[str, ...] = ("video", "audio"),
     decode: bool = False,
+    ice_servers: list[RTCIceServer] | None = None,
 ) -> Session:
-    pc = RTCPeerConnection(NO_ICE_SERVERS)
+    """View a stream; `ice_servers` as for publish()."""
+    pc = await _peer_connection(http, base_url, token, ice_servers)
     logs = {}
     for kind in kinds:
         transceiver = pc.addTransceiver(kind, direction="recvonly")

@@ -7,7 +7,7 @@ import secrets
 import time
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hub.core.tokens import KeyFile
@@ -38,6 +38,16 @@ class Settings(BaseSettings):
     #: STUN/TURN servers the hub's own ICE agent uses, e.g. ["stun:stun.example.org:3478"].
     #: Empty by default: aiortc would otherwise ask a public STUN server.
     ice_servers: list[str] = Field(default_factory=list)
+    #: TURN servers handed to browsers and clients (GET /api/ice-servers) with a credential
+    #: minted per user, e.g. ["turn:turn.example.org:3478?transport=udp",
+    #: "turn:turn.example.org:3478?transport=tcp"]; empty = no TURN.
+    turn_urls: list[str] = Field(default_factory=list)
+    #: The secret shared with the TURN server (coturn's static-auth-secret); required with turn_urls.
+    turn_secret: str | None = None
+    #: Seconds a minted TURN credential stays valid. A TURN server refuses to refresh an
+    #: allocation once its credential expired, so this bounds how long a session can last on
+    #: TURN; a page asks for a fresh one for each new connection.
+    turn_credential_seconds: int = Field(default=86400, ge=60)
     #: Public address written into host candidates for a hub behind NAT
     #: (mediasoup's announcedIp, LiveKit's node_ip).
     announced_ip: str | None = None
@@ -151,6 +161,15 @@ class Settings(BaseSettings):
     #: files there. Unset: a recording held by another node is fetched from it
     #: (with HUB_CLUSTER_SECRET).
     shared_media: Path | None = None
+
+    @model_validator(mode="after")
+    def _turn_needs_secret(self) -> Settings:
+        if self.turn_urls and not self.turn_secret:
+            raise ValueError("turn_urls needs turn_secret (HUB_TURN_SECRET): the TURN server's static-auth-secret")
+        for url in self.turn_urls:
+            if not url.startswith(("turn:", "turns:")):
+                raise ValueError(f"turn_urls: {url!r} is not a turn: or turns: URL")
+        return self
 
     @property
     def recordings_path(self) -> Path:

@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
 need=()
-for pkg in redis-server postgresql chromium docker-compose python3-venv fonts-wqy-microhei fonts-noto-cjk rtsp-server-perl; do
+for pkg in redis-server postgresql chromium docker-compose python3-venv fonts-wqy-microhei fonts-noto-cjk rtsp-server-perl \
+    coturn nftables iproute2; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -15,8 +16,17 @@ if [ ${#need[@]} -gt 0 ]; then
         $SUDO mkdir -p /etc/postgresql-common
         echo "create_main_cluster = false" | $SUDO tee /etc/postgresql-common/createcluster.conf >/dev/null
     fi
+    # Nor is coturn's own service: the tests run turnserver themselves, inside network namespaces.
+    # policy-rc.d exit 101 tells the packages' scripts not to start anything.
+    own_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+        $SUDO chmod +x /usr/sbin/policy-rc.d
+        own_policy=1
+    fi
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+    [ -z "$own_policy" ] || $SUDO rm -f /usr/sbin/policy-rc.d
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import time
 
 from aiohttp import web
 
 from hub.core.access import require_site, room_bound
 from hub.core.livestate import Unavailable
 from hub.core.rooms import NotFound
+from hub.media.turn import mint
 
 from . import models as m
 from .auth import claims_of
 from .doors import QUOTA, created, door, ok, read_body
-from .keys import LAG, ROOMS
+from .keys import LAG, ROOMS, SETTINGS
 
 
 def json_response(data: object, status: int = 200) -> web.Response:
@@ -33,6 +35,20 @@ async def me(request: web.Request) -> web.Response:
             "room": claims.room,
         }
     )
+
+
+@door(
+    "STUN/TURN servers for the caller's peer connections, with TURN credentials minted for the caller",
+    ok(m.IceServers),
+    description="TURN REST scheme: username `<expiry>:<user>`, credential base64(HMAC-SHA1(secret, username)).",
+)
+async def ice_servers(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    if not settings.turn_urls or not settings.turn_secret:
+        return json_response({"ice_servers": [], "expires_at": None})
+    expires = int(time.time()) + settings.turn_credential_seconds
+    turn = mint(settings.turn_secret, settings.turn_urls, claims_of(request).user, expires)
+    return json_response({"ice_servers": [turn.ice_server()], "expires_at": expires})
 
 
 @door("Sites of the caller's jurisdiction, parents first", ok(list[m.Site]))

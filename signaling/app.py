@@ -106,6 +106,7 @@ def make_app(
     app.router.add_get("/readyz", api.ready)
     app.router.add_get("/api/openapi.json", openapi)
     app.router.add_get("/api/me", api.me)
+    app.router.add_get("/api/ice-servers", api.ice_servers)
     app.router.add_get("/api/sites", api.list_sites)
     app.router.add_get("/api/sites/{site_id}", api.get_site)
     app.router.add_get("/api/rooms", api.list_rooms)

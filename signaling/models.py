@@ -352,6 +352,19 @@ class RoomDetail(Room):
     streams: list[Stream]
 
 
+class IceServer(Out):
+    """One entry of a WebRTC RTCConfiguration's iceServers, as the browser takes it."""
+
+    urls: list[str]
+    username: str
+    credential: str
+
+
+class IceServers(Out):
+    ice_servers: list[IceServer] = Field(description="pass as RTCPeerConnection({iceServers}); empty: no TURN")
+    expires_at: int | None = Field(description="Unix seconds after which the credentials are refused; ask again")
+
+
 class Invite(Out):
     url: str
     token: str

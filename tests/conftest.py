@@ -30,6 +30,7 @@ from hub.core.tokens import Claims, issue
 from hub.media.ice import use_addresses
 
 from .browser import chromium
+from .netem import Network
 
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK_ONLY = '["127.0.0.1"]'
@@ -194,6 +195,16 @@ async def browser() -> AsyncIterator[Browser]:
     """A headless Debian Chromium with fake media, media on loopback only."""
     async with chromium() as b:
         yield b
+
+
+@pytest.fixture
+def network() -> Iterator[Network]:
+    """Network namespaces for one test (tests/netem.py), removed afterwards even if it fails."""
+    net = Network()
+    try:
+        yield net
+    finally:
+        net.close()
 
 
 @pytest.fixture

@@ -130,14 +130,29 @@ export class HubClient {
    * @param {string} token bearer token
    * @param {object} [options]
    * @param {string} [options.baseUrl] the hub's URL (default: this page's origin)
-   * @param {RTCIceServer[]} [options.iceServers] STUN/TURN servers for media
+   * @param {RTCIceServer[]} [options.iceServers] STUN/TURN servers for media; by default those
+   *   the hub hands out (GET /api/ice-servers)
    * @param {number} [options.timeoutMs] bound of each HTTP call
    */
-  constructor(token, { baseUrl = window.location.origin, iceServers = [], timeoutMs = 15000 } = {}) {
+  constructor(token, { baseUrl = window.location.origin, iceServers = null, timeoutMs = 15000 } = {}) {
     this.token = token;
     this.baseUrl = baseUrl.replace(/\/$/, "");
     this.iceServers = iceServers;
     this.timeoutMs = timeoutMs;
+    this._hubIce = null;
+  }
+
+  /**
+   * The iceServers for a new peer connection: the constructor's, else the hub's, whose TURN
+   * credentials are minted for this token's user and asked for again a minute before they expire.
+   */
+  async iceConfiguration() {
+    if (this.iceServers) return this.iceServers;
+    const expires = this._hubIce?.expires_at;
+    if (!this._hubIce || (expires != null && expires - 60 < Date.now() / 1000)) {
+      this._hubIce = await this.request("GET", "/api/ice-servers");
+    }
+    return this._hubIce.ice_servers;
   }
 
   url(path) {
@@ -244,7 +259,7 @@ export class HubClient {
    * MediaSession; close() it to stop watching.
    */
   async whepView(streamId, videoElement) {
-    const pc = new RTCPeerConnection({ iceServers: this.iceServers });
+    const pc = new RTCPeerConnection({ iceServers: await this.iceConfiguration() });
     pc.addTransceiver("video", { direction: "recvonly" });
     pc.addTransceiver("audio", { direction: "recvonly" });
     const stream = new MediaStream();
@@ -263,7 +278,7 @@ export class HubClient {
    * Resolves to a MediaSession whose resourceId is the new stream's id.
    */
   async whipPublish(roomId, mediaStream, { kind = "camera", participant = null } = {}) {
-    const pc = new RTCPeerConnection({ iceServers: this.iceServers });
+    const pc = new RTCPeerConnection({ iceServers: await this.iceConfiguration() });
     for (const track of mediaStream.getTracks()) {
       pc.addTransceiver(track, { direction: "sendonly", streams: [mediaStream] });
     }

@@ -1,0 +1,170 @@
+"""client/bot.py as a process of its own, for tests that put a client inside a network namespace
+(tests/netem.py): `ip netns exec NS python -m tests.nsbot publish|view ...`.
+
+It prints one JSON object per line on stdout: `{"connected": ..., "local": TYPE}` once ICE and
+DTLS are up (TYPE is the kind of local candidate the selected pair uses: host, srflx or relay), and
+at the end `{"sent": [...]}` or `{"received": [...]}` — every frame as [sha1 hex, monotonic time,
+keyframe]. CLOCK_MONOTONIC is the same for every process of the machine (namespaces do not change
+it), so the test lines up the publisher's and the viewer's times. It stays connected for
+`--seconds` or until its stdin is closed. A failure prints `{"error": ...}` and exits with 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+import aiohttp
+from aiortc import RTCIceServer
+
+from client import bot
+
+from .netem import Namespace
+
+
+def _emit(**fields: object) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+def local_candidate_type(session: bot.Session) -> str | None:
+    """The kind of local candidate of the connection's selected ICE pair (aioice's, private)."""
+    transport = session.pc.getTransceivers()[0].sender.transport.transport
+    pair = transport._connection._nominated.get(1)  # component 1: RTP (and RTCP, muxed)
+    return pair.local_candidate.type if pair else None
+
+
+async def connected(session: bot.Session, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while session.pc.connectionState != "connected":
+        if session.pc.connectionState in ("failed", "closed"):
+            raise bot.ClientError(f"the peer connection {session.pc.connectionState}")
+        if time.monotonic() > deadline:
+            raise bot.ClientError(f"not connected after {timeout} s ({session.pc.connectionState})")
+        await asyncio.sleep(0.05)
+
+
+def count_requests(session: bot.Session) -> dict[str, int]:
+    """Counts, as the publisher's sender handles them, of packets retransmitted on NACK and of
+    keyframe requests (PLI/FIR): proof that repair requests crossed the link (aiortc's, private)."""
+    sender = session.pc.getSenders()[0]
+    counts = {"retransmit_requests": 0, "keyframe_requests": 0}
+    retransmit, send_keyframe = sender._retransmit, sender._send_keyframe
+
+    async def counted_retransmit(sequence_number: int) -> None:
+        counts["retransmit_requests"] += 1
+        await retransmit(sequence_number)
+
+    def counted_keyframe() -> None:
+        counts["keyframe_requests"] += 1
+        send_keyframe()
+
+    sender._retransmit = counted_retransmit  # type: ignore[method-assign]
+    sender._send_keyframe = counted_keyframe  # type: ignore[method-assign]
+    return counts
+
+
+def stdin_closed() -> asyncio.Future[None]:
+    """Done when stdin reaches its end (BotProcess.finish). A daemon thread reads it: an executor's
+    thread would keep the process from exiting while the test keeps stdin open."""
+    loop = asyncio.get_running_loop()
+    closed: asyncio.Future[None] = loop.create_future()
+
+    def read() -> None:
+        sys.stdin.read()
+        with contextlib.suppress(RuntimeError):  # the loop is already gone
+            loop.call_soon_threadsafe(lambda: closed.done() or closed.set_result(None))
+
+    threading.Thread(target=read, daemon=True).start()
+    return closed
+
+
+async def run(args: argparse.Namespace) -> None:
+    ice = None
+    if args.ice_servers is not None:
+        ice = [RTCIceServer(s["urls"], s.get("username"), s.get("credential")) for s in json.loads(args.ice_servers)]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        if args.action == "publish":
+            video = bot.SyntheticVideo("vp8", args.width, args.height, args.fps, bitrate=args.bitrate)
+            session = await bot.publish(http, args.url, args.token, args.target, [video], ice_servers=ice)
+            asked = count_requests(session)
+        else:
+            session = await bot.view(http, args.url, args.token, args.target, kinds=("video",), ice_servers=ice)
+        try:
+            await connected(session, args.connect_timeout)
+            _emit(connected=session.resource_id, local=local_candidate_type(session), at=time.monotonic())
+            await asyncio.wait([stdin_closed()], timeout=args.seconds)
+        finally:
+            await session.close()
+        if args.action == "publish":
+            _emit(sent=[[k.hex(), f.sent_at, f.keyframe] for k, f in video.sent.items()], **asked)
+        else:
+            _emit(received=[[f.key.hex(), f.received_at, f.keyframe] for f in session.logs["video"].frames])
+
+
+class BotProcess:
+    """A tests.nsbot process started in a namespace, its JSON lines read as they come (a thread
+    per process: a test waits for a line with a time bound, never on a pipe that stays silent)."""
+
+    def __init__(self, ns: Namespace, *args: str) -> None:
+        self._stderr = tempfile.TemporaryFile()
+        self.proc = ns.python("-m", "tests.nsbot", *args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=self._stderr)  # fmt: skip
+        self._lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(json.loads(line))
+        self._lines.put(None)
+
+    def finish(self) -> None:
+        """Tell the bot to end its session now (and print what it sent or received)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+
+    def next(self, timeout: float) -> dict[str, Any]:
+        """The next line; a test fails with the bot's exit status if it ended without one."""
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no line from {self.proc.args} in {timeout} s") from None
+        if line is None:
+            status = self.proc.wait(10)
+            self._stderr.seek(0)
+            raise RuntimeError(f"bot exited ({status}) without a line: {self._stderr.read()[-3000:].decode()}")
+        return line
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.nsbot")
+    parser.add_argument("action", choices=("publish", "view"))
+    parser.add_argument("url")
+    parser.add_argument("token")
+    parser.add_argument("target", help="publish: the room id; view: the stream id")
+    parser.add_argument("--seconds", type=float, default=60.0, help="longest time to stay connected")
+    parser.add_argument("--connect-timeout", type=float, default=20.0)
+    parser.add_argument("--ice-servers", help="JSON RTCIceServer list; default: those the hub hands out")
+    parser.add_argument("--width", type=int, default=320)
+    parser.add_argument("--height", type=int, default=240)
+    parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--bitrate", type=int, default=300_000)
+    args = parser.parse_args()
+    try:
+        asyncio.run(run(args))
+    except bot.ClientError as exc:
+        _emit(error=str(exc))
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
