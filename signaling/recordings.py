@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.core.access import Forbidden, can_reach_site, require_site, room_bound
+from hub.core.access import Forbidden, can_reach_recording, require_site, room_bound
 from hub.core.records import Stream
 from hub.core.rooms import NotFound
 from hub.core.sites import SiteTree
@@ -23,7 +23,7 @@ from . import models as m
 from .api import json_response
 from .auth import claims_of
 from .doors import Answer, door, ok, read_body, read_query
-from .keys import ROOMS, SETTINGS
+from .keys import CASES, ROOMS, SETTINGS
 from .pages import page
 from .problems import Problem, service
 
@@ -43,9 +43,15 @@ async def _recording(request: web.Request, claims: Claims) -> dict[str, Any]:
     row = await _recorder(request).catalogue.get(recording_id)
     if row is None:
         raise NotFound(f"no recording {recording_id}")
-    if not can_reach_site(request.app[ROOMS].tree, claims, row["site_id"]):
+    if not can_reach_recording(request.app[ROOMS].tree, claims, row, await granted_rooms(request, claims)):
         raise Forbidden(f"recording {recording_id} is outside your jurisdiction")
     return row
+
+
+async def granted_rooms(request: web.Request, claims: Claims) -> set[str]:
+    """The rooms whose recordings a department user was granted (none for anyone else)."""
+    cases = request.app.get(CASES)
+    return await cases.granted_rooms(claims) if cases is not None and claims.department else set()
 
 
 async def _audit(request: web.Request, claims: Claims, action: str, row: dict[str, Any], detail: str = "") -> None:

@@ -12,7 +12,9 @@ Definitions (docs/operate.md repeats them):
   one of its rooms is;
 - a site is *online* when it has a connection or is in session (a WHIP-only
   publisher, e.g. a hardware terminal, has no WebSocket but sits in a room);
-- a camera is *in alarm* when an active alert names it (or its stream).
+- a camera is *in alarm* when an active alert names it (or its stream);
+- a department beside a site is *online* when one of its people has an
+  event socket open (their presence counts under the department's id).
 """
 
 from __future__ import annotations
@@ -225,6 +227,8 @@ class Console:
 
         for row in site_rows.values():
             row["rooms"].sort(key=lambda r: (r["kind"] != "standing", r["id"]))
+        # Departments beside each site: online while one of their people has an event socket open.
+        departments = {s.id: self.tree.departments(s.id) for s in branch}
         if compact:
             rooms = [
                 {k: room.get(k, "") for k in ("id", "site_id", "kind", "title")}
@@ -232,10 +236,21 @@ class Console:
                 if room["site_id"] in in_branch
             ]
             sites = await self._compact(site_rows, named)
+            # A department's row (its id, its connections) only while someone of it is online.
+            sites += [
+                {"id": d.id, "connections": dict(presence[d.id])}
+                for ds in departments.values()
+                for d in ds
+                if presence.get(d.id)
+            ]
             return {"root": root_id, "at": time.time(), "compact": True, "opened": rooms, "sites": sites}
         for row in site_rows.values():
             row["in_session"] = bool(row["rooms"])
             row["online"] = row["terminals"] > 0 or row["in_session"]
+            row["departments"] = [
+                d.to_json() | {"connections": dict(presence.get(d.id, {})), "online": d.id in presence}
+                for d in departments[row["id"]]
+            ]
 
         self._roll_up(branch, site_rows)
         return {"root": root_id, "at": time.time(), "sites": [site_rows[s.id] for s in branch]}
