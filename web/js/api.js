@@ -675,6 +675,11 @@ export class Events {
     return this._request({ type: "invite-site", room, site });
   }
 
+  /** Admit a department into an opened room; its users get an `invitation` event. */
+  inviteDepartment(room, department) {
+    return this._request({ type: "invite-department", room, department });
+  }
+
   /** Receive the room activity and presence of the whole jurisdiction (the console); sent again after a reconnect. */
   async monitor(on = true) {
     this.monitoring = on;
