@@ -84,3 +84,51 @@ async def test_a_mediator_invites_the_police_station_and_it_joins(dept_room_hub:
     finally:
         for page in (home, room, console):
             await page.context.close()
+
+
+async def test_a_case_is_referred_and_answered_on_the_cases_page(dept_room_hub: HubProcess, browser: Browser) -> None:
+    hub = dept_room_hub
+    village = hub.sign("med-shangzhai", "shangzhai", "mediator")
+    judge = issue(
+        Settings(data=hub.data).keys(),
+        Claims(user="fy-zhao", site="guinan-court", role="mediator", name="赵法官", department="guinan-court"),
+    )
+    case = {"title": "赡养纠纷", "dispute_type": "family", "parties": [{"name": "卓玛"}]}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{hub.url}/api/cases", json=case, headers={"Authorization": f"Bearer {village}"}) as r:
+            assert r.status == 201
+            case_id = (await r.json())["id"]
+
+    mediator = await new_page(browser)
+    court = await new_page(browser)
+    try:
+        await court.goto(f"{hub.url}/cases?token={judge}")
+        await court.wait_for_function("() => document.body.dataset.ready === '1'")
+        await expect(court.locator("#new-case")).to_be_hidden()
+        await expect(court.locator("#case-rows tr")).to_have_count(0)
+
+        await mediator.goto(f"{hub.url}/cases?token={village}&case={case_id}")
+        await mediator.select_option("#refer-department", "guinan-court")
+        await mediator.select_option("#refer-ask", "judicial_confirmation")
+        await mediator.fill("#refer-note", "申请司法确认")
+        await mediator.click("#refer")
+        referral = mediator.locator("#case-referrals .case-referral")
+        await expect(referral).to_contain_text("贵南县人民法院")
+        await expect(referral).to_have_attribute("data-decision", "pending")
+
+        # The court sees it arrive live, reads it and answers.
+        await expect(court.locator("#banner")).to_have_attribute("data-error", "case.referredHere")
+        await court.locator(f"#case-rows tr[data-case-id='{case_id}']").click()
+        await court.select_option("#answer-decision", "accepted")
+        await court.fill("#answer-outcome", "确认调解协议有效")
+        await court.fill("#answer-document", "(2026)青2525民特2号")
+        await court.click("#answer")
+        await expect(court.locator("#case-referrals .case-referral")).to_have_attribute("data-decision", "accepted")
+        answered = court.locator("#case-history li[data-action='referral-answered']")
+        await expect(answered).to_contain_text("贵南县人民法院")
+        # The mediator's page follows live.
+        await expect(referral).to_have_attribute("data-decision", "accepted")
+        await expect(referral).to_contain_text("(2026)青2525民特2号")
+    finally:
+        for page in (mediator, court):
+            await page.context.close()
