@@ -71,12 +71,13 @@ async def audit_snapshot(request: web.Request, claims: Claims, stream: Stream) -
 
 
 def _branch(tree: SiteTree, claims: Claims, site: str | None) -> list[str]:
-    """The sites of `site`'s branch (default: the caller's home), if the caller reaches it."""
+    """The sites of `site`'s branch (default: the caller's home), if the caller
+    reaches it; a department's "branch" is itself (its own room's recordings)."""
     site = site or claims.site
-    if tree.get(site) is None:
+    if tree.get(site) is None and tree.department(site) is None:
         raise NotFound(f"no site {site}")
     require_site(tree, claims, site)
-    return [s.id for s in tree.jurisdiction(site)]
+    return [s.id for s in tree.jurisdiction(site)] or [site]
 
 
 # -- recording a room ---------------------------------------------------------

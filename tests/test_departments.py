@@ -220,6 +220,8 @@ async def test_a_case_walks_through_two_departments(dept_hub: HubProcess, http: 
     assert status == 200 and listed == []
     assert (await call(http, "GET", f"{hub.url}/api/cases?site={TOWNSHIP}", police))[0] == 403
     assert (await call(http, "GET", f"{hub.url}/api/recordings?site={TOWNSHIP}", police))[0] == 403
+    assert await call(http, "GET", f"{hub.url}/api/recordings", police) == (200, [])  # its own room's: none
+    assert (await call(http, "GET", f"{hub.url}/api/recordings?site={POLICE}", township))[0] == 403
 
     # -- statistics of referrals by department kind and answer ----------------------
     status, stats = await call(http, "GET", f"{hub.url}/api/stats?site={COUNTY}", county)
