@@ -14,6 +14,7 @@ import contextlib
 import csv
 import io
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -291,3 +292,38 @@ def test_a_site_file_with_bad_departments_is_refused():
     ):
         with pytest.raises(SiteTreeError):
             SiteTree([root], [bad])
+
+
+async def test_a_referral_reaches_the_department_on_another_hub_process(
+    tmp_path: Path, redis_url: str, http: aiohttp.ClientSession
+):
+    """Two hub processes share Redis and the database: a case referred on one
+    arrives live at the police station's socket on the other, and the station's
+    presence reaches the township's console there."""
+    first = start_hub(tmp_path, "--redis", redis_url)
+    second = start_hub(tmp_path, "--redis", redis_url)
+    try:
+        village = first.sign("m-shangzhai4", VILLAGE, "mediator")
+        operator = first.sign("op-guomaying4", TOWNSHIP, "operator")
+        police = department_token(first, "pcs-li", POLICE)
+        async with event_socket(http, first, operator) as console_ws:
+            await console_ws.ws.send_json({"type": "monitor", "on": True})
+            await console_ws.wait_for("ack")
+            async with event_socket(http, second, police) as police_ws:
+                # (The operator's own presence event may come first, through Redis.)
+                await wait_until(lambda: any(p["site_id"] == POLICE for p in console_ws.of("presence")), 15)
+                [presence] = [p for p in console_ws.of("presence") if p["site_id"] == POLICE]
+                assert (presence["beside"], presence["online"]) == (TOWNSHIP, 1)
+                status, case = await call(http, "POST", f"{first.url}/api/cases", village, json=NEW_CASE)
+                assert status == 201
+                body = {"department_id": POLICE, "ask": "police_handling", "note": "涉嫌寻衅滋事"}
+                url = f"{first.url}/api/cases/{case['id']}/referrals"
+                status, referral = await call(http, "POST", url, village, json=body)
+                assert status == 201
+                arrived = await police_ws.wait_for("case-referred")
+        assert arrived["referral"]["id"] == referral["id"]
+        status, read = await call(http, "GET", f"{second.url}/api/cases/{case['id']}", police)
+        assert status == 200 and read["actions"]["answer"] == [referral["id"]]
+    finally:
+        first.stop()
+        second.stop()
