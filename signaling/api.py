@@ -10,11 +10,12 @@ from aiohttp import web
 from hub.core.access import require_site, room_bound
 from hub.core.livestate import Unavailable
 from hub.core.rooms import NotFound
+from hub.core.sites import Site, SiteTree
 from hub.media.turn import mint
 
 from . import models as m
 from .auth import claims_of
-from .doors import QUOTA, created, door, ok, read_body
+from .doors import QUOTA, created, door, ok, read_body, read_query
 from .keys import LAG, ROOMS, SETTINGS
 
 
@@ -25,7 +26,9 @@ def json_response(data: object, status: int = 200) -> web.Response:
 @door("The caller's identity and home site", ok(m.Me))
 async def me(request: web.Request) -> web.Response:
     claims = claims_of(request)
-    site = request.app[ROOMS].tree.get(claims.site)
+    tree = request.app[ROOMS].tree
+    site = tree.get(claims.site)
+    department = tree.department(claims.department) if claims.department else None
     return json_response(
         {
             "user": claims.user,
@@ -33,6 +36,7 @@ async def me(request: web.Request) -> web.Response:
             "role": claims.role,
             "site": site.to_json() if site else None,
             "room": claims.room,
+            "department": department.to_json() if department else None,
         }
     )
 
@@ -57,7 +61,27 @@ async def list_sites(request: web.Request) -> web.Response:
     tree = request.app[ROOMS].tree
     if room_bound(claims):
         return json_response([])
-    return json_response([s.to_json() for s in tree.jurisdiction(claims.site)])
+    return json_response([site_json(tree, s) for s in tree.jurisdiction(claims.site)])
+
+
+def site_json(tree: SiteTree, site: Site) -> dict[str, object]:
+    """A site as the API lists it: with the departments beside it."""
+    return site.to_json() | {"departments": [d.to_json() for d in tree.departments(site.id)]}
+
+
+@door(
+    "Departments a room or case of a site may call in: beside it and beside the sites above it, nearest first",
+    ok(list[m.Department]),
+    query=m.BranchQuery,
+)
+async def list_departments(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    tree = request.app[ROOMS].tree
+    site_id = read_query(request, m.BranchQuery).site or claims.site
+    if tree.get(site_id) is None:
+        raise NotFound(f"no site {site_id}")
+    require_site(tree, claims, site_id)
+    return json_response([d.to_json() for s in tree.ancestors(site_id) for d in tree.departments(s)])
 
 
 @door("One site with its standing room and its children's ids", ok(m.SiteDetail))

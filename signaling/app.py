@@ -109,6 +109,7 @@ def make_app(
     app.router.add_get("/api/ice-servers", api.ice_servers)
     app.router.add_get("/api/sites", api.list_sites)
     app.router.add_get("/api/sites/{site_id}", api.get_site)
+    app.router.add_get("/api/departments", api.list_departments)
     app.router.add_get("/api/rooms", api.list_rooms)
     app.router.add_post("/api/rooms", api.open_room)
     app.router.add_get("/api/rooms/{room_id}", api.get_room)

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.core.access import can_reach_site
+from hub.core.access import can_reach_recording
 from hub.core.tokens import Claims
 from hub.workflows.cases import Cases, Conflict
 
@@ -20,12 +20,11 @@ from . import models as m
 from .api import json_response
 from .auth import claims_of
 from .doors import QUOTA, created, door, ok, read_body, read_query
-from .keys import ROOMS
+from .keys import CASES, ROOMS
 from .pages import page
 from .problems import Problem, problem_response, service
-from .recordings import RECORDER
+from .recordings import RECORDER, granted_rooms
 
-CASES = web.AppKey("cases", Cases)
 #: A hub process may run without cases: 503.
 FEATURE = (503,)
 #: A change the case's state does not allow.
@@ -49,10 +48,11 @@ async def _with_recordings(request: web.Request, claims: Claims, case: dict[str,
     recorder = request.app.get(RECORDER)
     rows = await recorder.catalogue.by_rooms(s["room_id"] for s in case["sessions"]) if recorder else []
     tree = request.app[ROOMS].tree
+    granted = await granted_rooms(request, claims)
     sessions = []
     for session in case["sessions"]:
         recordings = [
-            r | {"playable": can_reach_site(tree, claims, r["site_id"])}
+            r | {"playable": can_reach_recording(tree, claims, r, granted)}
             for r in rows
             if r["room_id"] == session["room_id"]
         ]
@@ -153,6 +153,46 @@ async def escalate(request: web.Request) -> web.Response:
     return json_response(case)
 
 
+@door(
+    "Refer a case to a department beside its site or a site above it",
+    created(m.Referral),
+    body=m.NewReferral,
+    problems=CONFLICT,
+    conflict=m.CaseConflict,
+    description="The department's people then read the case and enter its session rooms, and answer once",
+)
+async def refer(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    body = await read_body(request, m.NewReferral)
+    try:
+        referral = await _cases(request).refer(
+            claims, request.match_info["case_id"], body.department_id, body.ask, body.note, body.version
+        )
+    except Conflict as exc:
+        return _conflict(request, exc)
+    return json_response(referral, status=201)
+
+
+@door(
+    "A department's answer to a referral of a case (once)",
+    ok(m.Referral),
+    body=m.ReferralAnswer,
+    problems=CONFLICT,
+    conflict=m.CaseConflict,
+)
+async def answer_referral(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    body = await read_body(request, m.ReferralAnswer)
+    match = request.match_info
+    try:
+        referral = await _cases(request).answer(
+            claims, match["case_id"], match["referral_id"], body.decision, body.outcome, body.document_no
+        )
+    except Conflict as exc:
+        return _conflict(request, exc)
+    return json_response(referral)
+
+
 def add_routes(app: web.Application, cases: Cases | None) -> None:
     if cases is not None:
         app[CASES] = cases
@@ -163,3 +203,5 @@ def add_routes(app: web.Application, cases: Cases | None) -> None:
     app.router.add_patch("/api/cases/{case_id}", change_case)
     app.router.add_post("/api/cases/{case_id}/sessions", hold_session)
     app.router.add_post("/api/cases/{case_id}/escalate", escalate)
+    app.router.add_post("/api/cases/{case_id}/referrals", refer)
+    app.router.add_post("/api/cases/{case_id}/referrals/{referral_id}/answer", answer_referral)

@@ -100,6 +100,14 @@ class InviteSite(_Message):
     site: Ident
 
 
+class InviteDepartment(_Message):
+    """Admit a department into an opened room; its people are told live."""
+
+    type: Literal["invite-department"]
+    room: Ident
+    department: Ident
+
+
 class Recording(_Message):
     """Start (on) or stop the room's recording; everyone in it is told."""
 
@@ -116,7 +124,7 @@ class Monitor(_Message):
     on: StrictBool
 
 
-RoomMessage = State | Chat | Hand | InviteSite | Recording
+RoomMessage = State | Chat | Hand | InviteSite | InviteDepartment | Recording
 ClientMessage = TypeAdapter(Annotated[Join | Leave | Ping | Monitor | RoomMessage, Field(discriminator="type")])
 
 
@@ -254,6 +262,8 @@ class Session:
                 if self.recorder is None:
                     raise NotFound("this hub does not record")
                 await self.recorder.set_recording(self.claims, message.room, message.on)
+            elif isinstance(message, InviteDepartment):
+                await self.rooms.invite_department(self.claims, message.room, participant_id, message.department)
             else:
                 await self.rooms.invite_site(self.claims, message.room, participant_id, message.site)
         except NotFound as exc:

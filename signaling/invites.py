@@ -12,7 +12,7 @@ from hub.core.access import Forbidden
 from hub.core.tokens import Claims, issue
 
 from . import models as m
-from .api import json_response
+from .api import json_response, site_json
 from .auth import claims_of
 from .doors import created, door, ok, read_body
 from .keys import KEYS, ROOMS
@@ -34,13 +34,13 @@ async def create_invite(request: web.Request) -> web.Response:
     )
 
 
-@door("The room's site and the sites above it, nearest first", ok(list[m.Site]))
+@door("The room's site and the sites above it, nearest first, with their departments", ok(list[m.Site]))
 async def room_sites(request: web.Request) -> web.Response:
     """The room's site and the sites above it, nearest first: the names a
-    participant's site may have, and the sites that may be invited."""
+    participant's site may have, and the sites and departments that may be invited."""
     claims = claims_of(request)
     rooms = request.app[ROOMS]
     room = await rooms.room(claims, request.match_info["room_id"])
     site = rooms.tree.get(room["site_id"])
     chain = ([site] if site else []) + rooms.sites_above(room["site_id"])
-    return json_response([s.to_json() for s in chain])
+    return json_response([site_json(rooms.tree, s) for s in chain])

@@ -8,12 +8,14 @@ from hub.core.lag import LagProbe
 from hub.core.rooms import Rooms
 from hub.core.store import Database
 from hub.core.tokens import Keys
+from hub.workflows.cases import Cases
 
 from .heartbeat import Heartbeat
 
 ROOMS = web.AppKey("rooms", Rooms)
 #: The token signing keys (a key file re-read when it changes, a keyring or one secret).
 KEYS = web.AppKey("keys", Keys)  # type: ignore[arg-type]
+CASES = web.AppKey("cases", Cases)
 EVENT_INDEX = web.AppKey("event_index", EventIndex)
 SETTINGS = web.AppKey("settings", Settings)
 DATABASE = web.AppKey("database", Database)

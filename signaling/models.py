@@ -17,9 +17,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 from pydantic_core import PydanticCustomError
 
 from hub.core.rooms import STREAM_KINDS
-from hub.core.sites import LEVELS
+from hub.core.sites import DEPARTMENT_KINDS, LEVELS
 from hub.workflows.cameras import STREAM_KIND as CAMERA_STREAM_KIND
-from hub.workflows.cases import DISPUTE_TYPES, STATUSES
+from hub.workflows.cases import ASKS, DECISIONS, DISPUTE_TYPES, STATUSES
 
 # -- shared types ----------------------------------------------------------------
 
@@ -205,6 +205,19 @@ class Escalation(Body):
     version: CaseVersion | None = None
 
 
+class NewReferral(Body):
+    department_id: Ident
+    ask: Literal[ASKS]  # type: ignore[valid-type]
+    note: text(1000, multiline=True) = ""  # type: ignore[valid-type]
+    version: CaseVersion | None = None
+
+
+class ReferralAnswer(Body):
+    decision: Literal[DECISIONS]  # type: ignore[valid-type]
+    outcome: text(2000, multiline=True) = ""  # type: ignore[valid-type]
+    document_no: text(64) = Field(default="", description="e.g. the number of a judicial confirmation ruling")  # type: ignore[valid-type]
+
+
 # -- query parameters ----------------------------------------------------------------
 
 
@@ -289,6 +302,15 @@ class Ready(Out):
     node: str
 
 
+class Department(Out):
+    id: str
+    site_id: str = Field(description="the site it sits beside")
+    kind: Literal[DEPARTMENT_KINDS]  # type: ignore[valid-type]
+    name: str
+    name_en: str
+    room_id: str = Field(description="the department's own standing room")
+
+
 class Site(Out):
     id: str
     name: str
@@ -296,6 +318,7 @@ class Site(Out):
     parent: str | None
     name_en: str
     room_id: str = Field(description="the site's standing room")
+    departments: list[Department] = Field(default=[], description="the departments beside the site")
 
 
 class SiteDetail(Site):
@@ -308,6 +331,7 @@ class Me(Out):
     role: str
     site: Site | None
     room: str | None = Field(description="the room the token is bound to")
+    department: Department | None = Field(default=None, description="a department user's department")
 
 
 class Room(Out):
@@ -315,7 +339,10 @@ class Room(Out):
     site_id: str
     kind: Literal["standing", "mediation", "training", "call", "conference"]
     title: str
-    admit: list[str] = Field(default=[], description="other sites whose people (and everyone below) may enter")
+    admit: list[str] = Field(
+        default=[],
+        description="other sites whose people (and everyone below) may enter, and departments (each itself)",
+    )
 
 
 class ListedRoom(Room):
@@ -541,6 +568,7 @@ class Case(Out):
     created_at: float
     updated_at: float
     version: int = Field(description="counts every change of the case; send it back to change only that version")
+    departments: list[str] = Field(default=[], description="the departments it was referred to (they read it)")
 
 
 class CaseConflict(Problem):
@@ -557,6 +585,26 @@ class CaseActions(Out):
     statuses: list[str]
     session: bool
     escalate: bool
+    refer: bool = False
+    answer: list[str] = Field(default=[], description="referrals the caller's department has yet to answer")
+
+
+class Referral(Out):
+    id: str
+    case_id: str
+    department_id: str
+    department_kind: Literal[DEPARTMENT_KINDS]  # type: ignore[valid-type]
+    department: Department | None
+    ask: Literal[ASKS]  # type: ignore[valid-type]
+    note: str
+    referred_by: str
+    from_site: str
+    referred_at: float
+    decision: Literal[DECISIONS] | None  # type: ignore[valid-type]
+    outcome: str
+    document_no: str
+    answered_by: str | None
+    answered_at: float | None
 
 
 class CaseDetail(ListedCase):
@@ -564,6 +612,7 @@ class CaseDetail(ListedCase):
     sessions: list[dict[str, Any]]
     actions: CaseActions
     recordings: list[dict[str, Any]]
+    referrals: list[Referral] = []
 
 
 class CaseSession(Out):
@@ -577,6 +626,9 @@ class Stats(Out):
     to: float
     totals: dict[str, Any]
     by_status: dict[str, int]
+    by_referral: list[dict[str, Any]] = Field(
+        default=[], description="referrals by department kind: referrals, accepted, declined, pending"
+    )
 
 
 class Camera(Out):
@@ -599,6 +651,7 @@ class ConsoleSite(Out):
     streams: list[dict[str, Any]]
     cameras: list[dict[str, Any]]
     rollup: dict[str, int]
+    departments: list[dict[str, Any]] = Field(default=[], description="beside the site, each with `online`")
 
 
 class ConsoleLiveSite(Out):
@@ -652,6 +705,7 @@ class BranchSite(Out):
     parent: str | None
     children: int
     counts: BranchCounts
+    departments: list[dict[str, Any]] = Field(default=[], description="beside the site, each with `online`")
 
 
 class ConsoleBranch(Out):

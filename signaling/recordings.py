@@ -21,7 +21,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from hub.core.access import Forbidden, can_reach_site, require_site, room_bound
+from hub.core.access import Forbidden, can_reach_recording, require_site, room_bound
 from hub.core.records import Stream
 from hub.core.rooms import NotFound
 from hub.core.sites import SiteTree
@@ -34,7 +34,7 @@ from . import models as m
 from .api import json_response
 from .auth import claims_of
 from .doors import Answer, door, ok, read_body, read_query
-from .keys import ROOMS, SETTINGS
+from .keys import CASES, ROOMS, SETTINGS
 from .pages import page
 from .problems import Problem, service
 
@@ -77,9 +77,17 @@ async def _recording(request: web.Request, claims: Claims) -> dict[str, Any]:
     row = await _recorder(request).catalogue.get(recording_id)
     if row is None:
         raise NotFound(f"no recording {recording_id}")
-    if claims.role != NODE_ROLE and not can_reach_site(request.app[ROOMS].tree, claims, row["site_id"]):
+    if claims.role != NODE_ROLE and not can_reach_recording(
+        request.app[ROOMS].tree, claims, row, await granted_rooms(request, claims)
+    ):
         raise Forbidden(f"recording {recording_id} is outside your jurisdiction")
     return row
+
+
+async def granted_rooms(request: web.Request, claims: Claims) -> set[str]:
+    """The rooms whose recordings a department user was granted (none for anyone else)."""
+    cases = request.app.get(CASES)
+    return await cases.granted_rooms(claims) if cases is not None and claims.department else set()
 
 
 async def _audit(request: web.Request, claims: Claims, action: str, row: dict[str, Any], detail: str = "") -> None:
@@ -158,12 +166,13 @@ async def audit_snapshot(request: web.Request, claims: Claims, stream: Stream) -
 
 
 def _branch(tree: SiteTree, claims: Claims, site: str | None) -> list[str]:
-    """The sites of `site`'s branch (default: the caller's home), if the caller reaches it."""
+    """The sites of `site`'s branch (default: the caller's home), if the caller
+    reaches it; a department's "branch" is itself (its own room's recordings)."""
     site = site or claims.site
-    if tree.get(site) is None:
+    if tree.get(site) is None and tree.department(site) is None:
         raise NotFound(f"no site {site}")
     require_site(tree, claims, site)
-    return [s.id for s in tree.jurisdiction(site)]
+    return [s.id for s in tree.jurisdiction(site)] or [site]
 
 
 # -- recording a room ---------------------------------------------------------

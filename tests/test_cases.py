@@ -193,9 +193,15 @@ async def test_case_walks_from_village_to_county(case_hub: HubProcess, http: aio
     # The origin reads all of it; the township's recording belongs to the township.
     status, at_village = await call(http, "GET", url, village)
     assert [r["playable"] for r in at_village["recordings"]] == [True, False]
-    assert at_village["actions"] == {"statuses": [], "session": False, "escalate": False}
+    assert at_village["actions"] == {"statuses": [], "session": False, "escalate": False, "refer": False, "answer": []}
     assert list(at_village["sites"]) == [VILLAGE, TOWNSHIP, COUNTY]  # named for a reader below them
-    assert at_county["actions"] == {"statuses": ["mediating", "closed"], "session": True, "escalate": True}
+    assert at_county["actions"] == {
+        "statuses": ["mediating", "closed"],
+        "session": True,
+        "escalate": True,
+        "refer": True,
+        "answer": [],
+    }
     # The township reads but no longer acts; the county does.
     assert (await call(http, "PATCH", url, township, json={"status": "mediating"}))[0] == 403
     status, changed = await call(http, "PATCH", url, county, json={"status": "mediating"})

@@ -29,7 +29,7 @@ SECRET = "a-test-signing-secret-of-forty-eight-characters!!"
 
 def test_sites_json_and_token(tmp_path: Path):
     sites = json.loads(run_hub_cli(tmp_path, "sites", "--json"))
-    assert all(set(s) == {"id", "name", "level", "parent"} for s in sites)
+    assert all(set(s) - {"departments"} == {"id", "name", "level", "parent"} for s in sites)
     ids = {s["id"] for s in sites}
     # The places the seed article names are in the demo tree.
     assert {
@@ -56,6 +56,12 @@ def test_sites_json_and_token(tmp_path: Path):
     assert out.count("\n") == 1
     claims = verify((tmp_path / "secret.key").read_text().strip(), out.strip())
     assert claims == Claims(user="li", site="guinan", role="operator")
+    # Departments come with the tree; a department user's home is its department.
+    beside = {d["id"]: s["id"] for s in sites for d in s.get("departments", ())}
+    assert beside["guinan-court"] == "guinan" and beside["guomaying-police"] == "guomaying"
+    out = run_hub_cli(tmp_path, "token", "--user", "wang", "--department", "guomaying-police", "--role", "mediator")
+    claims = verify((tmp_path / "secret.key").read_text().strip(), out.strip())
+    assert claims == Claims(user="wang", site="guomaying-police", role="mediator", department="guomaying-police")
     # The secret is generated once and kept.
     again = run_hub_cli(tmp_path, "token", "--user", "li", "--site", "guinan", "--role", "operator")
     verify((tmp_path / "secret.key").read_text().strip(), again.strip())

@@ -18,7 +18,16 @@ import psycopg
 import pytest
 
 from hub.cli.db import copy, upgrade
-from hub.core.store import Database, DatabaseError, Migrations, SQLiteDatabase, Transaction, open_database
+from hub.core.sites import Department, Site, SiteTree
+from hub.core.store import (
+    Database,
+    DatabaseError,
+    Migrations,
+    SiteStore,
+    SQLiteDatabase,
+    Transaction,
+    open_database,
+)
 from hub.workflows.cameras import CameraStore
 from hub.workflows.cases import CaseStore
 from hub.workflows.dispatch import CallLog
@@ -31,7 +40,7 @@ OLD_SCHEMA = (Path(__file__).parent / "data" / "schema-26ea4d8.sql").read_text(e
 #: The recordings catalogue before recordings named their hub process.
 PRE_NODE_SCHEMA = OLD_SCHEMA.replace("    node TEXT NOT NULL DEFAULT '',\n", "")
 #: What this code's migrations bring every feature to.
-VERSIONS = {"sites": 1, "cases": 2, "trainings": 1, "calls": 1, "cameras": 1, "console": 1, "recordings": 4}
+VERSIONS = {"sites": 2, "cases": 3, "trainings": 1, "calls": 1, "cameras": 1, "console": 1, "recordings": 4}
 
 
 def make_old_database(path: Path, schema: str) -> None:
@@ -200,6 +209,30 @@ async def fill_every_table(path: Path) -> None:
             | {"opened_by": "m", "opened_at": now, "started_at": None, "ended_at": None},
             entry,
         )
+        await SiteStore(db).replace_sites(
+            SiteTree(
+                [
+                    Site("qinghai", "青海省", "province", None, "Qinghai"),
+                    Site("xining", "西宁市", "prefecture", "qinghai", "Xining"),
+                ],
+                [Department("xining-court", "xining", "court", "西宁市中级人民法院")],
+            )
+        )
+        referral = {"id": "ref-1", "case_id": "case-old", "department_id": "xining-court"} | {
+            "department_kind": "court",
+            "ask": "judicial_confirmation",
+            "note": "",
+            "referred_by": "m",
+            "from_site": "xining",
+            "referred_at": now,
+            "decision": None,
+            "outcome": "",
+            "document_no": "",
+            "answered_by": None,
+            "answered_at": None,
+        }
+        referred = entry | {"action": "referred", "department": "xining-court", "referral_id": "ref-1"}
+        assert await CaseStore(db).update("case-old", 1, {"departments": ["xining-court"]}, referred, referral)
         book = AttendanceBook(db)
         await book.add_training(
             {"room_id": "room-t", "title": "培训", "site_id": "xining", "trainer": "t", "trainer_name": "T"}

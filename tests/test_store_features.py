@@ -51,6 +51,7 @@ async def test_cases_update_only_from_the_version_read(db: Database):
         "created_at": now,
         "updated_at": now,
         "version": 1,
+        "departments": [],
     }
     entry = {"at": now, "user": "m", "role": "mediator", "action": "opened", "to_status": "open"}
     await store.insert(case, entry)

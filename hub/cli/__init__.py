@@ -61,7 +61,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_token(args: argparse.Namespace) -> int:
     settings = _settings(args)
     tree = _site_tree(settings)
-    if tree.get(args.site) is None:
+    if args.department is not None:
+        department = tree.department(args.department)
+        if department is None:
+            print(f"error: no department {args.department!r} (see: python -m hub sites)", file=sys.stderr)
+            return 2
+        if args.site not in (None, department.site_id):
+            beside = department.site_id
+            print(f"error: department {department.id} sits beside {beside}, not {args.site}", file=sys.stderr)
+            return 2
+        # A department user's home is its department: it reaches no site (hub/core/access.py).
+        args.site = department.id
+    elif args.site is None:
+        print("error: give --site, or --department for a department user", file=sys.stderr)
+        return 2
+    elif tree.get(args.site) is None:
         print(f"error: no site {args.site!r} (see: python -m hub sites)", file=sys.stderr)
         return 2
     if (
@@ -72,7 +86,9 @@ def cmd_token(args: argparse.Namespace) -> int:
         print(f"error: room {args.room} is outside site {args.site}'s jurisdiction", file=sys.stderr)
         return 2
     try:
-        claims = Claims(user=args.user, site=args.site, role=args.role, room=args.room, name=args.name)
+        claims = Claims(
+            user=args.user, site=args.site, role=args.role, room=args.room, name=args.name, department=args.department
+        )
         print(issue(settings.keys(), claims, args.ttl))
     except ValueError as exc:  # KeyringError too
         print(f"error: {exc}", file=sys.stderr)
@@ -85,7 +101,11 @@ def cmd_sites(args: argparse.Namespace) -> int:
     if args.json:
         print(
             json.dumps(
-                [{"id": s.id, "name": s.name, "level": s.level, "parent": s.parent} for s in tree],
+                [
+                    {"id": s.id, "name": s.name, "level": s.level, "parent": s.parent}
+                    | ({"departments": [d.to_json() for d in ds]} if (ds := tree.departments(s.id)) else {})
+                    for s in tree
+                ],
                 ensure_ascii=False,
                 indent=1,
             )
@@ -95,6 +115,9 @@ def cmd_sites(args: argparse.Namespace) -> int:
     for site in tree.jurisdiction(next(iter(tree)).id):
         depth[site.id] = depth[site.parent] + 1 if site.parent else 0
         print(f"{'  ' * depth[site.id]}{site.id:<{24 - 2 * depth[site.id]}} {site.level:<10} {site.name}")
+        for department in tree.departments(site.id):
+            indent = "  " * depth[site.id] + "+ "
+            print(f"{indent}{department.id:<{24 - len(indent)}} {department.kind:<10} {department.name}")
     return 0
 
 
@@ -252,7 +275,11 @@ def main(argv: list[str] | None = None) -> int:
 
     token = sub.add_parser("token", help="print a bearer token")
     token.add_argument("--user", required=True)
-    token.add_argument("--site", required=True, help="home site id: the user reaches it and all below it")
+    token.add_argument("--site", help="home site id: the user reaches it and all below it")
+    token.add_argument(
+        "--department",
+        help="a department user: reaches only its department's room and what it is invited or referred to",
+    )
     token.add_argument("--role", required=True, choices=ROLES)
     token.add_argument("--room", help="bind the token to one room (required for guests)")
     token.add_argument("--name", help="display name")
@@ -262,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     token.set_defaults(func=cmd_token)
 
     sites = sub.add_parser("sites", help="print the site tree")
-    sites.add_argument("--json", action="store_true", help='a JSON list of {"id", "name", "level", "parent"}')
+    sites.add_argument(
+        "--json", action="store_true", help='a JSON list of {"id", "name", "level", "parent", "departments"?}'
+    )
     data_flags(sites)
     sites.set_defaults(func=cmd_sites)
 

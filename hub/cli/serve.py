@@ -116,7 +116,7 @@ async def build(settings: Settings) -> Hub:
     await snapshots.start()
     console = Console(rooms, db)
     await console.start()
-    presence = Presence(state, node_id)
+    presence = Presence(state, node_id, tree)
     dispatch = Dispatch(rooms, db, settings.call_ring_seconds)
     await dispatch.start()
     trainings = Trainings(rooms, db)

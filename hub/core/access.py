@@ -5,10 +5,16 @@ A token bound to a room (every guest's, and any other role's made with
 recordings, cameras, snapshots, calls or addressed events, whatever its
 role. Each door asks these functions, so REST and the event socket answer
 the same question the same way.
+
+A department user's home is its department (hub/core/sites.py): it reaches
+no site, only its department's own room and what is granted to it by id —
+the rooms that admit it (an invitation, a referred case's sessions) and the
+cases referred to it (`admitted`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from hub.core.sites import SiteTree
@@ -38,6 +44,24 @@ def require_site(tree: SiteTree, claims: Claims, site_id: str) -> None:
     if room_bound(claims):
         raise Forbidden(f"this token is bound to room {claims.room} and reaches nothing else")
     raise Forbidden(f"site {site_id} is outside your jurisdiction")
+
+
+def admitted(tree: SiteTree, claims: Claims, grants: Iterable[str]) -> bool:
+    """Whether something granted to these sites (each with everything below
+    it) or departments (each itself) reaches the caller: a room's `admit`, a
+    case's referred departments. A room-bound token is granted nothing this way."""
+    return not room_bound(claims) and any(tree.covers(g, claims.site) for g in grants)
+
+
+def can_reach_recording(
+    tree: SiteTree, claims: Claims, recording: dict[str, Any], granted_rooms: Iterable[str] = ()
+) -> bool:
+    """A recording belongs to its room's site (can_reach_site); a department's
+    people also reach those of the rooms granted to it (`granted_rooms`: the
+    sessions of the cases referred to it, hub.workflows.cases.Cases.granted_rooms)."""
+    if can_reach_site(tree, claims, recording["site_id"]):
+        return True
+    return claims.department is not None and not room_bound(claims) and recording["room_id"] in set(granted_rooms)
 
 
 def can_enter_room(tree: SiteTree, claims: Claims, room: dict[str, Any]) -> bool:

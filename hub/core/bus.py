@@ -218,7 +218,7 @@ class EventIndex:
         if "sites" in to:
             return _union(homes, _strings(to["sites"]))
         if "covering" in to:
-            return _union(homes, self._ancestors(str(to["covering"])))
+            return _union(homes, self.tree.ancestors(str(to["covering"])))
         if "within" in to:
             return self._within(homes, str(to["within"]))
         if "roles" in to:
@@ -230,7 +230,7 @@ class EventIndex:
         """Sockets that might enter a room: those above its site, those of the
         sites it admits (each with everything below) and tokens bound to it."""
         out = set(self._bound_to.get(room.get("id", ""), ()))
-        out |= _union(self._by_home, self._ancestors(str(room.get("site_id", ""))))
+        out |= _union(self._by_home, self.tree.ancestors(str(room.get("site_id", ""))))
         for site in room.get("admit", ()):
             out |= self._within(self._by_home, str(site))
         return out
@@ -238,11 +238,11 @@ class EventIndex:
     def _monitors_of_room(self, room_id: str) -> set[Listener]:
         site = self.tree.site_of_room(room_id)
         if site is not None:
-            return _union(self._monitors, self._ancestors(site.id))
+            return _union(self._monitors, self.tree.ancestors(site.id))
         room = self._opened.get(room_id)
         if room is None:  # opened before this process saw it: every monitor judges
             return self._monitoring()
-        out = _union(self._monitors, self._ancestors(str(room.get("site_id", ""))))
+        out = _union(self._monitors, self.tree.ancestors(str(room.get("site_id", ""))))
         for admitted in room.get("admit", ()):
             out |= self._within(self._monitors, str(admitted))
         return out
@@ -258,10 +258,9 @@ class EventIndex:
     def _monitoring(self) -> set[Listener]:
         return set().union(*self._monitors.values())
 
-    def _ancestors(self, site_id: str) -> list[str]:
-        return self.tree.ancestors(site_id)
-
     def _within(self, homes: dict[str, set[Listener]], site_id: str) -> set[Listener]:
+        if self.tree.department(site_id) is not None:  # a department's "branch" is itself
+            return set(homes.get(site_id, ()))
         # Whichever is smaller: the branch's sites, or the home sites that have sockets.
         if len(homes) < len(self.tree):
             return _union(homes, [home for home in homes if self.tree.covers(site_id, home)])

@@ -21,7 +21,8 @@ class Room(TypedDict):
     #: Opened rooms only; a standing room (`site-<id>`) is derived from the site tree.
     created_by: NotRequired[str]
     created_at: NotRequired[float]
-    #: Other sites whose people may enter, each with everything below it.
+    #: Other sites whose people may enter, each with everything below it,
+    #: and departments (each itself) invited or referred to the room's case.
     admit: NotRequired[list[str]]
     #: Kept by the feature that opened the room.
     case_id: NotRequired[str]
@@ -48,6 +49,8 @@ class Participant(TypedDict):
     video: NotRequired[bool]
     hand: NotRequired[bool]
     speaker: NotRequired[bool]
+    #: A department user's department (id, site_id, kind, name, name_en, room_id).
+    department: NotRequired[dict[str, str]]
 
 
 class Stream(TypedDict):

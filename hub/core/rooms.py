@@ -118,6 +118,10 @@ class Rooms:
         site = self.tree.site_of_room(room_id)
         if site is not None:
             return {"id": room_id, "site_id": site.id, "kind": "standing", "title": site.name}
+        department = self.tree.department_of_room(room_id)
+        if department is not None:
+            # Its site_id is the department's: only its own people enter it unasked.
+            return {"id": room_id, "site_id": department.id, "kind": "standing", "title": department.name}
         room = await self.state.get_room(room_id)
         if room is None:
             raise NotFound(f"no room {room_id}")
@@ -282,6 +286,9 @@ class Rooms:
             "node": self.node_id,
             "joined_at": time.time(),
         }
+        if claims.department is not None and (department := self.tree.department(claims.department)) is not None:
+            # The roster names the department: its people cannot look it up in a site list.
+            participant["department"] = department.to_json()
         await self.state.add_participant(room["id"], participant)
         self._keep(room, participant)
         await self.state.emit({"type": "participant-joined", "room_id": room_id, "participant": participant})
@@ -344,6 +351,31 @@ class Rooms:
             raise ValueError(f"site {site_id} is not above the room's site {room['site_id']}")
         inviter = await self.participant(room_id, participant_id)
         return await self.announce_invitation(claims, room, site_id, {"sites": [site_id]}, inviter["name"])
+
+    async def invite_department(self, claims: Claims, room_id: str, participant_id: str, department_id: str) -> Event:
+        """Admit a department into an opened room and tell its people live. A
+        department beside the room's site or a site above it may be invited;
+        a standing room admits no one (open a room for the matter)."""
+        if claims.role not in SITE_INVITER_ROLES:
+            raise Forbidden("only a mediator or an operator may invite a department")
+        room = await self.room(claims, room_id)
+        department = self.tree.department(department_id)
+        if department is None:
+            raise NotFound(f"no department {department_id}")
+        if room["kind"] == "standing":
+            raise ValueError(f"{room_id} is a standing room: open a room to invite a department into")
+        if not self.tree.covers(department.site_id, room["site_id"]):
+            raise ValueError(f"department {department_id} is not beside the room's site or a site above it")
+        inviter = await self.participant(room_id, participant_id)
+        return await self.admit_department(claims, room, department_id, inviter["name"])
+
+    async def admit_department(self, claims: Claims, room: Room, department_id: str, name: str | None = None) -> Event:
+        """Let a department into an opened room (its `admit`) and invite its
+        people; the caller checked its right to."""
+        if department_id not in room.get("admit", ()):
+            admit = sorted({*room.get("admit", ()), department_id})
+            room = await self.update_room(room["id"], {"admit": admit}) or room
+        return await self.announce_invitation(claims, room, department_id, {"sites": [department_id]}, name, True)
 
     async def announce_invitation(
         self,

@@ -44,7 +44,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from hub.core.sites import Site, SiteTree
+from hub.core.sites import Department, Site, SiteTree
 
 #: Seconds a statement waits for another hub process's write to the same
 #: file before it fails. It waits on the database thread, not on the loop.
@@ -567,6 +567,17 @@ SITES = Migrations(
                 parent TEXT
             )""",
         ),
+        # Departments beside the sites, imported with the same file.
+        (
+            """CREATE TABLE IF NOT EXISTS departments (
+                position INTEGER PRIMARY KEY,
+                id TEXT NOT NULL UNIQUE,
+                site_id TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                name TEXT NOT NULL,
+                name_en TEXT NOT NULL DEFAULT ''
+            )""",
+        ),
     ),
 )
 
@@ -576,13 +587,25 @@ class SiteStore(Tables):
 
     async def site_tree(self) -> SiteTree | None:
         rows = await self.db.fetchall("SELECT id, name, level, parent, name_en FROM sites ORDER BY position")
-        return SiteTree([Site(*row) for row in rows]) if rows else None
+        if not rows:
+            return None
+        departments = await self.db.fetchall(
+            "SELECT id, site_id, kind, name, name_en FROM departments ORDER BY position"
+        )
+        return SiteTree([Site(*row) for row in rows], [Department(*row) for row in departments])
 
     async def replace_sites(self, tree: SiteTree) -> None:
-        """Import a site tree, replacing the stored one in one transaction."""
+        """Import a site tree and its departments, replacing the stored ones in one transaction."""
         async with self.db.transaction() as tx:
             await tx.execute("DELETE FROM sites")
+            await tx.execute("DELETE FROM departments")
             await tx.executemany(
                 "INSERT INTO sites (position, id, name, name_en, level, parent) VALUES (?, ?, ?, ?, ?, ?)",
                 [(i, s.id, s.name, s.name_en, s.level, s.parent) for i, s in enumerate(tree)],
             )
+            departments = tree.departments()
+            if departments:
+                await tx.executemany(
+                    "INSERT INTO departments (position, id, site_id, kind, name, name_en) VALUES (?, ?, ?, ?, ?, ?)",
+                    [(i, d.id, d.site_id, d.kind, d.name, d.name_en) for i, d in enumerate(departments)],
+                )

@@ -1,5 +1,9 @@
 """Bearer tokens: signed JWTs (PyJWT) naming a user, a role and a home site.
 
+A department user's token names its department (`department`); its home
+(`site`) is then the department's id, so no jurisdiction check that
+compares homes with sites ever lets it reach a site (hub/core/sites.py).
+
 Tokens are signed with a `Keyring`: one or more HS256 keys, each with an id
 (the JWT header's `kid`). The first key signs; every key verifies the tokens
 that name it. So a key can be rolled over on many machines without a moment
@@ -153,6 +157,12 @@ class Claims:
     role: str
     room: str | None = None
     name: str | None = None
+    #: The department of a department user; then `site` is the same id.
+    department: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.department is not None and self.department != self.site:
+            raise ValueError("a department user's home is its department")
 
     def display_name(self) -> str:
         return self.name or self.user
@@ -176,6 +186,8 @@ def issue(keys: Keys, claims: Claims, ttl: int = DEFAULT_TTL) -> str:
         payload["room"] = claims.room
     if claims.name:
         payload["name"] = claims.name
+    if claims.department:
+        payload["department"] = claims.department
     key = _ring(keys).signing
     headers = {"kid": key.id} if key.id else None
     return jwt.encode(payload, key.secret, algorithm=ALGORITHM, headers=headers)
@@ -217,12 +229,16 @@ def verify(keys: Keys, token: str) -> Claims:
     role = payload["role"]
     if role not in ROLES or (role == "guest" and not payload.get("room")):
         raise TokenError("invalid token: bad role")
+    department = payload.get("department")
+    if department is not None and department != payload["site"]:
+        raise TokenError("invalid token: a department user's site is its department")
     return Claims(
         user=str(payload["sub"]),
         site=str(payload["site"]),
         role=str(role),
         room=payload.get("room"),
         name=payload.get("name"),
+        department=None if department is None else str(department),
     )
 
 

@@ -12,7 +12,9 @@ Definitions (docs/operate.md repeats them):
   one of its rooms is;
 - a site is *online* when it has a connection or is in session (a WHIP-only
   publisher, e.g. a hardware terminal, has no WebSocket but sits in a room);
-- a camera is *in alarm* when an active alert names it (or its stream).
+- a camera is *in alarm* when an active alert names it (or its stream);
+- a department beside a site is *online* when one of its people has an
+  event socket open (their presence counts under the department's id).
 """
 
 from __future__ import annotations
@@ -158,6 +160,13 @@ class Console:
                 if room["site_id"] in in_branch
             ]
             sites = await self._compact(site_rows, named)
+            # A department's row (its id, its connections) only while someone of it is online.
+            sites += [
+                {"id": d["id"], "connections": d["connections"]}
+                for row in site_rows.values()
+                for d in row["departments"]
+                if d["online"]
+            ]
             return {"root": root_id, "at": time.time(), "compact": True, "opened": rooms, "sites": sites}
         self._roll_up(branch, site_rows)
         return {"root": root_id, "at": time.time(), "sites": [site_rows[s.id] for s in branch]}
@@ -180,7 +189,11 @@ class Console:
             assert site is not None
             entries.append(
                 site.to_json()
-                | {"children": len(self.tree.children(site.id)), "counts": site_rows[site.id]["rollup"]}
+                | {
+                    "children": len(self.tree.children(site.id)),
+                    "counts": site_rows[site.id]["rollup"],
+                    "departments": site_rows[site.id]["departments"],
+                }
                 | live.get(site.id, {})
             )
         shown_set = set(shown)
@@ -275,6 +288,12 @@ class Console:
 
         for row in site_rows.values():
             row["rooms"].sort(key=lambda r: (r["kind"] != "standing", r["id"]))
+        # Departments beside each site: online while one of their people has an event socket open.
+        for site in branch:
+            site_rows[site.id]["departments"] = [
+                d.to_json() | {"connections": dict(presence.get(d.id, {})), "online": d.id in presence}
+                for d in self.tree.departments(site.id)
+            ]
         return branch, site_rows, named, opened_rooms
 
     async def _compact(self, rows: dict[str, Record], alerts: dict[str, list[Record]]) -> list[Record]:

@@ -6,7 +6,10 @@ socket is open, and once more under the site's own kind ("presence@<site>"),
 so that counting one site's connections reads that site's records only, not
 every connection of the tree. When a site's count changes, the operators
 whose jurisdiction covers it get a "presence" event with the site's
-connections by role. Records of a hub process
+connections by role. A department's people count under the department's id
+(their home); its presence event names the site it sits beside
+(`beside`) and goes to whoever covers that site, for the console's tree.
+Records of a hub process
 that died without closing its sockets are swept once its heartbeat expires.
 """
 
@@ -19,15 +22,17 @@ from collections import Counter
 
 from hub.core.access import room_bound
 from hub.core.livestate import LiveState, Record, Unavailable
+from hub.core.sites import SiteTree
 from hub.core.tokens import Claims
 
 KIND = "presence"
 
 
 class Presence:
-    def __init__(self, state: LiveState, node_id: str) -> None:
+    def __init__(self, state: LiveState, node_id: str, tree: SiteTree) -> None:
         self.state = state
         self.node_id = node_id
+        self.tree = tree
         #: This process's open connections by key: written back by restore().
         self._mine: dict[str, Record] = {}
         state.restorers.append(self.restore)
@@ -97,10 +102,13 @@ class Presence:
         both count the other's, which the console's next branch load mends."""
         connections = Counter(r["role"] for r in (await self.state.records(_site_kind(site_id))).values())
         online = sum(connections.values())
-        event = {"type": "presence", "site_id": site_id, "online": online, "connections": dict(connections)}
+        event: Record = {"type": "presence", "site_id": site_id, "online": online, "connections": dict(connections)}
         if change is not None:
             event["was"] = max(0, online - change)
-        await self.state.emit(event | {"to": {"covering": site_id}})
+        event["to"] = {"covering": site_id}
+        if (department := self.tree.department(site_id)) is not None:
+            event |= {"beside": department.site_id, "to": {"covering": department.site_id}}
+        await self.state.emit(event)
 
     async def sweep(self) -> int:
         """Drop the connections of hub processes that are no longer running;

@@ -27,21 +27,31 @@ operators and admins see them. Escalation goes only upwards, so the sites a
 case has been at are its origin and origin's ancestors: exactly the users
 whose jurisdiction covers the origin may read it (levels above read cases
 below, the origin keeps reading its escalated case, siblings never do).
-Writing (status, sessions, escalation) needs the case's current site or a
-site above it.
+Writing (status, sessions, escalation, referral) needs the case's current
+site or a site above it.
+
+Referral (警调对接, 诉调对接, 司法确认): a writer refers the case to a
+department beside the case's current site or a site above it, saying what
+is asked (ASKS) with a note. From then on the department's people read the
+case with its history, sessions and recordings (hub.core.access.admitted on
+the case's `departments`), enter its session rooms (they admit it), and
+answer the referral once: accepted or declined, with an outcome and, for a
+confirmation, a document number. Every referral and answer is a history
+step. Nothing else of the case's site reaches the department.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from hub.core.access import Forbidden, can_reach_site, room_bound
+from hub.core.access import Forbidden, admitted, can_reach_site, room_bound
 from hub.core.livestate import EventFollower, Record
 from hub.core.records import Event
 from hub.core.rooms import NotFound, Rooms, _new_id
+from hub.core.sites import Department
 from hub.core.store import Database, Migrations, Tables, Transaction, quoted
 from hub.core.tokens import Claims
 
@@ -64,6 +74,12 @@ RESULTS = ("agreement", "failed")
 STALE_RETRIES = 3
 #: Roles that read and work cases.
 CASE_ROLES = ("admin", "operator", "mediator")
+#: What a referral asks of a department.
+ASKS = ("judicial_confirmation", "police_handling", "legal_advice", "petition_handling")
+#: A department's answer to a referral.
+DECISIONS = ("accepted", "declined")
+#: A case may be referred while it is not closed.
+REFERABLE = ("open", "mediating", "failed", "escalated", "agreement")
 
 MIGRATIONS = Migrations(
     "cases",
@@ -118,6 +134,32 @@ MIGRATIONS = Migrations(
         # version it read, so of two hub processes changing one case at once
         # exactly one writes and the other learns so (no change lost silently).
         ("ALTER TABLE cases ADD COLUMN version INTEGER NOT NULL DEFAULT 1",),
+        # Referrals to departments: the case keeps the departments it was
+        # referred to (JSON list, read with the case for every access check);
+        # each referral and its answer is a row, and history names them.
+        (
+            "ALTER TABLE cases ADD COLUMN departments TEXT NOT NULL DEFAULT '[]'",
+            "ALTER TABLE case_history ADD COLUMN department TEXT",
+            "ALTER TABLE case_history ADD COLUMN referral_id TEXT",
+            """CREATE TABLE IF NOT EXISTS case_referrals (
+    id TEXT PRIMARY KEY,
+    case_id TEXT NOT NULL,
+    department_id TEXT NOT NULL,
+    department_kind TEXT NOT NULL,
+    ask TEXT NOT NULL,
+    note TEXT NOT NULL DEFAULT '',
+    referred_by TEXT NOT NULL,
+    from_site TEXT NOT NULL,
+    referred_at REAL NOT NULL,
+    decision TEXT,
+    outcome TEXT NOT NULL DEFAULT '',
+    document_no TEXT NOT NULL DEFAULT '',
+    answered_by TEXT,
+    answered_at REAL
+)""",
+            "CREATE INDEX IF NOT EXISTS case_referrals_case ON case_referrals (case_id, referred_at)",
+            "CREATE INDEX IF NOT EXISTS case_referrals_department ON case_referrals (department_id, referred_at)",
+        ),
     ),
 )
 
@@ -136,6 +178,7 @@ CASE_COLUMNS = (
     "created_at",
     "updated_at",
     "version",
+    "departments",
 )
 HISTORY_COLUMNS = (
     "at",
@@ -148,6 +191,24 @@ HISTORY_COLUMNS = (
     "to_site",
     "room_id",
     "note",
+    "department",
+    "referral_id",
+)
+REFERRAL_COLUMNS = (
+    "id",
+    "case_id",
+    "department_id",
+    "department_kind",
+    "ask",
+    "note",
+    "referred_by",
+    "from_site",
+    "referred_at",
+    "decision",
+    "outcome",
+    "document_no",
+    "answered_by",
+    "answered_at",
 )
 SESSION_COLUMNS = ("id", "case_id", "room_id", "site_id", "admit", "opened_by", "opened_at", "started_at", "ended_at")
 
@@ -176,7 +237,10 @@ class CaseStore(Tables):
     migrations = MIGRATIONS
 
     async def insert(self, case: Record, history: Record) -> None:
-        row = case | {"parties": json.dumps(case["parties"], ensure_ascii=False)}
+        row = case | {
+            "parties": json.dumps(case["parties"], ensure_ascii=False),
+            "departments": json.dumps(case["departments"]),
+        }
         async with self.db.transaction() as tx:
             await tx.execute(
                 f"INSERT INTO cases ({', '.join(CASE_COLUMNS)}) VALUES ({', '.join('?' * len(CASE_COLUMNS))})",
@@ -184,20 +248,53 @@ class CaseStore(Tables):
             )
             await self._add_history(tx, case["id"], history)
 
-    async def update(self, case_id: str, version: int, changes: Record, history: Record) -> bool:
+    async def update(
+        self, case_id: str, version: int, changes: Record, history: Record, referral: Record | None = None
+    ) -> bool:
         """Apply `changes` and count the version up, only if the row is still
         at `version` (two hub processes racing on one case: one wins, the
-        other gets False); the history entry commits with the change."""
+        other gets False); the history entry, and a referral (new or
+        answered: written whole), commit with the change."""
+        values = [json.dumps(v) if k == "departments" else v for k, v in changes.items()]
         sets = ", ".join(f"{k} = ?" for k in changes)
         async with self.db.transaction() as tx:
             changed = await tx.execute(
                 f"UPDATE cases SET {sets}, version = version + 1 WHERE id = ? AND version = ?",
-                [*changes.values(), case_id, version],
+                [*values, case_id, version],
             )
             if changed != 1:
                 return False
             await self._add_history(tx, case_id, history)
+            if referral is not None:
+                await tx.execute("DELETE FROM case_referrals WHERE id = ?", [referral["id"]])
+                await tx.execute(
+                    f"INSERT INTO case_referrals ({', '.join(REFERRAL_COLUMNS)})"
+                    f" VALUES ({', '.join('?' * len(REFERRAL_COLUMNS))})",
+                    [referral[c] for c in REFERRAL_COLUMNS],
+                )
             return True
+
+    async def referrals(self, case_ids: list[str]) -> dict[str, list[Record]]:
+        """Each case's referrals, oldest first."""
+        out: dict[str, list[Record]] = {c: [] for c in case_ids}
+        if not case_ids:
+            return out
+        rows = await self.db.fetchall(
+            f"SELECT {', '.join(REFERRAL_COLUMNS)} FROM case_referrals"
+            f" WHERE case_id IN ({', '.join('?' * len(case_ids))}) ORDER BY referred_at, id",
+            case_ids,
+        )
+        for row in rows:
+            referral = dict(zip(REFERRAL_COLUMNS, row, strict=True))
+            out[referral["case_id"]].append(referral)
+        return out
+
+    async def referred_to(self, department_id: str) -> list[str]:
+        """Ids of the cases ever referred to a department."""
+        rows = await self.db.fetchall(
+            "SELECT DISTINCT case_id FROM case_referrals WHERE department_id = ?", [department_id]
+        )
+        return [row[0] for row in rows]
 
     @staticmethod
     async def _add_history(tx: Transaction, case_id: str, entry: Record) -> None:
@@ -217,6 +314,7 @@ class CaseStore(Tables):
         for row in rows:
             case = dict(zip(CASE_COLUMNS, row, strict=True))
             case["parties"] = json.loads(case["parties"])
+            case["departments"] = json.loads(case["departments"])
             out.append(case)
         return out
 
@@ -294,8 +392,12 @@ class Cases:
 
     def can_read(self, claims: Claims, case: Record) -> bool:
         """The rule of the case events' audience too (`_announce`: "covering"
-        the origin, "roles" CASE_ROLES), so REST and the event socket agree."""
-        return claims.role in CASE_ROLES and can_reach_site(self.tree, claims, case["origin_site_id"])
+        the origin, or "sites" the departments it was referred to; "roles"
+        CASE_ROLES), so REST and the event socket agree."""
+        return claims.role in CASE_ROLES and (
+            can_reach_site(self.tree, claims, case["origin_site_id"])
+            or admitted(self.tree, claims, case["departments"])
+        )
 
     async def _readable(self, claims: Claims, case_id: str) -> Record:
         case = await self.store.get(case_id)
@@ -328,27 +430,38 @@ class Cases:
     async def get(self, claims: Claims, case_id: str) -> Record:
         """A case with its history and sessions (oldest first) and what the caller may do."""
         case = await self._readable(claims, case_id)
+        referrals = (await self.store.referrals([case_id]))[case_id]
         return case | {
             "history": (await self.store.history([case_id]))[case_id],
             "sessions": await self.store.sessions(case_id),
-            "actions": self.actions(claims, case),
+            "referrals": [self._named(r) for r in referrals],
+            "actions": self.actions(claims, case, referrals),
             "sites": self.sites_of(case),
         }
+
+    def _named(self, referral: Record) -> Record:
+        """A referral with its department's names (its readers may not see the site it sits beside)."""
+        department = self.tree.department(referral["department_id"])
+        return referral | {"department": department.to_json() if department else None}
 
     def sites_of(self, case: Record) -> dict[str, Record]:
         """The sites the case has been at, by id, for naming them: a reader
         below the case's current site cannot look that site up otherwise."""
         return {s: site.to_json() for s in self._visited(case) if (site := self.tree.get(s)) is not None}
 
-    def actions(self, claims: Claims, case: Record) -> Record:
-        """What the caller may do with the case now (the page offers only these)."""
+    def actions(self, claims: Claims, case: Record, referrals: Sequence[Record] = ()) -> Record:
+        """What the caller may do with the case now (the page offers only these):
+        `answer`, the ids of referrals its department has yet to answer."""
+        answer = [r["id"] for r in referrals if r["decision"] is None and r["department_id"] == claims.department]
         if not self.tree.covers(claims.site, case["site_id"]):
-            return {"statuses": [], "session": False, "escalate": False}
+            return {"statuses": [], "session": False, "escalate": False, "refer": False, "answer": answer}
         site = self.tree.get(case["site_id"])
         return {
             "statuses": list(TRANSITIONS[case["status"]]),
             "session": case["status"] in SESSION_STATUSES,
             "escalate": case["status"] in ESCALATABLE and site is not None and site.parent is not None,
+            "refer": case["status"] in REFERABLE,
+            "answer": answer,
         }
 
     async def search(
@@ -361,6 +474,8 @@ class Cases:
             raise Forbidden("only mediators, operators and administrators read cases")
         if status is not None and status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}")
+        if claims.department is not None:
+            return await self._referred(claims.department, site, status)
         branch = site or claims.site
         if self.tree.get(branch) is None:
             raise NotFound(f"no site {branch}")
@@ -379,6 +494,30 @@ class Cases:
             args.append(claims.site)
         return await self.store.select(f"WHERE {' AND '.join(where)} ORDER BY created_at DESC", args)
 
+    async def _referred(self, department_id: str, site: str | None, status: str | None) -> list[Record]:
+        """A department's list: the cases referred to it, nothing of any site."""
+        if site is not None and site != department_id:
+            raise Forbidden(f"a department's people list the cases referred to it, not site {site}'s")
+        ids = await self.store.referred_to(department_id)
+        if not ids:
+            return []
+        where = [f"id IN ({', '.join('?' * len(ids))})"]
+        args: list[Any] = list(ids)
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        return await self.store.select(f"WHERE {' AND '.join(where)} ORDER BY created_at DESC", args)
+
+    async def granted_rooms(self, claims: Claims) -> set[str]:
+        """The session rooms of the cases referred to the caller's department
+        (their recordings are its to play); none for anyone else."""
+        if claims.department is None or claims.role not in CASE_ROLES or room_bound(claims):
+            return set()
+        rooms: set[str] = set()
+        for case_id in await self.store.referred_to(claims.department):
+            rooms |= {s["room_id"] for s in await self.store.sessions(case_id)}
+        return rooms
+
     async def in_period(self, sites: list[str], since: float, until: float) -> list[Record]:
         """Cases opened in [since, until) whose origin is one of `sites`, with
         their history (for statistics; the caller checked the branch)."""
@@ -387,8 +526,9 @@ class Cases:
             " ORDER BY created_at",
             [*sites, since, until],
         )
-        history = await self.store.history([c["id"] for c in cases])
-        return [c | {"history": history[c["id"]]} for c in cases]
+        ids = [c["id"] for c in cases]
+        history, referrals = await self.store.history(ids), await self.store.referrals(ids)
+        return [c | {"history": history[c["id"]], "referrals": referrals[c["id"]]} for c in cases]
 
     # -- changes -------------------------------------------------------------
 
@@ -414,6 +554,7 @@ class Cases:
             "created_at": now,
             "updated_at": now,
             "version": 1,
+            "departments": [],
         }
         await self.store.insert(case, self._entry(claims, "opened", now, to_status="open", to_site=site_id))
         await self._announce("case-updated", case)
@@ -470,6 +611,8 @@ class Cases:
         room = await self.rooms.open_room(
             claims, case["site_id"], "mediation", case["title"], admit=below, case_id=case_id
         )
+        if case["departments"]:  # admitted after the jurisdiction check, which no department passes
+            room = await self.rooms.update_room(room["id"], {"admit": sorted({*below, *case["departments"]})}) or room
         now = time.time()
         session = {
             "id": _new_id("session"),
@@ -490,6 +633,8 @@ class Cases:
         await self._announce("case-updated", case)
         for site_id in below:
             await self.rooms.announce_invitation(claims, room, site_id, {"sites": [site_id]})
+        for department_id in case["departments"]:
+            await self.rooms.announce_invitation(claims, room, department_id, {"sites": [department_id]}, None, True)
         return session, room
 
     async def _mediating(self, claims: Claims, case_id: str, at: float) -> Record:
@@ -529,6 +674,117 @@ class Cases:
             note=note,
         )
         return await self._apply(case, changes, entry, "case-escalated")
+
+    async def refer(
+        self, claims: Claims, case_id: str, department_id: str, ask: str, note: str, version: int | None = None
+    ) -> Record:
+        """Refer the case to a department beside its current site or a site
+        above it; the department then reads the case and enters its session
+        rooms (those open now too). Returns the referral."""
+        department = self.tree.department(department_id)
+        if department is None:
+            raise NotFound(f"no department {department_id}")
+        if ask not in ASKS:
+            raise ValueError(f"ask must be one of {', '.join(ASKS)}")
+        referral: Record = {}
+        case = await self._decided(
+            version, lambda: self._refer(claims, case_id, department, ask, note, version, referral)
+        )
+        for session in await self.store.sessions(case_id):
+            room = await self.rooms.state.get_room(session["room_id"])
+            if room is not None:  # a session room still open: the department joins it
+                await self.rooms.admit_department(claims, room, department.id)
+        await self._announce("case-referred", case, referral=self._named(referral))
+        return self._named(referral)
+
+    async def _refer(
+        self,
+        claims: Claims,
+        case_id: str,
+        department: Department,
+        ask: str,
+        note: str,
+        version: int | None,
+        out: Record,
+    ) -> Record:
+        """Decide and write a referral; `out` receives it."""
+        case = await self._writable(claims, case_id, version)
+        if case["status"] not in REFERABLE:
+            raise Conflict(f"a case that is {case['status']} cannot be referred", case)
+        department_id = department.id
+        if not self.tree.covers(department.site_id, case["site_id"]):
+            raise ValueError(f"department {department_id} is not beside the case's site or a site above it")
+        pending = (await self.store.referrals([case_id]))[case_id]
+        if any(r["department_id"] == department_id and r["decision"] is None for r in pending):
+            raise Conflict(f"case {case_id} already waits for an answer of {department_id}", case)
+        now = time.time()
+        out |= {
+            "id": _new_id("ref"),
+            "case_id": case_id,
+            "department_id": department_id,
+            "department_kind": department.kind,
+            "ask": ask,
+            "note": note,
+            "referred_by": claims.user,
+            "from_site": case["site_id"],
+            "referred_at": now,
+            "decision": None,
+            "outcome": "",
+            "document_no": "",
+            "answered_by": None,
+            "answered_at": None,
+        }
+        changes = {"departments": sorted({*case["departments"], department_id}), "updated_at": now}
+        entry = self._entry(
+            claims, "referred", now, from_site=case["site_id"], department=department_id, referral_id=out["id"]
+        ) | {"note": f"{ask}: {note}" if note else ask}
+        return await self._apply(case, changes, entry, None, referral=out)
+
+    async def answer(
+        self, claims: Claims, case_id: str, referral_id: str, decision: str, outcome: str, document_no: str
+    ) -> Record:
+        """A department's answer to a referral (once): accepted or declined,
+        with its outcome and, say, the number of a confirmation ruling."""
+        if decision not in DECISIONS:
+            raise ValueError(f"decision must be one of {', '.join(DECISIONS)}")
+        referral: Record = {}
+        case = await self._decided(
+            None, lambda: self._answer(claims, case_id, referral_id, decision, outcome, document_no, referral)
+        )
+        await self._announce("referral-answered", case, referral=self._named(referral))
+        return self._named(referral)
+
+    async def _answer(
+        self,
+        claims: Claims,
+        case_id: str,
+        referral_id: str,
+        decision: str,
+        outcome: str,
+        document_no: str,
+        out: Record,
+    ) -> Record:
+        case = await self._readable(claims, case_id)
+        found = next((r for r in (await self.store.referrals([case_id]))[case_id] if r["id"] == referral_id), None)
+        if found is None:
+            raise NotFound(f"no referral {referral_id} of case {case_id}")
+        if claims.department != found["department_id"]:
+            raise Forbidden(f"only the people of {found['department_id']} answer this referral")
+        if found["decision"] is not None:
+            raise Conflict(f"referral {referral_id} was answered already ({found['decision']})", case)
+        now = time.time()
+        out |= found | {
+            "decision": decision,
+            "outcome": outcome,
+            "document_no": document_no,
+            "answered_by": claims.user,
+            "answered_at": now,
+        }
+        note = " · ".join(p for p in (decision, outcome, document_no) if p)
+        entry = self._entry(
+            claims, "referral-answered", now, department=found["department_id"], referral_id=referral_id, note=note
+        )
+        return await self._apply(case, {"updated_at": now}, entry, None, referral=out)
 
     # -- sessions follow their rooms ----------------------------------------
 
@@ -575,10 +831,12 @@ class Cases:
                     raise
         return await change()
 
-    async def _apply(self, case: Record, changes: Record, entry: Record, event: str | None) -> Record:
+    async def _apply(
+        self, case: Record, changes: Record, entry: Record, event: str | None, referral: Record | None = None
+    ) -> Record:
         """Write `changes` over the version of `case` they were decided on: the
         case after them, or Conflict carrying the case as another change left it."""
-        if not await self.store.update(case["id"], case["version"], changes, entry):
+        if not await self.store.update(case["id"], case["version"], changes, entry, referral):
             current = await self.store.get(case["id"])
             version = current["version"] if current else "gone"
             raise Stale(
@@ -590,14 +848,17 @@ class Cases:
             await self._announce(event, changed, from_site=case["site_id"])
         return changed
 
-    async def _announce(self, kind: str, case: Record, from_site: str | None = None) -> None:
+    async def _announce(
+        self, kind: str, case: Record, from_site: str | None = None, referral: Record | None = None
+    ) -> None:
         """Tell the case's readers, live. They are exactly the users covering
         its origin (see the module doc): the sites it has been at and those
-        above; siblings never."""
-        event = {
-            "type": kind,
-            "case": case,
-            "from_site": from_site or case["site_id"],
-            "to": {"covering": case["origin_site_id"], "roles": list(CASE_ROLES)},
-        }
-        await self.rooms.state.emit(event)
+        above; siblings never; and the people of the departments it was
+        referred to (one more event: an audience's keys must all hold)."""
+        event: Record = {"type": kind, "case": case, "from_site": from_site or case["site_id"]}
+        if referral is not None:
+            event["referral"] = referral
+        roles = list(CASE_ROLES)
+        await self.rooms.state.emit(event | {"to": {"covering": case["origin_site_id"], "roles": roles}})
+        if case["departments"]:
+            await self.rooms.state.emit(event | {"to": {"sites": list(case["departments"]), "roles": roles}})

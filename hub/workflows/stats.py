@@ -11,6 +11,9 @@ Definitions (also sent with every answer, and shown on the page):
   "success rate" of mediation. None when nothing concluded.
 - Escalation rate of a level = cases escalated from a site of that level /
   cases that were at a site of that level (each case counted once per level).
+- Referrals by department kind: every referral of the cases counted, by the
+  kind of department it went to and its answer (accepted, declined, or still
+  pending); a case referred twice counts twice.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from hub.core.sites import LEVELS, SiteTree
+from hub.core.sites import DEPARTMENT_KINDS, LEVELS, SiteTree
 from hub.core.store import Database
-from hub.workflows.cases import DISPUTE_TYPES, RESULTS, STATUSES, Cases
+from hub.workflows.cases import DECISIONS, DISPUTE_TYPES, RESULTS, STATUSES, Cases
 
 DEFINITIONS = {
     "period": "cases opened in [from, to) at a site of the branch",
@@ -31,7 +34,10 @@ DEFINITIONS = {
     "concluded": "cases that reached agreement or failed (closed ones keep their result)",
     "success_rate": "cases that reached agreement / concluded cases",
     "escalation_rate": "cases escalated from a site of the level / cases that were at a site of the level",
+    "referrals": "referrals of the counted cases by department kind and answer (pending: not answered yet)",
 }
+#: A referral's outcome in the statistics: its decision, or pending.
+REFERRAL_OUTCOMES = (*DECISIONS, "pending")
 
 #: hub/workflows/training.py's attendance_by_site(db, since, until) -> [{site_id, trainings, people, minutes}]
 Attendance = Callable[[Database, float, float], Awaitable[list[dict[str, Any]]]]
@@ -94,6 +100,12 @@ async def compute(
     agreement = sum(1 for c in rows if c["result"] == "agreement")
     concluded = sum(1 for c in rows if c["result"] in RESULTS)
     ever_escalated = sum(1 for c in rows if any(h["action"] == "escalated" for h in c["history"]))
+    referrals = Counter((r["department_kind"], r["decision"] or "pending") for c in rows for r in c["referrals"])
+    by_referral = [
+        {"kind": kind, "referrals": sum(referrals[(kind, o)] for o in REFERRAL_OUTCOMES)}
+        | {outcome: referrals[(kind, outcome)] for outcome in REFERRAL_OUTCOMES}
+        for kind in DEPARTMENT_KINDS
+    ]
     training = None
     if attendance is not None:
         in_branch = set(sites)
@@ -119,6 +131,7 @@ async def compute(
         "by_status": {s: by_status.get(s, 0) for s in STATUSES},
         "by_type": {t: by_type.get(t, 0) for t in DISPUTE_TYPES},
         "by_level": by_level,
+        "by_referral": by_referral,
         "training": training,
     }
 
@@ -146,6 +159,9 @@ def to_csv(stats: dict[str, Any]) -> str:
                     writer.writerow(["level", row["level"], f"status_{status}", n])
             else:
                 writer.writerow(["level", row["level"], metric, _cell(value)])
+    for row in stats["by_referral"]:
+        for metric in ("referrals", *REFERRAL_OUTCOMES):
+            writer.writerow(["referral", row["kind"], metric, row[metric]])
     for row in stats["training"] or ():
         for metric in ("trainings", "people", "minutes"):
             writer.writerow(["training", row["site_id"], metric, row[metric]])

@@ -484,6 +484,22 @@ export class HubClient {
     return this.request("POST", `/api/cases/${encodeURIComponent(caseId)}/escalate`, { note, version });
   }
 
+  /** Departments a room or case of the site may call in: beside it and the sites above it. */
+  departments(site) {
+    return this.request("GET", `/api/departments?${queryOf({ site })}`);
+  }
+
+  /** Refer a case to a department: {department_id, ask, note, version?}. */
+  referCase(caseId, referral) {
+    return this.request("POST", `/api/cases/${encodeURIComponent(caseId)}/referrals`, referral);
+  }
+
+  /** A department's answer to a referral: {decision, outcome, document_no}. */
+  answerReferral(caseId, referralId, answer) {
+    const path = `/api/cases/${encodeURIComponent(caseId)}/referrals/${encodeURIComponent(referralId)}/answer`;
+    return this.request("POST", path, answer);
+  }
+
   /** Statistics of a branch over a period; filters: {site, from, to}. */
   stats(filters = {}) {
     return this.request("GET", `/api/stats?${queryOf(filters)}`);
@@ -693,6 +709,11 @@ export class Events {
 
   inviteSite(room, site) {
     return this._request({ type: "invite-site", room, site });
+  }
+
+  /** Admit a department into an opened room; its users get an `invitation` event. */
+  inviteDepartment(room, department) {
+    return this._request({ type: "invite-department", room, department });
   }
 
   /** Receive the room activity and presence of the whole jurisdiction (the console); sent again after a reconnect. */

@@ -11,6 +11,7 @@ import { mountTopbar, setTopbar } from "./topbar.js";
 const { t } = i18n;
 const DISPUTE_TYPES = ["family", "neighbour", "land", "wages", "contract", "other"];
 const STATUSES = ["open", "mediating", "agreement", "failed", "escalated", "closed"];
+const ASKS = ["judicial_confirmation", "police_handling", "legal_advice", "petition_handling"];
 const PARTY_ROLES = ["applicant", "respondent", "other"];
 const BOOT_RETRY_MS = 5000;
 
@@ -18,6 +19,8 @@ const state = {
   client: null,
   me: null,
   sites: new Map(), // id -> site, from the jurisdiction and from the cases' own site lists
+  departments: new Map(), // id -> department, from referrals and the referable list
+  referable: [], // departments the selected case may be referred to
   cases: [],
   selected: null, // case id
   detail: null,
@@ -84,14 +87,27 @@ async function select(caseId) {
   history.replaceState(null, "", `/cases?case=${encodeURIComponent(caseId)}`);
   state.detail = await state.client.caseDetail(caseId);
   remember([state.detail]);
+  for (const r of state.detail.referrals ?? []) if (r.department) state.departments.set(r.department_id, r.department);
+  // Who the case may be referred to: departments beside its current site and the sites above it.
+  state.referable = state.detail.actions.refer ? await state.client.departments(state.detail.site_id) : [];
+  for (const d of state.referable) state.departments.set(d.id, d);
   $("case-form").hidden = true;
   renderList();
   renderDetail();
 }
 
+function departmentLabel(id) {
+  const department = state.departments.get(id);
+  return department ? i18n.siteName(department) : id;
+}
+
 function historyText(h) {
   const status = (s) => (s ? t(`case.status.${s}`) : "");
   switch (h.action) {
+    case "referred":
+      return t("case.action.referred", { department: departmentLabel(h.department) });
+    case "referral-answered":
+      return t("case.action.referral-answered", { department: departmentLabel(h.department) });
     case "status":
       return t("case.action.status", { from: status(h.from_status), to: status(h.to_status) });
     case "escalated":
@@ -123,8 +139,43 @@ function sessionItem(s) {
   );
 }
 
+/** A referral's line: to whom, what is asked, and the answer (or that it is awaited). */
+function referralItem(r) {
+  const answer = r.decision
+    ? [t(`referral.decision.${r.decision}`), r.outcome, r.document_no].filter(Boolean).join(" · ")
+    : t("referral.decision.pending");
+  return el(
+    "li",
+    { class: "case-referral", dataset: { referralId: r.id, departmentId: r.department_id, decision: r.decision ?? "pending" } },
+    el("strong", {}, departmentLabel(r.department_id)),
+    ` · ${t(`referral.ask.${r.ask}`)}${r.note ? ` — ${r.note}` : ""} · `,
+    el("span", { class: "referral-answer" }, answer),
+  );
+}
+
+/** Refer the case: a department beside its site or above, what is asked, a note. */
+function referForm(c) {
+  const department = el("select", { id: "refer-department", "aria-label": t("case.referTo") },
+    ...state.referable.map((d) => el("option", { value: d.id }, `${i18n.siteName(d)} (${t(`department.kind.${d.kind}`)})`)),
+  );
+  const ask = el("select", { id: "refer-ask", "aria-label": t("case.referAsk") }, ...ASKS.map((a) => el("option", { value: a }, t(`referral.ask.${a}`))));
+  const note = el("input", { id: "refer-note", maxlength: 1000, placeholder: t("case.referHint") });
+  const go = () => act(() => state.client.referCase(c.id, { department_id: department.value, ask: ask.value, note: note.value, version: c.version }));
+  return el("div", { class: "case-refer" }, department, ask, note, el("button", { id: "refer", class: "button-ghost", type: "button", onclick: go }, t("case.refer")));
+}
+
+/** A department's answer to the referral it has yet to answer. */
+function answerForm(c, referralId) {
+  const decision = el("select", { id: "answer-decision", "aria-label": t("case.answer") }, ...["accepted", "declined"].map((d) => el("option", { value: d }, t(`referral.decision.${d}`))));
+  const outcome = el("input", { id: "answer-outcome", maxlength: 2000, placeholder: t("case.answerHint") });
+  const documentNo = el("input", { id: "answer-document", maxlength: 64, placeholder: t("case.documentHint") });
+  const go = () => act(() => state.client.answerReferral(c.id, referralId, { decision: decision.value, outcome: outcome.value, document_no: documentNo.value }));
+  return el("div", { class: "case-answer", dataset: { referralId } }, decision, outcome, documentNo, el("button", { id: "answer", class: "button", type: "button", onclick: go }, t("case.answer")));
+}
+
 function controls(c) {
   const a = c.actions;
+  if (a.answer?.length) return el("div", { class: "case-controls" }, ...a.answer.map((id) => answerForm(c, id)));
   if (!a.statuses.length && !a.session && !a.escalate) {
     return c.status === "closed" ? null : el("p", { class: "case-readonly" }, t("case.readonly", { site: siteLabel(c.site_id) }));
   }
@@ -152,6 +203,7 @@ function controls(c) {
     const go = () => act(() => state.client.escalateCase(c.id, note.value, c.version));
     box.append(el("div", { class: "case-escalate" }, note, el("button", { id: "escalate", class: "button", type: "button", onclick: go }, t("case.escalate"))));
   }
+  if (a.refer && state.referable.length) box.append(referForm(c));
   return box;
 }
 
@@ -179,6 +231,8 @@ function renderDetail() {
     c.summary ? el("p", { class: "case-text" }, c.summary) : null,
     c.outcome ? el("h3", {}, t("case.outcome")) : null,
     c.outcome ? el("p", { id: "case-outcome", class: "case-text" }, c.outcome) : null,
+    c.referrals?.length ? el("h3", {}, t("case.referrals")) : null,
+    c.referrals?.length ? el("ul", { id: "case-referrals", class: "case-sessions" }, ...c.referrals.map(referralItem)) : null,
     el("h3", {}, t("case.sessions")),
     c.sessions.length ? el("ul", { id: "case-sessions", class: "case-sessions" }, ...c.sessions.map(sessionItem)) : el("p", { class: "muted" }, t("case.noSessions")),
     el("h3", {}, t("case.history")),
@@ -277,8 +331,11 @@ function rerender() {
 
 function onCaseEvent(event) {
   remember([event.case]);
-  if (event.type === "case-escalated" && event.case.site_id === state.me.site.id) {
+  if (event.type === "case-escalated" && event.case.site_id === state.me.site?.id) {
     setBanner("case.arrived", { title: event.case.title, site: siteLabel(event.from_site) });
+  }
+  if (event.type === "case-referred" && event.referral.department_id === state.me.department?.id) {
+    setBanner("case.referredHere", { title: event.case.title });
   }
   loadList().catch(showError);
   if (state.selected === event.case.id) select(state.selected).catch(showError);
@@ -295,12 +352,15 @@ async function boot() {
     return;
   }
   hideFatal();
+  $("new-case").hidden = Boolean(state.me.department); // a department answers referrals, it opens no case
   $("c-site").replaceChildren(...[...state.sites.values()].map((s) => el("option", { value: s.id }, i18n.siteName(s))));
   $("cases-view").hidden = false;
   const events = state.client.events();
   setTopbar({ events });
   events.on("case-updated", onCaseEvent);
   events.on("case-escalated", onCaseEvent);
+  events.on("case-referred", onCaseEvent);
+  events.on("referral-answered", onCaseEvent);
   // After a reconnect, events sent meanwhile are lost: read the list again.
   let connectedOnce = false;
   events.on("state", ({ state: socket }) => {

@@ -325,9 +325,27 @@ function renderNode(siteId, visible) {
     ...badges,
   );
   const item = el("li", { role: "treeitem", "aria-expanded": hasChildren(siteId) ? String(open) : null, dataset: { siteId } }, node);
+  if (row?.departments?.length) item.append(renderDepartments(siteId, row.departments));
   if (row && hasChildren(siteId)) item.append(el("div", { class: "rollup", style: `--depth:${state.depth.get(siteId)}`, dataset: { rollup: siteId } }, rollupText(row.rollup)));
   if (kids.length && open) item.append(el("ul", { role: "group" }, ...kids.map((id) => renderNode(id, visible))));
   return item;
+}
+
+/** The departments beside a site, each with its online dot (presence of its people). */
+function renderDepartments(siteId, departments) {
+  return el(
+    "ul",
+    { class: "departments", style: `--depth:${state.depth.get(siteId)}` },
+    ...departments.map((d) =>
+      el(
+        "li",
+        { class: `department${d.online ? " online" : ""}`, dataset: { departmentId: d.id, online: String(d.online) } },
+        el("span", { class: "dot", title: t(d.online ? "department.online" : "department.offline") }),
+        el("span", { class: "level" }, t(`department.kind.${d.kind}`)),
+        el("span", { class: "name" }, i18n.siteName(d)),
+      ),
+    ),
+  );
 }
 
 function onTreeClick(event) {

@@ -115,7 +115,13 @@ function expandToLiveSites() {
 function renderTree() {
   const tree = $("tree");
   replaceTree(tree, state.roots.map(renderNode));
-  if (!state.sites.length) tree.append(el("li", { class: "tree-empty" }, t("tree.empty")));
+  const department = state.me?.department;
+  // A department reaches no site: its home page offers its own room, and invitations as they come.
+  if (department)
+    tree.append(
+      el("li", { class: "tree-department" }, el("a", { href: `/rooms/${encodeURIComponent(department.room_id)}` }, `${i18n.siteName(department)} · ${t("department.ownRoom")}`)),
+    );
+  else if (!state.sites.length) tree.append(el("li", { class: "tree-empty" }, t("tree.empty")));
   const liveSites = new Set(state.rooms.filter((r) => liveCount(r) > 0).map((r) => r.site_id));
   $("tree-summary").textContent = `${t("tree.sites", { n: state.sites.length })} · ${t("tree.liveSites", { n: liveSites.size })}`;
 }

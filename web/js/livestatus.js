@@ -58,6 +58,8 @@ export class LiveStatus {
   constructor(sites) {
     this.sites = sites;
     this.byId = new Map(sites.map((s) => [s.id, s]));
+    // Departments beside the sites: their presence counts under their own id.
+    this.departments = new Set(sites.flatMap((s) => (s.departments ?? []).map((d) => d.id)));
     this.seq = 0; // the last event sequence number reflected
     this.node = null; // the hub process that numbered them
     this.live = new Map(); // site id -> {connections, rooms, streams, cameras, alerts}
@@ -90,6 +92,7 @@ export class LiveStatus {
       if (this.byId.has(site.id)) continue;
       this.byId.set(site.id, site);
       this.sites.push(site);
+      for (const d of site.departments ?? []) this.departments.add(d.id);
     }
     this._rows = null;
   }
@@ -146,7 +149,7 @@ export class LiveStatus {
   _apply(event) {
     switch (event.type) {
       case "presence": {
-        if (!this.byId.has(event.site_id)) return false;
+        if (!this.byId.has(event.site_id) && !this.departments.has(event.site_id)) return false;
         this._row(event.site_id).connections = event.connections ?? {};
         return true;
       }
@@ -241,6 +244,10 @@ export class LiveStatus {
       alerts: live ? live.alerts.size : 0,
       in_session: rooms.length > 0,
       online: terminals > 0 || rooms.length > 0,
+      departments: (this.byId.get(siteId)?.departments ?? []).map((d) => {
+        const people = this.live.get(d.id)?.connections ?? {};
+        return { ...d, connections: people, online: Object.values(people).some((n) => n > 0) };
+      }),
     };
   }
 

@@ -78,6 +78,8 @@ const state = {
   soundBlocked: false,
   invite: null, // {url, expires_at}
   invitedSites: new Set(),
+  departments: new Map(), // department id -> department: beside the room's site and above, and the participants'
+  invitedDepartments: new Set(),
   speakerTimer: null,
 };
 
@@ -110,9 +112,14 @@ function reportError(err) {
 
 // -- header --------------------------------------------------------------------------
 
+/** A site's name, or a department's: a department user's home (and a participant's `site_id`) is its department. */
 function siteLabel(siteId) {
-  const site = state.sites.get(siteId) ?? state.branchSites.get(siteId);
+  const site = state.sites.get(siteId) ?? state.branchSites.get(siteId) ?? state.departments.get(siteId);
   return site ? i18n.siteName(site) : t("tile.unknownSite");
+}
+
+function learnDepartments(participants) {
+  for (const p of participants) if (p.department) state.departments.set(p.department.id, p.department);
 }
 
 function roomTitle() {
@@ -258,6 +265,7 @@ function onJoined(reply) {
 
 /** Show a room's participants and streams as a snapshot (`joined`, or `roster` after an outage) has them. */
 function syncRoom({ participants, streams }) {
+  learnDepartments(participants);
   state.participants = new Map(participants.map((p) => [p.id, p]));
   const ids = new Set(streams.map((s) => s.id));
   for (const id of state.tiles.keys()) if (!ids.has(id)) removeTile(id);
@@ -283,6 +291,7 @@ function enterRoom() {
   $("tab-invite").hidden = state.me.role === "guest";
   $("higher").hidden = !SITE_INVITER_ROLES.includes(state.me.role);
   renderHigherSites();
+  renderDepartments();
   state.speakerTimer = setInterval(updateSpeaker, SPEAKER_POLL_MS);
 }
 
@@ -478,6 +487,7 @@ function teardown() {
 // -- participants and chat ------------------------------------------------------------------
 
 function putParticipant(participant) {
+  learnDepartments([participant]);
   const before = state.participants.get(participant.id);
   state.participants.set(participant.id, participant);
   if (participant.id === state.participantId && Boolean(before?.speaker) !== Boolean(participant.speaker)) {
@@ -646,6 +656,41 @@ function renderHigherSites() {
     ),
   );
   if (!higher.length) list.append(el("li", { class: "side-empty" }, t("room.noHigher")));
+}
+
+/** Departments beside the room's site and the sites above it: an opened room may invite them (a standing room may not). */
+function renderDepartments() {
+  const offered = state.room.kind !== "standing" ? [...state.sites.values()].flatMap((s) => s.departments ?? []) : [];
+  $("departments").hidden = !offered.length;
+  $("department-list").replaceChildren(
+    ...offered.map((department) =>
+      el(
+        "li",
+        { class: "higher-site", dataset: { departmentId: department.id } },
+        el("span", { class: "level" }, t(`department.kind.${department.kind}`)),
+        el("span", { class: "name" }, i18n.siteName(department)),
+        el(
+          "button",
+          {
+            type: "button",
+            class: `button-ghost${state.invitedDepartments.has(department.id) ? " done" : ""}`,
+            onclick: () => inviteDepartment(department.id),
+          },
+          t(state.invitedDepartments.has(department.id) ? "room.invited" : "room.invite"),
+        ),
+      ),
+    ),
+  );
+}
+
+async function inviteDepartment(departmentId) {
+  try {
+    await state.events.inviteDepartment(state.roomId, departmentId);
+    state.invitedDepartments.add(departmentId);
+    renderDepartments();
+  } catch (err) {
+    reportError(socketError(err));
+  }
 }
 
 async function inviteSite(siteId) {
@@ -893,6 +938,9 @@ async function boot() {
     const [room, sites] = await Promise.all([state.client.room(state.roomId), state.client.roomSites(state.roomId)]);
     state.room = room;
     state.sites = new Map(sites.map((s) => [s.id, s]));
+    for (const department of sites.flatMap((s) => s.departments ?? [])) state.departments.set(department.id, department);
+    if (state.me.department) state.departments.set(state.me.department.id, state.me.department);
+    learnDepartments(room.participants);
     state.branchSites = new Map((await training.branchSites(state.client, room)).map((s) => [s.id, s]));
     state.participants = new Map(room.participants.map((p) => [p.id, p]));
   } catch (err) {

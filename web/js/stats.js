@@ -106,6 +106,15 @@ function render() {
   );
   const typeMax = Math.max(1, ...Object.values(s.by_type));
   $("chart-type").replaceChildren(bars(Object.entries(s.by_type).map(([k, n]) => ({ item: k, label: t(`case.type.${k}`), value: n, text: String(n) })), typeMax, "type"));
+  // Referrals by department kind: the bar is the count, the text its answers.
+  const referred = (s.by_referral || []).filter((r) => r.referrals > 0);
+  const referralMax = Math.max(1, ...referred.map((r) => r.referrals));
+  const answers = (r) => ["accepted", "declined", "pending"].map((o) => `${t(`referral.decision.${o}`)} ${r[o]}`).join(" · ");
+  $("chart-referral").replaceChildren(
+    referred.length
+      ? bars(referred.map((r) => ({ item: r.kind, label: t(`department.kind.${r.kind}`), value: r.referrals, text: `${r.referrals} (${answers(r)})` })), referralMax, "referral")
+      : el("p", { class: "rec-empty" }, t("stats.noReferrals")),
+  );
   const training = s.training || [];
   const minutesMax = Math.max(1, ...training.map((r) => r.minutes));
   $("chart-training").replaceChildren(

@@ -93,7 +93,8 @@ function renderTopbar() {
   const nav = document.getElementById("nav");
   nav.hidden = true;
   if (!me) return;
-  const site = me.role !== "guest" && me.site ? i18n.siteName(me.site) : "";
+  const home = me.department ?? me.site; // a department user's home is its department
+  const site = me.role !== "guest" && home ? i18n.siteName(home) : "";
   user.textContent = [bar.name ?? me.name, t(`user.role.${me.role}`), site].filter(Boolean).join(" · ");
   // A token bound to one room (a terminal's or guest's link) leads nowhere else.
   const links = me.room ? [] : NAV.filter((n) => n.page !== bar.page && (!n.roles || n.roles.includes(me.role)));
