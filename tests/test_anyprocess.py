@@ -18,6 +18,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from client import bot
+from hub.core.livestate import ActFailed, NodeUnreachable, RedisLiveState
+from hub.core.rooms import NotFound
 
 from .conftest import HubProcess, free_port, start_hub, wait_until
 from .recording_helpers import auth, decoded_seconds, set_recording
@@ -289,3 +291,43 @@ async def test_removing_a_camera_through_another_process_stops_its_pull_at_once(
             assert r.status == 204, await r.text()
         # The holder let it go before p2 answered, not at its next round (a third of the lease later).
         assert await redis.get(lease_key) is None
+
+
+async def test_acts_over_redis_answer_fail_and_time_out(redis_url: str):
+    """The act channel itself: a result, an owner's failure told as such, an
+    owner that takes the act but never answers, and one not running."""
+    asker, owner = RedisLiveState(redis_url, "asker", 5), RedisLiveState(redis_url, "owner", 5)
+    stuck = asyncio.Event()
+
+    async def double(args: dict[str, Any]) -> dict[str, Any]:
+        return {"twice": args["n"] * 2}
+
+    async def missing(_: dict[str, Any]) -> dict[str, Any]:
+        raise NotFound("no such thing")
+
+    async def hang(_: dict[str, Any]) -> dict[str, Any]:
+        await stuck.wait()
+        return {}
+
+    owner.acts.update({"double": double, "missing": missing, "hang": hang})
+    await asker.start()
+    await owner.start()
+    try:
+        assert await asker.ask("owner", "double", {"n": 21}) == {"twice": 42}
+        with pytest.raises(ActFailed) as failed:
+            await asker.ask("owner", "missing", {})
+        assert (failed.value.kind, failed.value.detail) == ("NotFound", "no such thing")
+        with pytest.raises(ActFailed, match="no act 'nothing'"):
+            await asker.ask("owner", "nothing", {})
+        with pytest.raises(NodeUnreachable, match="within 0.5 s"):
+            await asker.ask("owner", "hang", {}, timeout=0.5)
+        async with asyncio.timeout(2):  # known at once, not after a timeout
+            with pytest.raises(NodeUnreachable, match="not running"):
+                await asker.ask("gone", "double", {"n": 1})
+        # A process asking itself does the act in place (no Redis round trip).
+        asker.acts["double"] = double
+        assert await asker.ask("asker", "double", {"n": 2}) == {"twice": 4}
+    finally:
+        stuck.set()
+        await owner.close()
+        await asker.close()
