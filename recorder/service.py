@@ -123,8 +123,14 @@ class Recorder:
         return {"recording": await self._stop(room_id)}
 
     async def _restore(self) -> None:
+        """After an outage: the rooms this process records are marked so
+        again, and a mark of one it stopped meanwhile is removed."""
+        state = self.rooms.state
+        for room_id, holder in (await state.records("recording")).items():
+            if holder["node"] == self.rooms.node_id and room_id not in self.sessions:
+                await state.delete_record("recording", room_id)
         for room_id, session in tuple(self.sessions.items()):
-            await self.rooms.state.put_record("recording", room_id, self._record(session))
+            await state.put_record("recording", room_id, self._record(session))
 
     def _record(self, session: RecordingSession) -> dict[str, Any]:
         return {"node": self.rooms.node_id, "recording": session.summary()}
@@ -171,7 +177,7 @@ class Recorder:
     async def _stop(self, room_id: str) -> dict[str, Any]:
         session = self.sessions.pop(room_id)
         summary = await session.stop()
-        with contextlib.suppress(Unavailable):  # with Redis down the record goes with this process's heartbeat
+        with contextlib.suppress(Unavailable):  # with Redis down, _restore removes it when Redis is back
             await self.rooms.state.delete_record("recording", room_id)
         log.info("recording %s of room %s stopped", session.id, room_id)
         await self.rooms.state.emit({"type": "recording-stopped", "room_id": room_id, "recording": summary})

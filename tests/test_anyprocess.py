@@ -231,14 +231,19 @@ async def test_a_recorded_stream_whose_host_dies_ends_cleanly(cluster, redis_url
         video = bot.SyntheticVideo("vp8", 320, 240, 30)
         publisher = await bot.publish(http, doomed.url, token, room, [video])
         started = await set_recording(http, p3, token, room, True)
-        await asyncio.sleep(3)  # a few segments
+        folder = p3.data / "recordings" / started["recording"]["id"]
+
+        def segments() -> int:
+            streams = json.loads((folder / "manifest.json").read_text())["streams"]
+            return len(streams[0]["segments"]) if streams else 0
+
+        await wait_until(lambda: segments() >= 2, timeout=30)  # a finished segment or two, then the death
         doomed.proc.kill()
         doomed.proc.wait(5)
         # Swept within the node TTL: the recording's pull of it ends.
         await counts_become(http, p3, timeout=3 * NODE_TTL + 10, relays=0)
         stopped = await set_recording(http, p1, token, room, False)
         assert stopped["recording"]["status"] == "complete"
-        folder = p3.data / "recordings" / started["recording"]["id"]
         manifest = json.loads((folder / "manifest.json").read_text())
         [entry] = manifest["streams"]
         assert entry["id"] == publisher.resource_id and len(entry["segments"]) >= 2
