@@ -21,7 +21,7 @@ from client import bot
 from hub.core.livestate import ActFailed, NodeUnreachable, RedisLiveState
 from hub.core.rooms import NotFound
 
-from .conftest import HubProcess, free_port, start_hub, wait_until
+from .conftest import EventSocket, HubProcess, free_port, start_hub, wait_until
 from .recording_helpers import auth, decoded_seconds, set_recording
 
 CLUSTER_SECRET = secrets.token_urlsafe(32)
@@ -171,6 +171,40 @@ async def test_close_room_through_another_process_ends_its_streams_on_their_host
             assert r.status == 404
     finally:
         await publisher.pc.close()
+
+
+async def test_back_to_watching_through_another_process_ends_the_stream_before_answering(cluster, http):
+    p1, p2, _ = cluster
+    trainer = p1.sign("trainer-any8", "delingha", "trainer")
+    stranger = p1.sign("trainer-any8b", "golmud", "trainer")  # another county's trainer
+    attendee = p1.sign("trainee-any8", "hedong", "terminal")
+    training = {"title": "Flood drill", "branch": "delingha"}
+    async with http.post(f"{p1.url}/api/trainings", json=training, headers=auth(trainer)) as r:
+        assert r.status == 201, await r.text()
+        room_id = (await r.json())["room_id"]
+    sock = await EventSocket.open(http, p2, attendee)
+    speaker = None
+    try:
+        await sock.ws.send_json({"type": "join", "room": room_id})
+        pid = (await sock.wait_for("joined"))["participant"]["id"]
+        speakers = f"/api/trainings/{room_id}/speakers"
+        async with http.post(p1.url + speakers, json={"participant_id": pid}, headers=auth(trainer)) as r:
+            assert r.status == 200, await r.text()
+        video = bot.SyntheticVideo("vp8", 160, 120, 15)
+        speaker = await bot.publish(http, p2.url, attendee, room_id, [video], participant=pid)
+        await connected(speaker)
+        answers = {await refused(http, "DELETE", f"{h.url}{speakers}/{pid}", stranger) for h in (p1, p2)}
+        assert len(answers) == 1 and answers.pop()[0] == 403
+        assert (await health(http, p2))["streams"] == 1
+        async with http.delete(f"{p1.url}{speakers}/{pid}", headers=auth(trainer)) as r:
+            assert r.status == 200, await r.text()
+        # Done by p2 before p1 answered: nothing left to wait for.
+        assert (await health(http, p2))["streams"] == 0
+        await wait_until(lambda: speaker.pc.connectionState == "closed", timeout=10)
+    finally:
+        if speaker is not None:
+            await speaker.pc.close()
+        await sock.close()
 
 
 def stream_frames(folder, entry: dict[str, Any]) -> int:
