@@ -13,7 +13,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 from pydantic import ValidationError
 
 from hub.core.access import Forbidden
-from hub.core.livestate import PROBE_SECONDS, Unavailable
+from hub.core.livestate import PROBE_SECONDS, ActFailed, Unavailable
 from hub.core.quotas import QuotaExceeded
 from hub.core.rooms import Elsewhere, NotFound
 from hub.core.tokens import TokenError
@@ -112,6 +112,8 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
         return problem_response(404, "Not Found", str(exc), path)
     except RelayError as exc:  # the stream's host (or upstream hub) did not give it to this process
         return problem_response(502, "Bad Gateway", str(exc), path)
+    except ActFailed as exc:  # the hub process owning the thing failed the act asked of it
+        return problem_response(502, "Bad Gateway", f"the owning hub process failed: {exc.detail}", path)
     except QuotaExceeded as exc:
         retry = {"Retry-After": str(exc.retry_after)}
         return problem_response(429, "Too Many Requests", str(exc), path, retry)

@@ -25,7 +25,7 @@ from hub.core.cluster import Cluster
 from hub.core.lag import LagProbe
 from hub.core.livestate import LiveState, Unavailable, open_live_state
 from hub.core.quotas import Limits
-from hub.core.rooms import Rooms
+from hub.core.rooms import Rooms, session_prefix
 from hub.core.sites import SiteTree, load_sites_file
 from hub.core.store import Database, SiteStore, open_database, redact_url
 from hub.core.tokens import Claims, issue
@@ -93,6 +93,7 @@ async def build(settings: Settings) -> Hub:
         settings.ice_servers,
         settings.session_connect_seconds,
         settings.relay_linger_seconds,
+        session_prefix(node_id),
     )
     limits = Limits(
         whip_per_user=settings.whip_sessions_per_user,

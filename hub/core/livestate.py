@@ -47,6 +47,31 @@ class Unavailable(Exception):
     may be retried later (HTTP 503); media already flowing is not affected."""
 
 
+#: Seconds an act asked of another hub process may take before the asker
+#: gives up (below the Redis connection's 5 s read timeout, which BLPOP holds).
+ASK_SECONDS = 4.0
+
+
+class NodeUnreachable(Unavailable):
+    """The hub process that owns a stream, subscription or recording did not
+    take or answer the act asked of it (HTTP 503, like a Redis outage)."""
+
+
+class ActFailed(Exception):
+    """The owning hub process refused or failed an act: `kind` names its
+    exception (e.g. "NotFound"), `detail` its message."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+
+#: What this process does when another one asks it an act: arguments in, a
+#: JSON-able result out; an exception goes back to the asker as ActFailed.
+Act = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
 #: A step that writes back what this process hosts (its participants, streams,
 #: presence records, camera leases ...) after shared live state lost them.
 Restorer = Callable[[], Awaitable[None]]
@@ -73,6 +98,8 @@ class LiveState(ABC):
         self.closed = False
         #: Run, in order, when shared live state is back after an outage or lost this process's records.
         self.restorers: list[Restorer] = []
+        #: Act name -> how this process does it when another one asks (`ask`).
+        self.acts: dict[str, Act] = {}
 
     @property
     def available(self) -> bool:
@@ -90,6 +117,23 @@ class LiveState(ABC):
     @abstractmethod
     async def live_nodes(self) -> set[str]:
         """Ids of the hub processes that are running now."""
+
+    @abstractmethod
+    async def ask(self, node: str, act: str, args: dict[str, Any], timeout: float = ASK_SECONDS) -> dict[str, Any]:
+        """Have hub process `node` do `act` (one of its `acts`) and return its
+        result; raises NodeUnreachable (no answer within `timeout`) or ActFailed."""
+
+    async def _do(self, act: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Run an act asked of this process, its failure told as ActFailed."""
+        handler = self.acts.get(act)
+        if handler is None:
+            raise ActFailed("ValueError", f"no act {act!r} on this hub process")
+        try:
+            return await handler(args)
+        except ActFailed:
+            raise
+        except Exception as exc:
+            raise ActFailed(type(exc).__name__, str(exc)) from exc
 
     async def close(self) -> None:
         self.closed = True
@@ -246,6 +290,11 @@ class MemoryLiveState(LiveState):
     async def live_nodes(self) -> set[str]:
         return {self.node_id}
 
+    async def ask(self, node: str, act: str, args: dict[str, Any], timeout: float = ASK_SECONDS) -> dict[str, Any]:
+        if node != self.node_id:
+            raise NodeUnreachable(f"hub process {node} is not this one, and in-memory live state knows no other")
+        return await self._do(act, args)
+
     async def check(self) -> None:
         """In-process state is always there."""
 
@@ -366,9 +415,13 @@ class RedisLiveState(LiveState):
     """Keys: hub:rooms (hash), hub:participants:<room> (hash), hub:active
     (set of rooms with participants), hub:streams (hash), hub:node:<id>
     (expiring heartbeat of each running process), hub:rec:<kind>:<key>
-    (named records) indexed by the set hub:rec:<kind>, channel hub:events."""
+    (named records) indexed by the set hub:rec:<kind>, channel hub:events;
+    acts asked of a process on channel hub:acts:<id>, each answered by
+    RPUSH to its own short-lived list hub:reply:<random>."""
 
     CHANNEL = "hub:events"
+    #: Seconds an unread answer to an act stays in Redis (its asker gave up).
+    REPLY_TTL = 30
 
     def __init__(self, url: str, node_id: str, node_ttl: float) -> None:
         super().__init__()
@@ -381,6 +434,7 @@ class RedisLiveState(LiveState):
         )
         # Pub/sub blocks reading for as long as no event comes: no read timeout on its connection.
         self._pubsub_redis = aioredis.from_url(url, decode_responses=True, retry=retry, socket_connect_timeout=2)
+        self.node_id = node_id
         self._node_key = f"hub:node:{node_id}"
         self._node_ttl = node_ttl
         self._tasks: list[asyncio.Task[None]] = []
@@ -388,6 +442,9 @@ class RedisLiveState(LiveState):
         self._up = True
         #: This process's run, as the value of its heartbeat key (for whoever inspects Redis).
         self._epoch = secrets.token_hex(4)
+        self._acts_channel = f"hub:acts:{node_id}"
+        #: Acts being done for other processes (kept referenced until done).
+        self._doing: set[asyncio.Task[None]] = set()
 
     @property
     def available(self) -> bool:
@@ -399,7 +456,7 @@ class RedisLiveState(LiveState):
         await self._subscribed.wait()
 
     async def close(self) -> None:
-        await cancel_and_wait(*self._tasks)
+        await cancel_and_wait(*self._tasks, *self._doing)
         with contextlib.suppress(aioredis.RedisError, OSError):
             await self._redis.delete(self._node_key)
         await self._redis.aclose()
@@ -470,11 +527,18 @@ class RedisLiveState(LiveState):
         while True:
             try:
                 async with self._pubsub_redis.pubsub() as pubsub:
-                    await pubsub.subscribe(self.CHANNEL)
+                    await pubsub.subscribe(self.CHANNEL, self._acts_channel)
                     self._subscribed.set()
                     delay = 0.25
                     async for message in pubsub.listen():
-                        if message["type"] == "message":
+                        if message["type"] != "message":
+                            continue
+                        if message["channel"] == self._acts_channel:
+                            # Off the event path: an act may take seconds (a recording's last segment).
+                            task = asyncio.create_task(self._answer(json.loads(message["data"])))
+                            self._doing.add(task)
+                            task.add_done_callback(self._doing.discard)
+                        else:
                             self._deliver(json.loads(message["data"]))
             except (*REDIS_DOWN, aioredis.RedisError) as exc:
                 self._subscribed.clear()
@@ -612,6 +676,40 @@ class RedisLiveState(LiveState):
     @_shared
     async def emit(self, event: Event) -> None:
         await self._redis.publish(self.CHANNEL, json.dumps(event))
+
+    async def ask(self, node: str, act: str, args: dict[str, Any], timeout: float = ASK_SECONDS) -> dict[str, Any]:
+        if node == self.node_id:
+            return await self._do(act, args)
+        reply = await self._request(node, act, args, timeout)
+        if "error" in reply:
+            raise ActFailed(reply["error"], reply["detail"])
+        return dict(reply["result"])
+
+    @_shared
+    async def _request(self, node: str, act: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+        reply_key = f"hub:reply:{secrets.token_hex(8)}"
+        request = json.dumps({"act": act, "args": args, "reply": reply_key})
+        # PUBLISH counts the subscribers: none means the process is gone (its
+        # subscription ends with its connection), so the asker knows at once.
+        if not await self._redis.publish(f"hub:acts:{node}", request):
+            raise NodeUnreachable(f"hub process {node} is not running (or cut off from shared live state)")
+        answered = await self._redis.blpop([reply_key], timeout=timeout)
+        if answered is None:
+            raise NodeUnreachable(f"hub process {node} did not do {act!r} within {timeout:g} s")
+        return dict(json.loads(answered[1]))
+
+    async def _answer(self, request: dict[str, Any]) -> None:
+        try:
+            reply: dict[str, Any] = {"result": await self._do(str(request["act"]), dict(request["args"]))}
+        except ActFailed as exc:
+            reply = {"error": exc.kind, "detail": exc.detail}
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.rpush(request["reply"], json.dumps(reply))
+                pipe.expire(request["reply"], self.REPLY_TTL)
+                await pipe.execute()
+        except REDIS_DOWN as exc:  # the asker times out: its 503 says why
+            self._lost(exc)
 
 
 def _expired(expires: float | None, now: float) -> bool:

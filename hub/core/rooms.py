@@ -20,13 +20,14 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from hub.core.access import Forbidden, can_enter_room, can_reach_site
 from hub.core.cluster import Cluster
-from hub.core.livestate import LiveState, Unavailable
+from hub.core.livestate import ActFailed, LiveState, NodeUnreachable, Unavailable
 from hub.core.quotas import Limits, QuotaExceeded
 from hub.core.records import Event, Participant, Room, RoomDetail, RoomSummary, Stream
 from hub.core.sites import Site, SiteTree, standing_room_id
 from hub.core.tokens import NODE_ROLE, Claims
 from hub.media.forward import Sink, Track
 from hub.media.ingest import Feeder
+from hub.media.relay import RelayError
 from hub.media.router import Router
 
 ROOM_KINDS = ("standing", "mediation", "training", "call", "conference")
@@ -69,6 +70,17 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(6)}"
 
 
+def session_prefix(node_id: str) -> str:
+    """What a subscription id made by hub process `node_id` starts with (Router's session_prefix)."""
+    return f"{node_id}."
+
+
+def node_of_session(subscription_id: str) -> str | None:
+    """The hub process that made a subscription id (None: not one a hub made)."""
+    node, dot, _ = subscription_id.partition(".")
+    return node if dot and node else None
+
+
 class Rooms:
     def __init__(
         self,
@@ -105,6 +117,46 @@ class Rooms:
         self.publish_guards: dict[str, PublishGuard] = {}
         router.on_stream_ended = self._stream_ended
         state.restorers.append(self.restore)
+        state.acts.update({"end-stream": self._act_end_stream, "view": self._act_view, "end-view": self._act_end_view})
+
+    # -- acts: what another process asks of this one ---------------------------
+    # The asking process has decided (who asks, jurisdiction); the owner does it.
+
+    async def ask(self, node: str, act: str, **args: Any) -> dict[str, Any]:
+        """Have hub process `node` (this one, or another through live state)
+        do `act`; its NotFound, Forbidden and ValueError come back as such."""
+        try:
+            return await self.state.ask(node, act, args)
+        except ActFailed as exc:
+            known: dict[str, type[Exception]] = {"NotFound": NotFound, "Forbidden": Forbidden, "ValueError": ValueError}
+            if exc.kind in known:
+                raise known[exc.kind](exc.detail) from None
+            raise
+
+    async def _act_end_stream(self, args: dict[str, Any]) -> dict[str, Any]:
+        stream_id = str(args["stream_id"])
+        if stream_id not in self._hosted:
+            raise NotFound(f"stream {stream_id} has ended")
+        await self.unpublish_stream(stream_id)
+        return {}
+
+    async def _act_view(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Who holds a subscription here, and to which stream of which room."""
+        subscription_id = str(args["subscription_id"])
+        subscription = self._router.subscription(subscription_id)
+        if subscription is None:
+            raise NotFound(f"no subscription {subscription_id}")
+        # Its stream's record is at hand (hosted or relayed here), also while Redis is down.
+        hosted = self._hosted.get(subscription.stream_id)
+        stream = hosted.stream if hosted is not None else self._relayed.get(subscription.stream_id)
+        if stream is None:
+            raise NotFound(f"stream {subscription.stream_id} has ended")
+        return {"stream_id": subscription.stream_id, "user": subscription.user, "room_id": stream["room_id"]}
+
+    async def _act_end_view(self, args: dict[str, Any]) -> dict[str, Any]:
+        if not await self._router.end_view(str(args["subscription_id"])):
+            raise NotFound(f"no subscription {args['subscription_id']}")
+        return {}
 
     # -- rooms ---------------------------------------------------------------
 
@@ -209,9 +261,12 @@ class Rooms:
         if await self.state.delete_room(room_id) is None:
             return False
         for stream in await self.state.streams(room_id):
-            if stream["id"] in self._hosted:
-                await self.unpublish_stream(stream["id"])  # emits stream-removed
-            elif await self.state.remove_stream(stream["id"]):
+            try:  # its host ends the media and says stream-removed
+                await self.ask(stream["node"], "end-stream", stream_id=stream["id"])
+                continue
+            except (NodeUnreachable, NotFound, ActFailed) as exc:
+                log.info("closing room %s: stream %s not ended by its host (%s)", room_id, stream["id"], exc)
+            if await self.state.remove_stream(stream["id"]):
                 await self.state.emit({"type": "stream-removed", "room_id": room_id, "stream_id": stream["id"]})
         for participant in await self.state.participants(room_id):
             self._members.pop(participant["id"], None)
@@ -508,13 +563,16 @@ class Rooms:
         return str((await self._room(stream["room_id"]))["site_id"])
 
     async def unpublish(self, claims: Claims, room_id: str, stream_id: str) -> None:
+        """End a stream (WHIP DELETE) wherever it is hosted: decided here, done by its host."""
+        # A stream hosted here is ended from its own record, also while Redis is down.
         hosted = self._hosted.get(stream_id)
-        if hosted is None or hosted.stream["room_id"] != room_id:
-            raise NotFound(f"no stream {stream_id} in room {room_id} on this hub")
+        stream = hosted.stream if hosted is not None else await self.state.get_stream(stream_id)
+        if stream is None or stream["room_id"] != room_id:
+            raise NotFound(f"no stream {stream_id} in room {room_id}")
         await self.room(claims, room_id)
-        if hosted.stream["user"] != claims.user and claims.role not in ("operator", "admin"):
+        if stream["user"] != claims.user and claims.role not in ("operator", "admin"):
             raise Forbidden("only its publisher or an operator may end a stream")
-        await self.unpublish_stream(stream_id)
+        await self.ask(stream["node"], "end-stream", stream_id=stream_id)
 
     async def unpublish_stream(self, stream_id: str) -> None:
         if stream_id in self._hosted:
@@ -552,6 +610,24 @@ class Rooms:
 
     def unsubscribe(self, stream_id: str, kind: str, sink: Sink) -> None:
         self._router.unsubscribe(stream_id, kind, sink)
+
+    async def pulled_tracks(self, stream: Stream) -> dict[str, Track]:
+        """The tracks of a stream another process hosts, pulled here (a relay,
+        shared with this process's viewers) for a sink that must take every
+        stream of a room (the recorder); empty when it cannot be pulled. The
+        relay ends after the linger once no viewer and no sink holds it."""
+        if self.cluster is None or stream["node"] == self.node_id:
+            return {}
+        cluster = self.cluster
+        try:
+            await self._router.pull(stream["id"], list(stream["tracks"]), lambda: cluster.upstream(stream))
+        except RelayError as exc:
+            log.warning("stream %s could not be pulled here: %s", stream["id"], exc)
+            return {}
+        if not self._router.relays(stream["id"]):
+            return {}
+        self._relayed[stream["id"]] = stream
+        return self._router.tracks(stream["id"], relayed=True)
 
     def media_counts(self) -> dict[str, int]:
         """Streams and subscriptions hosted by this process."""
@@ -637,17 +713,24 @@ class Rooms:
                     del self._admitting[key]
 
     async def end_view(self, claims: Claims, stream_id: str, subscription_id: str) -> None:
-        subscription = self._router.subscription(subscription_id)
-        if subscription is None or subscription.stream_id != stream_id:
+        """End a subscription (WHEP DELETE) wherever it is held: its id names
+        the process (Router's session prefix), which tells who holds it; the
+        decision is made here, the holder ends it."""
+        node = self.node_id if self._router.subscription(subscription_id) else node_of_session(subscription_id)
+        if node is None:
             raise NotFound(f"no subscription {subscription_id} to stream {stream_id}")
-        # A subscription is to a stream hosted here: its record is at hand, also while Redis is down.
-        hosted = self._hosted.get(stream_id)
-        if hosted is None:
-            raise NotFound(f"stream {stream_id} has ended")
-        await self.room(claims, hosted.stream["room_id"])
-        if subscription.user != claims.user and claims.role not in ("operator", "admin"):
+        try:
+            held = await self.ask(node, "view", subscription_id=subscription_id)
+        except NodeUnreachable:
+            if node in await self.state.live_nodes():
+                raise
+            raise NotFound(f"no subscription {subscription_id}: its hub process has stopped") from None
+        if held["stream_id"] != stream_id:
+            raise NotFound(f"no subscription {subscription_id} to stream {stream_id}")
+        await self.room(claims, held["room_id"])
+        if held["user"] != claims.user and claims.role not in ("operator", "admin"):
             raise Forbidden("only its viewer or an operator may end a subscription")
-        await self._router.end_view(subscription_id)
+        await self.ask(node, "end-view", subscription_id=subscription_id)
 
     async def sweep(self) -> int:
         """Remove participants and streams of hub processes that died

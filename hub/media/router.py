@@ -86,6 +86,12 @@ class Producer:
     linger: asyncio.TimerHandle | None = None
     #: Viewers' offers being answered: a relay does not end under them.
     answering: int = 0
+    #: Sinks attached through `subscribe` (a recorder): a relay does not end under them either.
+    sinks: set[Sink] = field(default_factory=set)
+
+    def idle(self) -> bool:
+        """A relay nobody here needs: it ends after the linger."""
+        return not self.answering and not self.consumers and not self.sinks
 
     def media(self) -> StreamMedia:
         codecs = {kind: s.codec.mimeType for kind, s in self.sources.items() if s.codec}
@@ -155,6 +161,7 @@ class Router:
         ice_servers: list[str],
         connect_timeout: float,
         relay_linger: float = 5.0,
+        session_prefix: str = "",
     ) -> None:
         door.install()  # before any peer connection opens a socket
         self._configuration = RTCConfiguration(iceServers=[RTCIceServer(url) for url in ice_servers])
@@ -168,6 +175,8 @@ class Router:
         self._expiring: set[asyncio.Task[object]] = set()
         #: Seconds a relay stays after its last local viewer left.
         self._relay_linger = relay_linger
+        #: Starts every subscription id made here: tells any hub process which one holds it.
+        self._session_prefix = session_prefix
         #: Stream id -> the pull being set up: concurrent viewers wait on the one.
         self._pulls: dict[str, asyncio.Future[None]] = {}
         #: Called with a stream's id when its media ends for any reason (DELETE, ICE failure, close).
@@ -205,27 +214,40 @@ class Router:
         return [SubscriptionMedia(c.id, c.producer.id, c.user) for c in self._consumers.values()]
 
     # -- the stream interface: local subscribers of a track --------------------
-    # Only of streams hosted here: the recorder and the snapshot taker of the
-    # hosting process serve the whole cluster, so a relay never feeds them.
+    # The snapshot taker of the hosting process serves the whole cluster, so it
+    # asks for hosted tracks only; a recorder takes a relay's tracks too (a room
+    # recorded on one process whose publishers are on several).
 
-    def tracks(self, stream_id: str) -> dict[str, Track]:
-        """A stream's tracks by kind; empty when it is not hosted here."""
-        producer = self._hosted(stream_id)
+    def tracks(self, stream_id: str, relayed: bool = False) -> dict[str, Track]:
+        """A stream's tracks by kind; empty when it is not hosted here (nor, if
+        `relayed`, relayed here)."""
+        producer = self._producers.get(stream_id) if relayed else self._hosted(stream_id)
         return dict(producer.sources) if producer is not None else {}
 
     def subscribe(self, stream_id: str, kind: str, sink: Sink) -> Track | None:
-        """Attach a sink to a track of a stream hosted here (None: no such track)."""
-        producer = self._hosted(stream_id)
+        """Attach a sink to a track of a stream hosted or relayed here (None:
+        no such track); a relay stays while a sink is attached."""
+        producer = self._producers.get(stream_id)
         source = producer.sources.get(kind) if producer is not None else None
-        if source is not None:
-            source.sinks.add(sink)
+        if producer is None or source is None:
+            return None
+        source.sinks.add(sink)
+        producer.sinks.add(sink)
+        if producer.linger is not None:
+            producer.linger.cancel()
+            producer.linger = None
         return source
 
     def unsubscribe(self, stream_id: str, kind: str, sink: Sink) -> None:
-        producer = self._hosted(stream_id)
+        producer = self._producers.get(stream_id)
         source = producer.sources.get(kind) if producer is not None else None
-        if source is not None:
-            source.sinks.discard(sink)
+        if producer is None or source is None:
+            return
+        source.sinks.discard(sink)
+        if not any(sink in s.sinks for s in producer.sources.values()):
+            producer.sinks.discard(sink)
+        if producer.upstream is not None and producer.idle():
+            self._linger(producer)
 
     # -- publishing and viewing ------------------------------------------------
 
@@ -302,7 +324,7 @@ class Router:
     def _end_idle(self, producer: Producer) -> None:
         producer.linger = None
         # An offer being answered re-arms the linger when it is done, if it adds no viewer.
-        if not producer.answering and not producer.consumers and self._producers.get(producer.id) is producer:
+        if producer.idle() and self._producers.get(producer.id) is producer:
             task = asyncio.ensure_future(self.end_stream(producer.id))
             self._expiring.add(task)
             task.add_done_callback(self._expiring.discard)
@@ -339,9 +361,10 @@ class Router:
             raise
         finally:
             producer.answering -= 1
-            if producer.upstream is not None and not producer.consumers and self._producers.get(stream_id) is producer:
+            if producer.upstream is not None and producer.idle() and self._producers.get(stream_id) is producer:
                 self._linger(producer)  # cancelled below if this viewer is added
-        consumer = Consumer(id=secrets.token_urlsafe(9), producer=producer, pc=pc, sinks=sinks, user=user)
+        consumer_id = self._session_prefix + secrets.token_urlsafe(9)
+        consumer = Consumer(id=consumer_id, producer=producer, pc=pc, sinks=sinks, user=user)
         if self._producers.get(stream_id) is not producer:  # it ended while the offer was answered
             await pc.close()
             raise StreamEnded(f"stream {stream_id} has ended")
@@ -400,7 +423,7 @@ class Router:
         producer.consumers.discard(consumer)
         for sink in consumer.sinks.values():
             sink.close()
-        if producer.upstream is not None and not producer.consumers and self._producers.get(producer.id) is producer:
+        if producer.upstream is not None and producer.idle() and self._producers.get(producer.id) is producer:
             self._linger(producer)
         await consumer.pc.close()
         if self.on_view_ended is not None:

@@ -34,7 +34,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from hub.config import Settings
 from hub.core.access import Forbidden, can_reach_site, require_site
-from hub.core.livestate import Record, Unavailable
+from hub.core.livestate import NodeUnreachable, Record, Unavailable
 from hub.core.rooms import NotFound, Rooms
 from hub.core.sites import SiteTree, standing_room_id
 from hub.core.store import Database, Migrations, Tables
@@ -311,6 +311,7 @@ class Cameras:
         self._reconcile_lock = asyncio.Lock()
         # Leases and statuses are renewed by reconcile: after an outage, at once.
         rooms.state.restorers.append(self.reconcile)
+        rooms.state.acts["cameras-reconcile"] = self._act_reconcile
 
     @property
     def tree(self) -> SiteTree:
@@ -362,8 +363,13 @@ class Cameras:
     async def remove(self, claims: Claims, camera_id: str) -> None:
         camera = await self._reachable(claims, camera_id)
         self._check_manager(claims, camera["site_id"])
+        lease = await self.rooms.state.get_record("camera-lease", camera_id)
         await self.store.delete(camera_id)
-        await self.reconcile()  # stops pulling it here; another process holding it stops at its next round
+        # The lease holder stops pulling it now, whichever process was asked (not at its next round).
+        try:
+            await self.rooms.ask(lease["node"] if lease else self.rooms.node_id, "cameras-reconcile")
+        except NodeUnreachable as exc:  # a dead holder's lease expires, and no one takes a removed camera
+            log.info("camera %s removed; its lease holder did not answer: %s", camera_id, exc)
         await self.rooms.state.delete_record("camera", camera_id)
         await self._announce(self._status_record(camera, "removed", "", None))
 
@@ -406,6 +412,10 @@ class Cameras:
                 pass  # the pulls go on; the leases are renewed when shared live state is back (a restorer)
             except Exception:  # keep going; Redis may come back
                 log.exception("camera reconcile failed")
+
+    async def _act_reconcile(self, _: dict[str, Any]) -> dict[str, Any]:
+        await self.reconcile()
+        return {}
 
     async def reconcile(self) -> None:
         """Pull the registered cameras whose lease this process holds or

@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from hub.core.access import Forbidden, can_reach_site, room_bound
-from hub.core.livestate import EventFollower, Record
+from hub.core.livestate import EventFollower, NodeUnreachable, Record
 from hub.core.records import Event, Participant, Room
 from hub.core.rooms import NotFound, Rooms
 from hub.core.store import Database, DatabaseError, Migrations, Tables, quoted
@@ -313,6 +313,10 @@ class Trainings:
         training["ended_at"] = now
         await self.rooms.update_room(room_id, {"ended_at": now, "admit": []})
         await self.rooms.state.emit({"type": "training-ended", "room_id": room_id, "training": training})
+        try:
+            await self._end_streams(room_id, None)
+        except NodeUnreachable as exc:  # it has ended: a dead host's streams are swept with it
+            log.warning("training %s ended; a stream's host did not answer: %s", room_id, exc)
         for participant in await self.rooms.state.participants(room_id):
             await self.rooms.leave(room_id, participant["id"])
         return training
@@ -345,10 +349,13 @@ class Trainings:
         return await self.rooms.update_participant(room_id, participant_id, {"speaker": True, "hand": False})
 
     async def demote(self, claims: Claims, room_id: str, participant_id: str) -> Record:
-        """Return a speaker to watching; every hub process ends the streams it
-        hosts for them when it sees the participant-updated event."""
+        """Return a speaker to watching: their streams end on whichever hub
+        processes host them before this answers (503 if one does not answer;
+        asking again finishes it)."""
         await self._trainer_room(claims, room_id)
-        return await self.rooms.update_participant(room_id, participant_id, {"speaker": False})
+        participant = await self.rooms.update_participant(room_id, participant_id, {"speaker": False})
+        await self._end_streams(room_id, participant_id)
+        return participant
 
     def _may_publish(self, claims: Claims, room: Room, participant: Participant | None) -> None:
         """Rooms.publish guard of training rooms."""
@@ -383,16 +390,21 @@ class Trainings:
                 await self.book.joined(participant, self.rooms.node_id)
         elif kind == "participant-left":
             await self.book.left(room_id, event["participant_id"], time.time())
-        elif kind == "participant-updated" and event["participant"].get("speaker") is False:
-            await self._end_streams(room_id, event["participant"]["id"])
-        elif kind == "training-ended":
-            await self._end_streams(room_id, None)
 
     async def _end_streams(self, room_id: str, participant_id: str | None) -> None:
-        """End the streams this process hosts in a room: of one participant, or all."""
+        """End a room's streams (of one participant, or all) through the
+        processes hosting them; NodeUnreachable once every other was tried."""
+        unanswered: NodeUnreachable | None = None
         for stream in await self.rooms.state.streams(room_id):
             if participant_id is None or stream["participant_id"] == participant_id:
-                await self.rooms.unpublish_stream(stream["id"])
+                try:
+                    await self.rooms.ask(stream["node"], "end-stream", stream_id=stream["id"])
+                except NotFound:
+                    pass  # it ended meanwhile
+                except NodeUnreachable as exc:
+                    unanswered = exc
+        if unanswered is not None:
+            raise unanswered
 
     async def _heartbeat(self) -> None:
         while True:
