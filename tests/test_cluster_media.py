@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -63,28 +64,26 @@ async def streams_of(http: aiohttp.ClientSession, hub: HubProcess, token: str, r
         return list((await r.json())["streams"])
 
 
-def keys_between(log: bot.TrackLog, start: float, end: float) -> list[bytes]:
-    return [f.key for f in log.frames if start <= f.received_at <= end]
-
-
-def same_frames(direct: bot.TrackLog, relayed: bot.TrackLog) -> tuple[float, float]:
+def same_frames(direct: bot.TrackLog, relayed: bot.TrackLog) -> tuple[float, float, bool]:
     """(share of the relayed viewer's frames the host's own viewer also got,
-    share of the host viewer's frames over the relayed one's span that it got).
+    share of the host viewer's frames from the relayed one's first to its last
+    that the relayed one got too, whether they came in the same order).
 
     A viewer on the hosting process gets the packets exactly as the host
     received them (what test_forwarding proves), so its frames are the
-    publisher's; the relayed viewer must have those, and only those."""
+    publisher's; the relayed viewer must have those, and only those. The span
+    is found by content, not by clock (on a busy machine a hop may lag), from
+    the frames that occur once (a fake microphone's beeps repeat)."""
     assert relayed.frames and direct.frames
-    theirs = {f.key for f in direct.frames}
+    theirs = Counter(f.key for f in direct.frames)
     mine = [f.key for f in relayed.frames]
     found = sum(k in theirs for k in mine) / len(mine)
-    # The span where both were watching, less the edges' frames in flight.
-    start = max(relayed.frames[0].received_at, direct.frames[0].received_at) + 0.5
-    end = min(relayed.frames[-1].received_at, direct.frames[-1].received_at) - 0.5
-    expected = set(keys_between(direct, start, end))
-    got = set(mine)
-    covered = len(expected & got) / len(expected) if expected else 0.0
-    return found, covered
+    order = {f.key: i for i, f in enumerate(direct.frames) if theirs[f.key] == 1}
+    places = [order[k] for k in mine if k in order]
+    if not places:
+        return found, 0.0, False
+    span = {k for k in (f.key for f in direct.frames[min(places) : max(places) + 1]) if k in order}
+    return found, len(span & set(mine)) / len(span), places == sorted(places)
 
 
 async def test_browsers_on_two_processes_and_a_python_viewer_on_a_third(
@@ -121,12 +120,14 @@ async def test_browsers_on_two_processes_and_a_python_viewer_on_a_third(
         await asyncio.sleep(4)
         for session in relayed.values():
             await session.close()
-        await asyncio.sleep(1)  # the host's viewers outlast the relayed one's last frames
-        for user in streams:
-            for kind in ("video", "audio"):
-                found, covered = same_frames(direct[user].logs[kind], relayed[user].logs[kind])
-                assert found == 1.0, (user, kind, found)  # nothing re-encoded or altered on the way
-                assert covered >= 0.95, (user, kind, covered)
+        shares = {
+            (user, kind): same_frames(direct[user].logs[kind], relayed[user].logs[kind])
+            for user in streams
+            for kind in ("video", "audio")
+        }
+        # Nothing re-encoded or altered on the way, nothing out of order, and
+        # nearly everything there (a busy machine's Python viewers lose the odd frame).
+        assert all(found == 1.0 and covered >= 0.95 and ordered for found, covered, ordered in shares.values()), shares
         # Stream a reached p3 over two hops (p1 -> p2, p2 -> p3: p2 is p3's upstream), b over one.
         assert all(len(s.logs["video"].frames) >= 30 for s in relayed.values())
     await a.context.close()
