@@ -21,11 +21,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiortc import RTCPeerConnection, RTCSessionDescription
 from playwright.async_api import Browser
 
 from client import bot
 from hub.config import Settings
 from hub.core.tokens import NODE_SUBJECT, Claims, TokenError, issue, verify
+from hub.media.relay import ABS_SEND_TIME, open_pull
 
 from .conftest import HubProcess, start_hub, wait_until
 from .test_browser_room import assert_playing, join, new_page, tile_of
@@ -319,3 +321,39 @@ def test_a_user_token_cannot_name_a_hub_process(tmp_path: Path) -> None:
     keys = Settings(data=tmp_path).keys()
     with pytest.raises(TokenError, match="hub process"):
         verify(keys, issue(keys, Claims(user=f"{NODE_SUBJECT}c0ffee00", site="heping", role="mediator")))
+
+
+class AiortcUpstream:
+    """An upstream hub's half of a pull, as a plain aiortc peer sending a live track."""
+
+    def __init__(self, track: bot.EncodedTrack) -> None:
+        self.pc = RTCPeerConnection(bot.NO_ICE_SERVERS)
+        self.pc.addTrack(track)
+        self.offer = self.answer = ""
+
+    async def exchange(self, offer: str) -> str:
+        self.offer = offer
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        self.answer = self.pc.localDescription.sdp
+        return self.answer
+
+    async def close(self) -> None:
+        await self.pc.close()
+
+
+async def test_a_pull_carries_no_send_times() -> None:
+    """A pull asks for no abs-send-time: its only use is bandwidth estimation
+    (REMB), which an upstream that forwards without encoding ignores."""
+    upstream = AiortcUpstream(bot.SyntheticVideo("vp8", 160, 120, 15))
+    pc, sources = await open_pull(bot.NO_ICE_SERVERS, ["video"], upstream, 0.3, 10)
+    try:
+        assert "a=extmap" in upstream.offer and ABS_SEND_TIME not in upstream.offer
+        assert ABS_SEND_TIME not in upstream.answer
+        packets: list[Any] = []
+        sources["video"].forward = packets.append  # type: ignore[method-assign]
+        await wait_until(lambda: len(packets) >= 20, 10)
+        assert all(p.extensions.abs_send_time is None for p in packets)
+    finally:
+        await pc.close()
+        await upstream.close()
