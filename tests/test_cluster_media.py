@@ -127,9 +127,10 @@ async def test_browsers_on_two_processes_and_a_python_viewer_on_a_third(
             for user in streams
             for kind in ("video", "audio")
         }
-        # Nothing re-encoded or altered on the way, nothing out of order, and
-        # nearly everything there (a busy machine's Python viewers lose the odd frame).
-        assert all(found == 1.0 and covered >= 0.95 and ordered for found, covered, ordered in shares.values()), shares
+        # Nothing re-encoded or altered on the way (a re-encoded frame matches
+        # nothing; the host's viewer, on a busy machine, may itself lose the
+        # odd frame the relayed one has), nothing out of order, nearly everything there.
+        assert all(found >= 0.98 and covered >= 0.95 and ordered for found, covered, ordered in shares.values()), shares
         # Stream a reached p3 over two hops (p1 -> p2, p2 -> p3: p2 is p3's upstream), b over one.
         assert all(len(s.logs["video"].frames) >= 30 for s in relayed.values())
     await a.context.close()
