@@ -60,6 +60,9 @@ class HubCollector(Collector):
         yield GaugeMetricFamily(
             "hub_subscriptions", "WHEP viewers served by this process", value=counts["subscriptions"]
         )
+        yield GaugeMetricFamily(
+            "hub_relays", "Streams this process pulls from another hub process, one pull each", value=counts["relays"]
+        )
         recorder = self._app.get(RECORDER)
         yield GaugeMetricFamily(
             "hub_recordings", "Recordings in progress on this process", value=len(recorder.sessions) if recorder else 0

@@ -24,7 +24,7 @@ from hub.core.livestate import ActFailed, LiveState, NodeUnreachable, Unavailabl
 from hub.core.quotas import Limits, QuotaExceeded
 from hub.core.records import Event, Participant, Room, RoomDetail, RoomSummary, Stream
 from hub.core.sites import Site, SiteTree, standing_room_id
-from hub.core.tokens import NODE_ROLE, Claims
+from hub.core.tokens import NODE_ROLE, Claims, pulling_node
 from hub.media.forward import Sink, Track
 from hub.media.ingest import Feeder
 from hub.media.relay import RelayError
@@ -113,6 +113,8 @@ class Rooms:
         self.cluster = cluster
         #: Streams this process relays (pulls from another process): id -> record.
         self._relayed: dict[str, Stream] = {}
+        #: Processes whose pulls from here outlived their heartbeat at the last sweep.
+        self._missing_pullers: set[str] = set()
         #: Room kind -> its publish guard; a feature registers one for its rooms (training).
         self.publish_guards: dict[str, PublishGuard] = {}
         router.on_stream_ended = self._stream_ended
@@ -756,7 +758,25 @@ class Rooms:
         for stream_id, relayed in tuple(self._relayed.items()):
             if relayed["node"] not in alive and await self.state.get_stream(stream_id) is None:
                 await self._router.end_stream(stream_id)
+        await self._end_dead_pulls(alive)
         return swept
+
+    async def _end_dead_pulls(self, alive: set[str]) -> None:
+        """End the pulls (WHEP sessions here) of relaying processes that died:
+        nothing else would before ICE consent runs out, 30 s of sending into
+        the void. A puller missing at one sweep may only be late to beat
+        again after a Redis restart; missing at two, a node TTL apart, it is gone."""
+        missing: set[str] = set()
+        for subscription in self._router.subscriptions():
+            node = pulling_node(subscription.user)
+            if node is None or node in alive:
+                continue
+            if node in self._missing_pullers:
+                log.info("ending the pull of stream %s by hub process %s, gone", subscription.stream_id, node)
+                await self._router.end_view(subscription.id)
+            else:
+                missing.add(node)
+        self._missing_pullers = missing
 
     async def restore(self) -> None:
         """Make shared live state hold what this process hosts again, after an

@@ -41,6 +41,8 @@ DEFAULT_TTL = 12 * 3600
 #: secret for the cluster audience does, and only the WHEP doors accept it.
 NODE_ROLE = "node"
 NODE_AUDIENCE = "hub-cluster"
+#: A cluster token's subject: this, then the hub process's id (users' names never start so).
+NODE_SUBJECT = "node:"
 #: A node token is made per request, so it needs to live only that long.
 NODE_TTL = 60
 #: RFC 7518 §3.2: an HS256 key has at least 256 bits; a printable secret of 32
@@ -232,6 +234,8 @@ def verify(keys: Keys, token: str) -> Claims:
     department = payload.get("department")
     if department is not None and department != payload["site"]:
         raise TokenError("invalid token: a department user's site is its department")
+    if str(payload["sub"]).startswith(NODE_SUBJECT):
+        raise TokenError("invalid token: a user's name may not pass for a hub process's")
     return Claims(
         user=str(payload["sub"]),
         site=str(payload["site"]),
@@ -245,8 +249,13 @@ def verify(keys: Keys, token: str) -> Claims:
 def issue_node(cluster_secret: str, node_id: str, ttl: int = NODE_TTL) -> str:
     """A cluster credential: this hub process, asking another one for a stream."""
     now = int(time.time())
-    payload = {"sub": f"node:{node_id}", "role": NODE_ROLE, "aud": NODE_AUDIENCE, "iat": now, "exp": now + ttl}
+    payload = {"sub": f"{NODE_SUBJECT}{node_id}", "role": NODE_ROLE, "aud": NODE_AUDIENCE, "iat": now, "exp": now + ttl}
     return jwt.encode(payload, cluster_secret, algorithm=ALGORITHM)
+
+
+def pulling_node(user: str) -> str | None:
+    """The hub process a WHEP session's viewer is, if it is one (a relay's pull)."""
+    return user.removeprefix(NODE_SUBJECT) if user.startswith(NODE_SUBJECT) else None
 
 
 def verify_node(cluster_secret: str, token: str) -> Claims:
