@@ -27,6 +27,7 @@ from hub.core.sites import Site, SiteTree, standing_room_id
 from hub.core.tokens import NODE_ROLE, Claims
 from hub.media.forward import Sink, Track
 from hub.media.ingest import Feeder
+from hub.media.layers import LayerState
 from hub.media.router import Router
 
 ROOM_KINDS = ("standing", "mediation", "training", "call", "conference")
@@ -605,6 +606,23 @@ class Rooms:
                     del self._admitting[key]
 
     async def end_view(self, claims: Claims, stream_id: str, subscription_id: str) -> None:
+        await self._own_subscription(claims, stream_id, subscription_id, "end")
+        await self._router.end_view(subscription_id)
+
+    async def set_tile(
+        self, claims: Claims, stream_id: str, subscription_id: str, width: int, height: int
+    ) -> LayerState | None:
+        """The size the viewer renders a subscription at (0×0: hidden): it
+        chooses the simulcast layer; None for a stream without layers."""
+        await self._own_subscription(claims, stream_id, subscription_id, "size")
+        return self._router.set_tile(subscription_id, width, height)
+
+    async def layer(self, claims: Claims, stream_id: str, subscription_id: str) -> LayerState | None:
+        await self._own_subscription(claims, stream_id, subscription_id, "read")
+        return self._router.layer_states().get(subscription_id)
+
+    async def _own_subscription(self, claims: Claims, stream_id: str, subscription_id: str, verb: str) -> None:
+        """Only a subscription's viewer, or an operator of its room, may act on it."""
         subscription = self._router.subscription(subscription_id)
         if subscription is None or subscription.stream_id != stream_id:
             raise NotFound(f"no subscription {subscription_id} to stream {stream_id}")
@@ -614,8 +632,7 @@ class Rooms:
             raise NotFound(f"stream {stream_id} has ended")
         await self.room(claims, hosted.stream["room_id"])
         if subscription.user != claims.user and claims.role not in ("operator", "admin"):
-            raise Forbidden("only its viewer or an operator may end a subscription")
-        await self._router.end_view(subscription_id)
+            raise Forbidden(f"only its viewer or an operator may {verb} a subscription")
 
     async def sweep(self) -> int:
         """Remove participants and streams of hub processes that died
