@@ -4,6 +4,7 @@ layer its tile needs, switched at keyframes in one continuous stream."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import aiohttp
@@ -17,10 +18,6 @@ from .conftest import HubProcess, wait_until
 ROOM = "site-rianxiuma"
 
 
-def _session(hub: HubProcess, viewer: bot.Session) -> str:
-    return viewer.location
-
-
 async def layer_of(http: aiohttp.ClientSession, viewer: bot.Session) -> dict[str, Any]:
     async with http.get(viewer.location, headers=bot._auth(viewer.token)) as r:
         assert r.status == 200, await r.text()
@@ -28,12 +25,13 @@ async def layer_of(http: aiohttp.ClientSession, viewer: bot.Session) -> dict[str
 
 
 async def set_tile(http: aiohttp.ClientSession, viewer: bot.Session, width: int, height: int) -> aiohttp.ClientResponse:
-    async with http.patch(viewer.location, json={"width": width, "height": height}, headers=bot._auth(viewer.token)) as r:
+    body = {"width": width, "height": height}
+    async with http.patch(viewer.location, json=body, headers=bot._auth(viewer.token)) as r:
         await r.read()
         return r
 
 
-async def wait_layer(http: aiohttp.ClientSession, viewer: bot.Session, rid: str | None, timeout: float = 15) -> None:
+async def wait_layer(http: aiohttp.ClientSession, viewer: bot.Session, rid: str | None, timeout: float = 20) -> None:
     async def check() -> bool:
         return (await layer_of(http, viewer))["layer"] == rid
 
@@ -67,7 +65,7 @@ class Pictures:
 async def test_viewers_get_the_layer_their_tile_needs(hub: HubProcess, http: aiohttp.ClientSession):
     token = hub.token("mediator-1", "guomaying", "mediator")
     operator = hub.token("operator-1", "guinan", "operator")
-    video = SimulcastVideo("vp8", 320, 240, 30)
+    video = SimulcastVideo("vp8", 320, 240, 15)
     publisher = await bot.publish(http, hub.url, token, ROOM, [video])
     small = await bot.view(http, hub.url, operator, publisher.resource_id, kinds=("video",), decode=True)
     large = await bot.view(http, hub.url, operator, publisher.resource_id, kinds=("video",))
@@ -91,24 +89,33 @@ async def test_viewers_get_the_layer_their_tile_needs(hub: HubProcess, http: aio
         await wait_layer(http, small, "q")
         # The decoder goes on after the switch: the pictures are the low layer's.
         await wait_until(lambda: pictures.sizes[-30:] == [(80, 60)] * 30, timeout=20)
+        # And back up when the tile grows.
+        assert (await set_tile(http, small, 320, 240)).status == 200
+        await wait_layer(http, small, "f")
+        await wait_until(lambda: pictures.sizes[-30:] == [(320, 240)] * 30, timeout=20)
         pictures.close()
-        await asyncio.sleep(1)
         state = await layer_of(http, large)
-        assert state["layer"] == "f", (state["estimate"], state["switches"], state["layers"][-1])
-        assert (await layer_of(http, large))["switches"] == 1  # its first layer, no switch since
+        assert state["layer"] == "f", (state["estimate"], state["layers"][-1])
+        assert state["switches"] == 0
+        assert (await layer_of(http, small))["switches"] == 2
     finally:
         await small.close()
         await large.close()
         await publisher.close()
 
-    # Every frame a viewer received is byte for byte one of the layer it was on.
+    # Every frame a viewer received is byte for byte one of the layer it was
+    # on, and each layer began at one of its keyframes: f, then q, then f.
     low, top = video.layers["q"], video.layers["f"]
     frames = small.logs["video"].frames
-    first_low = next(i for i, f in enumerate(frames) if f.key in low.sent)
-    assert frames[first_low].keyframe  # it began the low layer at a keyframe
-    assert all(f.key in top.sent for f in frames[:first_low])
-    assert all(f.key in low.sent for f in frames[first_low:])
-    assert len(frames) - first_low >= 20
+    runs: list[tuple[str, list[bot.ReceivedFrame]]] = []
+    for frame in frames:
+        rid = "q" if frame.key in low.sent else "f" if frame.key in top.sent else "?"
+        if not runs or runs[-1][0] != rid:
+            runs.append((rid, []))
+        runs[-1][1].append(frame)
+    assert [rid for rid, _ in runs] == ["f", "q", "f"]
+    assert all(run[0].keyframe for _, run in runs)
+    assert len(runs[1][1]) >= 20
     assert bot.compare(top, large.logs["video"]).unknown == 0
     # One SSRC, sequence numbers without a gap, across the switch.
     for viewer in (small, large):
@@ -117,10 +124,13 @@ async def test_viewers_get_the_layer_their_tile_needs(hub: HubProcess, http: aio
         assert next(iter(streams.values())).packets_lost == 0
 
 
-@pytest.mark.parametrize("body", [{"width": 0, "height": 100}, {"width": -1, "height": 10}, {"width": "1", "height": 2}])
+BAD_SIZES = [{"width": 0, "height": 100}, {"width": -1, "height": 10}, {"width": "1", "height": 2}, {"width": 9}]
+
+
+@pytest.mark.parametrize("body", BAD_SIZES)
 async def test_bad_tile_sizes_are_refused(hub: HubProcess, http: aiohttp.ClientSession, body: dict[str, Any]):
     token = hub.token("mediator-1", "guomaying", "mediator")
-    video = SimulcastVideo("vp8", 320, 240, 30)
+    video = SimulcastVideo("vp8", 320, 240, 15)
     publisher = await bot.publish(http, hub.url, token, ROOM, [video])
     viewer = await bot.view(http, hub.url, token, publisher.resource_id, kinds=("video",))
     try:
@@ -132,3 +142,43 @@ async def test_bad_tile_sizes_are_refused(hub: HubProcess, http: aiohttp.ClientS
     finally:
         await viewer.close()
         await publisher.close()
+
+
+async def test_a_hidden_tile_gets_no_video_and_keeps_its_audio(hub: HubProcess, http: aiohttp.ClientSession):
+    token = hub.token("mediator-1", "guomaying", "mediator")
+    video, audio = SimulcastVideo("vp8", 320, 240, 15), bot.SyntheticAudio()
+    publisher = await bot.publish(http, hub.url, token, ROOM, [video, audio])
+    viewer = await bot.view(http, hub.url, token, publisher.resource_id)
+    frames, sounds = viewer.logs["video"].frames, viewer.logs["audio"].frames
+    try:
+        await wait_layer(http, viewer, "f")
+        await wait_until(lambda: len(frames) > 10, timeout=20)
+        assert (await set_tile(http, viewer, 0, 0)).status == 200
+        assert (await layer_of(http, viewer))["layer"] is None
+        hidden_since = time.monotonic()
+        for _ in range(10):  # until what was in flight (a busy machine's backlog) has come
+            hidden_at = len(frames)
+            await asyncio.sleep(1)
+            if len(frames) == hidden_at:
+                break
+        await asyncio.sleep(2)
+        assert len(frames) == hidden_at
+
+        shown_at = time.monotonic()
+        assert (await set_tile(http, viewer, 80, 60)).status == 200
+        await wait_layer(http, viewer, "q")
+        await wait_until(lambda: len(frames) > hidden_at + 20, timeout=20)
+    finally:
+        await viewer.close()
+        await publisher.close()
+    # The audio went on all the while.
+    while_hidden = {key for key, f in audio.sent.items() if hidden_since <= f.sent_at <= shown_at}
+    assert len(while_hidden) >= 20  # 3 s or more at 50 a second, or what a busy machine sent
+    assert len(while_hidden & {f.key for f in sounds}) >= 0.9 * len(while_hidden)
+    # aiortc's jitter buffer holds a frame until the next one begins: the
+    # last frame before the tile was hidden comes out with the first after.
+    after = frames[hidden_at + 1 :]
+    assert all(f.key in video.layers["q"].sent for f in after)
+    assert after[0].keyframe
+    # The hidden spell left no gap in the sequence numbers.
+    assert next(iter(remote_streams(viewer).values())).packets_lost == 0

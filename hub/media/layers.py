@@ -258,6 +258,7 @@ class LayerState:
     layers: tuple[tuple[str, int, int, int], ...]
     #: The viewer's REMB, bits/s.
     estimate: int | None
+    #: Changes of layer, and resumptions after a hidden spell.
     switches: int
 
 
@@ -307,6 +308,8 @@ class LayerSwitch:
         self.target: Layer | None = None
         self.switches = 0
         self._offset = 0
+        #: Counts the runs of packets after the first (0: as they came).
+        self._run = 0
         self._last: tuple[int, float] | None = None  # (outgoing timestamp, monotonic) of the newest packet
         #: Index (lowest first) of the highest layer the viewer's link carries.
         self._cap = MAX_LAYERS
@@ -459,13 +462,15 @@ class LayerSwitch:
             return
         timestamp = (packet.timestamp + self._offset) & 0xFFFFFFFF
         self._last = (timestamp, time.monotonic())
-        if self._offset:
+        if self._run:
+            # Each run of packets after a switch (or a hidden spell) is a new
+            # source to the sink: its sequence numbers continue the viewer's.
             packet = RtpPacket(
                 payload_type=packet.payload_type,
                 marker=packet.marker,
                 sequence_number=packet.sequence_number,
                 timestamp=timestamp,
-                ssrc=packet.ssrc,
+                ssrc=self._run,
                 payload=packet.payload,
             )
         for sink in tuple(self.sinks):
@@ -480,8 +485,9 @@ class LayerSwitch:
             last_ts, last_at = self._last
             elapsed = max(1, round((time.monotonic() - last_at) * (layer.codec.clockRate if layer.codec else 90000)))
             self._offset = (last_ts + elapsed - packet.timestamp) & 0xFFFFFFFF
+            self._run += 1
+            self.switches += 1
         self.current, self.target = layer, None
-        self.switches += 1
         self._switched_at = time.monotonic()
 
     def state(self) -> LayerState:
