@@ -526,6 +526,10 @@ class Rooms:
         """Streams and subscriptions hosted by this process."""
         return self._router.counts()
 
+    def layer_states(self) -> dict[str, LayerState]:
+        """Subscription id -> its simulcast layer, for the subscriptions hosted here that have layers."""
+        return self._router.layer_states()
+
     # -- viewing -------------------------------------------------------------
 
     def check_viewable(self, stream: Stream, redirect: bool = False) -> None:
