@@ -89,15 +89,15 @@ class HubCollector(Collector):
         layer = GaugeMetricFamily(
             "hub_subscription_layer",
             "The simulcast layer a subscription receives: its index, 0 the lowest; -1 none (hidden, starting)",
-            labels=["subscription", "layer"],
+            labels=["subscription", "stream", "layer"],
         )
         switches = CounterMetricFamily(
             "hub_subscription_layer_switches", "Layer changes of a simulcast subscription", labels=["subscription"]
         )
-        for subscription, state in states.items():
+        for subscription, (stream, state) in states.items():
             rids = [rid for rid, *_ in state.layers]
             index = rids.index(state.layer) if state.layer in rids else -1
-            layer.add_metric([subscription, state.layer or ""], index)
+            layer.add_metric([subscription, stream, state.layer or ""], index)
             switches.add_metric([subscription], state.switches)
         yield layer
         yield switches

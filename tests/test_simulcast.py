@@ -91,8 +91,9 @@ async def test_viewers_get_the_layer_their_tile_needs(hub: HubProcess, http: aio
         await wait_until(lambda: pictures.sizes[-30:] == [(80, 60)] * 30, timeout=20)
         async with http.get(f"{hub.url}/metrics") as r:
             metrics = await r.text()
-        assert f'hub_subscription_layer{{layer="q",subscription="{small.resource_id}"}} 0.0' in metrics
-        assert f'hub_subscription_layer{{layer="f",subscription="{large.resource_id}"}} 2.0' in metrics
+        stream = publisher.resource_id
+        assert f'{{layer="q",stream="{stream}",subscription="{small.resource_id}"}} 0.0' in metrics
+        assert f'{{layer="f",stream="{stream}",subscription="{large.resource_id}"}} 2.0' in metrics
         # And back up when the tile grows.
         assert (await set_tile(http, small, 320, 240)).status == 200
         await wait_layer(http, small, "f")

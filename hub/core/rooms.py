@@ -526,8 +526,8 @@ class Rooms:
         """Streams and subscriptions hosted by this process."""
         return self._router.counts()
 
-    def layer_states(self) -> dict[str, LayerState]:
-        """Subscription id -> its simulcast layer, for the subscriptions hosted here that have layers."""
+    def layer_states(self) -> dict[str, tuple[str, LayerState]]:
+        """Subscription id -> (stream id, its simulcast layer), for the subscriptions here that have layers."""
         return self._router.layer_states()
 
     # -- viewing -------------------------------------------------------------
@@ -623,7 +623,8 @@ class Rooms:
 
     async def layer(self, claims: Claims, stream_id: str, subscription_id: str) -> LayerState | None:
         await self._own_subscription(claims, stream_id, subscription_id, "read")
-        return self._router.layer_states().get(subscription_id)
+        stream_and_state = self._router.layer_states().get(subscription_id)
+        return stream_and_state[1] if stream_and_state is not None else None
 
     async def _own_subscription(self, claims: Claims, stream_id: str, subscription_id: str, verb: str) -> None:
         """Only a subscription's viewer, or an operator of its room, may act on it."""

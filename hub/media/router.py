@@ -209,9 +209,9 @@ class Router:
         consumer.switch.set_tile(layers.Tile(width, height))
         return consumer.switch.state()
 
-    def layer_states(self) -> dict[str, layers.LayerState]:
-        """Subscription id -> its layer switch, for every simulcast subscription here."""
-        return {c.id: c.switch.state() for c in self._consumers.values() if c.switch is not None}
+    def layer_states(self) -> dict[str, tuple[str, layers.LayerState]]:
+        """Subscription id -> (stream id, its layer), for every simulcast subscription here."""
+        return {c.id: (c.producer.id, c.switch.state()) for c in self._consumers.values() if c.switch is not None}
 
     def counts(self) -> dict[str, int]:
         relays = sum(p.upstream is not None for p in self._producers.values())
