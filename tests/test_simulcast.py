@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import cv2
+import numpy as np
 import pytest
 
 from client import bot
 from client.simulcast import SimulcastVideo
 
-from .conftest import HubProcess, wait_until
+from .conftest import HubProcess, start_hub, wait_until
 
 ROOM = "site-rianxiuma"
 
@@ -187,3 +190,34 @@ async def test_a_hidden_tile_gets_no_video_and_keeps_its_audio(hub: HubProcess, 
     assert after[0].keyframe
     # The hidden spell left no gap in the sequence numbers.
     assert next(iter(remote_streams(viewer).values())).packets_lost == 0
+
+
+def layer_colour(width: int, height: int, index: int) -> np.ndarray:
+    """Each layer in its own colour (RGB), so that a picture tells which layer it came from."""
+    colour = {80: (200, 40, 40), 160: (200, 40, 40), 320: (40, 200, 40), 640: (40, 40, 200)}[width]
+    return np.full((height, width, 3), colour, dtype=np.uint8)
+
+
+async def test_snapshots_take_the_lowest_layer_that_fills_them(tmp_path: Path, http: aiohttp.ClientSession):
+    hub = start_hub(tmp_path, env={"HUB_SNAPSHOT_SECONDS": "1"})
+    token = hub.token("mediator-1", "guomaying", "mediator")
+    video = SimulcastVideo("vp8", 640, 480, 15, picture=layer_colour)
+    publisher = await bot.publish(http, hub.url, token, ROOM, [video])
+    try:
+        url = f"{hub.url}/api/streams/{publisher.resource_id}/snapshot"
+        picture = None
+        for _ in range(60):  # the layers' sizes are known after their first keyframes
+            async with http.get(url, headers=bot._auth(token)) as r:
+                if r.status == 200:
+                    picture = cv2.imdecode(np.frombuffer(await r.read(), np.uint8), cv2.IMREAD_COLOR)
+                    if picture[..., 1].mean() > 150:
+                        break
+            await asyncio.sleep(0.5)
+    finally:
+        await publisher.close()
+        hub.stop()
+    assert picture is not None
+    # The ½ layer (320 px, green), not the full one (blue) scaled down.
+    assert picture.shape[:2] == (240, 320)
+    blue, green, red = (picture[..., i].mean() for i in range(3))
+    assert green > 150 and blue < 100 and red < 100, (blue, green, red)

@@ -515,9 +515,10 @@ class Rooms:
         """A locally hosted stream's tracks by kind (empty: not hosted here)."""
         return self._router.tracks(stream_id)
 
-    def subscribe(self, stream_id: str, kind: str, sink: Sink) -> Track | None:
-        """Feed a sink (recorder, snapshot taker, relay) a local track's packets."""
-        return self._router.subscribe(stream_id, kind, sink)
+    def subscribe(self, stream_id: str, kind: str, sink: Sink, width: int = 0) -> Track | None:
+        """Feed a sink (recorder, snapshot taker, relay) a local track's packets;
+        `width`: of a simulcast track, the lowest layer that wide (else the top)."""
+        return self._router.subscribe(stream_id, kind, sink, width)
 
     def unsubscribe(self, stream_id: str, kind: str, sink: Sink) -> None:
         self._router.unsubscribe(stream_id, kind, sink)

@@ -93,7 +93,10 @@ class Fanout(Protocol):
 class Streams(Protocol):
     """The door through which a sink subscribes to a track hosted here."""
 
-    def subscribe(self, stream_id: str, kind: str, sink: Sink) -> Track | None: ...
+    def subscribe(self, stream_id: str, kind: str, sink: Sink, width: int = 0) -> Track | None:
+        """`width`: a sink that needs no more than that many pixels across
+        gets the lowest simulcast layer that wide (hub.media.layers)."""
+        ...
 
     def unsubscribe(self, stream_id: str, kind: str, sink: Sink) -> None: ...
 

@@ -190,6 +190,10 @@ class SimulcastSource(TrackSource):
     def layer(self, rid: str) -> Layer | None:
         return self._layers.get(rid)
 
+    def at_least(self, width: int) -> TrackSource:
+        """The lowest layer at least `width` pixels wide, else this source (the top layer)."""
+        return next((layer for layer in self.layers if layer.width >= width), self)
+
     def _layer_of(self, packet: RtpPacket) -> Layer | None:
         layer = self._by_ssrc.get(packet.ssrc)
         if layer is None and (rid := packet.extensions.rtp_stream_id) is not None:

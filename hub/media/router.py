@@ -230,10 +230,14 @@ class Router:
         producer = self._hosted(stream_id)
         return dict(producer.sources) if producer is not None else {}
 
-    def subscribe(self, stream_id: str, kind: str, sink: Sink) -> Track | None:
-        """Attach a sink to a track of a stream hosted here (None: no such track)."""
+    def subscribe(self, stream_id: str, kind: str, sink: Sink, width: int = 0) -> Track | None:
+        """Attach a sink to a track of a stream hosted here (None: no such
+        track); of a simulcast track, the top layer, or with `width` the
+        lowest layer that wide."""
         producer = self._hosted(stream_id)
         source = producer.sources.get(kind) if producer is not None else None
+        if isinstance(source, layers.SimulcastSource) and width:
+            source = source.at_least(width)
         if source is not None:
             source.sinks.add(sink)
         return source
@@ -243,6 +247,9 @@ class Router:
         source = producer.sources.get(kind) if producer is not None else None
         if source is not None:
             source.sinks.discard(sink)
+        if isinstance(source, layers.SimulcastSource):
+            for layer in source.layers:
+                layer.sinks.discard(sink)
 
     # -- publishing and viewing ------------------------------------------------
 
