@@ -1,5 +1,6 @@
 """Simulcast in Chromium: the room page publishes its camera in three layers,
-and a tile gets the layer its drawn size needs (read from /metrics)."""
+a tile gets the layer its drawn size needs, and a wall of 16 small panes
+pulls the low layer (layers and bytes read from /metrics)."""
 
 from __future__ import annotations
 
@@ -81,3 +82,56 @@ async def test_room_page_publishes_layers_and_tiles_get_what_they_draw(room_hub:
                 await viewer.close()
             await page.context.close()
             await asyncio.wait_for(published.close(), 10)
+
+
+async def forwarded(http: aiohttp.ClientSession, hub: HubProcess) -> float:
+    async with http.get(f"{hub.url}/metrics") as r:
+        text = await r.text()
+    match = re.search(r"^hub_bytes_forwarded_total ([0-9.e+]+)$", text, re.M)
+    assert match, text[:500]
+    return float(match.group(1))
+
+
+async def wall_of_16(browser: Browser, hub: HubProcess, token: str, stream: str, query: str) -> tuple[list[str], float]:
+    """Sixteen panes of one stream on the console's wall: the layers they get, and the bytes/s the hub sends them."""
+    page = await browser.new_page(viewport={"width": 1280, "height": 800})
+    try:
+        await page.goto(f"{hub.url}/console?token={token}{query}")
+        await expect(page.locator("#conn")).to_have_attribute("data-state", "open")
+        await page.select_option("#wall-grid", "16")
+        await expect(page.locator(".pane")).to_have_count(16)
+        thumb = page.locator(f'.thumb[data-stream-id="{stream}"]')
+        for index in range(16):
+            await page.locator(f'.pane[data-index="{index}"]').click()
+            await thumb.click()
+        await expect(page.locator('.pane[data-status="live"]')).to_have_count(16, timeout=60_000)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
+            for _ in range(100):  # until every pane's layer has settled
+                layers = await layers_in_metrics(http, hub, stream)
+                if len(layers) == 16 and all(layers) and len(set(layers)) == 1:
+                    break
+                await asyncio.sleep(0.3)
+            await asyncio.sleep(1)
+            before, started = await forwarded(http, hub), asyncio.get_running_loop().time()
+            await asyncio.sleep(3)
+            rate = (await forwarded(http, hub) - before) / (asyncio.get_running_loop().time() - started)
+            return await layers_in_metrics(http, hub, stream), rate
+    finally:
+        await page.close()
+
+
+async def test_a_wall_of_16_small_panes_pulls_low_layers(room_hub: HubProcess, browser: Browser):  # noqa: F811
+    operator = room_hub.sign("op-qutan", "qutan", "operator")
+    camera = room_hub.sign("t-xinzhuang", "xinzhuang", "terminal")
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
+        video = SimulcastVideo("vp8", 640, 480, 15)
+        published = await asyncio.wait_for(bot.publish(http, room_hub.url, camera, "site-xinzhuang", [video]), 20)
+        try:
+            layered, layered_rate = await wall_of_16(browser, room_hub, operator, published.resource_id, "")
+            plain, plain_rate = await wall_of_16(browser, room_hub, operator, published.resource_id, "&layers=off")
+        finally:
+            await asyncio.wait_for(published.close(), 10)
+    print(f"16 panes: {layered_rate * 8 / 1000:.0f} kbit/s with layers {layered}, {plain_rate * 8 / 1000:.0f} without")
+    assert plain == ["f"] * 16
+    assert len(layered) == 16 and "f" not in layered
+    assert layered_rate < 0.6 * plain_rate
