@@ -15,6 +15,7 @@ import pytest
 
 from client import bot
 from client.simulcast import SimulcastVideo
+from hub.media.layers import RID_URI
 
 from .conftest import HubProcess, start_hub, wait_until
 
@@ -221,3 +222,28 @@ async def test_snapshots_take_the_lowest_layer_that_fills_them(tmp_path: Path, h
     assert picture.shape[:2] == (240, 320)
     blue, green, red = (picture[..., i].mean() for i in range(3))
     assert green > 150 and blue < 100 and red < 100, (blue, green, red)
+
+
+class BadSimulcast(SimulcastVideo):
+    """Publishes an offer spoiled by `spoil`."""
+
+    def __init__(self, spoil: Any) -> None:
+        super().__init__("vp8", 160, 120, 15)
+        self._spoil = spoil
+
+    def shape_offer(self, sdp: str) -> str:
+        return str(self._spoil(super().shape_offer(sdp)))
+
+
+SPOILED = {
+    "no rid extension": lambda sdp: "\r\n".join(line for line in sdp.split("\r\n") if RID_URI not in line),
+    "repeated rid": lambda sdp: sdp.replace("a=simulcast:send q;h;f", "a=simulcast:send q;q;f"),
+    "undeclared rid": lambda sdp: sdp.replace("a=simulcast:send q;h;f", "a=simulcast:send q;h;x"),
+}
+
+
+@pytest.mark.parametrize("spoil", SPOILED.values(), ids=SPOILED.keys())
+async def test_bad_simulcast_offers_are_refused(hub: HubProcess, http: aiohttp.ClientSession, spoil: Any):
+    token = hub.token("mediator-1", "guomaying", "mediator")
+    with pytest.raises(bot.ClientError, match="400"):
+        await bot.publish(http, hub.url, token, ROOM, [BadSimulcast(spoil)])
