@@ -157,14 +157,18 @@ class Layer(TrackSource):
         self._window_start = time.monotonic()
         self._window_bytes = 0
 
-    def count(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
+    def count(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> bool:
+        """Count a packet of this layer; True when it shows a new picture size."""
         now = time.monotonic()
         self._window_bytes += len(packet.payload)
         if now - self._window_start >= _WINDOW:
             self.bitrate = int(self._window_bytes * 8 / (now - self._window_start))
             self._window_start, self._window_bytes = now, 0
         if codec.mimeType.lower() == "video/vp8" and (size := vp8_keyframe_size(packet.payload)) is not None:
-            self.width, self.height = size
+            if size != (self.width, self.height):
+                self.width, self.height = size
+                return True
+        return False
 
 
 _WINDOW = 1.0
@@ -178,14 +182,18 @@ class SimulcastSource(TrackSource):
         super().__init__(receiver, "video", keyframe_interval)
         self._layers = {rid: Layer(rid, i, keyframe_interval, self._pli) for i, rid in enumerate(offer.rids)}
         self._by_ssrc: dict[int, Layer] = {}
+        self._order = list(self._layers.values())
 
     @property
     def layers(self) -> list[Layer]:
         """Lowest first: by the size their keyframes show, else in the offer's order."""
+        return self._order
+
+    def _sort(self) -> None:
         layers = list(self._layers.values())
         if all(layer.height for layer in layers):
-            return sorted(layers, key=lambda layer: (layer.width * layer.height, layer.index))
-        return layers
+            layers.sort(key=lambda layer: (layer.width * layer.height, layer.index))
+        self._order = layers
 
     def layer(self, rid: str) -> Layer | None:
         return self._layers.get(rid)
@@ -222,9 +230,10 @@ class SimulcastSource(TrackSource):
         if layer is None:
             return  # a stream with no rid yet: its layer is not known
         self.codec = layer.codec = codec
-        layer.count(packet, codec)
+        if layer.count(packet, codec):
+            self._sort()
         layer.forward(packet)
-        if layer is self.layers[-1]:
+        if layer is self._order[-1]:
             self._media_ssrc = packet.ssrc
             self.forward(packet)
 
@@ -411,9 +420,12 @@ class LayerSwitch:
                 self._holds[index] = min(MAX_HOLD, self._holds.get(index, UP_HOLD) * 2)
             self._probe = None
             fits = [i for i, layer in enumerate(layers[:index]) if budget is None or layer.bitrate <= budget]
-            self._cap = fits[-1] if fits else 0
+            cap = fits[-1] if fits else 0
             if self.loss > LOSSY:
-                self._cap = min(self._cap, max(index - 1, 0))
+                cap = min(cap, max(index - 1, 0))
+            if cap == self._cap:
+                return
+            self._cap = cap
             log.info(
                 "a viewer's link is full (estimate %s bit/s, loss %.0f%%, layer %s at %d bit/s): down to %s",
                 self.estimate,
