@@ -23,7 +23,14 @@ from pathlib import Path
 import aiohttp
 import av
 import numpy as np
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from yarl import URL
 
@@ -70,7 +77,24 @@ class SentFrame:
     keyframe: bool
 
 
-class EncodedTrack(MediaStreamTrack):
+class Publishable(MediaStreamTrack):
+    """A track `publish` can send: an `EncodedTrack`, or a simulcast one (client.simulcast)."""
+
+    mime_type: str
+
+    def request_keyframe(self) -> None:
+        """Called when the far end sends PLI/FIR; file sources ignore it."""
+
+    def attach(self, sender: RTCRtpSender) -> None:
+        """Take the sender's keyframe requests (aiortc's would only flag its own, unused, encoder)."""
+        sender._send_keyframe = self.request_keyframe  # type: ignore[method-assign]
+
+    def shape_offer(self, sdp: str) -> str:
+        """What this track adds to the offer (a simulcast track its layers)."""
+        return sdp
+
+
+class EncodedTrack(Publishable):
     """A track that yields encoded `av.Packet`s, paced in real time.
 
     aiortc's sender packetizes packets as they are (`Encoder.pack`); the
@@ -103,13 +127,15 @@ class EncodedTrack(MediaStreamTrack):
         if packet is None:
             self.stop()
             raise MediaStreamError
+        self.note(packet)
+        return packet
+
+    def note(self, packet: av.Packet) -> None:
+        """Keep the digest and send time of a frame handed over."""
         data = bytes(packet)
         self.sent[frame_key(self.mime_type, data)] = SentFrame(self._count, time.monotonic(), bool(packet.is_keyframe))
         self._count += 1
-        return packet
 
-    def request_keyframe(self) -> None:
-        """Called when the far end sends PLI/FIR; file sources ignore it."""
 
 
 def pattern_image(width: int, height: int, index: int) -> np.ndarray:
@@ -342,13 +368,20 @@ async def _peer_connection(
     return RTCPeerConnection(RTCConfiguration(iceServers=ice_servers))
 
 
-async def _exchange(http: aiohttp.ClientSession, url: str, token: str, pc: RTCPeerConnection) -> str:
+async def _exchange(
+    http: aiohttp.ClientSession,
+    url: str,
+    token: str,
+    pc: RTCPeerConnection,
+    shape: Callable[[str], str] = str,
+) -> str:
     await pc.setLocalDescription(await pc.createOffer())  # gathers all candidates: no trickle
+    offer = shape(pc.localDescription.sdp)
     headers = _auth(token) | {"Content-Type": "application/sdp"}
     # Redirects are followed by hand: aiohttp drops the Authorization header
     # when a redirect crosses to another hub process (another origin).
     for _ in range(3):
-        async with http.post(url, data=pc.localDescription.sdp, headers=headers, allow_redirects=False) as response:
+        async with http.post(url, data=offer, headers=headers, allow_redirects=False) as response:
             body = await response.text()
             if response.status in (307, 308):
                 url = str(response.url.join(URL(response.headers["Location"])))
@@ -370,7 +403,7 @@ async def publish(
     base_url: str,
     token: str,
     room_id: str,
-    tracks: list[EncodedTrack],
+    tracks: list[Publishable],
     kind: str = "camera",
     participant: str | None = None,
     ice_servers: list[RTCIceServer] | None = None,
@@ -387,10 +420,15 @@ async def publish(
             if c.mimeType.lower() in (track.mime_type.lower(), f"{track.kind}/rtx")
         ]
         transceiver.setCodecPreferences(codecs)
-        # aiortc's sender would only flag its own (unused) encoder on PLI/FIR.
-        transceiver.sender._send_keyframe = track.request_keyframe  # type: ignore[method-assign]
+        track.attach(transceiver.sender)
+
+    def shape(sdp: str) -> str:
+        for track in tracks:
+            sdp = track.shape_offer(sdp)
+        return sdp
+
     query = f"kind={kind}" + (f"&participant={participant}" if participant else "")
-    location = await _exchange(http, f"{base_url}/whip/{room_id}?{query}", token, pc)
+    location = await _exchange(http, f"{base_url}/whip/{room_id}?{query}", token, pc, shape)
     return Session(pc, location, http, token)
 
 

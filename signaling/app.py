@@ -130,6 +130,8 @@ def make_app(
     app.router.add_delete("/whip/{room_id}/{stream_id}", whip.whip_delete)
     app.router.add_post("/whep/{stream_id}", whip.whep_view)
     app.router.add_delete("/whep/{stream_id}/{session_id}", whip.whep_delete)
+    app.router.add_patch("/whep/{stream_id}/{session_id}", whip.whep_tile)
+    app.router.add_get("/whep/{stream_id}/{session_id}", whip.whep_layer)
     app.router.add_get("/ws", events.websocket)
     app.router.add_get("/", page("index.html", "The web app's home page"))
     app.router.add_get("/rooms/{room_id}", page("room.html", "The room page; ?token= signs in, &autojoin=1 joins"))

@@ -63,6 +63,7 @@ class HubCollector(Collector):
         yield GaugeMetricFamily(
             "hub_relays", "Streams this process pulls from another hub process, one pull each", value=counts["relays"]
         )
+        yield from self._layers()
         recorder = self._app.get(RECORDER)
         yield GaugeMetricFamily(
             "hub_recordings", "Recordings in progress on this process", value=len(recorder.sessions) if recorder else 0
@@ -84,6 +85,25 @@ class HubCollector(Collector):
                 "Worst event-loop lag since the process started as a clock sees it (the machine's load included)",
                 value=lag.wall_max_ms / 1000,
             )
+
+
+    def _layers(self) -> Iterator[Metric]:
+        states = self._app[ROOMS].layer_states()
+        layer = GaugeMetricFamily(
+            "hub_subscription_layer",
+            "The simulcast layer a subscription receives: its index, 0 the lowest; -1 none (hidden, starting)",
+            labels=["subscription", "stream", "layer"],
+        )
+        switches = CounterMetricFamily(
+            "hub_subscription_layer_switches", "Layer changes of a simulcast subscription", labels=["subscription"]
+        )
+        for subscription, (stream, state) in states.items():
+            rids = [rid for rid, *_ in state.layers]
+            index = rids.index(state.layer) if state.layer in rids else -1
+            layer.add_metric([subscription, stream, state.layer or ""], index)
+            switches.add_metric([subscription], state.switches)
+        yield layer
+        yield switches
 
 
 def registry_for(app: web.Application) -> CollectorRegistry:

@@ -13,7 +13,7 @@ import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 from pydantic_core import PydanticCustomError
 
 from hub.core.rooms import STREAM_KINDS
@@ -358,6 +358,37 @@ class Participant(Out):
     site_id: str
     via: Literal["ws", "whip"]
     joined_at: float
+
+
+class TileSize(Body):
+    """The size a viewer renders a stream's video at, in device pixels; 0×0: hidden (no video)."""
+
+    width: int = Field(ge=0, le=7680)
+    height: int = Field(ge=0, le=4320)
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> TileSize:
+        if (self.width == 0) != (self.height == 0):
+            raise PydanticCustomError("tile_size", "width and height are both 0 (hidden) or both positive")
+        return self
+
+
+class SimulcastLayer(Out):
+    rid: str
+    width: int = Field(description="pixels, from the layer's keyframes; 0 until known")
+    height: int
+    bitrate: int = Field(description="bits per second the publisher sends in this layer")
+
+
+class LayerChoice(Out):
+    """Which simulcast layer a subscription receives."""
+
+    simulcast: bool = Field(description="false: the stream has one encoding, nothing to choose")
+    layer: str | None = Field(default=None, description="the rid received now; null while hidden or starting")
+    target: str | None = Field(default=None, description="the rid it switches to at that layer's next keyframe")
+    layers: list[SimulcastLayer] = Field(default_factory=list, description="lowest first")
+    estimate: int | None = Field(default=None, description="the viewer's estimate of its link (REMB), bits/s")
+    switches: int = 0
 
 
 class Stream(Out):

@@ -5,11 +5,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from hub.core.tokens import NODE_ROLE
+from hub.media.layers import LayerState
 from hub.media.router import check_offer
 
 from . import models as m
 from .auth import claims_of
-from .doors import QUOTA, Answer, door, read_query
+from .doors import QUOTA, Answer, door, ok, read_body, read_query
 from .keys import ROOMS, SETTINGS
 from .problems import Problem
 from .recordings import audit_view
@@ -106,3 +107,40 @@ async def whep_delete(request: web.Request) -> web.Response:
     claims = claims_of(request, node=True)
     await request.app[ROOMS].end_view(claims, request.match_info["stream_id"], request.match_info["session_id"])
     return web.Response(status=200)
+
+
+def layer_choice(state: LayerState | None) -> web.Response:
+    if state is None:
+        choice = m.LayerChoice(simulcast=False)
+    else:
+        choice = m.LayerChoice(
+            simulcast=True,
+            layer=state.layer,
+            target=state.target,
+            layers=[m.SimulcastLayer(rid=r, width=w, height=h, bitrate=b) for r, w, h, b in state.layers],
+            estimate=state.estimate,
+            switches=state.switches,
+        )
+    return web.json_response(choice.model_dump())
+
+
+@door(
+    "State the size a viewer renders a stream at: it chooses the simulcast layer (WHEP session)",
+    ok(m.LayerChoice),
+    body=m.TileSize,
+    description="0×0 means the tile is hidden: no video until a size comes again. See docs/protocol.md",
+)
+async def whep_tile(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    body = await read_body(request, m.TileSize)
+    state = await request.app[ROOMS].set_tile(
+        claims, request.match_info["stream_id"], request.match_info["session_id"], body.width, body.height
+    )
+    return layer_choice(state)
+
+
+@door("Which simulcast layer a viewing session receives (WHEP session)", ok(m.LayerChoice))
+async def whep_layer(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    state = await request.app[ROOMS].layer(claims, request.match_info["stream_id"], request.match_info["session_id"])
+    return layer_choice(state)

@@ -13,7 +13,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
@@ -27,6 +27,7 @@ from hub.core.sites import Site, SiteTree, standing_room_id
 from hub.core.tokens import NODE_ROLE, Claims, pulling_node
 from hub.media.forward import Sink, Track
 from hub.media.ingest import Feeder
+from hub.media.layers import LayerState
 from hub.media.relay import RelayError
 from hub.media.router import Router
 
@@ -119,7 +120,15 @@ class Rooms:
         self.publish_guards: dict[str, PublishGuard] = {}
         router.on_stream_ended = self._stream_ended
         state.restorers.append(self.restore)
-        state.acts.update({"end-stream": self._act_end_stream, "view": self._act_view, "end-view": self._act_end_view})
+        state.acts.update(
+            {
+                "end-stream": self._act_end_stream,
+                "view": self._act_view,
+                "end-view": self._act_end_view,
+                "tile": self._act_tile,
+                "layer": self._act_layer,
+            }
+        )
 
     # -- acts: what another process asks of this one ---------------------------
     # The asking process has decided (who asks, jurisdiction); the owner does it.
@@ -159,6 +168,18 @@ class Rooms:
         if not await self._router.end_view(str(args["subscription_id"])):
             raise NotFound(f"no subscription {args['subscription_id']}")
         return {}
+
+    async def _act_tile(self, args: dict[str, Any]) -> dict[str, Any]:
+        subscription_id = str(args["subscription_id"])
+        if self._router.subscription(subscription_id) is None:
+            raise NotFound(f"no subscription {subscription_id}")
+        state = self._router.set_tile(subscription_id, int(args["width"]), int(args["height"]))
+        return {"layer": asdict(state) if state is not None else None}
+
+    async def _act_layer(self, args: dict[str, Any]) -> dict[str, Any]:
+        stream_and_state = self._router.layer_states().get(str(args["subscription_id"]))
+        state = stream_and_state[1] if stream_and_state is not None else None
+        return {"layer": asdict(state) if state is not None else None}
 
     # -- rooms ---------------------------------------------------------------
 
@@ -606,9 +627,10 @@ class Rooms:
         """A locally hosted stream's tracks by kind (empty: not hosted here)."""
         return self._router.tracks(stream_id)
 
-    def subscribe(self, stream_id: str, kind: str, sink: Sink) -> Track | None:
-        """Feed a sink (recorder, snapshot taker, relay) a local track's packets."""
-        return self._router.subscribe(stream_id, kind, sink)
+    def subscribe(self, stream_id: str, kind: str, sink: Sink, width: int = 0) -> Track | None:
+        """Feed a sink (recorder, snapshot taker, relay) a local track's packets;
+        `width`: of a simulcast track, the lowest layer that wide (else the top)."""
+        return self._router.subscribe(stream_id, kind, sink, width)
 
     def unsubscribe(self, stream_id: str, kind: str, sink: Sink) -> None:
         self._router.unsubscribe(stream_id, kind, sink)
@@ -634,6 +656,10 @@ class Rooms:
     def media_counts(self) -> dict[str, int]:
         """Streams and subscriptions hosted by this process."""
         return self._router.counts()
+
+    def layer_states(self) -> dict[str, tuple[str, LayerState]]:
+        """Subscription id -> (stream id, its simulcast layer), for the subscriptions here that have layers."""
+        return self._router.layer_states()
 
     # -- viewing -------------------------------------------------------------
 
@@ -715,9 +741,26 @@ class Rooms:
                     del self._admitting[key]
 
     async def end_view(self, claims: Claims, stream_id: str, subscription_id: str) -> None:
-        """End a subscription (WHEP DELETE) wherever it is held: its id names
-        the process (Router's session prefix), which tells who holds it; the
-        decision is made here, the holder ends it."""
+        """End a subscription (WHEP DELETE) wherever it is held."""
+        node = await self._held(claims, stream_id, subscription_id, "end")
+        await self.ask(node, "end-view", subscription_id=subscription_id)
+
+    async def set_tile(
+        self, claims: Claims, stream_id: str, subscription_id: str, width: int, height: int
+    ) -> LayerState | None:
+        """The size the viewer renders a subscription at (0×0: hidden): it
+        chooses the simulcast layer; None for a stream without layers."""
+        node = await self._held(claims, stream_id, subscription_id, "size")
+        return _layer_state(await self.ask(node, "tile", subscription_id=subscription_id, width=width, height=height))
+
+    async def layer(self, claims: Claims, stream_id: str, subscription_id: str) -> LayerState | None:
+        node = await self._held(claims, stream_id, subscription_id, "read")
+        return _layer_state(await self.ask(node, "layer", subscription_id=subscription_id))
+
+    async def _held(self, claims: Claims, stream_id: str, subscription_id: str, verb: str) -> str:
+        """The process holding a subscription, once this one has decided that
+        the caller may act on it (its viewer, or an operator of its room): the
+        id names the process (Router's session prefix)."""
         node = self.node_id if self._router.subscription(subscription_id) else node_of_session(subscription_id)
         if node is None:
             raise NotFound(f"no subscription {subscription_id} to stream {stream_id}")
@@ -731,8 +774,8 @@ class Rooms:
             raise NotFound(f"no subscription {subscription_id} to stream {stream_id}")
         await self.room(claims, held["room_id"])
         if held["user"] != claims.user and claims.role not in ("operator", "admin"):
-            raise Forbidden("only its viewer or an operator may end a subscription")
-        await self.ask(node, "end-view", subscription_id=subscription_id)
+            raise Forbidden(f"only its viewer or an operator may {verb} a subscription")
+        return node
 
     async def sweep(self) -> int:
         """Remove participants and streams of hub processes that died
@@ -823,3 +866,11 @@ class Rooms:
         await self._router.close()
         if self.cluster is not None:
             await self.cluster.close()
+
+
+def _layer_state(answer: dict[str, Any]) -> LayerState | None:
+    """A layer state as an act carries it (JSON: lists for tuples)."""
+    raw = answer["layer"]
+    if raw is None:
+        return None
+    return LayerState(**(raw | {"layers": tuple(tuple(layer) for layer in raw["layers"])}))

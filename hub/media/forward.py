@@ -33,7 +33,7 @@ from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.codecs import is_rtx
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtcrtpreceiver import StreamStatistics
+from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RtcpPsfbPacket,
@@ -77,10 +77,26 @@ class Track(Protocol):
     def request_keyframe(self) -> None: ...
 
 
+class Fanout(Protocol):
+    """What a `TrackSink` takes its packets from: a `TrackSource`, or a
+    viewer's choice among a simulcast stream's layers (hub.media.layers)."""
+
+    kind: str
+    sinks: set[Sink]
+
+    @property
+    def mime_type(self) -> str: ...
+
+    def request_keyframe(self) -> None: ...
+
+
 class Streams(Protocol):
     """The door through which a sink subscribes to a track hosted here."""
 
-    def subscribe(self, stream_id: str, kind: str, sink: Sink) -> Track | None: ...
+    def subscribe(self, stream_id: str, kind: str, sink: Sink, width: int = 0) -> Track | None:
+        """`width`: a sink that needs no more than that many pixels across
+        gets the lowest simulcast layer that wide (hub.media.layers)."""
+        ...
 
     def unsubscribe(self, stream_id: str, kind: str, sink: Sink) -> None: ...
 
@@ -105,25 +121,32 @@ def is_keyframe_start(mime_type: str, payload: bytes) -> bool:
 
 
 def _vp8_keyframe_start(payload: bytes) -> bool:
+    pos = vp8_payload_start(payload)
+    return pos is not None and not payload[pos] & 0x01  # P bit 0 = keyframe
+
+
+def vp8_payload_start(payload: bytes) -> int | None:
+    """Where a VP8 frame begins in the first RTP packet of that frame, or
+    None for any other packet."""
     # RFC 7741 section 4.2: payload descriptor, then the VP8 payload header.
     first = payload[0]
     if not first & 0x10 or first & 0x07:  # S bit set and partition index 0
-        return False
+        return None
     pos = 1
     if first & 0x80:  # X: extension byte follows
         if len(payload) < 2:
-            return False
+            return None
         ext = payload[1]
         pos = 2
         if ext & 0x80:  # I: picture id, one or two bytes
             if len(payload) <= pos:
-                return False
+                return None
             pos += 2 if payload[pos] & 0x80 else 1
         if ext & 0x40:  # L: TL0PICIDX
             pos += 1
         if ext & 0x30:  # T or K: TID/KEYIDX byte
             pos += 1
-    return len(payload) > pos and not payload[pos] & 0x01  # P bit 0 = keyframe
+    return pos if len(payload) > pos else None
 
 
 # A viewer can only start decoding H.264 where a sequence parameter set
@@ -228,7 +251,7 @@ class TrackSource:
                 )
 
         if is_rtx(codec):
-            original_ssrc = r._RTCRtpReceiver__rtx_ssrc.get(packet.ssrc)  # type: ignore[attr-defined]
+            original_ssrc = self._repaired_ssrc(packet)
             apt = codec.parameters.get("apt")
             if original_ssrc is None or len(packet.payload) < 2 or apt not in codecs:
                 return
@@ -237,10 +260,25 @@ class TrackSource:
         elif not packet.payload:
             return  # padding-only probe
 
-        nack = r._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
+        nack = self._nack_generator(packet)
         if nack is not None and nack.add(packet):
             await r._send_rtcp_nack(packet.ssrc, sorted(nack.missing))
+        self._deliver(packet, codec)
 
+    # What a source of several RTP streams (simulcast, hub.media.layers) does
+    # its own way: which stream an RTX packet repairs, loss per stream, and
+    # where a packet goes.
+
+    def _repaired_ssrc(self, rtx: RtpPacket) -> int | None:
+        assert self._receiver is not None
+        ssrc: int | None = self._receiver._RTCRtpReceiver__rtx_ssrc.get(rtx.ssrc)  # type: ignore[attr-defined]
+        return ssrc
+
+    def _nack_generator(self, packet: RtpPacket) -> NackGenerator | None:
+        nack: NackGenerator | None = self._receiver._RTCRtpReceiver__nack_generator  # type: ignore[union-attr]
+        return nack
+
+    def _deliver(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
         self._media_ssrc = packet.ssrc
         self.codec = codec
         self.forward(packet)
@@ -413,7 +451,7 @@ class TrackSink:
     Nobody else waits for it.
     """
 
-    def __init__(self, source: TrackSource, sender: RTCRtpSender, max_backlog: int) -> None:
+    def __init__(self, source: Fanout, sender: RTCRtpSender, max_backlog: int) -> None:
         self.source = source
         self.stats = SinkStats()
         self._sender = sender

@@ -24,7 +24,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcpeerconnection import is_codec_compatible
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from hub.media import door
+from hub.media import door, layers
 from hub.media.forward import (
     PASSTHROUGH_CODECS,
     Sink,
@@ -106,6 +106,8 @@ class Consumer:
     sinks: dict[str, TrackSink]
     user: str
     created: float = field(default_factory=time.time)
+    #: The viewer's choice among a simulcast stream's layers.
+    switch: layers.LayerSwitch | None = None
 
 
 class ForwardedTrack(MediaStreamTrack):
@@ -205,6 +207,21 @@ class Router:
             return None
         return SubscriptionMedia(consumer.id, consumer.producer.id, consumer.user)
 
+    def set_tile(self, subscription_id: str, width: int, height: int) -> layers.LayerState | None:
+        """The size a viewer renders a subscription's video at (0×0: hidden);
+        None when its stream has no layers to choose from."""
+        consumer = self._consumers.get(subscription_id)
+        if consumer is None:
+            raise StreamEnded(f"subscription {subscription_id} has ended")
+        if consumer.switch is None:
+            return None
+        consumer.switch.set_tile(layers.Tile(width, height))
+        return consumer.switch.state()
+
+    def layer_states(self) -> dict[str, tuple[str, layers.LayerState]]:
+        """Subscription id -> (stream id, its layer), for every simulcast subscription here."""
+        return {c.id: (c.producer.id, c.switch.state()) for c in self._consumers.values() if c.switch is not None}
+
     def counts(self) -> dict[str, int]:
         relays = sum(p.upstream is not None for p in self._producers.values())
         return {"streams": len(self._producers) - relays, "subscriptions": len(self._consumers), "relays": relays}
@@ -224,13 +241,16 @@ class Router:
         producer = self._producers.get(stream_id) if relayed else self._hosted(stream_id)
         return dict(producer.sources) if producer is not None else {}
 
-    def subscribe(self, stream_id: str, kind: str, sink: Sink) -> Track | None:
+    def subscribe(self, stream_id: str, kind: str, sink: Sink, width: int = 0) -> Track | None:
         """Attach a sink to a track of a stream hosted or relayed here (None:
-        no such track); a relay stays while a sink is attached."""
+        no such track); of a simulcast track, the top layer, or with `width`
+        the lowest layer that wide. A relay stays while a sink is attached."""
         producer = self._producers.get(stream_id)
         source = producer.sources.get(kind) if producer is not None else None
         if producer is None or source is None:
             return None
+        if isinstance(source, layers.SimulcastSource) and width:
+            source = source.at_least(width)
         source.sinks.add(sink)
         producer.sinks.add(sink)
         if producer.linger is not None:
@@ -244,7 +264,10 @@ class Router:
         if producer is None or source is None:
             return
         source.sinks.discard(sink)
-        if not any(sink in s.sinks for s in producer.sources.values()):
+        if isinstance(source, layers.SimulcastSource):
+            for layer in source.layers:
+                layer.sinks.discard(sink)
+        if not any(_feeds(s, sink) for s in producer.sources.values()):
             producer.sinks.discard(sink)
         if producer.upstream is not None and producer.idle():
             self._linger(producer)
@@ -254,6 +277,11 @@ class Router:
     async def publish(self, offer: str) -> tuple[StreamMedia, str]:
         pc = RTCPeerConnection(self._configuration)
         sources: dict[str, TrackSource] = {}
+        try:
+            simulcast = layers.read_offer(offer)
+        except layers.SimulcastError as exc:
+            await pc.close()
+            raise SdpError(str(exc)) from exc
 
         def prepare() -> None:
             kinds = [t.kind for t in pc.getTransceivers()]
@@ -265,11 +293,18 @@ class Router:
                     raise SdpError(f"no {transceiver.kind} codec the hub forwards (VP8, H.264, Opus, G.711)")
                 restrict_codecs(transceiver, codec)
                 transceiver.direction = "recvonly"
-                source = TrackSource(transceiver.receiver, transceiver.kind, self._keyframe_interval)
+                if simulcast is not None and transceiver.kind == "video":
+                    layers.accept(transceiver, simulcast)
+                    receiver, interval = transceiver.receiver, self._keyframe_interval
+                    source: TrackSource = layers.SimulcastSource(receiver, simulcast, interval)
+                else:
+                    source = TrackSource(transceiver.receiver, transceiver.kind, self._keyframe_interval)
                 source.codec = codec
                 sources[transceiver.kind] = source
 
         answer = await _answer(pc, offer, prepare)
+        if simulcast is not None:
+            answer = layers.answer(answer, simulcast)
         producer = Producer(id=secrets.token_urlsafe(9), pc=pc, sources=sources)
         self._producers[producer.id] = producer
         self._watch(pc, lambda: self.end_stream(producer.id))
@@ -335,6 +370,7 @@ class Router:
             raise StreamEnded(f"stream {stream_id} has ended")
         pc = RTCPeerConnection(self._configuration)
         sinks: dict[str, TrackSink] = {}
+        switches: list[layers.LayerSwitch] = []
 
         def prepare() -> None:
             for transceiver in pc.getTransceivers():
@@ -348,7 +384,14 @@ class Router:
                 restrict_codecs(transceiver, codec)
                 transceiver.sender.replaceTrack(ForwardedTrack(transceiver.kind))
                 transceiver.direction = "sendonly"
-                sinks[transceiver.kind] = TrackSink(source, transceiver.sender, self._max_backlog)
+                if isinstance(source, layers.SimulcastSource):
+                    audio = "audio" in producer.sources and any(t.kind == "audio" for t in pc.getTransceivers())
+                    switch = layers.LayerSwitch(source, audio)
+                    switches.append(switch)
+                    sinks[transceiver.kind] = TrackSink(switch, transceiver.sender, self._max_backlog)
+                    switch.watch(transceiver.sender)
+                else:
+                    sinks[transceiver.kind] = TrackSink(source, transceiver.sender, self._max_backlog)
             if not sinks:
                 raise SdpError("the offer has no audio or video section this stream can fill")
 
@@ -358,14 +401,24 @@ class Router:
         except BaseException:
             for sink in sinks.values():
                 sink.close()
+            for switch in switches:
+                switch.close()
             raise
         finally:
             producer.answering -= 1
             if producer.upstream is not None and producer.idle() and self._producers.get(stream_id) is producer:
                 self._linger(producer)  # cancelled below if this viewer is added
-        consumer_id = self._session_prefix + secrets.token_urlsafe(9)
-        consumer = Consumer(id=consumer_id, producer=producer, pc=pc, sinks=sinks, user=user)
+        consumer = Consumer(
+            id=self._session_prefix + secrets.token_urlsafe(9),
+            producer=producer,
+            pc=pc,
+            sinks=sinks,
+            user=user,
+            switch=switches[0] if switches else None,
+        )
         if self._producers.get(stream_id) is not producer:  # it ended while the offer was answered
+            if consumer.switch is not None:
+                consumer.switch.close()
             await pc.close()
             raise StreamEnded(f"stream {stream_id} has ended")
         self._consumers[consumer.id] = consumer
@@ -423,6 +476,8 @@ class Router:
         producer.consumers.discard(consumer)
         for sink in consumer.sinks.values():
             sink.close()
+        if consumer.switch is not None:
+            consumer.switch.close()
         if producer.upstream is not None and producer.idle() and self._producers.get(producer.id) is producer:
             self._linger(producer)
         await consumer.pc.close()
@@ -434,3 +489,9 @@ class Router:
         for stream_id in tuple(self._producers):
             with contextlib.suppress(Exception):
                 await self.end_stream(stream_id)
+
+
+def _feeds(source: TrackSource, sink: Sink) -> bool:
+    """Whether a source, or one of its simulcast layers, feeds the sink."""
+    layered = isinstance(source, layers.SimulcastSource)
+    return sink in source.sinks or (layered and any(sink in layer.sinks for layer in source.layers))

@@ -77,9 +77,11 @@ class KeyframeCatcher:
             return None
         self._assembler = FrameAssembler(self.track.codec)  # starts waiting for a keyframe
         self._caught = asyncio.get_running_loop().create_future()
-        if self._streams.subscribe(self._stream_id, "video", self) is None:
+        # Of a simulcast stream, the lowest layer that fills a snapshot: less to decode.
+        layer = self._streams.subscribe(self._stream_id, "video", self, width=WIDTH)
+        if layer is None:
             return None  # the stream ended
-        self.track.request_keyframe()
+        layer.request_keyframe()
         try:
             return await asyncio.wait_for(self._caught, timeout)
         except TimeoutError:

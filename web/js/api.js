@@ -111,10 +111,23 @@ export class MediaSession {
     return new URL(this.location).pathname.replace(/\/$/, "").split("/").pop();
   }
 
+  /**
+   * Tell the hub the size (device pixels) a WHEP session's video is drawn
+   * at; 0×0 when it is not seen. The hub picks the simulcast layer from it.
+   * Resolves to the layer choice ({simulcast, layer, layers, ...}).
+   */
+  async setTileSize(width, height) {
+    const init = { method: "PATCH", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ width, height }) };
+    const response = await this.client.fetch(this.location, init);
+    if (!response.ok) throw await errorFrom(response, `PATCH ${this.location}`);
+    return response.json();
+  }
+
   /** End the session: DELETE its resource (best effort) and close the peer connection. */
   async close() {
     if (this.closed) return;
     this.closed = true;
+    this.sizer?.stop();
     try {
       // keepalive: the DELETE still goes out when the page is being closed.
       const response = await this.client.fetch(this.location, { method: "DELETE", keepalive: true }, 5000);
@@ -124,6 +137,89 @@ export class MediaSession {
     }
   }
 }
+
+/** Wait this long after a resize before telling the hub: a window being dragged sends one size. */
+const TILE_SETTLE_MS = 250;
+
+/**
+ * Keeps the hub told of the size a video element draws a WHEP session at:
+ * the element's box, narrowed to the picture for object-fit: contain (and
+ * widened for cover), in device pixels; 0×0 while the element is off screen,
+ * hidden or the page is in the background.
+ */
+export class TileSizer {
+  constructor(session, video) {
+    this.session = session;
+    this.video = video;
+    this.visible = true;
+    this.sent = "";
+    this.timer = null;
+    this.schedule = () => {
+      clearTimeout(this.timer);
+      this.timer = setTimeout(() => this.send(), TILE_SETTLE_MS);
+    };
+    this.resizes = new ResizeObserver(this.schedule);
+    this.resizes.observe(video);
+    this.views = new IntersectionObserver((entries) => {
+      this.visible = entries[entries.length - 1].isIntersecting;
+      this.schedule();
+    });
+    this.views.observe(video);
+    video.addEventListener("resize", this.schedule); // the picture's own size is known, or changed
+    document.addEventListener("visibilitychange", this.schedule);
+  }
+
+  size() {
+    const v = this.video;
+    if (!this.visible || document.hidden || !v.isConnected) return [0, 0];
+    let width = v.clientWidth;
+    let height = v.clientHeight;
+    if (v.videoWidth && v.videoHeight && width && height) {
+      const fit = getComputedStyle(v).objectFit;
+      const scale = (fit === "cover" ? Math.max : Math.min)(width / v.videoWidth, height / v.videoHeight);
+      if (fit !== "fill") [width, height] = [v.videoWidth * scale, v.videoHeight * scale];
+    }
+    const ratio = window.devicePixelRatio || 1;
+    width = Math.round(width * ratio);
+    height = Math.round(height * ratio);
+    return width && height ? [width, height] : [0, 0];
+  }
+
+  async send() {
+    if (this.session.closed) return;
+    const [width, height] = this.size();
+    const key = `${width}x${height}`;
+    if (key === this.sent) return;
+    this.sent = key;
+    try {
+      this.session.layer = await this.session.setTileSize(width, height);
+    } catch (err) {
+      this.sent = ""; // say it again at the next change
+      console.warn("tile size", err);
+    }
+  }
+
+  stop() {
+    clearTimeout(this.timer);
+    this.resizes.disconnect();
+    this.views.disconnect();
+    this.video.removeEventListener("resize", this.schedule);
+    document.removeEventListener("visibilitychange", this.schedule);
+  }
+}
+
+/**
+ * The layers the room page publishes its camera in, lowest first: ¼, ½ and
+ * full size. The caps stay under Chromium's own simulcast maxima for those
+ * sizes of a 720p camera (webrtc's simulcast.cc: 200 kbit/s at 320×180,
+ * 700 at 640×360, 2500 at 1280×720), lower at the top because a village
+ * centre's uplink is thin and the full layer only serves large tiles.
+ */
+export const SIMULCAST_LAYERS = [
+  { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: "f", scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
+];
 
 export class HubClient {
   /**
@@ -256,9 +352,11 @@ export class HubClient {
   /**
    * Watch a stream with WHEP: receive its video and audio and play them in
    * `videoElement` (its srcObject is set as tracks arrive). Resolves to a
-   * MediaSession; close() it to stop watching.
+   * MediaSession; close() it to stop watching. Unless `tileSize` is false,
+   * the hub is kept told of the size the element draws the video at
+   * (TileSizer), so that it sends the simulcast layer that size needs.
    */
-  async whepView(streamId, videoElement) {
+  async whepView(streamId, videoElement, { tileSize = true } = {}) {
     const pc = new RTCPeerConnection({ iceServers: await this.iceConfiguration() });
     pc.addTransceiver("video", { direction: "recvonly" });
     pc.addTransceiver("audio", { direction: "recvonly" });
@@ -268,19 +366,24 @@ export class HubClient {
       if (videoElement && videoElement.srcObject !== stream) videoElement.srcObject = stream;
     });
     const location = await this._negotiate(pc, `/whep/${encodeURIComponent(streamId)}`);
-    return new MediaSession(this, pc, location, stream);
+    const session = new MediaSession(this, pc, location, stream);
+    if (videoElement && tileSize) session.sizer = new TileSizer(session, videoElement);
+    return session;
   }
 
   /**
    * Publish a MediaStream (at most one video and one audio track) into a
    * room with WHIP. `kind` is "camera" or "screen"; `participant` attaches
-   * the stream to the caller's event-socket participant in that room.
-   * Resolves to a MediaSession whose resourceId is the new stream's id.
+   * the stream to the caller's event-socket participant in that room;
+   * `simulcast` sends the video in SIMULCAST_LAYERS (the hub gives each
+   * viewer the layer its tile needs). Resolves to a MediaSession whose resourceId is the new stream's id.
    */
-  async whipPublish(roomId, mediaStream, { kind = "camera", participant = null } = {}) {
+  async whipPublish(roomId, mediaStream, { kind = "camera", participant = null, simulcast = false } = {}) {
     const pc = new RTCPeerConnection({ iceServers: await this.iceConfiguration() });
     for (const track of mediaStream.getTracks()) {
-      pc.addTransceiver(track, { direction: "sendonly", streams: [mediaStream] });
+      const init = { direction: "sendonly", streams: [mediaStream] };
+      if (simulcast && track.kind === "video") init.sendEncodings = SIMULCAST_LAYERS.map((layer) => ({ ...layer }));
+      pc.addTransceiver(track, init);
     }
     const query = new URLSearchParams({ kind });
     if (participant) query.set("participant", participant);

@@ -622,7 +622,9 @@ async function boot() {
   }
   hideFatal();
   state.selected = state.roots[0] ?? null;
-  state.wall = new Wall($("wall"), { client: state.client, resolve: resolveFeed, t, onChange: onWallChange });
+  // ?layers=off: every pane pulls the publishers' top layer (to compare what layers save).
+  const layers = new URLSearchParams(window.location.search).get("layers") !== "off";
+  state.wall = new Wall($("wall"), { client: state.client, resolve: resolveFeed, t, onChange: onWallChange, layers });
   const current = state.layouts.layouts.find((l) => l.name === state.layouts.current);
   if (current) state.wall.applyLayout(current);
   $("layout").hidden = false;

@@ -18,6 +18,8 @@ const DISCONNECTED_GRACE_MS = 5000;
 const SPEAKER_POLL_MS = 400;
 const SPEAKING_LEVEL = 0.02;
 const SITE_INVITER_ROLES = ["admin", "operator", "mediator"];
+/** The camera goes out in three layers (api.js SIMULCAST_LAYERS) unless the link says ?simulcast=off. */
+const SIMULCAST = new URLSearchParams(window.location.search).get("simulcast") !== "off";
 
 /** This page's messages for some failed API calls: they concern the room. */
 const ROOM_ERRORS = {
@@ -314,7 +316,10 @@ async function publishCamera() {
   const seq = ++state.cameraSeq;
   if (!state.local || !state.joined || !mayPublish()) return;
   try {
-    const session = await state.client.whipPublish(state.roomId, state.local, { participant: state.participantId });
+    const session = await state.client.whipPublish(state.roomId, state.local, {
+      participant: state.participantId,
+      simulcast: SIMULCAST,
+    });
     if (!state.joined || seq !== state.cameraSeq) {
       closeSession(session);
       return;

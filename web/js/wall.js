@@ -129,7 +129,7 @@ class Pane {
     const seq = ++this.seq;
     this.setStatus("connecting");
     try {
-      const session = await this.wall.client.whepView(streamId, this.video);
+      const session = await this.wall.client.whepView(streamId, this.video, { tileSize: this.wall.layers });
       if (seq !== this.seq) {
         session.close().catch(() => {});
         return;
@@ -174,10 +174,13 @@ export class Wall {
    * @param {(feed) => ({streamId: string|null, label: string}|null)} options.resolve
    * @param {(key: string) => string} options.t translation
    * @param {() => void} [options.onChange] the layout (grid, panes, patrol) changed
+   * @param {boolean} [options.layers] panes state their size (false: every pane gets the top layer)
    */
-  constructor(container, { client, resolve, t, onChange = () => {} }) {
+  constructor(container, { client, resolve, t, onChange = () => {}, layers = true }) {
     this.container = container;
     this.client = client;
+    /** Whether panes tell the hub their size, so that it sends each the simulcast layer it needs. */
+    this.layers = layers;
     this.resolve = resolve;
     this.t = t;
     this.onChange = onChange;

@@ -1,0 +1,527 @@
+"""Simulcast: a publisher's layers, and the one a viewer gets.
+
+A simulcast publisher (Chromium with several `sendEncodings`, or the
+project's Python client) sends one video section with several RTP streams,
+each named by a rid (RFC 8851) in the `rtp-stream-id` header extension and
+listed in `a=simulcast:send` (RFC 8853). aiortc knows none of this, so:
+
+* `read_offer` finds the rids and the extension ids in a WHIP offer,
+  `accept` adds the extensions to the transceiver being answered (so that
+  aiortc's receiver parses them) and `answer` writes `a=rid:... recv` and
+  `a=simulcast:recv` into the answer;
+* a `SimulcastSource` takes the receiver's packets, tells the streams apart
+  by SSRC (learned from the rid each stream carries; RTX by its repaired
+  rid) and feeds one `TrackSource` per layer, each with its own keyframe
+  requests (PLI with that layer's SSRC) and its own NACKs. Its own sinks
+  (recorder, relays) get the top layer;
+* a `LayerSwitch` stands between the layers and one viewer's `TrackSink`:
+  it forwards one layer at a time, chosen by the tile size the viewer
+  states and the capacity its feedback (REMB, loss in receiver reports)
+  shows, switches only at a keyframe of the new layer (which it asks for),
+  and rewrites timestamps so that the viewer sees one continuous stream
+  (the sink renumbers the sequence, as for a restarted source).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
+from aiortc.rtcrtpreceiver import NackGenerator
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    AnyRtcpPacket,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtpPacket,
+    unpack_remb_fci,
+)
+
+from hub.media.forward import Outgoing, Sink, TrackSource, is_keyframe_start, vp8_payload_start
+
+log = logging.getLogger(__name__)
+
+RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+REPAIRED_RID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
+#: More layers than this make no sense for a camera; an offer with more is refused.
+MAX_LAYERS = 4
+# RFC 8851 section 10: rid-syntax is alphanumeric, '-' and '_'; 16 characters is what browsers use at most.
+_RID = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
+
+
+class SimulcastError(ValueError):
+    """A simulcast offer the hub cannot take; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class SimulcastOffer:
+    """The simulcast part of an offer's video section."""
+
+    #: The layers' rids in the offer's order.
+    rids: tuple[str, ...]
+    rid_ext: int
+    repaired_ext: int | None
+
+
+def _video_section(sdp: str) -> list[str]:
+    lines = sdp.replace("\r\n", "\n").split("\n")
+    start = next((i for i, line in enumerate(lines) if line.startswith("m=video")), None)
+    if start is None:
+        return []
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("m=")), len(lines))
+    return lines[start:end]
+
+
+def read_offer(sdp: str) -> SimulcastOffer | None:
+    """The simulcast layers an offer's video section sends, or None without simulcast."""
+    section = _video_section(sdp)
+    simulcast = [line for line in section if line.startswith("a=simulcast:")]
+    if not simulcast:
+        return None
+    if len(simulcast) > 1:
+        raise SimulcastError("more than one a=simulcast line in the video section")
+    parts = simulcast[0][len("a=simulcast:") :].split()
+    if len(parts) != 2 or parts[0] != "send":
+        raise SimulcastError("a WHIP offer's a=simulcast must be 'send <rid>;<rid>...'")
+    # Each ';'-separated stream may list alternatives (','); the first is the one sent. '~' marks a paused one.
+    rids = tuple(stream.split(",")[0].lstrip("~") for stream in parts[1].split(";"))
+    if not all(_RID.match(rid) for rid in rids) or len(set(rids)) != len(rids):
+        raise SimulcastError(f"bad or repeated rid in a=simulcast: {parts[1]!r}")
+    if not 2 <= len(rids) <= MAX_LAYERS:
+        raise SimulcastError(f"a simulcast offer has 2 to {MAX_LAYERS} layers, not {len(rids)}")
+    declared = {line.split()[0][len("a=rid:") :] for line in section if line.startswith("a=rid:") and " send" in line}
+    if missing := [rid for rid in rids if rid not in declared]:
+        raise SimulcastError(f"a=simulcast names rids with no 'a=rid:<rid> send' line: {', '.join(missing)}")
+    ext: dict[str, int] = {}
+    for line in section:
+        if line.startswith("a=extmap:"):
+            head, _, uri = line[len("a=extmap:") :].partition(" ")
+            if head.split("/")[0].isdigit():
+                ext[uri.split()[0] if uri else ""] = int(head.split("/")[0])
+    if RID_URI not in ext:
+        raise SimulcastError(f"a simulcast offer must map the {RID_URI} header extension")
+    return SimulcastOffer(rids, ext[RID_URI], ext.get(REPAIRED_RID_URI))
+
+
+def accept(transceiver: RTCRtpTransceiver, offer: SimulcastOffer) -> None:
+    """Make the answer carry the rid extensions, and aiortc's receiver parse them."""
+    extensions = [RTCRtpHeaderExtensionParameters(id=offer.rid_ext, uri=RID_URI)]
+    if offer.repaired_ext is not None:
+        extensions.append(RTCRtpHeaderExtensionParameters(id=offer.repaired_ext, uri=REPAIRED_RID_URI))
+    transceiver._headerExtensions = [*transceiver._headerExtensions, *extensions]
+
+
+def answer(sdp: str, offer: SimulcastOffer) -> str:
+    """The answer with the video section receiving the offered layers."""
+    lines = sdp.split("\r\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith("m=video"))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("m=")), len(lines))
+    while end > start and not lines[end - 1]:
+        end -= 1  # before the final empty line
+    added = [f"a=rid:{rid} recv" for rid in offer.rids] + ["a=simulcast:recv " + ";".join(offer.rids)]
+    return "\r\n".join(lines[:end] + added + lines[end:])
+
+
+def vp8_keyframe_size(payload: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first packet of a VP8 keyframe (RFC 6386 section 9.1)."""
+    pos = vp8_payload_start(payload)
+    if pos is None or payload[pos] & 0x01 or len(payload) < pos + 10:
+        return None
+    if payload[pos + 3 : pos + 6] != b"\x9d\x01\x2a":
+        return None
+    width = int.from_bytes(payload[pos + 6 : pos + 8], "little") & 0x3FFF
+    height = int.from_bytes(payload[pos + 8 : pos + 10], "little") & 0x3FFF
+    return width, height
+
+
+class Layer(TrackSource):
+    """One simulcast layer: the packets of one RTP stream, its size and bitrate."""
+
+    def __init__(self, rid: str, index: int, keyframe_interval: float, pli: Callable[[Layer], None]) -> None:
+        super().__init__(None, "video", keyframe_interval, lambda: pli(self))
+        self.rid = rid
+        #: Position in the offer: orders layers whose size is not known yet.
+        self.index = index
+        self.ssrc: int | None = None
+        self.width = 0
+        self.height = 0
+        self.nack = NackGenerator()
+        #: Payload bits per second, over the last `_WINDOW` seconds.
+        self.bitrate = 0
+        self._window_start = time.monotonic()
+        self._window_bytes = 0
+
+    def count(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> bool:
+        """Count a packet of this layer; True when it shows a new picture size."""
+        now = time.monotonic()
+        self._window_bytes += len(packet.payload)
+        if now - self._window_start >= _WINDOW:
+            self.bitrate = int(self._window_bytes * 8 / (now - self._window_start))
+            self._window_start, self._window_bytes = now, 0
+        if codec.mimeType.lower() == "video/vp8" and (size := vp8_keyframe_size(packet.payload)) is not None:
+            if size != (self.width, self.height):
+                self.width, self.height = size
+                return True
+        return False
+
+
+_WINDOW = 1.0
+
+
+class SimulcastSource(TrackSource):
+    """A simulcast video track: demultiplexes its RTP streams into `layers`,
+    lowest first; its own sinks get the top layer."""
+
+    def __init__(self, receiver: RTCRtpReceiver, offer: SimulcastOffer, keyframe_interval: float) -> None:
+        super().__init__(receiver, "video", keyframe_interval)
+        self._layers = {rid: Layer(rid, i, keyframe_interval, self._pli) for i, rid in enumerate(offer.rids)}
+        self._by_ssrc: dict[int, Layer] = {}
+        self._order = list(self._layers.values())
+
+    @property
+    def layers(self) -> list[Layer]:
+        """Lowest first: by the size their keyframes show, else in the offer's order."""
+        return self._order
+
+    def _sort(self) -> None:
+        layers = list(self._layers.values())
+        if all(layer.height for layer in layers):
+            layers.sort(key=lambda layer: (layer.width * layer.height, layer.index))
+        self._order = layers
+
+    def layer(self, rid: str) -> Layer | None:
+        return self._layers.get(rid)
+
+    def at_least(self, width: int) -> TrackSource:
+        """The lowest layer at least `width` pixels wide, else this source (the top layer)."""
+        return next((layer for layer in self.layers if layer.width >= width), self)
+
+    def _layer_of(self, packet: RtpPacket) -> Layer | None:
+        layer = self._by_ssrc.get(packet.ssrc)
+        if layer is None and (rid := packet.extensions.rtp_stream_id) is not None:
+            layer = self._layers.get(rid)
+            if layer is not None:
+                # A publisher that restarts a layer's stream (new SSRC) keeps its rid.
+                if layer.ssrc is not None:
+                    self._by_ssrc.pop(layer.ssrc, None)
+                layer.ssrc = packet.ssrc
+                self._by_ssrc[packet.ssrc] = layer
+        return layer
+
+    def _repaired_ssrc(self, rtx: RtpPacket) -> int | None:
+        ssrc = super()._repaired_ssrc(rtx)
+        if ssrc is None and (rid := rtx.extensions.repaired_rtp_stream_id) is not None:
+            layer = self._layers.get(rid)
+            ssrc = layer.ssrc if layer is not None else None
+        return ssrc
+
+    def _nack_generator(self, packet: RtpPacket) -> NackGenerator | None:
+        layer = self._layer_of(packet)
+        return layer.nack if layer is not None else None
+
+    def _deliver(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
+        layer = self._layer_of(packet)
+        if layer is None:
+            return  # a stream with no rid yet: its layer is not known
+        self.codec = layer.codec = codec
+        if layer.count(packet, codec):
+            self._sort()
+        layer.forward(packet)
+        if layer is self._order[-1]:
+            self._media_ssrc = packet.ssrc
+            self.forward(packet)
+
+    def _pli(self, layer: Layer) -> None:
+        if self._receiver is not None and layer.ssrc is not None:
+            asyncio.ensure_future(self._receiver._send_rtcp_pli(layer.ssrc))
+
+    def close(self) -> None:
+        for layer in self._layers.values():
+            layer.close()
+        super().close()
+
+
+@dataclass(frozen=True, slots=True)
+class Tile:
+    """The size (CSS pixels times device pixel ratio) a viewer renders a stream at; 0×0: hidden."""
+
+    width: int
+    height: int
+
+    @property
+    def hidden(self) -> bool:
+        return not self.width or not self.height
+
+
+@dataclass(frozen=True, slots=True)
+class LayerState:
+    """What a subscription's layer switch shows: the API and /metrics read it."""
+
+    #: The rid the viewer receives now (None: hidden, or not started).
+    layer: str | None
+    #: The rid it waits to switch to at that layer's next keyframe.
+    target: str | None
+    #: (rid, width, height, bits/s) of each layer, lowest first; 0 where not known yet.
+    layers: tuple[tuple[str, int, int, int], ...]
+    #: The viewer's REMB, bits/s.
+    estimate: int | None
+    #: Changes of layer, and resumptions after a hidden spell.
+    switches: int
+
+
+#: Capacity a viewer with audio leaves to it (Opus at 32-48 kbit/s, with packet headers).
+AUDIO_RESERVE = 48_000
+#: A layer is sent only while its bitrate stays under this share of the viewer's estimate.
+HEADROOM = 0.85
+#: Receiver-reported loss (fraction) above which the viewer's link is taken as full.
+LOSSY = 0.1
+#: A low estimate counts only with at least this much loss: a delay-based
+#: estimator on a busy machine reads scheduling delays as a full link (an
+#: aiortc viewer here sent REMB of 37 kbit/s while 100 kbit/s arrived without loss).
+LOSS_SEEN = 0.02
+#: Seconds after a switch during which feedback is not acted on: the viewer's
+#: estimator (REMB) follows the new rate only after a while.
+SETTLE = 2.0
+#: Seconds without congestion before the switch tries the next layer up; a
+#: try that meets congestion within `PROBE` seconds doubles the wait for
+#: that layer, up to `MAX_HOLD` (so a link that cannot carry it is not
+#: tried again and again); one that holds resets it.
+UP_HOLD = 3.0
+PROBE = 8.0
+MAX_HOLD = 48.0
+#: How often each switch re-decides (seconds).
+TICK = 0.5
+
+
+class LayerSwitch:
+    """One viewer's video from a simulcast stream: one layer at a time.
+
+    It is the `Fanout` of that viewer's `TrackSink` (the sink adds itself
+    to `sinks`) and a `Sink` of the layer it forwards and, while switching,
+    of the layer it waits to start at a keyframe.
+    """
+
+    kind = "video"
+
+    def __init__(self, source: SimulcastSource, audio: bool) -> None:
+        self.sinks: set[Sink] = set()
+        self.source = source
+        self._reserve = AUDIO_RESERVE if audio else 0
+        self.tile: Tile | None = None
+        #: The viewer's estimate of its link (REMB, bits/s); None until it sends one.
+        self.estimate: int | None = None
+        self.loss = 0.0
+        self.current: Layer | None = None
+        self.target: Layer | None = None
+        self.switches = 0
+        self._offset = 0
+        #: Counts the runs of packets after the first (0: as they came).
+        self._run = 0
+        self._last: tuple[int, float] | None = None  # (outgoing timestamp, monotonic) of the newest packet
+        #: Index (lowest first) of the highest layer the viewer's link carries.
+        self._cap = MAX_LAYERS
+        self._calm_since = time.monotonic()
+        self._switched_at = 0.0
+        self._probe: tuple[int, float] | None = None  # (index, when) of the last climb the link asked for
+        self._holds: dict[int, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._retarget(self._choose(time.monotonic()))
+        self._tick()
+
+    @property
+    def mime_type(self) -> str:
+        return self.source.mime_type
+
+    @property
+    def layer(self) -> str | None:
+        """The rid of the layer this viewer receives (None: none yet, or hidden)."""
+        return self.current.rid if self.current is not None else None
+
+    def watch(self, sender: RTCRtpSender) -> None:
+        """Read the viewer's REMB and receiver reports as aiortc's sender receives them."""
+        handle = sender._handle_rtcp_packet
+        ssrc = sender._ssrc
+
+        async def handle_rtcp(packet: AnyRtcpPacket) -> None:
+            if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+                try:
+                    bitrate, ssrcs = unpack_remb_fci(packet.fci)
+                except ValueError:
+                    bitrate, ssrcs = 0, []
+                if ssrc in ssrcs:
+                    self.estimate = bitrate
+            elif isinstance(packet, RtcpRrPacket):
+                for report in packet.reports:
+                    if report.ssrc == ssrc:
+                        self.loss = report.fraction_lost / 256
+            await handle(packet)
+
+        sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
+
+    def set_tile(self, tile: Tile) -> None:
+        self.tile = tile
+        self._retarget(self._choose(time.monotonic()))
+
+    def request_keyframe(self) -> None:
+        layer = self.target or self.current
+        if layer is not None:
+            layer.request_keyframe()
+
+    # -- the choice ----------------------------------------------------------
+
+    def _wanted(self, layers: list[Layer]) -> Layer | None:
+        """The smallest layer that fills the tile (the top one if sizes are unknown)."""
+        tile = self.tile
+        if tile is None:
+            return layers[-1]
+        if tile.hidden:
+            return None
+        for layer in layers:
+            # A layer an eighth short of the tile still looks sharp enough scaled up.
+            if layer.height * 8 >= tile.height * 7 and layer.width * 8 >= tile.width * 7:
+                return layer
+        return layers[-1]
+
+    def _choose(self, now: float) -> Layer | None:
+        """The layer to send: the one the tile needs, or a lower one while
+        the link cannot carry it."""
+        layers = self.source.layers
+        wanted = self._wanted(layers)
+        if wanted is None:
+            return None
+        self._follow_link(now, layers)
+        return layers[min(layers.index(wanted), self._cap)]
+
+    def _follow_link(self, now: float, layers: list[Layer]) -> None:
+        """Move `_cap` down at congestion, up one layer after a calm spell.
+
+        REMB alone cannot show spare capacity: an estimator follows what it
+        receives (Chromium's and aiortc's stay near 1.5 times that). So heavy
+        loss, or an estimate under what the current layer needs together
+        with some loss, lowers the cap to what fits; climbing back is a try,
+        held back longer after each failed one.
+        """
+        current = self.current
+        if current is None or current not in layers or now - self._switched_at < SETTLE:
+            return
+        index = layers.index(current)
+        budget = None if self.estimate is None else (self.estimate - self._reserve) * HEADROOM
+        congested = self.loss > LOSSY or (budget is not None and budget < current.bitrate and self.loss >= LOSS_SEEN)
+        if congested:
+            self._calm_since = now
+            if self._probe is not None and self._probe[0] == index and now - self._probe[1] < PROBE:
+                self._holds[index] = min(MAX_HOLD, self._holds.get(index, UP_HOLD) * 2)
+            self._probe = None
+            fits = [i for i, layer in enumerate(layers[:index]) if budget is None or layer.bitrate <= budget]
+            cap = fits[-1] if fits else 0
+            if self.loss > LOSSY:
+                cap = min(cap, max(index - 1, 0))
+            if cap == self._cap:
+                return
+            self._cap = cap
+            log.info(
+                "a viewer's link is full (estimate %s bit/s, loss %.0f%%, layer %s at %d bit/s): down to %s",
+                self.estimate,
+                self.loss * 100,
+                current.rid,
+                current.bitrate,
+                layers[self._cap].rid,
+            )
+            return
+        if self._probe is not None and now - self._probe[1] >= PROBE:
+            self._holds.pop(self._probe[0], None)  # the climb held
+            self._probe = None
+        if self._cap < len(layers) - 1 and now - self._calm_since >= self._holds.get(self._cap + 1, UP_HOLD):
+            self._cap += 1
+            self._calm_since = now
+            self._probe = (self._cap, now)
+
+    def _tick(self) -> None:
+        if self._closed:
+            return
+        self._retarget(self._choose(time.monotonic()))
+        self._timer = asyncio.get_running_loop().call_later(TICK, self._tick)
+
+    def _retarget(self, layer: Layer | None) -> None:
+        if layer is (self.target or self.current):
+            return
+        if self.target is not None and self.target is not self.current:
+            self.target.sinks.discard(self)
+        if layer is None:  # hidden: nothing at all
+            if self.current is not None:
+                self.current.sinks.discard(self)
+            self.current = self.target = None
+            return
+        if layer is self.current:
+            self.target = None
+            return
+        self.target = layer
+        layer.sinks.add(self)
+        layer.request_keyframe()
+
+    # -- the packets ---------------------------------------------------------
+
+    def push(self, packet: RtpPacket, shared: Outgoing) -> None:
+        target = self.target
+        if target is not None and packet.ssrc == target.ssrc:
+            if not is_keyframe_start(self.mime_type, packet.payload):
+                return
+            self._switch(target, packet)
+        elif self.current is None or packet.ssrc != self.current.ssrc:
+            return
+        timestamp = (packet.timestamp + self._offset) & 0xFFFFFFFF
+        self._last = (timestamp, time.monotonic())
+        if self._run:
+            # Each run of packets after a switch (or a hidden spell) is a new
+            # source to the sink: its sequence numbers continue the viewer's.
+            packet = RtpPacket(
+                payload_type=packet.payload_type,
+                marker=packet.marker,
+                sequence_number=packet.sequence_number,
+                timestamp=timestamp,
+                ssrc=self._run,
+                payload=packet.payload,
+            )
+        for sink in tuple(self.sinks):
+            sink.push(packet, shared)
+
+    def _switch(self, layer: Layer, packet: RtpPacket) -> None:
+        if self.current is not None:
+            self.current.sinks.discard(self)
+        if self._last is not None:
+            # The new layer's clock has another origin: continue the outgoing
+            # one by the time that passed since the last packet sent.
+            last_ts, last_at = self._last
+            elapsed = max(1, round((time.monotonic() - last_at) * (layer.codec.clockRate if layer.codec else 90000)))
+            self._offset = (last_ts + elapsed - packet.timestamp) & 0xFFFFFFFF
+            self._run += 1
+            self.switches += 1
+        self.current, self.target = layer, None
+        self._switched_at = time.monotonic()
+
+    def state(self) -> LayerState:
+        return LayerState(
+            self.layer,
+            self.target.rid if self.target is not None else None,
+            tuple((layer.rid, layer.width, layer.height, layer.bitrate) for layer in self.source.layers),
+            self.estimate,
+            self.switches,
+        )
+
+    def close(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        for layer in (self.current, self.target):
+            if layer is not None:
+                layer.sinks.discard(self)
+        for sink in tuple(self.sinks):
+            sink.close()
+

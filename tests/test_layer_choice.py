@@ -1,0 +1,68 @@
+"""The layer choice of hub.media.layers.LayerSwitch on its own: tile sizes, congestion, climbing
+back with a growing hold. The layers are real `Layer`s of a `SimulcastSource` with no receiver;
+time is passed in, so that the hysteresis is checked without waiting for it."""
+
+from __future__ import annotations
+
+from hub.media import layers
+from hub.media.layers import LayerSwitch, SimulcastOffer, SimulcastSource, Tile
+
+SIZES = {"q": (160, 120, 100_000), "h": (320, 240, 300_000), "f": (640, 480, 900_000)}
+
+
+async def switch_on(rid: str) -> LayerSwitch:
+    source = SimulcastSource(None, SimulcastOffer(("q", "h", "f"), 10, None), 0.3)  # type: ignore[arg-type]
+    for layer in source.layers:
+        layer.width, layer.height, layer.bitrate = SIZES[layer.rid]
+    source._sort()
+    switch = LayerSwitch(source, audio=True)
+    switch.current = source.layer(rid)
+    switch.target = None
+    return switch
+
+
+def rid(layer: layers.Layer | None) -> str | None:
+    return layer.rid if layer is not None else None
+
+
+async def test_the_tile_size_picks_the_smallest_layer_that_fills_it() -> None:
+    switch = await switch_on("f")
+    try:
+        assert rid(switch._choose(100.0)) == "f"  # no size stated yet
+        # A layer fills a tile up to 8/7 of its size (scaled up by an eighth at most).
+        cases = {(150, 110): "q", (182, 137): "q", (184, 138): "h", (300, 225): "h", (400, 300): "f"}
+        for (width, height), expected in cases.items():
+            switch.tile = Tile(width, height)
+            assert rid(switch._choose(100.0)) == expected, (width, height)
+        switch.tile = Tile(0, 0)
+        assert switch._choose(100.0) is None
+    finally:
+        switch.close()
+
+
+async def test_congestion_lowers_the_layer_and_a_failed_climb_waits_longer() -> None:
+    switch = await switch_on("f")
+    try:
+        switch.tile = Tile(640, 480)
+        now = 100.0
+        # A low estimate without loss is not believed (a busy machine's delay-based estimate).
+        switch.estimate, switch.loss = 200_000, 0.0
+        assert rid(switch._choose(now)) == "f"
+        # With some loss it is: the highest layer under 85 % of the estimate less the audio's share.
+        switch.loss = 0.05
+        assert rid(switch._choose(now)) == "q"  # (200k - 48k) * 0.85 = 129k
+        switch.current, switch._switched_at = switch.source.layer("q"), now
+        switch.estimate, switch.loss = 2_000_000, 0.0
+        # Calm again: one layer up only after the hold, one at a time.
+        assert rid(switch._choose(now + layers.UP_HOLD - 0.5)) == "q"
+        assert rid(switch._choose(now + layers.UP_HOLD + 0.1)) == "h"
+        switch.current, switch._switched_at = switch.source.layer("h"), now + 4
+        # The climb meets heavy loss within PROBE seconds: back down, and h waits twice as long.
+        switch.loss = 0.2
+        assert rid(switch._choose(now + 6.5)) == "q"
+        assert switch._holds[1] == 2 * layers.UP_HOLD
+        switch.current, switch._switched_at, switch.loss = switch.source.layer("q"), now + 7, 0.0
+        assert rid(switch._choose(now + 6.6 + layers.UP_HOLD)) == "q"  # not yet: the hold doubled
+        assert rid(switch._choose(now + 6.6 + 2 * layers.UP_HOLD)) == "h"
+    finally:
+        switch.close()
