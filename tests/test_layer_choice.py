@@ -12,8 +12,11 @@ SIZES = {"q": (160, 120, 100_000), "h": (320, 240, 300_000), "f": (640, 480, 900
 
 async def switch_on(rid: str) -> LayerSwitch:
     source = SimulcastSource(None, SimulcastOffer(("q", "h", "f"), 10, None), 0.3)  # type: ignore[arg-type]
-    for layer in source.layers:
-        layer.width, layer.height, layer.bitrate = SIZES[layer.rid]
+    for ssrc, name in enumerate(("q", "h", "f"), start=1000):  # each layer's stream has been seen
+        layer = source.layer(name)
+        assert layer is not None
+        layer.ssrc = ssrc
+        layer.width, layer.height, layer.bitrate = SIZES[name]
     source._sort()
     switch = LayerSwitch(source, audio=True)
     switch.current = source.layer(rid)
@@ -64,5 +67,23 @@ async def test_congestion_lowers_the_layer_and_a_failed_climb_waits_longer() -> 
         switch.current, switch._switched_at, switch.loss = switch.source.layer("q"), now + 7, 0.0
         assert rid(switch._choose(now + 6.6 + layers.UP_HOLD)) == "q"  # not yet: the hold doubled
         assert rid(switch._choose(now + 6.6 + 2 * layers.UP_HOLD)) == "h"
+    finally:
+        switch.close()
+
+
+async def test_a_layer_offered_but_never_sent_is_not_chosen() -> None:
+    """Chromium offers three layers and drops the top one while its bandwidth estimate (or its
+    camera) is small: viewers and the top-layer sinks get the highest layer that does come."""
+    source = SimulcastSource(None, SimulcastOffer(("q", "h", "f"), 10, None), 0.3)  # type: ignore[arg-type]
+    for ssrc, name in enumerate(("q", "h"), start=1000):
+        layer = source.layer(name)
+        assert layer is not None
+        layer.ssrc = ssrc
+        layer.width, layer.height, layer.bitrate = SIZES[name]
+    source._sort()
+    switch = LayerSwitch(source, audio=True)
+    try:
+        assert [layer.rid for layer in source.layers] == ["q", "h"]
+        assert rid(switch._choose(100.0)) == "h"
     finally:
         switch.close()

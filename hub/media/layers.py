@@ -182,15 +182,17 @@ class SimulcastSource(TrackSource):
         super().__init__(receiver, "video", keyframe_interval)
         self._layers = {rid: Layer(rid, i, keyframe_interval, self._pli) for i, rid in enumerate(offer.rids)}
         self._by_ssrc: dict[int, Layer] = {}
-        self._order = list(self._layers.values())
+        self._order: list[Layer] = []
 
     @property
     def layers(self) -> list[Layer]:
-        """Lowest first: by the size their keyframes show, else in the offer's order."""
+        """The layers the publisher sends, lowest first: by the size their
+        keyframes show, else in the offer's order. A layer offered but never
+        sent is none (Chromium drops the top one of a small camera's three)."""
         return self._order
 
     def _sort(self) -> None:
-        layers = list(self._layers.values())
+        layers = [layer for layer in self._layers.values() if layer.ssrc is not None]
         if all(layer.height for layer in layers):
             layers.sort(key=lambda layer: (layer.width * layer.height, layer.index))
         self._order = layers
@@ -212,6 +214,7 @@ class SimulcastSource(TrackSource):
                     self._by_ssrc.pop(layer.ssrc, None)
                 layer.ssrc = packet.ssrc
                 self._by_ssrc[packet.ssrc] = layer
+                self._sort()
         return layer
 
     def _repaired_ssrc(self, rtx: RtpPacket) -> int | None:
@@ -233,7 +236,7 @@ class SimulcastSource(TrackSource):
         if layer.count(packet, codec):
             self._sort()
         layer.forward(packet)
-        if layer is self._order[-1]:
+        if layer is self._order[-1]:  # not empty: the packet's layer is in it
             self._media_ssrc = packet.ssrc
             self.forward(packet)
 
@@ -297,6 +300,8 @@ PROBE = 8.0
 MAX_HOLD = 48.0
 #: How often each switch re-decides (seconds).
 TICK = 0.5
+#: How long a switch waits for the target layer's keyframe before asking again.
+ASK_AGAIN = 1.0
 
 
 class LayerSwitch:
@@ -332,6 +337,7 @@ class LayerSwitch:
         self._holds: dict[int, float] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
+        self._asked_at = 0.0  # when the target layer's keyframe was last asked for
         self._retarget(self._choose(time.monotonic()))
         self._tick()
 
@@ -379,6 +385,8 @@ class LayerSwitch:
     def _wanted(self, layers: list[Layer]) -> Layer | None:
         """The smallest layer that fills the tile (the top one if sizes are unknown)."""
         tile = self.tile
+        if not layers:
+            return None  # none sent yet: the next tick looks again
         if tile is None:
             return layers[-1]
         if tile.hidden:
@@ -446,7 +454,14 @@ class LayerSwitch:
     def _tick(self) -> None:
         if self._closed:
             return
-        self._retarget(self._choose(time.monotonic()))
+        now = time.monotonic()
+        self._retarget(self._choose(now))
+        # A request made before the layer's stream was known (no SSRC yet, as
+        # when a relay pulls a stream the moment it is published) reached no
+        # one, and a publisher sends keyframes only when asked: ask again.
+        if self.target is not None and now - self._asked_at >= ASK_AGAIN:
+            self._asked_at = now
+            self.target.request_keyframe()
         self._timer = asyncio.get_running_loop().call_later(TICK, self._tick)
 
     def _retarget(self, layer: Layer | None) -> None:
@@ -464,6 +479,7 @@ class LayerSwitch:
             return
         self.target = layer
         layer.sinks.add(self)
+        self._asked_at = time.monotonic()
         layer.request_keyframe()
 
     # -- the packets ---------------------------------------------------------
