@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import struct
 import time
 from collections.abc import Callable
@@ -44,7 +45,13 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import (
     RTCP_PSFB_APP,
+    AnyRtcpPacket,
+    RtcpByePacket,
     RtcpPsfbPacket,
+    RtcpSdesPacket,
+    RtcpSenderInfo,
+    RtcpSourceInfo,
+    RtcpSrPacket,
     RtpPacket,
     pack_header_extensions,
     pack_remb_fci,
@@ -428,6 +435,13 @@ class SeqMap:
 
 _NTP_EPOCH = 2208988800
 
+#: Seconds between a viewer's sender reports: RFC 3550 section 6.2's 5 s
+#: minimum (aiortc sends one a second), randomized over [0.5, 1.5] of it.
+REPORT_INTERVAL = 5.0
+#: The first reports after media starts come every second, as aiortc's do:
+#: a viewer needs them to line audio up with video soon after it joins.
+QUICK_REPORTS = 3
+
 
 #: (SRTP context address, socket fd, sockaddr, plaintext packet, sink, route):
 #: what `_fastsend.send` takes, and what a datagram it could not send needs.
@@ -487,8 +501,12 @@ def _compiled_route(srtp: Any, protocol: Any, addr: tuple[str, int]) -> tuple[in
     if sock is None:
         return None
     # The session object stays referenced by the route, so the context lives as long.
-    context = int(_srtp_ffi.cast("uintptr_t", srtp._srtp[0]))
-    return (context, sock.fileno(), _compiled.sockaddr(addr[0], addr[1]))
+    return (srtp_context(srtp), sock.fileno(), _compiled.sockaddr(addr[0], addr[1]))
+
+
+def srtp_context(session: Any) -> int:
+    """The address of a pylibsrtp session's libsrtp context (its srtp_t)."""
+    return int(_srtp_ffi.cast("uintptr_t", session._srtp[0]))
 
 
 class TrackSink:
@@ -522,6 +540,7 @@ class TrackSink:
         # Video starts at a keyframe; audio can start anywhere.
         self._waiting_keyframe = source.kind == "video"
         sender._run_rtp = self._run_rtp  # type: ignore[method-assign]
+        sender._run_rtcp = self._run_rtcp  # type: ignore[method-assign]
         sender._send_keyframe = source.request_keyframe  # type: ignore[method-assign]
         sender._retransmit = self._retransmit  # type: ignore[method-assign]
         source.sinks.add(self)
@@ -661,6 +680,45 @@ class TrackSink:
         self.source.sinks.discard(self)
         self._payload_type = None
         self._closed.set()
+
+    async def _run_rtcp(self) -> None:
+        """Replaces the sender's report loop: the same reports, less often."""
+        s = self._sender
+        s._RTCRtpSender__rtcp_started.set()  # type: ignore[attr-defined]
+        quick = QUICK_REPORTS
+        try:
+            while True:
+                await asyncio.sleep((1.0 if quick else REPORT_INTERVAL) * (0.5 + random.random()))
+                if quick and self.stats.packets:
+                    quick -= 1
+                await s._send_rtcp(self._sender_report())
+        except asyncio.CancelledError:
+            pass
+        await s._send_rtcp([RtcpByePacket(sources=[self._ssrc])])
+        s._RTCRtpSender__rtcp_exited.set()  # type: ignore[attr-defined]
+
+    def _sender_report(self) -> list[AnyRtcpPacket]:
+        """An RTCP SR (and SDES CNAME) from what `_update_sender_report` noted."""
+        s = self._sender
+        ntp_time = s._RTCRtpSender__ntp_timestamp  # type: ignore[attr-defined]
+        packets: list[AnyRtcpPacket] = [
+            RtcpSrPacket(
+                ssrc=self._ssrc,
+                sender_info=RtcpSenderInfo(
+                    ntp_timestamp=ntp_time,
+                    rtp_timestamp=s._RTCRtpSender__rtp_timestamp,  # type: ignore[attr-defined]
+                    packet_count=s._RTCRtpSender__packet_count & 0xFFFFFFFF,  # type: ignore[attr-defined]
+                    octet_count=s._RTCRtpSender__octet_count & 0xFFFFFFFF,  # type: ignore[attr-defined]
+                ),
+            )
+        ]
+        # What aiortc's sender matches the viewer's receiver reports with, for its round-trip time.
+        s._RTCRtpSender__lsr = (ntp_time >> 16) & 0xFFFFFFFF  # type: ignore[attr-defined]
+        s._RTCRtpSender__lsr_time = time.time()  # type: ignore[attr-defined]
+        cname = s._RTCRtpSender__cname  # type: ignore[attr-defined]
+        if cname is not None:
+            packets.append(RtcpSdesPacket(chunks=[RtcpSourceInfo(ssrc=self._ssrc, items=[(1, cname.encode())])]))
+        return packets
 
     async def _run_rtp(self, codec: RTCRtpCodecParameters) -> None:
         """Replaces the sender's encode loop: configure, then wait for the end."""
