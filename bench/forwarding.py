@@ -61,10 +61,22 @@ import aiohttp
 import av
 import psutil
 from aiohttp import web
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aioice.ice import StunProtocol
+from aiortc import (
+    RTCCertificate,
+    RTCConfiguration,
+    RTCDtlsTransport,
+    RTCIceGatherer,
+    RTCIceTransport,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcdtlstransport import SRTP_PROFILES
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
 from pylibsrtp import Policy, Session
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -800,7 +812,7 @@ async def run_phase(
             await worker.send("connect", url=url, token=token, stream=stream, count=count, probe=i == 0)
         connected = await asyncio.gather(*(c.expect("connected", CONNECT_TIMEOUT + 10) for c in (direct, *workers)))
         without_keyframe = sum(c["without_keyframe"] for c in connected)
-        progress(f"{mode} N={n}: {n} viewers connected; warming up {cfg.warmup:.0f} s, measuring {cfg.seconds:.0f} s")
+        progress(f"{mode} {path} {stream_name} N={n}: connected; warm-up {cfg.warmup:.0f} s, then {cfg.seconds:.0f} s")
         await asyncio.sleep(cfg.warmup)
 
         psutil.cpu_percent()  # starts the machine-wide measurement: other users' load skews every figure
@@ -901,7 +913,36 @@ async def run_phase(
 FLOOR_VIEWERS = 16
 
 
-def measure_floor(size: int, packets: int, viewers: int = FLOOR_VIEWERS) -> dict[str, float | None]:
+class _SocketTransport:
+    """The part of asyncio's datagram transport a sink uses, on a plain
+    non-blocking socket: the floor is measured without an event loop."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str) -> Any:
+        return self._sock if name == "socket" else None
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        self._sock.sendto(data, addr)
+
+
+class _BenchSink(forward.TrackSink):
+    """A viewer's sink on a fixed route, configured as aiortc's `_run_rtp` would."""
+
+    route: forward.Route
+
+    def _route(self) -> forward.Route:
+        return self.route
+
+    def configure(self, payload_type: int) -> None:
+        self._payload_type = payload_type
+
+
+def measure_floor(size: int, packets: int, viewers: int = FLOOR_VIEWERS) -> dict[str, Any]:
     """CPU µs per packet per viewer of the bare send loops, at `size`-byte RTP packets.
 
     One sending socket, SRTP session and drained loopback receiver per viewer,
@@ -960,21 +1001,55 @@ def measure_floor(size: int, packets: int, viewers: int = FLOOR_VIEWERS) -> dict
             _, unsent = compiled.send([(*t, h + payload) for t, h in zip(targets, head, strict=True)])
             assert not unsent
 
+    def hub_loop(path: str) -> Callable[[], None]:
+        """The hub's own per-packet work: TrackSource.forward to real TrackSinks."""
+        forward.use_path(path)
+        source = forward.TrackSource(None, "video", keyframe_interval=1.0)
+        source.codec = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+        dtls = RTCDtlsTransport(RTCIceTransport(RTCIceGatherer()), [certificate])
+        protocols = [StunProtocol(None) for _ in range(viewers)]  # type: ignore[arg-type]
+        for protocol, sock in zip(protocols, senders, strict=True):
+            protocol.transport = _SocketTransport(sock)  # type: ignore[assignment]
+        for srtp, protocol, addr in zip(sessions(), protocols, addrs, strict=True):
+            sink = _BenchSink(source, RTCRtpSender("video", dtls), max_backlog=1 << 20)
+            sink.route = (srtp, protocol, addr, forward._compiled_route(srtp, protocol, addr))
+            sink.configure(96)
+        keyframe = b"\x10" + bytes([payload[1] & 0xFE]) + payload[2:]  # VP8: S=1, partition 0, then P=0
+        rtp = [
+            RtpPacket(96, marker=seq % 4 == 3, sequence_number=seq, timestamp=seq * 3000, ssrc=7, payload=payload)
+            for seq in range(packets)
+        ]
+        rtp[0].payload = keyframe
+
+        def run() -> None:
+            for packet in rtp:
+                source.forward(packet)
+            if any(sink.stats.packets != packets for sink in source.sinks):  # type: ignore[attr-defined]
+                raise BenchError("the floor's sinks did not send every packet")
+
+        return run
+
     def cpu_us(loop: Callable[[], None]) -> float:
         start = time.thread_time()
         loop()
         return (time.thread_time() - start) / packets / viewers * 1e6
 
+    certificate = RTCCertificate.generateCertificate()
     drainer = threading.Thread(target=drain, daemon=True)
     drainer.start()
+    built = forward._fastsend is not None
+    previous = forward.current_path()
     try:
         return {
             "size": size,
             "viewers": viewers,
             "python_us": cpu_us(python_loop),
-            "compiled_us": cpu_us(compiled_loop) if forward._fastsend is not None else None,
+            "compiled_us": cpu_us(compiled_loop) if built else None,
+            "hub_python_us": cpu_us(hub_loop("python")),
+            "hub_c_us": cpu_us(hub_loop("c")) if built else None,
         }
     finally:
+        forward.use_path(previous)
         stop.set()
         drainer.join()
         for sock in (*receivers, *senders):
@@ -1137,10 +1212,11 @@ def render(
             )
         lines.append(line)
     for name, f in floors.items():
-        compiled = f"{f['compiled_us']:.1f} µs" if f["compiled_us"] is not None else "n/a (not built)"
         lines.append(
-            f"- floor, {name} ({f['size']}-byte packets, {f['viewers']} viewers, in this process): Python "
-            f"protect + sendto {f['python_us']:.1f} µs, compiled batched loop {compiled} per packet per viewer"
+            f"- floor, {name} ({f['size']}-byte packets, {f['viewers']} viewers, in this process, CPU per packet "
+            f"per viewer): bare Python protect + sendto {fmt(f['python_us'])} µs, compiled batched loop "
+            f"{fmt(f['compiled_us'])} µs; the hub's TrackSource.forward to TrackSinks (no event loop, no upkeep): "
+            f"python path {fmt(f['hub_python_us'])} µs, c path {fmt(f['hub_c_us'])} µs"
         )
     return "\n".join(lines)
 
