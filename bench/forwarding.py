@@ -670,18 +670,23 @@ async def make_token(data: Path) -> str:
     return out.decode().strip()
 
 
+#: Snapshots off: each decodes a keyframe every 10 s per stream at a random
+#: moment, a cost of the stream (not of its viewers) that made the windows noisy.
+HUB_ENV = {"HUB_SNAPSHOT_SECONDS": "0"}
+
+
 async def start_hub(data: Path, workdir: Path, path: str) -> tuple[asyncio.subprocess.Process, str]:
     port = free_port()
     with (workdir / "hub.log").open("wb") as log:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "hub", "serve", "--data", str(data), "--port", str(port),
             stdout=log, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
-            cwd=ROOT, env=child_env() | {"HUB_FORWARD": path}, preexec_fn=_die_with_parent,
+            cwd=ROOT, env=child_env() | HUB_ENV | {"HUB_FORWARD": path}, preexec_fn=_die_with_parent,
         )  # fmt: skip
     return proc, f"http://127.0.0.1:{port}"
 
 
-async def wait_healthy(proc: asyncio.subprocess.Process, url: str, log: Path, timeout: float = 30) -> None:
+async def wait_healthy(proc: asyncio.subprocess.Process, url: str, log: Path, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as http:
         while time.monotonic() < deadline:
@@ -1142,7 +1147,7 @@ def render(
         f"av {info['av']}; {info['date']}; load average at start {load}",
         f"Streams: synthetic VP8 {FPS} fps ({streams}), no audio; window {cfg.seconds:.0f} s after "
         f"{cfg.warmup:.0f} s warm-up, then {cfg.idle_seconds:.0f} s paused; all processes on 127.0.0.1; "
-        f"runtime {runtime:.0f} s",
+        f"runtime {runtime:.0f} s; hub snapshots off ({', '.join(f'{k}={v}' for k, v in HUB_ENV.items())})",
         "",
         "| mode | stream | N | CPU % of a core | idle CPU % | CPU % per viewer | µs per forwarded packet | stream kbps "
         "| pkt/s | sent fps | delivered % | latency p50 / p95 ms | direct p50 / p95 ms | adds p50 / p95 ms "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import logging
 import os
 import socket
 
@@ -19,6 +20,7 @@ from aiortc.rtp import RtpPacket
 from pylibsrtp import Policy, Session
 
 from client.bot import pattern_image
+from hub.media import forward
 from hub.media.forward import TrackSink, TrackSource, _compiled_route, is_keyframe_start
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
@@ -241,3 +243,22 @@ async def test_viewer_that_skipped_packets_gets_a_contiguous_sequence(transport:
     assert sink.sent[-1] == sink.sent[2]
     sink.close()
     await sink.task  # type: ignore[attr-defined]
+
+
+def test_compiled_path_falls_back_to_python_with_one_log_line(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    previous = forward.current_path()
+    monkeypatch.setattr(forward, "_fastsend", None)  # as where setup.py could not compile it
+    try:
+        with caplog.at_level(logging.WARNING, logger="hub.media.forward"):
+            assert forward.use_path("c") == "python"
+        assert forward.current_path() == "python"
+        assert [r.getMessage() for r in caplog.records] == [
+            "hub.media._fastsend is not built: forwarding through Python"
+        ]
+        with pytest.raises(ValueError, match="forward path must be one of"):
+            forward.use_path("rust")
+    finally:
+        monkeypatch.undo()
+        forward.use_path(previous)
