@@ -359,6 +359,9 @@ async def publisher_role(ctl: Control) -> None:
                 elif cmd["cmd"] == "pause":
                     tee.flowing.clear()
                     ctl.emit("paused")
+                elif cmd["cmd"] == "resume":
+                    tee.flowing.set()
+                    ctl.emit("resumed")
                 elif cmd["cmd"] == "stop":
                     break
         finally:
@@ -830,18 +833,20 @@ async def run_phase(
         pub1 = await publisher.ask("mark", "mark")
         marks1 = await asyncio.gather(*(w.ask("mark", "mark") for w in workers))
         await asyncio.sleep(DRAIN_SECONDS)
-
-        since = t0 - 2
-        sent_frames = (await publisher.ask("sent", "sent", since=since))["frames"]
-        reports = await asyncio.gather(*(c.ask("report", "report", 60, since=since) for c in (direct, *workers)))
-        late = await workers[-1].ask("join", "joined", 30, url=url, token=token, stream=stream, count=1, probe=False)
         idle_cpu = None
         if mode == "hub" and cfg.idle_seconds > 0:
+            # Before the late joiner: its handshake and teardown are not upkeep.
             await publisher.ask("pause", "paused")
             await asyncio.sleep(DRAIN_SECONDS)
             idle0, i0 = cpu_seconds(server), time.monotonic()
             await asyncio.sleep(cfg.idle_seconds)
             idle_cpu = 100 * (cpu_seconds(server) - idle0) / (time.monotonic() - i0)
+            await publisher.ask("resume", "resumed")
+
+        since = t0 - 2
+        sent_frames = (await publisher.ask("sent", "sent", since=since))["frames"]
+        reports = await asyncio.gather(*(c.ask("report", "report", 60, since=since) for c in (direct, *workers)))
+        late = await workers[-1].ask("join", "joined", 30, url=url, token=token, stream=stream, count=1, probe=False)
 
     window = t1 - t0
     pub_dt = pub1["t"] - pub0["t"]
