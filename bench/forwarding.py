@@ -1,10 +1,14 @@
 """What forwarding one published stream to N viewers costs, measured end to end.
 
-For each N the benchmark runs two setups, each in fresh processes:
+For each stream (VP8 30 fps: 640x480 at 400 kbps, 1280x720 at 1.5 Mbps) and
+each N the benchmark runs these setups, each in fresh processes:
 
-* **hub**: `python -m hub serve`, one publisher (`client.bot.publish`, synthetic
-  VP8 640x480 30 fps) and N viewers (`client.bot.view`) spread over worker
-  processes. The hub forwards RTP packets without decoding.
+* **hub**: `python -m hub serve`, one publisher (`client.bot.publish`, the
+  synthetic pattern) and N viewers (`client.bot.view`) spread over worker
+  processes. The hub forwards RTP packets without decoding, once per send
+  path (HUB_FORWARD=c and python, `--paths`). After the window the
+  publisher pauses: the hub's CPU at 0 packets/s is its per-viewer upkeep
+  (RTCP, ICE consent), apart from the per-packet cost.
 * **relay**: a minimal WHIP/WHEP server written below (`--role relay`) that
   decodes the stream once and re-encodes it for every viewer through aiortc's
   `MediaRelay` - what aiortc's own examples do.
@@ -13,10 +17,17 @@ Next to either, one more viewer takes the publisher's packets over a direct
 aiortc link, with no server in between; the difference in latency is what the
 server adds. After the window a late joiner measures time to first keyframe.
 
+The floor, measured in this process in the same run for each stream's mean
+packet size: a bare Python loop of SRTP protect (pylibsrtp, the profile
+aiortc negotiates) + `sendto` to drained loopback sockets, one per viewer,
+and the compiled loop the hub's "c" path uses (`hub.media._fastsend.send`,
+one call per packet for all viewers).
+
 Run from the repository root (all media stays on 127.0.0.1):
 
     .venv/bin/python -m bench.forwarding --quick
     .venv/bin/python -m bench.forwarding --viewers 1,8,16,32 --seconds 10 --json bench.json
+    .venv/bin/python -m bench.forwarding --modes hub --viewers 1,16,32 --seconds 8
 
 The report (a markdown table) goes to stdout, progress to stderr. The same
 file runs every child process: `--role publisher|viewers|relay` (internal).
@@ -32,10 +43,13 @@ import json
 import math
 import os
 import secrets
+import selectors
 import signal
 import socket
+import struct
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -47,9 +61,23 @@ import aiohttp
 import av
 import psutil
 from aiohttp import web
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aioice.ice import StunProtocol
+from aiortc import (
+    RTCCertificate,
+    RTCConfiguration,
+    RTCDtlsTransport,
+    RTCIceGatherer,
+    RTCIceTransport,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcdtlstransport import SRTP_PROFILES
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
+from pylibsrtp import Policy, Session
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python bench/forwarding.py` puts bench/, not the repository, on the path
@@ -57,12 +85,28 @@ if str(ROOT) not in sys.path:  # `python bench/forwarding.py` puts bench/, not t
 
 from bench.machine import free_port, machine  # noqa: E402
 from client import bot  # noqa: E402
+from hub.media import forward  # noqa: E402
 from hub.media.forward import offered_codecs, restrict_codecs  # noqa: E402
 from hub.media.ice import use_addresses  # noqa: E402
 
 LOOPBACK = ["127.0.0.1"]
 ROOM = "site-qinghai"
-WIDTH, HEIGHT, FPS = 640, 480, 30
+FPS = 30
+
+
+@dataclass(frozen=True)
+class Stream:
+    width: int
+    height: int
+    bitrate: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.height}p {self.bitrate // 1000} kbps"
+
+
+#: --streams names: what a console tile and a full-screen viewer are sent.
+STREAMS = {"400k": Stream(640, 480, 400_000), "1500k": Stream(1280, 720, 1_500_000)}
 #: Worker reports carry every frame digest of up to 8 viewers on one line.
 LINE_LIMIT = 64 * 1024 * 1024
 #: Frames still in flight when the window closes get this long to arrive.
@@ -162,10 +206,13 @@ class TeeVideo(bot.SyntheticVideo):
     whose digests are in the same `sent` map.
     """
 
-    def __init__(self) -> None:
-        super().__init__("vp8", WIDTH, HEIGHT, FPS)
+    def __init__(self, stream: Stream) -> None:
+        super().__init__("vp8", stream.width, stream.height, FPS, bitrate=stream.bitrate)
         self.copies: set[asyncio.Queue[av.Packet]] = set()
         self._due: float | None = None
+        #: Cleared while the hub's idle upkeep is measured: no packets at all.
+        self.flowing = asyncio.Event()
+        self.flowing.set()
 
     async def recv(self) -> av.Packet:  # type: ignore[override]
         # EncodedTrack catches up on a missed schedule with back-to-back
@@ -173,6 +220,7 @@ class TeeVideo(bot.SyntheticVideo):
         # on a busy machine that starved this whole process for seconds.
         # Pacing here always yields and lets a late frame slip instead of
         # bursting, so the base class then never needs to wait.
+        await self.flowing.wait()
         now = time.monotonic()
         due = now if self._due is None or self._due < now - 1 / FPS else self._due
         await asyncio.sleep(max(0.0, due - now))
@@ -287,7 +335,7 @@ def direct_server(tee: TeeVideo) -> SdpServer:
 
 async def publisher_role(ctl: Control) -> None:
     cmd = await ctl.next()
-    tee = TeeVideo()
+    tee = TeeVideo(Stream(**cmd["stream"]))
     direct = direct_server(tee)
     async with aiohttp.ClientSession() as http, contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(direct.close)
@@ -308,9 +356,16 @@ async def publisher_role(ctl: Control) -> None:
                     since = cmd["since"]
                     frames = [[k.hex(), f.index, f.sent_at] for k, f in tee.sent.items() if f.sent_at >= since]
                     ctl.emit("sent", frames=frames)
+                elif cmd["cmd"] == "pause":
+                    tee.flowing.clear()
+                    ctl.emit("paused")
+                elif cmd["cmd"] == "resume":
+                    tee.flowing.set()
+                    ctl.emit("resumed")
                 elif cmd["cmd"] == "stop":
                     break
         finally:
+            tee.flowing.set()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(session.close(), 5)
             tee.stop()
@@ -618,18 +673,23 @@ async def make_token(data: Path) -> str:
     return out.decode().strip()
 
 
-async def start_hub(data: Path, workdir: Path) -> tuple[asyncio.subprocess.Process, str]:
+#: Snapshots off: each decodes a keyframe every 10 s per stream at a random
+#: moment, a cost of the stream (not of its viewers) that made the windows noisy.
+HUB_ENV = {"HUB_SNAPSHOT_SECONDS": "0"}
+
+
+async def start_hub(data: Path, workdir: Path, path: str) -> tuple[asyncio.subprocess.Process, str]:
     port = free_port()
     with (workdir / "hub.log").open("wb") as log:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "hub", "serve", "--data", str(data), "--port", str(port),
             stdout=log, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
-            cwd=ROOT, env=child_env(), preexec_fn=_die_with_parent,
+            cwd=ROOT, env=child_env() | HUB_ENV | {"HUB_FORWARD": path}, preexec_fn=_die_with_parent,
         )  # fmt: skip
     return proc, f"http://127.0.0.1:{port}"
 
 
-async def wait_healthy(proc: asyncio.subprocess.Process, url: str, log: Path, timeout: float = 30) -> None:
+async def wait_healthy(proc: asyncio.subprocess.Process, url: str, log: Path, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as http:
         while time.monotonic() < deadline:
@@ -656,11 +716,17 @@ class Config:
     per_worker: int
     relay_max_viewers: int
     modes: list[str]
+    paths: list[str]
+    streams: list[str]
+    idle_seconds: float
 
 
 @dataclass
 class Figures:
     mode: str
+    #: The hub's send path (HUB_FORWARD); "" for the relay.
+    path: str
+    stream: str
     viewers: int
     requested_viewers: int
     window_s: float
@@ -686,6 +752,8 @@ class Figures:
     machine_busy_percent: float
     probe_p50_ms: float | None = None
     probe_p95_ms: float | None = None
+    #: Server CPU with the publisher paused (0 packets/s), N viewers connected.
+    idle_cpu_percent: float | None = None
 
     @property
     def capped(self) -> bool:
@@ -711,9 +779,11 @@ def digest_delivery(
     return (100 * len(latencies) / len(expected) if expected else None), latencies
 
 
-async def run_phase(mode: str, n: int, requested: int, cfg: Config, data: Path, token: str, workdir: Path) -> Figures:
+async def run_phase(
+    mode: str, path: str, stream_name: str, n: int, requested: int, cfg: Config, data: Path, token: str, workdir: Path
+) -> Figures:
     """One server, one publisher, one direct viewer and n viewers, in fresh processes."""
-    budget = cfg.warmup + cfg.seconds + 90 + n
+    budget = cfg.warmup + cfg.seconds + cfg.idle_seconds + 90 + n
     counts = [min(cfg.per_worker, n - i) for i in range(0, n, cfg.per_worker)]
     async with contextlib.AsyncExitStack() as stack:
         # Spawn everything at once: imports overlap while the server boots.
@@ -721,7 +791,7 @@ async def run_phase(mode: str, n: int, requested: int, cfg: Config, data: Path, 
         relay: Child | None = None
         hub_proc: asyncio.subprocess.Process | None = None
         if mode == "hub":
-            hub_proc, url = await start_hub(data, workdir)
+            hub_proc, url = await start_hub(data, workdir, path)
             stack.push_async_callback(stop_process, hub_proc)
         else:
             relay = await Child.spawn("relay", "relay", workdir, budget)
@@ -739,7 +809,10 @@ async def run_phase(mode: str, n: int, requested: int, cfg: Config, data: Path, 
             assert relay is not None
             ready = await relay.expect("ready", CONNECT_TIMEOUT)
             url, server = ready["url"], psutil.Process(ready["pid"])
-        published = await publisher.ask("publish", "published", CONNECT_TIMEOUT, url=url, token=token, room=ROOM)
+        published = await publisher.ask(
+            "publish", "published", CONNECT_TIMEOUT, url=url, token=token, room=ROOM,
+            stream=asdict(STREAMS[stream_name]),
+        )  # fmt: skip
         stream = published["stream"]
         await direct.send("connect", url=published["direct_url"], token=token, stream="direct", count=1, probe=False)
         for i, (worker, count) in enumerate(zip(workers, counts, strict=True)):
@@ -747,7 +820,7 @@ async def run_phase(mode: str, n: int, requested: int, cfg: Config, data: Path, 
             await worker.send("connect", url=url, token=token, stream=stream, count=count, probe=i == 0)
         connected = await asyncio.gather(*(c.expect("connected", CONNECT_TIMEOUT + 10) for c in (direct, *workers)))
         without_keyframe = sum(c["without_keyframe"] for c in connected)
-        progress(f"{mode} N={n}: {n} viewers connected; warming up {cfg.warmup:.0f} s, measuring {cfg.seconds:.0f} s")
+        progress(f"{mode} {path} {stream_name} N={n}: connected; warm-up {cfg.warmup:.0f} s, then {cfg.seconds:.0f} s")
         await asyncio.sleep(cfg.warmup)
 
         psutil.cpu_percent()  # starts the machine-wide measurement: other users' load skews every figure
@@ -760,6 +833,15 @@ async def run_phase(mode: str, n: int, requested: int, cfg: Config, data: Path, 
         pub1 = await publisher.ask("mark", "mark")
         marks1 = await asyncio.gather(*(w.ask("mark", "mark") for w in workers))
         await asyncio.sleep(DRAIN_SECONDS)
+        idle_cpu = None
+        if mode == "hub" and cfg.idle_seconds > 0:
+            # Before the late joiner: its handshake and teardown are not upkeep.
+            await publisher.ask("pause", "paused")
+            await asyncio.sleep(DRAIN_SECONDS)
+            idle0, i0 = cpu_seconds(server), time.monotonic()
+            await asyncio.sleep(cfg.idle_seconds)
+            idle_cpu = 100 * (cpu_seconds(server) - idle0) / (time.monotonic() - i0)
+            await publisher.ask("resume", "resumed")
 
         since = t0 - 2
         sent_frames = (await publisher.ask("sent", "sent", since=since))["frames"]
@@ -805,6 +887,8 @@ async def run_phase(mode: str, n: int, requested: int, cfg: Config, data: Path, 
     cpu = cpu1 - cpu0
     return Figures(
         mode=mode,
+        path=path,
+        stream=stream_name,
         viewers=n,
         requested_viewers=requested,
         window_s=round(window, 3),
@@ -830,7 +914,156 @@ async def run_phase(mode: str, n: int, requested: int, cfg: Config, data: Path, 
         machine_busy_percent=machine_busy,
         probe_p50_ms=percentile(probe_latencies, 50),
         probe_p95_ms=percentile(probe_latencies, 95),
+        idle_cpu_percent=idle_cpu,
     )
+
+
+# -- the floor ------------------------------------------------------------------
+
+FLOOR_VIEWERS = 16
+
+
+class _SocketTransport:
+    """The part of asyncio's datagram transport a sink uses, on a plain
+    non-blocking socket: the floor is measured without an event loop."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str) -> Any:
+        return self._sock if name == "socket" else None
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        self._sock.sendto(data, addr)
+
+
+class _BenchSink(forward.TrackSink):
+    """A viewer's sink on a fixed route, configured as aiortc's `_run_rtp` would."""
+
+    route: forward.Route
+
+    def _route(self) -> forward.Route:
+        return self.route
+
+    def configure(self, payload_type: int) -> None:
+        self._payload_type = payload_type
+
+
+def measure_floor(size: int, packets: int, viewers: int = FLOOR_VIEWERS) -> dict[str, Any]:
+    """CPU µs per packet per viewer of the bare send loops, at `size`-byte RTP packets.
+
+    One sending socket, SRTP session and drained loopback receiver per viewer,
+    as in the hub; only the sending thread's CPU counts (the kernel's loopback
+    delivery runs in the sender's system call, so it is in)."""
+    profile = SRTP_PROFILES[0]
+    receivers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(viewers)]
+    senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(viewers)]
+    selector = selectors.DefaultSelector()
+    for sock in (*receivers, *senders):
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+    for sock in receivers:
+        selector.register(sock, selectors.EVENT_READ)
+    addrs = [r.getsockname() for r in receivers]
+    stop = threading.Event()
+
+    def drain() -> None:
+        while not stop.is_set():
+            for key, _ in selector.select(0.05):
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        key.fileobj.recv(2048)  # type: ignore[union-attr]
+
+    def sessions() -> list[Session]:
+        out = []
+        for _ in range(viewers):
+            policy = Policy(
+                key=os.urandom(profile.key_length + profile.salt_length),
+                ssrc_type=Policy.SSRC_ANY_OUTBOUND,
+                srtp_profile=profile.libsrtp_profile,
+            )
+            policy.allow_repeat_tx = True
+            out.append(Session(policy))
+        return out
+
+    header = struct.Struct("!BBHII").pack
+    payload = os.urandom(size - 12)
+
+    def python_loop() -> None:
+        srtp = sessions()
+        for seq in range(packets):
+            for i in range(viewers):
+                senders[i].sendto(srtp[i].protect(header(0x80, 96, seq & 0xFFFF, seq * 3000, i) + payload), addrs[i])
+
+    def compiled_loop() -> None:
+        compiled = forward._fastsend
+        assert compiled is not None
+        forward.use_path("c")  # binds the compiled loop to pylibsrtp's srtp_protect
+        srtp = sessions()
+        targets = [
+            (forward.srtp_context(srtp[i]), senders[i].fileno(), compiled.sockaddr(*addrs[i])) for i in range(viewers)
+        ]
+        for seq in range(packets):
+            head = [header(0x80, 96, seq & 0xFFFF, seq * 3000, i) for i in range(viewers)]
+            _, unsent = compiled.send([(*t, h + payload) for t, h in zip(targets, head, strict=True)])
+            assert not unsent
+
+    def hub_loop(path: str) -> Callable[[], None]:
+        """The hub's own per-packet work: TrackSource.forward to real TrackSinks."""
+        forward.use_path(path)
+        source = forward.TrackSource(None, "video", keyframe_interval=1.0)
+        source.codec = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+        dtls = RTCDtlsTransport(RTCIceTransport(RTCIceGatherer()), [certificate])
+        protocols = [StunProtocol(None) for _ in range(viewers)]  # type: ignore[arg-type]
+        for protocol, sock in zip(protocols, senders, strict=True):
+            protocol.transport = _SocketTransport(sock)  # type: ignore[assignment]
+        for srtp, protocol, addr in zip(sessions(), protocols, addrs, strict=True):
+            sink = _BenchSink(source, RTCRtpSender("video", dtls), max_backlog=1 << 20)
+            sink.route = (srtp, protocol, addr, forward._compiled_route(srtp, protocol, addr))
+            sink.configure(96)
+        keyframe = b"\x10" + bytes([payload[1] & 0xFE]) + payload[2:]  # VP8: S=1, partition 0, then P=0
+        rtp = [
+            RtpPacket(96, marker=seq % 4 == 3, sequence_number=seq, timestamp=seq * 3000, ssrc=7, payload=payload)
+            for seq in range(packets)
+        ]
+        rtp[0].payload = keyframe
+
+        def run() -> None:
+            for packet in rtp:
+                source.forward(packet)
+            if any(sink.stats.packets != packets for sink in source.sinks):  # type: ignore[attr-defined]
+                raise BenchError("the floor's sinks did not send every packet")
+
+        return run
+
+    def cpu_us(loop: Callable[[], None]) -> float:
+        start = time.thread_time()
+        loop()
+        return (time.thread_time() - start) / packets / viewers * 1e6
+
+    certificate = RTCCertificate.generateCertificate()
+    drainer = threading.Thread(target=drain, daemon=True)
+    drainer.start()
+    built = forward._fastsend is not None
+    previous = forward.current_path()
+    try:
+        return {
+            "size": size,
+            "viewers": viewers,
+            "python_us": cpu_us(python_loop),
+            "compiled_us": cpu_us(compiled_loop) if built else None,
+            "hub_python_us": cpu_us(hub_loop("python")),
+            "hub_c_us": cpu_us(hub_loop("c")) if built else None,
+        }
+    finally:
+        forward.use_path(previous)
+        stop.set()
+        drainer.join()
+        for sock in (*receivers, *senders):
+            sock.close()
 
 
 # -- report --------------------------------------------------------------------
@@ -858,58 +1091,90 @@ def fit_slope(points: list[tuple[float, float]]) -> float | None:
 
 
 def summarize(results: list[Figures]) -> dict[str, Any]:
-    hub = {r.viewers: r for r in results if r.mode == "hub"}
+    # The relay beside the hub on its default path where it ran ("c" sorts first).
+    hub: dict[tuple[int, str], Figures] = {}
+    for r in sorted((r for r in results if r.mode == "hub"), key=lambda r: r.path, reverse=True):
+        hub[(r.viewers, r.stream)] = r
     ratios = []
     for r in results:
-        h = hub.get(r.requested_viewers)
+        h = hub.get((r.requested_viewers, r.stream))
         if r.mode == "relay" and h is not None and h.cpu_per_viewer > 0:
             per_packet = r.us_per_packet / h.us_per_packet if r.us_per_packet and h.us_per_packet else None
             ratios.append(
-                {"n": r.requested_viewers, "relay_n": r.viewers, "ratio": r.cpu_per_viewer / h.cpu_per_viewer}
+                {"n": r.requested_viewers, "relay_n": r.viewers, "stream": r.stream}
+                | {"ratio": r.cpu_per_viewer / h.cpu_per_viewer}
                 | {"per_packet_ratio": per_packet}
             )
     marginal = {}
-    for mode in ("hub", "relay"):
-        rows = [r for r in results if r.mode == mode]
+    for group in sorted({(r.mode, r.path, r.stream) for r in results}):
+        rows = [r for r in results if (r.mode, r.path, r.stream) == group]
         # Against packets per second rather than N: on a busy machine the
         # publisher's frame rate (so the packet rate) differs between runs.
         slope = fit_slope([(r.forwarded_packets / r.window_s, r.cpu_percent / 100) for r in rows])
-        if slope is not None:
-            full_rate = max(r.packet_rate for r in rows)
-            marginal[mode] = {
-                "us_per_packet": slope * 1e6,
-                "packet_rate": full_rate,
-                "cpu_percent_per_viewer": slope * full_rate * 100,
+        if slope is None:
+            continue
+        full_rate = max(r.packet_rate for r in rows)
+        figures: dict[str, Any] = {
+            "mode": group[0],
+            "path": group[1],
+            "stream": group[2],
+            "us_per_packet": slope * 1e6,
+            "packet_rate": full_rate,
+            "cpu_percent_per_viewer": slope * full_rate * 100,
+        }
+        idle = [r for r in rows if r.idle_cpu_percent is not None]
+        upkeep = fit_slope([(r.viewers, r.idle_cpu_percent / 100) for r in idle])  # type: ignore[operator]
+        packet_only = fit_slope(
+            [(r.forwarded_packets / r.window_s, (r.cpu_percent - r.idle_cpu_percent) / 100) for r in idle]  # type: ignore[operator]
+        )
+        if upkeep is not None and packet_only is not None:
+            figures |= {
+                "upkeep_cpu_percent_per_viewer": upkeep * 100,
+                "upkeep_us_per_packet": upkeep / full_rate * 1e6,
+                "packet_only_us_per_packet": packet_only * 1e6,
             }
+        marginal["/".join(x for x in group if x)] = figures
     return {"ratios": ratios, "marginal": marginal}
 
 
-def render(info: dict[str, Any], cfg: Config, results: list[Figures], summary: dict[str, Any], runtime: float) -> str:
+def render(
+    info: dict[str, Any],
+    cfg: Config,
+    results: list[Figures],
+    summary: dict[str, Any],
+    floors: dict[str, dict[str, Any]],
+    runtime: float,
+) -> str:
     load = ", ".join(f"{x:.2f}" for x in info["load_average_at_start"])
+    streams = ", ".join(f"{s}: {STREAMS[s].width}x{STREAMS[s].height}" for s in cfg.streams)
     lines = [
         f"Machine: {info['cpu']}, {info['cores']} cores; Python {info['python']}, aiortc {info['aiortc']}, "
         f"av {info['av']}; {info['date']}; load average at start {load}",
-        f"Stream: synthetic VP8 {WIDTH}x{HEIGHT} {FPS} fps, no audio; window {cfg.seconds:.0f} s after "
-        f"{cfg.warmup:.0f} s warm-up; all processes on 127.0.0.1; runtime {runtime:.0f} s",
+        f"Streams: synthetic VP8 {FPS} fps ({streams}), no audio; window {cfg.seconds:.0f} s after "
+        f"{cfg.warmup:.0f} s warm-up, then {cfg.idle_seconds:.0f} s paused; all processes on 127.0.0.1; "
+        f"runtime {runtime:.0f} s; hub snapshots off ({', '.join(f'{k}={v}' for k, v in HUB_ENV.items())})",
         "",
-        "| mode | N | CPU % of a core | CPU % per viewer | µs per forwarded packet | stream kbps | pkt/s | sent fps "
-        "| delivered % | latency p50 / p95 ms | direct p50 / p95 ms | adds p50 / p95 ms "
+        "| mode | stream | N | CPU % of a core | idle CPU % | CPU % per viewer | µs per forwarded packet | stream kbps "
+        "| pkt/s | sent fps | delivered % | latency p50 / p95 ms | direct p50 / p95 ms | adds p50 / p95 ms "
         "| late joiner first keyframe ms | machine busy % |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | --- |" + " ---: |" * 14,
     ]
     for r in results:
-        mode = "hub (passthrough)" if r.mode == "hub" else "relay (re-encode)"
+        mode = f"hub ({r.path})" if r.mode == "hub" else "relay (re-encode)"
         n = f"{r.viewers} (capped from {r.requested_viewers})" if r.capped else str(r.viewers)
         latency = pair(r.latency_p50_ms, r.latency_p95_ms)
         lines.append(
-            f"| {mode} | {n} | {fmt(r.cpu_percent)} | {fmt(r.cpu_per_viewer, 2)} | {fmt(r.us_per_packet, 0)} "
+            f"| {mode} | {r.stream} | {n} | {fmt(r.cpu_percent)} | {fmt(r.idle_cpu_percent)} "
+            f"| {fmt(r.cpu_per_viewer, 2)} | {fmt(r.us_per_packet, 0)} "
             f"| {fmt(r.stream_kbps, 0)} | {fmt(r.packet_rate, 0)} | {fmt(r.sent_fps)} | {fmt(r.delivered_percent)} "
             f"| {latency}{'¹' if r.mode == 'relay' else ''} | {pair(r.direct_p50_ms, r.direct_p95_ms)} "
             f"| {pair(*r.adds(), sign=True)} | {fmt(r.late_joiner_ms, 0)} | {fmt(r.machine_busy_percent, 0)} |"
         )
     lines += [
         "",
-        "- CPU: user+system time of the server process (hub or relay) over the window; per viewer = CPU / N.",
+        "- CPU: user+system time of the server process (hub or relay) over the window; per viewer = CPU / N. "
+        "idle CPU: the same with the publisher paused (0 packets/s), the N viewers still connected.",
+        "- hub (c) / hub (python): the send path (HUB_FORWARD).",
         "- µs per forwarded packet: server CPU time / packets sent to all viewers in the window (hub: publisher's "
         "packet rate x N; relay: packets its viewers received, since it re-encodes).",
         "- stream kbps, pkt/s: RTP payload one viewer gets (hub: the publisher's stream, forwarded as is; relay: "
@@ -940,14 +1205,28 @@ def render(info: dict[str, Any], cfg: Config, results: list[Figures], summary: d
         capped = f" (relay at N={ratio['relay_n']})" if ratio["relay_n"] != ratio["n"] else ""
         per_packet = f"{ratio['per_packet_ratio']:.0f}x" if ratio["per_packet_ratio"] else "n/a"
         lines.append(
-            f"- relay / hub at N={ratio['n']}{capped}: CPU per viewer {ratio['ratio']:.1f}x, "
+            f"- relay / hub at N={ratio['n']}{capped}, {ratio['stream']}: CPU per viewer {ratio['ratio']:.1f}x, "
             f"CPU per forwarded packet {per_packet}"
         )
-    for mode, m in summary["marginal"].items():
-        lines.append(
-            f"- {mode}: marginal cost (least squares of server CPU over forwarded packets/s, all N): "
-            f"{m['us_per_packet']:.0f} µs per forwarded packet, i.e. {m['cpu_percent_per_viewer']:.2f}% of a core "
+    for name, m in summary["marginal"].items():
+        line = (
+            f"- {name}: marginal cost (least squares of server CPU over forwarded packets/s, all N): "
+            f"{m['us_per_packet']:.1f} µs per forwarded packet, i.e. {m['cpu_percent_per_viewer']:.3f}% of a core "
             f"per viewer at {m['packet_rate']:.0f} pkt/s"
+        )
+        if "upkeep_us_per_packet" in m:
+            line += (
+                f"; of which per packet {m['packet_only_us_per_packet']:.1f} µs and per-viewer upkeep "
+                f"{m['upkeep_cpu_percent_per_viewer']:.3f}% of a core per viewer idle "
+                f"({m['upkeep_us_per_packet']:.1f} µs per packet at that rate)"
+            )
+        lines.append(line)
+    for name, f in floors.items():
+        lines.append(
+            f"- floor, {name} ({f['size']}-byte packets, {f['viewers']} viewers, in this process, CPU per packet "
+            f"per viewer): bare Python protect + sendto {fmt(f['python_us'])} µs, compiled batched loop "
+            f"{fmt(f['compiled_us'])} µs; the hub's TrackSource.forward to TrackSinks (no event loop, no upkeep): "
+            f"python path {fmt(f['hub_python_us'])} µs, c path {fmt(f['hub_c_us'])} µs"
         )
     return "\n".join(lines)
 
@@ -961,23 +1240,35 @@ async def run_sweep(cfg: Config, json_path: Path | None) -> int:
         data = workdir / "hub-data"
         # Before any hub starts: the token command creates the signing secret the hubs then share.
         token = await make_token(data)
-        for n in cfg.viewers:
-            for mode in cfg.modes:
-                served = min(n, cfg.relay_max_viewers) if mode == "relay" else n
-                progress(f"{mode} N={served}: starting")
-                timeout = cfg.warmup + cfg.seconds + 120 + 2 * served
-                try:
-                    figures = await asyncio.wait_for(run_phase(mode, served, n, cfg, data, token, workdir), timeout)
-                except TimeoutError:
-                    raise BenchError(f"{mode} N={served} did not finish within {timeout:.0f} s") from None
-                results.append(figures)
-                progress(
-                    f"{mode} N={served}: {figures.cpu_percent:.1f}% of a core, delivered "
-                    f"{fmt(figures.delivered_percent)}%, latency p50 {fmt(figures.latency_p50_ms, 0)} ms"
-                )
+        setups = [("hub", p) for p in cfg.paths if "hub" in cfg.modes] + [("relay", "")] * ("relay" in cfg.modes)
+        for stream in cfg.streams:
+            for n in cfg.viewers:
+                for mode, path in setups:
+                    served = min(n, cfg.relay_max_viewers) if mode == "relay" else n
+                    name = f"{mode}{f' ({path})' if path else ''} {stream} N={served}"
+                    progress(f"{name}: starting")
+                    timeout = cfg.warmup + cfg.seconds + cfg.idle_seconds + 120 + 2 * served
+                    phase = run_phase(mode, path, stream, served, n, cfg, data, token, workdir)
+                    try:
+                        figures = await asyncio.wait_for(phase, timeout)
+                    except TimeoutError:
+                        raise BenchError(f"{name} did not finish within {timeout:.0f} s") from None
+                    results.append(figures)
+                    progress(
+                        f"{name}: {figures.cpu_percent:.1f}% of a core (idle {fmt(figures.idle_cpu_percent)}%), "
+                        f"delivered {fmt(figures.delivered_percent)}%, latency p50 {fmt(figures.latency_p50_ms, 0)} ms"
+                    )
+    floors = {}
+    for stream in cfg.streams:
+        rows = [r for r in results if r.stream == stream and r.packet_rate]
+        if rows:
+            # The stream's mean RTP packet: payload, header and a header extension block.
+            size = round(sum(r.stream_kbps * 125 / r.packet_rate for r in rows) / len(rows)) + 20
+            progress(f"floor at {size}-byte packets")
+            floors[stream] = measure_floor(size, packets=2000)
     runtime = time.monotonic() - started
     summary = summarize(results)
-    print(render(info, cfg, results, summary, runtime))
+    print(render(info, cfg, results, summary, floors, runtime))
     if json_path is not None:
         payload = {
             "machine": info,
@@ -986,6 +1277,7 @@ async def run_sweep(cfg: Config, json_path: Path | None) -> int:
             "results": [asdict(r) | {"capped": r.capped, "adds_p50_ms": r.adds()[0], "adds_p95_ms": r.adds()[1]}
                         for r in results],
             **summary,
+            "floors": floors,
         }  # fmt: skip
         json_path.write_text(json.dumps(payload, indent=1))
     return 0
@@ -999,6 +1291,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--relay-max-viewers", type=int, default=16, help="cap for the transcoding relay (default 16)")
     parser.add_argument("--per-worker", type=int, default=8, help="viewers per worker process (default 8)")
     parser.add_argument("--modes", default="hub,relay", help="which setups to run (default hub,relay)")
+    parser.add_argument("--paths", default="c,python", help="the hub's send paths, HUB_FORWARD (default c,python)")
+    parser.add_argument("--streams", default="400k,1500k", help=f"of {', '.join(STREAMS)} (default both)")
+    parser.add_argument("--idle-seconds", type=float, default=5, help="publisher paused after the window (default 5)")
     parser.add_argument("--quick", action="store_true", help="smoke test: viewers 1,4 and a 4 s window")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--role", choices=sorted(CHILD_ROLES), help=argparse.SUPPRESS)
@@ -1012,6 +1307,10 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not set(modes) <= {"hub", "relay"}:
         parser.error("--modes takes hub and/or relay")
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    streams = [s.strip() for s in args.streams.split(",") if s.strip()]
+    if not set(paths) <= set(forward.FORWARD_PATHS) or not set(streams) <= set(STREAMS):
+        parser.error(f"--paths takes {forward.FORWARD_PATHS}, --streams {tuple(STREAMS)}")
     cfg = Config(
         viewers=[int(v) for v in args.viewers.split(",")],
         seconds=args.seconds,
@@ -1019,6 +1318,9 @@ def main(argv: list[str] | None = None) -> int:
         per_worker=args.per_worker,
         relay_max_viewers=args.relay_max_viewers,
         modes=modes,
+        paths=paths,
+        streams=streams,
+        idle_seconds=args.idle_seconds,
     )
     if min(cfg.viewers) < 1 or cfg.per_worker < 1 or cfg.relay_max_viewers < 1:
         parser.error("viewer counts must be positive")

@@ -6,6 +6,7 @@ import os
 import secrets
 import time
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -73,6 +74,11 @@ class Settings(BaseSettings):
     #: Bytes a viewer's socket may hold unsent; a viewer further behind
     #: drops packets until the next keyframe.
     viewer_backlog_bytes: int = 256 * 1024
+    #: How a forwarded packet reaches its viewers: "c" protects and sends it to
+    #: all of a track's viewers in one call of the compiled hub.media._fastsend
+    #: (falls back to "python", with one log line, where it is not built);
+    #: "python" does it viewer by viewer.
+    forward: Literal["c", "python"] = "c"
     #: Minimum seconds between keyframe requests sent to one publisher.
     keyframe_interval: float = 0.3
     #: Length of a recording segment; each is cut at a keyframe, so a kill

@@ -11,6 +11,8 @@ if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c "import ensurepip" 2
 fi
 # The one-file export draws Chinese names with this font (recorder/export.py).
 dpkg -s fonts-wqy-microhei >/dev/null 2>&1 || need+=(fonts-wqy-microhei)
+# The compiled send path (hub/media/_fastsend.c, HUB_FORWARD=c); without them the hub forwards through Python.
+for pkg in gcc python3-dev; do dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg"); done
 if [ ${#need[@]} -gt 0 ]; then
     SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
     $SUDO apt-get update -qq

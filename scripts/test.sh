@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 
 SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
 need=()
-for pkg in redis-server postgresql chromium docker-compose python3-venv fonts-wqy-microhei fonts-noto-cjk rtsp-server-perl \
-    coturn nftables iproute2; do
+# gcc and python3-dev: `pip install -e .` compiles hub/media/_fastsend.c, which the tests of the "c" path need.
+for pkg in gcc python3-dev redis-server postgresql chromium docker-compose python3-venv fonts-wqy-microhei fonts-noto-cjk \
+    rtsp-server-perl coturn nftables iproute2; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

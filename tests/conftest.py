@@ -27,6 +27,7 @@ from playwright.async_api import Browser
 
 from hub.config import Settings
 from hub.core.tokens import Claims, issue
+from hub.media.forward import FORWARD_PATHS, current_path, use_path
 from hub.media.ice import use_addresses
 
 from .browser import chromium
@@ -37,6 +38,18 @@ LOOPBACK_ONLY = '["127.0.0.1"]'
 
 # Every peer connection the tests create offers only 127.0.0.1.
 use_addresses(["127.0.0.1"])
+
+
+@pytest.fixture(params=FORWARD_PATHS)
+def forward_path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Runs a test once on each send path of hub/media/forward.py, in this process.
+
+    The "c" path must really be there: `pip install -e .` builds it (in a
+    worktree: `python setup.py build_ext --inplace`)."""
+    previous = current_path()
+    assert use_path(request.param) == request.param, "hub.media._fastsend is not built"
+    yield request.param
+    use_path(previous)
 
 
 def free_port() -> int:

@@ -9,13 +9,26 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import aiohttp
 import pytest
 
 from client import bot
+from hub.media import forward
 
-from .conftest import ROOT, HubProcess, wait_until
+from .conftest import ROOT, HubProcess, start_hub, wait_until
+
+
+@pytest.fixture(scope="module", params=forward.FORWARD_PATHS)
+def hub(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
+    """A hub per send path (HUB_FORWARD): every test here runs on each."""
+    path = request.param
+    assert path == "python" or forward._fastsend is not None, "hub.media._fastsend is not built"
+    process = start_hub(tmp_path_factory.mktemp(f"hub-{path}"), env={"HUB_FORWARD": path})
+    yield process
+    process.stop()
+    assert f"forwarding path: {path}" in process.log.read_text()
 
 
 @pytest.mark.parametrize("codec", ["vp8", "h264"])

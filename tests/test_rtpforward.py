@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import logging
+import os
+import socket
 
 import av
 import numpy as np
 import pytest
+from aioice.ice import StunProtocol
 from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport, RTCRtpReceiver, RTCRtpSender
 from aiortc.codecs import get_encoder
+from aiortc.rtcdtlstransport import SRTP_PROFILES
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
+from pylibsrtp import Policy, Session
 
 from client.bot import pattern_image
-from hub.media.forward import Outgoing, TrackSink, TrackSource, is_keyframe_start
+from hub.media import forward
+from hub.media.forward import TrackSink, TrackSource, _compiled_route, is_keyframe_start
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
 H264 = RTCRtpCodecParameters(
@@ -66,26 +73,63 @@ def rtp(seq: int, payload: bytes) -> RtpPacket:
 KEYFRAME = b"\x10" + b"\x00" * 20  # VP8: S=1, partition 0, P=0
 DELTA = b"\x10\x01" + b"\x00" * 20  # P=1
 CONTINUATION = b"\x00\x01" + b"\x00" * 20
+#: What aiortc negotiates between two of its own peers.
+SRTP = SRTP_PROFILES[0]
 
 
 class RecordingSink(TrackSink):
-    """A sink whose socket is replaced by a list and a settable backlog: the
-    rules above the socket are what is under test here."""
+    """A sink whose route is a real one - its own SRTP session, an aioice
+    socket, a loopback receiver - with a settable backlog: the rules above
+    the socket are under test, on whichever send path is on. `sent` is what
+    reached the receiver, decrypted; `datagrams` as it was on the wire."""
 
     backlog = 0
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
-        self.sent: list[bytes] = []
+        self._key = os.urandom(SRTP.key_length + SRTP.salt_length)
+        tx = Policy(key=self._key, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=SRTP.libsrtp_profile)
+        tx.allow_repeat_tx = True
+        self._srtp = Session(tx)
+        self._receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._receiver.bind(("127.0.0.1", 0))
+        self._receiver.setblocking(False)
+        self._protocol: StunProtocol | None = None
+        self._datagrams: list[bytes] = []
+
+    async def open(self) -> None:
+        _, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: StunProtocol(None), local_addr=("127.0.0.1", 0)  # type: ignore[arg-type]
+        )
+        self._protocol = protocol
+        addr = self._receiver.getsockname()
+        self._fixed_route = (self._srtp, protocol, addr, _compiled_route(self._srtp, protocol, addr))
 
     def _route(self):  # type: ignore[no-untyped-def]
-        return (None, None, ("127.0.0.1", 9))
+        return self._fixed_route
 
     def _backlog(self, route) -> int:  # type: ignore[no-untyped-def]
         return self.backlog
 
-    def _send(self, data: bytes, route) -> None:  # type: ignore[no-untyped-def]
-        self.sent.append(data)
+    @property
+    def datagrams(self) -> list[bytes]:
+        while True:
+            try:
+                self._datagrams.append(self._receiver.recv(2048))
+            except BlockingIOError:
+                return self._datagrams
+
+    @property
+    def sent(self) -> list[bytes]:
+        # A session per datagram: a retransmission is a replay to one session.
+        rx = Policy(key=self._key, ssrc_type=Policy.SSRC_ANY_INBOUND, srtp_profile=SRTP.libsrtp_profile)
+        return [Session(rx).unprotect(d) for d in self.datagrams]
+
+    def close(self) -> None:
+        super().close()
+        if self._protocol is not None:
+            self._protocol.transport.close()
+        self._receiver.close()
 
 
 @pytest.fixture
@@ -95,6 +139,7 @@ async def transport() -> RTCDtlsTransport:
 
 async def started_sink(source: TrackSource, transport: RTCDtlsTransport, payload_type: int = 100) -> RecordingSink:
     sink = RecordingSink(source, RTCRtpSender("video", transport), max_backlog=1000)
+    await sink.open()
     task = asyncio.ensure_future(
         sink._run_rtp(RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=payload_type))
     )
@@ -103,14 +148,15 @@ async def started_sink(source: TrackSource, transport: RTCDtlsTransport, payload
     return sink
 
 
-async def test_packets_are_rewritten_for_the_viewer_and_nothing_else(transport: RTCDtlsTransport):
+async def test_packets_are_rewritten_for_the_viewer_and_nothing_else(transport: RTCDtlsTransport, forward_path: str):
     source = TrackSource(RTCRtpReceiver("video", transport), "video", keyframe_interval=0)
     source.codec = VP8
     sink = await started_sink(source, transport, payload_type=120)
+    assert (sink._route()[3] is not None) == (forward_path == "c")  # the path under test is the one taken
     packets = [rtp(1000, KEYFRAME), rtp(1001, CONTINUATION), rtp(1002, DELTA)]
     packets[0].marker = 1
     for packet in packets:
-        sink.push(packet, Outgoing(0x123456, 0, {}))
+        source.forward(packet)
     out = [RtpPacket.parse(data) for data in sink.sent]
     assert [p.payload for p in out] == [p.payload for p in packets]
     assert {p.payload_type for p in out} == {120}
@@ -121,10 +167,14 @@ async def test_packets_are_rewritten_for_the_viewer_and_nothing_else(transport: 
     # A NACK for the second packet resends exactly it.
     await sink._retransmit(out[1].sequence_number)
     assert sink.sent[-1] == sink.sent[1]
+    # Byte for byte on the wire too: the retransmission (always through
+    # Python) was protected by the very SRTP stream state the first send used.
+    assert sink.datagrams[-1] == sink.datagrams[1]
     sink.close()
     await sink.task  # type: ignore[attr-defined]
 
 
+@pytest.mark.usefixtures("forward_path")
 async def test_slow_viewer_drops_its_own_packets_and_waits_for_a_keyframe(transport: RTCDtlsTransport):
     source = TrackSource(RTCRtpReceiver("video", transport), "video", keyframe_interval=0)
     source.codec = VP8
@@ -135,26 +185,26 @@ async def test_slow_viewer_drops_its_own_packets_and_waits_for_a_keyframe(transp
     requests = source.keyframe_requests
     for i, packet in enumerate(packets):
         slow.backlog = 5000 if i == 6 else 0  # its socket backs up once
-        for sink in (slow, other):
-            sink.push(packet, Outgoing.now())
+        source.forward(packet)
 
     assert len(other.sent) == 12
     assert len(slow.sent) == 6  # everything after the backlog waits for a keyframe
     assert slow.stats.keyframe_waits == 1
     assert source.keyframe_requests == requests + 1
-    slow.push(rtp(12, DELTA), Outgoing.now())
+    source.forward(rtp(12, DELTA))
     assert len(slow.sent) == 6
-    slow.push(rtp(13, KEYFRAME), Outgoing.now())
+    source.forward(rtp(13, KEYFRAME))
     assert len(slow.sent) == 7
 
 
+@pytest.mark.usefixtures("forward_path")
 async def test_new_video_viewer_starts_at_a_keyframe(transport: RTCDtlsTransport):
     source = TrackSource(RTCRtpReceiver("video", transport), "video", keyframe_interval=10)
     source.codec = VP8
     sink = await started_sink(source, transport)
-    sink.push(rtp(1, DELTA), Outgoing.now())
+    source.forward(rtp(1, DELTA))
     assert not sink.sent
-    sink.push(rtp(2, KEYFRAME), Outgoing.now())
+    source.forward(rtp(2, KEYFRAME))
     assert len(sink.sent) == 1
 
 
@@ -166,6 +216,7 @@ def test_pattern_has_frame_number():
     assert np.mean(img) > 20
 
 
+@pytest.mark.usefixtures("forward_path")
 async def test_viewer_that_skipped_packets_gets_a_contiguous_sequence(transport: RTCDtlsTransport):
     source = TrackSource(RTCRtpReceiver("video", transport), "video", keyframe_interval=0)
     source.codec = VP8
@@ -174,7 +225,7 @@ async def test_viewer_that_skipped_packets_gets_a_contiguous_sequence(transport:
     frames = [KEYFRAME, CONTINUATION, DELTA, DELTA, DELTA, KEYFRAME, DELTA]
     for i, payload in enumerate(frames):
         sink.backlog = 5000 if i == 2 else 0  # 2, 3, 4 are skipped: full socket, then the keyframe wait
-        sink.push(rtp(i, payload), Outgoing.now())
+        source.forward(rtp(i, payload))
     out = [RtpPacket.parse(data) for data in sink.sent]
     assert [p.payload for p in out] == [frames[i] for i in (0, 1, 5, 6)]
     first = out[0].sequence_number
@@ -183,8 +234,8 @@ async def test_viewer_that_skipped_packets_gets_a_contiguous_sequence(transport:
     assert [(p.timestamp - out[0].timestamp) & 0xFFFFFFFF for p in out] == [0, 3000, 15000, 18000]
 
     # The publisher retransmits a packet this viewer got, and one it skipped.
-    sink.push(rtp(1, CONTINUATION), Outgoing.now())
-    sink.push(rtp(3, DELTA), Outgoing.now())
+    source.forward(rtp(1, CONTINUATION))
+    source.forward(rtp(3, DELTA))
     assert len(sink.sent) == 5
     assert sink.sent[-1] == sink.sent[1]
     # A NACK names the viewer's numbers, and is answered from its history.
@@ -192,3 +243,22 @@ async def test_viewer_that_skipped_packets_gets_a_contiguous_sequence(transport:
     assert sink.sent[-1] == sink.sent[2]
     sink.close()
     await sink.task  # type: ignore[attr-defined]
+
+
+def test_compiled_path_falls_back_to_python_with_one_log_line(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    previous = forward.current_path()
+    monkeypatch.setattr(forward, "_fastsend", None)  # as where setup.py could not compile it
+    try:
+        with caplog.at_level(logging.WARNING, logger="hub.media.forward"):
+            assert forward.use_path("c") == "python"
+        assert forward.current_path() == "python"
+        assert [r.getMessage() for r in caplog.records] == [
+            "hub.media._fastsend is not built: forwarding through Python"
+        ]
+        with pytest.raises(ValueError, match="forward path must be one of"):
+            forward.use_path("rust")
+    finally:
+        monkeypatch.undo()
+        forward.use_path(previous)

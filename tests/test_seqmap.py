@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import pylibsrtp
+import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.rtp import RtpPacket
 from pylibsrtp import Session
@@ -120,9 +121,12 @@ async def _connect(pc: RTCPeerConnection, answer: Callable[[str], Awaitable[str]
     await pc.setRemoteDescription(RTCSessionDescription(sdp=await answer(pc.localDescription.sdp), type="answer"))
 
 
+@pytest.mark.usefixtures("forward_path")
 async def test_real_viewer_sees_no_gap_after_a_keyframe_wait_and_its_nack_is_answered():
     """A real aiortc publisher and viewer through the hub's Router, in this
-    process so that the viewer's socket can be made to report a backlog once."""
+    process so that the viewer's socket can be made to report a backlog once.
+    On the "c" path the lost packet went out compiled and its retransmission
+    through Python: the viewer decrypts it, so both used one SRTP stream."""
     router = Router(None, max_backlog=1 << 20, keyframe_interval=0.1, ice_servers=[], connect_timeout=10.0)
     video = bot.SyntheticVideo("vp8", 160, 120, 30)
     publisher = RTCPeerConnection(bot.NO_ICE_SERVERS)
@@ -171,6 +175,9 @@ async def test_real_viewer_sees_no_gap_after_a_keyframe_wait_and_its_nack_is_ans
         sink._backlog = lambda route: full.pop() if full else backlog(route)  # type: ignore[method-assign]
         mark = len(received)
         await wait_until(lambda: len(received) > mark + 80, timeout=30)
+        # The hub's own sender reports (TrackSink._run_rtcp) reached the viewer, counting what it sent.
+        reports = [r for r in (await receiver.getStats()).values() if r.type == "remote-outbound-rtp"]
+        assert reports and 0 < reports[0].packetsSent <= sink.stats.packets
     finally:
         await viewer.close()
         await publisher.close()

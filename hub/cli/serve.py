@@ -29,6 +29,7 @@ from hub.core.rooms import Rooms, session_prefix
 from hub.core.sites import SiteTree, load_sites_file
 from hub.core.store import Database, SiteStore, open_database, redact_url
 from hub.core.tokens import Claims, issue
+from hub.media.forward import use_path
 from hub.media.ice import use_addresses
 from hub.media.router import Router
 from hub.monitoring.console import Console
@@ -81,6 +82,7 @@ class Hub:
 async def build(settings: Settings) -> Hub:
     lag = LagProbe()
     use_addresses(settings.ice_addresses)
+    log.info("forwarding path: %s", use_path(settings.forward))
     db = open_database(settings.database_url)
     tree = await site_tree(db, settings)
     node_id = secrets.token_hex(4)

@@ -16,12 +16,21 @@ encode; an SFU must do neither. So:
 
 Each sink has a bounded queue drained by its own task: a slow viewer loses
 its own packets, then waits for the next keyframe, never holding up others.
+
+Two paths send a packet to a track's viewers (`use_path`, the setting
+HUB_FORWARD): "python" protects and sends viewer by viewer; "c" (the
+default where `_fastsend` is built) lets each viewer's `push` decide and
+build its packet as before, then protects and sends the packet to all of
+them in one call of the compiled `_fastsend.send`. Both use the viewers'
+own SRTP contexts, so retransmissions and RTCP (always through Python)
+keep one consistent stream per viewer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import struct
 import time
 from collections.abc import Callable
@@ -36,18 +45,57 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
 from aiortc.rtp import (
     RTCP_PSFB_APP,
+    AnyRtcpPacket,
+    RtcpByePacket,
     RtcpPsfbPacket,
+    RtcpSdesPacket,
+    RtcpSenderInfo,
+    RtcpSourceInfo,
+    RtcpSrPacket,
     RtpPacket,
     pack_header_extensions,
     pack_remb_fci,
     unwrap_rtx,
 )
 from aiortc.utils import random16, random32
+from pylibsrtp._binding import ffi as _srtp_ffi
+from pylibsrtp._binding import lib as _srtp_lib
 
 from hub.media.counters import COUNTERS
 
+try:
+    from hub.media import _fastsend
+except ImportError:  # not built (setup.py marks it optional): the Python path only
+    _fastsend = None
+
 log = logging.getLogger(__name__)
 _pack_header = struct.Struct("!BBHII").pack
+
+#: The settings HUB_FORWARD takes: see the module's docstring.
+FORWARD_PATHS = ("c", "python")
+#: `_fastsend` while the "c" path is on, else None.
+_compiled: Any = None
+
+
+def use_path(path: str) -> str:
+    """Switch this process's send path for the sinks made from now on; returns
+    the path in use: "c" falls back to "python" (one log line) where the
+    extension is not built."""
+    global _compiled
+    if path not in FORWARD_PATHS:
+        raise ValueError(f"forward path must be one of {FORWARD_PATHS}, not {path!r}")
+    if path == "c" and _fastsend is None:
+        log.warning("hub.media._fastsend is not built: forwarding through Python")
+        path = "python"
+    if path == "c" and _compiled is None:
+        # The contexts are pylibsrtp's, so its own srtp_protect must protect them.
+        _fastsend.bind(int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_protect"))))
+    _compiled = _fastsend if path == "c" else None
+    return path
+
+
+def current_path() -> str:
+    return "c" if _compiled is not None else "python"
 
 class Sink(Protocol):
     """Whatever takes one track's packets: a viewer's sender (`TrackSink`),
@@ -288,13 +336,15 @@ class TrackSource:
         COUNTERS.packets_received += 1
         if not self.sinks:
             return
-        shared = Outgoing.now()
+        shared = Outgoing.now([] if _compiled is not None else None)
         for sink in tuple(self.sinks):
             try:
                 sink.push(packet, shared)
             except Exception:  # one broken viewer must not stop the others
                 log.exception("dropping a viewer whose send failed")
                 sink.close()
+        if shared.batch:
+            _send_batch(shared.batch)
 
     def request_keyframe(self) -> None:
         """Ask the publisher for a keyframe, at most once per interval.
@@ -423,21 +473,78 @@ class SeqMap:
 
 _NTP_EPOCH = 2208988800
 
+#: Seconds between a viewer's sender reports: RFC 3550 section 6.2's 5 s
+#: minimum (aiortc sends one a second), randomized over [0.5, 1.5] of it.
+REPORT_INTERVAL = 5.0
+#: The first reports after media starts come every second, as aiortc's do:
+#: a viewer needs them to line audio up with video soon after it joins.
+QUICK_REPORTS = 3
+
+
+#: (SRTP context address, socket fd, sockaddr, plaintext packet, sink, route):
+#: what `_fastsend.send` takes, and what a datagram it could not send needs.
+BatchEntry = tuple[int, int, bytes, bytes, "TrackSink", "Route"]
+
 
 @dataclass(slots=True)
 class Outgoing:
-    """What every viewer's copy of one packet shares: the send time and the
-    extension blocks built so far, keyed by the viewers' negotiated layout."""
+    """What every viewer's copy of one packet shares: the send time, the
+    extension blocks built so far, keyed by the viewers' negotiated layout,
+    and on the "c" path the batch the viewers' packets go out in."""
 
     abs_send_time: int
     ntp_time: int
     extensions: dict[tuple[tuple[int, bytes], int, int], bytes]
+    batch: list[BatchEntry] | None = None
 
     @classmethod
-    def now(cls) -> Outgoing:
+    def now(cls, batch: list[BatchEntry] | None = None) -> Outgoing:
         now = time.time()
         # abs-send-time is 6.18 fixed-point seconds of the NTP clock.
-        return cls(int(now * 262144) & 0xFFFFFF, int((now + _NTP_EPOCH) * 4294967296), {})
+        return cls(int(now * 262144) & 0xFFFFFF, int((now + _NTP_EPOCH) * 4294967296), {}, batch)
+
+
+def _send_batch(batch: list[BatchEntry]) -> None:
+    """Protect and send one packet's copies to all its viewers in one call."""
+    octets, unsent = _compiled.send(batch)
+    COUNTERS.packets_forwarded += len(batch) - len(unsent)
+    COUNTERS.bytes_forwarded += octets
+    for index, datagram in unsent:
+        _, _, _, data, sink, (_, protocol, addr, _) = batch[index]
+        if datagram is None:  # its context refused: let Python raise it, for this viewer alone
+            try:
+                sink._send(data, batch[index][5])
+            except Exception:
+                log.exception("dropping a viewer whose send failed")
+                sink.close()
+            continue
+        # The socket is full (or erred): asyncio's transport queues the
+        # datagram, so the backlog check sees it, and reports errors.
+        protocol.transport.sendto(datagram, addr)
+        COUNTERS.packets_forwarded += 1
+        COUNTERS.bytes_forwarded += len(datagram)
+
+
+#: (SRTP session, UDP protocol, remote address, (SRTP context address,
+#: socket fd, sockaddr) for the compiled path or None).
+Route = tuple[Any, Any, tuple[str, int], tuple[int, int, bytes] | None]
+
+
+def _compiled_route(srtp: Any, protocol: Any, addr: tuple[str, int]) -> tuple[int, int, bytes] | None:
+    """What `_fastsend.send` needs to reach a viewer, if the "c" path is on and
+    the viewer is reached by plain UDP (TURN frames its data itself)."""
+    if _compiled is None or type(protocol) is not StunProtocol:
+        return None
+    sock = protocol.transport.get_extra_info("socket")
+    if sock is None:
+        return None
+    # The session object stays referenced by the route, so the context lives as long.
+    return (srtp_context(srtp), sock.fileno(), _compiled.sockaddr(addr[0], addr[1]))
+
+
+def srtp_context(session: Any) -> int:
+    """The address of a pylibsrtp session's libsrtp context (its srtp_t)."""
+    return int(_srtp_ffi.cast("uintptr_t", session._srtp[0]))
 
 
 class TrackSink:
@@ -465,12 +572,13 @@ class TrackSink:
         self._audio = source.kind == "audio"
         self._octets = 0
         self._cached_pair: object = None
-        self._cached_route: tuple[Any, Any, tuple[str, int]] | None = None
+        self._cached_route: Route | None = None
         self._seqs = SeqMap(0)
         self._ts_offset = 0
         # Video starts at a keyframe; audio can start anywhere.
         self._waiting_keyframe = source.kind == "video"
         sender._run_rtp = self._run_rtp  # type: ignore[method-assign]
+        sender._run_rtcp = self._run_rtcp  # type: ignore[method-assign]
         sender._send_keyframe = source.request_keyframe  # type: ignore[method-assign]
         sender._retransmit = self._retransmit  # type: ignore[method-assign]
         source.sinks.add(self)
@@ -530,7 +638,7 @@ class TrackSink:
             + packet.payload
         )
         self._history[seq & _SLOT] = (seq, data)
-        self._send(data, route)
+        self._send(data, route, shared.batch)
         self.stats.packets += 1
         self._octets += len(packet.payload)
         # A late packet's older timestamp would make the sender report run backwards.
@@ -560,8 +668,9 @@ class TrackSink:
         profile, body = pack_header_extensions(values)
         return profile.to_bytes(2, "big") + (len(body) // 4).to_bytes(2, "big") + body if body else b""
 
-    def _route(self) -> tuple[Any, Any, tuple[str, int]] | None:
-        """(SRTP session, UDP protocol, remote address) once DTLS is up.
+    def _route(self) -> Route | None:
+        """(SRTP session, UDP protocol, remote address, what the compiled
+        path needs or None) once DTLS is up.
 
         Cached: it is asked for every packet, and only changes when ICE
         nominates another candidate pair or DTLS leaves the connected state.
@@ -573,17 +682,23 @@ class TrackSink:
             return None
         if self._cached_pair is not pair or self._cached_route is None:
             self._cached_pair = pair
-            self._cached_route = (dtls._tx_srtp, pair.protocol, pair.remote_addr)
+            srtp, protocol, addr = dtls._tx_srtp, pair.protocol, pair.remote_addr
+            self._cached_route = (srtp, protocol, addr, _compiled_route(srtp, protocol, addr))
         return self._cached_route
 
-    def _backlog(self, route: tuple[Any, Any, tuple[str, int]]) -> int:
+    def _backlog(self, route: Route) -> int:
         """Bytes queued in this viewer's UDP transport, not yet on the wire."""
         return int(route[1].transport.get_write_buffer_size())
 
-    def _send(self, data: bytes, route: tuple[Any, Any, tuple[str, int]]) -> None:
+    def _send(self, data: bytes, route: Route, batch: list[BatchEntry] | None = None) -> None:
+        srtp, protocol, addr, compiled = route
+        # Into the packet's batch only behind an empty transport queue: a
+        # datagram written past queued ones would overtake them.
+        if batch is not None and compiled is not None and not protocol.transport.get_write_buffer_size():
+            batch.append((*compiled, data, self, route))
+            return
         # RTCDtlsTransport._send_rtp and aioice's send path, without their
         # four coroutine layers per packet.
-        srtp, protocol, addr = route
         datagram = srtp.protect(data)
         if type(protocol) is StunProtocol:
             protocol.transport.sendto(datagram, addr)
@@ -603,6 +718,45 @@ class TrackSink:
         self.source.sinks.discard(self)
         self._payload_type = None
         self._closed.set()
+
+    async def _run_rtcp(self) -> None:
+        """Replaces the sender's report loop: the same reports, less often."""
+        s = self._sender
+        s._RTCRtpSender__rtcp_started.set()  # type: ignore[attr-defined]
+        quick = QUICK_REPORTS
+        try:
+            while True:
+                await asyncio.sleep((1.0 if quick else REPORT_INTERVAL) * (0.5 + random.random()))
+                if quick and self.stats.packets:
+                    quick -= 1
+                await s._send_rtcp(self._sender_report())
+        except asyncio.CancelledError:
+            pass
+        await s._send_rtcp([RtcpByePacket(sources=[self._ssrc])])
+        s._RTCRtpSender__rtcp_exited.set()  # type: ignore[attr-defined]
+
+    def _sender_report(self) -> list[AnyRtcpPacket]:
+        """An RTCP SR (and SDES CNAME) from what `_update_sender_report` noted."""
+        s = self._sender
+        ntp_time = s._RTCRtpSender__ntp_timestamp  # type: ignore[attr-defined]
+        packets: list[AnyRtcpPacket] = [
+            RtcpSrPacket(
+                ssrc=self._ssrc,
+                sender_info=RtcpSenderInfo(
+                    ntp_timestamp=ntp_time,
+                    rtp_timestamp=s._RTCRtpSender__rtp_timestamp,  # type: ignore[attr-defined]
+                    packet_count=s._RTCRtpSender__packet_count & 0xFFFFFFFF,  # type: ignore[attr-defined]
+                    octet_count=s._RTCRtpSender__octet_count & 0xFFFFFFFF,  # type: ignore[attr-defined]
+                ),
+            )
+        ]
+        # What aiortc's sender matches the viewer's receiver reports with, for its round-trip time.
+        s._RTCRtpSender__lsr = (ntp_time >> 16) & 0xFFFFFFFF  # type: ignore[attr-defined]
+        s._RTCRtpSender__lsr_time = time.time()  # type: ignore[attr-defined]
+        cname = s._RTCRtpSender__cname  # type: ignore[attr-defined]
+        if cname is not None:
+            packets.append(RtcpSdesPacket(chunks=[RtcpSourceInfo(ssrc=self._ssrc, items=[(1, cname.encode())])]))
+        return packets
 
     async def _run_rtp(self, codec: RTCRtpCodecParameters) -> None:
         """Replaces the sender's encode loop: configure, then wait for the end."""
