@@ -4,7 +4,13 @@
 It prints one JSON object per line on stdout: `{"connected": ..., "local": TYPE}` once ICE and
 DTLS are up (TYPE is the kind of local candidate the selected pair uses: host, srflx or relay), and
 at the end `{"sent": [...]}` or `{"received": [...]}` — every frame as [sha1 hex, monotonic time,
-keyframe]. CLOCK_MONOTONIC is the same for every process of the machine (namespaces do not change
+keyframe] (and, received, its size in bytes); a `--simulcast` publisher prints
+`{"layers": {rid: [...]}}`, the frames of each layer. `watch` polls the hub for WHEP sessions'
+layer choices (GET /whep/{stream}/{session}) and prints `{"at": ..., "states": {session: {...}}}`
+every `--every` seconds; run in the hub's namespace, its requests do not cross the viewers'
+emulated links.
+
+CLOCK_MONOTONIC is the same for every process of the machine (namespaces do not change
 it), so the test lines up the publisher's and the viewer's times. It stays connected for
 `--seconds` or until its stdin is closed. A failure prints `{"error": ...}` and exits with 1.
 """
@@ -21,12 +27,14 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
 from aiortc import RTCIceServer
 
 from client import bot
+from client.simulcast import LAYERS, SimulcastVideo
 
 from .netem import Namespace
 
@@ -87,12 +95,39 @@ def stdin_closed() -> asyncio.Future[None]:
     return closed
 
 
+async def watch(http: aiohttp.ClientSession, args: argparse.Namespace) -> None:
+    """Print the layer state of every session named in `args.target` ("STREAM/SESSION,...")."""
+    paths = args.target.split(",")
+    closed = stdin_closed()
+    deadline = time.monotonic() + args.seconds
+    while not closed.done() and time.monotonic() < deadline:
+        states = {}
+        for path in paths:
+            async with http.get(f"{args.url}/whep/{path}", headers=bot._auth(args.token)) as response:
+                if response.status != 200:
+                    raise bot.ClientError(f"GET /whep/{path}: {response.status} {await response.text()}")
+                states[path.rsplit("/", 1)[-1]] = await response.json()
+        _emit(at=time.monotonic(), states=states)
+        await asyncio.wait([closed], timeout=args.every)
+
+
 async def run(args: argparse.Namespace) -> None:
     ice = None
     if args.ice_servers is not None:
         ice = [RTCIceServer(s["urls"], s.get("username"), s.get("credential")) for s in json.loads(args.ice_servers)]
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-        if args.action == "publish":
+        if args.action == "watch":
+            await watch(http, args)
+            return
+        simulcast: SimulcastVideo | None = None
+        asked: dict[str, int] = {}
+        if args.action == "publish" and args.simulcast:
+            specs = LAYERS
+            if args.layer_bitrates is not None:
+                specs = tuple(replace(spec, bitrate=b) for spec, b in zip(LAYERS, args.layer_bitrates, strict=True))
+            simulcast = SimulcastVideo("vp8", args.width, args.height, args.fps, specs=specs)
+            session = await bot.publish(http, args.url, args.token, args.target, [simulcast], ice_servers=ice)
+        elif args.action == "publish":
             video = bot.SyntheticVideo("vp8", args.width, args.height, args.fps, bitrate=args.bitrate)
             session = await bot.publish(http, args.url, args.token, args.target, [video], ice_servers=ice)
             asked = count_requests(session)
@@ -100,14 +135,24 @@ async def run(args: argparse.Namespace) -> None:
             session = await bot.view(http, args.url, args.token, args.target, kinds=("video",), ice_servers=ice)
         try:
             await connected(session, args.connect_timeout)
+            if args.tile is not None:
+                width, height = args.tile
+                async with http.patch(session.location, json={"width": width, "height": height},
+                                      headers=bot._auth(args.token)) as response:  # fmt: skip
+                    if response.status != 200:
+                        raise bot.ClientError(f"PATCH {session.location}: {response.status} {await response.text()}")
             _emit(connected=session.resource_id, local=local_candidate_type(session), at=time.monotonic())
             await asyncio.wait([stdin_closed()], timeout=args.seconds)
         finally:
             await session.close()
-        if args.action == "publish":
+        if simulcast is not None:
+            frames = {rid: [[k.hex(), f.sent_at, f.keyframe] for k, f in layer.sent.items()]
+                      for rid, layer in simulcast.layers.items()}  # fmt: skip
+            _emit(layers=frames)
+        elif args.action == "publish":
             _emit(sent=[[k.hex(), f.sent_at, f.keyframe] for k, f in video.sent.items()], **asked)
         else:
-            _emit(received=[[f.key.hex(), f.received_at, f.keyframe] for f in session.logs["video"].frames])
+            _emit(received=[[f.key.hex(), f.received_at, f.keyframe, f.size] for f in session.logs["video"].frames])
 
 
 class BotProcess:
@@ -147,10 +192,10 @@ class BotProcess:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.nsbot")
-    parser.add_argument("action", choices=("publish", "view"))
+    parser.add_argument("action", choices=("publish", "view", "watch"))
     parser.add_argument("url")
     parser.add_argument("token")
-    parser.add_argument("target", help="publish: the room id; view: the stream id")
+    parser.add_argument("target", help="publish: the room id; view: the stream id; watch: STREAM/SESSION,...")
     parser.add_argument("--seconds", type=float, default=60.0, help="longest time to stay connected")
     parser.add_argument("--connect-timeout", type=float, default=20.0)
     parser.add_argument("--ice-servers", help="JSON RTCIceServer list; default: those the hub hands out")
@@ -158,6 +203,11 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--bitrate", type=int, default=300_000)
+    parser.add_argument("--simulcast", action="store_true", help="publish: three layers (client/simulcast.py)")
+    parser.add_argument("--layer-bitrates", type=int, nargs=len(LAYERS), metavar="BITS",
+                        help="publish --simulcast: each layer's bitrate, lowest first")  # fmt: skip
+    parser.add_argument("--tile", type=int, nargs=2, metavar=("WIDTH", "HEIGHT"), help="view: state this tile size")
+    parser.add_argument("--every", type=float, default=0.5, help="watch: seconds between polls")
     args = parser.parse_args()
     try:
         asyncio.run(run(args))
