@@ -27,11 +27,12 @@ RATE_KBIT, LOSS_PERCENT, DELAY = 300, 3, 0.08
 WIDTH, HEIGHT, FPS = 640, 480, 10
 BITRATES = (100_000, 700_000, 1_500_000)
 #: Seconds the weak viewer watches through the constraint; frames are counted after its first SETTLE.
-CONSTRAINED, SETTLE = 20.0, 5.0
+CONSTRAINED, SETTLE = 15.0, 5.0
 #: Frames are counted per BIN seconds of the publisher's timeline; at most FREEZE seconds in a row
 #: may be missing. After the constraint is lifted, the viewer is on the top layer within CLIMB s:
-#: 10 s, and the longer hold a failed try of the top layer under the constraint may have left.
-BIN, FREEZE, CLIMB = 0.2, 1.0, 10.0 + layers.UP_HOLD
+#: 10 s, and the hold that failed tries of the top layer under the constraint left (each doubles
+#: it: 12 s after two, as many as fit in CONSTRAINED s).
+BIN, FREEZE, CLIMB = 0.2, 1.0, 10.0 + 4 * layers.UP_HOLD
 
 
 def longest_gap(sent: dict[str, float], got: set[str], start: float, end: float) -> float:
@@ -105,7 +106,7 @@ def test_a_weak_viewer_gets_the_low_layer_and_climbs_back_when_its_link_recovers
         recovering.append(line)
         if line["states"][sessions["weak"]]["layer"] == "f":
             climbed_at = line["at"]
-    recovering += poll(time.monotonic() + 4)  # frames of the top layer reach the weak viewer
+    recovering += poll(time.monotonic() + 6)  # frames of the top layer reach the weak viewer
     watcher.finish()
     for bot in viewers.values():
         bot.finish()
@@ -122,7 +123,14 @@ def test_a_weak_viewer_gets_the_low_layer_and_climbs_back_when_its_link_recovers
 
     unknown = {name: [f for f in frames if f[0] not in layer_of] for name, frames in received.items()}
     (tmp_path / "layers.json").write_text(
-        json.dumps({"lifted_at": lifted_at, "polls": constrained + recovering, "unknown": unknown})
+        json.dumps(
+            {
+                "lifted_at": lifted_at,
+                "polls": constrained + recovering,
+                "unknown": unknown,
+                "weak": [[at, layer_of.get(key), size] for key, at, _, size in received["weak"]],
+            }
+        )  # fmt: skip
     )
     # Frames arrive intact; but aiortc's jitter buffer, when it gives up on a lost packet, may pass
     # on a frame without its start, which matches no frame sent: a few of those on the lossy link.
@@ -141,7 +149,10 @@ def test_a_weak_viewer_gets_the_low_layer_and_climbs_back_when_its_link_recovers
     assert longest_gap(sent["f"], strong, start, lifted_at) <= FREEZE
     # The weak one is kept under the top layer: it tries it now and then (a climb), and each try
     # that fails makes it wait longer. Which layer under it depends on what the publisher manages
-    # to send: a publisher short of CPU sends h at a rate the weak link carries.
+    # to send: a publisher short of CPU sends h at a rate the weak link carries. Its frames are
+    # not counted: aiortc's jitter buffer holds every frame after a packet lost for good until 128
+    # more have come (seconds, at these rates), so what an aiortc viewer shows of a lossy link is
+    # its own stalls.
     below = [rid for rid in chosen(settled, "weak") if rid != "f"]
     assert len(below) >= 2 / 3 * len(settled), chosen(settled, "weak")
     # Once the link carries more, the weak viewer climbs back to the top layer, and receives it.
