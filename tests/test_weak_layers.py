@@ -150,9 +150,9 @@ def test_a_weak_viewer_gets_the_low_layer_and_climbs_back_when_its_link_recovers
     # The weak one is kept under the top layer: it tries it now and then (a climb), and each try
     # that fails makes it wait longer. Which layer under it depends on what the publisher manages
     # to send: a publisher short of CPU sends h at a rate the weak link carries. Its frames are
-    # not counted: aiortc's jitter buffer holds every frame after a packet lost for good until 128
-    # more have come (seconds, at these rates), so what an aiortc viewer shows of a lossy link is
-    # its own stalls.
+    # not counted: aiortc's jitter buffer (512 packets for video) holds every frame after a packet
+    # lost for good until 512 more have come (15 s or more at these rates), so what an aiortc
+    # viewer shows of a lossy link is its own stalls.
     below = [rid for rid in chosen(settled, "weak") if rid != "f"]
     assert len(below) >= 2 / 3 * len(settled), chosen(settled, "weak")
     # Once the link carries more, the weak viewer climbs back to the top layer, and receives it.
