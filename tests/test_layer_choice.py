@@ -87,3 +87,26 @@ async def test_a_layer_offered_but_never_sent_is_not_chosen() -> None:
         assert rid(switch._choose(100.0)) == "h"
     finally:
         switch.close()
+
+
+async def test_a_climb_that_meets_heavy_loss_goes_back_at_once() -> None:
+    switch = await switch_on("f")
+    try:
+        switch.tile = Tile(640, 480)
+        now = 100.0
+        switch.estimate, switch.loss = 200_000, 0.05
+        assert rid(switch._choose(now)) == "q"
+        switch.current, switch._switched_at = switch.source.layer("q"), now
+        switch.estimate, switch.loss = 2_000_000, 0.0
+        assert rid(switch._choose(now + layers.UP_HOLD + 0.1)) == "h"
+        climbed = now + layers.UP_HOLD + 0.5
+        switch.current, switch._switched_at = switch.source.layer("h"), climbed
+        # The first receiver report after the climb shows heavy loss: down before SETTLE is out.
+        switch.loss = 0.2
+        assert rid(switch._choose(climbed + 0.5)) == "q"
+        # Loss within SETTLE after a fall (no climb) still waits: the estimator may lag the switch.
+        switch.current, switch._switched_at = switch.source.layer("q"), climbed + 1
+        switch._cap, switch.loss = 0, 0.5
+        assert switch._choose(climbed + 1.5) is switch.source.layer("q")
+    finally:
+        switch.close()
