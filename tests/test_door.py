@@ -15,13 +15,16 @@ import time
 
 import aiohttp
 from aioice import stun
-from aiortc import RTCPeerConnection
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.rtp import RtpPacket
 
 from client import bot
 from hub.media import door
 from hub.media.counters import COUNTERS
+from hub.media.router import Router
 
 from .conftest import HubProcess, wait_until
+from .test_seqmap import LosingSrtp
 
 _CANDIDATE = re.compile(r"^a=candidate:\S+ \d+ udp \d+ (\S+) (\d+) typ", re.MULTILINE | re.IGNORECASE)
 _STUN_BINDING = b"\x00\x01"
@@ -181,3 +184,68 @@ def _parses(data: bytes) -> bool:
     except Exception:
         return False
     return True
+
+
+async def test_a_hub_receivers_rtp_skips_aiortcs_queue_and_a_plain_receivers_keeps_it():
+    """A publisher's packets reach the hub's TrackSource from the socket
+    directly (not through aiortc's queue and coroutines), with aiortc's
+    statistics kept and a lost packet NACKed; a plain aiortc viewer in the
+    same process still gets its packets through aiortc's own path."""
+    router = Router(None, max_backlog=1 << 20, keyframe_interval=0.5, ice_servers=[], connect_timeout=10.0)
+    video = bot.SyntheticVideo("vp8", 160, 120, 30)
+    publisher = RTCPeerConnection(bot.NO_ICE_SERVERS)
+    publisher.addTransceiver(video, direction="sendonly").sender._send_keyframe = video.request_keyframe  # type: ignore[method-assign]
+    viewer = RTCPeerConnection(bot.NO_ICE_SERVERS)
+    viewer_receiver = viewer.addTransceiver("video", direction="recvonly").receiver
+    queued: dict[str, int] = {"hub": 0, "viewer": 0}
+
+    def count(receiver, name: str) -> None:  # type: ignore[no-untyped-def]
+        handle = receiver._handle_rtp_packet
+
+        async def arrive(packet: RtpPacket, arrival_time_ms: int) -> None:
+            queued[name] += 1
+            await handle(packet, arrival_time_ms)
+
+        receiver._handle_rtp_packet = arrive
+
+    count(viewer_receiver, "viewer")
+    try:
+        await publisher.setLocalDescription(await publisher.createOffer())
+        stream, answer = await router.publish(publisher.localDescription.sdp)
+        await publisher.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        hub_pc = router._producers[stream.id].pc
+        assert hub_pc is not None
+        hub_receiver = hub_pc.getTransceivers()[0].receiver
+        count(hub_receiver, "hub")
+        nacked: list[int] = []
+        send_nack = hub_receiver._send_rtcp_nack
+
+        async def nack(media_ssrc: int, lost: list[int]) -> None:
+            nacked.extend(lost)
+            await send_nack(media_ssrc, lost)
+
+        hub_receiver._send_rtcp_nack = nack  # type: ignore[method-assign]
+        await viewer.setLocalDescription(await viewer.createOffer())
+        _, answer = await router.view(stream.id, viewer.localDescription.sdp, "viewer")
+        await viewer.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        await wait_until(lambda: queued["viewer"] > 20, timeout=30)
+        # Once the session is up (a first packet may beat the receiver's registration), none takes the queue.
+        early, received = queued["hub"], COUNTERS.packets_received
+        await wait_until(lambda: queued["viewer"] > 60, timeout=30)
+        hub_dtls = hub_receiver.transport
+        assert queued["hub"] == early <= 2
+        assert COUNTERS.packets_received - received > 30
+        # aiortc's own bookkeeping still sees every packet (receiver reports, getStats).
+        (statistics,) = hub_receiver._RTCRtpReceiver__remote_streams.values()
+        assert statistics.packets_received > 40
+        assert hub_dtls._RTCDtlsTransport__rx_packets >= statistics.packets_received
+
+        # A packet lost before the hub is asked for again.
+        losing = LosingSrtp(hub_dtls._rx_srtp)
+        hub_dtls._rx_srtp = losing
+        await wait_until(lambda: losing.lost and losing.lost[0] in nacked, timeout=10)
+        assert queued["hub"] == early
+    finally:
+        await viewer.close()
+        await publisher.close()
+        await router.close()

@@ -24,18 +24,32 @@ process-wide (`install`, which the Router calls):
   while handling one datagram to dropping that datagram; only a closed
   connection (ConnectionError) ends the receive loop, as before.
 
+The door is also where an SRTP packet for the hub's own receivers (a
+publisher's or a relay's pull, see `take_rtp`) skips aiortc's receive
+plumbing: instead of aioice's asyncio queue, a wake-up of the DTLS
+transport's task and four coroutine layers per datagram, it is unprotected,
+parsed and routed right in `datagram_received` and handed to the
+receiver's synchronous handler. Everything else (DTLS, RTCP, RTP for a
+plain aiortc receiver, anything before DTLS-SRTP is up) still takes the
+queue.
+
 Each refusal counts in `COUNTERS.datagrams_refused`; none is fatal.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pylibsrtp
 from aioice import stun
 from aioice.ice import StunProtocol
 from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcdtlstransport import State as DtlsState
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from aiortc.rtp import RtpPacket, is_rtcp
 
 from hub.media.counters import COUNTERS
 
@@ -49,6 +63,29 @@ _DTLS_RECORD_HEADER = 13
 _RTP_HEADER = 12
 
 _installed = False
+
+#: Set on an `RTCRtpReceiver` by `take_rtp`: its packets' synchronous handler.
+_HANDLER = "_hub_take_rtp"
+#: Set on an aioice Connection once its DTLS transport has SRTP keys.
+_DTLS = "_hub_dtls"
+
+RtpHandler = Callable[[RtpPacket, int], None]
+
+#: Seconds from the NTP epoch (1900) to the Unix epoch: arrival times are
+#: aiortc's `clock.current_ms()`, which builds two datetimes to get them
+#: (2 µs a packet, a tenth of the whole direct path).
+_NTP_TO_UNIX = 2_208_988_800
+
+
+def take_rtp(receiver: RTCRtpReceiver, handler: RtpHandler) -> None:
+    """Hand the receiver's RTP packets to `handler(packet, arrival_time_ms)`
+    as they arrive, instead of to its `_handle_rtp_packet` coroutine.
+
+    `handler` runs inside the socket's `datagram_received`: it must not
+    block. A peer connection takes this path only when every RTP receiver
+    it has is taken (a plain aiortc receiver beside one keeps the queue).
+    """
+    setattr(receiver, _HANDLER, handler)
 
 
 def install() -> None:
@@ -108,6 +145,10 @@ def _guarded_datagram_received(
         if pair is not None and (pair.protocol is not self or pair.remote_addr != (addr[0], addr[1])):
             refuse("not from the selected candidate pair", addr)
             return
+        if pair is not None and first > 127:
+            dtls = getattr(self.receiver, _DTLS, None)
+            if dtls is not None and _received_rtp(dtls, data, addr):
+                return
         # What aioice does with data, without first trying to parse it as
         # STUN: that costs a raised exception per media packet.
         self.receiver.data_received(data, candidate.component)
@@ -115,10 +156,36 @@ def _guarded_datagram_received(
     return datagram_received
 
 
+def _received_rtp(dtls: RTCDtlsTransport, data: bytes, addr: object) -> bool:
+    """What `RTCDtlsTransport._recv_next` does with an SRTP packet, done
+    now; False (nothing done) when the datagram must take aiortc's queue."""
+    if dtls._state is not DtlsState.CONNECTED or is_rtcp(data):
+        return False
+    router = dtls._rtp_router
+    if not router.receivers or not all(hasattr(r, _HANDLER) for r in router.receivers):
+        return False
+    dtls._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
+    dtls._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
+    arrival_time_ms = int((time.time() + _NTP_TO_UNIX) * 1000)
+    try:
+        packet = RtpPacket.parse(dtls._rx_srtp.unprotect(data), dtls._rtp_header_extensions_map)
+    except (pylibsrtp.Error, ValueError):  # aiortc drops these too, quietly
+        return True
+    receiver = router.route_rtp(packet)
+    if receiver is not None:
+        try:
+            getattr(receiver, _HANDLER)(packet, arrival_time_ms)
+        except Exception:
+            refuse("failed in RTP handling", addr, exc_info=True)
+    return True
+
+
 def _contained_recv_next(
     recv_next: Callable[[RTCDtlsTransport], Awaitable[None]],
 ) -> Callable[[RTCDtlsTransport], Awaitable[None]]:
     async def _recv_next(self: RTCDtlsTransport) -> None:
+        if self._rx_srtp is not None:  # keyed: from now on SRTP may skip the queue
+            setattr(self.transport._connection, _DTLS, self)
         try:
             await recv_next(self)
         except ConnectionError:

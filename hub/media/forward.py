@@ -33,7 +33,7 @@ import logging
 import random
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -61,6 +61,7 @@ from aiortc.utils import random16, random32
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
+from hub.media import door
 from hub.media.counters import COUNTERS
 
 try:
@@ -96,6 +97,17 @@ def use_path(path: str) -> str:
 
 def current_path() -> str:
     return "c" if _compiled is not None else "python"
+
+
+#: RTCP a receive path sends without awaiting it (NACK, REMB): held until sent.
+_sending: set[asyncio.Task[None]] = set()
+
+
+def _send_soon(send: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.ensure_future(send)
+    _sending.add(task)
+    task.add_done_callback(_sending.discard)
+
 
 class Sink(Protocol):
     """Whatever takes one track's packets: a viewer's sender (`TrackSink`),
@@ -265,12 +277,18 @@ class TrackSource:
         self.keyframe_requests = 0
         if receiver is not None:
             receiver._handle_rtp_packet = self._handle_rtp_packet  # type: ignore[method-assign]
+            door.take_rtp(receiver, self.receive)
 
     @property
     def mime_type(self) -> str:
         return self.codec.mimeType.lower() if self.codec else ""
 
     async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        # A packet that came through aiortc's queue (hub.media.door takes the others).
+        self.receive(packet, arrival_time_ms)
+
+    def receive(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        """One RTP packet from the publisher; never awaits (RTCP it makes is sent in a task)."""
         # Mirrors RTCRtpReceiver._handle_rtp_packet up to the point where it
         # would depayload and decode.
         r = self._receiver
@@ -294,9 +312,8 @@ class TrackSource:
                 ssrc=packet.ssrc,
             )
             if remb is not None and rtcp_ssrc is not None:
-                await r._send_rtcp(
-                    RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(*remb))
-                )
+                remb_packet = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(*remb))
+                _send_soon(r._send_rtcp(remb_packet))
 
         if is_rtx(codec):
             original_ssrc = self._repaired_ssrc(packet)
@@ -310,7 +327,7 @@ class TrackSource:
 
         nack = self._nack_generator(packet)
         if nack is not None and nack.add(packet):
-            await r._send_rtcp_nack(packet.ssrc, sorted(nack.missing))
+            _send_soon(r._send_rtcp_nack(packet.ssrc, sorted(nack.missing)))
         self._deliver(packet, codec)
 
     # What a source of several RTP streams (simulcast, hub.media.layers) does
