@@ -10,14 +10,20 @@ from hub.media.layers import LayerSwitch, SimulcastOffer, SimulcastSource, Tile
 SIZES = {"q": (160, 120, 100_000), "h": (320, 240, 300_000), "f": (640, 480, 900_000)}
 
 
-async def switch_on(rid: str) -> LayerSwitch:
+def source_sending(names: tuple[str, ...]) -> SimulcastSource:
+    """Three layers offered, of which the publisher's packets have shown `names`."""
     source = SimulcastSource(None, SimulcastOffer(("q", "h", "f"), 10, None), 0.3)  # type: ignore[arg-type]
-    for ssrc, name in enumerate(("q", "h", "f"), start=1000):  # each layer's stream has been seen
+    for ssrc, name in enumerate(names, start=1000):
         layer = source.layer(name)
         assert layer is not None
         layer.ssrc = ssrc
         layer.width, layer.height, layer.bitrate = SIZES[name]
     source._sort()
+    return source
+
+
+async def switch_on(rid: str) -> LayerSwitch:
+    source = source_sending(("q", "h", "f"))
     switch = LayerSwitch(source, audio=True)
     switch.current = source.layer(rid)
     switch.target = None
@@ -74,13 +80,7 @@ async def test_congestion_lowers_the_layer_and_a_failed_climb_waits_longer() -> 
 async def test_a_layer_offered_but_never_sent_is_not_chosen() -> None:
     """Chromium offers three layers and drops the top one while its bandwidth estimate (or its
     camera) is small: viewers and the top-layer sinks get the highest layer that does come."""
-    source = SimulcastSource(None, SimulcastOffer(("q", "h", "f"), 10, None), 0.3)  # type: ignore[arg-type]
-    for ssrc, name in enumerate(("q", "h"), start=1000):
-        layer = source.layer(name)
-        assert layer is not None
-        layer.ssrc = ssrc
-        layer.width, layer.height, layer.bitrate = SIZES[name]
-    source._sort()
+    source = source_sending(("q", "h"))
     switch = LayerSwitch(source, audio=True)
     try:
         assert [layer.rid for layer in source.layers] == ["q", "h"]
