@@ -30,6 +30,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
@@ -44,6 +45,9 @@ from aiortc.rtp import (
 )
 
 from hub.media.forward import Outgoing, Sink, TrackSource, is_keyframe_start, vp8_payload_start
+
+if TYPE_CHECKING:
+    from hub.media.temporal import TemporalFilter
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +280,8 @@ class LayerState:
     estimate: int | None
     #: Changes of layer, and resumptions after a hidden spell.
     switches: int
+    #: The highest VP8 temporal layer (TID) the viewer receives; None: the stream has none.
+    temporal: int | None = None
 
 
 #: Capacity a viewer with audio leaves to it (Opus at 32-48 kbit/s, with packet headers).
@@ -302,6 +308,29 @@ MAX_HOLD = 48.0
 TICK = 0.5
 #: How long a switch waits for the target layer's keyframe before asking again.
 ASK_AGAIN = 1.0
+
+
+def watch_feedback(sender: RTCRtpSender, on_estimate: Callable[[int], None], on_loss: Callable[[float], None]) -> None:
+    """Pass a viewer's REMB (bits/s) and receiver-reported loss (fraction)
+    for this sender's SSRC on, as aiortc's sender receives them."""
+    handle = sender._handle_rtcp_packet
+    ssrc = sender._ssrc
+
+    async def handle_rtcp(packet: AnyRtcpPacket) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            try:
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+            except ValueError:
+                bitrate, ssrcs = 0, []
+            if ssrc in ssrcs:
+                on_estimate(bitrate)
+        elif isinstance(packet, RtcpRrPacket):
+            for report in packet.reports:
+                if report.ssrc == ssrc:
+                    on_loss(report.fraction_lost / 256)
+        await handle(packet)
+
+    sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
 
 
 class LayerSwitch:
@@ -338,6 +367,8 @@ class LayerSwitch:
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._asked_at = 0.0  # when the target layer's keyframe was last asked for
+        #: The viewer's temporal layers of the lowest spatial layer (hub.media.temporal), if VP8.
+        self.temporal: TemporalFilter | None = None
         self._retarget(self._choose(time.monotonic()))
         self._tick()
 
@@ -352,24 +383,13 @@ class LayerSwitch:
 
     def watch(self, sender: RTCRtpSender) -> None:
         """Read the viewer's REMB and receiver reports as aiortc's sender receives them."""
-        handle = sender._handle_rtcp_packet
-        ssrc = sender._ssrc
+        watch_feedback(sender, self._on_estimate, self._on_loss)
 
-        async def handle_rtcp(packet: AnyRtcpPacket) -> None:
-            if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
-                try:
-                    bitrate, ssrcs = unpack_remb_fci(packet.fci)
-                except ValueError:
-                    bitrate, ssrcs = 0, []
-                if ssrc in ssrcs:
-                    self.estimate = bitrate
-            elif isinstance(packet, RtcpRrPacket):
-                for report in packet.reports:
-                    if report.ssrc == ssrc:
-                        self.loss = report.fraction_lost / 256
-            await handle(packet)
+    def _on_estimate(self, bitrate: int) -> None:
+        self.estimate = bitrate
 
-        sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
+    def _on_loss(self, loss: float) -> None:
+        self.loss = loss
 
     def set_tile(self, tile: Tile) -> None:
         self.tile = tile
@@ -425,6 +445,9 @@ class LayerSwitch:
         failing = self._probe is not None and self._probe[0] == index and self.loss > LOSSY
         if now - self._switched_at < SETTLE and not failing:
             return
+        temporal = self.temporal
+        if index == 0 and temporal is not None and temporal.decide(now, self.estimate, self.loss, self._reserve):
+            return  # at the lowest layer the frame rate goes first, and comes back first
         budget = None if self.estimate is None else (self.estimate - self._reserve) * HEADROOM
         congested = self.loss > LOSSY or (budget is not None and budget < current.bitrate and self.loss >= LOSS_SEEN)
         if congested:
@@ -534,6 +557,7 @@ class LayerSwitch:
             tuple((layer.rid, layer.width, layer.height, layer.bitrate) for layer in self.source.layers),
             self.estimate,
             self.switches,
+            self.temporal.layer if self.temporal is not None else None,
         )
 
     def close(self) -> None:

@@ -27,6 +27,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from hub.media import door, layers
 from hub.media.forward import (
     PASSTHROUGH_CODECS,
+    Fanout,
     Sink,
     Track,
     TrackSink,
@@ -37,6 +38,7 @@ from hub.media.forward import (
 from hub.media.ice import announce
 from hub.media.ingest import Feeder
 from hub.media.relay import Upstream, open_pull
+from hub.media.temporal import TemporalFilter
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,21 @@ class Consumer:
     created: float = field(default_factory=time.time)
     #: The viewer's choice among a simulcast stream's layers.
     switch: layers.LayerSwitch | None = None
+    #: The viewer's temporal layers of a VP8 stream.
+    temporal: TemporalFilter | None = None
+
+    def close_fanouts(self) -> None:
+        for fanout in (self.temporal, self.switch):
+            if fanout is not None:
+                fanout.close()
+
+    def layer_state(self) -> layers.LayerState | None:
+        """Its layers, or None for a stream with neither simulcast nor (so far) temporal layers."""
+        if self.switch is not None:
+            return self.switch.state()
+        if self.temporal is not None and self.temporal.layer is not None:
+            return layers.LayerState(None, None, (), self.temporal.estimate, 0, self.temporal.layer)
+        return None
 
 
 class ForwardedTrack(MediaStreamTrack):
@@ -213,14 +230,14 @@ class Router:
         consumer = self._consumers.get(subscription_id)
         if consumer is None:
             raise StreamEnded(f"subscription {subscription_id} has ended")
-        if consumer.switch is None:
-            return None
-        consumer.switch.set_tile(layers.Tile(width, height))
-        return consumer.switch.state()
+        if consumer.switch is not None:
+            consumer.switch.set_tile(layers.Tile(width, height))
+        return consumer.layer_state()
 
     def layer_states(self) -> dict[str, tuple[str, layers.LayerState]]:
-        """Subscription id -> (stream id, its layer), for every simulcast subscription here."""
-        return {c.id: (c.producer.id, c.switch.state()) for c in self._consumers.values() if c.switch is not None}
+        """Subscription id -> (stream id, its layers), for every subscription here with layers."""
+        states = ((c.id, c.producer.id, c.layer_state()) for c in self._consumers.values())
+        return {sid: (stream, state) for sid, stream, state in states if state is not None}
 
     def counts(self) -> dict[str, int]:
         relays = sum(p.upstream is not None for p in self._producers.values())
@@ -371,6 +388,7 @@ class Router:
         pc = RTCPeerConnection(self._configuration)
         sinks: dict[str, TrackSink] = {}
         switches: list[layers.LayerSwitch] = []
+        filters: list[TemporalFilter] = []
 
         def prepare() -> None:
             for transceiver in pc.getTransceivers():
@@ -384,14 +402,22 @@ class Router:
                 restrict_codecs(transceiver, codec)
                 transceiver.sender.replaceTrack(ForwardedTrack(transceiver.kind))
                 transceiver.direction = "sendonly"
+                audio = "audio" in producer.sources and any(t.kind == "audio" for t in pc.getTransceivers())
+                feed: Fanout = source
                 if isinstance(source, layers.SimulcastSource):
-                    audio = "audio" in producer.sources and any(t.kind == "audio" for t in pc.getTransceivers())
                     switch = layers.LayerSwitch(source, audio)
                     switches.append(switch)
-                    sinks[transceiver.kind] = TrackSink(switch, transceiver.sender, self._max_backlog)
                     switch.watch(transceiver.sender)
-                else:
-                    sinks[transceiver.kind] = TrackSink(source, transceiver.sender, self._max_backlog)
+                    feed = switch
+                if source.mime_type == "video/vp8":
+                    temporal = TemporalFilter(feed)
+                    filters.append(temporal)
+                    if switches:
+                        switches[0].temporal = temporal
+                    else:
+                        temporal.follow(transceiver.sender, layers.AUDIO_RESERVE if audio else 0)
+                    feed = temporal
+                sinks[transceiver.kind] = TrackSink(feed, transceiver.sender, self._max_backlog)
             if not sinks:
                 raise SdpError("the offer has no audio or video section this stream can fill")
 
@@ -401,8 +427,8 @@ class Router:
         except BaseException:
             for sink in sinks.values():
                 sink.close()
-            for switch in switches:
-                switch.close()
+            for fanout in (*filters, *switches):
+                fanout.close()
             raise
         finally:
             producer.answering -= 1
@@ -415,10 +441,10 @@ class Router:
             sinks=sinks,
             user=user,
             switch=switches[0] if switches else None,
+            temporal=filters[0] if filters else None,
         )
         if self._producers.get(stream_id) is not producer:  # it ended while the offer was answered
-            if consumer.switch is not None:
-                consumer.switch.close()
+            consumer.close_fanouts()
             await pc.close()
             raise StreamEnded(f"stream {stream_id} has ended")
         self._consumers[consumer.id] = consumer
@@ -476,8 +502,7 @@ class Router:
         producer.consumers.discard(consumer)
         for sink in consumer.sinks.values():
             sink.close()
-        if consumer.switch is not None:
-            consumer.switch.close()
+        consumer.close_fanouts()
         if producer.upstream is not None and producer.idle() and self._producers.get(producer.id) is producer:
             self._linger(producer)
         await consumer.pc.close()
