@@ -97,13 +97,23 @@ class HubCollector(Collector):
         switches = CounterMetricFamily(
             "hub_subscription_layer_switches", "Layer changes of a simulcast subscription", labels=["subscription"]
         )
+        temporal = GaugeMetricFamily(
+            "hub_subscription_temporal_layer",
+            "The highest VP8 temporal layer (TID) a subscription receives, of a stream with temporal layers",
+            labels=["subscription", "stream"],
+        )
         for subscription, (stream, state) in states.items():
+            if state.temporal is not None:
+                temporal.add_metric([subscription, stream], state.temporal)
+            if not state.layers:
+                continue  # temporal layers only
             rids = [rid for rid, *_ in state.layers]
             index = rids.index(state.layer) if state.layer in rids else -1
             layer.add_metric([subscription, stream, state.layer or ""], index)
             switches.add_metric([subscription], state.switches)
         yield layer
         yield switches
+        yield temporal
 
 
 def registry_for(app: web.Application) -> CollectorRegistry:

@@ -381,7 +381,7 @@ class SimulcastLayer(Out):
 
 
 class LayerChoice(Out):
-    """Which simulcast layer a subscription receives."""
+    """Which simulcast layer and temporal layers a subscription receives."""
 
     simulcast: bool = Field(description="false: the stream has one encoding, nothing to choose")
     layer: str | None = Field(default=None, description="the rid received now; null while hidden or starting")
@@ -389,6 +389,11 @@ class LayerChoice(Out):
     layers: list[SimulcastLayer] = Field(default_factory=list, description="lowest first")
     estimate: int | None = Field(default=None, description="the viewer's estimate of its link (REMB), bits/s")
     switches: int = 0
+    temporal: int | None = Field(
+        default=None,
+        description="the highest VP8 temporal layer (TID) received: 0 a quarter or half of the frame rate; "
+        "null when the stream has no temporal layers",
+    )
 
 
 class Stream(Out):

@@ -114,12 +114,13 @@ def layer_choice(state: LayerState | None) -> web.Response:
         choice = m.LayerChoice(simulcast=False)
     else:
         choice = m.LayerChoice(
-            simulcast=True,
+            simulcast=bool(state.layers),
             layer=state.layer,
             target=state.target,
             layers=[m.SimulcastLayer(rid=r, width=w, height=h, bitrate=b) for r, w, h, b in state.layers],
             estimate=state.estimate,
             switches=state.switches,
+            temporal=state.temporal,
         )
     return web.json_response(choice.model_dump())
 
