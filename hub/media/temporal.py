@@ -109,6 +109,12 @@ class TemporalFilter:
     # -- the packets ---------------------------------------------------------
 
     def push(self, packet: RtpPacket, shared: Outgoing) -> None:
+        if self.top is None and vp8_temporal(packet.payload) is None:
+            # No temporal layers (yet): as it came. The map below starts at
+            # the first layered packet with no shift, so numbers stay the same.
+            for sink in tuple(self.sinks):
+                sink.push(packet, shared)
+            return
         number = packet.sequence_number
         out = self._seqs.next(number, packet.ssrc)
         if out < 0:
