@@ -47,11 +47,12 @@ async def me(request: web.Request) -> web.Response:
     description="TURN REST scheme: username `<expiry>:<user>`, credential base64(HMAC-SHA1(secret, username)).",
 )
 async def ice_servers(request: web.Request) -> web.Response:
+    claims = claims_of(request)  # who asks, whether or not there is anything to hand out
     settings = request.app[SETTINGS]
     if not settings.turn_urls or not settings.turn_secret:
         return json_response({"ice_servers": [], "expires_at": None})
     expires = int(time.time()) + settings.turn_credential_seconds
-    turn = mint(settings.turn_secret, settings.turn_urls, claims_of(request).user, expires)
+    turn = mint(settings.turn_secret, settings.turn_urls, claims.user, expires)
     return json_response({"ice_servers": [turn.ice_server()], "expires_at": expires})
 
 

@@ -142,8 +142,9 @@ async def test_stalled_viewer_loses_only_its_own_frames(hub: HubProcess, http: a
     assert len(sent_during & received) >= 0.95 * len(sent_during)
     assert bot.compare(video, log, since=video.sent[log.frames[0].key].sent_at).ratio >= 0.95
     report = json.loads(out.strip().splitlines()[-1])
-    # It woke up and went on receiving to the end: it watched 6 s of the
-    # healthy viewer's 8, 2 of them frozen (what queued then may be dropped),
-    # so at least half as many frames — judged against what was delivered, not
-    # against 30 fps, which a loaded machine's publisher does not keep.
-    assert report["video"]["frames"] >= 0.5 * len(log.frames), (report, len(log.frames))
+    # It woke up and went on receiving: frames came well after it was woken
+    # (monotonic clocks agree across processes), and not a trickle — judged
+    # against what the healthy viewer got, not against 30 fps, which a loaded
+    # machine's publisher does not keep; it watched ~5 s of the healthy one's 8.
+    assert report["video"]["last_frame_at"] >= stopped_at + 3, (report, stopped_at)
+    assert report["video"]["frames"] >= 0.3 * len(log.frames), (report, len(log.frames))

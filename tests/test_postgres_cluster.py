@@ -13,6 +13,8 @@ from typing import Any
 import aiohttp
 import psycopg
 
+from hub.workflows.cases import MIGRATIONS as CASES
+
 from .conftest import ROOT, HubProcess, free_port, start_hub
 from .recording_helpers import auth
 
@@ -41,7 +43,8 @@ async def test_two_hubs_on_one_postgresql_share_durable_records(
         text=True,
         timeout=60,
     )
-    assert upgrade.returncode == 0 and "cases        version 2 (2 new)" in upgrade.stdout, upgrade.stderr
+    steps = len(CASES.steps)
+    assert upgrade.returncode == 0 and f"cases        version {steps} ({steps} new)" in upgrade.stdout, upgrade.stderr
     # Nodes of one cluster share the token signing key; nothing else of their data directories.
     key = secrets.token_urlsafe(48)
     env = {"HUB_DATABASE": postgres_url, "HUB_CAMERA_NETWORKS": '["127.0.0.1/32"]'}

@@ -45,6 +45,8 @@ async def _view(args: argparse.Namespace) -> dict[str, object]:
             "keyframes": sum(f.keyframe for f in log.frames),
             "bytes": sum(f.size for f in log.frames),
             "first_keyframe_s": round(log.first_keyframe_at - session.started_at, 3) if log.first_keyframe_at else None,
+            # time.monotonic(): on Linux one clock for every process of the machine.
+            "last_frame_at": log.frames[-1].received_at if log.frames else None,
         }
         for kind, log in session.logs.items()
     }

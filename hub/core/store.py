@@ -332,12 +332,26 @@ class SQLiteDatabase(Database):
             connection = sqlite3.connect(
                 self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
             )
-            connection.execute("PRAGMA journal_mode = WAL")
+            self._wal(connection)
             # PostgreSQL's names for the two-argument MAX and MIN, so features write one SQL.
             connection.create_function("greatest", -1, _greatest, deterministic=True)
             connection.create_function("least", -1, _least, deterministic=True)
             self._connection = connection
         return self._connection
+
+    def _wal(self, connection: sqlite3.Connection) -> None:
+        """Switch the file to write-ahead logging. Two processes opening a new
+        file at once both try it, and SQLite answers the loser "database is
+        locked" at once, without its busy handler: wait it out here instead."""
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                connection.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     async def _on_thread(self, work: Callable[[sqlite3.Connection], T]) -> T:
         def run() -> T:
