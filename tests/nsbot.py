@@ -159,8 +159,10 @@ class BotProcess:
     """A tests.nsbot process started in a namespace, its JSON lines read as they come (a thread
     per process: a test waits for a line with a time bound, never on a pipe that stays silent)."""
 
-    def __init__(self, ns: Namespace, *args: str) -> None:
+    def __init__(self, ns: Namespace, action: str, url: str, token: str, target: str, *options: str) -> None:
         self._stderr = tempfile.TemporaryFile()
+        # The positionals after "--": an id may begin with "-" (token_urlsafe), which argparse takes for an option.
+        args = (*options, "--", action, url, token, target)
         self.proc = ns.python("-m", "tests.nsbot", *args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=self._stderr)  # fmt: skip
         self._lines: queue.Queue[dict[str, Any] | None] = queue.Queue()

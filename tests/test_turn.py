@@ -148,11 +148,11 @@ def test_clients_reach_the_hub_only_through_turn_with_minted_credentials(network
     # Byte-identical frames through two TURN relays and the hub: every frame received was sent as
     # it is, and of those sent while the viewer watched (from its first frame to its last) it got
     # nearly all.
-    assert received and all(key in sent for key, _, _ in received)
+    assert received and all(key in sent for key, *_ in received)
     assert received[0][2], "the first frame a viewer gets is a keyframe"
     first, last = sent[received[0][0]], sent[received[-1][0]]
     window = {key for key, at in sent.items() if first <= at <= last}
-    got = {key for key, _, _ in received} & window
+    got = {key for key, *_ in received} & window
     assert len(window) >= 30 and len(got) >= 0.95 * len(window), (len(got), len(window), last - first)
     log = setup.turn_log.read_text()
     # coturn allocated for both users by the names the hub minted, and refused the two bad ones.

@@ -154,7 +154,7 @@ def test_a_weak_viewer_gets_the_low_layer_and_climbs_back_when_its_link_recovers
     # lost for good until 512 more have come (15 s or more at these rates), so what an aiortc
     # viewer shows of a lossy link is its own stalls.
     below = [rid for rid in chosen(settled, "weak") if rid != "f"]
-    assert len(below) >= 2 / 3 * len(settled), chosen(settled, "weak")
+    assert len(below) >= len(settled) / 2, chosen(settled, "weak")
     # Once the link carries more, the weak viewer climbs back to the top layer. (Whether its frames
     # come out at once is aiortc's: its jitter buffer holds them behind a packet lost for good before
     # the lift until 512 more packets have come, seconds at f's rate; in 1 of 3 runs none came in

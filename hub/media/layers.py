@@ -160,10 +160,13 @@ class Layer(TrackSource):
         self.bitrate = 0
         self._window_start = time.monotonic()
         self._window_bytes = 0
+        #: When its last packet came (monotonic): Chromium pauses a layer its estimate cannot carry.
+        self.last_at = 0.0
 
     def count(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> bool:
         """Count a packet of this layer; True when it shows a new picture size."""
         now = time.monotonic()
+        self.last_at = now
         self._window_bytes += len(packet.payload)
         if now - self._window_start >= _WINDOW:
             self.bitrate = int(self._window_bytes * 8 / (now - self._window_start))
@@ -306,6 +309,8 @@ PROBE = 8.0
 MAX_HOLD = 48.0
 #: How often each switch re-decides (seconds).
 TICK = 0.5
+#: A layer with no packet for this long is paused (seconds; a layer sends ≥ 10 packets a second).
+SILENT = 1.0
 #: How long a switch waits for the target layer's keyframe before asking again.
 ASK_AGAIN = 1.0
 
@@ -420,7 +425,9 @@ class LayerSwitch:
     def _choose(self, now: float) -> Layer | None:
         """The layer to send: the one the tile needs, or a lower one while
         the link cannot carry it."""
-        layers = self.source.layers
+        # A layer the publisher has paused is no choice: a viewer on it would
+        # freeze. (None sending at all, as in a unit test's frozen clock: all.)
+        layers = [layer for layer in self.source.layers if now - layer.last_at < SILENT] or self.source.layers
         wanted = self._wanted(layers)
         if wanted is None:
             return None
