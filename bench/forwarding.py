@@ -340,7 +340,7 @@ async def publisher_role(ctl: Control) -> None:
     async with aiohttp.ClientSession() as http, contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(direct.close)
         await direct.start()
-        session = await bot.publish(http, cmd["url"], cmd["token"], cmd["room"], [tee])
+        session = await bot.publish(http, cmd["url"], cmd["token"], cmd["room"], [tee], ice_servers=[])
         try:
             await wait_for_state(session.pc, "connected", CONNECT_TIMEOUT)
             sender = session.pc.getSenders()[0]
@@ -407,7 +407,10 @@ class Viewer:
 
 
 async def open_viewer(http: aiohttp.ClientSession, cmd: dict[str, Any], probe: bool) -> Viewer:
-    session = await bot.view(http, cmd["url"], cmd["token"], cmd["stream"], kinds=("video",), decode=probe)
+    # Loopback only: no STUN/TURN servers (the bare reference servers have no /api/ice-servers).
+    session = await bot.view(
+        http, cmd["url"], cmd["token"], cmd["stream"], kinds=("video",), decode=probe, ice_servers=[]
+    )
     viewer = Viewer(session)
     if probe:
         # Decoding is only needed to read frame numbers; one viewer per run pays for it.

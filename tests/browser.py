@@ -6,6 +6,8 @@ and use `hub.media.ice.use_addresses(["127.0.0.1"])` for Python peers in the tes
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -81,3 +83,26 @@ async def screen_text(page: Page) -> str:
             return text;
         }"""
     )
+
+
+async def assert_playing(
+    page: Page, tile: Locator, frames: int = 5, within: float = 8.0, min_brightness: float | None = None
+) -> dict:
+    """The tile's <video> has a size and keeps decoding frames: `frames` more within `within` seconds.
+
+    Given time, not a rate: a Chromium that encodes three simulcast layers for each of three pages
+    on a loaded two-core machine drops its frame rate to a few per second (its CPU adaptation), and
+    the hub's layer switch waits for a keyframe; a video that stopped still fails.
+    """
+    video = tile.locator("video")
+    await page.wait_for_function("v => v.videoWidth > 0", arg=await video.element_handle(), timeout=20_000)
+    before = after = await video_stats(video)
+    deadline = time.monotonic() + within
+    while after["frames"] - before["frames"] < frames and time.monotonic() < deadline:
+        await asyncio.sleep(0.25)
+        after = await video_stats(video)
+    assert after["width"] > 0 and after["height"] > 0, after
+    assert after["frames"] - before["frames"] >= frames, (before, after)
+    if min_brightness is not None:
+        assert after["brightness"] > min_brightness, after
+    return after

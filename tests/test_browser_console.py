@@ -15,7 +15,7 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 
 from client import bot
-from tests.browser import screen_text, video_stats
+from tests.browser import assert_playing, screen_text, video_stats
 
 from .conftest import HubProcess, start_hub
 
@@ -43,16 +43,6 @@ async def open_console(browser: Browser, hub: HubProcess, token: str) -> Page:
 async def publish(http: aiohttp.ClientSession, hub: HubProcess, token: str, room: str) -> bot.Session:
     video = bot.SyntheticVideo("vp8", 320, 240, 15)
     return await asyncio.wait_for(bot.publish(http, hub.url, token, room, [video]), 20)
-
-
-async def assert_playing(page: Page, pane) -> None:  # type: ignore[no-untyped-def]
-    """The pane's <video> has a size and keeps decoding frames."""
-    video = pane.locator("video")
-    await page.wait_for_function("v => v.videoWidth > 0", arg=await video.element_handle(), timeout=20_000, polling=100)
-    before = await video_stats(video)
-    await asyncio.sleep(1.5)
-    after = await video_stats(video)
-    assert after["width"] > 0 and after["frames"] - before["frames"] >= 5, (before, after)
 
 
 async def test_tree_follows_clients_live_and_the_wall_plays(

@@ -28,7 +28,7 @@ from playwright.async_api import BrowserContext, Page, expect
 
 from client import bot
 from hub.media.ice import use_addresses
-from tests.browser import screen_text, video_stats
+from tests.browser import assert_playing, screen_text
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
@@ -125,19 +125,6 @@ async def publish(http: aiohttp.ClientSession, hub: HubProcess, token: str) -> b
     return await asyncio.wait_for(bot.publish(http, hub.base_url, token, "site-rianxiuma", [video]), 20)
 
 
-async def assert_playing(page: Page, tile) -> None:
-    """The tile's <video> has a size, keeps decoding frames and is not black."""
-    video = tile.locator("video")
-    await page.wait_for_function("v => v.videoWidth > 0", arg=await video.element_handle(), timeout=20_000)
-    before = await video_stats(video)
-    await asyncio.sleep(2)
-    after = await video_stats(video)
-    print("video stats", before, after)
-    assert after["width"] == 320 and after["height"] == 240
-    assert after["frames"] - before["frames"] >= 10, (before, after)  # 15 fps for 2 s
-    assert after["brightness"] > 20, after
-
-
 async def test_home_tree_and_live_tiles(hub_server: HubProcess, browser, loopback_media) -> None:
     operator = hub_server.token("op-guinan", "guinan", "operator")
     village_cam = hub_server.token("cam-rianxiuma", "rianxiuma", "terminal", "--name", "调解室终端")
@@ -169,7 +156,8 @@ async def test_home_tree_and_live_tiles(hub_server: HubProcess, browser, loopbac
             await expect(tile).to_be_visible()
             await expect(tile.locator(".tile-name")).to_have_text("调解室终端")
             await expect(tile.locator(".tile-site")).to_have_text("日安秀麻村")
-            await assert_playing(page, tile)
+            stats = await assert_playing(page, tile, frames=10, min_brightness=20)  # 15 fps
+            assert (stats["width"], stats["height"]) == (320, 240)
             await expect(tile).to_have_attribute("data-status", "live")
 
             # A stream published while the room is on screen appears without a reload.
@@ -177,7 +165,8 @@ async def test_home_tree_and_live_tiles(hub_server: HubProcess, browser, loopbac
             tile2 = page.locator(f'.tile[data-stream-id="{second.resource_id}"]')
             await expect(tile2).to_be_visible()
             await expect(tile2.locator(".tile-site")).to_have_text("过马营镇")
-            await assert_playing(page, tile2)
+            stats = await assert_playing(page, tile2, frames=10, min_brightness=20)  # 15 fps
+            assert (stats["width"], stats["height"]) == (320, 240)
             await expect(page.locator(".tile")).to_have_count(2)
 
             ARTIFACTS.mkdir(exist_ok=True)

@@ -22,7 +22,7 @@ import pytest
 from playwright.async_api import Browser, Locator, Page, expect
 
 from client import bot
-from tests.browser import screen_text, video_stats
+from tests.browser import assert_playing, screen_text
 
 from .conftest import LOOPBACK_ONLY, HubProcess, start_hub, wait_for_port
 
@@ -80,20 +80,6 @@ def restart(hub: HubProcess) -> HubProcess:
     )
     wait_for_port(port, proc)
     return HubProcess(hub.url, hub.data, proc, hub.log)
-
-
-async def assert_playing(page: Page, tile: Locator, min_brightness: float | None = None) -> dict:
-    """The tile's <video> has a size and keeps decoding frames."""
-    video = tile.locator("video")
-    await page.wait_for_function("v => v.videoWidth > 0", arg=await video.element_handle(), timeout=20_000)
-    before = await video_stats(video)
-    await asyncio.sleep(1.5)
-    after = await video_stats(video)
-    assert after["width"] > 0 and after["height"] > 0, after
-    assert after["frames"] - before["frames"] >= 5, (before, after)
-    if min_brightness is not None:
-        assert after["brightness"] > min_brightness, after
-    return after
 
 
 async def test_two_mediators_a_guest_mute_and_leave(room_hub: HubProcess, browser: Browser) -> None:

@@ -29,8 +29,9 @@ from hub.config import Settings
 from hub.core.tokens import NODE_SUBJECT, Claims, TokenError, issue, verify
 from hub.media.relay import ABS_SEND_TIME, open_pull
 
+from .browser import assert_playing
 from .conftest import HubProcess, start_hub, wait_until
-from .test_browser_room import assert_playing, join, new_page, tile_of
+from .test_browser_room import join, new_page, tile_of
 from .test_relay import NODE_TTL, cluster_env, delivered, health, wait_until_counts
 from .test_room_api import auth
 from .test_training import tokens

@@ -25,9 +25,9 @@ from hub.core.store import SQLiteDatabase
 from hub.core.tokens import Claims, issue
 from hub.workflows.training import attendance_by_site
 
-from .browser import chromium, screen_text
+from .browser import assert_playing, chromium, screen_text
 from .conftest import HubProcess, start_hub, wait_until
-from .test_browser_room import CJK, assert_playing, join, new_page
+from .test_browser_room import CJK, join, new_page
 from .test_room_api import PROBLEM, Socket, auth
 
 BRANCH = "ledu"  # county -> chengtai, qutan (townships) -> taizi, hongzhuang, qutancun, xinzhuang (villages)
