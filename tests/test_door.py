@@ -15,12 +15,14 @@ import time
 
 import aiohttp
 from aioice import stun
+from aioice.ice import CandidatePair
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.rtp import RtpPacket
 
 from client import bot
 from hub.media import door
 from hub.media.counters import COUNTERS
+from hub.media.ice import use_addresses
 from hub.media.router import Router
 
 from .conftest import HubProcess, wait_until
@@ -246,6 +248,57 @@ async def test_a_hub_receivers_rtp_skips_aiortcs_queue_and_a_plain_receivers_kee
         await wait_until(lambda: losing.lost and losing.lost[0] in nacked, timeout=10)
         assert queued["hub"] == early
     finally:
+        await viewer.close()
+        await publisher.close()
+        await router.close()
+
+
+async def test_media_from_another_pair_of_the_peer_is_taken():
+    """Chromium (the controlling agent) may move its media and DTLS to another candidate pair it
+    found writable before aioice has taken that pair's nomination: the door takes datagrams from any
+    pair of the socket's peer (here the publisher switches sockets after an authenticated check
+    from the new one), and the viewer keeps getting the stream. The door refused them once: a
+    browser's session never finished its DTLS handshake, or its video stopped."""
+    use_addresses(["127.0.0.1", "127.0.0.2"])  # two host candidates on each side
+    router = Router(None, max_backlog=1 << 20, keyframe_interval=0.5, ice_servers=[], connect_timeout=10.0)
+    video = bot.SyntheticVideo("vp8", 160, 120, 30)
+    publisher = RTCPeerConnection(bot.NO_ICE_SERVERS)
+    publisher.addTransceiver(video, direction="sendonly").sender._send_keyframe = video.request_keyframe  # type: ignore[method-assign]
+    viewer = RTCPeerConnection(bot.NO_ICE_SERVERS)
+    viewer_receiver = viewer.addTransceiver("video", direction="recvonly").receiver
+    arrived = 0
+    handle = viewer_receiver._handle_rtp_packet
+
+    async def arrive(packet: RtpPacket, arrival_time_ms: int) -> None:
+        nonlocal arrived
+        arrived += 1
+        await handle(packet, arrival_time_ms)
+
+    viewer_receiver._handle_rtp_packet = arrive  # type: ignore[method-assign]
+    try:
+        await publisher.setLocalDescription(await publisher.createOffer())
+        stream, answer = await router.publish(publisher.localDescription.sdp)
+        await publisher.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        await viewer.setLocalDescription(await viewer.createOffer())
+        _, answer = await router.view(stream.id, viewer.localDescription.sdp, "viewer")
+        await viewer.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        await wait_until(lambda: arrived > 20, timeout=30)
+
+        ice = publisher.getTransceivers()[0].sender.transport.transport._connection
+        nominated = ice._nominated[1]
+        other = next(p for p in ice._protocols if p is not nominated.protocol)
+        switched = CandidatePair(other, nominated.remote_candidate)
+        # Chromium's check of the new path: with the ICE password, not (yet) nominating it. (aioice's own
+        # checks nominate every pair they try, and the hub's side would follow at once.)
+        check = ice.build_request(switched, nominate=False)
+        assert ice.remote_password is not None
+        await other.request(check, switched.remote_addr, integrity_key=ice.remote_password.encode("utf8"))
+        ice._nominated[1] = switched  # from now on the publisher sends from its other socket
+        refused, before = COUNTERS.datagrams_refused, arrived
+        await wait_until(lambda: arrived > before + 60, timeout=15)
+        assert COUNTERS.datagrams_refused == refused
+    finally:
+        use_addresses(["127.0.0.1"])
         await viewer.close()
         await publisher.close()
         await router.close()

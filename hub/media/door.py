@@ -18,6 +18,8 @@ process-wide (`install`, which the Router calls):
   address to that pair's socket. STUN from anywhere still goes to aioice:
   connectivity checks and consent from the peer, and checks from addresses
   not yet known (peer-reflexive candidates); aioice authenticates those.
+  (Another pair's remote address on the same socket is the peer's too: a
+  browser may send from there, see `_from_peer`.)
   DTLS and RTP/RTCP go to aioice's data queue directly (aioice would first
   try to parse each as STUN, whatever its first byte).
 * `RTCDtlsTransport._recv_next` (aiortc) contains any exception raised
@@ -45,7 +47,7 @@ from typing import Any
 
 import pylibsrtp
 from aioice import stun
-from aioice.ice import StunProtocol
+from aioice.ice import CandidatePair, StunProtocol
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
@@ -142,8 +144,8 @@ def _guarded_datagram_received(
             refuse("data before the socket is a candidate", addr)
             return
         pair = self.receiver._nominated.get(candidate.component)
-        if pair is not None and (pair.protocol is not self or pair.remote_addr != (addr[0], addr[1])):
-            refuse("not from the selected candidate pair", addr)
+        if pair is not None and not _from_peer(self, pair, (addr[0], addr[1])):
+            refuse("not from the peer's candidate pairs", addr)
             return
         if pair is not None and first > 127:
             dtls = getattr(self.receiver, _DTLS, None)
@@ -154,6 +156,22 @@ def _guarded_datagram_received(
         self.receiver.data_received(data, candidate.component)
 
     return datagram_received
+
+
+def _from_peer(protocol: StunProtocol, nominated: CandidatePair, source: tuple[str, int]) -> bool:
+    """Whether a datagram from `source` to `protocol`'s socket is the peer's.
+
+    The nominated pair's, or another pair's of this socket: Chromium, the
+    controlling agent, may move media to another pair it finds writable
+    before aioice has taken that pair's nomination (its check still in
+    flight), and it sends DTLS from there too - refused, the handshake never
+    ended. A pair's remote address is the peer's: signalled in its
+    (authenticated) offer, or learnt from a STUN check carrying the ICE
+    password.
+    """
+    if nominated.protocol is protocol and nominated.remote_addr == source:
+        return True
+    return any(p.protocol is protocol and p.remote_addr == source for p in protocol.receiver._check_list)
 
 
 def _received_rtp(dtls: RTCDtlsTransport, data: bytes, addr: object) -> bool:
