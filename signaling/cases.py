@@ -8,6 +8,7 @@ here by room id (the hub does not import the recorder).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
@@ -31,10 +32,15 @@ FEATURE = (503,)
 CONFLICT = (409, 503)
 
 
-def _conflict(request: web.Request, exc: Conflict) -> web.Response:
-    """A 409 problem; one refused for being stale carries the case as it is now."""
-    members = {"case": exc.case} if exc.case is not None else None
-    return problem_response(409, "Conflict", str(exc), request.path, members=members)
+async def _changed(request: web.Request, change: Awaitable[Any], status: int = 200) -> web.Response:
+    """What a change of a case returns, or a 409 problem if its state does not allow it; one
+    refused for being stale carries the case as it is now."""
+    try:
+        result = await change
+    except Conflict as exc:
+        members = {"case": exc.case} if exc.case is not None else None
+        return problem_response(409, "Conflict", str(exc), request.path, members=members)
+    return json_response(result, status=status)
 
 
 def _cases(request: web.Request) -> Cases:
@@ -110,13 +116,9 @@ async def change_case(request: web.Request) -> web.Response:
     body = await read_body(request, m.CaseChange)
     if body.status is None and body.outcome is None:
         raise Problem(400, "Bad Request", 'expected {"status"?, "outcome"?, "version"?} with a status or an outcome')
-    try:
-        case = await _cases(request).update(
-            claims, request.match_info["case_id"], body.status, body.outcome, body.version
-        )
-    except Conflict as exc:
-        return _conflict(request, exc)
-    return json_response(case)
+    return await _changed(
+        request, _cases(request).update(claims, request.match_info["case_id"], body.status, body.outcome, body.version)
+    )
 
 
 @door(
@@ -126,12 +128,13 @@ async def change_case(request: web.Request) -> web.Response:
     conflict=m.CaseConflict,
 )
 async def hold_session(request: web.Request) -> web.Response:
-    claims = claims_of(request)
-    try:
-        session, room = await _cases(request).hold_session(claims, request.match_info["case_id"])
-    except Conflict as exc:
-        return _conflict(request, exc)
-    return json_response(session | {"room": room}, status=201)
+    cases, case_id = _cases(request), request.match_info["case_id"]
+
+    async def hold() -> dict[str, Any]:
+        session, room = await cases.hold_session(claims_of(request), case_id)
+        return session | {"room": room}
+
+    return await _changed(request, hold(), status=201)
 
 
 @door(
@@ -146,11 +149,9 @@ async def hold_session(request: web.Request) -> web.Response:
 async def escalate(request: web.Request) -> web.Response:
     claims = claims_of(request)
     body = await read_body(request, m.Escalation)
-    try:
-        case = await _cases(request).escalate(claims, request.match_info["case_id"], body.note, body.version)
-    except Conflict as exc:
-        return _conflict(request, exc)
-    return json_response(case)
+    return await _changed(
+        request, _cases(request).escalate(claims, request.match_info["case_id"], body.note, body.version)
+    )
 
 
 @door(
@@ -164,13 +165,9 @@ async def escalate(request: web.Request) -> web.Response:
 async def refer(request: web.Request) -> web.Response:
     claims = claims_of(request)
     body = await read_body(request, m.NewReferral)
-    try:
-        referral = await _cases(request).refer(
-            claims, request.match_info["case_id"], body.department_id, body.ask, body.note, body.version
-        )
-    except Conflict as exc:
-        return _conflict(request, exc)
-    return json_response(referral, status=201)
+    case_id = request.match_info["case_id"]
+    referral = _cases(request).refer(claims, case_id, body.department_id, body.ask, body.note, body.version)
+    return await _changed(request, referral, status=201)
 
 
 @door(
@@ -184,13 +181,12 @@ async def answer_referral(request: web.Request) -> web.Response:
     claims = claims_of(request)
     body = await read_body(request, m.ReferralAnswer)
     match = request.match_info
-    try:
-        referral = await _cases(request).answer(
+    return await _changed(
+        request,
+        _cases(request).answer(
             claims, match["case_id"], match["referral_id"], body.decision, body.outcome, body.document_no
-        )
-    except Conflict as exc:
-        return _conflict(request, exc)
-    return json_response(referral)
+        ),
+    )
 
 
 def add_routes(app: web.Application, cases: Cases | None) -> None:

@@ -195,6 +195,16 @@ class EventSocket:
         await self._task
 
 
+@contextlib.asynccontextmanager
+async def event_socket(http: aiohttp.ClientSession, hub: HubProcess, token: str) -> AsyncIterator[EventSocket]:
+    """An open event socket, closed on the way out."""
+    sock = await EventSocket.open(http, hub, token)
+    try:
+        yield sock
+    finally:
+        await sock.close()
+
+
 @pytest.fixture(scope="session")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
     """One hub process shared by the tests that need only an ordinary hub."""

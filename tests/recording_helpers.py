@@ -23,6 +23,13 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+async def call(http: aiohttp.ClientSession, method: str, url: str, token: str, **kw: Any) -> tuple[int, Any]:
+    """A request with the token: its status and body (JSON decoded, else bytes)."""
+    async with http.request(method, url, headers=auth(token), **kw) as r:
+        body = await r.json(content_type=None) if r.content_type.endswith("json") else await r.read()
+        return r.status, body
+
+
 async def set_recording(http: aiohttp.ClientSession, hub: HubProcess, token: str, room: str, on: bool) -> dict:
     async with http.post(f"{hub.url}/api/rooms/{room}/recording", json={"on": on}, headers=auth(token)) as r:
         assert r.status == 200, await r.text()

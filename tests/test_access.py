@@ -21,7 +21,7 @@ from hub.media.ingest import NOT_A_VIDEO, REFUSED, UNREACHABLE, CameraPuller, In
 from hub.workflows.cameras import CameraNetworks
 
 from .conftest import EventSocket, HubProcess, free_port, start_hub, wait_until
-from .recording_helpers import auth, set_recording
+from .recording_helpers import call, set_recording
 
 PROBLEM = "application/problem+json"
 VILLAGE = "qutancun"  # qutan township, ledu county
@@ -54,12 +54,6 @@ async def sockets(http: aiohttp.ClientSession, hub: HubProcess, *tokens: str) ->
     finally:
         for sock in opened:
             await sock.close()
-
-
-async def call(http: aiohttp.ClientSession, method: str, url: str, token: str, **kw: Any) -> tuple[int, Any]:
-    async with http.request(method, url, headers=auth(token), **kw) as r:
-        body = await r.json(content_type=None) if r.content_type.endswith("json") else await r.read()
-        return r.status, body
 
 
 async def monitor(sock: EventSocket) -> None:

@@ -6,9 +6,8 @@ case's rooms (mediation rooms record themselves on this hub)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,8 @@ import pytest
 from client import bot
 from hub.core.livestate import LISTENER_QUEUE, EventFollower, MemoryLiveState, Record
 
-from .conftest import EventSocket, HubProcess, start_hub, wait_until
-from .recording_helpers import auth, video_packets
+from .conftest import HubProcess, event_socket, start_hub, wait_until
+from .recording_helpers import call, video_packets
 
 VILLAGE, TOWNSHIP, COUNTY = "qutancun", "qutan", "ledu"
 SIBLING_TOWNSHIP, SIBLING_VILLAGE = "chengtai", "xinzhuang"
@@ -39,20 +38,6 @@ def case_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
     process = start_hub(tmp_path_factory.mktemp("cases"), env={"HUB_RECORD_MEDIATION_ROOMS": "true"})
     yield process
     process.stop()
-
-
-@contextlib.asynccontextmanager
-async def event_socket(http: aiohttp.ClientSession, hub: HubProcess, token: str) -> AsyncIterator[EventSocket]:
-    sock = await EventSocket.open(http, hub, token)
-    try:
-        yield sock
-    finally:
-        await sock.close()
-
-
-async def call(http: aiohttp.ClientSession, method: str, url: str, token: str, **kw: Any) -> tuple[int, Any]:
-    async with http.request(method, url, headers=auth(token), **kw) as r:
-        return r.status, await r.json(content_type=None)
 
 
 async def publish_for(http: aiohttp.ClientSession, hub: HubProcess, token: str, room: str) -> bot.SyntheticVideo:

@@ -10,12 +10,10 @@ of the township, nor a stream of a room it was not invited into.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import io
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -25,8 +23,8 @@ from hub.config import Settings
 from hub.core.sites import Department, Site, SiteTree, SiteTreeError
 from hub.core.tokens import Claims, issue
 
-from .conftest import EventSocket, HubProcess, start_hub, wait_until
-from .recording_helpers import auth
+from .conftest import HubProcess, event_socket, start_hub, wait_until
+from .recording_helpers import auth, call
 
 VILLAGE, SIBLING_VILLAGE, TOWNSHIP, COUNTY = "shangzhai", "rianxiuma", "guomaying", "guinan"
 JUDICIAL, POLICE, COURT = "guomaying-judicial", "guomaying-police", "guinan-court"
@@ -48,20 +46,6 @@ def department_token(hub: HubProcess, user: str, department: str, name: str | No
     """What `python -m hub token --department` prints, signed in this process."""
     claims = Claims(user=user, site=department, role="mediator", name=name, department=department)
     return issue(Settings(data=hub.data).keys(), claims)
-
-
-@contextlib.asynccontextmanager
-async def event_socket(http: aiohttp.ClientSession, hub: HubProcess, token: str) -> AsyncIterator[EventSocket]:
-    sock = await EventSocket.open(http, hub, token)
-    try:
-        yield sock
-    finally:
-        await sock.close()
-
-
-async def call(http: aiohttp.ClientSession, method: str, url: str, token: str, **kw: Any) -> tuple[int, Any]:
-    async with http.request(method, url, headers=auth(token), **kw) as r:
-        return r.status, await r.json(content_type=None)
 
 
 async def whep_status(http: aiohttp.ClientSession, hub: HubProcess, token: str, stream_id: str) -> int | None:

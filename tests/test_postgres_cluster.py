@@ -8,7 +8,6 @@ import secrets
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import psycopg
@@ -16,7 +15,7 @@ import psycopg
 from hub.workflows.cases import MIGRATIONS as CASES
 
 from .conftest import ROOT, HubProcess, free_port, start_hub
-from .recording_helpers import auth
+from .recording_helpers import call
 
 VILLAGE = "qutancun"
 NEW_CASE = {
@@ -25,11 +24,6 @@ NEW_CASE = {
     "parties": [{"name": "张三", "role": "applicant", "phone": "139 0000 0000"}],
     "summary": "两户因院墙位置发生争执",
 }
-
-
-async def call(http: aiohttp.ClientSession, method: str, url: str, token: str, **kw: Any) -> tuple[int, Any]:
-    async with http.request(method, url, headers=auth(token), **kw) as r:
-        return r.status, await r.json(content_type=None)
 
 
 async def test_two_hubs_on_one_postgresql_share_durable_records(
