@@ -9,6 +9,10 @@ packer and writes each layer's packets under its own SSRC with the layer's
 rid in the `rtp-stream-id` header extension. It answers keyframe requests
 (PLI/FIR) and NACKs per layer by SSRC, and writes `a=rid`/`a=simulcast` into
 the offer. No RTX: a lost packet is resent as it was.
+
+A layer may carry VP8 temporal layers too (`LayerSpec.temporal`, as
+Chromium's `scalabilityMode` L1T2/L1T3 per encoding): it is then a
+`client.temporal.TemporalVideo`, packed with its TID in the descriptor.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from aiortc.rtp import (
 from aiortc.utils import random16, random32
 
 from client.bot import Picture, Publishable, SyntheticVideo, pattern_image
+from client.temporal import PATTERNS, TemporalVideo
 from hub.media.layers import RID_URI
 
 #: Packets of each layer kept for NACKs (RFC 4588 senders keep about a second).
@@ -45,11 +50,24 @@ class LayerSpec:
     #: The picture's width and height are divided by this.
     scale: int
     bitrate: int
+    #: Temporal layers in this encoding: 1 none, else a key of `client.temporal.PATTERNS` (VP8 only).
+    temporal: int = 1
 
 
 #: ¼, ½ and full size, lowest first (the order room.js sends them in). The
 #: bitrates suit the client's 640×480 pattern at 30 fps; see README.
 LAYERS = (LayerSpec("q", 4, 100_000), LayerSpec("h", 2, 300_000), LayerSpec("f", 1, 900_000))
+
+
+def _layer(
+    codec: str, spec: LayerSpec, width: int, height: int, fps: int, frames: int | None, picture: Picture
+) -> SyntheticVideo:
+    width, height = width // spec.scale, height // spec.scale
+    if spec.temporal == 1:
+        return SyntheticVideo(codec, width, height, fps, frames, spec.bitrate, picture)
+    if codec != "vp8" or spec.temporal not in PATTERNS:
+        raise ValueError(f"layer {spec.rid}: {spec.temporal} temporal layers of {codec}; VP8 has 2 or 3")
+    return TemporalVideo(spec.temporal, width, height, fps, spec.bitrate, frames, picture)
 
 
 class _Stream:
@@ -84,13 +102,8 @@ class SimulcastVideo(Publishable):
         picture: Picture = pattern_image,
     ) -> None:
         super().__init__()
-        self.mime_type = {"vp8": "video/VP8", "h264": "video/H264"}[codec]
-        self.layers = {
-            spec.rid: SyntheticVideo(
-                codec, width // spec.scale, height // spec.scale, fps, frames, spec.bitrate, picture
-            )
-            for spec in specs
-        }
+        self.layers = {spec.rid: _layer(codec, spec, width, height, fps, frames, picture) for spec in specs}
+        self.mime_type = self.layers[specs[0].rid].mime_type
         self._specs = specs
         self._fps = fps
         self._frames = frames
@@ -153,7 +166,10 @@ class SimulcastVideo(Publishable):
         extensions = HeaderExtensionsMap()
         extensions.configure(RTCRtpParameters(headerExtensions=self._extensions))
         mid = s._RTCRtpSender__mid  # type: ignore[attr-defined]
-        packers = {ssrc: get_encoder(codec) for ssrc in self._streams}
+        packers = {
+            ssrc: stream.video.packer() if isinstance(stream.video, TemporalVideo) else get_encoder(codec)
+            for ssrc, stream in self._streams.items()
+        }
         start = time.monotonic()
         index = 0
         try:
