@@ -17,7 +17,6 @@ Chromium's `scalabilityMode` L1T2/L1T3 per encoding): it is then a
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 
@@ -36,7 +35,7 @@ from aiortc.rtp import (
 )
 from aiortc.utils import random16, random32
 
-from client.bot import Picture, Publishable, SyntheticVideo, pattern_image
+from client.bot import Pacer, Picture, Publishable, SyntheticVideo, pattern_image
 from client.temporal import PATTERNS, TemporalVideo
 from hub.media.layers import RID_URI
 
@@ -106,7 +105,6 @@ class SimulcastVideo(Publishable):
         self.mime_type = self.layers[specs[0].rid].mime_type
         self._specs = specs
         self._fps = fps
-        self._frames = frames
         self._streams: dict[int, _Stream] = {}
         self._sender: RTCRtpSender | None = None
         ids = [e.id for e in HEADER_EXTENSIONS["video"]]
@@ -170,15 +168,10 @@ class SimulcastVideo(Publishable):
             ssrc: stream.video.packer() if isinstance(stream.video, TemporalVideo) else get_encoder(codec)
             for ssrc, stream in self._streams.items()
         }
-        start = time.monotonic()
-        index = 0
+        pacer = Pacer(self._fps)
         try:
-            while self._frames is None or index < self._frames:
-                delay = start + index / self._fps - time.monotonic()
-                if delay < -1 / self._fps:
-                    start -= delay  # a busy machine: slip rather than burst
-                    delay = 0.0
-                await asyncio.sleep(max(delay, 0.0))
+            while True:
+                await pacer.wait()
                 for ssrc, stream in self._streams.items():
                     frame = next(stream.video._packets, None)
                     if frame is None:
@@ -201,7 +194,6 @@ class SimulcastVideo(Publishable):
                         stream.history[stream.seq % _HISTORY] = data
                         stream.seq = (stream.seq + 1) & 0xFFFF
                         await dtls._send_rtp(data)
-                index += 1
         except ConnectionError:
             pass  # the session closed
         finally:
