@@ -508,8 +508,12 @@ class LayerSwitch:
         """The layer to send: the one the tile needs, or a lower one while
         the link cannot carry it."""
         # A layer the publisher has paused is no choice: a viewer on it would
-        # freeze. (None sending at all, as in a unit test's frozen clock: all.)
-        layers = [layer for layer in self.source.layers if now - layer.last_at < SILENT] or self.source.layers
+        # freeze. Paused is silent while another layer sends: a publisher (or
+        # hub) stalled for a second pauses none (measured from the clock, a
+        # stall between one layer's packets and the next's could move a
+        # viewer of the low layer to the top one).
+        newest = max((layer.last_at for layer in self.source.layers), default=now)
+        layers = [layer for layer in self.source.layers if newest - layer.last_at < SILENT]
         wanted = self._wanted(layers)
         if wanted is None:
             return None
