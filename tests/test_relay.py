@@ -170,13 +170,13 @@ async def test_a_relay_pulls_every_simulcast_layer_and_its_viewers_choose(cluste
     b without a tile the top one. Frames decode, byte for byte the layer's."""
     origin, b, c = cluster["origin"], cluster["b"], cluster["c"]
     token = origin.sign("m-relay6", "heping", "mediator")
-    video = SimulcastVideo("vp8", 320, 240, 15)
-    publisher = await bot.publish(http, origin.url, token, "site-heping", [video])
+    video, audio = SimulcastVideo("vp8", 320, 240, 15), bot.SyntheticAudio()
+    publisher = await bot.publish(http, origin.url, token, "site-heping", [video, audio])
     viewers: list[bot.Session] = []
     pictures: list[Pictures] = []
     try:
         small, top, far = viewers = [
-            await bot.view(http, hub.url, token, publisher.resource_id, kinds=("video",), decode=True)
+            await bot.view(http, hub.url, token, publisher.resource_id, kinds=("video", "audio"), decode=True)
             for hub in (b, b, c)
         ]
         pictures = [Pictures(viewer) for viewer in viewers]
@@ -207,6 +207,8 @@ async def test_a_relay_pulls_every_simulcast_layer_and_its_viewers_choose(cluste
         assert len(tail) == 20 and frames[-1].key in layer.sent
         assert all(f.key in video.layers["q"].sent or f.key in video.layers["h"].sent or f.key in video.layers["f"].sent
                    for f in frames)  # fmt: skip
+        sound = viewer.logs["audio"].frames  # the pull carries the audio beside the layers
+        assert len(sound) > 100 and all(f.key in audio.sent for f in sound)
 
 
 async def wait_until_counts(http: aiohttp.ClientSession, hub: HubProcess, timeout: float = 10, **want: int) -> None:

@@ -81,7 +81,11 @@ async def open_pull(
             state.set()
 
     try:
-        for kind in kinds:
+        # Video first: aiortc (1.16, balanced bundle policy) gives a second
+        # section of a kind the first one's transport and never moves it onto
+        # the BUNDLE's, so behind an audio section the layers after the first
+        # were left on a transport it stops (on both ends).
+        for kind in sorted(kinds, key=lambda kind: kind != "video"):
             for _ in range(MAX_LAYERS if kind == "video" else 1):
                 pc.addTransceiver(kind, direction="recvonly")
         offer = await pc.createOffer()
