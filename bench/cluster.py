@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:
 
 from bench.forwarding import percentile  # noqa: E402
 from bench.harness import ROOM, make_source, running_hub, say  # noqa: E402
-from bench.machine import free_port, machine  # noqa: E402
+from bench.machine import cpu_seconds, free_port, machine  # noqa: E402
 from client import bot  # noqa: E402
 from hub.media.ice import use_addresses  # noqa: E402
 
@@ -74,26 +74,12 @@ async def health(http: aiohttp.ClientSession, url: str) -> dict[str, int]:
         return dict(await r.json())
 
 
-def cpu_ns(proc: psutil.Process) -> int:
-    """CPU time of a process's threads, in ns, as the scheduler counts it.
-
-    psutil's CPU times tick at 10 ms: 0.2 % of a core over a 5 s window,
-    more than a relay is meant to cost. A thread that ends inside the window
-    takes its share with it (a hub forwarding packets starts none).
-    """
-    total = 0
-    for stat in Path(f"/proc/{proc.pid}/task").glob("*/schedstat"):
-        with contextlib.suppress(OSError):  # the thread ended
-            total += int(stat.read_text().split()[0])
-    return total
-
-
 async def measure_all(procs: dict[str, psutil.Process], seconds: float) -> dict[str, float]:
     """Percent of a core each process used over the same window."""
-    before, start = {n: cpu_ns(p) for n, p in procs.items()}, time.monotonic()
+    before, start = {n: cpu_seconds(p) for n, p in procs.items()}, time.monotonic()
     await asyncio.sleep(seconds)
-    after, elapsed = {n: cpu_ns(p) for n, p in procs.items()}, time.monotonic() - start
-    return {n: 100 * (after[n] - before[n]) / 1e9 / elapsed for n in procs}
+    after, elapsed = {n: cpu_seconds(p) for n, p in procs.items()}, time.monotonic() - start
+    return {n: 100 * (after[n] - before[n]) / elapsed for n in procs}
 
 
 async def run(viewers: int, seconds: float) -> None:

@@ -83,7 +83,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python bench/forwarding.py` puts bench/, not the repository, on the path
     sys.path.insert(0, str(ROOT))
 
-from bench.machine import free_port, machine  # noqa: E402
+from bench.machine import cpu_seconds, free_port, machine  # noqa: E402
 from client import bot  # noqa: E402
 from hub.media import forward  # noqa: E402
 from hub.media.forward import offered_codecs, restrict_codecs  # noqa: E402
@@ -704,11 +704,6 @@ async def wait_healthy(proc: asyncio.subprocess.Process, url: str, log: Path, ti
                         return
             await asyncio.sleep(0.1)
     raise BenchError(f"hub did not answer /healthz within {timeout:.0f} s\n{log_tail(log)}")
-
-
-def cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return times.user + times.system
 
 
 @dataclass

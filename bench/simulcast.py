@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.machine import machine  # noqa: E402
+from bench.machine import cpu_seconds, machine  # noqa: E402
 from client.simulcast import LAYERS  # noqa: E402
 from hub.config import Settings  # noqa: E402
 from hub.core.tokens import Claims, issue  # noqa: E402
@@ -66,11 +66,6 @@ class Viewer:
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def cpu_seconds(proc: psutil.Process) -> float:
-    times = proc.cpu_times()
-    return float(times.user + times.system)
 
 
 def build(network: Network) -> tuple[Namespace, Namespace, str, list[Viewer]]:

@@ -94,6 +94,29 @@ class Publishable(MediaStreamTrack):
         return sdp
 
 
+class Pacer:
+    """Frames at `rate` a second, in real time."""
+
+    def __init__(self, rate: float) -> None:
+        self._interval = 1 / rate
+        self._start: float | None = None
+        self._count = 0
+
+    async def wait(self) -> None:
+        """Until the next frame is due (always yielding to the event loop)."""
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        delay = self._start + self._count * self._interval - now
+        if delay < -self._interval:
+            # More than a frame behind (a busy machine): slip the schedule
+            # rather than burst frames out back to back.
+            self._start -= delay
+            delay = 0.0
+        self._count += 1
+        await asyncio.sleep(max(delay, 0.0))
+
+
 class EncodedTrack(Publishable):
     """A track that yields encoded `av.Packet`s, paced in real time.
 
@@ -107,22 +130,13 @@ class EncodedTrack(Publishable):
         self.mime_type = mime_type
         self.sent: dict[bytes, SentFrame] = {}
         self._packets = packets
-        self._interval = 1 / rate
-        self._start: float | None = None
+        self._pacer = Pacer(rate)
         self._count = 0
 
     async def recv(self) -> av.Packet:  # type: ignore[override]
         if self.readyState != "live":
             raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        delay = self._start + self._count * self._interval - time.monotonic()
-        if delay < -self._interval:
-            # More than a frame behind (a busy machine): slip the schedule
-            # rather than burst frames out back to back.
-            self._start -= delay
-            delay = 0.0
-        await asyncio.sleep(max(delay, 0.0))  # always yield to the event loop
+        await self._pacer.wait()
         packet = next(self._packets, None)
         if packet is None:
             self.stop()
@@ -135,7 +149,6 @@ class EncodedTrack(Publishable):
         data = bytes(packet)
         self.sent[frame_key(self.mime_type, data)] = SentFrame(self._count, time.monotonic(), bool(packet.is_keyframe))
         self._count += 1
-
 
 
 def pattern_image(width: int, height: int, index: int) -> np.ndarray:

@@ -9,11 +9,14 @@ packer and writes each layer's packets under its own SSRC with the layer's
 rid in the `rtp-stream-id` header extension. It answers keyframe requests
 (PLI/FIR) and NACKs per layer by SSRC, and writes `a=rid`/`a=simulcast` into
 the offer. No RTX: a lost packet is resent as it was.
+
+A layer may carry VP8 temporal layers too (`LayerSpec.temporal`, as
+Chromium's `scalabilityMode` L1T2/L1T3 per encoding): it is then a
+`client.temporal.TemporalVideo`, packed with its TID in the descriptor.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 
@@ -32,7 +35,8 @@ from aiortc.rtp import (
 )
 from aiortc.utils import random16, random32
 
-from client.bot import Picture, Publishable, SyntheticVideo, pattern_image
+from client.bot import Pacer, Picture, Publishable, SyntheticVideo, pattern_image
+from client.temporal import PATTERNS, TemporalVideo
 from hub.media.layers import RID_URI
 
 #: Packets of each layer kept for NACKs (RFC 4588 senders keep about a second).
@@ -45,11 +49,24 @@ class LayerSpec:
     #: The picture's width and height are divided by this.
     scale: int
     bitrate: int
+    #: Temporal layers in this encoding: 1 none, else a key of `client.temporal.PATTERNS` (VP8 only).
+    temporal: int = 1
 
 
 #: ¼, ½ and full size, lowest first (the order room.js sends them in). The
 #: bitrates suit the client's 640×480 pattern at 30 fps; see README.
 LAYERS = (LayerSpec("q", 4, 100_000), LayerSpec("h", 2, 300_000), LayerSpec("f", 1, 900_000))
+
+
+def _layer(
+    codec: str, spec: LayerSpec, width: int, height: int, fps: int, frames: int | None, picture: Picture
+) -> SyntheticVideo:
+    width, height = width // spec.scale, height // spec.scale
+    if spec.temporal == 1:
+        return SyntheticVideo(codec, width, height, fps, frames, spec.bitrate, picture)
+    if codec != "vp8" or spec.temporal not in PATTERNS:
+        raise ValueError(f"layer {spec.rid}: {spec.temporal} temporal layers of {codec}; VP8 has 2 or 3")
+    return TemporalVideo(spec.temporal, width, height, fps, spec.bitrate, frames, picture)
 
 
 class _Stream:
@@ -84,16 +101,10 @@ class SimulcastVideo(Publishable):
         picture: Picture = pattern_image,
     ) -> None:
         super().__init__()
-        self.mime_type = {"vp8": "video/VP8", "h264": "video/H264"}[codec]
-        self.layers = {
-            spec.rid: SyntheticVideo(
-                codec, width // spec.scale, height // spec.scale, fps, frames, spec.bitrate, picture
-            )
-            for spec in specs
-        }
+        self.layers = {spec.rid: _layer(codec, spec, width, height, fps, frames, picture) for spec in specs}
+        self.mime_type = self.layers[specs[0].rid].mime_type
         self._specs = specs
         self._fps = fps
-        self._frames = frames
         self._streams: dict[int, _Stream] = {}
         self._sender: RTCRtpSender | None = None
         ids = [e.id for e in HEADER_EXTENSIONS["video"]]
@@ -153,16 +164,14 @@ class SimulcastVideo(Publishable):
         extensions = HeaderExtensionsMap()
         extensions.configure(RTCRtpParameters(headerExtensions=self._extensions))
         mid = s._RTCRtpSender__mid  # type: ignore[attr-defined]
-        packers = {ssrc: get_encoder(codec) for ssrc in self._streams}
-        start = time.monotonic()
-        index = 0
+        packers = {
+            ssrc: stream.video.packer() if isinstance(stream.video, TemporalVideo) else get_encoder(codec)
+            for ssrc, stream in self._streams.items()
+        }
+        pacer = Pacer(self._fps)
         try:
-            while self._frames is None or index < self._frames:
-                delay = start + index / self._fps - time.monotonic()
-                if delay < -1 / self._fps:
-                    start -= delay  # a busy machine: slip rather than burst
-                    delay = 0.0
-                await asyncio.sleep(max(delay, 0.0))
+            while True:
+                await pacer.wait()
                 for ssrc, stream in self._streams.items():
                     frame = next(stream.video._packets, None)
                     if frame is None:
@@ -185,7 +194,6 @@ class SimulcastVideo(Publishable):
                         stream.history[stream.seq % _HISTORY] = data
                         stream.seq = (stream.seq + 1) & 0xFFFF
                         await dtls._send_rtp(data)
-                index += 1
         except ConnectionError:
             pass  # the session closed
         finally:

@@ -22,7 +22,7 @@ from aiortc import RTCRtpSender
 from aiortc.codecs.vpx import PACKET_MAX, VpxPayloadDescriptor
 from aiortc.mediastreams import VIDEO_TIME_BASE, convert_timebase
 
-from client.bot import SyntheticVideo, frame_key
+from client.bot import Picture, SyntheticVideo, frame_key, pattern_image
 
 #: Per layer count: (FFmpeg's ts_layering_mode, TID of each frame of the period, whether it is a sync frame).
 #: Mode 3's frames 1 and 2 refer to the last layer-0 frame only; frame 3 refers to frame 2 (golden).
@@ -33,8 +33,17 @@ class TemporalVideo(SyntheticVideo):
     """`SyntheticVideo` in two or three temporal layers; `tids` maps each
     sent frame's digest (`bot.frame_key`) to its layer and whether it is a sync frame."""
 
-    def __init__(self, layers: int = 3, width: int = 320, height: int = 240, fps: int = 30, bitrate: int = 300_000):
-        super().__init__("vp8", width, height, fps, bitrate=bitrate)
+    def __init__(
+        self,
+        layers: int = 3,
+        width: int = 320,
+        height: int = 240,
+        fps: int = 30,
+        bitrate: int = 300_000,
+        frames: int | None = None,
+        picture: Picture = pattern_image,
+    ) -> None:
+        super().__init__("vp8", width, height, fps, frames, bitrate, picture)
         mode, self._tids, self._syncs = PATTERNS[layers]
         # Layer bitrates in kbit/s, cumulative: layer 0 gets the least.
         shares = {2: (60, 100), 3: (40, 60, 100)}[layers]
@@ -61,11 +70,15 @@ class TemporalVideo(SyntheticVideo):
             self._position += 1
             yield packet
 
+    def packer(self) -> _TemporalPacker:
+        """What packetizes this track's frames with their temporal fields (one per RTP stream)."""
+        return _TemporalPacker(self._marks)
+
     def attach(self, sender: RTCRtpSender) -> None:
         super().attach(sender)
         # The sender packs pre-encoded packets with the encoder it creates
         # only if it has none.
-        sender._RTCRtpSender__encoder = _TemporalPacker(self._marks)  # type: ignore[attr-defined]
+        sender._RTCRtpSender__encoder = self.packer()  # type: ignore[attr-defined]
 
 
 class _TemporalPacker:

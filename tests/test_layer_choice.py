@@ -89,6 +89,20 @@ async def test_a_layer_offered_but_never_sent_is_not_chosen() -> None:
         switch.close()
 
 
+async def test_a_layer_silent_while_others_send_is_paused_but_a_stall_pauses_none() -> None:
+    switch = await switch_on("q")
+    try:
+        switch.tile = Tile(160, 120)
+        q, h, f = switch.source.layers
+        q.last_at, h.last_at, f.last_at = 100.0, 101.2, 101.4  # q paused, h and f sending
+        assert rid(switch._choose(101.5)) == "h"
+        # Nothing for a while (a stalled publisher or hub), the low layer's last packet a little older.
+        q.last_at, h.last_at, f.last_at = 102.3, 102.5, 102.6
+        assert rid(switch._choose(103.4)) == "q"
+    finally:
+        switch.close()
+
+
 async def test_a_climb_that_meets_heavy_loss_goes_back_at_once() -> None:
     switch = await switch_on("f")
     try:

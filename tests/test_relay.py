@@ -15,6 +15,7 @@ import jwt
 import pytest
 
 from client import bot
+from client.simulcast import SimulcastVideo
 from hub.core.tokens import Claims, TokenError, issue, issue_node, verify, verify_node
 
 from .conftest import HubProcess, free_port, start_hub, wait_until
@@ -139,6 +140,75 @@ async def test_a_cascade_pulls_once_per_hop_and_ends_when_the_publisher_does(clu
     finally:
         await viewer.pc.close()
         await publisher.pc.close()
+
+
+class Pictures:
+    """The size of every picture a decoding viewer's track yields, as they come."""
+
+    def __init__(self, viewer: bot.Session) -> None:
+        self.sizes: list[tuple[int, int]] = []
+        self._task = asyncio.ensure_future(self._read(viewer.pc.getReceivers()[0].track))
+
+    async def _read(self, track: Any) -> None:
+        while True:
+            picture = await track.recv()
+            self.sizes.append((picture.width, picture.height))
+
+    def close(self) -> None:
+        self._task.cancel()
+
+
+async def choice(http: aiohttp.ClientSession, viewer: bot.Session) -> dict[str, Any]:
+    async with http.get(viewer.location, headers=bot._auth(viewer.token)) as r:
+        assert r.status == 200, await r.text()
+        return dict(await r.json())
+
+
+async def test_a_relay_pulls_every_simulcast_layer_and_its_viewers_choose(cluster, http: aiohttp.ClientSession):
+    """A viewer with a small tile on b, and one on c (pulling through b), get
+    the low layer of a simulcast stream published on the origin; a viewer on
+    b without a tile the top one. Frames decode, byte for byte the layer's."""
+    origin, b, c = cluster["origin"], cluster["b"], cluster["c"]
+    token = origin.sign("m-relay6", "heping", "mediator")
+    video, audio = SimulcastVideo("vp8", 320, 240, 15), bot.SyntheticAudio()
+    publisher = await bot.publish(http, origin.url, token, "site-heping", [video, audio])
+    viewers: list[bot.Session] = []
+    pictures: list[Pictures] = []
+    try:
+        small, top, far = viewers = [
+            await bot.view(http, hub.url, token, publisher.resource_id, kinds=("video", "audio"), decode=True)
+            for hub in (b, b, c)
+        ]
+        pictures = [Pictures(viewer) for viewer in viewers]
+        for viewer in (small, far):
+            async with http.patch(viewer.location, json={"width": 80, "height": 60}, headers=bot._auth(token)) as r:
+                assert r.status == 200, await r.text()
+        # One pull per hop: b from the origin, c from b.
+        assert (await health(http, origin))["subscriptions"] == 1
+        assert (await health(http, b))["relays"] == 1 and (await health(http, c))["relays"] == 1
+        await wait_until(lambda: all(len(p.sizes) >= 30 for p in pictures), timeout=30)
+        for viewer, rid in ((small, "q"), (far, "q"), (top, "f")):
+            state = await choice(http, viewer)
+            assert state["simulcast"] and state["layer"] == rid, state
+            assert [(layer["rid"], layer["width"]) for layer in state["layers"]] == [("q", 80), ("h", 160), ("f", 320)]
+        await asyncio.sleep(2)  # frames of the chosen layers since
+    finally:
+        for picture in pictures:
+            picture.close()
+        for viewer in viewers:
+            await viewer.close()
+        await publisher.close()
+    for viewer, picture, rid, size in ((small, pictures[0], "q", (80, 60)), (top, pictures[1], "f", (320, 240)),
+                                        (far, pictures[2], "q", (80, 60))):  # fmt: skip
+        assert picture.sizes[-20:] == [size] * 20, picture.sizes[-20:]
+        frames = viewer.logs["video"].frames
+        layer = video.layers[rid]
+        tail = [f for f in frames if f.key in layer.sent][-20:]
+        assert len(tail) == 20 and frames[-1].key in layer.sent
+        assert all(f.key in video.layers["q"].sent or f.key in video.layers["h"].sent or f.key in video.layers["f"].sent
+                   for f in frames)  # fmt: skip
+        sound = viewer.logs["audio"].frames  # the pull carries the audio beside the layers
+        assert len(sound) > 100 and all(f.key in audio.sent for f in sound)
 
 
 async def wait_until_counts(http: aiohttp.ClientSession, hub: HubProcess, timeout: float = 10, **want: int) -> None:

@@ -1,6 +1,7 @@
 """VP8 temporal layers: a capped viewer gets the lower layers only, decodable,
 with no gap in its sequence numbers; an uncapped one gets every frame as sent;
-a raised cap takes effect at a layer-sync frame."""
+a raised cap takes effect at a layer-sync frame; with simulcast, a viewer of
+the lowest layer whose feedback shows a thin link gets its lower frame rate."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import aiohttp
 import av
 import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import RTCP_PSFB_APP, AnyRtcpPacket, RtcpPsfbPacket, RtcpRrPacket, RtpPacket, pack_remb_fci
 
 from client import bot
+from client.simulcast import LayerSpec, SimulcastVideo
 from client.temporal import TemporalVideo
+from hub.media.layers import Tile
 from hub.media.router import Router
 from hub.media.temporal import TOP, TemporalFilter, vp8_temporal
 
@@ -28,7 +31,7 @@ WIDTH, HEIGHT = 320, 240
 
 def frame_number(picture: np.ndarray) -> int:
     """The frame index `bot.pattern_image` writes into its top row as 16 blocks."""
-    block = max(4, WIDTH // 32)
+    block = max(4, picture.shape[1] // 32)
     row = picture[block // 2]
     return sum(1 << bit for bit in range(16) if row[bit * block + block // 2] > 128)
 
@@ -134,12 +137,12 @@ async def _connect(pc: RTCPeerConnection, answer: Callable[[str], Awaitable[str]
 
 
 class Setup:
-    """A `TemporalVideo` publisher and viewers through the hub's Router, in
+    """A `TemporalVideo` publisher (or `video`) and viewers through the hub's Router, in
     this process so that a test can set a viewer's temporal target."""
 
-    def __init__(self) -> None:
+    def __init__(self, video: bot.Publishable | None = None) -> None:
         self.router = Router(None, max_backlog=1 << 20, keyframe_interval=0.3, ice_servers=[], connect_timeout=10.0)
-        self.video = TemporalVideo(3, WIDTH, HEIGHT)
+        self.video = video or TemporalVideo(3, WIDTH, HEIGHT)
         self.publisher = RTCPeerConnection(bot.NO_ICE_SERVERS)
         self.video.attach(self.publisher.addTransceiver(self.video, direction="sendonly").sender)
         self.stream = ""
@@ -147,25 +150,31 @@ class Setup:
 
     async def publish(self) -> None:
         async def answer(offer: str) -> str:
-            stream, sdp = await self.router.publish(offer)
+            stream, sdp = await self.router.publish(self.video.shape_offer(offer))
             self.stream = stream.id
             return sdp
 
         await _connect(self.publisher, answer)
 
-    async def view(self, target: int = TOP) -> tuple[Viewer, TemporalFilter]:
-        """A viewer whose temporal target is set before its first packet."""
+    async def view(self, target: int = TOP, tile: Tile | None = None) -> tuple[Viewer, TemporalFilter]:
+        """A viewer whose temporal target is set before its first packet; of
+        a simulcast stream, one whose `tile` is, and the link sets the target."""
         viewer = Viewer()
         filters: list[TemporalFilter] = []
 
         async def answer(offer: str) -> str:
             subscription, sdp = await self.router.view(self.stream, offer, "viewer")
-            temporal = self.router._consumers[subscription.id].temporal
-            assert temporal is not None and temporal._timer is not None
-            # Loopback is never congested: left alone the filter would climb
-            # back to every layer; here the test, not the link, sets the target.
-            temporal._timer.cancel()
-            temporal.set_target(target)
+            consumer = self.router._consumers[subscription.id]
+            temporal = consumer.temporal
+            assert temporal is not None
+            if consumer.switch is not None and tile is not None:
+                consumer.switch.set_tile(tile)
+            else:
+                assert temporal._timer is not None
+                # Loopback is never congested: left alone the filter would climb
+                # back to every layer; here the test, not the link, sets the target.
+                temporal._timer.cancel()
+                temporal.set_target(target)
             filters.append(temporal)
             return sdp
 
@@ -318,3 +327,86 @@ async def test_the_api_and_metrics_show_the_temporal_layer(hub: HubProcess, http
             await viewer.close()
     finally:
         await publisher.close()
+
+
+def thin_link(viewer: Viewer, estimate: int, loss: float) -> None:
+    """Make a viewer's feedback that of a link carrying `estimate` bits/s and
+    losing `loss` of its packets: every receiver report it sends says that
+    loss and comes with a REMB of that estimate, and its own REMB (aiortc's
+    estimator) is capped there. Nothing is really lost, so every frame that
+    arrives must decode."""
+    receiver = viewer.pc.getTransceivers()[0].receiver
+    send = receiver._send_rtcp
+
+    async def feedback(packet: AnyRtcpPacket) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            return  # the estimate goes with the reports below
+        if isinstance(packet, RtcpRrPacket):
+            for report in packet.reports:
+                report.fraction_lost = max(report.fraction_lost, int(loss * 256))
+        await send(packet)
+        if isinstance(packet, RtcpRrPacket) and packet.reports:
+            remb = pack_remb_fci(estimate, [report.ssrc for report in packet.reports])
+            await send(RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=packet.ssrc, media_ssrc=0, fci=remb))
+
+    receiver._send_rtcp = feedback  # type: ignore[method-assign]
+
+
+#: Two spatial layers of 320x240 (q 160x120, f 320x240), each in three temporal layers (L1T3).
+SIMULCAST_TEMPORAL = (LayerSpec("q", 2, 150_000, temporal=3), LayerSpec("f", 1, 400_000, temporal=3))
+
+
+async def test_a_simulcast_viewer_on_a_thin_link_gets_the_low_layer_at_a_lower_frame_rate() -> None:
+    """Both viewers' tiles need only the low layer; one's feedback (through the
+    real RTCP path: its receiver reports and REMB) shows a link too thin for
+    even that layer's full frame rate. It gets temporal layer 0 of the low
+    layer, every frame of it, decodable; the other gets every frame of it."""
+    video = SimulcastVideo("vp8", WIDTH, HEIGHT, 15, specs=SIMULCAST_TEMPORAL)
+    setup = Setup(video)
+    low = video.layers["q"]
+    assert isinstance(low, TemporalVideo)
+    small = Tile(160, 120)
+    try:
+        await setup.publish()
+        full, full_filter = await setup.view(tile=small)
+        thin, thin_filter = await setup.view(tile=small)
+        thin_link(thin, estimate=8_000, loss=0.05)
+        consumers = {c.temporal: c for c in setup.router._consumers.values()}
+        await wait_until(lambda: thin_filter.layer == 0 and thin_filter.current == 0, timeout=30)
+        thin_state = consumers[thin_filter].layer_state()  # what GET /whep/{stream}/{session} shows
+        thin_from = len(thin.frames)
+        full_from = len(full.frames)
+        await wait_until(lambda: len(full.frames) >= full_from + 90, timeout=40)
+        full_state = consumers[full_filter].layer_state()
+    finally:
+        await setup.close()
+
+    assert thin_state is not None and (thin_state.layer, thin_state.temporal, thin_state.estimate) == ("q", 0, 8_000)
+    assert full_state is not None and (full_state.layer, full_state.temporal) == ("q", 2), full_state
+    sent = {key: (frame.index, low.tids[key]) for key, frame in low.sent.items()}
+    for viewer in (full, thin):
+        keys = [bot.frame_key(video.mime_type, data) for data in viewer.frames]
+        # The low layer's frames, byte for byte (a count of the top layer's, if not).
+        unknown = [key for key in keys if key not in sent]
+        assert not unknown, (viewer is thin, len(unknown), sum(key in video.layers["f"].sent for key in unknown))
+        # Every frame received decoded, in order.
+        assert not viewer.errors, viewer.errors
+        assert len(viewer.pictures) == len(viewer.frames)
+        # No gap where frames were left out, so nothing to ask for again.
+        assert contiguous(viewer.numbers) and viewer.nacks == 0, (viewer is thin, viewer.numbers, viewer.nacks)
+    full_frames = [sent[bot.frame_key(video.mime_type, data)] for data in full.frames]
+    indices = [index for index, _ in full_frames]
+    assert indices == sorted(indices) and len(indices) >= 0.97 * (indices[-1] - indices[0] + 1)
+    assert {tid for _, (tid, _) in full_frames} == {0, 1, 2}
+    # After the cut: temporal layer 0, every frame of it (so no freeze longer
+    # than the 4 frame intervals between two of them); layer 1 only where the
+    # switch tried it (a publisher slowed down by a busy machine can make the
+    # link look calm for 3 s), layer 2 never.
+    window = {index for index, _ in full_frames[full_from:]}
+    after = [sent[bot.frame_key(video.mime_type, data)] for data in thin.frames[thin_from + 1 :]]
+    tids = [tid for _, (tid, _) in after]
+    assert after and 2 not in tids, after
+    got = {index for index, _ in after}
+    base = {index for index, (tid, _) in sent.values() if tid == 0 and after[0][0] <= index <= after[-1][0]}
+    assert base <= got, sorted(base - got)
+    assert len(after) < 0.5 * len(window), (len(after), len(window))

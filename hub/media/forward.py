@@ -188,25 +188,32 @@ def _vp8_keyframe_start(payload: bytes) -> bool:
 def vp8_payload_start(payload: bytes) -> int | None:
     """Where a VP8 frame begins in the first RTP packet of that frame, or
     None for any other packet."""
-    # RFC 7741 section 4.2: payload descriptor, then the VP8 payload header.
-    first = payload[0]
-    if not first & 0x10 or first & 0x07:  # S bit set and partition index 0
+    if not payload or not payload[0] & 0x10 or payload[0] & 0x07:  # S bit set and partition index 0
         return None
-    pos = 1
-    if first & 0x80:  # X: extension byte follows
-        if len(payload) < 2:
+    descriptor = vp8_descriptor(payload)
+    return descriptor[0] if descriptor is not None and len(payload) > descriptor[0] else None
+
+
+def vp8_descriptor(payload: bytes) -> tuple[int, int | None] | None:
+    """The VP8 payload descriptor (RFC 7741 section 4.2) of an RTP payload:
+    (its length, where its TID/KEYIDX byte is or None), or None when cut short."""
+    if not payload:
+        return None
+    if not payload[0] & 0x80:  # X: extension byte follows
+        return 1, None
+    if len(payload) < 2:
+        return None
+    ext = payload[1]
+    pos = 2
+    if ext & 0x80:  # I: picture id, one or two bytes
+        if len(payload) <= pos:
             return None
-        ext = payload[1]
-        pos = 2
-        if ext & 0x80:  # I: picture id, one or two bytes
-            if len(payload) <= pos:
-                return None
-            pos += 2 if payload[pos] & 0x80 else 1
-        if ext & 0x40:  # L: TL0PICIDX
-            pos += 1
-        if ext & 0x30:  # T or K: TID/KEYIDX byte
-            pos += 1
-    return pos if len(payload) > pos else None
+        pos += 2 if payload[pos] & 0x80 else 1
+    if ext & 0x40:  # L: TL0PICIDX
+        pos += 1
+    if ext & 0x30:  # T or K: TID/KEYIDX byte
+        return pos + 1, pos
+    return pos, None
 
 
 # A viewer can only start decoding H.264 where a sequence parameter set

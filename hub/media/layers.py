@@ -13,7 +13,8 @@ listed in `a=simulcast:send` (RFC 8853). aiortc knows none of this, so:
   by SSRC (learned from the rid each stream carries; RTX by its repaired
   rid) and feeds one `TrackSource` per layer, each with its own keyframe
   requests (PLI with that layer's SSRC) and its own NACKs. Its own sinks
-  (recorder, relays) get the top layer;
+  (recorder) get the top layer; a relay pulls every layer as a track of its
+  own (`name_layers`) into a `PulledSimulcast`;
 * a `LayerSwitch` stands between the layers and one viewer's `TrackSink`:
   it forwards one layer at a time, chosen by the tile size the viewer
   states and the capacity its feedback (REMB, loss in receiver reports)
@@ -147,8 +148,16 @@ def vp8_keyframe_size(payload: bytes) -> tuple[int, int] | None:
 class Layer(TrackSource):
     """One simulcast layer: the packets of one RTP stream, its size and bitrate."""
 
-    def __init__(self, rid: str, index: int, keyframe_interval: float, pli: Callable[[Layer], None]) -> None:
-        super().__init__(None, "video", keyframe_interval, lambda: pli(self))
+    def __init__(
+        self,
+        rid: str,
+        index: int,
+        keyframe_interval: float,
+        pli: Callable[[Layer], None],
+        receiver: RTCRtpReceiver | None = None,
+    ) -> None:
+        # With a receiver of its own (a relay's pull) it asks that receiver for keyframes, not `pli`.
+        super().__init__(receiver, "video", keyframe_interval, lambda: pli(self))
         self.rid = rid
         #: Position in the offer: orders layers whose size is not known yet.
         self.index = index
@@ -207,6 +216,11 @@ class SimulcastSource(TrackSource):
     def layer(self, rid: str) -> Layer | None:
         return self._layers.get(rid)
 
+    @property
+    def offered(self) -> list[Layer]:
+        """Every layer in the publisher's offer order, sent or not: what a relay pulls."""
+        return list(self._layers.values())
+
     def at_least(self, width: int) -> TrackSource:
         """The lowest layer at least `width` pixels wide, else this source (the top layer)."""
         return next((layer for layer in self.layers if layer.width >= width), self)
@@ -239,6 +253,13 @@ class SimulcastSource(TrackSource):
         layer = self._layer_of(packet)
         if layer is None:
             return  # a stream with no rid yet: its layer is not known
+        self._take(layer, packet, codec)
+
+    def _take(self, layer: Layer, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
+        """A packet of one layer: to that layer's sinks, and of the top layer to this source's."""
+        if layer.ssrc != packet.ssrc:  # a pulled layer's first packet, or its stream restarted upstream
+            layer.ssrc = packet.ssrc
+            self._sort()
         self.codec = layer.codec = codec
         if layer.count(packet, codec):
             self._sort()
@@ -255,6 +276,67 @@ class SimulcastSource(TrackSource):
         for layer in self._layers.values():
             layer.close()
         super().close()
+
+
+class PulledLayer(Layer):
+    """A layer a relay pulls from another hub process as a track of its own."""
+
+    def __init__(self, simulcast: PulledSimulcast, rid: str, index: int, receiver: RTCRtpReceiver) -> None:
+        super().__init__(rid, index, simulcast._keyframe_interval, simulcast._pli, receiver)
+        self._simulcast = simulcast
+
+    def _deliver(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
+        self._media_ssrc = packet.ssrc  # where this layer's keyframe requests go
+        self._simulcast._take(self, packet, codec)
+
+
+class PulledSimulcast(SimulcastSource):
+    """A relay's copy of a simulcast track (hub.media.relay): each layer
+    pulled as its own track, in the publisher's offer order; to the
+    `LayerSwitch`es, recorder and relays of this process it is the
+    publisher's `SimulcastSource`."""
+
+    def __init__(self, receivers: list[tuple[str, RTCRtpReceiver]], keyframe_interval: float) -> None:
+        TrackSource.__init__(self, None, "video", keyframe_interval)
+        self._layers: dict[str, Layer] = {
+            rid: PulledLayer(self, rid, i, receiver) for i, (rid, receiver) in enumerate(receivers)
+        }
+        self._by_ssrc: dict[int, Layer] = {}
+        self._order: list[Layer] = []
+
+    def request_keyframe(self) -> None:
+        if self._order:
+            self._order[-1].request_keyframe()  # its own sinks get the top layer
+
+
+def name_layers(sdp: str, rids: dict[str, str]) -> str:
+    """An answer whose video sections (by mid) each carry one layer, named
+    by an `a=rid:<rid> send` line (RFC 8851 allows a rid without simulcast)."""
+    out: list[str] = []
+    rid: str | None = None
+    for line in sdp.split("\r\n"):
+        if line.startswith("m=") or not line:
+            if rid is not None:
+                out.append(f"a=rid:{rid} send")
+            rid = None
+        elif line.startswith("a=mid:"):
+            rid = rids.get(line[len("a=mid:") :])
+        out.append(line)
+    return "\r\n".join(out)
+
+
+def named_layers(sdp: str) -> dict[str, str]:
+    """Mid -> rid of each section `name_layers` named."""
+    named: dict[str, str] = {}
+    mid: str | None = None
+    for line in sdp.replace("\r\n", "\n").split("\n"):
+        if line.startswith("m="):
+            mid = None
+        elif line.startswith("a=mid:"):
+            mid = line[len("a=mid:") :]
+        elif line.startswith("a=rid:") and mid is not None and _RID.match(rid := line[len("a=rid:") :].split()[0]):
+            named[mid] = rid
+    return named
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,8 +508,12 @@ class LayerSwitch:
         """The layer to send: the one the tile needs, or a lower one while
         the link cannot carry it."""
         # A layer the publisher has paused is no choice: a viewer on it would
-        # freeze. (None sending at all, as in a unit test's frozen clock: all.)
-        layers = [layer for layer in self.source.layers if now - layer.last_at < SILENT] or self.source.layers
+        # freeze. Paused is silent while another layer sends: a publisher (or
+        # hub) stalled for a second pauses none (measured from the clock, a
+        # stall between one layer's packets and the next's could move a
+        # viewer of the low layer to the top one).
+        newest = max((layer.last_at for layer in self.source.layers), default=now)
+        layers = [layer for layer in self.source.layers if newest - layer.last_at < SILENT]
         wanted = self._wanted(layers)
         if wanted is None:
             return None

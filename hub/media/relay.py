@@ -7,6 +7,13 @@ for a WHIP publisher. Its packets then fan out to local viewers like any
 stream's; their keyframe requests go upstream as PLI on the relay's
 receiver, throttled as for a publisher.
 
+A simulcast stream is pulled with all its layers, each as a track of its
+own: the pull offers `MAX_LAYERS` video sections, the upstream answers one
+layer in each (named by an `a=rid` line, hub.media.layers.name_layers) and
+the rest inactive, and this process's source becomes a `PulledSimulcast`,
+so that its viewers' `LayerSwitch`es choose among the layers as on the
+origin. A stream without simulcast fills the first section alone.
+
 How the offer reaches the upstream hub (HTTP, a cluster credential) is not
 this package's business: the caller passes an `Upstream`.
 """
@@ -20,6 +27,7 @@ from typing import Protocol
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from hub.media.forward import TrackSource, offered_codecs
+from hub.media.layers import MAX_LAYERS, PulledSimulcast, named_layers
 
 
 class RelayError(Exception):
@@ -73,8 +81,13 @@ async def open_pull(
             state.set()
 
     try:
-        for kind in kinds:
-            pc.addTransceiver(kind, direction="recvonly")
+        # Video first: aiortc (1.16, balanced bundle policy) gives a second
+        # section of a kind the first one's transport and never moves it onto
+        # the BUNDLE's, so behind an audio section the layers after the first
+        # were left on a transport it stops (on both ends).
+        for kind in sorted(kinds, key=lambda kind: kind != "video"):
+            for _ in range(MAX_LAYERS if kind == "video" else 1):
+                pc.addTransceiver(kind, direction="recvonly")
         offer = await pc.createOffer()
         # Gathers every candidate (no trickle).
         await pc.setLocalDescription(RTCSessionDescription(sdp=without_abs_send_time(offer.sdp), type="offer"))
@@ -84,12 +97,20 @@ async def open_pull(
         except Exception as exc:  # aiortc reports bad SDP with assorted errors
             raise RelayError(f"the upstream hub's answer does not apply: {exc}") from exc
         sources: dict[str, TrackSource] = {}
+        rids = named_layers(answer)
+        pulled = []
         for transceiver in pc.getTransceivers():
             codecs = offered_codecs(transceiver)
-            if transceiver.currentDirection != "recvonly" or not codecs:
-                continue  # the stream has no such track
+            if transceiver.currentDirection != "recvonly" or not codecs or transceiver.kind in sources:
+                continue  # the stream has no such track (or layer)
+            if transceiver.mid in rids:
+                pulled.append((rids[transceiver.mid], transceiver.receiver))
+                if len(pulled) < len(rids):
+                    continue
+                source: TrackSource = PulledSimulcast(pulled, keyframe_interval)
+            else:
+                source = TrackSource(transceiver.receiver, transceiver.kind, keyframe_interval)
             # The upstream answered with exactly the stream's codec (restrict_codecs).
-            source = TrackSource(transceiver.receiver, transceiver.kind, keyframe_interval)
             source.codec = codecs[0]
             sources[transceiver.kind] = source
         if not sources:

@@ -389,11 +389,21 @@ class Router:
         sinks: dict[str, TrackSink] = {}
         switches: list[layers.LayerSwitch] = []
         filters: list[TemporalFilter] = []
+        # An offer with several video sections (a relay's pull, hub.media.relay)
+        # gets a simulcast stream's layers, one a section, each named in the answer.
+        named: dict[str, str] = {}
 
         def prepare() -> None:
+            video = producer.sources.get("video")
+            sections = sum(t.kind == "video" for t in pc.getTransceivers())
+            pulled = video.offered if isinstance(video, layers.SimulcastSource) and sections > 1 else []
             for transceiver in pc.getTransceivers():
                 source = producer.sources.get(transceiver.kind)
-                if source is None or source.codec is None or transceiver.kind in sinks:
+                key = transceiver.kind
+                if pulled and key == "video":
+                    # One layer a section; sections beyond the layers get none.
+                    key = f"video/{pulled[len(named)].rid}" if len(named) < len(pulled) else "video/"
+                if source is None or source.codec is None or key in sinks or key == "video/":
                     transceiver.direction = "inactive"
                     continue
                 codec = next((c for c in offered_codecs(transceiver) if is_codec_compatible(c, source.codec)), None)
@@ -402,6 +412,12 @@ class Router:
                 restrict_codecs(transceiver, codec)
                 transceiver.sender.replaceTrack(ForwardedTrack(transceiver.kind))
                 transceiver.direction = "sendonly"
+                if pulled and transceiver.kind == "video":
+                    # A relay forwards every frame of every layer: its own viewers choose.
+                    layer = pulled[len(named)]
+                    named[transceiver.mid or ""] = layer.rid
+                    sinks[key] = TrackSink(layer, transceiver.sender, self._max_backlog)
+                    continue
                 audio = "audio" in producer.sources and any(t.kind == "audio" for t in pc.getTransceivers())
                 feed: Fanout = source
                 if isinstance(source, layers.SimulcastSource):
@@ -423,7 +439,7 @@ class Router:
 
         producer.answering += 1
         try:
-            answer = await _answer(pc, offer, prepare)
+            answer = layers.name_layers(await _answer(pc, offer, prepare), named)
         except BaseException:
             for sink in sinks.values():
                 sink.close()

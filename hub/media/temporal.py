@@ -27,7 +27,7 @@ import time
 from aiortc import RTCRtpSender
 from aiortc.rtp import RtpPacket
 
-from hub.media.forward import Fanout, Outgoing, SeqMap, Sink, is_keyframe_start
+from hub.media.forward import Fanout, Outgoing, SeqMap, Sink, is_keyframe_start, vp8_descriptor
 
 # Congestion and climbing follow the spatial layers' rule and settings.
 from hub.media.layers import HEADROOM, LOSS_SEEN, LOSSY, MAX_HOLD, PROBE, SETTLE, TICK, UP_HOLD, watch_feedback
@@ -40,18 +40,10 @@ _WINDOW = 1.0
 
 def vp8_temporal(payload: bytes) -> tuple[int, bool] | None:
     """(TID, layer sync) from a VP8 payload descriptor, or None without a T bit."""
-    if len(payload) < 2 or not payload[0] & 0x80:  # no X: no extension byte
+    descriptor = vp8_descriptor(payload)
+    if descriptor is None or descriptor[1] is None or not payload[1] & 0x20:  # T
         return None
-    ext = payload[1]
-    if not ext & 0x20:  # T
-        return None
-    pos = 2
-    if ext & 0x80:  # I: picture id, one or two bytes
-        if len(payload) <= pos:
-            return None
-        pos += 2 if payload[pos] & 0x80 else 1
-    if ext & 0x40:  # L: TL0PICIDX
-        pos += 1
+    pos = descriptor[1]
     if len(payload) <= pos:
         return None
     return payload[pos] >> 6, bool(payload[pos] & 0x20)
