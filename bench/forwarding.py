@@ -1309,6 +1309,14 @@ def main(argv: list[str] | None = None) -> int:
     streams = [s.strip() for s in args.streams.split(",") if s.strip()]
     if not set(paths) <= set(forward.FORWARD_PATHS) or not set(streams) <= set(STREAMS):
         parser.error(f"--paths takes {forward.FORWARD_PATHS}, --streams {tuple(STREAMS)}")
+    if "c" in paths and forward._fastsend is None:
+        # The hub would fall back to Python with one log line, and its rows
+        # would still say "hub (c)".
+        parser.error(
+            "--paths c needs the compiled send loop, hub.media._fastsend, which is not built here: "
+            "build it with `.venv/bin/python setup.py build_ext --inplace` (needs a C compiler and "
+            "Python's headers), or run --paths python"
+        )
     cfg = Config(
         viewers=[int(v) for v in args.viewers.split(",")],
         seconds=args.seconds,
