@@ -21,7 +21,10 @@ The floor, measured in this process in the same run for each stream's mean
 packet size: a bare Python loop of SRTP protect (pylibsrtp, the profile
 aiortc negotiates) + `sendto` to drained loopback sockets, one per viewer,
 and the compiled loop the hub's "c" path uses (`hub.media._fastsend.send`,
-one call per packet for all viewers).
+one call per packet for all viewers); then both again paced at the stream's
+packet rate to sockets read by other processes asleep in epoll, as the
+viewers' are (each packet then runs cold, as in the hub). `--paths c` is
+refused where `_fastsend` is not built, so no row says "c" for Python.
 
 Run from the repository root (all media stays on 127.0.0.1):
 
