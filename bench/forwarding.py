@@ -21,7 +21,10 @@ The floor, measured in this process in the same run for each stream's mean
 packet size: a bare Python loop of SRTP protect (pylibsrtp, the profile
 aiortc negotiates) + `sendto` to drained loopback sockets, one per viewer,
 and the compiled loop the hub's "c" path uses (`hub.media._fastsend.send`,
-one call per packet for all viewers).
+one call per packet for all viewers); then both again paced at the stream's
+packet rate to sockets read by other processes asleep in epoll, as the
+viewers' are (each packet then runs cold, as in the hub). `--paths c` is
+refused where `_fastsend` is not built, so no row says "c" for Python.
 
 Run from the repository root (all media stays on 127.0.0.1):
 
@@ -47,12 +50,13 @@ import selectors
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -544,10 +548,35 @@ async def relay_role(ctl: Control) -> None:
     ctl.emit("stopped")
 
 
+class _Discard(asyncio.DatagramProtocol):
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        pass
+
+
+async def receivers_role(ctl: Control) -> None:
+    """UDP sockets read by an event loop that sleeps in epoll between
+    datagrams, as a viewer process's are: the floor's receivers."""
+    cmd = await ctl.next()
+    loop = asyncio.get_running_loop()
+    transports = []
+    try:
+        for _ in range(cmd["count"]):
+            transport, _ = await loop.create_datagram_endpoint(_Discard, local_addr=("127.0.0.1", 0))
+            transports.append(transport)
+        ctl.emit("ready", ports=[t.get_extra_info("sockname")[1] for t in transports])
+        while (await ctl.next())["cmd"] != "stop":
+            pass
+    finally:
+        for transport in transports:
+            transport.close()
+    ctl.emit("stopped")
+
+
 CHILD_ROLES: dict[str, Callable[[Control], Awaitable[None]]] = {
     "publisher": publisher_role,
     "viewers": viewers_role,
     "relay": relay_role,
+    "receivers": receivers_role,
 }
 
 
@@ -706,6 +735,23 @@ async def wait_healthy(proc: asyncio.subprocess.Process, url: str, log: Path, ti
     raise BenchError(f"hub did not answer /healthz within {timeout:.0f} s\n{log_tail(log)}")
 
 
+@dataclass(frozen=True)
+class Usage:
+    """A server process's counters at one moment: its CPU time, the part of
+    it in the kernel, and how often it went to sleep and was woken."""
+
+    #: Seconds, from the scheduler's nanosecond counts (`cpu_seconds`).
+    total: float
+    #: Seconds in the kernel: psutil's 10 ms ticks, fine for a share.
+    system: float
+    #: Voluntary context switches: the event loop waiting in epoll, then woken.
+    switches: int
+
+    @classmethod
+    def of(cls, process: psutil.Process) -> Usage:
+        return cls(cpu_seconds(process), process.cpu_times().system, process.num_ctx_switches().voluntary)
+
+
 @dataclass
 class Config:
     viewers: list[int]
@@ -752,6 +798,10 @@ class Figures:
     probe_p95_ms: float | None = None
     #: Server CPU with the publisher paused (0 packets/s), N viewers connected.
     idle_cpu_percent: float | None = None
+    #: The part of cpu_percent spent in the kernel (system calls: sendto, epoll, recvfrom).
+    system_percent: float | None = None
+    #: The server's voluntary context switches per second in the window.
+    wakeups_per_s: float | None = None
 
     @property
     def capped(self) -> bool:
@@ -822,11 +872,11 @@ async def run_phase(
         await asyncio.sleep(cfg.warmup)
 
         psutil.cpu_percent()  # starts the machine-wide measurement: other users' load skews every figure
-        cpu0, t0 = cpu_seconds(server), time.monotonic()
+        usage0, t0 = Usage.of(server), time.monotonic()
         pub0 = await publisher.ask("mark", "mark")
         marks0 = await asyncio.gather(*(w.ask("mark", "mark") for w in workers))
         await asyncio.sleep(cfg.seconds)
-        cpu1, t1 = cpu_seconds(server), time.monotonic()
+        usage1, t1 = Usage.of(server), time.monotonic()
         machine_busy = psutil.cpu_percent()
         pub1 = await publisher.ask("mark", "mark")
         marks1 = await asyncio.gather(*(w.ask("mark", "mark") for w in workers))
@@ -882,7 +932,8 @@ async def run_phase(
         packet_rate = viewer_packets / (marks1[0]["t"] - marks0[0]["t"]) / n
         source = "frame number in the picture, 1 decoding viewer"
 
-    cpu = cpu1 - cpu0
+    system = usage1.system - usage0.system
+    cpu = usage1.total - usage0.total
     return Figures(
         mode=mode,
         path=path,
@@ -913,6 +964,8 @@ async def run_phase(
         probe_p50_ms=percentile(probe_latencies, 50),
         probe_p95_ms=percentile(probe_latencies, 95),
         idle_cpu_percent=idle_cpu,
+        system_percent=100 * system / window,
+        wakeups_per_s=(usage1.switches - usage0.switches) / window,
     )
 
 
@@ -950,12 +1003,55 @@ class _BenchSink(forward.TrackSink):
         self._payload_type = payload_type
 
 
-def measure_floor(size: int, packets: int, viewers: int = FLOOR_VIEWERS) -> dict[str, Any]:
+@contextlib.contextmanager
+def waiting_receivers(count: int, per_process: int) -> Iterator[list[tuple[str, int]]]:
+    """`count` loopback addresses whose sockets are read by other processes
+    (`receivers_role`, `per_process` sockets each), asleep between datagrams."""
+    procs = []
+    try:
+        addrs: list[tuple[str, int]] = []
+        for start in range(0, count, per_process):
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "bench.forwarding", "--role", "receivers", "--max-seconds", "600"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                cwd=ROOT, env=child_env(), preexec_fn=_die_with_parent,
+            )  # fmt: skip
+            procs.append(proc)
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(json.dumps({"cmd": "open", "count": min(per_process, count - start)}) + "\n")
+            proc.stdin.flush()
+            for line in proc.stdout:
+                message = json.loads(line)
+                if message.get("event") == "error":
+                    raise BenchError(f"floor receivers failed:\n{message.get('message')}")
+                if message.get("event") == "ready":
+                    addrs += [("127.0.0.1", port) for port in message["ports"]]
+                    break
+            else:
+                raise BenchError(f"floor receivers exited ({proc.wait()}) before they were ready")
+        yield addrs
+    finally:
+        for proc in procs:
+            with contextlib.suppress(OSError):
+                proc.communicate(json.dumps({"cmd": "stop"}) + "\n", timeout=10)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def measure_floor(
+    size: int, packets: int, rate: float, per_process: int, viewers: int = FLOOR_VIEWERS
+) -> dict[str, Any]:
     """CPU µs per packet per viewer of the bare send loops, at `size`-byte RTP packets.
 
-    One sending socket, SRTP session and drained loopback receiver per viewer,
-    as in the hub; only the sending thread's CPU counts (the kernel's loopback
-    delivery runs in the sender's system call, so it is in)."""
+    One sending socket and SRTP session per viewer, as in the hub; only the
+    sending thread's CPU counts (the kernel's loopback delivery runs in the
+    sender's system call, so it is in). Twice: back to back to drained
+    sockets of this process, whose reader (a thread) is rarely asleep; and
+    paced at the stream's packet rate (`rate`) for 5 s to sockets read by
+    other processes asleep in epoll, as the viewers' are - then each datagram
+    wakes its reader, and the sender itself sleeps between packets, as the
+    hub does."""
     profile = SRTP_PROFILES[0]
     receivers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(viewers)]
     senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(viewers)]
@@ -990,24 +1086,41 @@ def measure_floor(size: int, packets: int, viewers: int = FLOOR_VIEWERS) -> dict
     header = struct.Struct("!BBHII").pack
     payload = os.urandom(size - 12)
 
-    def python_loop() -> None:
-        srtp = sessions()
-        for seq in range(packets):
-            for i in range(viewers):
-                senders[i].sendto(srtp[i].protect(header(0x80, 96, seq & 0xFFFF, seq * 3000, i) + payload), addrs[i])
+    def pacer(count: int, interval: float) -> Iterator[int]:
+        """Packet numbers 0..count-1, each not before its time (none to wait for at interval 0)."""
+        due = time.monotonic()
+        for seq in range(count):
+            if interval:
+                due += interval
+                time.sleep(max(0.0, due - time.monotonic()))
+            yield seq
 
-    def compiled_loop() -> None:
-        compiled = forward._fastsend
-        assert compiled is not None
-        forward.use_path("c")  # binds the compiled loop to pylibsrtp's srtp_protect
-        srtp = sessions()
-        targets = [
-            (forward.srtp_context(srtp[i]), senders[i].fileno(), compiled.sockaddr(*addrs[i])) for i in range(viewers)
-        ]
-        for seq in range(packets):
-            head = [header(0x80, 96, seq & 0xFFFF, seq * 3000, i) for i in range(viewers)]
-            _, unsent = compiled.send([(*t, h + payload) for t, h in zip(targets, head, strict=True)])
-            assert not unsent
+    def python_loop(to: list[tuple[str, int]], count: int = packets, interval: float = 0.0) -> Callable[[], int]:
+        def run() -> int:
+            srtp = sessions()
+            for seq in pacer(count, interval):
+                for i in range(viewers):
+                    senders[i].sendto(srtp[i].protect(header(0x80, 96, seq & 0xFFFF, seq * 3000, i) + payload), to[i])
+            return count
+
+        return run
+
+    def compiled_loop(to: list[tuple[str, int]], count: int = packets, interval: float = 0.0) -> Callable[[], int]:
+        def run() -> int:
+            compiled = forward._fastsend
+            assert compiled is not None
+            forward.use_path("c")  # binds the compiled loop to pylibsrtp's srtp_protect
+            srtp = sessions()
+            targets = [
+                (forward.srtp_context(srtp[i]), senders[i].fileno(), compiled.sockaddr(*to[i])) for i in range(viewers)
+            ]
+            for seq in pacer(count, interval):
+                head = [header(0x80, 96, seq & 0xFFFF, seq * 3000, i) for i in range(viewers)]
+                _, unsent = compiled.send([(*t, h + payload) for t, h in zip(targets, head, strict=True)])
+                assert not unsent
+            return count
+
+        return run
 
     def hub_loop(path: str) -> Callable[[], None]:
         """The hub's own per-packet work: TrackSource.forward to real TrackSinks."""
@@ -1029,33 +1142,41 @@ def measure_floor(size: int, packets: int, viewers: int = FLOOR_VIEWERS) -> dict
         ]
         rtp[0].payload = keyframe
 
-        def run() -> None:
+        def run() -> int:
             for packet in rtp:
                 source.forward(packet)
             if any(sink.stats.packets != packets for sink in source.sinks):  # type: ignore[attr-defined]
                 raise BenchError("the floor's sinks did not send every packet")
+            return packets
 
         return run
 
-    def cpu_us(loop: Callable[[], None]) -> float:
+    def cpu_us(loop: Callable[[], int]) -> float:
         start = time.thread_time()
-        loop()
-        return (time.thread_time() - start) / packets / viewers * 1e6
+        sent = loop()
+        return (time.thread_time() - start) / sent / viewers * 1e6
 
     certificate = RTCCertificate.generateCertificate()
     drainer = threading.Thread(target=drain, daemon=True)
     drainer.start()
     built = forward._fastsend is not None
     previous = forward.current_path()
+    paced = max(1, round(rate * 5))
     try:
-        return {
+        figures = {
             "size": size,
             "viewers": viewers,
-            "python_us": cpu_us(python_loop),
-            "compiled_us": cpu_us(compiled_loop) if built else None,
+            "python_us": cpu_us(python_loop(addrs)),
+            "compiled_us": cpu_us(compiled_loop(addrs)) if built else None,
             "hub_python_us": cpu_us(hub_loop("python")),
             "hub_c_us": cpu_us(hub_loop("c")) if built else None,
+            "rate": rate,
+            "per_process": per_process,
         }
+        with waiting_receivers(viewers, per_process) as far:
+            figures["python_waiting_us"] = cpu_us(python_loop(far, paced, 1 / rate))
+            figures["compiled_waiting_us"] = cpu_us(compiled_loop(far, paced, 1 / rate)) if built else None
+        return figures
     finally:
         forward.use_path(previous)
         stop.set()
@@ -1152,17 +1273,19 @@ def render(
         f"{cfg.warmup:.0f} s warm-up, then {cfg.idle_seconds:.0f} s paused; all processes on 127.0.0.1; "
         f"runtime {runtime:.0f} s; hub snapshots off ({', '.join(f'{k}={v}' for k, v in HUB_ENV.items())})",
         "",
-        "| mode | stream | N | CPU % of a core | idle CPU % | CPU % per viewer | µs per forwarded packet | stream kbps "
+        "| mode | stream | N | CPU % of a core | of which system % | wake-ups/s | idle CPU % | CPU % per viewer "
+        "| µs per forwarded packet | stream kbps "
         "| pkt/s | sent fps | delivered % | latency p50 / p95 ms | direct p50 / p95 ms | adds p50 / p95 ms "
         "| late joiner first keyframe ms | machine busy % |",
-        "| --- | --- |" + " ---: |" * 14,
+        "| --- | --- |" + " ---: |" * 16,
     ]
     for r in results:
         mode = f"hub ({r.path})" if r.mode == "hub" else "relay (re-encode)"
         n = f"{r.viewers} (capped from {r.requested_viewers})" if r.capped else str(r.viewers)
         latency = pair(r.latency_p50_ms, r.latency_p95_ms)
         lines.append(
-            f"| {mode} | {r.stream} | {n} | {fmt(r.cpu_percent)} | {fmt(r.idle_cpu_percent)} "
+            f"| {mode} | {r.stream} | {n} | {fmt(r.cpu_percent)} | {fmt(r.system_percent)} | {fmt(r.wakeups_per_s, 0)} "
+            f"| {fmt(r.idle_cpu_percent)} "
             f"| {fmt(r.cpu_per_viewer, 2)} | {fmt(r.us_per_packet, 0)} "
             f"| {fmt(r.stream_kbps, 0)} | {fmt(r.packet_rate, 0)} | {fmt(r.sent_fps)} | {fmt(r.delivered_percent)} "
             f"| {latency}{'¹' if r.mode == 'relay' else ''} | {pair(r.direct_p50_ms, r.direct_p95_ms)} "
@@ -1171,6 +1294,8 @@ def render(
     lines += [
         "",
         "- CPU: user+system time of the server process (hub or relay) over the window; per viewer = CPU / N. "
+        "of which system: the kernel's share (system calls: sendto with loopback delivery, epoll, recvfrom). "
+        "wake-ups/s: the server's voluntary context switches (its event loop sleeping in epoll, then woken). "
         "idle CPU: the same with the publisher paused (0 packets/s), the N viewers still connected.",
         "- hub (c) / hub (python): the send path (HUB_FORWARD).",
         "- µs per forwarded packet: server CPU time / packets sent to all viewers in the window (hub: publisher's "
@@ -1226,6 +1351,12 @@ def render(
             f"{fmt(f['compiled_us'])} µs; the hub's TrackSource.forward to TrackSinks (no event loop, no upkeep): "
             f"python path {fmt(f['hub_python_us'])} µs, c path {fmt(f['hub_c_us'])} µs"
         )
+        lines.append(
+            f"- floor, {name}, receivers asleep in other processes ({f['per_process']} sockets each, as the "
+            f"viewers'), sent at {f['rate']:.0f} packets/s: bare Python protect + sendto "
+            f"{fmt(f['python_waiting_us'])} µs, compiled loop {fmt(f['compiled_waiting_us'])} µs - each datagram "
+            "wakes its reader, and the sender sleeps between packets, as the hub does"
+        )
     return "\n".join(lines)
 
 
@@ -1262,8 +1393,9 @@ async def run_sweep(cfg: Config, json_path: Path | None) -> int:
         if rows:
             # The stream's mean RTP packet: payload, header and a header extension block.
             size = round(sum(r.stream_kbps * 125 / r.packet_rate for r in rows) / len(rows)) + 20
-            progress(f"floor at {size}-byte packets")
-            floors[stream] = measure_floor(size, packets=2000)
+            rate = max(r.packet_rate for r in rows)
+            progress(f"floor at {size}-byte packets, {rate:.0f} packets/s")
+            floors[stream] = measure_floor(size, packets=2000, rate=rate, per_process=cfg.per_worker)
     runtime = time.monotonic() - started
     summary = summarize(results)
     print(render(info, cfg, results, summary, floors, runtime))
@@ -1309,6 +1441,14 @@ def main(argv: list[str] | None = None) -> int:
     streams = [s.strip() for s in args.streams.split(",") if s.strip()]
     if not set(paths) <= set(forward.FORWARD_PATHS) or not set(streams) <= set(STREAMS):
         parser.error(f"--paths takes {forward.FORWARD_PATHS}, --streams {tuple(STREAMS)}")
+    if "c" in paths and forward._fastsend is None:
+        # The hub would fall back to Python with one log line, and its rows
+        # would still say "hub (c)".
+        parser.error(
+            "--paths c needs the compiled send loop, hub.media._fastsend, which is not built here: "
+            "build it with `.venv/bin/python setup.py build_ext --inplace` (needs a C compiler and "
+            "Python's headers), or run --paths python"
+        )
     cfg = Config(
         viewers=[int(v) for v in args.viewers.split(",")],
         seconds=args.seconds,

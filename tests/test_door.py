@@ -302,3 +302,66 @@ async def test_media_from_another_pair_of_the_peer_is_taken():
         await viewer.close()
         await publisher.close()
         await router.close()
+
+
+async def test_a_viewers_rtcp_skips_aiortcs_queue_and_still_gets_nacks_and_keyframes_answered():
+    """A viewer's SRTCP (receiver reports, REMB, NACK, PLI) reaches the
+    hub's sender from the socket directly, not through aiortc's queue and
+    the DTLS transport's task; its NACK is still answered and its PLI still
+    becomes a keyframe request to the publisher."""
+    router = Router(None, max_backlog=1 << 20, keyframe_interval=0.5, ice_servers=[], connect_timeout=10.0)
+    video = bot.SyntheticVideo("vp8", 160, 120, 30)
+    publisher = RTCPeerConnection(bot.NO_ICE_SERVERS)
+    publisher.addTransceiver(video, direction="sendonly").sender._send_keyframe = video.request_keyframe  # type: ignore[method-assign]
+    viewer = RTCPeerConnection(bot.NO_ICE_SERVERS)
+    viewer_receiver = viewer.addTransceiver("video", direction="recvonly").receiver
+    try:
+        await publisher.setLocalDescription(await publisher.createOffer())
+        stream, answer = await router.publish(publisher.localDescription.sdp)
+        await publisher.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        await viewer.setLocalDescription(await viewer.createOffer())
+        subscription, answer = await router.view(stream.id, viewer.localDescription.sdp, "viewer")
+        await viewer.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        consumer = router._consumers[subscription.id]
+        sink = consumer.sinks["video"]
+        sender = consumer.pc.getTransceivers()[0].sender
+        dtls = sender.transport
+        queued: list[object] = []
+        handled: list[object] = []
+        through_queue = dtls._handle_rtcp_data
+        handle = sender._handle_rtcp_packet
+
+        async def queue_path(data: bytes) -> None:
+            queued.append(data)
+            await through_queue(data)
+
+        async def handled_here(packet) -> None:  # type: ignore[no-untyped-def]
+            handled.append(packet)
+            await handle(packet)
+
+        dtls._handle_rtcp_data = queue_path  # type: ignore[method-assign]
+        sender._handle_rtcp_packet = handled_here  # type: ignore[method-assign]
+        # aiortc's viewer reports about once a second (RR) and sends REMB as its estimate moves.
+        await wait_until(lambda: len(handled) >= 3 and sink.stats.packets > 30, timeout=30)
+        early = len(queued)
+        assert early <= 1  # the first may arrive before the door knows the transport is keyed
+        ssrc = sender._ssrc
+
+        # A NACK for a packet the sink sent is answered with that packet again.
+        sent = next(entry for entry in sink._history if entry is not None)
+        retransmitted = COUNTERS.retransmissions
+        await viewer_receiver._send_rtcp_nack(ssrc, [sent[0]])
+        await wait_until(lambda: COUNTERS.retransmissions > retransmitted, timeout=10)
+
+        # A PLI becomes a (throttled) keyframe request to the publisher.
+        source = router._producers[stream.id].sources["video"]
+        asked = source.keyframe_requests
+        await viewer_receiver._send_rtcp_pli(ssrc)
+        await wait_until(lambda: source.keyframe_requests > asked, timeout=10)
+        assert len(queued) == early
+        assert any(type(p).__name__ == "RtcpRtpfbPacket" for p in handled)
+        assert any(type(p).__name__ == "RtcpPsfbPacket" for p in handled)
+    finally:
+        await viewer.close()
+        await publisher.close()
+        await router.close()

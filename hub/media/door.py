@@ -31,18 +31,23 @@ publisher's or a relay's pull, see `take_rtp`) skips aiortc's receive
 plumbing: instead of aioice's asyncio queue, a wake-up of the DTLS
 transport's task and four coroutine layers per datagram, it is unprotected,
 parsed and routed right in `datagram_received` and handed to the
-receiver's synchronous handler. Everything else (DTLS, RTCP, RTP for a
-plain aiortc receiver, anything before DTLS-SRTP is up) still takes the
-queue.
+receiver's synchronous handler. SRTCP (above all the viewers' receiver
+reports, REMB, NACK and PLI, a few datagrams a second per viewer) skips the
+same plumbing (`_received_rtcp`): unprotected, parsed and routed in
+`datagram_received`, each packet handed to its sender's or receiver's own
+aiortc handler at once. Everything else (DTLS, RTP for a plain aiortc
+receiver, anything before DTLS-SRTP is up, TURN-relayed datagrams) still
+takes the queue.
 
 Each refusal counts in `COUNTERS.datagrams_refused`; none is fatal.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import pylibsrtp
@@ -51,7 +56,7 @@ from aioice.ice import CandidatePair, StunProtocol
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
-from aiortc.rtp import RtpPacket, is_rtcp
+from aiortc.rtp import RtcpPacket, RtpPacket, is_rtcp
 
 from hub.media.counters import COUNTERS
 
@@ -149,7 +154,7 @@ def _guarded_datagram_received(
             return
         if pair is not None and first > 127:
             dtls = getattr(self.receiver, _DTLS, None)
-            if dtls is not None and _received_rtp(dtls, data, addr):
+            if dtls is not None and (_received_rtcp(dtls, data, addr) or _received_rtp(dtls, data, addr)):
                 return
         # What aioice does with data, without first trying to parse it as
         # STUN: that costs a raised exception per media packet.
@@ -196,6 +201,63 @@ def _received_rtp(dtls: RTCDtlsTransport, data: bytes, addr: object) -> bool:
         except Exception:
             refuse("failed in RTP handling", addr, exc_info=True)
     return True
+
+
+def _received_rtcp(dtls: RTCDtlsTransport, data: bytes, addr: object) -> bool:
+    """What `RTCDtlsTransport._recv_next` does with an SRTCP packet, done
+    now; False (nothing done) for anything else or before SRTP is up."""
+    if dtls._state is not DtlsState.CONNECTED or not is_rtcp(data):
+        return False
+    dtls._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
+    dtls._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
+    try:
+        packets = RtcpPacket.parse(dtls._rx_srtp.unprotect_rtcp(data))
+    except (pylibsrtp.Error, ValueError):  # aiortc drops these too, quietly
+        return True
+    for packet in packets:
+        for recipient in dtls._rtp_router.route_rtcp(packet):
+            # aiortc's own handlers (and the hub's wrappers of them: a sink's
+            # NACK answers and keyframe requests, a layer switch's REMB and
+            # loss), in aiortc's order; they are coroutines that, for RTCP,
+            # finish without waiting for anything.
+            _run_eagerly(recipient._handle_rtcp_packet(packet), addr)
+    return True
+
+
+def _run_eagerly(handler: Coroutine[Any, Any, None], addr: object) -> None:
+    """Run a coroutine up to its end or its first wait, now; a task finishes
+    one that waits (what Python 3.12's eager tasks do): no event-loop round
+    trip for a handler that never waits."""
+    try:
+        awaiting = handler.send(None)
+    except StopIteration:
+        return
+    except Exception:
+        refuse("failed in RTCP handling", addr, exc_info=True)
+        return
+    task = asyncio.ensure_future(_finish(handler, awaiting, addr))
+    _finishing.add(task)
+    task.add_done_callback(_finishing.discard)
+
+
+#: Handlers `_run_eagerly` left waiting: held until they end.
+_finishing: set[asyncio.Task[None]] = set()
+
+
+async def _finish(handler: Coroutine[Any, Any, None], awaiting: Any, addr: object) -> None:
+    # The coroutine yielded what it awaits (a future, or None: asyncio.sleep(0)
+    # asks for one turn of the loop); resume it once that is done, as its
+    # task would have. The future's outcome is the handler's to see.
+    try:
+        while True:
+            await (asyncio.sleep(0) if awaiting is None else asyncio.wait((awaiting,)))
+            awaiting = handler.send(None)
+    except StopIteration:
+        pass
+    except Exception:
+        refuse("failed in RTCP handling", addr, exc_info=True)
+    finally:
+        handler.close()
 
 
 def _contained_recv_next(
