@@ -132,6 +132,28 @@ async def test_the_cap_names_a_layer_not_a_position_among_those_sending() -> Non
         switch.close()
 
 
+async def test_a_publisher_that_stalls_as_a_whole_pauses_no_layer() -> None:
+    """After a stall of every layer, the layer that comes back first is not the only choice."""
+    switch = await switch_on("h")
+    try:
+        switch.tile = Tile(320, 240)
+        now = 100.0
+        for layer in switch.source.layers:
+            layer.last_at = now
+        assert rid(switch._choose(now)) == "h"
+        # 1.8 s later q comes back, h and f not yet: h stays.
+        stalled = now + 1.8
+        q = switch.source.layer("q")
+        assert q is not None
+        q.last_at = switch.source.resumed_at = stalled
+        assert rid(switch._choose(stalled + 0.5)) == "h"
+        # Still silent a second after the stream came back (q sending all the while): paused.
+        q.last_at = stalled + layers.SILENT
+        assert rid(switch._choose(stalled + layers.SILENT + 0.1)) == "q"
+    finally:
+        switch.close()
+
+
 async def test_a_layer_offered_but_never_sent_is_not_chosen() -> None:
     """Chromium offers three layers and drops the top one while its bandwidth estimate (or its
     camera) is small: viewers and the top-layer sinks get the highest layer that does come."""

@@ -201,6 +201,10 @@ class SimulcastSource(TrackSource):
         self._layers = {rid: Layer(rid, i, keyframe_interval, self._pli) for i, rid in enumerate(offer.rids)}
         self._by_ssrc: dict[int, Layer] = {}
         self._order: list[Layer] = []
+        #: When packets came again after the whole stream was silent (monotonic): a publisher short
+        #: of CPU stalls all its layers at once, and they come back one by one, lowest first.
+        self.resumed_at = 0.0
+        self._last_at = 0.0
 
     @property
     def layers(self) -> list[Layer]:
@@ -262,6 +266,10 @@ class SimulcastSource(TrackSource):
         if layer.ssrc != packet.ssrc:  # a pulled layer's first packet, or its stream restarted upstream
             layer.ssrc = packet.ssrc
             self._sort()
+        now = time.monotonic()
+        if now - self._last_at >= SILENT / 2:
+            self.resumed_at = now
+        self._last_at = now
         self.codec = layer.codec = codec
         if layer.count(packet, codec):
             self._sort()
@@ -595,9 +603,14 @@ class LayerSwitch:
         # freeze. Paused is silent while another layer sends: a publisher (or
         # hub) stalled for a second pauses none (measured from the clock, a
         # stall between one layer's packets and the next's could move a
-        # viewer of the low layer to the top one).
-        newest = max((layer.last_at for layer in self.source.layers), default=now)
-        layers = [layer for layer in self.source.layers if newest - layer.last_at < SILENT]
+        # viewer of the low layer to the top one). And after a stall of the
+        # whole stream each layer has SILENT seconds to come back: a test's
+        # Python publisher, stalled 1.8 s at a load of 12, sent q first, and
+        # its viewer went from h to q and back.
+        layers = self.source.layers
+        if now - self.source.resumed_at >= SILENT:
+            newest = max((layer.last_at for layer in layers), default=now)
+            layers = [layer for layer in layers if newest - layer.last_at < SILENT]
         wanted = self._wanted(layers)
         if wanted is None:
             self._end_probe(now)
