@@ -691,7 +691,9 @@ class TrackSink:
         timestamp = self._sender._RTCRtpSender__rtp_timestamp  # type: ignore[attr-defined]
         header = _pack_header(0xB0 if extensions else 0xA0, self._payload_type, seq, timestamp, self._ssrc)
         data = header + extensions + bytes(size - 1) + bytes((size,))
-        self._history[seq & _SLOT] = (seq, data)
+        # Never resent (as libwebrtc keeps padding out of its packet history):
+        # NACKs for a failed probe's padding would add to the congestion it met.
+        self._history[seq & _SLOT] = None
         self._send(data, route)
         return True
 
