@@ -3,8 +3,9 @@
 
 It prints one JSON object per line on stdout: `{"connected": ..., "local": TYPE}` once ICE and
 DTLS are up (TYPE is the kind of local candidate the selected pair uses: host, srflx or relay), and
-at the end `{"sent": [...]}` or `{"received": [...]}` — every frame as [sha1 hex, monotonic time,
-keyframe] (and, received, its size in bytes); a `--simulcast` publisher prints
+at the end `{"sent": [...]}` or `{"received": [...], "delivered": [...]}` — every frame as [sha1 hex,
+monotonic time, keyframe] (and, received, its size in bytes; `delivered` counts at the RTP level,
+see `RtpFrames`); a `--simulcast` publisher prints
 `{"layers": {rid: [...]}}`, the frames of each layer. `watch` polls the hub for WHEP sessions'
 layer choices (GET /whep/{stream}/{session}) and prints `{"at": ..., "states": {session: {...}}}`
 every `--every` seconds; run in the hub's namespace, its requests do not cross the viewers'
@@ -31,7 +32,9 @@ from dataclasses import replace
 from typing import Any
 
 import aiohttp
-from aiortc import RTCIceServer
+from aiortc import RTCIceServer, RTCRtpReceiver
+from aiortc.codecs.vpx import vp8_depayload
+from aiortc.rtp import RtpPacket
 
 from client import bot
 from client.simulcast import LAYERS, SimulcastVideo
@@ -78,6 +81,51 @@ def count_requests(session: bot.Session) -> dict[str, int]:
     sender._retransmit = counted_retransmit  # type: ignore[method-assign]
     sender._send_keyframe = counted_keyframe  # type: ignore[method-assign]
     return counts
+
+
+class RtpFrames:
+    """The VP8 frames the hub delivered to a viewer, read from its RTP packets (after SRTP; NACK
+    repairs included) rather than from what aiortc's jitter buffer passes on: that buffer holds
+    every frame behind a packet lost for good until 512 more packets have come, so on a lossy link
+    it shows its own stalls. A frame counts once every packet from its first (S bit, partition 0)
+    to its marker has come, at the time the last of them came; its key is the publisher's."""
+
+    def __init__(self, receiver: RTCRtpReceiver) -> None:
+        self._packets: dict[int, tuple[float, RtpPacket]] = {}  # by sequence number, unwrapped
+        self._top: int | None = None
+        handle = receiver._handle_rtp_packet
+
+        async def tap(packet: RtpPacket, arrival_time_ms: int) -> None:
+            seq = packet.sequence_number
+            if self._top is not None:
+                ahead = (seq - self._top) & 0xFFFF
+                seq = self._top + (ahead if ahead < 0x8000 else ahead - 0x10000)
+            self._top = seq if self._top is None else max(self._top, seq)
+            self._packets.setdefault(seq, (time.monotonic(), packet))
+            await handle(packet, arrival_time_ms)
+
+        receiver._handle_rtp_packet = tap  # type: ignore[method-assign]
+
+    def frames(self) -> list[list[Any]]:
+        """[sha1 hex, monotonic time, keyframe, size] of every complete frame, in order."""
+        frames = []
+        for seq, (_, first) in sorted(self._packets.items()):
+            if not first.payload or first.payload[0] & 0x17 != 0x10:
+                continue
+            parts, times = [], []
+            while (entry := self._packets.get(seq)) is not None and entry[1].timestamp == first.timestamp:
+                try:
+                    parts.append(vp8_depayload(entry[1].payload))
+                except ValueError:  # not VP8 (another codec's viewer): nothing to count
+                    break
+                times.append(entry[0])
+                if entry[1].marker:
+                    data = b"".join(parts)
+                    key = bot.frame_key("video/vp8", data)
+                    frames.append([key.hex(), max(times), bot.is_keyframe("video/vp8", data), len(data)])
+                    break
+                seq += 1
+        return frames
 
 
 def stdin_closed() -> asyncio.Future[None]:
@@ -133,6 +181,7 @@ async def run(args: argparse.Namespace) -> None:
             asked = count_requests(session)
         else:
             session = await bot.view(http, args.url, args.token, args.target, kinds=("video",), ice_servers=ice)
+            delivered = RtpFrames(session.pc.getReceivers()[0])
         try:
             await connected(session, args.connect_timeout)
             if args.tile is not None:
@@ -152,7 +201,8 @@ async def run(args: argparse.Namespace) -> None:
         elif args.action == "publish":
             _emit(sent=[[k.hex(), f.sent_at, f.keyframe] for k, f in video.sent.items()], **asked)
         else:
-            _emit(received=[[f.key.hex(), f.received_at, f.keyframe, f.size] for f in session.logs["video"].frames])
+            _emit(received=[[f.key.hex(), f.received_at, f.keyframe, f.size] for f in session.logs["video"].frames],
+                  delivered=delivered.frames())  # fmt: skip
 
 
 class BotProcess:

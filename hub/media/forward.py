@@ -483,6 +483,12 @@ class SeqMap:
         self._shift = (self._shift - 1) & 0xFFFF
         self._outs[seq & _SLOT] = -1
 
+    def insert(self) -> int:
+        """An outgoing number after the newest packet's for a packet of the
+        hub's own (a probe's padding); the publisher's next one follows it."""
+        self._shift = (self._shift + 1) & 0xFFFF
+        return (self._top + self._shift) & 0xFFFF
+
     def late(self, seq: int) -> int | None:
         """The outgoing number of an old packet, or None if it must not go out
         (it was skipped, or is older than the ring remembers)."""
@@ -668,6 +674,28 @@ class TrackSink:
         # A late packet's older timestamp would make the sender report run backwards.
         if fresh and (packet.marker or self._audio):  # once a video frame; audio packets are frames, and rarely marked
             self._update_sender_report(timestamp, shared.ntp_time)
+
+    def pad(self, size: int) -> bool:
+        """Send an RTP padding-only packet of `size` (<= 255) padding bytes
+        after the last frame sent, with that frame's timestamp (as libwebrtc
+        pads): a simulcast probe's bytes, which the viewer's decoder never
+        sees. False when the viewer is not receiving (not connected yet, at
+        a keyframe wait, or behind)."""
+        route = self._route()
+        if route is None or self._payload_type is None or self._waiting_keyframe or not self.stats.packets:
+            return False
+        if self._backlog(route) > self._max_backlog:
+            return False
+        seq = self._seqs.insert()
+        extensions = self._extensions(int(time.time() * 262144) & 0xFFFFFF, None)
+        timestamp = self._sender._RTCRtpSender__rtp_timestamp  # type: ignore[attr-defined]
+        header = _pack_header(0xB0 if extensions else 0xA0, self._payload_type, seq, timestamp, self._ssrc)
+        data = header + extensions + bytes(size - 1) + bytes((size,))
+        # Never resent (as libwebrtc keeps padding out of its packet history):
+        # NACKs for a failed probe's padding would add to the congestion it met.
+        self._history[seq & _SLOT] = None
+        self._send(data, route)
+        return True
 
     def _dropped(self) -> None:
         self.stats.dropped += 1

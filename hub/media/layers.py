@@ -30,7 +30,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
@@ -38,14 +38,16 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtension
 from aiortc.rtcrtpreceiver import NackGenerator
 from aiortc.rtp import (
     RTCP_PSFB_APP,
+    RTCP_RTPFB_NACK,
     AnyRtcpPacket,
     RtcpPsfbPacket,
     RtcpRrPacket,
+    RtcpRtpfbPacket,
     RtpPacket,
     unpack_remb_fci,
 )
 
-from hub.media.forward import Outgoing, Sink, TrackSource, is_keyframe_start, vp8_payload_start
+from hub.media.forward import Outgoing, Sink, TrackSink, TrackSource, is_keyframe_start, vp8_payload_start
 
 if TYPE_CHECKING:
     from hub.media.temporal import TemporalFilter
@@ -199,6 +201,10 @@ class SimulcastSource(TrackSource):
         self._layers = {rid: Layer(rid, i, keyframe_interval, self._pli) for i, rid in enumerate(offer.rids)}
         self._by_ssrc: dict[int, Layer] = {}
         self._order: list[Layer] = []
+        #: When packets came again after the whole stream was silent (monotonic): a publisher short
+        #: of CPU stalls all its layers at once, and they come back one by one, lowest first.
+        self.resumed_at = 0.0
+        self._last_at = 0.0
 
     @property
     def layers(self) -> list[Layer]:
@@ -260,6 +266,10 @@ class SimulcastSource(TrackSource):
         if layer.ssrc != packet.ssrc:  # a pulled layer's first packet, or its stream restarted upstream
             layer.ssrc = packet.ssrc
             self._sort()
+        now = time.monotonic()
+        if now - self._last_at >= SILENT / 2:
+            self.resumed_at = now
+        self._last_at = now
         self.codec = layer.codec = codec
         if layer.count(packet, codec):
             self._sort()
@@ -382,13 +392,29 @@ LOSS_SEEN = 0.02
 #: Seconds after a switch during which feedback is not acted on: the viewer's
 #: estimator (REMB) follows the new rate only after a while.
 SETTLE = 2.0
-#: Seconds without congestion before the switch tries the next layer up; a
-#: try that meets congestion within `PROBE` seconds doubles the wait for
-#: that layer, up to `MAX_HOLD` (so a link that cannot carry it is not
-#: tried again and again); one that holds resets it.
+#: Seconds without congestion before the switch probes the next layer up
+#: (see `Probe`); a probe that meets loss doubles the wait for that layer,
+#: up to `PROBE_HOLD`. A climb that meets congestion within `PROBE` seconds
+#: all the same doubles it, up to `MAX_HOLD`; one that holds resets it.
 UP_HOLD = 3.0
 PROBE = 8.0
 MAX_HOLD = 48.0
+#: The longest wait between two probes that failed: a failed probe costs its
+#: viewer some loss (NACKs repair most) but no switch, and a longer wait keeps
+#: a viewer whose link has recovered low for longer.
+PROBE_HOLD = 6.0
+#: Seconds a probe sends padding at each layer's rate before that layer counts as carried.
+PROBE_STEP = 1.0
+#: Receiver reports that come this long after a probe still count its
+#: padding's loss (aiortc's come every 0.5-1.5 s): they are the probe's, not
+#: the layer's.
+PROBE_TAIL = 1.5
+#: A probe's packets: RTP padding only, the most one packet carries (its length is one byte).
+PAD_SIZE = 255
+#: How often a probe sends its padding (seconds): paced, as a bottleneck's queue takes it.
+PAD_EVERY = 0.02
+#: Packets a probe step sends before the viewer's NACKs can fail it.
+PROBE_COUNT = 20
 #: How often each switch re-decides (seconds).
 TICK = 0.5
 #: A layer with no packet for this long is paused (seconds; a layer sends ≥ 10 packets a second).
@@ -397,9 +423,15 @@ SILENT = 1.0
 ASK_AGAIN = 1.0
 
 
-def watch_feedback(sender: RTCRtpSender, on_estimate: Callable[[int], None], on_loss: Callable[[float], None]) -> None:
-    """Pass a viewer's REMB (bits/s) and receiver-reported loss (fraction)
-    for this sender's SSRC on, as aiortc's sender receives them."""
+def watch_feedback(
+    sender: RTCRtpSender,
+    on_estimate: Callable[[int], None],
+    on_loss: Callable[[float], None],
+    on_nack: Callable[[list[int]], None] | None = None,
+) -> None:
+    """Pass a viewer's REMB (bits/s), receiver-reported loss (fraction) and
+    NACKed sequence numbers for this sender's SSRC on, as aiortc's sender
+    receives them."""
     handle = sender._handle_rtcp_packet
     ssrc = sender._ssrc
 
@@ -415,9 +447,45 @@ def watch_feedback(sender: RTCRtpSender, on_estimate: Callable[[int], None], on_
             for report in packet.reports:
                 if report.ssrc == ssrc:
                     on_loss(report.fraction_lost / 256)
+        elif on_nack is not None and isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            if packet.media_ssrc == ssrc:
+                on_nack(packet.lost)
         await handle(packet)
 
     sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
+
+
+@dataclass(slots=True)
+class Probe:
+    """A try of the layers above the one a viewer gets, before it climbs.
+
+    REMB cannot show spare capacity (an estimator follows what it receives),
+    so before a climb the switch sends the viewer padding, `PROBE_STEP`
+    seconds per layer, at the rate that layer needs over the current one, as
+    LiveKit and mediasoup probe before a subscriber's climb. The padding is
+    RTP padding-only packets in the viewer's own sequence (`TrackSink.pad`):
+    its decoder never sees them (aiortc's receiver and libwebrtc's take them
+    as empty packets), but its NACKs and receiver reports count them. A step
+    whose packets the viewer reports lost (NACKs for more than `LOSSY` of
+    them, or a receiver report above `LOSSY`) ends the probe; the switch
+    climbs to the highest layer whose step passed, if any.
+    """
+
+    #: The layers it tries, lowest first: those above the current one, up to the one wanted.
+    layers: list[Layer]
+    step_started: float
+    #: The viewer's estimate (REMB) when the probe began, for the log.
+    estimate: int | None
+    step: int = 0
+    #: The highest layer whose step passed.
+    passed: Layer | None = None
+    failed: bool = False
+    #: Packets sent to the viewer in this step, and those of them it NACKed (outgoing numbers).
+    sent: int = 0
+    nacked: set[int] = field(default_factory=set)
+    #: Padding bytes due, and when they were last counted (monotonic).
+    owed: float = 0.0
+    paced_at: float = 0.0
 
 
 class LayerSwitch:
@@ -445,12 +513,23 @@ class LayerSwitch:
         #: Counts the runs of packets after the first (0: as they came).
         self._run = 0
         self._last: tuple[int, float] | None = None  # (outgoing timestamp, monotonic) of the newest packet
-        #: Index (lowest first) of the highest layer the viewer's link carries.
-        self._cap = MAX_LAYERS
+        #: The highest layer the viewer's link carries (None: no limit seen). A
+        #: layer, not a position: positions change as layers pause and resume.
+        self._cap: Layer | None = None
         self._calm_since = time.monotonic()
         self._switched_at = 0.0
-        self._probe: tuple[int, float] | None = None  # (index, when) of the last climb the link asked for
-        self._holds: dict[int, float] = {}
+        self._climb: tuple[Layer, float] | None = None  # the last climb, and when
+        #: Seconds of calm before a layer (by rid) is probed again.
+        self._holds: dict[str, float] = {}
+        #: The viewer's `TrackSink`, which sends a probe's padding (set by the router).
+        self.viewer: TrackSink | None = None
+        self.probe: Probe | None = None
+        self.probes = 0
+        self._probed_at = -PROBE_TAIL  # when the last probe ended
+        self._pad_timer: asyncio.TimerHandle | None = None
+        #: The newest sequence number forwarded of the current layer, and whether it ended a frame.
+        self._newest: int | None = None
+        self._frame_done = False
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._asked_at = 0.0  # when the target layer's keyframe was last asked for
@@ -469,14 +548,27 @@ class LayerSwitch:
         return self.current.rid if self.current is not None else None
 
     def watch(self, sender: RTCRtpSender) -> None:
-        """Read the viewer's REMB and receiver reports as aiortc's sender receives them."""
-        watch_feedback(sender, self._on_estimate, self._on_loss)
+        """Read the viewer's REMB, receiver reports and NACKs as aiortc's sender receives them."""
+        watch_feedback(sender, self._on_estimate, self._on_loss, self._on_nack)
 
     def _on_estimate(self, bitrate: int) -> None:
         self.estimate = bitrate
 
     def _on_loss(self, loss: float) -> None:
-        self.loss = loss
+        probe = self.probe
+        if probe is not None:
+            if loss > LOSSY:
+                self._fail(probe)
+        elif time.monotonic() - self._probed_at >= PROBE_TAIL:
+            self.loss = loss  # (a report that covers a probe tells of its padding, not of the layer)
+
+    def _on_nack(self, lost: list[int]) -> None:
+        probe = self.probe
+        if probe is None or probe.failed:
+            return
+        probe.nacked.update(lost)
+        if probe.sent >= PROBE_COUNT and len(probe.nacked) > LOSSY * probe.sent:
+            self._fail(probe)
 
     def set_tile(self, tile: Tile) -> None:
         self.tile = tile
@@ -511,31 +603,49 @@ class LayerSwitch:
         # freeze. Paused is silent while another layer sends: a publisher (or
         # hub) stalled for a second pauses none (measured from the clock, a
         # stall between one layer's packets and the next's could move a
-        # viewer of the low layer to the top one).
-        newest = max((layer.last_at for layer in self.source.layers), default=now)
-        layers = [layer for layer in self.source.layers if newest - layer.last_at < SILENT]
+        # viewer of the low layer to the top one). And after a stall of the
+        # whole stream each layer has SILENT seconds to come back: a test's
+        # Python publisher, stalled 1.8 s at a load of 12, sent q first, and
+        # its viewer went from h to q and back.
+        layers = self.source.layers
+        if now - self.source.resumed_at >= SILENT:
+            newest = max((layer.last_at for layer in layers), default=now)
+            layers = [layer for layer in layers if newest - layer.last_at < SILENT]
         wanted = self._wanted(layers)
         if wanted is None:
+            self._end_probe(now)
             return None
-        self._follow_link(now, layers)
-        return layers[min(layers.index(wanted), self._cap)]
+        self._follow_link(now, layers, wanted)
+        cap = self._cap
+        if cap is None:
+            return wanted
+        order = self.source.layers
+        top = order.index(cap) if cap in order else 0
+        if order.index(wanted) <= top:
+            return wanted
+        under = [layer for layer in layers if order.index(layer) <= top]
+        return under[-1] if under else layers[0]
 
-    def _follow_link(self, now: float, layers: list[Layer]) -> None:
-        """Move `_cap` down at congestion, up one layer after a calm spell.
+    def _follow_link(self, now: float, layers: list[Layer], wanted: Layer) -> None:
+        """Move `_cap` down at congestion, up after a calm spell and a probe.
 
         REMB alone cannot show spare capacity: an estimator follows what it
         receives (Chromium's and aiortc's stay near 1.5 times that). So heavy
         loss, or an estimate under what the current layer needs together
-        with some loss, lowers the cap to what fits; climbing back is a try,
-        held back longer after each failed one.
+        with some loss, lowers the cap to what fits; climbing back waits for
+        a `Probe` of the layers above, held back longer after each failed one.
         """
         current = self.current
         if current is None or current not in layers:
+            self._end_probe(now)
+            return
+        if self.probe is not None:
+            self._judge(self.probe, now)
             return
         index = layers.index(current)
         # Heavy loss just after a climb is the new layer's own (there was none before it): waiting
         # out SETTLE froze a viewer over 300 kbit/s for 2.5 s at 73 % loss before it went back down.
-        failing = self._probe is not None and self._probe[0] == index and self.loss > LOSSY
+        failing = self._climb is not None and self._climb[0] is current and self.loss > LOSSY
         if now - self._switched_at < SETTLE and not failing:
             return
         temporal = self.temporal
@@ -545,14 +655,14 @@ class LayerSwitch:
         congested = self.loss > LOSSY or (budget is not None and budget < current.bitrate and self.loss >= LOSS_SEEN)
         if congested:
             self._calm_since = now
-            if self._probe is not None and self._probe[0] == index and now - self._probe[1] < PROBE:
-                self._holds[index] = min(MAX_HOLD, self._holds.get(index, UP_HOLD) * 2)
-            self._probe = None
-            fits = [i for i, layer in enumerate(layers[:index]) if budget is None or layer.bitrate <= budget]
-            cap = fits[-1] if fits else 0
+            if self._climb is not None and self._climb[0] is current and now - self._climb[1] < PROBE:
+                self._hold_longer(current, MAX_HOLD)
+            self._climb = None
+            fits = [layer for layer in layers[:index] if budget is None or layer.bitrate <= budget]
+            cap = fits[-1] if fits else layers[0]
             if self.loss > LOSSY:
-                cap = min(cap, max(index - 1, 0))
-            if cap == self._cap:
+                cap = layers[min(layers.index(cap), max(index - 1, 0))]
+            if cap is self._cap or (self._cap is None and cap is layers[-1]):
                 return
             self._cap = cap
             log.info(
@@ -561,16 +671,86 @@ class LayerSwitch:
                 self.loss * 100,
                 current.rid,
                 current.bitrate,
-                layers[self._cap].rid,
+                cap.rid,
             )
             return
-        if self._probe is not None and now - self._probe[1] >= PROBE:
-            self._holds.pop(self._probe[0], None)  # the climb held
-            self._probe = None
-        if self._cap < len(layers) - 1 and now - self._calm_since >= self._holds.get(self._cap + 1, UP_HOLD):
-            self._cap += 1
-            self._calm_since = now
-            self._probe = (self._cap, now)
+        if self._climb is not None and now - self._climb[1] >= PROBE:
+            self._holds.pop(self._climb[0].rid, None)  # the climb held
+            self._climb = None
+        above = layers[index + 1 : layers.index(wanted) + 1]
+        if above and self.target is None and now - self._calm_since >= self._holds.get(above[0].rid, UP_HOLD):
+            self.probe = Probe(above, now, self.estimate, paced_at=time.monotonic())
+            self.probes += 1
+            self._pad()
+
+    def _hold_longer(self, layer: Layer, most: float) -> None:
+        hold = self._holds.get(layer.rid, UP_HOLD)
+        self._holds[layer.rid] = max(hold, min(most, 2 * hold))
+
+    def _fail(self, probe: Probe) -> None:
+        """The viewer reports the probe's step lost: no more padding (the next tick decides)."""
+        probe.failed = True
+        self._stop_padding()
+
+    def _stop_padding(self) -> None:
+        if self._pad_timer is not None:
+            self._pad_timer.cancel()
+            self._pad_timer = None
+
+    def _judge(self, probe: Probe, now: float) -> None:
+        """End a probe's step when it failed or lasted `PROBE_STEP`; climb after the last."""
+        if not probe.failed:
+            if now - probe.step_started < PROBE_STEP:
+                return
+            probe.passed = probe.layers[probe.step]
+            probe.step += 1
+            if probe.step < len(probe.layers):
+                probe.step_started, probe.sent, probe.nacked = now, 0, set()
+                return
+        self._end_probe(now)
+        self._calm_since = now
+        tried = probe.layers[min(probe.step, len(probe.layers) - 1)]
+        log.info(
+            "a viewer's probe of layer %s %s (%d packets, %d NACKed in its last step; estimate %s bit/s before,"
+            " %s after): %s",
+            tried.rid,
+            "failed" if probe.failed else "held",
+            probe.sent,
+            len(probe.nacked),
+            probe.estimate,
+            self.estimate,
+            f"up to {probe.passed.rid}" if probe.passed is not None else "staying",
+        )
+        if probe.failed:
+            self._hold_longer(tried, PROBE_HOLD)
+        if probe.passed is None:
+            return
+        self._cap = probe.passed
+        self._climb = (probe.passed, now)
+
+    def _end_probe(self, now: float) -> None:
+        if self.probe is None:
+            return
+        self._stop_padding()
+        self.probe = None
+        self._probed_at = now
+
+    def _pad(self) -> None:
+        """Send the probe's padding owed since the last call, between frames: a padding packet in a
+        frame's sequence numbers would split it."""
+        probe, current, viewer = self.probe, self.current, self.viewer
+        if probe is None or probe.failed or self._closed or current is None:
+            return
+        now = time.monotonic()
+        rate = max(0, probe.layers[min(probe.step, len(probe.layers) - 1)].bitrate - current.bitrate) / 8
+        # What piles up while a frame goes out is sent after it, up to 100 ms' worth: no burst.
+        probe.owed = min(probe.owed + rate * (now - probe.paced_at), rate * 0.1)
+        probe.paced_at = now
+        if viewer is not None and self._frame_done:
+            while probe.owed >= PAD_SIZE and viewer.pad(PAD_SIZE):
+                probe.owed -= PAD_SIZE
+                probe.sent += 1
+        self._pad_timer = asyncio.get_running_loop().call_later(PAD_EVERY, self._pad)
 
     def _tick(self) -> None:
         if self._closed:
@@ -613,6 +793,11 @@ class LayerSwitch:
             self._switch(target, packet)
         elif self.current is None or packet.ssrc != self.current.ssrc:
             return
+        number = packet.sequence_number
+        if self._newest is None or (number - self._newest) & 0xFFFF < 0x8000:
+            self._newest, self._frame_done = number, bool(packet.marker)
+        if self.probe is not None:
+            self.probe.sent += 1
         timestamp = (packet.timestamp + self._offset) & 0xFFFFFFFF
         self._last = (timestamp, time.monotonic())
         if self._run:
@@ -641,6 +826,7 @@ class LayerSwitch:
             self._run += 1
             self.switches += 1
         self.current, self.target = layer, None
+        self._newest = None
         self._switched_at = time.monotonic()
 
     def state(self) -> LayerState:
@@ -657,9 +843,9 @@ class LayerSwitch:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
+        self._end_probe(time.monotonic())
         for layer in (self.current, self.target):
             if layer is not None:
                 layer.sinks.discard(self)
         for sink in tuple(self.sinks):
             sink.close()
-

@@ -434,6 +434,8 @@ class Router:
                         temporal.follow(transceiver.sender, layers.AUDIO_RESERVE if audio else 0)
                     feed = temporal
                 sinks[transceiver.kind] = TrackSink(feed, transceiver.sender, self._max_backlog)
+                if isinstance(source, layers.SimulcastSource):
+                    switches[0].viewer = sinks[transceiver.kind]  # it sends the switch's probes
             if not sinks:
                 raise SdpError("the offer has no audio or video section this stream can fill")
 
