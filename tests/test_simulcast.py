@@ -75,6 +75,9 @@ async def test_viewers_get_the_layer_their_tile_needs(hub: HubProcess, http: aio
     operator = hub.token("operator-1", "guinan", "operator")
     video = SimulcastVideo("vp8", 320, 240, 15)
     publisher = await bot.publish(http, hub.url, token, ROOM, [video])
+    # The hub knows a layer once it has seen it: a viewer that came before the top layer's first
+    # packet would start lower, and switch up.
+    await wait_until(lambda: all(len(layer.sent) >= 3 for layer in video.layers.values()), timeout=15)
     small = await bot.view(http, hub.url, operator, publisher.resource_id, kinds=("video",), decode=True)
     large = await bot.view(http, hub.url, operator, publisher.resource_id, kinds=("video",))
     try:
