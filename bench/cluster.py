@@ -13,6 +13,16 @@ publisher and viewers share this process's clock).
     .venv/bin/python -m bench.cluster              # about 1.5 minutes
     .venv/bin/python -m bench.cluster --viewers 2 --seconds 5
 
+`--relays N` measures a relay's cost alone, on the process that pulls: N
+publishers (one process each) on the origin, P2 pulling all N streams,
+with 1, then 2, then 3 viewers of each stream on P2. P2's CPU against its
+viewer count is a line: its slope is what a viewer costs P2, its value at
+no viewer less P2's idle is what the N pulls cost it. Both come from the
+same process in one run, so no figure of another process (nor its noise)
+enters the ratio.
+
+    .venv/bin/python -m bench.cluster --relays 8 --seconds 20
+
 The report (a markdown table) goes to stdout, progress to stderr.
 """
 
@@ -82,6 +92,36 @@ async def measure_all(procs: dict[str, psutil.Process], seconds: float) -> dict[
     return {n: 100 * (after[n] - before[n]) / elapsed for n in procs}
 
 
+def cluster_dirs(root: Path, names: tuple[str, ...]) -> list[Path]:
+    """A data directory per process, all with one user-token secret (tokens of one work on all)."""
+    user_secret = secrets.token_urlsafe(48)
+    dirs = []
+    for name in names:
+        d = root / name
+        d.mkdir()
+        (d / "secret.key").write_text(user_secret)
+        os.chmod(d / "secret.key", 0o600)
+        dirs.append(d)
+    return dirs
+
+
+def cluster_env(redis_url: str) -> dict[str, str]:
+    env = {"HUB_REDIS": redis_url, "HUB_CLUSTER_SECRET": secrets.token_urlsafe(32)}
+    return env | {"HUB_RELAY_LINGER_SECONDS": str(LINGER), "HUB_SNAPSHOT_SECONDS": "0"}
+
+
+def print_machine(started: float, what: str) -> None:
+    info = machine()
+    print(
+        f"Machine: {info['cpu']}, {info['cores']} cores; Python {info['python']}, aiortc {info['aiortc']},"
+        f" av {info['av']}; {info['date']}; load average at start {info['load_average_at_start']}"
+    )
+    print(
+        "Stream: VP8 640x480 30 fps from a file (encoder target 400 kbps, a keyframe a second);"
+        f" {what}; all on 127.0.0.1; runtime {time.monotonic() - started:.0f} s\n"
+    )
+
+
 async def run(viewers: int, seconds: float) -> None:
     use_addresses(["127.0.0.1"])
     started = time.monotonic()
@@ -90,17 +130,8 @@ async def run(viewers: int, seconds: float) -> None:
         source = root / "source.webm"
         phase_seconds = SETTLE + seconds + DRAIN + LINGER + 3
         make_source(source, WARMUP + seconds + 3 * phase_seconds + 10)
-        # One user-token secret for the three processes (tokens of one work on all), one cluster secret.
-        user_secret = secrets.token_urlsafe(48)
-        dirs = []
-        for name in ("origin", "p2", "p3"):
-            d = root / name
-            d.mkdir()
-            (d / "secret.key").write_text(user_secret)
-            os.chmod(d / "secret.key", 0o600)
-            dirs.append(d)
-        env = {"HUB_REDIS": redis_url, "HUB_CLUSTER_SECRET": secrets.token_urlsafe(32)}
-        env |= {"HUB_RELAY_LINGER_SECONDS": str(LINGER), "HUB_SNAPSHOT_SECONDS": "0"}
+        dirs = cluster_dirs(root, ("origin", "p2", "p3"))
+        env = cluster_env(redis_url)
         async with (
             running_hub(dirs[0], env) as origin,
             running_hub(dirs[1], env) as p2,
@@ -143,16 +174,7 @@ async def run(viewers: int, seconds: float) -> None:
                 rows.append((name, hops, cpu, counts, 100 * matched / max(1, expected * viewers), latencies))
             await publisher.close()
 
-    info = machine()
-    print(
-        f"Machine: {info['cpu']}, {info['cores']} cores; Python {info['python']}, aiortc {info['aiortc']},"
-        f" av {info['av']}; {info['date']}; load average at start {info['load_average_at_start']}"
-    )
-    print(
-        "Stream: VP8 640x480 30 fps from a file (encoder target 400 kbps, a keyframe a second);"
-        f" {viewers} viewers per phase, window {seconds:g} s; all on 127.0.0.1;"
-        f" runtime {time.monotonic() - started:.0f} s\n"
-    )
+    print_machine(started, f"{viewers} viewers per phase, window {seconds:g} s")
     print("| viewers on | hops | relays (origin/P2/P3) | origin CPU % | P2 CPU % | P3 CPU % | delivered % |"
           " latency p50 / p95 ms |")
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
@@ -180,12 +202,86 @@ async def run(viewers: int, seconds: float) -> None:
     print(f"- latency a hop adds at p50: {p50s[1] - p50s[0]:.0f} ms (0→1 hop), {p50s[2] - p50s[1]:.0f} ms (1→2 hops)")
 
 
+#: Viewers of each stream on P2, phase by phase (`--relays`).
+PER_STREAM = (1, 2, 3)
+
+
+async def run_relays(streams: int, seconds: float) -> None:
+    use_addresses(["127.0.0.1"])
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp, redis_server() as redis_url:
+        root = Path(tmp)
+        source = root / "source.webm"
+        length = WARMUP + (1 + len(PER_STREAM)) * (SETTLE + seconds + 3) + 30
+        make_source(source, length)
+        dirs = cluster_dirs(root, ("origin", "p2"))
+        # Every publisher and viewer is the one bench user.
+        env = cluster_env(redis_url) | {"HUB_WHIP_SESSIONS_PER_USER": str(streams)}
+        async with (
+            running_hub(dirs[0], env) as origin,
+            running_hub(dirs[1], env) as p2,
+            aiohttp.ClientSession() as http,
+        ):
+            hubs = {"origin": origin, "P2": p2}
+            procs = {name: psutil.Process(h.process.pid) for name, h in hubs.items()}
+            origin.publish(streams, source, length)
+            authorized = aiohttp.ClientSession(headers={"Authorization": f"Bearer {origin.token}"})
+            async with authorized:
+                ids = await origin.wait_for_streams(authorized, streams)
+            await asyncio.sleep(WARMUP)
+            say(f"idle: {seconds:g} s with {streams} publishers on the origin, no viewer")
+            rows: list[tuple[int, dict[str, int], dict[str, float], float]] = [
+                (0, await health(http, p2.url), await measure_all(procs, seconds), 0.0)
+            ]
+            sessions: list[bot.Session] = []
+            for per_stream in PER_STREAM:
+                say(f"{per_stream} viewers of each of the {streams} streams on P2")
+                while len(sessions) < per_stream * streams:
+                    stream_id = ids[len(sessions) % streams]
+                    sessions.append(await bot.view(http, p2.url, origin.token, stream_id, kinds=("video",)))
+                await asyncio.sleep(SETTLE)
+                counts = await health(http, p2.url)
+                before = sum(len(s.logs["video"].frames) for s in sessions)
+                start = time.monotonic()
+                cpu = await measure_all(procs, seconds)
+                frames = sum(len(s.logs["video"].frames) for s in sessions) - before
+                delivered = 100 * frames / (30 * (time.monotonic() - start) * len(sessions))
+                rows.append((len(sessions), counts, cpu, delivered))
+            for session in sessions:
+                await session.close()
+
+    print_machine(started, f"{streams} streams on the origin, all pulled by P2; window {seconds:g} s per phase")
+    print("| viewers on P2 | relays on P2 | origin CPU % | P2 CPU % | delivered % |")
+    print("| ---: | ---: | ---: | ---: | ---: |")
+    for viewers, counts, cpu, delivered in rows:
+        shown = f"{delivered:.1f}" if viewers else "–"
+        print(f"| {viewers} | {counts['relays']} | {cpu['origin']:.1f} | {cpu['P2']:.1f} | {shown} |")
+    # Least squares over the phases with viewers: P2's CPU = pulls + viewers * slope.
+    points = [(float(v), cpu["P2"]) for v, _, cpu, _ in rows[1:]]
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points)
+    pulls = mean_y - slope * mean_x - rows[0][2]["P2"]
+    worst = max(abs(y - (mean_y + slope * (x - mean_x))) for x, y in points)
+    relay = pulls / streams
+    print()
+    print(f"- one viewer on P2 (the slope): {slope:.3f}% of a core")
+    print(
+        f"- one relay on P2 (the line at no viewer, less P2's idle {rows[0][2]['P2']:.2f}%, over {streams} pulls):"
+        f" {relay:.3f}% of a core, {relay / slope if slope > 0 else float('nan'):.2f}x a viewer"
+    )
+    print(f"- the phases' largest distance from the line: {worst:.2f}% of a core")
+    serve = (rows[1][2]["origin"] - rows[0][2]["origin"]) / streams
+    print(f"- one pull on the origin (its CPU with the pulls, less with none, over {streams}): {serve:.3f}% of a core")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--viewers", type=int, default=4, help="viewers per phase (default 4)")
     parser.add_argument("--seconds", type=float, default=10.0, help="measuring window per phase (default 10)")
+    parser.add_argument("--relays", type=int, default=0, metavar="N", help="measure N relays on P2 alone (see above)")
     args = parser.parse_args()
-    asyncio.run(run(args.viewers, args.seconds))
+    asyncio.run(run_relays(args.relays, args.seconds) if args.relays else run(args.viewers, args.seconds))
 
 
 if __name__ == "__main__":

@@ -362,3 +362,63 @@ async def test_a_pull_carries_no_send_times() -> None:
     finally:
         await pc.close()
         await upstream.close()
+
+
+async def test_a_killed_middle_relay_leaves_the_viewers_below_it_watching(
+    three: list[HubProcess], redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    """origin -> middle -> below, and the middle relay is killed: the viewer
+    on `below` is below's own, so below pulls the stream from its host
+    instead and the viewer's session goes on, with every frame as sent."""
+    host = three[0]
+    token = host.sign("m-cluster-middle", "zhaduo", "mediator")
+    video = bot.SyntheticVideo("vp8", 160, 120, 15)
+    async with AsyncExitStack() as stack, extra_hub(three, redis_url) as middle:
+        below = start_hub(host.data, "--redis", redis_url, env=cluster_env(HUB_UPSTREAM=middle.url))
+        stack.callback(below.stop)
+        publisher = await bot.publish(http, host.url, token, "site-zhaduo", [video])
+        stack.push_async_callback(publisher.close)
+        viewer = await bot.view(http, below.url, token, publisher.resource_id, kinds=("video",))
+        stack.push_async_callback(viewer.pc.close)
+        log = viewer.logs["video"]
+        await wait_until(lambda: log.first_keyframe_at is not None, 20)
+        await frames_flow(log)
+        assert (await health(http, middle))["relays"] == 1 and (await health(http, below))["relays"] == 1
+        assert (await health(http, host))["subscriptions"] == 1  # the middle's pull
+
+        kill(middle)
+        killed_at, before = time.monotonic(), len(log.frames)
+        # Frames again within the node TTL, two sweeps and a new pull; ICE consent
+        # alone would end the viewer's session after 30 s.
+        await frames_flow(log, timeout=4 * NODE_TTL + 10)
+        assert time.monotonic() - killed_at < 4 * NODE_TTL + 10
+        assert viewer.pc.connectionState == "connected"
+        # below now pulls from the host, which has ended the dead middle's pull.
+        await wait_until_counts(http, host, timeout=3 * NODE_TTL + 5, subscriptions=1)
+        assert (await health(http, below))["relays"] == 1
+        await frames_flow(log)
+        got = await delivered(video, viewer)
+        assert got.unknown == 0 and got.in_order, got
+        # Frames sent after the kill came through the new pull (every frame is a known one).
+        after = [f for f in log.frames[before:] if video.sent[f.key].sent_at > killed_at]
+        assert after[0].keyframe, "the new run of packets starts at a keyframe"
+        assert len(after) >= 15
+        # One run of sequence numbers for the viewer across both pulls: a jump
+        # would count tens of thousands of packets lost.
+        stats = await viewer.pc.getStats()
+        lost = [s.packetsLost for s in stats.values() if s.type == "inbound-rtp"]
+        assert lost and max(lost) < 200, lost
+        await viewer.close()
+        await wait_until_counts(http, below, relays=0, subscriptions=0)
+
+        # A new viewer on below, its upstream still dead: pulled from the host at once.
+        again = await bot.view(http, below.url, token, publisher.resource_id, kinds=("video",))
+        stack.push_async_callback(again.pc.close)
+        await wait_until(lambda: again.logs["video"].first_keyframe_at is not None, 20)
+        await frames_flow(again.logs["video"])
+        got = await delivered(video, again)
+        assert got.unknown == 0 and got.in_order, got
+        await again.close()
+        await publisher.close()
+        await wait_until_counts(http, below, relays=0, subscriptions=0)
+    await no_pulls(http, three)

@@ -318,6 +318,15 @@ class PulledSimulcast(SimulcastSource):
         if self._order:
             self._order[-1].request_keyframe()  # its own sinks get the top layer
 
+    def take_layers(self, receivers: list[tuple[str, RTCRtpReceiver]]) -> bool:
+        """A relay pulled anew: each layer takes the new pull's receiver of
+        its rid (TrackSource.take); False, taking none, if the layers differ."""
+        if sorted(rid for rid, _ in receivers) != sorted(self._layers):
+            return False
+        for rid, receiver in receivers:
+            self._layers[rid].take(receiver)
+        return True
+
 
 def name_layers(sdp: str, rids: dict[str, str]) -> str:
     """An answer whose video sections (by mid) each carry one layer, named
