@@ -15,11 +15,11 @@ publisher and viewers share this process's clock).
 
 `--relays N` measures a relay's cost alone, on the process that pulls: N
 publishers (one process each) on the origin, P2 pulling all N streams,
-with 1, then 2, then 3 viewers of each stream on P2. P2's CPU against its
-viewer count is a line: its slope is what a viewer costs P2, its value at
-no viewer less P2's idle is what the N pulls cost it. Both come from the
-same process in one run, so no figure of another process (nor its noise)
-enters the ratio.
+with 1, then 2, then 3 viewers of each stream on P2. P2's CPU above its
+idle, against the packets it received (the pulls) and forwarded (to its
+viewers) in each window, fitted by least squares, gives a viewer's CPU per
+packet sent and a relay's per packet pulled: both from the same process in
+one run, so no figure of another process (nor its noise) enters the ratio.
 
     .venv/bin/python -m bench.cluster --relays 8 --seconds 20
 
@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -175,8 +176,10 @@ async def run(viewers: int, seconds: float) -> None:
             await publisher.close()
 
     print_machine(started, f"{viewers} viewers per phase, window {seconds:g} s")
-    print("| viewers on | hops | relays (origin/P2/P3) | origin CPU % | P2 CPU % | P3 CPU % | delivered % |"
-          " latency p50 / p95 ms |")
+    print(
+        "| viewers on | hops | relays (origin/P2/P3) | origin CPU % | P2 CPU % | P3 CPU % | delivered % |"
+        " latency p50 / p95 ms |"
+    )
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     print(f"| (none: idle) | – | 0/0/0 | {idle['origin']:.1f} | {idle['P2']:.1f} | {idle['P3']:.1f} | – | – |")
     p50s = []
@@ -206,33 +209,67 @@ async def run(viewers: int, seconds: float) -> None:
 PER_STREAM = (1, 2, 3)
 
 
-async def run_relays(streams: int, seconds: float) -> None:
+async def packet_counts(http: aiohttp.ClientSession, url: str) -> tuple[int, int]:
+    """(RTP packets received, RTP packets forwarded) by a hub process so far, from /metrics."""
+    async with http.get(f"{url}/metrics") as r:
+        text = await r.text()
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        values[name.removesuffix("_total")] = value
+    return int(float(values["hub_packets_received"])), int(float(values["hub_packets_forwarded"]))
+
+
+@dataclass
+class RelayPhase:
+    viewers: int
+    relays: int
+    cpu: dict[str, float]
+    #: P2 over the window: CPU seconds, packets received (from the pulls), packets forwarded (to viewers).
+    seconds: float
+    cpu_seconds: float
+    received: int
+    forwarded: int
+
+
+async def relay_phase(
+    http: aiohttp.ClientSession, procs: dict[str, psutil.Process], p2: str, viewers: int, seconds: float
+) -> RelayPhase:
+    relays = (await health(http, p2))["relays"]
+    before, ns, start = await packet_counts(http, p2), cpu_ns(procs["P2"]), time.monotonic()
+    cpu = await measure_all(procs, seconds)
+    after, used, elapsed = await packet_counts(http, p2), cpu_ns(procs["P2"]) - ns, time.monotonic() - start
+    return RelayPhase(viewers, relays, cpu, elapsed, used / 1e9, after[0] - before[0], after[1] - before[1])
+
+
+async def run_relays(streams: int, seconds: float, reuse: Path | None) -> None:
     use_addresses(["127.0.0.1"])
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp, redis_server() as redis_url:
         root = Path(tmp)
-        source = root / "source.webm"
-        length = WARMUP + (1 + len(PER_STREAM)) * (SETTLE + seconds + 3) + 30
-        make_source(source, length)
+        # Viewers join one by one: on a loaded machine a phase takes well over its window.
+        length = WARMUP + (1 + len(PER_STREAM)) * (2 * SETTLE + 2 * seconds) + 60
+        source = reuse or root / "source.webm"
+        if reuse is None:
+            make_source(source, length)
         dirs = cluster_dirs(root, ("origin", "p2"))
         # Every publisher and viewer is the one bench user.
         env = cluster_env(redis_url) | {"HUB_WHIP_SESSIONS_PER_USER": str(streams)}
+        # P2's pulls outlive its viewers: the last phase measures them alone.
+        env |= {"HUB_RELAY_LINGER_SECONDS": "3600"}
         async with (
             running_hub(dirs[0], env) as origin,
             running_hub(dirs[1], env) as p2,
             aiohttp.ClientSession() as http,
         ):
-            hubs = {"origin": origin, "P2": p2}
-            procs = {name: psutil.Process(h.process.pid) for name, h in hubs.items()}
+            procs = {"origin": origin.psutil(), "P2": p2.psutil()}
             origin.publish(streams, source, length)
             authorized = aiohttp.ClientSession(headers={"Authorization": f"Bearer {origin.token}"})
             async with authorized:
                 ids = await origin.wait_for_streams(authorized, streams)
             await asyncio.sleep(WARMUP)
             say(f"idle: {seconds:g} s with {streams} publishers on the origin, no viewer")
-            rows: list[tuple[int, dict[str, int], dict[str, float], float]] = [
-                (0, await health(http, p2.url), await measure_all(procs, seconds), 0.0)
-            ]
+            phases = [await relay_phase(http, procs, p2.url, 0, seconds)]
             sessions: list[bot.Session] = []
             for per_stream in PER_STREAM:
                 say(f"{per_stream} viewers of each of the {streams} streams on P2")
@@ -240,39 +277,54 @@ async def run_relays(streams: int, seconds: float) -> None:
                     stream_id = ids[len(sessions) % streams]
                     sessions.append(await bot.view(http, p2.url, origin.token, stream_id, kinds=("video",)))
                 await asyncio.sleep(SETTLE)
-                counts = await health(http, p2.url)
-                before = sum(len(s.logs["video"].frames) for s in sessions)
-                start = time.monotonic()
-                cpu = await measure_all(procs, seconds)
-                frames = sum(len(s.logs["video"].frames) for s in sessions) - before
-                delivered = 100 * frames / (30 * (time.monotonic() - start) * len(sessions))
-                rows.append((len(sessions), counts, cpu, delivered))
+                phases.append(await relay_phase(http, procs, p2.url, len(sessions), seconds))
             for session in sessions:
                 await session.close()
+            await asyncio.sleep(SETTLE)
+            say(f"the {streams} pulls alone on P2, no viewer")
+            alone = await relay_phase(http, procs, p2.url, 0, seconds)
 
     print_machine(started, f"{streams} streams on the origin, all pulled by P2; window {seconds:g} s per phase")
-    print("| viewers on P2 | relays on P2 | origin CPU % | P2 CPU % | delivered % |")
-    print("| ---: | ---: | ---: | ---: | ---: |")
-    for viewers, counts, cpu, delivered in rows:
-        shown = f"{delivered:.1f}" if viewers else "–"
-        print(f"| {viewers} | {counts['relays']} | {cpu['origin']:.1f} | {cpu['P2']:.1f} | {shown} |")
-    # Least squares over the phases with viewers: P2's CPU = pulls + viewers * slope.
-    points = [(float(v), cpu["P2"]) for v, _, cpu, _ in rows[1:]]
-    mean_x = sum(x for x, _ in points) / len(points)
-    mean_y = sum(y for _, y in points) / len(points)
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points)
-    pulls = mean_y - slope * mean_x - rows[0][2]["P2"]
-    worst = max(abs(y - (mean_y + slope * (x - mean_x))) for x, y in points)
-    relay = pulls / streams
-    print()
-    print(f"- one viewer on P2 (the slope): {slope:.3f}% of a core")
-    print(
-        f"- one relay on P2 (the line at no viewer, less P2's idle {rows[0][2]['P2']:.2f}%, over {streams} pulls):"
-        f" {relay:.3f}% of a core, {relay / slope if slope > 0 else float('nan'):.2f}x a viewer"
+    print("| viewers on P2 | relays on P2 | origin CPU % | P2 CPU % | P2 packets/s in | P2 packets/s out |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    for ph in (*phases, alone):
+        print(
+            f"| {ph.viewers} | {ph.relays} | {ph.cpu['origin']:.1f} | {ph.cpu['P2']:.1f} |"
+            f" {ph.received / ph.seconds:.0f} | {ph.forwarded / ph.seconds:.0f} |"
+        )
+    # P2's CPU above idle = r * packets received + f * packets forwarded
+    # (least squares over the phases with viewers). Counting packets, not
+    # seconds, keeps the figures true when a loaded machine starves P2: it
+    # then handles fewer packets, each for about the same CPU. Whatever a
+    # pull costs besides its packets (RTCP, ICE consent) lands in r, and
+    # what a viewer does (its RTCP) in f.
+    idle = phases[0].cpu_seconds / phases[0].seconds
+    rows = [(ph.received, ph.forwarded, ph.cpu_seconds - idle * ph.seconds) for ph in phases[1:]]
+    rr = sum(r * r for r, _, _ in rows)
+    rf = sum(r * f for r, f, _ in rows)
+    ff = sum(f * f for _, f, _ in rows)
+    ry = sum(r * y for r, _, y in rows)
+    fy = sum(f * y for _, f, y in rows)
+    det = rr * ff - rf * rf
+    per_received, per_forwarded = (ry * ff - fy * rf) / det, (fy * rr - ry * rf) / det
+    worst = max(
+        abs(y - per_received * r - per_forwarded * f) / ph.seconds
+        for (r, f, y), ph in zip(rows, phases[1:], strict=True)
     )
-    print(f"- the phases' largest distance from the line: {worst:.2f}% of a core")
-    serve = (rows[1][2]["origin"] - rows[0][2]["origin"]) / streams
-    print(f"- one pull on the origin (its CPU with the pulls, less with none, over {streams}): {serve:.3f}% of a core")
+    print()
+    print(f"- P2's idle: {100 * idle:.2f}% of a core")
+    print(f"- a viewer on P2: {1e6 * per_forwarded:.1f} µs of CPU per packet it is sent")
+    print(
+        f"- a relay on P2: {1e6 * per_received:.1f} µs per packet it pulls,"
+        f" {per_received / per_forwarded:.2f}x a viewer of the same stream"
+    )
+    print(f"- the phases' largest distance from the fit: {100 * worst:.2f}% of a core")
+    # The last phase directly: P2 with the pulls and no viewer, less its idle.
+    pulled = (alone.cpu_seconds - idle * alone.seconds) / max(1, alone.received)
+    print(
+        f"- the pulls alone (last row, less idle): {1e6 * pulled:.1f} µs per packet pulled,"
+        f" {pulled / per_forwarded:.2f}x a viewer; {(alone.cpu['P2'] - 100 * idle) / streams:.2f}% of a core a pull"
+    )
 
 
 def main() -> None:
@@ -280,8 +332,14 @@ def main() -> None:
     parser.add_argument("--viewers", type=int, default=4, help="viewers per phase (default 4)")
     parser.add_argument("--seconds", type=float, default=10.0, help="measuring window per phase (default 10)")
     parser.add_argument("--relays", type=int, default=0, metavar="N", help="measure N relays on P2 alone (see above)")
+    parser.add_argument(
+        "--source", type=Path, help="with --relays: an earlier run's source file to send (long enough), not encoded"
+    )
     args = parser.parse_args()
-    asyncio.run(run_relays(args.relays, args.seconds) if args.relays else run(args.viewers, args.seconds))
+    if args.relays:
+        asyncio.run(run_relays(args.relays, args.seconds, args.source))
+    else:
+        asyncio.run(run(args.viewers, args.seconds))
 
 
 if __name__ == "__main__":
