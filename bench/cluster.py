@@ -236,10 +236,10 @@ async def relay_phase(
     http: aiohttp.ClientSession, procs: dict[str, psutil.Process], p2: str, viewers: int, seconds: float
 ) -> RelayPhase:
     relays = (await health(http, p2))["relays"]
-    before, ns, start = await packet_counts(http, p2), cpu_ns(procs["P2"]), time.monotonic()
+    before, used, start = await packet_counts(http, p2), cpu_seconds(procs["P2"]), time.monotonic()
     cpu = await measure_all(procs, seconds)
-    after, used, elapsed = await packet_counts(http, p2), cpu_ns(procs["P2"]) - ns, time.monotonic() - start
-    return RelayPhase(viewers, relays, cpu, elapsed, used / 1e9, after[0] - before[0], after[1] - before[1])
+    after, used, elapsed = await packet_counts(http, p2), cpu_seconds(procs["P2"]) - used, time.monotonic() - start
+    return RelayPhase(viewers, relays, cpu, elapsed, used, after[0] - before[0], after[1] - before[1])
 
 
 async def run_relays(streams: int, seconds: float, reuse: Path | None) -> None:
