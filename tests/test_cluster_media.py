@@ -25,6 +25,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from playwright.async_api import Browser
 
 from client import bot
+from client.simulcast import SimulcastVideo
 from hub.config import Settings
 from hub.core.tokens import NODE_SUBJECT, Claims, TokenError, issue, verify
 from hub.media.relay import ABS_SEND_TIME, open_pull
@@ -369,7 +370,8 @@ async def test_a_killed_middle_relay_leaves_the_viewers_below_it_watching(
 ) -> None:
     """origin -> middle -> below, and the middle relay is killed: the viewer
     on `below` is below's own, so below pulls the stream from its host
-    instead and the viewer's session goes on, with every frame as sent."""
+    instead and the viewer's session goes on, with every frame as sent; so
+    does a viewer of a simulcast stream (its layers pulled anew)."""
     host = three[0]
     token = host.sign("m-cluster-middle", "zhaduo", "mediator")
     video = bot.SyntheticVideo("vp8", 160, 120, 15)
@@ -378,25 +380,36 @@ async def test_a_killed_middle_relay_leaves_the_viewers_below_it_watching(
         stack.callback(below.stop)
         publisher = await bot.publish(http, host.url, token, "site-zhaduo", [video])
         stack.push_async_callback(publisher.close)
+        layered = SimulcastVideo("vp8", 320, 240, 15)
+        simulcast = await bot.publish(http, host.url, token, "site-zhaduo", [layered])
+        stack.push_async_callback(simulcast.close)
         viewer = await bot.view(http, below.url, token, publisher.resource_id, kinds=("video",))
         stack.push_async_callback(viewer.pc.close)
-        log = viewer.logs["video"]
-        await wait_until(lambda: log.first_keyframe_at is not None, 20)
+        layered_viewer = await bot.view(http, below.url, token, simulcast.resource_id, kinds=("video",))
+        stack.push_async_callback(layered_viewer.pc.close)
+        log, layered_log = viewer.logs["video"], layered_viewer.logs["video"]
+        await wait_until(lambda: log.first_keyframe_at is not None and layered_log.first_keyframe_at is not None, 20)
         await frames_flow(log)
-        assert (await health(http, middle))["relays"] == 1 and (await health(http, below))["relays"] == 1
-        assert (await health(http, host))["subscriptions"] == 1  # the middle's pull
+        assert (await health(http, middle))["relays"] == 2 and (await health(http, below))["relays"] == 2
+        assert (await health(http, host))["subscriptions"] == 2  # the middle's pulls
 
         kill(middle)
         killed_at, before = time.monotonic(), len(log.frames)
         # Frames again within the node TTL, two sweeps and a new pull; ICE consent
         # alone would end the viewer's session after 30 s.
+        layered_before = len(layered_log.frames)
         await frames_flow(log, timeout=4 * NODE_TTL + 10)
         assert time.monotonic() - killed_at < 4 * NODE_TTL + 10
-        assert viewer.pc.connectionState == "connected"
-        # below now pulls from the host, which has ended the dead middle's pull.
-        await wait_until_counts(http, host, timeout=3 * NODE_TTL + 5, subscriptions=1)
-        assert (await health(http, below))["relays"] == 1
+        await wait_until(lambda: len(layered_log.frames) >= layered_before + 10, 10)
+        assert viewer.pc.connectionState == "connected" and layered_viewer.pc.connectionState == "connected"
+        # below now pulls from the host, which has ended the dead middle's pulls.
+        await wait_until_counts(http, host, timeout=3 * NODE_TTL + 5, subscriptions=2)
+        assert (await health(http, below))["relays"] == 2
         await frames_flow(log)
+        sent = {key for layer in layered.layers.values() for key in layer.sent}
+        assert all(f.key in sent for f in layered_log.frames), "a simulcast frame that no layer sent"
+        await layered_viewer.close()
+        await simulcast.close()
         got = await delivered(video, viewer)
         assert got.unknown == 0 and got.in_order, got
         # Frames sent after the kill came through the new pull (every frame is a known one).
