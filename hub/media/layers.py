@@ -198,7 +198,11 @@ class SimulcastSource(TrackSource):
 
     def __init__(self, receiver: RTCRtpReceiver, offer: SimulcastOffer, keyframe_interval: float) -> None:
         super().__init__(receiver, "video", keyframe_interval)
-        self._layers = {rid: Layer(rid, i, keyframe_interval, self._pli) for i, rid in enumerate(offer.rids)}
+        self._start({rid: Layer(rid, i, keyframe_interval, self._pli) for i, rid in enumerate(offer.rids)})
+
+    def _start(self, layers: dict[str, Layer]) -> None:
+        """Its layers, none sent yet (a publisher's, or a relay's pulled ones)."""
+        self._layers = layers
         self._by_ssrc: dict[int, Layer] = {}
         self._order: list[Layer] = []
         #: When packets came again after the whole stream was silent (monotonic): a publisher short
@@ -308,11 +312,7 @@ class PulledSimulcast(SimulcastSource):
 
     def __init__(self, receivers: list[tuple[str, RTCRtpReceiver]], keyframe_interval: float) -> None:
         TrackSource.__init__(self, None, "video", keyframe_interval)
-        self._layers: dict[str, Layer] = {
-            rid: PulledLayer(self, rid, i, receiver) for i, (rid, receiver) in enumerate(receivers)
-        }
-        self._by_ssrc: dict[int, Layer] = {}
-        self._order: list[Layer] = []
+        self._start({rid: PulledLayer(self, rid, i, receiver) for i, (rid, receiver) in enumerate(receivers)})
 
     def request_keyframe(self) -> None:
         if self._order:
