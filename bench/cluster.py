@@ -13,6 +13,16 @@ publisher and viewers share this process's clock).
     .venv/bin/python -m bench.cluster              # about 1.5 minutes
     .venv/bin/python -m bench.cluster --viewers 2 --seconds 5
 
+`--relays N` measures a relay's cost alone, on the process that pulls: N
+publishers (one process each) on the origin, P2 pulling all N streams,
+with 1, then 2, then 3 viewers of each stream on P2. P2's CPU above its
+idle, against the packets it received (the pulls) and forwarded (to its
+viewers) in each window, fitted by least squares, gives a viewer's CPU per
+packet sent and a relay's per packet pulled: both from the same process in
+one run, so no figure of another process (nor its noise) enters the ratio.
+
+    .venv/bin/python -m bench.cluster --relays 8 --seconds 20
+
 The report (a markdown table) goes to stdout, progress to stderr.
 """
 
@@ -29,6 +39,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -82,6 +93,36 @@ async def measure_all(procs: dict[str, psutil.Process], seconds: float) -> dict[
     return {n: 100 * (after[n] - before[n]) / elapsed for n in procs}
 
 
+def cluster_dirs(root: Path, names: tuple[str, ...]) -> list[Path]:
+    """A data directory per process, all with one user-token secret (tokens of one work on all)."""
+    user_secret = secrets.token_urlsafe(48)
+    dirs = []
+    for name in names:
+        d = root / name
+        d.mkdir()
+        (d / "secret.key").write_text(user_secret)
+        os.chmod(d / "secret.key", 0o600)
+        dirs.append(d)
+    return dirs
+
+
+def cluster_env(redis_url: str) -> dict[str, str]:
+    env = {"HUB_REDIS": redis_url, "HUB_CLUSTER_SECRET": secrets.token_urlsafe(32)}
+    return env | {"HUB_RELAY_LINGER_SECONDS": str(LINGER), "HUB_SNAPSHOT_SECONDS": "0"}
+
+
+def print_machine(started: float, what: str) -> None:
+    info = machine()
+    print(
+        f"Machine: {info['cpu']}, {info['cores']} cores; Python {info['python']}, aiortc {info['aiortc']},"
+        f" av {info['av']}; {info['date']}; load average at start {info['load_average_at_start']}"
+    )
+    print(
+        "Stream: VP8 640x480 30 fps from a file (encoder target 400 kbps, a keyframe a second);"
+        f" {what}; all on 127.0.0.1; runtime {time.monotonic() - started:.0f} s\n"
+    )
+
+
 async def run(viewers: int, seconds: float) -> None:
     use_addresses(["127.0.0.1"])
     started = time.monotonic()
@@ -90,17 +131,8 @@ async def run(viewers: int, seconds: float) -> None:
         source = root / "source.webm"
         phase_seconds = SETTLE + seconds + DRAIN + LINGER + 3
         make_source(source, WARMUP + seconds + 3 * phase_seconds + 10)
-        # One user-token secret for the three processes (tokens of one work on all), one cluster secret.
-        user_secret = secrets.token_urlsafe(48)
-        dirs = []
-        for name in ("origin", "p2", "p3"):
-            d = root / name
-            d.mkdir()
-            (d / "secret.key").write_text(user_secret)
-            os.chmod(d / "secret.key", 0o600)
-            dirs.append(d)
-        env = {"HUB_REDIS": redis_url, "HUB_CLUSTER_SECRET": secrets.token_urlsafe(32)}
-        env |= {"HUB_RELAY_LINGER_SECONDS": str(LINGER), "HUB_SNAPSHOT_SECONDS": "0"}
+        dirs = cluster_dirs(root, ("origin", "p2", "p3"))
+        env = cluster_env(redis_url)
         async with (
             running_hub(dirs[0], env) as origin,
             running_hub(dirs[1], env) as p2,
@@ -143,18 +175,11 @@ async def run(viewers: int, seconds: float) -> None:
                 rows.append((name, hops, cpu, counts, 100 * matched / max(1, expected * viewers), latencies))
             await publisher.close()
 
-    info = machine()
+    print_machine(started, f"{viewers} viewers per phase, window {seconds:g} s")
     print(
-        f"Machine: {info['cpu']}, {info['cores']} cores; Python {info['python']}, aiortc {info['aiortc']},"
-        f" av {info['av']}; {info['date']}; load average at start {info['load_average_at_start']}"
+        "| viewers on | hops | relays (origin/P2/P3) | origin CPU % | P2 CPU % | P3 CPU % | delivered % |"
+        " latency p50 / p95 ms |"
     )
-    print(
-        "Stream: VP8 640x480 30 fps from a file (encoder target 400 kbps, a keyframe a second);"
-        f" {viewers} viewers per phase, window {seconds:g} s; all on 127.0.0.1;"
-        f" runtime {time.monotonic() - started:.0f} s\n"
-    )
-    print("| viewers on | hops | relays (origin/P2/P3) | origin CPU % | P2 CPU % | P3 CPU % | delivered % |"
-          " latency p50 / p95 ms |")
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     print(f"| (none: idle) | – | 0/0/0 | {idle['origin']:.1f} | {idle['P2']:.1f} | {idle['P3']:.1f} | – | – |")
     p50s = []
@@ -180,12 +205,141 @@ async def run(viewers: int, seconds: float) -> None:
     print(f"- latency a hop adds at p50: {p50s[1] - p50s[0]:.0f} ms (0→1 hop), {p50s[2] - p50s[1]:.0f} ms (1→2 hops)")
 
 
+#: Viewers of each stream on P2, phase by phase (`--relays`).
+PER_STREAM = (1, 2, 3)
+
+
+async def packet_counts(http: aiohttp.ClientSession, url: str) -> tuple[int, int]:
+    """(RTP packets received, RTP packets forwarded) by a hub process so far, from /metrics."""
+    async with http.get(f"{url}/metrics") as r:
+        text = await r.text()
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        values[name.removesuffix("_total")] = value
+    return int(float(values["hub_packets_received"])), int(float(values["hub_packets_forwarded"]))
+
+
+@dataclass
+class RelayPhase:
+    viewers: int
+    relays: int
+    cpu: dict[str, float]
+    #: P2 over the window: CPU seconds, packets received (from the pulls), packets forwarded (to viewers).
+    seconds: float
+    cpu_seconds: float
+    received: int
+    forwarded: int
+
+
+async def relay_phase(
+    http: aiohttp.ClientSession, procs: dict[str, psutil.Process], p2: str, viewers: int, seconds: float
+) -> RelayPhase:
+    relays = (await health(http, p2))["relays"]
+    before, used, start = await packet_counts(http, p2), cpu_seconds(procs["P2"]), time.monotonic()
+    cpu = await measure_all(procs, seconds)
+    after, used, elapsed = await packet_counts(http, p2), cpu_seconds(procs["P2"]) - used, time.monotonic() - start
+    return RelayPhase(viewers, relays, cpu, elapsed, used, after[0] - before[0], after[1] - before[1])
+
+
+async def run_relays(streams: int, seconds: float, reuse: Path | None) -> None:
+    use_addresses(["127.0.0.1"])
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp, redis_server() as redis_url:
+        root = Path(tmp)
+        # Viewers join one by one: on a loaded machine a phase takes well over its window.
+        length = WARMUP + (1 + len(PER_STREAM)) * (2 * SETTLE + 2 * seconds) + 60
+        source = reuse or root / "source.webm"
+        if reuse is None:
+            make_source(source, length)
+        dirs = cluster_dirs(root, ("origin", "p2"))
+        # Every publisher and viewer is the one bench user.
+        env = cluster_env(redis_url) | {"HUB_WHIP_SESSIONS_PER_USER": str(streams)}
+        # P2's pulls outlive its viewers: the last phase measures them alone.
+        env |= {"HUB_RELAY_LINGER_SECONDS": "3600"}
+        async with (
+            running_hub(dirs[0], env) as origin,
+            running_hub(dirs[1], env) as p2,
+            aiohttp.ClientSession() as http,
+        ):
+            procs = {"origin": origin.psutil(), "P2": p2.psutil()}
+            origin.publish(streams, source, length)
+            authorized = aiohttp.ClientSession(headers={"Authorization": f"Bearer {origin.token}"})
+            async with authorized:
+                ids = await origin.wait_for_streams(authorized, streams)
+            await asyncio.sleep(WARMUP)
+            say(f"idle: {seconds:g} s with {streams} publishers on the origin, no viewer")
+            phases = [await relay_phase(http, procs, p2.url, 0, seconds)]
+            sessions: list[bot.Session] = []
+            for per_stream in PER_STREAM:
+                say(f"{per_stream} viewers of each of the {streams} streams on P2")
+                while len(sessions) < per_stream * streams:
+                    stream_id = ids[len(sessions) % streams]
+                    sessions.append(await bot.view(http, p2.url, origin.token, stream_id, kinds=("video",)))
+                await asyncio.sleep(SETTLE)
+                phases.append(await relay_phase(http, procs, p2.url, len(sessions), seconds))
+            for session in sessions:
+                await session.close()
+            await asyncio.sleep(SETTLE)
+            say(f"the {streams} pulls alone on P2, no viewer")
+            alone = await relay_phase(http, procs, p2.url, 0, seconds)
+
+    print_machine(started, f"{streams} streams on the origin, all pulled by P2; window {seconds:g} s per phase")
+    print("| viewers on P2 | relays on P2 | origin CPU % | P2 CPU % | P2 packets/s in | P2 packets/s out |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    for ph in (*phases, alone):
+        print(
+            f"| {ph.viewers} | {ph.relays} | {ph.cpu['origin']:.1f} | {ph.cpu['P2']:.1f} |"
+            f" {ph.received / ph.seconds:.0f} | {ph.forwarded / ph.seconds:.0f} |"
+        )
+    # P2's CPU above idle = r * packets received + f * packets forwarded
+    # (least squares over the phases with viewers). Counting packets, not
+    # seconds, keeps the figures true when a loaded machine starves P2: it
+    # then handles fewer packets, each for about the same CPU. Whatever a
+    # pull costs besides its packets (RTCP, ICE consent) lands in r, and
+    # what a viewer does (its RTCP) in f.
+    idle = phases[0].cpu_seconds / phases[0].seconds
+    rows = [(ph.received, ph.forwarded, ph.cpu_seconds - idle * ph.seconds) for ph in phases[1:]]
+    rr = sum(r * r for r, _, _ in rows)
+    rf = sum(r * f for r, f, _ in rows)
+    ff = sum(f * f for _, f, _ in rows)
+    ry = sum(r * y for r, _, y in rows)
+    fy = sum(f * y for _, f, y in rows)
+    det = rr * ff - rf * rf
+    per_received, per_forwarded = (ry * ff - fy * rf) / det, (fy * rr - ry * rf) / det
+    worst = max(
+        abs(y - per_received * r - per_forwarded * f) / ph.seconds
+        for (r, f, y), ph in zip(rows, phases[1:], strict=True)
+    )
+    print()
+    print(f"- P2's idle: {100 * idle:.2f}% of a core")
+    print(f"- a viewer on P2: {1e6 * per_forwarded:.1f} µs of CPU per packet it is sent")
+    print(
+        f"- a relay on P2: {1e6 * per_received:.1f} µs per packet it pulls,"
+        f" {per_received / per_forwarded:.2f}x a viewer of the same stream"
+    )
+    print(f"- the phases' largest distance from the fit: {100 * worst:.2f}% of a core")
+    # The last phase directly: P2 with the pulls and no viewer, less its idle.
+    pulled = (alone.cpu_seconds - idle * alone.seconds) / max(1, alone.received)
+    print(
+        f"- the pulls alone (last row, less idle): {1e6 * pulled:.1f} µs per packet pulled,"
+        f" {pulled / per_forwarded:.2f}x a viewer; {(alone.cpu['P2'] - 100 * idle) / streams:.2f}% of a core a pull"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--viewers", type=int, default=4, help="viewers per phase (default 4)")
     parser.add_argument("--seconds", type=float, default=10.0, help="measuring window per phase (default 10)")
+    parser.add_argument("--relays", type=int, default=0, metavar="N", help="measure N relays on P2 alone (see above)")
+    parser.add_argument(
+        "--source", type=Path, help="with --relays: an earlier run's source file to send (long enough), not encoded"
+    )
     args = parser.parse_args()
-    asyncio.run(run(args.viewers, args.seconds))
+    if args.relays:
+        asyncio.run(run_relays(args.relays, args.seconds, args.source))
+    else:
+        asyncio.run(run(args.viewers, args.seconds))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from playwright.async_api import Browser
 
 from client import bot
+from client.simulcast import SimulcastVideo
 from hub.config import Settings
 from hub.core.tokens import NODE_SUBJECT, Claims, TokenError, issue, verify
 from hub.media.relay import ABS_SEND_TIME, open_pull
@@ -362,3 +363,75 @@ async def test_a_pull_carries_no_send_times() -> None:
     finally:
         await pc.close()
         await upstream.close()
+
+
+async def test_a_killed_middle_relay_leaves_the_viewers_below_it_watching(
+    three: list[HubProcess], redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    """origin -> middle -> below, and the middle relay is killed: the viewer
+    on `below` is below's own, so below pulls the stream from its host
+    instead and the viewer's session goes on, with every frame as sent; so
+    does a viewer of a simulcast stream (its layers pulled anew)."""
+    host = three[0]
+    token = host.sign("m-cluster-middle", "zhaduo", "mediator")
+    video = bot.SyntheticVideo("vp8", 160, 120, 15)
+    async with AsyncExitStack() as stack, extra_hub(three, redis_url) as middle:
+        below = start_hub(host.data, "--redis", redis_url, env=cluster_env(HUB_UPSTREAM=middle.url))
+        stack.callback(below.stop)
+        publisher = await bot.publish(http, host.url, token, "site-zhaduo", [video])
+        stack.push_async_callback(publisher.close)
+        layered = SimulcastVideo("vp8", 320, 240, 15)
+        simulcast = await bot.publish(http, host.url, token, "site-zhaduo", [layered])
+        stack.push_async_callback(simulcast.close)
+        viewer = await bot.view(http, below.url, token, publisher.resource_id, kinds=("video",))
+        stack.push_async_callback(viewer.pc.close)
+        layered_viewer = await bot.view(http, below.url, token, simulcast.resource_id, kinds=("video",))
+        stack.push_async_callback(layered_viewer.pc.close)
+        log, layered_log = viewer.logs["video"], layered_viewer.logs["video"]
+        await wait_until(lambda: log.first_keyframe_at is not None and layered_log.first_keyframe_at is not None, 20)
+        await frames_flow(log)
+        assert (await health(http, middle))["relays"] == 2 and (await health(http, below))["relays"] == 2
+        assert (await health(http, host))["subscriptions"] == 2  # the middle's pulls
+
+        kill(middle)
+        killed_at, before = time.monotonic(), len(log.frames)
+        # Frames again within the node TTL, two sweeps and a new pull; ICE consent
+        # alone would end the viewer's session after 30 s.
+        layered_before = len(layered_log.frames)
+        await frames_flow(log, timeout=4 * NODE_TTL + 10)
+        assert time.monotonic() - killed_at < 4 * NODE_TTL + 10
+        await wait_until(lambda: len(layered_log.frames) >= layered_before + 10, 10)
+        assert viewer.pc.connectionState == "connected" and layered_viewer.pc.connectionState == "connected"
+        # below now pulls from the host, which has ended the dead middle's pulls.
+        await wait_until_counts(http, host, timeout=3 * NODE_TTL + 5, subscriptions=2)
+        assert (await health(http, below))["relays"] == 2
+        await frames_flow(log)
+        sent = {key for layer in layered.layers.values() for key in layer.sent}
+        assert all(f.key in sent for f in layered_log.frames), "a simulcast frame that no layer sent"
+        await layered_viewer.close()
+        await simulcast.close()
+        got = await delivered(video, viewer)
+        assert got.unknown == 0 and got.in_order, got
+        # Frames sent after the kill came through the new pull (every frame is a known one).
+        after = [f for f in log.frames[before:] if video.sent[f.key].sent_at > killed_at]
+        assert after[0].keyframe, "the new run of packets starts at a keyframe"
+        assert len(after) >= 15
+        # One run of sequence numbers for the viewer across both pulls: a jump
+        # would count tens of thousands of packets lost.
+        stats = await viewer.pc.getStats()
+        lost = [s.packetsLost for s in stats.values() if s.type == "inbound-rtp"]
+        assert lost and max(lost) < 200, lost
+        await viewer.close()
+        await wait_until_counts(http, below, relays=0, subscriptions=0)
+
+        # A new viewer on below, its upstream still dead: pulled from the host at once.
+        again = await bot.view(http, below.url, token, publisher.resource_id, kinds=("video",))
+        stack.push_async_callback(again.pc.close)
+        await wait_until(lambda: again.logs["video"].first_keyframe_at is not None, 20)
+        await frames_flow(again.logs["video"])
+        got = await delivered(video, again)
+        assert got.unknown == 0 and got.in_order, got
+        await again.close()
+        await publisher.close()
+        await wait_until_counts(http, below, relays=0, subscriptions=0)
+    await no_pulls(http, three)

@@ -244,18 +244,37 @@ async def test_a_killed_host_ends_the_relayed_viewers(cluster, redis_url: str, t
 async def test_a_pull_that_fails_answers_502_and_leaves_nothing(cluster, redis_url: str, http):
     origin = cluster["origin"]
     # Its upstream is a port nobody listens on.
-    stranded = start_hub(origin.data, "--redis", redis_url, env=cluster_env(HUB_UPSTREAM=f"http://127.0.0.1:{free_port()}"))
+    stranded = start_hub(
+        origin.data, "--redis", redis_url, env=cluster_env(HUB_UPSTREAM=f"http://127.0.0.1:{free_port()}")
+    )
+    # A host whose public URL (its node_url: where others pull from) nobody listens on either.
+    unlisted = start_hub(
+        origin.data, "--redis", redis_url, env=cluster_env(HUB_PUBLIC_URL=f"http://127.0.0.1:{free_port()}")
+    )
     token = origin.sign("m-relay5", "heping", "mediator")
     publisher = await bot.publish(http, origin.url, token, "site-heping", [bot.SyntheticVideo("vp8", 160, 120, 15)])
+    hidden = await bot.publish(http, unlisted.url, token, "site-heping", [bot.SyntheticVideo("vp8", 160, 120, 15)])
     try:
+        # The upstream does not give the stream: it is pulled from its host instead.
+        viewer = await bot.view(http, stranded.url, token, publisher.resource_id, kinds=("video",))
+        await wait_until(lambda: viewer.logs["video"].first_keyframe_at is not None, 20)
+        assert (await health(http, stranded))["relays"] == 1
+        assert (await health(http, origin))["subscriptions"] == 1
+        await viewer.close()
+        await wait_until_counts(http, stranded, relays=0, subscriptions=0)
+
+        # Neither the upstream nor the host can be reached: 502, and nothing is left behind.
         with pytest.raises(bot.ClientError, match="502") as refused:
-            await bot.view(http, stranded.url, token, publisher.resource_id, kinds=("video",))
+            await bot.view(http, stranded.url, token, hidden.resource_id, kinds=("video",))
         assert "could not be reached" in str(refused.value)
         counts = await health(http, stranded)
         assert counts["relays"] == 0 and counts["subscriptions"] == 0
         assert (await health(http, origin))["subscriptions"] == 0
+        assert (await health(http, unlisted))["subscriptions"] == 0
     finally:
+        await hidden.close()
         await publisher.close()
+        unlisted.stop()
         stranded.stop()
 
 

@@ -41,9 +41,10 @@ class Cluster:
             self._http = aiohttp.ClientSession(timeout=self._timeout)
         return self._http
 
-    def upstream(self, stream: Stream) -> WhepUpstream:
-        """The hub to pull `stream` from: the configured upstream, else its host."""
-        base = self.upstream_url or stream["node_url"].rstrip("/")
+    def upstream(self, stream: Stream, direct: bool = False) -> WhepUpstream:
+        """The hub to pull `stream` from: the configured upstream, else (or
+        if `direct`) its host."""
+        base = (not direct and self.upstream_url) or stream["node_url"].rstrip("/")
         return WhepUpstream(self._session(), URL(f"{base}/whep/{stream['id']}"), self._token)
 
     @contextlib.asynccontextmanager
@@ -79,6 +80,11 @@ class WhepUpstream:
         self.url = url
         self._token = token
         self._location: URL | None = None
+
+    @property
+    def session_id(self) -> str | None:
+        """The pull's subscription id at the upstream hub, once answered (it names that hub process)."""
+        return self._location.name if self._location is not None else None
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token()}"}

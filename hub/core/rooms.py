@@ -19,7 +19,7 @@ from typing import Any
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from hub.core.access import Forbidden, can_enter_room, can_reach_site
-from hub.core.cluster import Cluster
+from hub.core.cluster import Cluster, WhepUpstream
 from hub.core.livestate import ActFailed, LiveState, NodeUnreachable, Unavailable
 from hub.core.quotas import Limits, QuotaExceeded
 from hub.core.records import Event, Participant, Room, RoomDetail, RoomSummary, Stream
@@ -116,6 +116,8 @@ class Rooms:
         self._relayed: dict[str, Stream] = {}
         #: Processes whose pulls from here outlived their heartbeat at the last sweep.
         self._missing_pullers: set[str] = set()
+        #: Upstream hub processes (relays) this process pulls from, missing at the last sweep.
+        self._missing_upstreams: set[str] = set()
         #: Room kind -> its publish guard; a feature registers one for its rooms (training).
         self.publish_guards: dict[str, PublishGuard] = {}
         router.on_stream_ended = self._stream_ended
@@ -644,7 +646,7 @@ class Rooms:
             return {}
         cluster = self.cluster
         try:
-            await self._router.pull(stream["id"], list(stream["tracks"]), lambda: cluster.upstream(stream))
+            await self._pull(cluster, stream)
         except RelayError as exc:
             log.warning("stream %s could not be pulled here: %s", stream["id"], exc)
             return {}
@@ -652,6 +654,25 @@ class Rooms:
             return {}
         self._relayed[stream["id"]] = stream
         return self._router.tracks(stream["id"], relayed=True)
+
+    async def _pull(self, cluster: Cluster, stream: Stream) -> None:
+        """Have the stream here (Router.pull: once), pulled through the
+        configured upstream hub, or from its host when there is none or it
+        does not give the stream (a dead relay between: for streams already
+        pulled through it, the sweep does the same)."""
+        kinds = list(stream["tracks"])
+        try:
+            await self._router.pull(stream["id"], kinds, lambda: cluster.upstream(stream))
+        except RelayError as exc:
+            if cluster.upstream_url in (None, stream["node_url"].rstrip("/")):
+                raise
+            log.warning(
+                "stream %s could not be pulled through %s (%s): pulling it from its host",
+                stream["id"],
+                cluster.upstream_url,
+                exc,
+            )
+            await self._router.pull(stream["id"], kinds, lambda: cluster.upstream(stream, direct=True))
 
     def media_counts(self) -> dict[str, int]:
         """Streams and subscriptions hosted by this process."""
@@ -686,7 +707,7 @@ class Rooms:
         with contextlib.nullcontext() if node else self._admit("whep", claims.user, stream["room_id"]):
             if self.cluster is not None and not self._router.hosts(stream_id):
                 cluster = self.cluster
-                await self._router.pull(stream_id, list(stream["tracks"]), lambda: cluster.upstream(stream))
+                await self._pull(cluster, stream)
                 if self._router.relays(stream_id):
                     self._relayed[stream_id] = stream
             subscription, answer = await self._router.view(stream_id, offer, claims.user)
@@ -802,6 +823,7 @@ class Rooms:
             if relayed["node"] not in alive and await self.state.get_stream(stream_id) is None:
                 await self._router.end_stream(stream_id)
         await self._end_dead_pulls(alive)
+        await self._bypass_dead_upstreams(alive)
         return swept
 
     async def _end_dead_pulls(self, alive: set[str]) -> None:
@@ -820,6 +842,36 @@ class Rooms:
             else:
                 missing.add(node)
         self._missing_pullers = missing
+
+    async def _bypass_dead_upstreams(self, alive: set[str]) -> None:
+        """Pull anew, from its host, each stream this process relays through
+        an upstream hub (HUB_UPSTREAM: itself a relay) that died while the
+        host lives: the viewers here are this process's, and go on (a
+        relay's death ends only its own viewers' sessions). Nothing else
+        would notice before ICE consent runs out, 30 s without media. As
+        for the pulls of dead processes, missing at two sweeps means gone."""
+        cluster = self.cluster
+        if cluster is None:
+            return
+        missing: set[str] = set()
+        for stream_id, relayed in tuple(self._relayed.items()):
+            upstream = self._router.upstream(stream_id)
+            session = upstream.session_id if isinstance(upstream, WhepUpstream) else None
+            node = node_of_session(session) if session is not None else None
+            if node is None or node in alive or node == relayed["node"] or relayed["node"] not in alive:
+                continue  # pulled from the host itself: when it dies, so does the stream
+            if node not in self._missing_upstreams:
+                missing.add(node)
+                continue
+            stream = await self.state.get_stream(stream_id)
+            if stream is None:
+                continue
+            log.info("hub process %s, the upstream of stream %s, is gone: pulling it from its host", node, stream_id)
+            try:
+                await self._router.repull(stream_id, lambda stream=stream: cluster.upstream(stream, direct=True))
+            except RelayError as exc:
+                log.warning("stream %s could not be pulled from its host: %s; its viewers here end", stream_id, exc)
+        self._missing_upstreams = missing
 
     async def restore(self) -> None:
         """Make shared live state hold what this process hosts again, after an

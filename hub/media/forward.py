@@ -257,6 +257,10 @@ def offered_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters
     return [c for c in transceiver._codecs if not is_rtx(c)]
 
 
+async def _ignore_rtp(packet: RtpPacket, arrival_time_ms: int) -> None:
+    """A receiver's RTP handler once its source has taken another receiver."""
+
+
 class TrackSource:
     """One published track: receives its RTP packets and fans them out.
 
@@ -283,8 +287,18 @@ class TrackSource:
         self._pending_keyframe: asyncio.TimerHandle | None = None
         self.keyframe_requests = 0
         if receiver is not None:
-            receiver._handle_rtp_packet = self._handle_rtp_packet  # type: ignore[method-assign]
-            door.take_rtp(receiver, self.receive)
+            self.take(receiver)
+
+    def take(self, receiver: RTCRtpReceiver) -> None:
+        """Take packets from `receiver`, and none from the one before: a
+        relay pulled again keeps its sources, and with them its viewers."""
+        previous, self._receiver = self._receiver, receiver
+        if previous is not None and previous is not receiver:
+            previous._handle_rtp_packet = _ignore_rtp  # type: ignore[method-assign]
+            door.take_rtp(previous, lambda packet, arrival_time_ms: None)
+        self._media_ssrc = None  # a keyframe request waits for the new run's first packet
+        receiver._handle_rtp_packet = self._handle_rtp_packet  # type: ignore[method-assign]
+        door.take_rtp(receiver, self.receive)
 
     @property
     def mime_type(self) -> str:

@@ -198,7 +198,11 @@ class SimulcastSource(TrackSource):
 
     def __init__(self, receiver: RTCRtpReceiver, offer: SimulcastOffer, keyframe_interval: float) -> None:
         super().__init__(receiver, "video", keyframe_interval)
-        self._layers = {rid: Layer(rid, i, keyframe_interval, self._pli) for i, rid in enumerate(offer.rids)}
+        self._start({rid: Layer(rid, i, keyframe_interval, self._pli) for i, rid in enumerate(offer.rids)})
+
+    def _start(self, layers: dict[str, Layer]) -> None:
+        """Its layers, none sent yet (a publisher's, or a relay's pulled ones)."""
+        self._layers = layers
         self._by_ssrc: dict[int, Layer] = {}
         self._order: list[Layer] = []
         #: When packets came again after the whole stream was silent (monotonic): a publisher short
@@ -308,15 +312,20 @@ class PulledSimulcast(SimulcastSource):
 
     def __init__(self, receivers: list[tuple[str, RTCRtpReceiver]], keyframe_interval: float) -> None:
         TrackSource.__init__(self, None, "video", keyframe_interval)
-        self._layers: dict[str, Layer] = {
-            rid: PulledLayer(self, rid, i, receiver) for i, (rid, receiver) in enumerate(receivers)
-        }
-        self._by_ssrc: dict[int, Layer] = {}
-        self._order: list[Layer] = []
+        self._start({rid: PulledLayer(self, rid, i, receiver) for i, (rid, receiver) in enumerate(receivers)})
 
     def request_keyframe(self) -> None:
         if self._order:
             self._order[-1].request_keyframe()  # its own sinks get the top layer
+
+    def take_layers(self, receivers: list[tuple[str, RTCRtpReceiver]]) -> bool:
+        """A relay pulled anew: each layer takes the new pull's receiver of
+        its rid (TrackSource.take); False, taking none, if the layers differ."""
+        if sorted(rid for rid, _ in receivers) != sorted(self._layers):
+            return False
+        for rid, receiver in receivers:
+            self._layers[rid].take(receiver)
+        return True
 
 
 def name_layers(sdp: str, rids: dict[str, str]) -> str:

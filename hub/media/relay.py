@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 from typing import Protocol
 
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 
 from hub.media.forward import TrackSource, offered_codecs
 from hub.media.layers import MAX_LAYERS, PulledSimulcast, named_layers
@@ -69,9 +70,14 @@ async def open_pull(
     upstream: Upstream,
     keyframe_interval: float,
     connect_timeout: float,
+    sources: Mapping[str, TrackSource] | None = None,
 ) -> tuple[RTCPeerConnection, dict[str, TrackSource]]:
     """Pull `kinds` of a stream from `upstream`, connected (ICE + DTLS), its
-    tracks ready to fan out; anything that fails closes both ends."""
+    tracks ready to fan out; anything that fails closes both ends.
+
+    With `sources` (a relay pulled anew) those sources take the new pull's
+    receivers before any packet arrives, so that its first packet, a
+    keyframe (the upstream starts a new viewer at one), reaches their sinks."""
     pc = RTCPeerConnection(configuration)
     state = asyncio.Event()
 
@@ -96,34 +102,52 @@ async def open_pull(
             await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         except Exception as exc:  # aiortc reports bad SDP with assorted errors
             raise RelayError(f"the upstream hub's answer does not apply: {exc}") from exc
-        sources: dict[str, TrackSource] = {}
+        pulled: dict[str, TrackSource] = {}
         rids = named_layers(answer)
-        pulled = []
+        layers: list[tuple[str, RTCRtpReceiver]] = []
         for transceiver in pc.getTransceivers():
             codecs = offered_codecs(transceiver)
-            if transceiver.currentDirection != "recvonly" or not codecs or transceiver.kind in sources:
+            kind = transceiver.kind
+            if transceiver.currentDirection != "recvonly" or not codecs or kind in pulled:
                 continue  # the stream has no such track (or layer)
             if transceiver.mid in rids:
-                pulled.append((rids[transceiver.mid], transceiver.receiver))
-                if len(pulled) < len(rids):
+                layers.append((rids[transceiver.mid], transceiver.receiver))
+                if len(layers) < len(rids):
                     continue
-                source: TrackSource = PulledSimulcast(pulled, keyframe_interval)
+                source = _layered(layers, keyframe_interval, sources)
+            elif sources is None:
+                source = TrackSource(transceiver.receiver, kind, keyframe_interval)
+            elif kind in sources:
+                source = sources[kind]
+                source.take(transceiver.receiver)
             else:
-                source = TrackSource(transceiver.receiver, transceiver.kind, keyframe_interval)
+                continue
             # The upstream answered with exactly the stream's codec (restrict_codecs).
             source.codec = codecs[0]
-            sources[transceiver.kind] = source
-        if not sources:
-            raise RelayError("the upstream hub's answer carries no track")
+            pulled[kind] = source
+        if not pulled or (sources is not None and pulled.keys() != sources.keys()):
+            raise RelayError("the upstream hub's answer does not carry the stream's tracks")
         try:
             await asyncio.wait_for(state.wait(), connect_timeout)
         except TimeoutError:
             raise RelayError(f"the pull did not connect within {connect_timeout:g} s") from None
         if pc.connectionState != "connected":
             raise RelayError(f"the pull's connection {pc.connectionState}")
-        return pc, sources
+        return pc, pulled
     except BaseException:
         await pc.close()
         with contextlib.suppress(Exception):
             await upstream.close()
         raise
+
+
+def _layered(
+    layers: list[tuple[str, RTCRtpReceiver]], keyframe_interval: float, sources: Mapping[str, TrackSource] | None
+) -> TrackSource:
+    """The source of a pull's simulcast layers: a new one, or the relay's own, its layers taking the new receivers."""
+    if sources is None:
+        return PulledSimulcast(layers, keyframe_interval)
+    source = sources.get("video")
+    if not isinstance(source, PulledSimulcast) or not source.take_layers(layers):
+        raise RelayError("the upstream hub's answer does not carry the stream's layers")
+    return source

@@ -214,6 +214,11 @@ class Router:
         producer = self._producers.get(stream_id)
         return producer is not None and producer.upstream is not None
 
+    def upstream(self, stream_id: str) -> Upstream | None:
+        """The hub this process pulls a relayed stream from (None: not relayed here)."""
+        producer = self._producers.get(stream_id)
+        return producer.upstream if producer is not None else None
+
     def _hosted(self, stream_id: str) -> Producer | None:
         producer = self._producers.get(stream_id)
         return producer if producer is not None and producer.upstream is None else None
@@ -364,9 +369,57 @@ class Router:
         )
         producer = Producer(id=stream_id, pc=pc, sources=sources, upstream=upstream)
         self._producers[stream_id] = producer
-        self._watch(pc, lambda: self.end_stream(stream_id))
+        self._watch(pc, lambda: self._pull_lost(producer, pc))
         self._linger(producer)  # until its first viewer is answered
         log.info("relaying stream %s (%s)", stream_id, ", ".join(sorted(sources)))
+
+    async def _pull_lost(self, producer: Producer, pc: RTCPeerConnection) -> None:
+        """A pull's connection failed or closed: its relay ends, unless it pulls anew already."""
+        if producer.pc is pc:
+            await self.end_stream(producer.id)
+
+    async def repull(self, stream_id: str, connect: Callable[[], Upstream]) -> bool:
+        """Pull a relayed stream anew, from the hub `connect` reaches (its
+        upstream hub died): the relay's sources stay, and with them its
+        viewers and sinks, fed by the new pull from its first packet - a new
+        run of packets, as from a restarted source (new SSRC: each viewer's
+        numbers go on, hub.media.forward.SeqMap). False if the stream is not
+        relayed here; a new pull that fails ends the relay, as the dead one would."""
+        producer = self._producers.get(stream_id)
+        if producer is None or producer.upstream is None:
+            return False
+        old_pc, old_upstream = producer.pc, producer.upstream
+        upstream = connect()
+        try:
+            pc, _ = await open_pull(
+                self._configuration,
+                list(producer.sources),
+                upstream,
+                self._keyframe_interval,
+                self._connect_timeout,
+                producer.sources,
+            )
+        except Exception:
+            await self.end_stream(stream_id)
+            raise
+        if self._producers.get(stream_id) is not producer:  # it ended meanwhile
+            await pc.close()
+            await upstream.close()
+            return False
+        producer.pc, producer.upstream = pc, upstream
+        self._watch(pc, lambda: self._pull_lost(producer, pc))
+        # Not awaited: the old upstream is most likely gone, its DELETE may wait out a timeout.
+        task = asyncio.ensure_future(self._close_pull(old_pc, old_upstream))
+        self._expiring.add(task)
+        task.add_done_callback(self._expiring.discard)
+        log.info("relaying stream %s through a new pull", stream_id)
+        return True
+
+    @staticmethod
+    async def _close_pull(pc: RTCPeerConnection | None, upstream: Upstream) -> None:
+        if pc is not None:
+            await pc.close()
+        await upstream.close()
 
     def _linger(self, producer: Producer) -> None:
         """End a relay with no local viewer after the linger, unless one comes."""
