@@ -17,7 +17,6 @@ import aiohttp
 from aioice import stun
 from aioice.ice import CandidatePair
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.rtp import RtpPacket
 
 from client import bot
 from hub.media import door
@@ -26,6 +25,7 @@ from hub.media.ice import use_addresses
 from hub.media.router import Router
 
 from .conftest import HubProcess, wait_until
+from .peers import publish_and_view, tap_rtp
 from .test_seqmap import LosingSrtp
 
 _CANDIDATE = re.compile(r"^a=candidate:\S+ \d+ udp \d+ (\S+) (\d+) typ", re.MULTILINE | re.IGNORECASE)
@@ -202,13 +202,7 @@ async def test_a_hub_receivers_rtp_skips_aiortcs_queue_and_a_plain_receivers_kee
     queued: dict[str, int] = {"hub": 0, "viewer": 0}
 
     def count(receiver, name: str) -> None:  # type: ignore[no-untyped-def]
-        handle = receiver._handle_rtp_packet
-
-        async def arrive(packet: RtpPacket, arrival_time_ms: int) -> None:
-            queued[name] += 1
-            await handle(packet, arrival_time_ms)
-
-        receiver._handle_rtp_packet = arrive
+        tap_rtp(receiver, lambda _: queued.__setitem__(name, queued[name] + 1))
 
     count(viewer_receiver, "viewer")
     try:
@@ -266,23 +260,11 @@ async def test_media_from_another_pair_of_the_peer_is_taken():
     publisher.addTransceiver(video, direction="sendonly").sender._send_keyframe = video.request_keyframe  # type: ignore[method-assign]
     viewer = RTCPeerConnection(bot.NO_ICE_SERVERS)
     viewer_receiver = viewer.addTransceiver("video", direction="recvonly").receiver
-    arrived = 0
-    handle = viewer_receiver._handle_rtp_packet
-
-    async def arrive(packet: RtpPacket, arrival_time_ms: int) -> None:
-        nonlocal arrived
-        arrived += 1
-        await handle(packet, arrival_time_ms)
-
-    viewer_receiver._handle_rtp_packet = arrive  # type: ignore[method-assign]
+    arrived: list[int] = []
+    tap_rtp(viewer_receiver, lambda packet: arrived.append(packet.sequence_number))
     try:
-        await publisher.setLocalDescription(await publisher.createOffer())
-        stream, answer = await router.publish(publisher.localDescription.sdp)
-        await publisher.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-        await viewer.setLocalDescription(await viewer.createOffer())
-        _, answer = await router.view(stream.id, viewer.localDescription.sdp, "viewer")
-        await viewer.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-        await wait_until(lambda: arrived > 20, timeout=30)
+        await publish_and_view(router, publisher, viewer)
+        await wait_until(lambda: len(arrived) > 20, timeout=30)
 
         ice = publisher.getTransceivers()[0].sender.transport.transport._connection
         nominated = ice._nominated[1]
@@ -294,8 +276,8 @@ async def test_media_from_another_pair_of_the_peer_is_taken():
         assert ice.remote_password is not None
         await other.request(check, switched.remote_addr, integrity_key=ice.remote_password.encode("utf8"))
         ice._nominated[1] = switched  # from now on the publisher sends from its other socket
-        refused, before = COUNTERS.datagrams_refused, arrived
-        await wait_until(lambda: arrived > before + 60, timeout=15)
+        refused, before = COUNTERS.datagrams_refused, len(arrived)
+        await wait_until(lambda: len(arrived) > before + 60, timeout=15)
         assert COUNTERS.datagrams_refused == refused
     finally:
         use_addresses(["127.0.0.1"])
@@ -316,12 +298,7 @@ async def test_a_viewers_rtcp_skips_aiortcs_queue_and_still_gets_nacks_and_keyfr
     viewer = RTCPeerConnection(bot.NO_ICE_SERVERS)
     viewer_receiver = viewer.addTransceiver("video", direction="recvonly").receiver
     try:
-        await publisher.setLocalDescription(await publisher.createOffer())
-        stream, answer = await router.publish(publisher.localDescription.sdp)
-        await publisher.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-        await viewer.setLocalDescription(await viewer.createOffer())
-        subscription, answer = await router.view(stream.id, viewer.localDescription.sdp, "viewer")
-        await viewer.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        stream, subscription = await publish_and_view(router, publisher, viewer)
         consumer = router._consumers[subscription.id]
         sink = consumer.sinks["video"]
         sender = consumer.pc.getTransceivers()[0].sender

@@ -34,6 +34,20 @@ def rid(layer: layers.Layer | None) -> str | None:
     return layer.rid if layer is not None else None
 
 
+def congested_then_calm(switch: LayerSwitch, tile: Tile, now: float = 100.0) -> float:
+    """Congestion takes the switch down to q, then the link is calm again: when the probe that
+    comes after the hold starts."""
+    switch.tile = tile
+    switch.estimate, switch.loss = 200_000, 0.05
+    assert rid(switch._choose(now)) == "q"
+    switch.current, switch._switched_at = switch.source.layer("q"), now
+    switch.estimate, switch.loss = 2_000_000, 0.0
+    probed = now + layers.UP_HOLD + 0.1
+    switch._choose(probed)
+    assert switch.probe is not None
+    return probed
+
+
 async def test_the_tile_size_picks_the_smallest_layer_that_fills_it() -> None:
     switch = await switch_on("f")
     try:
@@ -78,14 +92,7 @@ async def test_congestion_lowers_the_layer_and_a_climb_waits_for_a_probe() -> No
 async def test_a_probe_the_viewer_reports_lost_keeps_the_layer_and_waits_longer() -> None:
     switch = await switch_on("f")
     try:
-        switch.tile = Tile(640, 480)
-        now = 100.0
-        switch.estimate, switch.loss = 200_000, 0.05
-        assert rid(switch._choose(now)) == "q"
-        switch.current, switch._switched_at = switch.source.layer("q"), now
-        switch.estimate, switch.loss = 2_000_000, 0.0
-        probed = now + layers.UP_HOLD + 0.1
-        switch._choose(probed)
+        probed = congested_then_calm(switch, Tile(640, 480))
         probe = switch.probe
         assert probe is not None
         # NACKs for more than LOSSY of the step's packets: the link does not carry h.
@@ -183,14 +190,7 @@ async def test_a_layer_silent_while_others_send_is_paused_but_a_stall_pauses_non
 async def test_a_climb_that_meets_heavy_loss_goes_back_at_once() -> None:
     switch = await switch_on("h")
     try:
-        switch.tile = Tile(320, 240)
-        now = 100.0
-        switch.estimate, switch.loss = 200_000, 0.05
-        assert rid(switch._choose(now)) == "q"
-        switch.current, switch._switched_at = switch.source.layer("q"), now
-        switch.estimate, switch.loss = 2_000_000, 0.0
-        probed = now + layers.UP_HOLD + 0.1
-        switch._choose(probed)
+        probed = congested_then_calm(switch, Tile(320, 240))
         assert rid(switch._choose(probed + layers.PROBE_STEP)) == "h"
         climbed = probed + layers.PROBE_STEP + 0.5
         switch.current, switch._switched_at = switch.source.layer("h"), climbed

@@ -8,7 +8,6 @@ from collections.abc import Awaitable, Callable
 import pylibsrtp
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.rtp import RtpPacket
 from pylibsrtp import Session
 
 from client import bot
@@ -17,6 +16,7 @@ from hub.media.forward import HISTORY, SeqMap
 from hub.media.router import Router, StreamMedia, SubscriptionMedia
 
 from .conftest import wait_until
+from .peers import tap_rtp
 
 SSRC = 1234
 
@@ -144,13 +144,7 @@ async def test_real_viewer_sees_no_gap_after_a_keyframe_wait_and_its_nack_is_ans
     receiver = viewer.addTransceiver("video", direction="recvonly").receiver
 
     received: list[int] = []
-    handle = receiver._handle_rtp_packet
-
-    async def arrive(packet: RtpPacket, arrival_time_ms: int) -> None:
-        received.append(packet.sequence_number)
-        await handle(packet, arrival_time_ms)
-
-    receiver._handle_rtp_packet = arrive  # type: ignore[method-assign]
+    tap_rtp(receiver, lambda packet: received.append(packet.sequence_number))
     streams: list[StreamMedia] = []
     subscriptions: list[SubscriptionMedia] = []
 

@@ -13,7 +13,6 @@ import cv2
 import numpy as np
 import pytest
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
-from aiortc.rtp import RtpPacket
 
 from client import bot
 from client.simulcast import SimulcastVideo
@@ -22,6 +21,7 @@ from hub.media.layers import RID_URI
 from hub.media.router import Router, StreamMedia, SubscriptionMedia
 
 from .conftest import HubProcess, start_hub, wait_until
+from .peers import tap_rtp
 
 ROOM = "site-rianxiuma"
 
@@ -273,14 +273,10 @@ async def test_a_probes_padding_leaves_the_viewers_frames_and_sequence_whole():
     log = bot.TrackLog("video")
     bot.record_receiver(receiver, log, decode=True)
     padding: list[int] = []
-    handle = receiver._handle_rtp_packet
-
-    async def arrive(packet: RtpPacket, arrival_time_ms: int) -> None:
-        if packet.padding_size and not packet.payload:
-            padding.append(packet.sequence_number)
-        await handle(packet, arrival_time_ms)
-
-    receiver._handle_rtp_packet = arrive  # type: ignore[method-assign]
+    tap_rtp(
+        receiver,
+        lambda packet: padding.append(packet.sequence_number) if packet.padding_size and not packet.payload else None,
+    )
     streams: list[StreamMedia] = []
     subscriptions: list[SubscriptionMedia] = []
 

@@ -14,7 +14,7 @@ import aiohttp
 import av
 import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.rtp import RTCP_PSFB_APP, AnyRtcpPacket, RtcpPsfbPacket, RtcpRrPacket, RtpPacket, pack_remb_fci
+from aiortc.rtp import RTCP_PSFB_APP, AnyRtcpPacket, RtcpPsfbPacket, RtcpRrPacket, pack_remb_fci
 
 from client import bot
 from client.simulcast import LayerSpec, SimulcastVideo
@@ -24,6 +24,7 @@ from hub.media.router import Router
 from hub.media.temporal import TOP, TemporalFilter, vp8_temporal
 
 from .conftest import HubProcess, wait_until
+from .peers import tap_rtp
 
 ROOM = "site-rianxiuma"
 WIDTH, HEIGHT = 320, 240
@@ -97,13 +98,7 @@ class Viewer:
         self.errors: list[str] = []
         self.nacks = 0
         self._decoder = av.CodecContext.create("vp8", "r")
-        handle = receiver._handle_rtp_packet
-
-        async def arrive(packet: RtpPacket, arrival_time_ms: int) -> None:
-            self.numbers.append(packet.sequence_number)
-            await handle(packet, arrival_time_ms)
-
-        receiver._handle_rtp_packet = arrive  # type: ignore[method-assign]
+        tap_rtp(receiver, lambda packet: self.numbers.append(packet.sequence_number))
         send_nack = receiver._send_rtcp_nack
 
         async def nack(media_ssrc: int, lost: list[int]) -> None:
@@ -309,6 +304,7 @@ async def test_the_api_and_metrics_show_the_temporal_layer(hub: HubProcess, http
         stream = publisher.resource_id
         viewer = await bot.view(http, hub.url, operator, stream, kinds=("video",))
         try:
+
             async def state() -> dict[str, Any]:
                 async with http.get(viewer.location, headers=bot._auth(viewer.token)) as r:
                     assert r.status == 200, await r.text()
