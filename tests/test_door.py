@@ -22,10 +22,9 @@ from client import bot
 from hub.media import door
 from hub.media.counters import COUNTERS
 from hub.media.ice import use_addresses
-from hub.media.router import Router
 
 from .conftest import HubProcess, wait_until
-from .peers import publish_and_view, tap_rtp
+from .peers import in_process, publish_and_view, tap_rtp
 from .test_seqmap import LosingSrtp
 
 _CANDIDATE = re.compile(r"^a=candidate:\S+ \d+ udp \d+ (\S+) (\d+) typ", re.MULTILINE | re.IGNORECASE)
@@ -193,12 +192,8 @@ async def test_a_hub_receivers_rtp_skips_aiortcs_queue_and_a_plain_receivers_kee
     directly (not through aiortc's queue and coroutines), with aiortc's
     statistics kept and a lost packet NACKed; a plain aiortc viewer in the
     same process still gets its packets through aiortc's own path."""
-    router = Router(None, max_backlog=1 << 20, keyframe_interval=0.5, ice_servers=[], connect_timeout=10.0)
-    video = bot.SyntheticVideo("vp8", 160, 120, 30)
-    publisher = RTCPeerConnection(bot.NO_ICE_SERVERS)
-    publisher.addTransceiver(video, direction="sendonly").sender._send_keyframe = video.request_keyframe  # type: ignore[method-assign]
-    viewer = RTCPeerConnection(bot.NO_ICE_SERVERS)
-    viewer_receiver = viewer.addTransceiver("video", direction="recvonly").receiver
+    router, video, publisher, viewer = in_process()
+    viewer_receiver = viewer.getReceivers()[0]
     queued: dict[str, int] = {"hub": 0, "viewer": 0}
 
     def count(receiver, name: str) -> None:  # type: ignore[no-untyped-def]
@@ -254,12 +249,8 @@ async def test_media_from_another_pair_of_the_peer_is_taken():
     from the new one), and the viewer keeps getting the stream. The door refused them once: a
     browser's session never finished its DTLS handshake, or its video stopped."""
     use_addresses(["127.0.0.1", "127.0.0.2"])  # two host candidates on each side
-    router = Router(None, max_backlog=1 << 20, keyframe_interval=0.5, ice_servers=[], connect_timeout=10.0)
-    video = bot.SyntheticVideo("vp8", 160, 120, 30)
-    publisher = RTCPeerConnection(bot.NO_ICE_SERVERS)
-    publisher.addTransceiver(video, direction="sendonly").sender._send_keyframe = video.request_keyframe  # type: ignore[method-assign]
-    viewer = RTCPeerConnection(bot.NO_ICE_SERVERS)
-    viewer_receiver = viewer.addTransceiver("video", direction="recvonly").receiver
+    router, video, publisher, viewer = in_process()
+    viewer_receiver = viewer.getReceivers()[0]
     arrived: list[int] = []
     tap_rtp(viewer_receiver, lambda packet: arrived.append(packet.sequence_number))
     try:
@@ -291,12 +282,8 @@ async def test_a_viewers_rtcp_skips_aiortcs_queue_and_still_gets_nacks_and_keyfr
     hub's sender from the socket directly, not through aiortc's queue and
     the DTLS transport's task; its NACK is still answered and its PLI still
     becomes a keyframe request to the publisher."""
-    router = Router(None, max_backlog=1 << 20, keyframe_interval=0.5, ice_servers=[], connect_timeout=10.0)
-    video = bot.SyntheticVideo("vp8", 160, 120, 30)
-    publisher = RTCPeerConnection(bot.NO_ICE_SERVERS)
-    publisher.addTransceiver(video, direction="sendonly").sender._send_keyframe = video.request_keyframe  # type: ignore[method-assign]
-    viewer = RTCPeerConnection(bot.NO_ICE_SERVERS)
-    viewer_receiver = viewer.addTransceiver("video", direction="recvonly").receiver
+    router, video, publisher, viewer = in_process()
+    viewer_receiver = viewer.getReceivers()[0]
     try:
         stream, subscription = await publish_and_view(router, publisher, viewer)
         consumer = router._consumers[subscription.id]

@@ -3,20 +3,15 @@ skips, faithful to what the publisher lost, stable for what comes late."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 import pylibsrtp
 import pytest
-from aiortc import RTCPeerConnection, RTCSessionDescription
 from pylibsrtp import Session
 
-from client import bot
 from hub.media.counters import COUNTERS
 from hub.media.forward import HISTORY, SeqMap
-from hub.media.router import Router, StreamMedia, SubscriptionMedia
 
 from .conftest import wait_until
-from .peers import tap_rtp
+from .peers import in_process, publish_and_view, tap_rtp
 
 SSRC = 1234
 
@@ -125,44 +120,20 @@ class LosingSrtp:
         return self.session.unprotect_rtcp(data)
 
 
-async def _connect(pc: RTCPeerConnection, answer: Callable[[str], Awaitable[str]]) -> None:
-    await pc.setLocalDescription(await pc.createOffer())  # gathers all candidates: no trickle
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=await answer(pc.localDescription.sdp), type="answer"))
-
-
 @pytest.mark.usefixtures("forward_path")
 async def test_real_viewer_sees_no_gap_after_a_keyframe_wait_and_its_nack_is_answered():
     """A real aiortc publisher and viewer through the hub's Router, in this
     process so that the viewer's socket can be made to report a backlog once.
     On the "c" path the lost packet went out compiled and its retransmission
     through Python: the viewer decrypts it, so both used one SRTP stream."""
-    router = Router(None, max_backlog=1 << 20, keyframe_interval=0.1, ice_servers=[], connect_timeout=10.0)
-    video = bot.SyntheticVideo("vp8", 160, 120, 30)
-    publisher = RTCPeerConnection(bot.NO_ICE_SERVERS)
-    publisher.addTransceiver(video, direction="sendonly").sender._send_keyframe = video.request_keyframe  # type: ignore[method-assign]
-    viewer = RTCPeerConnection(bot.NO_ICE_SERVERS)
-    receiver = viewer.addTransceiver("video", direction="recvonly").receiver
-
+    router, video, publisher, viewer = in_process(keyframe_interval=0.1)
+    receiver = viewer.getReceivers()[0]
     received: list[int] = []
     tap_rtp(receiver, lambda packet: received.append(packet.sequence_number))
-    streams: list[StreamMedia] = []
-    subscriptions: list[SubscriptionMedia] = []
-
-    async def publish(offer: str) -> str:
-        stream, answer = await router.publish(offer)
-        streams.append(stream)
-        return answer
-
-    async def consume(offer: str) -> str:
-        subscription, answer = await router.view(streams[0].id, offer, "viewer")
-        subscriptions.append(subscription)
-        return answer
-
     dropped, retransmitted = COUNTERS.packets_dropped, COUNTERS.retransmissions
     try:
-        await _connect(publisher, publish)
-        await _connect(viewer, consume)
-        sink = router._consumers[subscriptions[0].id].sinks["video"]  # its socket is what the test bends
+        _, subscription = await publish_and_view(router, publisher, viewer)
+        sink = router._consumers[subscription.id].sinks["video"]  # its socket is what the test bends
         await wait_until(lambda: len(received) > 40, timeout=30)
         # One packet is lost on its way to the viewer (before SRTP, as on a
         # real network): the viewer's NACK must bring it back from the hub's history.

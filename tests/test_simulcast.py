@@ -12,16 +12,17 @@ import aiohttp
 import cv2
 import numpy as np
 import pytest
-from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCRtpReceiver
+from aiortc.rtp import RtpPacket
 
 from client import bot
 from client.simulcast import SimulcastVideo
 from hub.media import layers
 from hub.media.layers import RID_URI
-from hub.media.router import Router, StreamMedia, SubscriptionMedia
+from hub.media.router import Router
 
 from .conftest import HubProcess, start_hub, wait_until
-from .peers import tap_rtp
+from .peers import publish_and_view, tap_rtp
 
 ROOM = "site-rianxiuma"
 
@@ -273,33 +274,16 @@ async def test_a_probes_padding_leaves_the_viewers_frames_and_sequence_whole():
     log = bot.TrackLog("video")
     bot.record_receiver(receiver, log, decode=True)
     padding: list[int] = []
-    tap_rtp(
-        receiver,
-        lambda packet: padding.append(packet.sequence_number) if packet.padding_size and not packet.payload else None,
-    )
-    streams: list[StreamMedia] = []
-    subscriptions: list[SubscriptionMedia] = []
 
-    async def publish(offer: str) -> str:
-        stream, answer = await router.publish(offer)
-        streams.append(stream)
-        return answer
+    def seen(packet: RtpPacket) -> None:
+        if packet.padding_size and not packet.payload:
+            padding.append(packet.sequence_number)
 
-    async def consume(offer: str) -> str:
-        subscription, answer = await router.view(streams[0].id, offer, "viewer")
-        subscriptions.append(subscription)
-        return answer
-
-    async def connect(pc: RTCPeerConnection, answer: Any, shape: Any = str) -> None:
-        await pc.setLocalDescription(await pc.createOffer())
-        sdp = await answer(shape(pc.localDescription.sdp))
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
-
+    tap_rtp(receiver, seen)
     pictures = None
     try:
-        await connect(publisher, publish, video.shape_offer)
-        await connect(viewer, consume)
-        switch = router._consumers[subscriptions[0].id].switch
+        _, subscription = await publish_and_view(router, publisher, viewer, video.shape_offer)
+        switch = router._consumers[subscription.id].switch
         assert switch is not None
         pictures = Pictures(receiver)
         await wait_until(lambda: switch.layer == "f" and len(pictures.sizes) > 10, timeout=30)
