@@ -154,8 +154,9 @@ def _guarded_datagram_received(
             return
         if pair is not None and first > 127:
             dtls = getattr(self.receiver, _DTLS, None)
-            if dtls is not None and (_received_rtcp(dtls, data, addr) or _received_rtp(dtls, data, addr)):
-                return
+            if dtls is not None and dtls._state is DtlsState.CONNECTED:
+                if (_received_rtcp if is_rtcp(data) else _received_rtp)(dtls, data, addr):
+                    return
         # What aioice does with data, without first trying to parse it as
         # STUN: that costs a raised exception per media packet.
         self.receiver.data_received(data, candidate.component)
@@ -179,16 +180,19 @@ def _from_peer(protocol: StunProtocol, nominated: CandidatePair, source: tuple[s
     return any(p.protocol is protocol and p.remote_addr == source for p in protocol.receiver._check_list)
 
 
+def _count_received(dtls: RTCDtlsTransport, data: bytes) -> None:
+    """aiortc's receive counters (getStats), as `_recv_next` keeps them."""
+    dtls._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
+    dtls._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
+
+
 def _received_rtp(dtls: RTCDtlsTransport, data: bytes, addr: object) -> bool:
-    """What `RTCDtlsTransport._recv_next` does with an SRTP packet, done
-    now; False (nothing done) when the datagram must take aiortc's queue."""
-    if dtls._state is not DtlsState.CONNECTED or is_rtcp(data):
-        return False
+    """What `RTCDtlsTransport._recv_next` does with an SRTP packet (SRTP is
+    up), done now; False (nothing done) when it must take aiortc's queue."""
     router = dtls._rtp_router
     if not router.receivers or not all(hasattr(r, _HANDLER) for r in router.receivers):
         return False
-    dtls._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
-    dtls._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
+    _count_received(dtls, data)
     arrival_time_ms = int((time.time() + _NTP_TO_UNIX) * 1000)
     try:
         packet = RtpPacket.parse(dtls._rx_srtp.unprotect(data), dtls._rtp_header_extensions_map)
@@ -204,12 +208,9 @@ def _received_rtp(dtls: RTCDtlsTransport, data: bytes, addr: object) -> bool:
 
 
 def _received_rtcp(dtls: RTCDtlsTransport, data: bytes, addr: object) -> bool:
-    """What `RTCDtlsTransport._recv_next` does with an SRTCP packet, done
-    now; False (nothing done) for anything else or before SRTP is up."""
-    if dtls._state is not DtlsState.CONNECTED or not is_rtcp(data):
-        return False
-    dtls._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
-    dtls._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
+    """What `RTCDtlsTransport._recv_next` does with an SRTCP packet (SRTP is
+    up), done now; True: nothing is left for aiortc's queue."""
+    _count_received(dtls, data)
     try:
         packets = RtcpPacket.parse(dtls._rx_srtp.unprotect_rtcp(data))
     except (pylibsrtp.Error, ValueError):  # aiortc drops these too, quietly
