@@ -19,6 +19,7 @@ from client.simulcast import SimulcastVideo
 from hub.core.tokens import Claims, TokenError, issue, issue_node, verify, verify_node
 
 from .conftest import HubProcess, free_port, start_hub, wait_until
+from .test_simulcast import Pictures
 
 CLUSTER_SECRET = secrets.token_urlsafe(32)
 NODE_TTL = 2.0
@@ -142,22 +143,6 @@ async def test_a_cascade_pulls_once_per_hop_and_ends_when_the_publisher_does(clu
         await publisher.pc.close()
 
 
-class Pictures:
-    """The size of every picture a decoding viewer's track yields, as they come."""
-
-    def __init__(self, viewer: bot.Session) -> None:
-        self.sizes: list[tuple[int, int]] = []
-        self._task = asyncio.ensure_future(self._read(viewer.pc.getReceivers()[0].track))
-
-    async def _read(self, track: Any) -> None:
-        while True:
-            picture = await track.recv()
-            self.sizes.append((picture.width, picture.height))
-
-    def close(self) -> None:
-        self._task.cancel()
-
-
 async def choice(http: aiohttp.ClientSession, viewer: bot.Session) -> dict[str, Any]:
     async with http.get(viewer.location, headers=bot._auth(viewer.token)) as r:
         assert r.status == 200, await r.text()
@@ -179,7 +164,7 @@ async def test_a_relay_pulls_every_simulcast_layer_and_its_viewers_choose(cluste
             await bot.view(http, hub.url, token, publisher.resource_id, kinds=("video", "audio"), decode=True)
             for hub in (b, b, c)
         ]
-        pictures = [Pictures(viewer) for viewer in viewers]
+        pictures = [Pictures(viewer.pc.getReceivers()[0]) for viewer in viewers]
         for viewer in (small, far):
             async with http.patch(viewer.location, json={"width": 80, "height": 60}, headers=bot._auth(token)) as r:
                 assert r.status == 200, await r.text()

@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import bisect
 import json
-import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from .conftest import HubProcess
 from .netem import Network
 from .nsbot import BotProcess
+from .test_weak_links import serve_hub
 
-HUB_PORT = 8080
 #: The weak viewer's link: 300 kbit/s towards it, 3 % loss each way, 80 ms each way.
 RATE_KBIT, LOSS_PERCENT, DELAY = 300, 3, 0.08
 #: The publisher: client/simulcast.py's layers of a 640x480 picture (q 160x120, h 320x240, f 640x480)
@@ -68,14 +65,7 @@ def test_a_weak_viewer_gets_the_low_layer_and_climbs_back_when_its_link_recovers
     weak.a.lose(LOSS_PERCENT)
     weak.b.lose(LOSS_PERCENT)
 
-    data = tmp_path / "hub"
-    data.mkdir()
-    log = data / "hub.log"
-    env = {"HUB_ICE_ADDRESSES": json.dumps([hub_ip])}
-    proc = hub_ns.python("-m", "hub", "serve", "--host", hub_ip, "--port", str(HUB_PORT), "--data", str(data),
-                         env=os.environ | env, stdout=log.open("wb"), stderr=subprocess.STDOUT)  # fmt: skip
-    hub_ns.wait_for_port(hub_ip, HUB_PORT, proc)
-    hub = HubProcess(f"http://{hub_ip}:{HUB_PORT}", data, proc, log)
+    hub = serve_hub(hub_ns, hub_ip, tmp_path)
 
     token = hub.sign("mediator-weak", "guomaying", "mediator")
     operator = hub.sign("operator-weak", "guinan", "operator")

@@ -10,10 +10,24 @@ import subprocess
 from pathlib import Path
 
 from .conftest import HubProcess
-from .netem import Network
+from .netem import Namespace, Network
 from .nsbot import BotProcess
 
 HUB_PORT = 8080
+
+
+def serve_hub(hub_ns: Namespace, hub_ip: str, tmp_path: Path) -> HubProcess:
+    """A hub process inside `hub_ns`, listening and gathering ICE candidates on `hub_ip` only."""
+    data = tmp_path / "hub"
+    data.mkdir()
+    log = data / "hub.log"
+    env = {"HUB_ICE_ADDRESSES": json.dumps([hub_ip])}
+    proc = hub_ns.python("-m", "hub", "serve", "--host", hub_ip, "--port", str(HUB_PORT), "--data", str(data),
+                         env=os.environ | env, stdout=log.open("wb"), stderr=subprocess.STDOUT)  # fmt: skip
+    hub_ns.wait_for_port(hub_ip, HUB_PORT, proc)
+    return HubProcess(f"http://{hub_ip}:{HUB_PORT}", data, proc, log)
+
+
 LOSS_PERCENT = 3
 RATE_KBIT = 800
 #: The stream: 320x240 at 30 fps, 300 kbit/s, so the limit leaves room for retransmissions and
@@ -38,14 +52,7 @@ def test_a_publisher_behind_loss_and_a_rate_limit_reaches_its_viewer_without_fre
     uplink.b.lose(LOSS_PERCENT)
     uplink.a.rate_limit(RATE_KBIT, queue_ms=200)
 
-    data = tmp_path / "hub"
-    data.mkdir()
-    log = data / "hub.log"
-    env = {"HUB_ICE_ADDRESSES": json.dumps([hub_ip])}
-    proc = hub_ns.python("-m", "hub", "serve", "--host", hub_ip, "--port", str(HUB_PORT), "--data", str(data),
-                         env=os.environ | env, stdout=log.open("wb"), stderr=subprocess.STDOUT)  # fmt: skip
-    hub_ns.wait_for_port(hub_ip, HUB_PORT, proc)
-    hub = HubProcess(f"http://{hub_ip}:{HUB_PORT}", data, proc, log)
+    hub = serve_hub(hub_ns, hub_ip, tmp_path)
 
     token = hub.sign("mediator-weak", "guomaying", "mediator")
     publisher = BotProcess(publisher_ns, "publish", hub.url, token, "site-rianxiuma", "--bitrate", str(BITRATE))
