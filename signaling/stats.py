@@ -30,6 +30,9 @@ async def _stats(request: web.Request) -> dict[str, object]:
     query = read_query(request, m.Period)
     if not works_cases(claims):
         raise Forbidden("statistics are for mediators, operators and administrators")
+    if claims.department is not None:
+        # A department has no branch of the tree to count; its referrals are in its cases list.
+        raise Forbidden("statistics are for the sites' staff, not a department's")
     tree = request.app[ROOMS].tree
     site = query.site or claims.site
     if tree.get(site) is None:

@@ -48,6 +48,9 @@ async def test_a_mediator_invites_the_police_station_and_it_joins(dept_room_hub:
         await home.goto(f"{hub.url}/?token={officer}")
         await expect(home.locator(".tree-department")).to_contain_text("过马营镇派出所")
         await expect(home.locator(".invitation")).to_have_count(0)
+        # Statistics are the sites' (403 for a department): no link to them.
+        await expect(home.locator('#nav a[data-page="cases"]')).to_have_count(1)
+        await expect(home.locator('#nav a[data-page="stats"]')).to_have_count(0)
 
         # The console beside the township shows the station online (its officer's page is open).
         await console.goto(f"{hub.url}/console?token={operator}")

@@ -216,6 +216,10 @@ async def test_a_case_walks_through_two_departments(dept_hub: HubProcess, http: 
     async with http.get(f"{hub.url}/api/stats.csv?site={COUNTY}", headers=auth(county)) as r:
         rows = list(csv.reader(io.StringIO((await r.read()).decode("utf-8-sig"))))
     assert ["referral", "court", "accepted", "1"] in rows
+    # A department has no branch to count and no site to ring: a clear 403, not 404 "no site".
+    for method, path in (("GET", "/api/stats"), ("POST", "/api/calls")):
+        status, problem = await call(http, method, f"{hub.url}{path}", police, json={} if method == "POST" else None)
+        assert (status, "department" in problem["detail"]) == (403, True), (path, problem)
 
 
 async def test_a_department_views_no_stream_of_a_room_it_was_not_invited_into(

@@ -148,6 +148,9 @@ class Dispatch:
         cancelled or `ring_seconds` pass."""
         if room_bound(claims):
             raise Forbidden("a guest or room-bound token cannot call for help")
+        if claims.department is not None:
+            # A call rings the caller's site and the levels above; a department has neither.
+            raise Forbidden("a department user cannot call for help; its site's staff can")
         site = self.tree.get(claims.site)
         if site is None:
             raise NotFound(f"no site {claims.site}")

@@ -13,12 +13,12 @@ const CASE_ROLES = ["admin", "operator", "mediator"]; // hub/cases.py CASE_ROLES
 const DUTY_ROLES = ["admin", "operator"]; // the command console's users
 const STAFF_ROLES = ["admin", "operator", "mediator", "trainer", "terminal"]; // everyone but guests
 
-/** The pages and who gets a link to them; a page never links to itself. */
+/** The pages and who gets a link to them (`sites`: not a department user); a page never links to itself. */
 const NAV = [
   { page: "home", href: "/", key: "nav.home", roles: null },
   { page: "console", href: "/console", key: "console.open", roles: DUTY_ROLES },
   { page: "cases", href: "/cases", key: "nav.cases", roles: CASE_ROLES },
-  { page: "stats", href: "/stats", key: "nav.stats", roles: CASE_ROLES },
+  { page: "stats", href: "/stats", key: "nav.stats", roles: CASE_ROLES, sites: true },
   { page: "trainings", href: "/trainings", key: "nav.trainings", roles: STAFF_ROLES },
   { page: "recordings", href: "/recordings", key: "rec.title", roles: STAFF_ROLES },
 ];
@@ -97,7 +97,7 @@ function renderTopbar() {
   const site = me.role !== "guest" && home ? i18n.siteName(home) : "";
   user.textContent = [bar.name ?? me.name, t(`user.role.${me.role}`), site].filter(Boolean).join(" · ");
   // A token bound to one room (a terminal's or guest's link) leads nowhere else.
-  const links = me.room ? [] : NAV.filter((n) => n.page !== bar.page && (!n.roles || n.roles.includes(me.role)));
+  const links = me.room ? [] : NAV.filter((n) => n.page !== bar.page && (!n.roles || n.roles.includes(me.role)) && !(n.sites && me.department));
   nav.replaceChildren(...links.map((n) => el("a", { href: n.href, dataset: { page: n.page } }, t(n.key))));
   nav.hidden = links.length === 0;
 }
