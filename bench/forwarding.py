@@ -1040,7 +1040,7 @@ def waiting_receivers(count: int, per_process: int) -> Iterator[list[tuple[str, 
 
 
 def measure_floor(
-    size: int, packets: int, rate: float, per_process: int, viewers: int = FLOOR_VIEWERS
+    size: int, packets: int, rate: float, per_process: int, viewers: int = FLOOR_VIEWERS, paced: bool = True
 ) -> dict[str, Any]:
     """CPU µs per packet per viewer of the bare send loops, at `size`-byte RTP packets.
 
@@ -1051,7 +1051,7 @@ def measure_floor(
     paced at the stream's packet rate (`rate`) for 5 s to sockets read by
     other processes asleep in epoll, as the viewers' are - then each datagram
     wakes its reader, and the sender itself sleeps between packets, as the
-    hub does."""
+    hub does. `paced` False: back to back only (the paced loops do not run the hub's code)."""
     profile = SRTP_PROFILES[0]
     receivers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(viewers)]
     senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(viewers)]
@@ -1161,7 +1161,7 @@ def measure_floor(
     drainer.start()
     built = forward._fastsend is not None
     previous = forward.current_path()
-    paced = max(1, round(rate * 5))
+    paced_count = max(1, round(rate * 5))
     try:
         figures = {
             "size": size,
@@ -1173,9 +1173,11 @@ def measure_floor(
             "rate": rate,
             "per_process": per_process,
         }
+        if not paced:
+            return figures
         with waiting_receivers(viewers, per_process) as far:
-            figures["python_waiting_us"] = cpu_us(python_loop(far, paced, 1 / rate))
-            figures["compiled_waiting_us"] = cpu_us(compiled_loop(far, paced, 1 / rate)) if built else None
+            figures["python_waiting_us"] = cpu_us(python_loop(far, paced_count, 1 / rate))
+            figures["compiled_waiting_us"] = cpu_us(compiled_loop(far, paced_count, 1 / rate)) if built else None
         return figures
     finally:
         forward.use_path(previous)
@@ -1344,6 +1346,12 @@ def render(
                 f"({m['upkeep_us_per_packet']:.1f} µs per packet at that rate)"
             )
         lines.append(line)
+    lines += floor_lines(floors)
+    return "\n".join(lines)
+
+
+def floor_lines(floors: dict[str, dict[str, Any]]) -> list[str]:
+    lines = []
     for name, f in floors.items():
         lines.append(
             f"- floor, {name} ({f['size']}-byte packets, {f['viewers']} viewers, in this process, CPU per packet "
@@ -1351,13 +1359,15 @@ def render(
             f"{fmt(f['compiled_us'])} µs; the hub's TrackSource.forward to TrackSinks (no event loop, no upkeep): "
             f"python path {fmt(f['hub_python_us'])} µs, c path {fmt(f['hub_c_us'])} µs"
         )
+        if "python_waiting_us" not in f:
+            continue
         lines.append(
             f"- floor, {name}, receivers asleep in other processes ({f['per_process']} sockets each, as the "
             f"viewers'), sent at {f['rate']:.0f} packets/s: bare Python protect + sendto "
             f"{fmt(f['python_waiting_us'])} µs, compiled loop {fmt(f['compiled_waiting_us'])} µs - each datagram "
             "wakes its reader, and the sender sleeps between packets, as the hub does"
         )
-    return "\n".join(lines)
+    return lines
 
 
 async def run_sweep(cfg: Config, json_path: Path | None) -> int:
@@ -1426,6 +1436,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-seconds", type=float, default=5, help="publisher paused after the window (default 5)")
     parser.add_argument("--quick", action="store_true", help="smoke test: viewers 1,4 and a 4 s window")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--floor-only", action="store_true",
+        help="only the in-process floor lines (no hub, no viewers), at --floor-size and --floor-rate",
+    )  # fmt: skip
+    parser.add_argument("--floor-size", type=int, default=909, help="the floor's RTP packet size (default 909)")
+    parser.add_argument("--floor-packets", type=int, default=2000, help="packets per floor loop (default 2000)")
     parser.add_argument("--role", choices=sorted(CHILD_ROLES), help=argparse.SUPPRESS)
     parser.add_argument("--max-seconds", type=float, default=300, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -1462,6 +1478,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     if min(cfg.viewers) < 1 or cfg.per_worker < 1 or cfg.relay_max_viewers < 1:
         parser.error("viewer counts must be positive")
+    if args.floor_only:
+        print(f"machine: {machine()}")
+        floor = measure_floor(args.floor_size, packets=args.floor_packets, rate=0, per_process=0, paced=False)
+        print("\n".join(floor_lines({f"{args.floor_size} bytes": floor})))
+        return 0
     use_addresses(LOOPBACK)
     try:
         return asyncio.run(run_sweep(cfg, args.json))

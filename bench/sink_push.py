@@ -60,7 +60,7 @@ class BenchSink(TrackSink):
         self.pushed += 1
         return 1 << 30 if self.drop_every and self.pushed % self.drop_every == 0 else 0
 
-    def _send(self, data: bytes, route: Any) -> None:
+    def _send(self, data: bytes, route: Any, batch: Any = None) -> None:
         if self.send:
             super()._send(data, route)
 
@@ -86,7 +86,7 @@ async def measure(packets: int, rounds: int) -> dict[str, float]:
     srtp = Session(
         Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=Policy.SRTP_PROFILE_AES128_CM_SHA1_80)
     )
-    sink.route = (srtp, protocol, receiver.getsockname())
+    sink.route = (srtp, protocol, receiver.getsockname(), None)  # the Python path's send
 
     sent = 0
 
