@@ -20,11 +20,12 @@ server adds. After the window a late joiner measures time to first keyframe.
 The floor, measured in this process in the same run for each stream's mean
 packet size: a bare Python loop of SRTP protect (pylibsrtp, the profile
 aiortc negotiates) + `sendto` to drained loopback sockets, one per viewer,
-and the compiled loop the hub's "c" path uses (`hub.media._fastsend.send`,
-one call per packet for all viewers); then both again paced at the stream's
+and the same protect + `sendto` loop compiled (`hub.media._fastsend.send`,
+one call per packet for all viewers, the c path's own send step); then both again paced at the stream's
 packet rate to sockets read by other processes asleep in epoll, as the
 viewers' are (each packet then runs cold, as in the hub). `--paths c` is
 refused where `_fastsend` is not built, so no row says "c" for Python.
+`--floor-only` prints just the in-process floor lines (a few seconds).
 
 Run from the repository root (all media stays on 127.0.0.1):
 
@@ -1000,7 +1001,7 @@ class _BenchSink(forward.TrackSink):
         return self.route
 
     def configure(self, payload_type: int) -> None:
-        self._payload_type = payload_type
+        self._start(payload_type, ((0, b""), 0, 0))
 
 
 @contextlib.contextmanager
@@ -1116,8 +1117,7 @@ def measure_floor(
             ]
             for seq in pacer(count, interval):
                 head = [header(0x80, 96, seq & 0xFFFF, seq * 3000, i) for i in range(viewers)]
-                _, unsent = compiled.send([(*t, h + payload) for t, h in zip(targets, head, strict=True)])
-                assert not unsent
+                assert not compiled.send([(*t, h + payload) for t, h in zip(targets, head, strict=True)])
             return count
 
         return run

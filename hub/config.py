@@ -74,8 +74,9 @@ class Settings(BaseSettings):
     #: Bytes a viewer's socket may hold unsent; a viewer further behind
     #: drops packets until the next keyframe.
     viewer_backlog_bytes: int = 256 * 1024
-    #: How a forwarded packet reaches its viewers: "c" protects and sends it to
-    #: all of a track's viewers in one call of the compiled hub.media._fastsend
+    #: How a forwarded packet reaches its viewers: "c" decides, rewrites,
+    #: protects and sends it for all of a track's viewers in one call of the
+    #: compiled hub.media._fastsend
     #: (falls back to "python", with one log line, where it is not built);
     #: "python" does it viewer by viewer.
     forward: Literal["c", "python"] = "c"

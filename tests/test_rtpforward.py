@@ -102,14 +102,13 @@ class RecordingSink(TrackSink):
             lambda: StunProtocol(None), local_addr=("127.0.0.1", 0)  # type: ignore[arg-type]
         )
         self._protocol = protocol
+        # The transport's own answer, which both paths ask.
+        protocol.transport.get_write_buffer_size = lambda: self.backlog  # type: ignore[method-assign]
         addr = self._receiver.getsockname()
         self._fixed_route = (self._srtp, protocol, addr, _compiled_route(self._srtp, protocol, addr))
 
     def _route(self):  # type: ignore[no-untyped-def]
         return self._fixed_route
-
-    def _backlog(self, route) -> int:  # type: ignore[no-untyped-def]
-        return self.backlog
 
     @property
     def datagrams(self) -> list[bytes]:
@@ -243,6 +242,70 @@ async def test_viewer_that_skipped_packets_gets_a_contiguous_sequence(transport:
     assert sink.sent[-1] == sink.sent[2]
     sink.close()
     await sink.task  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [((1, b"0"), 2, 3), ((1, b"m" * 20), 2, 3), ((15, b"0"), 4, 0), ((0, b""), 0, 0)],
+    ids=["one-byte", "two-byte-long-mid", "two-byte-high-id", "none"],
+)
+async def test_both_paths_send_the_same_bytes_and_report_the_same_figures(
+    transport: RTCDtlsTransport, layout: tuple[tuple[int, bytes], int, int]
+):
+    """One source, one viewer on each path, with the same stream numbers:
+    the compiled path's header, extension block (RFC 8285's one- and
+    two-byte forms, abs-send-time, audio level), sequence decisions
+    (reordered, retransmitted, lost upstream), history and sender-report
+    figures are the Python path's, byte for byte."""
+    previous = forward.current_path()
+    sinks: dict[str, RecordingSink] = {}
+    source = TrackSource(RTCRtpReceiver("audio", transport), "audio", keyframe_interval=0)
+    source.codec = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
+    try:
+        for path in ("python", "c"):
+            forward.use_path(path)
+            sink = sinks[path] = RecordingSink(source, RTCRtpSender("audio", transport), max_backlog=1000)
+            await sink.open()
+            sink._ssrc = 0x1234ABCD
+            sink._start(111, layout)
+        python, compiled = sinks["python"], sinks["c"]
+        python._seqs, python._ts_offset = forward.SeqMap(65530), 0xFFFFFF00  # both wrap below
+        compiled._ts_offset = 0xFFFFFF00  # for the packet it decides in Python
+        (mid_id, mid), abs_id, level_id = layout
+        compiled._viewer.start(
+            65530, 0x1234ABCD, 111, 0xFFFFFF00, True, mid_id, mid, abs_id, level_id,
+            compiled._history, compiled._sender,
+        )  # fmt: skip
+        decided = {path: 0 for path in sinks}
+        for path, sink in sinks.items():
+
+            def count(packet: RtpPacket, shared: forward.Outgoing, path: str = path, sink: TrackSink = sink) -> None:
+                decided[path] += 1
+                TrackSink._decide(sink, packet, shared)
+
+            sink._decide = count  # type: ignore[method-assign]
+        numbers = [100, 101, 102, 104, 105, 103, 101, 106, 110, 107, 111]  # lost 108-109, late 103 and 107, RTX 101
+        for i, number in enumerate(numbers):
+            packet = RtpPacket(111, marker=i == 0, sequence_number=number, timestamp=number * 960, ssrc=7)
+            packet.payload = bytes([i]) * (20 + i)
+            if i % 3:
+                packet.extensions.audio_level = (i % 2 == 0, 30 + i)
+            source.forward(packet)
+        await python._retransmit(python._seqs.late(104))
+        await compiled._retransmit(compiled._seqs.late(104))
+
+        assert decided == {"python": len(numbers), "c": 1}  # the c path decided in C after its first packet
+        assert compiled.sent == python.sent
+        assert len(python.sent) == len(numbers) + 1
+        assert compiled._history == python._history
+        for name in ("ntp_timestamp", "rtp_timestamp", "octet_count", "packet_count"):
+            attr = f"_RTCRtpSender__{name}"
+            assert getattr(compiled._sender, attr) == getattr(python._sender, attr), name
+        assert (compiled.stats.packets, compiled.stats.octets) == (python.stats.packets, python.stats.octets)
+    finally:
+        forward.use_path(previous)
+        for sink in sinks.values():
+            sink.close()
 
 
 def test_compiled_path_falls_back_to_python_with_one_log_line(

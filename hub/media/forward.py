@@ -18,12 +18,16 @@ Each sink has a bounded queue drained by its own task: a slow viewer loses
 its own packets, then waits for the next keyframe, never holding up others.
 
 Two paths send a packet to a track's viewers (`use_path`, the setting
-HUB_FORWARD): "python" protects and sends viewer by viewer; "c" (the
-default where `_fastsend` is built) lets each viewer's `push` decide and
-build its packet as before, then protects and sends the packet to all of
-them in one call of the compiled `_fastsend.send`. Both use the viewers'
-own SRTP contexts, so retransmissions and RTCP (always through Python)
-keep one consistent stream per viewer.
+HUB_FORWARD): "python" decides, rewrites, protects and sends viewer by
+viewer in `TrackSink.push`; "c" (the default where `_fastsend` is built)
+does all of that for every viewer in one compiled call per packet
+(`_fastsend.forward`), on per-viewer state of its own (`_fastsend.Viewer`:
+the sink's sequence map, counters and route), and leaves to `push` the
+viewers that need judgment: not connected yet, waiting for a keyframe,
+behind (bytes queued in the transport), reached through TURN, or behind a
+layer switch or temporal filter. Both use the viewers' own SRTP contexts,
+so retransmissions and RTCP (always through Python) keep one consistent
+stream per viewer.
 """
 
 from __future__ import annotations
@@ -89,8 +93,9 @@ def use_path(path: str) -> str:
         log.warning("hub.media._fastsend is not built: forwarding through Python")
         path = "python"
     if path == "c" and _compiled is None:
+        assert _fastsend.HISTORY == HISTORY, "hub.media._fastsend was built for another HISTORY: rebuild it"
         # The contexts are pylibsrtp's, so its own srtp_protect must protect them.
-        _fastsend.bind(int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_protect"))))
+        _fastsend.bind(int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_protect"))), TrackSink)
     _compiled = _fastsend if path == "c" else None
     return path
 
@@ -261,6 +266,15 @@ async def _ignore_rtp(packet: RtpPacket, arrival_time_ms: int) -> None:
     """A receiver's RTP handler once its source has taken another receiver."""
 
 
+def _hand(packet: RtpPacket, shared: Outgoing, pushes: list[Callable[[RtpPacket, Outgoing], None]]) -> None:
+    for push in pushes:
+        try:
+            push(packet, shared)
+        except Exception:  # one broken viewer must not stop the others
+            log.exception("dropping a viewer whose send failed")
+            push.__self__.close()  # type: ignore[attr-defined]
+
+
 class TrackSource:
     """One published track: receives its RTP packets and fans them out.
 
@@ -374,15 +388,18 @@ class TrackSource:
         COUNTERS.packets_received += 1
         if not self.sinks:
             return
-        shared = Outgoing.now([] if _compiled is not None else None)
-        for sink in tuple(self.sinks):
-            try:
-                sink.push(packet, shared)
-            except Exception:  # one broken viewer must not stop the others
-                log.exception("dropping a viewer whose send failed")
-                sink.close()
-        if shared.batch:
-            _send_batch(shared.batch)
+        shared = Outgoing.now()
+        if _compiled is None:
+            _hand(packet, shared, [sink.push for sink in tuple(self.sinks)])
+            return
+        rest, decide, failed, packets, octets = _compiled.forward(tuple(self.sinks), packet, shared)
+        COUNTERS.packets_forwarded += packets
+        COUNTERS.bytes_forwarded += octets
+        for sink in failed:
+            log.error("dropping a viewer whose send failed (its SRTP context or transport refused a packet)")
+            sink.close()
+        if rest or decide:
+            _hand(packet, shared, [sink.push for sink in rest] + [sink._decide for sink in decide])
 
     def request_keyframe(self) -> None:
         """Ask the publisher for a keyframe, at most once per interval.
@@ -420,7 +437,11 @@ class TrackSource:
 
 @dataclass
 class SinkStats:
+    """A sink's counters (on the "c" path its `_fastsend.Viewer` has the same)."""
+
     packets: int = 0
+    #: Payload octets sent, for the sender reports.
+    octets: int = 0
     dropped: int = 0
     keyframe_waits: int = 0
 
@@ -525,48 +546,20 @@ REPORT_INTERVAL = 5.0
 QUICK_REPORTS = 3
 
 
-#: (SRTP context address, socket fd, sockaddr, plaintext packet, sink, route):
-#: what `_fastsend.send` takes, and what a datagram it could not send needs.
-BatchEntry = tuple[int, int, bytes, bytes, "TrackSink", "Route"]
-
-
 @dataclass(slots=True)
 class Outgoing:
-    """What every viewer's copy of one packet shares: the send time, the
-    extension blocks built so far, keyed by the viewers' negotiated layout,
-    and on the "c" path the batch the viewers' packets go out in."""
+    """What every viewer's copy of one packet shares: the send time, and the
+    extension blocks built so far, keyed by the viewers' negotiated layout."""
 
     abs_send_time: int
     ntp_time: int
     extensions: dict[tuple[tuple[int, bytes], int, int], bytes]
-    batch: list[BatchEntry] | None = None
 
     @classmethod
-    def now(cls, batch: list[BatchEntry] | None = None) -> Outgoing:
+    def now(cls) -> Outgoing:
         now = time.time()
         # abs-send-time is 6.18 fixed-point seconds of the NTP clock.
-        return cls(int(now * 262144) & 0xFFFFFF, int((now + _NTP_EPOCH) * 4294967296), {}, batch)
-
-
-def _send_batch(batch: list[BatchEntry]) -> None:
-    """Protect and send one packet's copies to all its viewers in one call."""
-    octets, unsent = _compiled.send(batch)
-    COUNTERS.packets_forwarded += len(batch) - len(unsent)
-    COUNTERS.bytes_forwarded += octets
-    for index, datagram in unsent:
-        _, _, _, data, sink, (_, protocol, addr, _) = batch[index]
-        if datagram is None:  # its context refused: let Python raise it, for this viewer alone
-            try:
-                sink._send(data, batch[index][5])
-            except Exception:
-                log.exception("dropping a viewer whose send failed")
-                sink.close()
-            continue
-        # The socket is full (or erred): asyncio's transport queues the
-        # datagram, so the backlog check sees it, and reports errors.
-        protocol.transport.sendto(datagram, addr)
-        COUNTERS.packets_forwarded += 1
-        COUNTERS.bytes_forwarded += len(datagram)
+        return cls(int(now * 262144) & 0xFFFFFF, int((now + _NTP_EPOCH) * 4294967296), {})
 
 
 #: (SRTP session, UDP protocol, remote address, (SRTP context address,
@@ -575,7 +568,7 @@ Route = tuple[Any, Any, tuple[str, int], tuple[int, int, bytes] | None]
 
 
 def _compiled_route(srtp: Any, protocol: Any, addr: tuple[str, int]) -> tuple[int, int, bytes] | None:
-    """What `_fastsend.send` needs to reach a viewer, if the "c" path is on and
+    """What `_fastsend.Viewer` needs to reach a viewer, if the "c" path is on and
     the viewer is reached by plain UDP (TURN frames its data itself)."""
     if _compiled is None or type(protocol) is not StunProtocol:
         return None
@@ -600,11 +593,17 @@ class TrackSink:
     transport's write buffer: when it holds more than `max_backlog` bytes the
     viewer is behind, so it drops what comes until the next keyframe.
     Nobody else waits for it.
+
+    On the "c" path (`use_path`) its state is a `_fastsend.Viewer` - its
+    sequence map and stats - and most packets are decided and sent by
+    `_fastsend.forward` without calling `push`; `push` decides for the rest
+    on the same state, and (re)binds the viewer's route for the next ones.
     """
 
     def __init__(self, source: Fanout, sender: RTCRtpSender, max_backlog: int) -> None:
         self.source = source
-        self.stats = SinkStats()
+        self._viewer: Any = _compiled.Viewer(0) if _compiled is not None else None
+        self.stats: Any = self._viewer if self._viewer is not None else SinkStats()
         self._sender = sender
         self._max_backlog = max_backlog
         self._closed = asyncio.Event()
@@ -614,10 +613,12 @@ class TrackSink:
         self._ext_layout: tuple[tuple[int, bytes], int, int] = ((0, b""), 0, 0)
         self._ssrc = sender._ssrc
         self._audio = source.kind == "audio"
-        self._octets = 0
         self._cached_pair: object = None
         self._cached_route: Route | None = None
-        self._seqs = SeqMap(0)
+        #: What makes the cached route stale, for the compiled path to check
+        #: per packet: (nominated pairs, pair, DTLS transport, its connected state).
+        self._cached_guard: tuple[dict[int, Any], object, Any, DtlsState] | None = None
+        self._seqs: Any = self._viewer if self._viewer is not None else SeqMap(0)
         self._ts_offset = 0
         # Video starts at a keyframe; audio can start anywhere.
         self._waiting_keyframe = source.kind == "video"
@@ -630,9 +631,26 @@ class TrackSink:
     def push(self, packet: RtpPacket, shared: Outgoing) -> None:
         if self._payload_type is None:
             return  # not connected yet
+        viewer = self._viewer
+        if viewer is not None:
+            sent = viewer.push(packet, shared, self._waiting_keyframe)
+            if sent >= 0:  # decided and sent (or not) as `_fastsend.forward` would
+                if sent:
+                    COUNTERS.packets_forwarded += 1
+                    COUNTERS.bytes_forwarded += sent
+                return
+        self._decide(packet, shared)
+
+    def _decide(self, packet: RtpPacket, shared: Outgoing) -> None:
+        """`push` in Python: on the "c" path, for what the compiled one left
+        to it (it changed nothing then), on the same state."""
+        if self._payload_type is None:
+            return
         number = packet.sequence_number
         seqs = self._seqs
         route = self._route()
+        if self._viewer is not None and route is not None:
+            self._viewer.bind(route, self._cached_guard)
         seq = seqs.next(number, packet.ssrc)
         fresh = seq >= 0
         if not fresh:
@@ -682,9 +700,9 @@ class TrackSink:
             + packet.payload
         )
         self._history[seq & _SLOT] = (seq, data)
-        self._send(data, route, shared.batch)
+        self._send(data, route)
         self.stats.packets += 1
-        self._octets += len(packet.payload)
+        self.stats.octets += len(packet.payload)
         # A late packet's older timestamp would make the sender report run backwards.
         if fresh and (packet.marker or self._audio):  # once a video frame; audio packets are frames, and rarely marked
             self._update_sender_report(timestamp, shared.ntp_time)
@@ -720,7 +738,7 @@ class TrackSink:
         s = self._sender
         s._RTCRtpSender__ntp_timestamp = ntp_time  # type: ignore[attr-defined]
         s._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]
-        s._RTCRtpSender__octet_count = self._octets  # type: ignore[attr-defined]
+        s._RTCRtpSender__octet_count = self.stats.octets  # type: ignore[attr-defined]
         s._RTCRtpSender__packet_count = self.stats.packets  # type: ignore[attr-defined]
 
     def _extensions(self, abs_send_time: int, audio_level: tuple[bool, int] | None) -> bytes:
@@ -750,19 +768,18 @@ class TrackSink:
             self._cached_pair = pair
             srtp, protocol, addr = dtls._tx_srtp, pair.protocol, pair.remote_addr
             self._cached_route = (srtp, protocol, addr, _compiled_route(srtp, protocol, addr))
+            self._cached_guard = (dtls.transport._connection._nominated, pair, dtls, DtlsState.CONNECTED)
         return self._cached_route
 
     def _backlog(self, route: Route) -> int:
-        """Bytes queued in this viewer's UDP transport, not yet on the wire."""
+        """Bytes queued in this viewer's UDP transport, not yet on the wire.
+        (The compiled path asks the transport the same, and leaves the packet
+        to `push` unless it holds nothing: a datagram written past queued
+        ones would overtake them.)"""
         return int(route[1].transport.get_write_buffer_size())
 
-    def _send(self, data: bytes, route: Route, batch: list[BatchEntry] | None = None) -> None:
-        srtp, protocol, addr, compiled = route
-        # Into the packet's batch only behind an empty transport queue: a
-        # datagram written past queued ones would overtake them.
-        if batch is not None and compiled is not None and not protocol.transport.get_write_buffer_size():
-            batch.append((*compiled, data, self, route))
-            return
+    def _send(self, data: bytes, route: Route) -> None:
+        srtp, protocol, addr, _ = route
         # RTCDtlsTransport._send_rtp and aioice's send path, without their
         # four coroutine layers per packet.
         datagram = srtp.protect(data)
@@ -783,6 +800,8 @@ class TrackSink:
     def close(self) -> None:
         self.source.sinks.discard(self)
         self._payload_type = None
+        if self._viewer is not None:
+            self._viewer.stop()
         self._closed.set()
 
     async def _run_rtcp(self) -> None:
@@ -824,18 +843,33 @@ class TrackSink:
             packets.append(RtcpSdesPacket(chunks=[RtcpSourceInfo(ssrc=self._ssrc, items=[(1, cname.encode())])]))
         return packets
 
+    def _start(self, payload_type: int, ext_layout: tuple[tuple[int, bytes], int, int]) -> None:
+        """The viewer's stream begins: its payload type and header extensions
+        (RFC 8285: (MID id, MID), abs-send-time id, audio-level id; 0: not
+        negotiated)."""
+        self._ext_layout = ext_layout
+        # Random starting points, as RFC 3550 asks; the timestamp offset is
+        # fixed, so skipped packets leave the clock continuous.
+        first, self._ts_offset = random16() % 32768, random32()
+        if self._viewer is not None:
+            (mid_id, mid), abs_id, level_id = ext_layout
+            self._viewer.start(
+                first, self._ssrc, payload_type, self._ts_offset, self._audio,
+                mid_id, mid, abs_id, level_id, self._history, self._sender,
+            )  # fmt: skip
+        else:
+            self._seqs = SeqMap(first)
+        self._payload_type = payload_type
+
     async def _run_rtp(self, codec: RTCRtpCodecParameters) -> None:
         """Replaces the sender's encode loop: configure, then wait for the end."""
         s = self._sender
         s._RTCRtpSender__rtp_started.set()  # type: ignore[attr-defined]
         ids = s._RTCRtpSender__rtp_header_extensions_map._HeaderExtensionsMap__ids  # type: ignore[attr-defined]
         mid = (s._RTCRtpSender__mid or "").encode()  # type: ignore[attr-defined]
-        self._ext_layout = (((ids.mid or 0) if mid else 0, mid), ids.abs_send_time or 0, ids.audio_level or 0)
-        # Random starting points, as RFC 3550 asks; the timestamp offset is
-        # fixed, so skipped packets leave the clock continuous.
-        self._seqs = SeqMap(random16() % 32768)
-        self._ts_offset = random32()
-        self._payload_type = codec.payloadType
+        self._start(
+            codec.payloadType, (((ids.mid or 0) if mid else 0, mid), ids.abs_send_time or 0, ids.audio_level or 0)
+        )
         if self._waiting_keyframe:
             self.source.request_keyframe()
         try:
