@@ -7,6 +7,7 @@ import fractions
 import logging
 import os
 import socket
+import types
 
 import av
 import numpy as np
@@ -15,6 +16,7 @@ from aioice.ice import StunProtocol
 from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport, RTCRtpReceiver, RTCRtpSender
 from aiortc.codecs import get_encoder
 from aiortc.rtcdtlstransport import SRTP_PROFILES
+from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 from pylibsrtp import Policy, Session
@@ -306,6 +308,62 @@ async def test_both_paths_send_the_same_bytes_and_report_the_same_figures(
         forward.use_path(previous)
         for sink in sinks.values():
             sink.close()
+
+
+async def test_a_viewer_whose_srtp_context_refuses_a_packet_is_dropped_alone(
+    transport: RTCDtlsTransport, forward_path: str, caplog: pytest.LogCaptureFixture
+):
+    source = TrackSource(RTCRtpReceiver("audio", transport), "audio", keyframe_interval=0)
+    source.codec = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
+    strict, other = (RecordingSink(source, RTCRtpSender("audio", transport), max_backlog=1000) for _ in range(2))
+    # Without allow_repeat_tx (aiortc sets it) libsrtp refuses to protect an index twice.
+    policy = Policy(key=strict._key, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=SRTP.libsrtp_profile)
+    strict._srtp = Session(policy)
+    for sink in (strict, other):
+        await sink.open()
+        sink._start(111, ((0, b""), 0, 0))
+    with caplog.at_level(logging.ERROR, logger="hub.media.forward"):
+        for number in (1, 2, 3, 2):  # the publisher's retransmission of 2 goes out under 2's number again
+            source.forward(RtpPacket(111, sequence_number=number, timestamp=number * 960, ssrc=7, payload=b"a"))
+            if number == 3:
+                assert len(strict.sent) == 3
+    assert source.sinks == {other}
+    assert strict._payload_type is None  # closed
+    assert len(other.sent) == 4
+    assert any("dropping a viewer whose send failed" in r.getMessage() for r in caplog.records)
+    other.close()
+
+
+async def test_the_compiled_path_leaves_a_stale_route_to_python(transport: RTCDtlsTransport, forward_path: str):
+    """Once ICE nominates another pair or DTLS leaves the connected state,
+    the compiled path stops using the route it was given: `_decide` takes
+    the packet (and finds the new route or none)."""
+    source = TrackSource(RTCRtpReceiver("audio", transport), "audio", keyframe_interval=0)
+    source.codec = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
+    sink = RecordingSink(source, RTCRtpSender("audio", transport), max_backlog=1000)
+    await sink.open()
+    sink._start(111, ((0, b""), 0, 0))
+    pair, dtls = object(), types.SimpleNamespace(_state=DtlsState.CONNECTED)
+    nominated = {1: pair}
+    sink._cached_guard = (nominated, pair, dtls, DtlsState.CONNECTED)
+    decided = []
+
+    def decide(packet: RtpPacket, shared: forward.Outgoing) -> None:
+        decided.append(packet.sequence_number)
+        TrackSink._decide(sink, packet, shared)
+
+    sink._decide = decide  # type: ignore[method-assign]
+    for number in range(1, 8):
+        if number == 3:
+            nominated[1] = object()  # ICE moved to another pair
+        if number == 4:
+            nominated[1] = pair
+        if number == 6:
+            dtls._state = DtlsState.CLOSED
+        source.forward(RtpPacket(111, sequence_number=number, timestamp=number * 960, ssrc=7, payload=b"a"))
+    assert decided == ([1, 3, 6, 7] if forward_path == "c" else list(range(1, 8)))
+    assert len(sink.sent) == 7  # the fixed route still delivers whatever decides
+    sink.close()
 
 
 def test_compiled_path_falls_back_to_python_with_one_log_line(
