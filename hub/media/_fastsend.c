@@ -550,9 +550,9 @@ static PyObject *fastsend_forward(PyObject *self, PyObject *args) {
         return NULL;
     PyObject *rest = PyList_New(0), *decide = PyList_New(0), *failed = PyList_New(0);
     long long packets = 0, octets = 0;
-    Packet p;
+    Packet p = {0};
     if (rest == NULL || decide == NULL || failed == NULL || read_packet(packet, shared, &p, &payload) < 0)
-        goto fail;
+        goto fail_packet;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(sinks); i++) {
         PyObject *sink = PyTuple_GET_ITEM(sinks, i);
         long long sent = PYTHON;
@@ -584,7 +584,6 @@ static PyObject *fastsend_forward(PyObject *self, PyObject *args) {
     return Py_BuildValue("(NNNLL)", rest, decide, failed, packets, octets);
 fail_packet:
     release_packet(&p, payload);
-fail:
     Py_XDECREF(rest);
     Py_XDECREF(decide);
     Py_XDECREF(failed);
