@@ -478,8 +478,11 @@ static int read_packet(PyObject *packet, PyObject *shared, Packet *p, PyObject *
     if ((*payload = PyObject_GetAttr(packet, s_payload)) == NULL)
         return -1;
     if (!PyBytes_Check(*payload)) {
-        PyErr_SetString(PyExc_TypeError, "payload must be bytes");
-        return -1;
+        /* Python's push takes any buffer (bytes + payload): so does this, by a copy. */
+        PyObject *copy = PyBytes_FromObject(*payload);
+        Py_SETREF(*payload, copy);
+        if (copy == NULL)
+            return -1;
     }
     p->payload = (const unsigned char *)PyBytes_AS_STRING(*payload);
     p->payload_len = PyBytes_GET_SIZE(*payload);
