@@ -23,9 +23,11 @@ aiortc negotiates) + `sendto` to drained loopback sockets, one per viewer,
 and the same protect + `sendto` loop compiled (`hub.media._fastsend.send`,
 one call per packet for all viewers, the c path's own send step); then both again paced at the stream's
 packet rate to sockets read by other processes asleep in epoll, as the
-viewers' are (each packet then runs cold, as in the hub). `--paths c` is
+viewers' are (each packet then runs cold, as in the hub), and the hub's own
+c path that way too. `--paths c` is
 refused where `_fastsend` is not built, so no row says "c" for Python.
-`--floor-only` prints just the in-process floor lines (a few seconds).
+`--floor-only` prints just the in-process floor lines (a few seconds; with
+`--floor-rate N` the paced ones too, at N packets/s).
 
 Run from the repository root (all media stays on 127.0.0.1):
 
@@ -1122,7 +1124,9 @@ def measure_floor(
 
         return run
 
-    def hub_loop(path: str) -> Callable[[], None]:
+    def hub_loop(
+        path: str, to: list[tuple[str, int]] = addrs, count: int = packets, interval: float = 0.0
+    ) -> Callable[[], int]:
         """The hub's own per-packet work: TrackSource.forward to real TrackSinks."""
         forward.use_path(path)
         source = forward.TrackSource(None, "video", keyframe_interval=1.0)
@@ -1131,23 +1135,23 @@ def measure_floor(
         protocols = [StunProtocol(None) for _ in range(viewers)]  # type: ignore[arg-type]
         for protocol, sock in zip(protocols, senders, strict=True):
             protocol.transport = _SocketTransport(sock)  # type: ignore[assignment]
-        for srtp, protocol, addr in zip(sessions(), protocols, addrs, strict=True):
+        for srtp, protocol, addr in zip(sessions(), protocols, to, strict=True):
             sink = _BenchSink(source, RTCRtpSender("video", dtls), max_backlog=1 << 20)
             sink.route = (srtp, protocol, addr, forward._compiled_route(srtp, protocol, addr))
             sink.configure(96)
         keyframe = b"\x10" + bytes([payload[1] & 0xFE]) + payload[2:]  # VP8: S=1, partition 0, then P=0
         rtp = [
             RtpPacket(96, marker=seq % 4 == 3, sequence_number=seq, timestamp=seq * 3000, ssrc=7, payload=payload)
-            for seq in range(packets)
+            for seq in range(count)
         ]
         rtp[0].payload = keyframe
 
         def run() -> int:
-            for packet in rtp:
-                source.forward(packet)
-            if any(sink.stats.packets != packets for sink in source.sinks):  # type: ignore[attr-defined]
+            for seq in pacer(count, interval):
+                source.forward(rtp[seq])
+            if any(sink.stats.packets != count for sink in source.sinks):  # type: ignore[attr-defined]
                 raise BenchError("the floor's sinks did not send every packet")
-            return packets
+            return count
 
         return run
 
@@ -1178,6 +1182,7 @@ def measure_floor(
         with waiting_receivers(viewers, per_process) as far:
             figures["python_waiting_us"] = cpu_us(python_loop(far, paced_count, 1 / rate))
             figures["compiled_waiting_us"] = cpu_us(compiled_loop(far, paced_count, 1 / rate)) if built else None
+            figures["hub_c_waiting_us"] = cpu_us(hub_loop("c", far, paced_count, 1 / rate)) if built else None
         return figures
     finally:
         forward.use_path(previous)
@@ -1364,7 +1369,8 @@ def floor_lines(floors: dict[str, dict[str, Any]]) -> list[str]:
         lines.append(
             f"- floor, {name}, receivers asleep in other processes ({f['per_process']} sockets each, as the "
             f"viewers'), sent at {f['rate']:.0f} packets/s: bare Python protect + sendto "
-            f"{fmt(f['python_waiting_us'])} µs, compiled loop {fmt(f['compiled_waiting_us'])} µs - each datagram "
+            f"{fmt(f['python_waiting_us'])} µs, compiled loop {fmt(f['compiled_waiting_us'])} µs, the hub's "
+            f"TrackSource.forward on the c path {fmt(f.get('hub_c_waiting_us'))} µs - each datagram "
             "wakes its reader, and the sender sleeps between packets, as the hub does"
         )
     return lines
@@ -1442,6 +1448,10 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--floor-size", type=int, default=909, help="the floor's RTP packet size (default 909)")
     parser.add_argument("--floor-packets", type=int, default=2000, help="packets per floor loop (default 2000)")
+    parser.add_argument(
+        "--floor-rate", type=float, default=0,
+        help="with --floor-only: also the paced lines, at this many packets/s (5 s each)",
+    )  # fmt: skip
     parser.add_argument("--role", choices=sorted(CHILD_ROLES), help=argparse.SUPPRESS)
     parser.add_argument("--max-seconds", type=float, default=300, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -1480,7 +1490,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("viewer counts must be positive")
     if args.floor_only:
         print(f"machine: {machine()}")
-        floor = measure_floor(args.floor_size, packets=args.floor_packets, rate=0, per_process=0, paced=False)
+        floor = measure_floor(
+            args.floor_size, args.floor_packets, args.floor_rate, args.per_worker, paced=args.floor_rate > 0
+        )
         print("\n".join(floor_lines({f"{args.floor_size} bytes": floor})))
         return 0
     use_addresses(LOOPBACK)
