@@ -20,14 +20,14 @@ server adds. After the window a late joiner measures time to first keyframe.
 The floor, measured in this process in the same run for each stream's mean
 packet size: a bare Python loop of SRTP protect (pylibsrtp, the profile
 aiortc negotiates) + `sendto` to drained loopback sockets, one per viewer,
-and the same protect + `sendto` loop compiled (`hub.media._fastsend.send`,
-one call per packet for all viewers, the c path's own send step); then both again paced at the stream's
-packet rate to sockets read by other processes asleep in epoll, as the
-viewers' are (each packet then runs cold, as in the hub), and the hub's own
-c path that way too. `--paths c` is
-refused where `_fastsend` is not built, so no row says "c" for Python.
-`--floor-only` prints just the in-process floor lines (a few seconds; with
-`--floor-rate N` the paced ones too, at N packets/s).
+and the same loop compiled (`hub.media._fastsend.send`, one call per packet
+for all viewers: the c path's own send step); then both again paced at the
+stream's packet rate to sockets read by other processes asleep in epoll, as
+the viewers' are (each packet then runs cold, as in the hub), and the hub's
+own c path that way too. `--paths c` is refused where `_fastsend` is not
+built, so no row says "c" for Python. `--floor-only` prints just the
+in-process floor lines (a few seconds; with `--floor-rate N` the paced ones
+too, at N packets/s).
 
 Run from the repository root (all media stays on 127.0.0.1):
 
