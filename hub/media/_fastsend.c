@@ -455,7 +455,10 @@ static long long viewer_send(Viewer *v, const Packet *p, int waiting) {
     return size;
 }
 
+/* An integer attribute; -1 on error, and nothing asked once an error is set. */
 static long long get_int(PyObject *obj, PyObject *name) {
+    if (PyErr_Occurred())
+        return -1;
     PyObject *value = PyObject_GetAttr(obj, name);
     if (value == NULL)
         return -1;
