@@ -11,12 +11,12 @@ filter re-decides twice a second). The slope over N is its cost per viewer;
 at 60 packets/s, 1 µs per forwarded packet is 60 µs of CPU per viewer per
 second.
 
-`--hub-root DIR` runs the hub from another checkout (e.g. an exported old
-commit, with its extension built) while the clients stay this one: an A/B
-of the hub's code alone. Rounds alternate between the roots.
+`--hub-roots DIR,DIR` runs the hub from other checkouts (e.g. exported
+commits, each with its extension built) while the clients stay this one: an
+A/B of the hub's code alone. Rounds alternate the roots' order.
 
     .venv/bin/python -m bench.upkeep --viewers 0,32,64 --seconds 20
-    .venv/bin/python -m bench.upkeep --hub-root /tmp/old --rounds 3
+    .venv/bin/python -m bench.upkeep --hub-roots /tmp/old,/tmp/new --viewers 0,48 --rounds 3
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def slope(rows: list[Row], value: str) -> float | None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    roots = [ROOT] + ([Path(args.hub_root).resolve()] if args.hub_root else [])
+    roots = [Path(r).resolve() for r in args.hub_roots.split(",")] if args.hub_roots else [ROOT]
     viewers = [int(v) for v in args.viewers.split(",")]
     info = machine()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20, help="measurement window (default 20)")
     parser.add_argument("--rounds", type=int, default=1, help="repetitions, alternating the hub roots")
     parser.add_argument("--per-worker", type=int, default=8, help="viewers per worker process (default 8)")
-    parser.add_argument("--hub-root", help="also run the hub from this checkout (A/B)")
+    parser.add_argument("--hub-roots", help="comma-separated checkouts to run the hub from (default this one)")
     return asyncio.run(run(parser.parse_args(argv)))
 
 
