@@ -58,6 +58,7 @@ from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtp import RtcpPacket, RtpPacket, is_rtcp
 
+from hub.media import ice
 from hub.media.counters import COUNTERS
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ def install() -> None:
     _installed = True
     StunProtocol.datagram_received = _guarded_datagram_received(StunProtocol.datagram_received)  # type: ignore[method-assign]
     RTCDtlsTransport._recv_next = _contained_recv_next(RTCDtlsTransport._recv_next)  # type: ignore[method-assign]
+    ice.align_consent()
 
 
 def refuse(reason: str, addr: object, exc_info: bool = False) -> None:

@@ -67,6 +67,7 @@ from pylibsrtp._binding import lib as _srtp_lib
 
 from hub.media import door
 from hub.media.counters import COUNTERS
+from hub.media.upkeep import ticker
 
 try:
     from hub.media import _fastsend
@@ -805,13 +806,16 @@ class TrackSink:
         self._closed.set()
 
     async def _run_rtcp(self) -> None:
-        """Replaces the sender's report loop: the same reports, less often."""
+        """Replaces the sender's report loop: the same reports, less often, on the shared tick."""
         s = self._sender
         s._RTCRtpSender__rtcp_started.set()  # type: ignore[attr-defined]
         quick = QUICK_REPORTS
+        tick = ticker()
         try:
             while True:
-                await asyncio.sleep((1.0 if quick else REPORT_INTERVAL) * (0.5 + random.random()))
+                # Each viewer's own random due time, sent at the process's next
+                # shared tick: one wake-up sends every report due by then.
+                await tick.sleep((1.0 if quick else REPORT_INTERVAL) * (0.5 + random.random()))
                 if quick and self.stats.packets:
                     quick -= 1
                 await s._send_rtcp(self._sender_report())

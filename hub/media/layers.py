@@ -48,6 +48,7 @@ from aiortc.rtp import (
 )
 
 from hub.media.forward import Outgoing, Sink, TrackSink, TrackSource, is_keyframe_start, vp8_payload_start
+from hub.media.upkeep import ticker
 
 if TYPE_CHECKING:
     from hub.media.temporal import TemporalFilter
@@ -424,8 +425,6 @@ PAD_SIZE = 255
 PAD_EVERY = 0.02
 #: Packets a probe step sends before the viewer's NACKs can fail it.
 PROBE_COUNT = 20
-#: How often each switch re-decides (seconds).
-TICK = 0.5
 #: A layer with no packet for this long is paused (seconds; a layer sends ≥ 10 packets a second).
 SILENT = 1.0
 #: How long a switch waits for the target layer's keyframe before asking again.
@@ -539,13 +538,13 @@ class LayerSwitch:
         #: The newest sequence number forwarded of the current layer, and whether it ended a frame.
         self._newest: int | None = None
         self._frame_done = False
-        self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._asked_at = 0.0  # when the target layer's keyframe was last asked for
         #: The viewer's temporal layers of the lowest spatial layer (hub.media.temporal), if VP8.
         self.temporal: TemporalFilter | None = None
         self._retarget(self._choose(time.monotonic()))
-        self._tick()
+        # Re-decided at every tick of the process's shared timer (one wake-up for all viewers).
+        self._timer = ticker().every(self._tick)
 
     @property
     def mime_type(self) -> str:
@@ -772,7 +771,6 @@ class LayerSwitch:
         if self.target is not None and now - self._asked_at >= ASK_AGAIN:
             self._asked_at = now
             self.target.request_keyframe()
-        self._timer = asyncio.get_running_loop().call_later(TICK, self._tick)
 
     def _retarget(self, layer: Layer | None) -> None:
         if layer is (self.target or self.current):
@@ -850,8 +848,7 @@ class LayerSwitch:
 
     def close(self) -> None:
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         self._end_probe(time.monotonic())
         for layer in (self.current, self.target):
             if layer is not None:

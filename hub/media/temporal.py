@@ -21,7 +21,6 @@ reached.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from aiortc import RTCRtpSender
@@ -30,7 +29,8 @@ from aiortc.rtp import RtpPacket
 from hub.media.forward import Fanout, Outgoing, SeqMap, Sink, is_keyframe_start, vp8_descriptor
 
 # Congestion and climbing follow the spatial layers' rule and settings.
-from hub.media.layers import HEADROOM, LOSS_SEEN, LOSSY, MAX_HOLD, PROBE, SETTLE, TICK, UP_HOLD, watch_feedback
+from hub.media.layers import HEADROOM, LOSS_SEEN, LOSSY, MAX_HOLD, PROBE, SETTLE, UP_HOLD, watch_feedback
+from hub.media.upkeep import Periodic, ticker
 
 #: The descriptor's TID has two bits.
 TOP = 3
@@ -80,7 +80,7 @@ class TemporalFilter:
         self._calm_since = time.monotonic()
         self._probe: tuple[int, float] | None = None
         self._holds: dict[int, float] = {}
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Periodic | None = None
         upstream.sinks.add(self)
 
     @property
@@ -177,6 +177,8 @@ class TemporalFilter:
         self._reserve = audio_reserve
         watch_feedback(sender, self._on_estimate, self._on_loss)
         self._tick()
+        # Re-decided at every tick of the process's shared timer (one wake-up for all viewers).
+        self._timer = ticker().every(self._tick)
 
     def _on_estimate(self, bitrate: int) -> None:
         self.estimate = bitrate
@@ -186,7 +188,6 @@ class TemporalFilter:
 
     def _tick(self) -> None:
         self.decide(time.monotonic(), self.estimate, self.loss, self._reserve)
-        self._timer = asyncio.get_running_loop().call_later(TICK, self._tick)
 
     def decide(self, now: float, estimate: int | None, loss: float, reserve: int) -> bool:
         """Move `target` down at congestion, up one layer after a calm spell

@@ -1,0 +1,170 @@
+"""A viewer's periodic upkeep on one shared timer (hub.media.upkeep): the
+temporal filters' and layer switches' ticks, the sender reports and ICE
+consent checks of every viewer wake the hub once a tick, not once each."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aioice.ice
+import pytest
+from aioice.ice import StunProtocol
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+from client import bot
+from hub.media import ice
+from hub.media.router import Router
+from hub.media.temporal import TemporalFilter
+from hub.media.upkeep import Ticker, ticker
+
+from .conftest import wait_until
+from .peers import in_process
+
+
+async def test_one_tick_runs_every_due_callback_and_sleep_together() -> None:
+    loop = asyncio.get_running_loop()
+    clock = Ticker(loop, period=0.05)
+    calls: list[tuple[str, int]] = []  # (who, during which tick)
+    times: list[float] = []
+    periodic = [clock.every(lambda name=name: calls.append((name, clock.ticks))) for name in "abc"]
+    periodic.append(clock.every(lambda: times.append(loop.time())))
+
+    async def sleeper(name: str, delay: float) -> None:
+        await clock.sleep(delay)
+        calls.append((name, clock.ticks))
+
+    cancelled = asyncio.ensure_future(sleeper("cancelled", 0.07))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.gather(sleeper("x", 0.01), sleeper("y", 0.07), sleeper("z", 0.12))
+    for p in periodic:
+        p.cancel()
+    await asyncio.sleep(0.15)
+
+    ticks = sorted({tick for name, tick in calls if name in "abc"})
+    assert len(ticks) >= 3 and ticks == list(range(1, len(ticks) + 1))
+    # Each tick ran all three callbacks, one wake-up of the timer each, on the grid of the period.
+    for tick in ticks:
+        assert sorted(name for name, at in calls if at == tick and name in "abc") == ["a", "b", "c"]
+    assert all(0.04 < b - a < 0.06 for a, b in zip(times, times[1:], strict=False))
+    # A sleep ends at a tick (the first after its delay), woken with that tick's callbacks.
+    woken = {name: tick for name, tick in calls if name in "xyz"}
+    assert set(woken) == {"x", "y", "z"}
+    assert set(woken.values()) <= set(ticks)
+    assert woken["x"] < woken["y"] < woken["z"]
+    assert all(name != "cancelled" for name, _ in calls)
+    # Nothing left to wait for: the timer is off, no wake-up for nobody.
+    assert clock._handle is None
+
+
+async def test_a_failing_callback_does_not_stop_the_others() -> None:
+    clock = Ticker(asyncio.get_running_loop(), period=0.02)
+    seen: list[int] = []
+
+    def fails() -> None:
+        raise RuntimeError("one viewer's bug")
+
+    clock.every(fails)
+    clock.every(lambda: seen.append(1))
+    await wait_until(lambda: len(seen) >= 3, timeout=5, step=0.01)
+
+
+async def _view(router: Router, stream: str) -> tuple[RTCPeerConnection, str]:
+    viewer = RTCPeerConnection(bot.NO_ICE_SERVERS)
+    viewer.addTransceiver("video", direction="recvonly")
+    await viewer.setLocalDescription(await viewer.createOffer())
+    subscription, answer = await router.view(stream, viewer.localDescription.sdp, "viewer")
+    await viewer.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+    return viewer, subscription.id
+
+
+async def test_viewers_filters_reports_and_consent_run_on_the_shared_tick() -> None:
+    router, _, publisher, first = in_process()
+    await first.close()
+    viewers: list[RTCPeerConnection] = []
+    try:
+        await publisher.setLocalDescription(await publisher.createOffer())
+        stream, answer = await router.publish(publisher.localDescription.sdp)
+        await publisher.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        ids = []
+        for _ in range(3):
+            viewer, subscription = await _view(router, stream.id)
+            viewers.append(viewer)
+            ids.append(subscription)
+        consumers = [router._consumers[i] for i in ids]
+        filters = [c.temporal for c in consumers]
+        assert all(isinstance(f, TemporalFilter) for f in filters)
+        decided = [0, 0, 0]
+        for index, temporal in enumerate(filters):
+            assert temporal is not None
+            decide = temporal.decide
+
+            def counted(*args: object, _decide=decide, _index=index) -> bool:  # type: ignore[no-untyped-def]
+                decided[_index] += 1
+                return _decide(*args)
+
+            temporal.decide = counted  # type: ignore[method-assign]
+        clock = ticker()
+        ticks = clock.ticks
+        # Each viewer gets the hub's sender reports (its first within 1.5 s of media).
+        receivers = [v.getReceivers()[0] for v in viewers]
+
+        async def reported() -> list[int]:
+            sent = []
+            for receiver in receivers:
+                stats = (await receiver.getStats()).values()
+                sent.append(max((r.packetsSent for r in stats if r.type == "remote-outbound-rtp"), default=0))
+            return sent
+
+        deadline = asyncio.get_running_loop().time() + 20
+        while not all(await reported()):
+            assert asyncio.get_running_loop().time() < deadline, "a viewer got no sender report"
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1.2)
+        # Every filter re-decided at every tick of the one timer.
+        assert clock.ticks - ticks >= 3
+        assert all(n >= clock.ticks - ticks - 1 for n in decided), (decided, clock.ticks - ticks)
+        # No viewer keeps a timer of its own for its filter or reports.
+        loop = asyncio.get_running_loop()
+        own = [
+            h
+            for h in loop._scheduled  # type: ignore[attr-defined]
+            if not h.cancelled() and getattr(h._callback, "__self__", None) in filters
+        ]
+        assert own == []
+        # The hub's consent loops are the shared tick's.
+        for consumer in consumers:
+            connection = consumer.pc.getTransceivers()[0].sender.transport.transport._connection
+            task = connection._query_consent_task
+            assert task is not None and task.get_coro().cr_code is ice.query_consent.__code__
+    finally:
+        for viewer in viewers:
+            await viewer.close()
+        await publisher.close()
+        await router.close()
+
+
+async def test_a_viewer_that_stops_answering_consent_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 7675 on the shared tick: six consent checks unanswered end the viewer's session."""
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.5)
+    router, _, publisher, viewer = in_process()
+    try:
+        await publisher.setLocalDescription(await publisher.createOffer())
+        stream, answer = await router.publish(publisher.localDescription.sdp)
+        await publisher.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        await viewer.setLocalDescription(await viewer.createOffer())
+        subscription, answer = await router.view(stream.id, viewer.localDescription.sdp, "viewer")
+        await viewer.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        await wait_until(lambda: router._consumers[subscription.id].pc.connectionState == "connected", timeout=20)
+        await asyncio.sleep(1.5)
+        assert subscription.id in router._consumers  # answered consent keeps it
+        # The viewer's host goes silent: its sockets take nothing in any more.
+        connection = viewer.getTransceivers()[0].receiver.transport.transport._connection
+        for protocol in connection._protocols:
+            assert isinstance(protocol, StunProtocol)
+            protocol.datagram_received = lambda data, addr: None  # type: ignore[method-assign]
+        await wait_until(lambda: subscription.id not in router._consumers, timeout=40, step=0.2)
+    finally:
+        await viewer.close()
+        await publisher.close()
+        await router.close()
