@@ -8,6 +8,7 @@ import asyncio
 
 import aioice.ice
 import pytest
+from aioice import stun
 from aioice.ice import StunProtocol
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
@@ -168,3 +169,28 @@ async def test_a_viewer_that_stops_answering_consent_is_closed(monkeypatch: pyte
         await viewer.close()
         await publisher.close()
         await router.close()
+
+
+@pytest.mark.parametrize(
+    "address",
+    [("127.0.0.1", 5000), ("192.168.1.254", 65535), ("::1", 1), ("2001:db8::8:800:200c:417a", 3478), ("fe80::1%lo", 9)],
+)
+def test_stun_address_packing_is_aioices(address: tuple[str, int]) -> None:
+    """The cheap packing (hub.media.ice) makes the bytes aioice's own makes, XORed or not."""
+    ice.install()  # as the Router does: aioice's serialization then uses it
+    transaction_id = bytes(range(7, 19))
+    ours = ice.pack_address(address, lambda data: ice.xor_data(data, transaction_id))
+    assert ours == ice._aioice_pack_address(address, lambda data: ice._aioice_xor_data(data, transaction_id))
+    assert ice.pack_address(address) == ice._aioice_pack_address(address)
+    # A whole response, as aioice serializes it, unpacks to the address it carries.
+    message = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE, transaction_id=transaction_id)
+    message.attributes["XOR-MAPPED-ADDRESS"] = address
+    message.add_message_integrity(b"password")
+    parsed = stun.parse_message(bytes(message))
+    assert parsed.check_message_integrity(b"password")
+    assert parsed.attributes["XOR-MAPPED-ADDRESS"] == (address[0].split("%")[0], address[1])
+
+
+def test_stun_packing_of_no_address_fails_as_aioices() -> None:
+    with pytest.raises(ValueError):
+        ice.pack_address(("not an address", 1))

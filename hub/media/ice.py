@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import random
 import re
+import socket
+import struct
+from collections.abc import Callable
 
 import aioice.ice
 import aioice.stun
@@ -81,6 +84,46 @@ async def query_consent(self: aioice.ice.Connection) -> None:
                 return await self.close()
 
 
-def align_consent() -> None:
-    """Run every connection's consent checks on the shared tick (`query_consent`)."""
+_aioice_pack_address = aioice.stun.pack_address
+_aioice_xor_data = aioice.stun.xor_data
+_XOR_PAD = struct.pack("!HI", aioice.stun.COOKIE >> 16, aioice.stun.COOKIE)
+
+
+def _same(data: bytes) -> bytes:
+    return data
+
+
+def xor_data(data: bytes, transaction_id: bytes) -> bytes:
+    """aioice's `stun.xor_data` (an XOR-MAPPED-ADDRESS's port and address
+    XORed with the magic cookie and transaction id), in one integer XOR
+    instead of a byte at a time (3 µs)."""
+    pad = _XOR_PAD + transaction_id
+    size = len(data)
+    if size > len(pad):
+        return _aioice_xor_data(data, transaction_id)  # its error, for what no address is
+    return (int.from_bytes(data, "big") ^ int.from_bytes(pad[:size], "big")).to_bytes(size, "big")
+
+
+def pack_address(value: tuple[str, int], xor: Callable[[bytes], bytes] = _same) -> bytes:
+    """aioice's `stun.pack_address` with `inet_pton` instead of `ipaddress`
+    (10 µs with the XOR, three times per response: the integrity, the
+    fingerprint and the datagram each serialize the message)."""
+    host, port = value[0], value[1]
+    try:
+        packed, family = socket.inet_pton(socket.AF_INET, host), aioice.stun.IPV4_PROTOCOL
+    except OSError:
+        try:
+            packed, family = socket.inet_pton(socket.AF_INET6, host.split("%", 1)[0]), aioice.stun.IPV6_PROTOCOL
+        except OSError:
+            return _aioice_pack_address(value, xor)  # its error, for what no address is
+    return bytes((0, family)) + xor(port.to_bytes(2, "big") + packed)
+
+
+def install() -> None:
+    """Run every connection's consent checks on the shared tick
+    (`query_consent`), and make STUN's address packing cheap: a consent
+    check answered cost the hub ~100 µs, a check of its own ~23 µs."""
     aioice.ice.Connection.query_consent = query_consent  # type: ignore[method-assign]
+    # Module globals that aioice's XOR-MAPPED-ADDRESS packing looks up per call.
+    aioice.stun.pack_address = pack_address
+    aioice.stun.xor_data = xor_data
