@@ -11,6 +11,7 @@ import pytest
 from aioice import stun
 from aioice.ice import StunProtocol
 from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.rtp import AnyRtcpPacket, RtcpPsfbPacket, RtcpRrPacket
 
 from client import bot
 from hub.media import ice
@@ -194,3 +195,35 @@ def test_stun_address_packing_is_aioices(address: tuple[str, int]) -> None:
 def test_stun_packing_of_no_address_fails_as_aioices() -> None:
     with pytest.raises(ValueError):
         ice.pack_address(("not an address", 1))
+
+
+async def test_a_viewers_remb_reaches_its_filter_straight_from_the_socket() -> None:
+    """The door hands a REMB to the hub's callbacks (hub.media.door.on_remb), not through
+    aiortc's routing and handler chain; receiver reports still take aiortc's handler."""
+    router, _, publisher, viewer = in_process()
+    try:
+        await publisher.setLocalDescription(await publisher.createOffer())
+        stream, answer = await router.publish(publisher.localDescription.sdp)
+        await publisher.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        await viewer.setLocalDescription(await viewer.createOffer())
+        subscription, answer = await router.view(stream.id, viewer.localDescription.sdp, "viewer")
+        await viewer.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        consumer = router._consumers[subscription.id]
+        temporal, sender = consumer.temporal, consumer.pc.getTransceivers()[0].sender
+        assert temporal is not None
+        handled: list[object] = []
+        handle = sender._handle_rtcp_packet
+
+        async def recorded(packet: AnyRtcpPacket) -> None:
+            handled.append(packet)
+            await handle(packet)
+
+        sender._handle_rtcp_packet = recorded  # type: ignore[method-assign]
+        temporal.estimate = None  # set again by the next REMB
+        # aiortc's own handler, underneath, still sees the viewer's reports (its RTT and stats).
+        await wait_until(lambda: temporal.estimate and any(isinstance(p, RtcpRrPacket) for p in handled), 30)
+        assert not [p for p in handled if isinstance(p, RtcpPsfbPacket)]
+    finally:
+        await viewer.close()
+        await publisher.close()
+        await router.close()

@@ -60,7 +60,8 @@ from aioice.ice import CandidatePair, StunProtocol
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
-from aiortc.rtp import RtcpPacket, RtpPacket, is_rtcp
+from aiortc.rtcrtpsender import RTCRtpSender
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPacket, RtcpPsfbPacket, RtpPacket, is_rtcp, unpack_remb_fci
 
 from hub.media import ice
 from hub.media.counters import COUNTERS
@@ -80,6 +81,8 @@ _installed = False
 _HANDLER = "_hub_take_rtp"
 #: Set on an aioice Connection once its DTLS transport has SRTP keys.
 _DTLS = "_hub_dtls"
+#: Set on an `RTCRtpSender` by `on_remb`: who takes its viewer's estimates.
+_REMB = "_hub_on_remb"
 
 RtpHandler = Callable[[RtpPacket, int], None]
 
@@ -98,6 +101,23 @@ def take_rtp(receiver: RTCRtpReceiver, handler: RtpHandler) -> None:
     it has is taken (a plain aiortc receiver beside one keeps the queue).
     """
     setattr(receiver, _HANDLER, handler)
+
+
+def on_remb(sender: RTCRtpSender, callback: Callable[[int], None]) -> None:
+    """Hand the REMB estimates (bits/s) a viewer sends for `sender` to
+    `callback` straight from the socket callback (`_received_rtcp`).
+
+    For such a sender aiortc's own REMB handling has nothing to do (it logs
+    the figure and sets an encoder's bitrate; the hub's senders forward,
+    they have no encoder), so the door skips aiortc's routing and handler
+    chain for it. The sender's `_handle_rtcp_packet` must pass a REMB
+    reaching it otherwise (through aiortc's queue) to `callback` too.
+    """
+    callbacks: list[Callable[[int], None]] | None = getattr(sender, _REMB, None)
+    if callbacks is None:
+        callbacks = []
+        setattr(sender, _REMB, callbacks)
+    callbacks.append(callback)
 
 
 def install() -> None:
@@ -229,12 +249,34 @@ def _received_rtcp(dtls: RTCDtlsTransport, data: bytes, addr: object) -> bool:
     except (pylibsrtp.Error, ValueError):  # aiortc drops these too, quietly
         return True
     for packet in packets:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP and _received_remb(dtls, packet):
+            continue
         for recipient in dtls._rtp_router.route_rtcp(packet):
             # aiortc's own handlers (and the hub's wrappers of them: a sink's
             # NACK answers and keyframe requests, a layer switch's REMB and
             # loss), in aiortc's order; they are coroutines that, for RTCP,
             # finish without waiting for anything.
             _run_eagerly(recipient._handle_rtcp_packet(packet), addr)
+    return True
+
+
+def _received_remb(dtls: RTCDtlsTransport, packet: RtcpPsfbPacket) -> bool:
+    """A REMB (two a second from an aiortc viewer) to senders that all take
+    it through `on_remb`: their callbacks, and nothing else (a fifth of the
+    RTCP handling's cost: aiortc's routing, its handler and the hub's
+    wrapper each unpacked the estimate, in two coroutines). False: aiortc's
+    routing and handlers take it."""
+    try:
+        bitrate, ssrcs = unpack_remb_fci(packet.fci)
+    except ValueError:
+        return False  # aiortc's handlers ignore it as they do
+    senders = dtls._rtp_router.senders
+    recipients = {senders.get(ssrc) for ssrc in ssrcs}
+    if not recipients or not all(hasattr(r, _REMB) for r in recipients):
+        return False
+    for sender in recipients:
+        for callback in getattr(sender, _REMB):
+            callback(bitrate)
     return True
 
 

@@ -47,6 +47,7 @@ from aiortc.rtp import (
     unpack_remb_fci,
 )
 
+from hub.media import door
 from hub.media.forward import Outgoing, Sink, TrackSink, TrackSource, is_keyframe_start, vp8_payload_start
 from hub.media.upkeep import ticker
 
@@ -442,6 +443,9 @@ def watch_feedback(
     receives them."""
     handle = sender._handle_rtcp_packet
     ssrc = sender._ssrc
+    # REMB straight from the socket callback, past the wrapper below (which
+    # takes what reaches the sender through aiortc's queue instead).
+    door.on_remb(sender, on_estimate)
 
     async def handle_rtcp(packet: AnyRtcpPacket) -> None:
         if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
