@@ -24,7 +24,6 @@ import heapq
 import itertools
 import logging
 import random
-import weakref
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
@@ -104,13 +103,16 @@ class Ticker:
             self._arm()
 
 
-_tickers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Ticker] = weakref.WeakKeyDictionary()
+#: Where a loop keeps its ticker: on the loop itself, so that the two (and
+#: the timer handle between them) go together when the loop is dropped.
+_ATTRIBUTE = "_hub_ticker"
 
 
 def ticker() -> Ticker:
     """The running event loop's ticker."""
     loop = asyncio.get_running_loop()
-    found = _tickers.get(loop)
+    found: Ticker | None = getattr(loop, _ATTRIBUTE, None)
     if found is None:
-        found = _tickers[loop] = Ticker(loop)
+        found = Ticker(loop)
+        setattr(loop, _ATTRIBUTE, found)
     return found
