@@ -325,6 +325,9 @@ async def run_relays(pulls: list[int], seconds: float, reuse: Path | None) -> No
     viewing = phases[len(pulls) :]
     per_pulled, pull_worst = slope([(ph.received / ph.seconds, ph.cpu_seconds / ph.seconds) for ph in pulling])
     per_sent, view_worst = slope([(ph.forwarded / ph.seconds, ph.cpu_seconds / ph.seconds) for ph in viewing])
+    # The first viewer of a stream also starts its per-packet send (the shared
+    # header fields, the batch), which the later ones share: their slope alone.
+    later, _ = slope([(ph.forwarded / ph.seconds, ph.cpu_seconds / ph.seconds) for ph in viewing[1:]])
     idle = phases[0].cpu_seconds / phases[0].seconds
     alone = phases[len(pulls)]
     pulled = (alone.cpu_seconds / alone.seconds - idle) / max(1, alone.received / alone.seconds)
@@ -341,6 +344,10 @@ async def run_relays(pulls: list[int], seconds: float, reuse: Path | None) -> No
         f" {1e6 * per_sent:.1f} µs of CPU per packet it is sent (largest distance {100 * view_worst:.2f}%)"
     )
     print(f"- so a relay costs P2 {per_pulled / per_sent:.2f} viewers (slopes); {pulled / per_sent:.2f} (less idle)")
+    print(
+        f"- a viewer past the first of its stream (slope over {', '.join(map(str, PER_STREAM))} a stream):"
+        f" {1e6 * later:.1f} µs a packet sent; a relay {per_pulled / later:.2f} of those"
+    )
 
 
 def main() -> None:
