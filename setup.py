@@ -1,8 +1,14 @@
-"""The one compiled piece: hub/media/_fastsend.c (see hub/media/forward.py).
+"""The compiled pieces: hub/media/_fastsend.c (see hub/media/forward.py) and
+hub/media/_fastrecv.c (see hub/media/door.py).
 
-Optional: where it does not build, the hub forwards through Python and says so once.
+Optional: where one does not build, the hub takes the Python path it replaces and says so once.
 """
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("hub.media._fastsend", ["hub/media/_fastsend.c"], optional=True)])
+setup(
+    ext_modules=[
+        Extension("hub.media._fastsend", ["hub/media/_fastsend.c"], optional=True),
+        Extension("hub.media._fastrecv", ["hub/media/_fastrecv.c"], optional=True),
+    ]
+)

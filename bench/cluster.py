@@ -13,15 +13,17 @@ publisher and viewers share this process's clock).
     .venv/bin/python -m bench.cluster              # about 1.5 minutes
     .venv/bin/python -m bench.cluster --viewers 2 --seconds 5
 
-`--relays N` measures a relay's cost alone, on the process that pulls: N
-publishers (one process each) on the origin, P2 pulling all N streams,
-with 1, then 2, then 3 viewers of each stream on P2. P2's CPU above its
-idle, against the packets it received (the pulls) and forwarded (to its
-viewers) in each window, fitted by least squares, gives a viewer's CPU per
-packet sent and a relay's per packet pulled: both from the same process in
-one run, so no figure of another process (nor its noise) enters the ratio.
+`--relays 3,6,12` measures a relay's cost alone, on the process that
+pulls: 12 publishers (one process each) on the origin; P2 pulls 3, then 6,
+then 12 of the streams with no viewer (a long linger keeps a pull its
+opening viewer left), then 1, 2, 3 viewers of each stream join on P2.
+Both figures are margins, slopes of P2's CPU on its own packet counters
+(/metrics): a pull's, over the number of pulls (per packet pulled); a
+viewer's, over the number of viewers with all the pulls up (per packet
+sent). Both come from the same process in one run, so no figure of another
+process (nor its noise) enters their ratio.
 
-    .venv/bin/python -m bench.cluster --relays 8 --seconds 20
+    .venv/bin/python -m bench.cluster --relays 3,6,12 --seconds 15
 
 The report (a markdown table) goes to stdout, progress to stderr.
 """
@@ -242,20 +244,30 @@ async def relay_phase(
     return RelayPhase(viewers, relays, cpu, elapsed, used, after[0] - before[0], after[1] - before[1])
 
 
-async def run_relays(streams: int, seconds: float, reuse: Path | None) -> None:
+def slope(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least squares y = a + b x over `points`: (b, the largest distance of a point from the line)."""
+    n = len(points)
+    mx, my = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
+    b = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
+    return b, max(abs(y - my - b * (x - mx)) for x, y in points)
+
+
+async def run_relays(pulls: list[int], seconds: float, reuse: Path | None) -> None:
     use_addresses(["127.0.0.1"])
     started = time.monotonic()
+    streams = pulls[-1]
     with tempfile.TemporaryDirectory() as tmp, redis_server() as redis_url:
         root = Path(tmp)
         # Viewers join one by one: on a loaded machine a phase takes well over its window.
-        length = WARMUP + (1 + len(PER_STREAM)) * (2 * SETTLE + 2 * seconds) + 60
+        length = WARMUP + (1 + len(pulls) + len(PER_STREAM)) * (2 * SETTLE + 2 * seconds) + 60
         source = reuse or root / "source.webm"
-        if reuse is None:
+        if not source.exists():
             make_source(source, length)
         dirs = cluster_dirs(root, ("origin", "p2"))
         # Every publisher and viewer is the one bench user.
         env = cluster_env(redis_url) | {"HUB_WHIP_SESSIONS_PER_USER": str(streams)}
-        # P2's pulls outlive its viewers: the last phase measures them alone.
+        # P2's pulls outlive their viewers: a pull is opened by a viewer that
+        # leaves at once, and the pull phases measure the pulls alone.
         env |= {"HUB_RELAY_LINGER_SECONDS": "3600"}
         async with (
             running_hub(dirs[0], env) as origin,
@@ -263,13 +275,24 @@ async def run_relays(streams: int, seconds: float, reuse: Path | None) -> None:
             aiohttp.ClientSession() as http,
         ):
             procs = {"origin": origin.psutil(), "P2": p2.psutil()}
-            origin.publish(streams, source, length)
             authorized = aiohttp.ClientSession(headers={"Authorization": f"Bearer {origin.token}"})
             async with authorized:
+                # One first: publishers that all join a room not there yet
+                # race to open it, and with 12 at once one sometimes lost.
+                origin.publish(1, source, length)
+                await origin.wait_for_streams(authorized, 1)
+                origin.publish(streams - 1, source, length)
                 ids = await origin.wait_for_streams(authorized, streams)
             await asyncio.sleep(WARMUP)
-            say(f"idle: {seconds:g} s with {streams} publishers on the origin, no viewer")
+            say(f"idle: {seconds:g} s with {streams} publishers on the origin, no pull")
             phases = [await relay_phase(http, procs, p2.url, 0, seconds)]
+            for count in pulls:
+                say(f"{count} pulls on P2, no viewer")
+                for stream_id in ids[phases[-1].relays : count]:
+                    session = await bot.view(http, p2.url, origin.token, stream_id, kinds=("video",))
+                    await session.close()
+                await asyncio.sleep(SETTLE)
+                phases.append(await relay_phase(http, procs, p2.url, 0, seconds))
             sessions: list[bot.Session] = []
             for per_stream in PER_STREAM:
                 say(f"{per_stream} viewers of each of the {streams} streams on P2")
@@ -280,50 +303,50 @@ async def run_relays(streams: int, seconds: float, reuse: Path | None) -> None:
                 phases.append(await relay_phase(http, procs, p2.url, len(sessions), seconds))
             for session in sessions:
                 await session.close()
-            await asyncio.sleep(SETTLE)
-            say(f"the {streams} pulls alone on P2, no viewer")
-            alone = await relay_phase(http, procs, p2.url, 0, seconds)
 
-    print_machine(started, f"{streams} streams on the origin, all pulled by P2; window {seconds:g} s per phase")
+    print_machine(started, f"{streams} streams on the origin, pulled by P2; window {seconds:g} s per phase")
     print("| viewers on P2 | relays on P2 | origin CPU % | P2 CPU % | P2 packets/s in | P2 packets/s out |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
-    for ph in (*phases, alone):
+    for ph in phases:
         print(
             f"| {ph.viewers} | {ph.relays} | {ph.cpu['origin']:.1f} | {ph.cpu['P2']:.1f} |"
             f" {ph.received / ph.seconds:.0f} | {ph.forwarded / ph.seconds:.0f} |"
         )
-    # P2's CPU above idle = r * packets received + f * packets forwarded
-    # (least squares over the phases with viewers). Counting packets, not
-    # seconds, keeps the figures true when a loaded machine starves P2: it
-    # then handles fewer packets, each for about the same CPU. Whatever a
-    # pull costs besides its packets (RTCP, ICE consent) lands in r, and
-    # what a viewer does (its RTCP) in f.
+    # Both figures are margins, each a slope on P2 alone: a pull's, CPU
+    # against packets pulled over the phases without viewers (idle, then
+    # more and more pulls); a viewer's, CPU against packets forwarded over
+    # the phases with all the pulls (none, then 1, 2, 3 viewers a stream),
+    # where a viewer shares each packet's wake-up with the stream's other
+    # viewers and its pull. Counting packets, not seconds, keeps the figures
+    # true when a loaded machine starves P2: it then handles fewer packets,
+    # each for about the same CPU. Whatever a pull costs besides its packets
+    # (RTCP, ICE consent) lands in its slope, and a viewer's RTCP in its.
+    pulling = phases[: 1 + len(pulls)]
+    viewing = phases[len(pulls) :]
+    per_pulled, pull_worst = slope([(ph.received / ph.seconds, ph.cpu_seconds / ph.seconds) for ph in pulling])
+    per_sent, view_worst = slope([(ph.forwarded / ph.seconds, ph.cpu_seconds / ph.seconds) for ph in viewing])
+    # The first viewer of a stream also starts its per-packet send (the shared
+    # header fields, the batch), which the later ones share: their slope alone.
+    later, _ = slope([(ph.forwarded / ph.seconds, ph.cpu_seconds / ph.seconds) for ph in viewing[1:]])
     idle = phases[0].cpu_seconds / phases[0].seconds
-    rows = [(ph.received, ph.forwarded, ph.cpu_seconds - idle * ph.seconds) for ph in phases[1:]]
-    rr = sum(r * r for r, _, _ in rows)
-    rf = sum(r * f for r, f, _ in rows)
-    ff = sum(f * f for _, f, _ in rows)
-    ry = sum(r * y for r, _, y in rows)
-    fy = sum(f * y for _, f, y in rows)
-    det = rr * ff - rf * rf
-    per_received, per_forwarded = (ry * ff - fy * rf) / det, (fy * rr - ry * rf) / det
-    worst = max(
-        abs(y - per_received * r - per_forwarded * f) / ph.seconds
-        for (r, f, y), ph in zip(rows, phases[1:], strict=True)
-    )
+    alone = phases[len(pulls)]
+    pulled = (alone.cpu_seconds / alone.seconds - idle) / max(1, alone.received / alone.seconds)
     print()
     print(f"- P2's idle: {100 * idle:.2f}% of a core")
-    print(f"- a viewer on P2: {1e6 * per_forwarded:.1f} µs of CPU per packet it is sent")
     print(
-        f"- a relay on P2: {1e6 * per_received:.1f} µs per packet it pulls,"
-        f" {per_received / per_forwarded:.2f}x a viewer of the same stream"
+        f"- a pull on P2 (slope over {', '.join(map(str, pulls))} pulls): {1e6 * per_pulled:.1f} µs of CPU"
+        f" per packet pulled (largest distance from the line {100 * pull_worst:.2f}% of a core);"
+        f" {(alone.cpu['P2'] - 100 * idle) / streams:.2f}% of a core a pull at {streams},"
+        f" {1e6 * pulled:.1f} µs a packet (less idle, not a slope)"
     )
-    print(f"- the phases' largest distance from the fit: {100 * worst:.2f}% of a core")
-    # The last phase directly: P2 with the pulls and no viewer, less its idle.
-    pulled = (alone.cpu_seconds - idle * alone.seconds) / max(1, alone.received)
     print(
-        f"- the pulls alone (last row, less idle): {1e6 * pulled:.1f} µs per packet pulled,"
-        f" {pulled / per_forwarded:.2f}x a viewer; {(alone.cpu['P2'] - 100 * idle) / streams:.2f}% of a core a pull"
+        f"- a viewer on P2 (slope over 0, {', '.join(map(str, PER_STREAM))} viewers a stream):"
+        f" {1e6 * per_sent:.1f} µs of CPU per packet it is sent (largest distance {100 * view_worst:.2f}%)"
+    )
+    print(f"- so a relay costs P2 {per_pulled / per_sent:.2f} viewers (slopes); {pulled / per_sent:.2f} (less idle)")
+    print(
+        f"- a viewer past the first of its stream (slope over {', '.join(map(str, PER_STREAM))} a stream):"
+        f" {1e6 * later:.1f} µs a packet sent; a relay {per_pulled / later:.2f} of those"
     )
 
 
@@ -331,13 +354,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--viewers", type=int, default=4, help="viewers per phase (default 4)")
     parser.add_argument("--seconds", type=float, default=10.0, help="measuring window per phase (default 10)")
-    parser.add_argument("--relays", type=int, default=0, metavar="N", help="measure N relays on P2 alone (see above)")
     parser.add_argument(
-        "--source", type=Path, help="with --relays: an earlier run's source file to send (long enough), not encoded"
+        "--relays",
+        default="",
+        metavar="N,N,...",
+        help="measure relays on P2 alone, at these numbers of pulls (e.g. 3,6,12; see above)",
+    )
+    parser.add_argument(
+        "--source",
+        type=Path,
+        help="with --relays: the source file to send, encoded there if missing (kept for later runs)",
     )
     args = parser.parse_args()
     if args.relays:
-        asyncio.run(run_relays(args.relays, args.seconds, args.source))
+        try:
+            pulls = sorted({int(n) for n in args.relays.split(",")})
+        except ValueError:
+            parser.error("--relays takes numbers of pulls, e.g. 3,6,12")
+        if len(pulls) < 2 or pulls[0] < 1:
+            parser.error("--relays needs at least two numbers of pulls, each 1 or more, e.g. 3,6,12")
+        asyncio.run(run_relays(pulls, args.seconds, args.source))
     else:
         asyncio.run(run(args.viewers, args.seconds))
 

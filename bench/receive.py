@@ -9,9 +9,11 @@ hands each to the hub-side ICE socket's `datagram_received`, one per turn
 of the event loop, as datagrams arrive; a packet counts as received once its
 `TrackSource` has it (no sinks: the fan-out is not measured here). CPU
 (process time) per packet, less the same loop with no packet in it, is the
-receive path's cost: the door's direct path (hub.media.door.take_rtp), and,
-for comparison, aiortc's own path through aioice's queue (the direct path
-switched off for the run by removing the receiver's handler).
+receive path's cost: the door's direct path (hub.media.door.take_rtp), with
+SRTP unprotect and the RTP parse compiled (hub/media/_fastrecv.c) and with
+pylibsrtp and aiortc's parse (the compiled module switched off for the run),
+and, for comparison, aiortc's own path through aioice's queue (the direct
+path switched off for the run by removing the receiver's handler).
 
     .venv/bin/python -m bench.receive            # about 20 s
     .venv/bin/python -m bench.receive --packets 5000
@@ -41,6 +43,12 @@ from hub.media.ice import use_addresses  # noqa: E402
 from hub.media.router import Producer, Router  # noqa: E402
 
 PAYLOAD = bytes(1100)
+#: The receive paths measured, as the report names them.
+PATHS = {
+    "compiled": "the door's direct path, compiled unprotect + parse (hub/media/_fastrecv.c)",
+    "direct": "the door's direct path, pylibsrtp + aiortc's parse",
+    "aiortc": "aiortc's (aioice queue, DTLS task)",
+}
 #: A fresh SSRC per run: SRTP refuses a sequence number it has seen.
 _ssrcs = iter(range(0x5EED0000, 0x5EEDFFFF))
 
@@ -64,7 +72,7 @@ def receiver_of(pc: RTCPeerConnection) -> RTCRtpReceiver:
 
 
 async def per_packet(
-    producers: list[Producer], hub_pc: RTCPeerConnection, far_pc: RTCPeerConnection, packets: int, direct: bool
+    producers: list[Producer], hub_pc: RTCPeerConnection, far_pc: RTCPeerConnection, packets: int, path: str
 ) -> float:
     """µs of CPU per packet received by `hub_pc`, sent as `far_pc` would."""
     receiver = receiver_of(hub_pc)
@@ -86,9 +94,12 @@ async def per_packet(
     source = next(p for p in producers if p.pc is hub_pc).sources["video"]
     sinks = set(source.sinks)
     source.sinks.clear()
-    handler = getattr(receiver, door._HANDLER)
+    handler, compiled = getattr(receiver, door._HANDLER), door._fastrecv
+    direct = path != "aiortc"
     if not direct:
         delattr(receiver, door._HANDLER)
+    if path != "compiled":
+        door._fastrecv = None
     try:
         # The loop alone: one turn per datagram, as when nothing arrives.
         start = time.process_time()
@@ -105,6 +116,7 @@ async def per_packet(
         spent = time.process_time() - start
     finally:
         setattr(receiver, door._HANDLER, handler)
+        door._fastrecv = compiled
         source.sinks |= sinks
     if COUNTERS.packets_received != counted + packets:
         raise SystemExit("packets went missing: the measurement is void")
@@ -148,12 +160,12 @@ async def run(packets: int, rounds: int) -> None:
         upstream_pc = next(iter(hosted.consumers)).pc
         assert hosted.pc is not None and pull.pc is not None
         await connected(publisher, hosted.pc, pull.pc, upstream_pc)
-        results: dict[tuple[str, bool], list[float]] = {}
+        results: dict[tuple[str, str], list[float]] = {}
         for _ in range(rounds):
-            for direct in (True, False):
+            for path in [p for p in PATHS if p != "compiled" or door._fastrecv is not None]:
                 for name, hub_pc, far_pc in (("publisher", hosted.pc, publisher), ("pull", pull.pc, upstream_pc)):
-                    results.setdefault((name, direct), []).append(
-                        await per_packet([hosted, pull], hub_pc, far_pc, packets, direct)
+                    results.setdefault((name, path), []).append(
+                        await per_packet([hosted, pull], hub_pc, far_pc, packets, path)
                     )
     finally:
         await publisher.close()
@@ -168,10 +180,9 @@ async def run(packets: int, rounds: int) -> None:
     print(f"{packets} packets of 1,100 bytes per run, {rounds} runs each, median shown (all runs in brackets)\n")
     print("| session | receive path | µs CPU per packet |")
     print("| --- | --- | ---: |")
-    for (name, direct), values in results.items():
-        path = "the door's direct path" if direct else "aiortc's (aioice queue, DTLS task)"
+    for (name, path), values in results.items():
         runs = ", ".join(f"{v:.1f}" for v in values)
-        print(f"| {name} | {path} | {sorted(values)[len(values) // 2]:.1f} ({runs}) |")
+        print(f"| {name} | {PATHS[path]} | {sorted(values)[len(values) // 2]:.1f} ({runs}) |")
 
 
 def main() -> None:

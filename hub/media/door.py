@@ -61,10 +61,17 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCRtpSender
-from aiortc.rtp import RTCP_PSFB_APP, RtcpPacket, RtcpPsfbPacket, RtpPacket, is_rtcp, unpack_remb_fci
+from aiortc.rtp import RTCP_PSFB_APP, HeaderExtensions, RtcpPacket, RtcpPsfbPacket, RtpPacket, is_rtcp, unpack_remb_fci
+from pylibsrtp._binding import ffi as _srtp_ffi
+from pylibsrtp._binding import lib as _srtp_lib
 
 from hub.media import ice
 from hub.media.counters import COUNTERS
+
+try:
+    from hub.media import _fastrecv
+except ImportError:  # not built (setup.py marks it optional): pylibsrtp and aiortc's parse
+    _fastrecv = None
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +90,9 @@ _HANDLER = "_hub_take_rtp"
 _DTLS = "_hub_dtls"
 #: Set on an `RTCRtpSender` by `on_remb`: who takes its viewer's estimates.
 _REMB = "_hub_on_remb"
+#: Set on that DTLS transport with it: its receiving SRTP session and the
+#: address of that session's libsrtp context, for `_fastrecv`.
+_RX_CONTEXT = "_hub_rx_context"
 
 RtpHandler = Callable[[RtpPacket, int], None]
 
@@ -126,6 +136,9 @@ def install() -> None:
     if _installed:
         return
     _installed = True
+    if _fastrecv is not None:
+        # The contexts are pylibsrtp's, so its own srtp_unprotect must read them.
+        _fastrecv.bind(int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_unprotect"))))
     StunProtocol.datagram_received = _guarded_datagram_received  # type: ignore[method-assign]
     RTCDtlsTransport._recv_next = _contained_recv_next(RTCDtlsTransport._recv_next)  # type: ignore[method-assign]
     ice.install()
@@ -227,9 +240,8 @@ def _received_rtp(dtls: RTCDtlsTransport, data: bytes, addr: object) -> bool:
         return False
     _count_received(dtls, data)
     arrival_time_ms = int((time.time() + _NTP_TO_UNIX) * 1000)
-    try:
-        packet = RtpPacket.parse(dtls._rx_srtp.unprotect(data), dtls._rtp_header_extensions_map)
-    except (pylibsrtp.Error, ValueError):  # aiortc drops these too, quietly
+    packet = _unprotected(dtls, data)
+    if packet is None:  # aiortc drops these too, quietly
         return True
     receiver = router.route_rtp(packet)
     if receiver is not None:
@@ -238,6 +250,27 @@ def _received_rtp(dtls: RTCDtlsTransport, data: bytes, addr: object) -> bool:
         except Exception:
             refuse("failed in RTP handling", addr, exc_info=True)
     return True
+
+
+def _unprotected(dtls: RTCDtlsTransport, data: bytes) -> RtpPacket | None:
+    """The RTP packet an SRTP datagram carries, as aiortc's parse makes it;
+    None if SRTP refuses it or it is no valid RTP."""
+    extensions = dtls._rtp_header_extensions_map
+    try:
+        session, context = getattr(dtls, _RX_CONTEXT)
+        # The context is the session's while that session is the transport's
+        # (anything that replaced it, the compiled path must not outlive).
+        if _fastrecv is not None and session is dtls._rx_srtp:
+            got = _fastrecv.receive(context, data, RtpPacket, HeaderExtensions)
+            if type(got) is tuple:  # with header extensions: their ids are the session's, aiortc reads them
+                packet, profile, value = got
+                packet.extensions = extensions.get(profile, value)
+                return packet
+            if got is not NotImplemented:
+                return got
+        return RtpPacket.parse(dtls._rx_srtp.unprotect(data), extensions)
+    except (pylibsrtp.Error, ValueError):
+        return None
 
 
 def _received_rtcp(dtls: RTCDtlsTransport, data: bytes, addr: object) -> bool:
@@ -320,7 +353,8 @@ def _contained_recv_next(
     recv_next: Callable[[RTCDtlsTransport], Awaitable[None]],
 ) -> Callable[[RTCDtlsTransport], Awaitable[None]]:
     async def _recv_next(self: RTCDtlsTransport) -> None:
-        if self._rx_srtp is not None:  # keyed: from now on SRTP may skip the queue
+        if self._rx_srtp is not None and not hasattr(self, _RX_CONTEXT):  # keyed: from now on SRTP may skip the queue
+            setattr(self, _RX_CONTEXT, (self._rx_srtp, int(_srtp_ffi.cast("uintptr_t", self._rx_srtp._srtp[0]))))
             setattr(self.transport._connection, _DTLS, self)
         try:
             await recv_next(self)
