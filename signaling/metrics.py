@@ -86,7 +86,6 @@ class HubCollector(Collector):
                 value=lag.wall_max_ms / 1000,
             )
 
-
     def _layers(self) -> Iterator[Metric]:
         states = self._app[ROOMS].layer_states()
         layer = GaugeMetricFamily(

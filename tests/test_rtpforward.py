@@ -101,7 +101,8 @@ class RecordingSink(TrackSink):
 
     async def open(self) -> None:
         _, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
-            lambda: StunProtocol(None), local_addr=("127.0.0.1", 0)  # type: ignore[arg-type]
+            lambda: StunProtocol(None),
+            local_addr=("127.0.0.1", 0),  # type: ignore[arg-type]
         )
         self._protocol = protocol
         # The transport's own answer, which both paths ask.

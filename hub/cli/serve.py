@@ -110,9 +110,7 @@ async def build(settings: Settings) -> Hub:
     if settings.cluster_secret:
         cluster = Cluster(settings.cluster_secret, node_id, settings.upstream, settings.session_connect_seconds)
     rooms = Rooms(tree, state, router, node_id=node_id, node_url=settings.node_url, limits=limits, cluster=cluster)
-    recorder = Recorder(
-        rooms, settings.recordings_path, db, settings.segment_seconds, settings.record_mediation_rooms
-    )
+    recorder = Recorder(rooms, settings.recordings_path, db, settings.segment_seconds, settings.record_mediation_rooms)
     await recorder.start()
     router.on_view_ended = recorder.audit.view_ended
     snapshots = Snapshots(rooms, settings.snapshot_seconds)
