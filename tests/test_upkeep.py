@@ -20,7 +20,7 @@ from hub.media.temporal import TemporalFilter
 from hub.media.upkeep import Ticker, ticker
 
 from .conftest import wait_until
-from .peers import in_process
+from .peers import in_process, publish_and_view
 
 
 async def test_one_tick_runs_every_due_callback_and_sleep_together() -> None:
@@ -152,12 +152,7 @@ async def test_a_viewer_that_stops_answering_consent_is_closed(monkeypatch: pyte
     monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.5)
     router, _, publisher, viewer = in_process()
     try:
-        await publisher.setLocalDescription(await publisher.createOffer())
-        stream, answer = await router.publish(publisher.localDescription.sdp)
-        await publisher.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-        await viewer.setLocalDescription(await viewer.createOffer())
-        subscription, answer = await router.view(stream.id, viewer.localDescription.sdp, "viewer")
-        await viewer.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        _, subscription = await publish_and_view(router, publisher, viewer)
         await wait_until(lambda: router._consumers[subscription.id].pc.connectionState == "connected", timeout=20)
         await asyncio.sleep(1.5)
         assert subscription.id in router._consumers  # answered consent keeps it
@@ -203,12 +198,7 @@ async def test_a_viewers_remb_reaches_its_filter_straight_from_the_socket() -> N
     aiortc's routing and handler chain; receiver reports still take aiortc's handler."""
     router, _, publisher, viewer = in_process()
     try:
-        await publisher.setLocalDescription(await publisher.createOffer())
-        stream, answer = await router.publish(publisher.localDescription.sdp)
-        await publisher.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-        await viewer.setLocalDescription(await viewer.createOffer())
-        subscription, answer = await router.view(stream.id, viewer.localDescription.sdp, "viewer")
-        await viewer.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        _, subscription = await publish_and_view(router, publisher, viewer)
         consumer = router._consumers[subscription.id]
         temporal, sender = consumer.temporal, consumer.pc.getTransceivers()[0].sender
         assert temporal is not None
