@@ -92,7 +92,7 @@ if str(ROOT) not in sys.path:  # `python bench/forwarding.py` puts bench/, not t
 
 from bench.machine import cpu_seconds, free_port, machine  # noqa: E402
 from client import bot  # noqa: E402
-from hub.media import forward  # noqa: E402
+from hub.media import door, forward  # noqa: E402
 from hub.media.forward import offered_codecs, restrict_codecs  # noqa: E402
 from hub.media.ice import use_addresses  # noqa: E402
 
@@ -1115,7 +1115,7 @@ def measure_floor(
             forward.use_path("c")  # binds the compiled loop to pylibsrtp's srtp_protect
             srtp = sessions()
             targets = [
-                (forward.srtp_context(srtp[i]), senders[i].fileno(), compiled.sockaddr(*to[i])) for i in range(viewers)
+                (door.srtp_context(srtp[i]), senders[i].fileno(), compiled.sockaddr(*to[i])) for i in range(viewers)
             ]
             for seq in pacer(count, interval):
                 head = [header(0x80, 96, seq & 0xFFFF, seq * 3000, i) for i in range(viewers)]

@@ -137,11 +137,22 @@ def install() -> None:
         return
     _installed = True
     if _fastrecv is not None:
-        # The contexts are pylibsrtp's, so its own srtp_unprotect must read them.
-        _fastrecv.bind(int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_unprotect"))))
+        _fastrecv.bind(srtp_function("srtp_unprotect"))
     StunProtocol.datagram_received = _guarded_datagram_received  # type: ignore[method-assign]
     RTCDtlsTransport._recv_next = _contained_recv_next(RTCDtlsTransport._recv_next)  # type: ignore[method-assign]
     ice.install()
+
+
+def srtp_context(session: Any) -> int:
+    """The address of a pylibsrtp session's libsrtp context (its srtp_t),
+    for the compiled send and receive paths."""
+    return int(_srtp_ffi.cast("uintptr_t", session._srtp[0]))
+
+
+def srtp_function(name: str) -> int:
+    """The address of a function of pylibsrtp's own libsrtp: the contexts are
+    its, so only its functions may read them."""
+    return int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, name)))
 
 
 def refuse(reason: str, addr: object, exc_info: bool = False) -> None:
@@ -354,7 +365,7 @@ def _contained_recv_next(
 ) -> Callable[[RTCDtlsTransport], Awaitable[None]]:
     async def _recv_next(self: RTCDtlsTransport) -> None:
         if self._rx_srtp is not None and not hasattr(self, _RX_CONTEXT):  # keyed: from now on SRTP may skip the queue
-            setattr(self, _RX_CONTEXT, (self._rx_srtp, int(_srtp_ffi.cast("uintptr_t", self._rx_srtp._srtp[0]))))
+            setattr(self, _RX_CONTEXT, (self._rx_srtp, srtp_context(self._rx_srtp)))
             setattr(self.transport._connection, _DTLS, self)
         try:
             await recv_next(self)

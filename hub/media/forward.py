@@ -62,8 +62,6 @@ from aiortc.rtp import (
     unwrap_rtx,
 )
 from aiortc.utils import random16, random32
-from pylibsrtp._binding import ffi as _srtp_ffi
-from pylibsrtp._binding import lib as _srtp_lib
 
 from hub.media import door
 from hub.media.counters import COUNTERS
@@ -95,8 +93,7 @@ def use_path(path: str) -> str:
         path = "python"
     if path == "c" and _compiled is None:
         assert _fastsend.HISTORY == HISTORY, "hub.media._fastsend was built for another HISTORY: rebuild it"
-        # The contexts are pylibsrtp's, so its own srtp_protect must protect them.
-        _fastsend.bind(int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_protect"))), TrackSink)
+        _fastsend.bind(door.srtp_function("srtp_protect"), TrackSink)
     _compiled = _fastsend if path == "c" else None
     return path
 
@@ -577,12 +574,7 @@ def _compiled_route(srtp: Any, protocol: Any, addr: tuple[str, int]) -> tuple[in
     if sock is None:
         return None
     # The session object stays referenced by the route, so the context lives as long.
-    return (srtp_context(srtp), sock.fileno(), _compiled.sockaddr(addr[0], addr[1]))
-
-
-def srtp_context(session: Any) -> int:
-    """The address of a pylibsrtp session's libsrtp context (its srtp_t)."""
-    return int(_srtp_ffi.cast("uintptr_t", session._srtp[0]))
+    return (door.srtp_context(srtp), sock.fileno(), _compiled.sockaddr(addr[0], addr[1]))
 
 
 class TrackSink:
