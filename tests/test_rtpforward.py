@@ -247,6 +247,39 @@ async def test_viewer_that_skipped_packets_gets_a_contiguous_sequence(transport:
     await sink.task  # type: ignore[attr-defined]
 
 
+@pytest.mark.usefixtures("forward_path")
+async def test_packets_lost_next_to_where_a_viewer_starts_or_skips_are_not_sent_late(transport: RTCDtlsTransport):
+    """The publisher's retransmission of a packet it lost (RTX, unwrapped) goes out under the number
+    kept for it - except when the loss lies just before a packet this viewer skipped or the
+    keyframe it starts (again) at: sent late, it would reach the viewer before its first keyframe
+    (aiortc's jitter buffer starts at the first packet it gets, and made frames of such strays)."""
+    source = TrackSource(RTCRtpReceiver("video", transport), "video", keyframe_interval=0)
+    source.codec = VP8
+    source._media_ssrc = 1
+    sink = await started_sink(source, transport)
+
+    def forward(*packets: tuple[int, bytes]) -> None:
+        for seq, payload in packets:
+            source.forward(rtp(seq, payload + bytes((seq,))))
+
+    # The viewer joins at 2 and waits for a keyframe; 3 and 5 are lost upstream, 6 starts a keyframe.
+    forward((2, CONTINUATION), (4, DELTA), (6, KEYFRAME), (7, CONTINUATION))
+    # Then its socket backs up at 10 (9 lost): it skips to the keyframe at 12 (11 lost).
+    forward((8, DELTA))
+    sink.backlog = 5000
+    forward((10, DELTA))
+    sink.backlog = 0
+    forward((12, KEYFRAME), (13, CONTINUATION), (15, DELTA))
+    # The publisher's retransmissions: only 14's loss lies between two packets the viewer got.
+    forward((3, CONTINUATION), (5, CONTINUATION), (9, DELTA), (11, CONTINUATION), (14, CONTINUATION))
+    out = [RtpPacket.parse(data) for data in sink.sent]
+    assert [p.payload[-1] for p in out] == [6, 7, 8, 12, 13, 15, 14]
+    first = out[0].sequence_number
+    assert [(p.sequence_number - first) & 0xFFFF for p in out] == [0, 1, 2, 3, 4, 6, 5]
+    sink.close()
+    await sink.task  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize(
     "layout",
     [((1, b"0"), 2, 3), ((1, b"m" * 20), 2, 3), ((15, b"0"), 4, 0), ((0, b""), 0, 0)],

@@ -100,6 +100,19 @@ def test_reordering_across_a_skip(make: Callable[[int], Any]):
 
 
 @MAPS
+def test_losses_next_to_a_skip_or_a_restart_are_forgotten(make: Callable[[int], Any]):
+    seqs = make(0)
+    # 2 and 3 are lost, and 4 is skipped: the viewer gets none of them.
+    assert run(seqs, [1, 4], skip={4}) == [1, None]
+    assert seqs.forget_gap() == -1
+    # 5 is lost and 6 starts the viewer's stream again: right after 1, with no gap.
+    run(seqs, [6])
+    assert seqs.forget_gap() == 2
+    # 7's loss lies between two packets the viewer got: its number waits for it.
+    assert run(seqs, [8, 2, 3, 5, 7]) == [4, None, None, None, 3]
+
+
+@MAPS
 def test_packets_older_than_the_ring_are_not_sent(make: Callable[[int], Any]):
     seqs = make(0)
     run(seqs, list(range(HISTORY + 10)))
@@ -147,7 +160,7 @@ def random_stream(rng: random.Random, length: int) -> list[tuple[int, int]]:
 @pytest.mark.parametrize("seed", range(8))
 def test_the_compiled_map_numbers_random_streams_as_the_python_one(seed: int):
     """The c path's map (`_fastsend.Viewer`) against `SeqMap`, answer by
-    answer, on the same streams with the same skips and probe paddings."""
+    answer, on the same streams with the same skips, restarts and probe paddings."""
     rng = random.Random(seed)
     first = rng.randrange(65536)
     python, compiled = SeqMap(first), _fastsend.Viewer(first)
@@ -159,6 +172,10 @@ def test_the_compiled_map_numbers_random_streams_as_the_python_one(seed: int):
         elif rng.random() < 0.1:  # this viewer skips it (behind, or waiting for a keyframe)
             python.drop(seq)
             compiled.drop(seq)
+            if rng.random() < 0.5:
+                assert compiled.forget_gap() == python.forget_gap(), step
+        elif rng.random() < 0.02:  # it starts the viewer's stream again
+            assert compiled.forget_gap() == python.forget_gap(), step
         elif rng.random() < 0.02:  # a probe's padding after it
             assert compiled.insert() == python.insert(), step
         probe = rng.randrange(65536) if rng.random() < 0.5 else (seq - rng.randrange(HISTORY + 8)) & 0xFFFF

@@ -75,6 +75,7 @@ typedef struct {
     long long ssrc_in;
     int tags[HISTORY];
     int outs[HISTORY];
+    int gap; /* the first incoming number of the newest packet's gap */
     /* The sink's stats (forward.SinkStats). */
     long long packets, octets, dropped, keyframe_waits;
     /* Set by start(): the viewer's stream. */
@@ -104,6 +105,7 @@ static void seq_init(Viewer *v, int first) {
     v->top = -1;
     v->shift = first & 0xFFFF;
     v->ssrc_in = -1;
+    v->gap = 0;
     for (int i = 0; i < HISTORY; i++)
         v->tags[i] = v->outs[i] = -1;
 }
@@ -117,15 +119,18 @@ static int seq_next(Viewer *v, int seq, long long ssrc) {
                 v->tags[i] = -1;
         }
         v->ssrc_in = ssrc;
+        v->gap = seq;
     } else {
         int ahead = (seq - top) & 0xFFFF;
         if (ahead == 0 || ahead >= 0x8000)
             return -1;
-        for (int missing = ahead - SLOT > 1 ? ahead - SLOT : 1; missing < ahead; missing++) {
+        int from = ahead - SLOT > 1 ? ahead - SLOT : 1;
+        for (int missing = from; missing < ahead; missing++) {
             int n = (top + missing) & 0xFFFF;
             v->tags[n & SLOT] = n;
             v->outs[n & SLOT] = (n + v->shift) & 0xFFFF;
         }
+        v->gap = (top + 1) & 0xFFFF;
     }
     v->top = seq;
     int out = (seq + v->shift) & 0xFFFF;
@@ -155,6 +160,21 @@ static PyObject *viewer_drop(Viewer *v, PyObject *arg) {
     v->shift = (v->shift - 1) & 0xFFFF;
     v->outs[seq & SLOT] = -1;
     Py_RETURN_NONE;
+}
+
+static PyObject *viewer_forget_gap(Viewer *v, PyObject *unused) {
+    int count = (v->top - v->gap) & 0xFFFF;
+    for (int i = count > SLOT ? count - SLOT : 0; i < count; i++) {
+        int n = (v->gap + i) & 0xFFFF;
+        if (v->tags[n & SLOT] == n)
+            v->outs[n & SLOT] = -1;
+    }
+    v->gap = v->top;
+    v->shift = (v->shift - count) & 0xFFFF;
+    int *out = &v->outs[v->top & SLOT];
+    if (*out >= 0)
+        *out = (*out - count) & 0xFFFF;
+    return PyLong_FromLong(*out);
 }
 
 static PyObject *viewer_insert(Viewer *v, PyObject *unused) {
@@ -634,6 +654,7 @@ static void viewer_dealloc(Viewer *v) {
 static PyMethodDef viewer_methods[] = {
     {"next", (PyCFunction)viewer_next, METH_VARARGS, "SeqMap.next(seq, ssrc)"},
     {"drop", (PyCFunction)viewer_drop, METH_O, "SeqMap.drop(seq)"},
+    {"forget_gap", (PyCFunction)viewer_forget_gap, METH_NOARGS, "SeqMap.forget_gap()"},
     {"insert", (PyCFunction)viewer_insert, METH_NOARGS, "SeqMap.insert()"},
     {"late", (PyCFunction)viewer_late, METH_O, "SeqMap.late(seq)"},
     {"start", (PyCFunction)viewer_start, METH_VARARGS,

@@ -465,10 +465,13 @@ class SeqMap:
 
     Per packet: `next` gives a packet newer than all before its outgoing
     number (the sink then sends it, or takes the number back with `drop`);
-    an older one is looked up with `late`.
+    an older one is looked up with `late`. Where the viewer's stream skips
+    or starts (again) at a keyframe, `forget_gap` gives up the losses just
+    before: sent late, they would reach the viewer ahead of the picture it
+    starts from; and their numbers, so the viewer sees no gap there either.
     """
 
-    __slots__ = ("_top", "_shift", "_ssrc", "_tags", "_outs")
+    __slots__ = ("_top", "_shift", "_ssrc", "_tags", "_outs", "_gap")
 
     def __init__(self, first: int) -> None:
         #: The newest incoming number; -1 before the first packet.
@@ -480,6 +483,9 @@ class SeqMap:
         #: (-1: skipped).
         self._tags = [-1] * HISTORY
         self._outs = [-1] * HISTORY
+        #: The first incoming number of the newest packet's gap (the newest's
+        #: own when it left none).
+        self._gap = 0
 
     def next(self, seq: int, ssrc: int) -> int:
         """The outgoing number of `seq` if it is newer than every packet
@@ -492,6 +498,7 @@ class SeqMap:
                 self._shift = (top + self._shift + 1 - seq) & 0xFFFF
                 self._tags = [-1] * HISTORY
             self._ssrc = ssrc
+            self._gap = seq
         else:
             ahead = (seq - top) & 0xFFFF
             if ahead == 0 or ahead >= 0x8000:
@@ -504,6 +511,7 @@ class SeqMap:
                     n = (top + missing) & 0xFFFF
                     tags[n & _SLOT] = n
                     outs[n & _SLOT] = (n + shift) & 0xFFFF
+            self._gap = (top + 1) & 0xFFFF
         self._top = seq
         out = (seq + self._shift) & 0xFFFF
         slot = seq & _SLOT
@@ -515,6 +523,23 @@ class SeqMap:
         """The newest packet `seq` does not go out: the next one takes its number."""
         self._shift = (self._shift - 1) & 0xFFFF
         self._outs[seq & _SLOT] = -1
+
+    def forget_gap(self) -> int:
+        """The losses just before the newest packet never go out, and give
+        their numbers back (the viewer's stream skips there, or starts at
+        it): the newest packet's outgoing number now (-1: dropped)."""
+        tags, outs, top, gap = self._tags, self._outs, self._top, self._gap
+        count = (top - gap) & 0xFFFF
+        for i in range(max(0, count - _SLOT), count):
+            n = (gap + i) & 0xFFFF
+            if tags[n & _SLOT] == n:
+                outs[n & _SLOT] = -1
+        self._gap = top
+        self._shift = (self._shift - count) & 0xFFFF
+        slot = top & _SLOT
+        if outs[slot] >= 0:
+            outs[slot] = (outs[slot] - count) & 0xFFFF
+        return outs[slot]
 
     def insert(self) -> int:
         """An outgoing number after the newest packet's for a packet of the
@@ -658,17 +683,21 @@ class TrackSink:
             seq = late
         elif route is None:
             seqs.drop(number)
+            seqs.forget_gap()
             return
         else:
             if self._waiting_keyframe:
                 if not is_keyframe_start(self.source.mime_type, packet.payload):
                     seqs.drop(number)
+                    seqs.forget_gap()
                     self._dropped()
                     return
+                seq = seqs.forget_gap()
                 self._waiting_keyframe = False
             if self._backlog(route) > self._max_backlog:
                 # This viewer's socket cannot keep up: skip to the next keyframe.
                 seqs.drop(number)
+                seqs.forget_gap()
                 self._dropped()
                 self.stats.keyframe_waits += 1
                 self._waiting_keyframe = self.source.kind == "video"
