@@ -210,6 +210,33 @@ async def test_new_video_viewer_starts_at_a_keyframe(transport: RTCDtlsTransport
     assert len(sink.sent) == 1
 
 
+@pytest.mark.usefixtures("forward_path")
+async def test_a_viewer_still_waiting_for_its_keyframe_asks_again(
+    transport: RTCDtlsTransport, monkeypatch: pytest.MonkeyPatch
+):
+    """On a lossy link the hub's keyframe request, or the keyframe's first packet, can be lost: the
+    waiting viewer, sent nothing, has no gap to complain of, so the hub asks again for it."""
+    monkeypatch.setattr(forward, "KEYFRAME_PATIENCE", 0.05)
+    source = TrackSource(RTCRtpReceiver("video", transport), "video", keyframe_interval=0)
+    source.codec = VP8
+    source._media_ssrc = 1
+    requests = source.keyframe_requests
+    sink = await started_sink(source, transport)
+    assert source.keyframe_requests == requests + 1  # on joining
+    source.forward(rtp(1, DELTA))
+    assert source.keyframe_requests == requests + 1  # not yet: the keyframe may be on its way
+    await asyncio.sleep(0.06)
+    source.forward(rtp(2, DELTA))
+    assert source.keyframe_requests == requests + 2
+    source.forward(rtp(3, KEYFRAME))
+    await asyncio.sleep(0.06)
+    source.forward(rtp(4, DELTA))
+    assert source.keyframe_requests == requests + 2  # it has its keyframe
+    assert len(sink.sent) == 2
+    sink.close()
+    await sink.task  # type: ignore[attr-defined]
+
+
 def test_pattern_has_frame_number():
     img = pattern_image(320, 240, 5)
     block = 10

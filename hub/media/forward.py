@@ -449,6 +449,13 @@ class SinkStats:
 HISTORY = 512
 _SLOT = HISTORY - 1  # HISTORY divides 65536, so `seq & _SLOT` survives wraparound
 
+#: Seconds a viewer waits for the keyframe it asked for before asking again:
+#: on a lossy link the request, or the keyframe's first packet, can be lost,
+#: and the viewer (sent nothing) sees no gap to complain of. Longer than a
+#: keyframe takes to cross a slow link, so as not to ask for a second one
+#: while the first is on its way.
+KEYFRAME_PATIENCE = 1.0
+
 
 class SeqMap:
     """One viewer's outgoing sequence numbers for a publisher's incoming ones.
@@ -640,6 +647,7 @@ class TrackSink:
         self._ts_offset = 0
         # Video starts at a keyframe; audio can start anywhere.
         self._waiting_keyframe = source.kind == "video"
+        self._asked_keyframe = 0.0  # when this viewer last asked for one
         sender._run_rtp = self._run_rtp  # type: ignore[method-assign]
         sender._run_rtcp = self._run_rtcp  # type: ignore[method-assign]
         sender._send_keyframe = source.request_keyframe  # type: ignore[method-assign]
@@ -691,6 +699,8 @@ class TrackSink:
                     seqs.drop(number)
                     seqs.forget_gap()
                     self._dropped()
+                    if time.monotonic() - self._asked_keyframe > KEYFRAME_PATIENCE:
+                        self._ask_keyframe()
                     return
                 seq = seqs.forget_gap()
                 self._waiting_keyframe = False
@@ -701,7 +711,7 @@ class TrackSink:
                 self._dropped()
                 self.stats.keyframe_waits += 1
                 self._waiting_keyframe = self.source.kind == "video"
-                self.source.request_keyframe()
+                self._ask_keyframe()
                 return
         timestamp = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
         # Viewers that negotiated the same extensions share one block per packet.
@@ -750,6 +760,10 @@ class TrackSink:
         self._history[seq & _SLOT] = None
         self._send(data, route)
         return True
+
+    def _ask_keyframe(self) -> None:
+        self._asked_keyframe = time.monotonic()
+        self.source.request_keyframe()
 
     def _dropped(self) -> None:
         self.stats.dropped += 1
@@ -896,7 +910,7 @@ class TrackSink:
             codec.payloadType, (((ids.mid or 0) if mid else 0, mid), ids.abs_send_time or 0, ids.audio_level or 0)
         )
         if self._waiting_keyframe:
-            self.source.request_keyframe()
+            self._ask_keyframe()
         try:
             await self._closed.wait()
         except asyncio.CancelledError:
