@@ -21,7 +21,11 @@ Both figures are margins, slopes of P2's CPU on its own packet counters
 (/metrics): a pull's, over the number of pulls (per packet pulled); a
 viewer's, over the number of viewers with all the pulls up (per packet
 sent). Both come from the same process in one run, so no figure of another
-process (nor its noise) enters their ratio.
+process (nor its noise) enters their ratio. Beside them, in the same
+minutes (the pulls still up), the machine's floor under a pull: what an
+asyncio process that ignores its datagrams spends on each at P2's pulled
+packet rate (bench/wakeup.py), sent evenly and in bursts of a frame's
+packets (as a frame's come), and so what a pull costs above it.
 
     .venv/bin/python -m bench.cluster --relays 3,6,12 --seconds 15
 
@@ -52,7 +56,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.forwarding import percentile  # noqa: E402
-from bench.harness import ROOM, make_source, running_hub, say  # noqa: E402
+from bench.harness import FPS, ROOM, make_source, running_hub, say  # noqa: E402
 from bench.machine import cpu_seconds, free_port, machine  # noqa: E402
 from client import bot  # noqa: E402
 from hub.media.ice import use_addresses  # noqa: E402
@@ -252,6 +256,16 @@ def slope(points: list[tuple[float, float]]) -> tuple[float, float]:
     return b, max(abs(y - my - b * (x - mx)) for x, y in points)
 
 
+async def wakeup_floor(rate: float, seconds: float, burst: int) -> float:
+    """bench.wakeup's asyncio receiver at `rate`, in a process of its own, now: µs a datagram."""
+    code = "import sys; from bench.wakeup import floor; print(floor(*map(float, sys.argv[1:3]), int(sys.argv[3])))"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, str(rate), str(seconds), str(burst), cwd=ROOT, stdout=subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    return float(out)
+
+
 async def run_relays(pulls: list[int], seconds: float, reuse: Path | None) -> None:
     use_addresses(["127.0.0.1"])
     started = time.monotonic()
@@ -303,6 +317,10 @@ async def run_relays(pulls: list[int], seconds: float, reuse: Path | None) -> No
                 phases.append(await relay_phase(http, procs, p2.url, len(sessions), seconds))
             for session in sessions:
                 await session.close()
+            pulled_rate = phases[len(pulls)].received / phases[len(pulls)].seconds
+            burst = max(1, round(pulled_rate / (streams * FPS)))
+            say(f"the floor: an asyncio receiver at {pulled_rate:.0f} datagrams/s, the pulls still up")
+            floors = {n: await wakeup_floor(pulled_rate, seconds, n) for n in sorted({1, burst})}
 
     print_machine(started, f"{streams} streams on the origin, pulled by P2; window {seconds:g} s per phase")
     print("| viewers on P2 | relays on P2 | origin CPU % | P2 CPU % | P2 packets/s in | P2 packets/s out |")
@@ -344,6 +362,14 @@ async def run_relays(pulls: list[int], seconds: float, reuse: Path | None) -> No
         f" {1e6 * per_sent:.1f} µs of CPU per packet it is sent (largest distance {100 * view_worst:.2f}%)"
     )
     print(f"- so a relay costs P2 {per_pulled / per_sent:.2f} viewers (slopes); {pulled / per_sent:.2f} (less idle)")
+    for n, floor in floors.items():
+        shape = "evenly" if n == 1 else f"in bursts of {n} (a frame's packets)"
+        print(
+            f"- the floor, same minutes: an asyncio process that ignores its datagrams, sent {shape} at"
+            f" {pulled_rate:.0f}/s, spends {floor:.1f} µs of CPU on each (bench/wakeup.py),"
+            f" {1e-6 * floor / per_sent:.2f} viewers; a pull above it {1e6 * per_pulled - floor:.1f} µs,"
+            f" {(per_pulled - 1e-6 * floor) / per_sent:.2f} viewers"
+        )
     print(
         f"- a viewer past the first of its stream (slope over {', '.join(map(str, PER_STREAM))} a stream):"
         f" {1e6 * later:.1f} µs a packet sent; a relay {per_pulled / later:.2f} of those"

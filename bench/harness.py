@@ -61,20 +61,24 @@ async def measure(proc: psutil.Process, seconds: float) -> float:
     return 100 * (cpu_seconds(proc) - before) / (time.monotonic() - start)
 
 
+#: Frames a second of the stream every publisher sends.
+FPS = 30
+
+
 def make_source(path: Path, seconds: float) -> None:
     """The stream every publisher sends: the test pattern, VP8, keyframe every second."""
     with av.open(str(path), "w", format="webm") as out:
-        stream = out.add_stream("libvpx", rate=30)
+        stream = out.add_stream("libvpx", rate=FPS)
         stream.width, stream.height, stream.pix_fmt = 640, 480, "yuv420p"
         stream.bit_rate = 400_000
-        stream.time_base = stream.codec_context.time_base = fractions.Fraction(1, 30)
-        stream.codec_context.gop_size = 30
+        stream.time_base = stream.codec_context.time_base = fractions.Fraction(1, FPS)
+        stream.codec_context.gop_size = FPS
         stream.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
-        for index in range(int(seconds * 30)):
+        for index in range(int(seconds * FPS)):
             frame = av.VideoFrame.from_ndarray(bot.pattern_image(640, 480, index), format="rgb24")
             frame = frame.reformat(format="yuv420p")
             frame.pts = index
-            frame.time_base = fractions.Fraction(1, 30)
+            frame.time_base = fractions.Fraction(1, FPS)
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
 
