@@ -93,22 +93,27 @@ class BenchHub:
     process: subprocess.Popen[bytes]
     #: Processes stopped (newest first) when the hub's context ends: the hub, its publishers, and what else is added.
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    #: The publishers started so far, and their logs.
+    publishers: list[tuple[subprocess.Popen[bytes], Path]] = field(default_factory=list)
 
     def psutil(self) -> psutil.Process:
         return psutil.Process(self.process.pid)
 
     def publish(self, streams: int, source: Path, seconds: float) -> None:
-        """Start `streams` publisher processes sending `source` into ROOM for `seconds`."""
+        """Start `streams` publisher processes sending `source` into ROOM for `seconds`,
+        each with its log in data/publisher-N.log."""
         for _ in range(streams):
-            self.children.append(
-                subprocess.Popen(
+            path = self.data / f"publisher-{len(self.publishers) + 1}.log"
+            with path.open("wb") as log:
+                process = subprocess.Popen(
                     [sys.executable, "-m", "hub", "bot", "publish", "--url", self.url, "--token", self.token]
                     + ["--room", ROOM, "--seconds", str(seconds), "--ice-address", "127.0.0.1", "--file", str(source)],
                     cwd=ROOT,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
                 )
-            )
+            self.children.append(process)
+            self.publishers.append((process, path))
 
     async def wait_for_streams(self, http: aiohttp.ClientSession, streams: int) -> list[str]:
         """The ids of ROOM's streams once there are `streams` of them (a minute at most)."""
@@ -118,7 +123,13 @@ class BenchHub:
             if len(ids) == streams:
                 return ids
             await asyncio.sleep(0.2)
-        raise RuntimeError(f"not all {streams} publishers connected")
+        # What the publishers that gave up said: the last line of each one's log.
+        said = [
+            f"{path.name}: {(path.read_text(errors='replace').strip().splitlines() or ['(nothing)'])[-1]}"
+            for process, path in self.publishers
+            if process.poll() is not None
+        ]
+        raise RuntimeError(f"{len(ids)} of {streams} publishers connected; {'; '.join(said) or 'none has exited'}")
 
 
 @contextlib.asynccontextmanager
