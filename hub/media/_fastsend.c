@@ -124,8 +124,7 @@ static int seq_next(Viewer *v, int seq, long long ssrc) {
         int ahead = (seq - top) & 0xFFFF;
         if (ahead == 0 || ahead >= 0x8000)
             return -1;
-        int from = ahead - SLOT > 1 ? ahead - SLOT : 1;
-        for (int missing = from; missing < ahead; missing++) {
+        for (int missing = ahead - SLOT > 1 ? ahead - SLOT : 1; missing < ahead; missing++) {
             int n = (top + missing) & 0xFFFF;
             v->tags[n & SLOT] = n;
             v->outs[n & SLOT] = (n + v->shift) & 0xFFFF;
