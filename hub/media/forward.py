@@ -690,14 +690,12 @@ class TrackSink:
                 return
             seq = late
         elif route is None:
-            seqs.drop(number)
-            seqs.forget_gap()
+            self._skip(number)
             return
         else:
             if self._waiting_keyframe:
                 if not is_keyframe_start(self.source.mime_type, packet.payload):
-                    seqs.drop(number)
-                    seqs.forget_gap()
+                    self._skip(number)
                     self._dropped()
                     if time.monotonic() - self._asked_keyframe > KEYFRAME_PATIENCE:
                         self._ask_keyframe()
@@ -706,8 +704,7 @@ class TrackSink:
                 self._waiting_keyframe = False
             if self._backlog(route) > self._max_backlog:
                 # This viewer's socket cannot keep up: skip to the next keyframe.
-                seqs.drop(number)
-                seqs.forget_gap()
+                self._skip(number)
                 self._dropped()
                 self.stats.keyframe_waits += 1
                 self._waiting_keyframe = self.source.kind == "video"
@@ -760,6 +757,12 @@ class TrackSink:
         self._history[seq & _SLOT] = None
         self._send(data, route)
         return True
+
+    def _skip(self, number: int) -> None:
+        """The newest packet does not go out, nor the losses just before it:
+        this viewer's stream skips there."""
+        self._seqs.drop(number)
+        self._seqs.forget_gap()
 
     def _ask_keyframe(self) -> None:
         self._asked_keyframe = time.monotonic()
