@@ -17,7 +17,14 @@ import redis.asyncio as aioredis
 from aiortc import RTCPeerConnection
 
 from client.bot import NO_ICE_SERVERS, SyntheticVideo, publish
+from hub.config import DEMO_SITES
 from hub.core.livestate import MemoryLiveState
+from hub.core.quotas import Limits, QuotaExceeded
+from hub.core.records import Stream
+from hub.core.rooms import Rooms
+from hub.core.sites import load_sites_file
+from hub.core.tokens import Claims
+from hub.media.router import Router
 
 from .conftest import EventSocket, HubProcess, start_hub, wait_until
 from .fuzz.live import PacedSocket
@@ -342,3 +349,53 @@ async def test_a_listener_pays_only_for_the_events_it_accepts() -> None:
     for _ in range(11):
         await state.emit({"type": "chat", "room_id": "site-mine", "text": "unread"})
     assert mine.qsize() == 1 and await mine.get() is None
+
+
+class SlowToAnnounce(MemoryLiveState):
+    """The embedded live state, holding each stream's announcement until let
+    go: the moment (a Redis round trip in a cluster) when a stream is hosted
+    but not yet announced."""
+
+    def __init__(self) -> None:
+        super().__init__("test")
+        self.holding = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def add_stream(self, stream: Stream) -> None:
+        self.holding.set()
+        await self.go.wait()
+        await super().add_stream(stream)
+
+
+async def test_a_stream_being_announced_counts_once_against_the_quota() -> None:
+    state = SlowToAnnounce()
+    rooms = Rooms(
+        load_sites_file(DEMO_SITES),
+        state,
+        Router(None, 1 << 20, 0.5, [], 10.0),
+        "test",
+        "http://127.0.0.1",
+        Limits(2, 50, 64, 1000, 20, 600.0, 10.0),
+    )
+    claims = Claims("li", "xining", "operator")
+    publishers = [RTCPeerConnection() for _ in range(3)]
+    try:
+        offers = []
+        for pc in publishers:
+            pc.addTrack(SyntheticVideo())
+            await pc.setLocalDescription(await pc.createOffer())
+            offers.append(pc.localDescription.sdp)
+        first = asyncio.ensure_future(rooms.publish(claims, "site-xining", offers[0]))
+        await asyncio.wait_for(state.holding.wait(), 10)
+        # The first is hosted and not yet announced: one of li's two sessions, not two.
+        second = asyncio.ensure_future(rooms.publish(claims, "site-xining", offers[1]))
+        await asyncio.sleep(0.5)
+        state.go.set()
+        streams = await asyncio.wait_for(asyncio.gather(first, second), 10)
+        assert len({stream["id"] for stream, _ in streams}) == 2
+        with pytest.raises(QuotaExceeded, match="li has 2 publishing"):
+            await rooms.publish(claims, "site-xining", offers[2])
+    finally:
+        for pc in publishers:
+            await pc.close()
+        await rooms._router.close()

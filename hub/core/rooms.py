@@ -509,11 +509,17 @@ class Rooms:
                 raise NotFound(f"no participant {participant_id} of yours in room {room_id}")
         if (guard := self.publish_guards.get(room["kind"])) is not None:
             guard(claims, room, participant)
-        with self._admit("whip", claims.user, room["id"]):
-            return await self._publish(claims, room, offer, kind, participant)
+        with self._admit("whip", claims.user, room["id"]) as admitted:
+            return await self._publish(claims, room, offer, kind, participant, admitted)
 
     async def _publish(
-        self, claims: Claims, room: Room, offer: str, kind: str, participant: Participant | None
+        self,
+        claims: Claims,
+        room: Room,
+        offer: str,
+        kind: str,
+        participant: Participant | None,
+        admitted: Callable[[], None],
     ) -> tuple[Stream, str]:
         room_id = room["id"]
         media, answer = await self._router.publish(offer)
@@ -535,6 +541,7 @@ class Rooms:
             "created_at": media.created,
         }
         self._hosted[media.id] = HostedStream(stream, own)
+        admitted()  # hosted: it counts as a session from now on, no longer as one being admitted
         self._keep(room)
         await self.state.add_stream(stream)
         await self.state.emit({"type": "stream-added", "room_id": room_id, "stream": stream})
@@ -729,9 +736,11 @@ class Rooms:
                     yield subscription.user, relayed["room_id"]
 
     @contextlib.contextmanager
-    def _admit(self, kind: str, user: str, room_id: str) -> Iterator[None]:
+    def _admit(self, kind: str, user: str, room_id: str) -> Iterator[Callable[[], None]]:
         """Refuse a session over the user's or the room's quota; count it as
-        taken while it is being answered, so concurrent offers cannot all pass."""
+        taken while it is being answered, so concurrent offers cannot all pass.
+        Call what it yields once the session counts among `_sessions` (if
+        anything is awaited after that), so that it is not counted twice."""
         limits = self.limits
         per_user, per_room = (
             (limits.whip_per_user, limits.whip_per_room)
@@ -753,13 +762,21 @@ class Rooms:
             )
         keys = ((kind, "user", user), (kind, "room", room_id))
         self._admitting.update(keys)
+        admitting = True
+
+        def admitted() -> None:
+            nonlocal admitting
+            if admitting:
+                admitting = False
+                self._admitting.subtract(keys)
+                for key in keys:
+                    if self._admitting[key] <= 0:
+                        del self._admitting[key]
+
         try:
-            yield
+            yield admitted
         finally:
-            self._admitting.subtract(keys)
-            for key in keys:
-                if self._admitting[key] <= 0:
-                    del self._admitting[key]
+            admitted()
 
     async def end_view(self, claims: Claims, stream_id: str, subscription_id: str) -> None:
         """End a subscription (WHEP DELETE) wherever it is held."""
