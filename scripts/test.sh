@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
 need=()
-# gcc and python3-dev: `pip install -e .` compiles hub/media/_fastsend.c and _fastrecv.c, which the tests of the "c" path and test_fastrecv need.
+# gcc and python3-dev: `pip install -e .` compiles hub/media/_fastsend.c, _fastrecv.c and _reader.c, which the tests of the "c" path, test_fastrecv and test_reader need.
 for pkg in gcc python3-dev redis-server postgresql chromium docker-compose python3-venv fonts-wqy-microhei fonts-noto-cjk \
     rtsp-server-perl coturn nftables iproute2; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
