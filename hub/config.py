@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     #: (falls back to "python", with one log line, where it is not built);
     #: "python" does it viewer by viewer.
     forward: Literal["c", "python"] = "c"
+    #: Who reads a relay's pulled packets: "thread", a thread beside the
+    #: event loop (hub.media.reader, compiled where hub.media._reader is
+    #: built), which hands them to the loop's code in its turn; "loop", the
+    #: event loop itself, one wake-up of it per datagram.
+    pull_reader: Literal["thread", "loop"] = "thread"
     #: Minimum seconds between keyframe requests sent to one publisher.
     keyframe_interval: float = 0.3
     #: Length of a recording segment; each is cut at a keyframe, so a kill

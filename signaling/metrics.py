@@ -63,6 +63,11 @@ class HubCollector(Collector):
         yield GaugeMetricFamily(
             "hub_relays", "Streams this process pulls from another hub process, one pull each", value=counts["relays"]
         )
+        yield GaugeMetricFamily(
+            "hub_reader_sockets",
+            "Sockets of relays' pulls read by the thread beside the event loop",
+            value=counts["reader_sockets"],
+        )
         yield from self._layers()
         recorder = self._app.get(RECORDER)
         yield GaugeMetricFamily(

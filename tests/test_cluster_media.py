@@ -57,9 +57,10 @@ def three(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
 
 
 async def no_pulls(http: aiohttp.ClientSession, hubs: list[HubProcess]) -> None:
-    """Nothing left behind: no relay, no subscription (a pull is one at its upstream) anywhere."""
+    """Nothing left behind: no relay, no subscription (a pull is one at its upstream), no socket
+    read for a pull anywhere."""
     for hub in hubs:
-        await wait_until_counts(http, hub, relays=0, subscriptions=0)
+        await wait_until_counts(http, hub, relays=0, subscriptions=0, reader_sockets=0)
 
 
 async def streams_of(http: aiohttp.ClientSession, hub: HubProcess, token: str, room_id: str) -> list[dict[str, Any]]:
@@ -422,7 +423,7 @@ async def test_a_killed_middle_relay_leaves_the_viewers_below_it_watching(
         lost = [s.packetsLost for s in stats.values() if s.type == "inbound-rtp"]
         assert lost and max(lost) < 200, lost
         await viewer.close()
-        await wait_until_counts(http, below, relays=0, subscriptions=0)
+        await wait_until_counts(http, below, relays=0, subscriptions=0, reader_sockets=0)
 
         # A new viewer on below, its upstream still dead: pulled from the host at once.
         again = await bot.view(http, below.url, token, publisher.resource_id, kinds=("video",))
@@ -433,5 +434,5 @@ async def test_a_killed_middle_relay_leaves_the_viewers_below_it_watching(
         assert got.unknown == 0 and got.in_order, got
         await again.close()
         await publisher.close()
-        await wait_until_counts(http, below, relays=0, subscriptions=0)
+        await wait_until_counts(http, below, relays=0, subscriptions=0, reader_sockets=0)
     await no_pulls(http, three)

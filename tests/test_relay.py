@@ -76,6 +76,7 @@ async def test_two_viewers_on_another_process_share_one_pull(cluster, http: aioh
         assert all(v.location.startswith(f"{b.url}/whep/") for v in viewers)
         counts = await health(http, b)
         assert counts["relays"] == 1 and counts["subscriptions"] == 2 and counts["streams"] == 0
+        assert counts["reader_sockets"] == 1  # the pull's one ICE socket (127.0.0.1), read beside b's loop
         assert (await health(http, origin))["subscriptions"] == 1  # the one pull
         await wait_until(lambda: video.readyState == "ended", timeout=30)
         await asyncio.sleep(0.5)  # the last frames in flight
@@ -107,7 +108,7 @@ async def test_two_viewers_on_another_process_share_one_pull(cluster, http: aioh
             if (await health(http, b))["relays"] == 0 and (await health(http, origin))["subscriptions"] == 0:
                 break
             await asyncio.sleep(0.2)
-        assert (await health(http, b))["relays"] == 0
+        assert (await health(http, b))["relays"] == 0 and (await health(http, b))["reader_sockets"] == 0
         assert (await health(http, origin))["subscriptions"] == 0
     finally:
         for viewer in viewers:
@@ -126,7 +127,7 @@ async def test_a_cascade_pulls_once_per_hop_and_ends_when_the_publisher_does(clu
         # c pulls through b (its upstream), b from the host: one session per hop.
         assert (await health(http, c))["relays"] == 1
         b_counts = await health(http, b)
-        assert b_counts["relays"] == 1 and b_counts["subscriptions"] == 1
+        assert b_counts["relays"] == 1 and b_counts["subscriptions"] == 1 and b_counts["reader_sockets"] == 1
         assert (await health(http, origin))["subscriptions"] == 1
         await wait_until(lambda: video.readyState == "ended", timeout=30)
         await asyncio.sleep(0.5)
@@ -137,7 +138,7 @@ async def test_a_cascade_pulls_once_per_hop_and_ends_when_the_publisher_does(clu
         await publisher.close()
         await wait_until(lambda: viewer.pc.connectionState == "closed", timeout=10)
         for hub in (b, c):
-            await wait_until_counts(http, hub, relays=0, subscriptions=0)
+            await wait_until_counts(http, hub, relays=0, subscriptions=0, reader_sockets=0)
     finally:
         await viewer.pc.close()
         await publisher.pc.close()
@@ -219,7 +220,7 @@ async def test_a_killed_host_ends_the_relayed_viewers(cluster, redis_url: str, t
         doomed.proc.wait(5)
         # Swept within the node TTL (plus one sweep period): the viewer's session ends, the pull too.
         await wait_until(lambda: viewer.pc.connectionState == "closed", timeout=3 * NODE_TTL + 5)
-        await wait_until_counts(http, b, relays=0, subscriptions=0)
+        await wait_until_counts(http, b, relays=0, subscriptions=0, reader_sockets=0)
         await viewer.pc.close()
         await publisher.pc.close()
     finally:
@@ -246,7 +247,7 @@ async def test_a_pull_that_fails_answers_502_and_leaves_nothing(cluster, redis_u
         assert (await health(http, stranded))["relays"] == 1
         assert (await health(http, origin))["subscriptions"] == 1
         await viewer.close()
-        await wait_until_counts(http, stranded, relays=0, subscriptions=0)
+        await wait_until_counts(http, stranded, relays=0, subscriptions=0, reader_sockets=0)
 
         # Neither the upstream nor the host can be reached: 502, and nothing is left behind.
         with pytest.raises(bot.ClientError, match="502") as refused:

@@ -29,6 +29,7 @@ from hub.core.rooms import Rooms, session_prefix
 from hub.core.sites import SiteTree, load_sites_file
 from hub.core.store import Database, SiteStore, open_database, redact_url
 from hub.core.tokens import Claims, issue
+from hub.media import reader
 from hub.media.forward import use_path
 from hub.media.ice import use_addresses
 from hub.media.router import Router
@@ -83,6 +84,7 @@ async def build(settings: Settings) -> Hub:
     lag = LagProbe()
     use_addresses(settings.ice_addresses)
     log.info("forwarding path: %s", use_path(settings.forward))
+    log.info("relays' pulls are read %s", reader.use_mode(settings.pull_reader))
     db = open_database(settings.database_url)
     tree = await site_tree(db, settings)
     node_id = secrets.token_hex(4)

@@ -25,8 +25,10 @@ import contextlib
 from collections.abc import Mapping
 from typing import Protocol
 
+from aioice.ice import StunProtocol
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 
+from hub.media import reader
 from hub.media.forward import TrackSource, offered_codecs
 from hub.media.layers import MAX_LAYERS, PulledSimulcast, named_layers
 
@@ -133,12 +135,24 @@ async def open_pull(
             raise RelayError(f"the pull did not connect within {connect_timeout:g} s") from None
         if pc.connectionState != "connected":
             raise RelayError(f"the pull's connection {pc.connectionState}")
+        _read_beside_loop(pc)
         return pc, pulled
     except BaseException:
         await pc.close()
         with contextlib.suppress(Exception):
             await upstream.close()
         raise
+
+
+def _read_beside_loop(pc: RTCPeerConnection) -> None:
+    """Hand the pull's sockets to hub.media.reader: its packets come one
+    datagram at a time, and asyncio's wake-up for each cost more than the
+    packet's handling."""
+    for transceiver in pc.getTransceivers():
+        connection = transceiver.receiver.transport.transport._connection
+        for protocol in connection._protocols:
+            if isinstance(protocol, StunProtocol) and protocol.transport is not None:
+                reader.watch(protocol.transport)
 
 
 def _layered(

@@ -24,7 +24,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcpeerconnection import is_codec_compatible
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from hub.media import door, layers
+from hub.media import door, layers, reader
 from hub.media.forward import (
     PASSTHROUGH_CODECS,
     Fanout,
@@ -246,7 +246,13 @@ class Router:
 
     def counts(self) -> dict[str, int]:
         relays = sum(p.upstream is not None for p in self._producers.values())
-        return {"streams": len(self._producers) - relays, "subscriptions": len(self._consumers), "relays": relays}
+        return {
+            "streams": len(self._producers) - relays,
+            "subscriptions": len(self._consumers),
+            "relays": relays,
+            # The relays' sockets, read beside the event loop (hub.media.reader).
+            "reader_sockets": reader.watched(asyncio.get_running_loop()),
+        }
 
     def subscriptions(self) -> list[SubscriptionMedia]:
         """Every subscription (WHEP session) hosted here, connecting or connected."""
