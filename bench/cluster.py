@@ -24,10 +24,14 @@ sent). Both come from the same process in one run, so no figure of another
 process (nor its noise) enters their ratio. Beside them, in the same
 minutes (the pulls still up), the machine's floor under a pull: what an
 asyncio process that ignores its datagrams spends on each at P2's pulled
-packet rate (bench/wakeup.py), sent evenly and in bursts of a frame's
-packets (as a frame's come), and so what a pull costs above it.
+packet rate (bench/wakeup.py), read by its loop and by hub.media.reader's
+thread, sent evenly and in bursts of a frame's packets (as a frame's come),
+and so what a pull costs above it. HUB_PULL_READER in the environment
+chooses how P2 reads its pulls (default "thread"; "loop" for the loop's
+own reading, to compare).
 
     .venv/bin/python -m bench.cluster --relays 3,6,12 --seconds 15
+    HUB_PULL_READER=loop .venv/bin/python -m bench.cluster --relays 3,6,12 --seconds 15
 
 The report (a markdown table) goes to stdout, progress to stderr.
 """
@@ -256,11 +260,16 @@ def slope(points: list[tuple[float, float]]) -> tuple[float, float]:
     return b, max(abs(y - my - b * (x - mx)) for x, y in points)
 
 
-async def wakeup_floor(rate: float, seconds: float, burst: int) -> float:
-    """bench.wakeup's asyncio receiver at `rate`, in a process of its own, now: µs a datagram."""
-    code = "import sys; from bench.wakeup import floor; print(floor(*map(float, sys.argv[1:3]), int(sys.argv[3])))"
+async def wakeup_floor(rate: float, seconds: float, burst: int, thread: bool) -> float:
+    """bench.wakeup's asyncio receiver at `rate`, in a process of its own, now: µs a datagram.
+    `thread`: its socket read by hub.media.reader's thread, as P2 reads its pulls (HUB_PULL_READER)."""
+    code = (
+        "import sys; from bench.wakeup import floor;"
+        " print(floor(float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), thread=sys.argv[4] == 'thread'))"
+    )
+    how = "thread" if thread else "loop"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code, str(rate), str(seconds), str(burst), cwd=ROOT, stdout=subprocess.PIPE
+        sys.executable, "-c", code, str(rate), str(seconds), str(burst), how, cwd=ROOT, stdout=subprocess.PIPE
     )
     out, _ = await proc.communicate()
     return float(out)
@@ -320,7 +329,11 @@ async def run_relays(pulls: list[int], seconds: float, reuse: Path | None) -> No
             pulled_rate = phases[len(pulls)].received / phases[len(pulls)].seconds
             burst = max(1, round(pulled_rate / (streams * FPS)))
             say(f"the floor: an asyncio receiver at {pulled_rate:.0f} datagrams/s, the pulls still up")
-            floors = {n: await wakeup_floor(pulled_rate, seconds, n) for n in sorted({1, burst})}
+            floors = {
+                (n, thread): await wakeup_floor(pulled_rate, seconds, n, thread)
+                for n in sorted({1, burst})
+                for thread in (False, True)
+            }
 
     print_machine(started, f"{streams} streams on the origin, pulled by P2; window {seconds:g} s per phase")
     print("| viewers on P2 | relays on P2 | origin CPU % | P2 CPU % | P2 packets/s in | P2 packets/s out |")
@@ -362,11 +375,14 @@ async def run_relays(pulls: list[int], seconds: float, reuse: Path | None) -> No
         f" {1e6 * per_sent:.1f} µs of CPU per packet it is sent (largest distance {100 * view_worst:.2f}%)"
     )
     print(f"- so a relay costs P2 {per_pulled / per_sent:.2f} viewers (slopes); {pulled / per_sent:.2f} (less idle)")
-    for n, floor in floors.items():
+    mode = os.environ.get("HUB_PULL_READER", "thread")
+    print(f"- P2 read its pulls with HUB_PULL_READER={mode}")
+    for (n, thread), floor in floors.items():
         shape = "evenly" if n == 1 else f"in bursts of {n} (a frame's packets)"
+        reading = "by hub.media.reader's thread (HUB_PULL_READER=thread)" if thread else "by its loop (=loop)"
         print(
-            f"- the floor, same minutes: an asyncio process that ignores its datagrams, sent {shape} at"
-            f" {pulled_rate:.0f}/s, spends {floor:.1f} µs of CPU on each (bench/wakeup.py),"
+            f"- the floor, same minutes: an asyncio process that ignores its datagrams, read {reading},"
+            f" sent {shape} at {pulled_rate:.0f}/s, spends {floor:.1f} µs of CPU on each (bench/wakeup.py),"
             f" {1e-6 * floor / per_sent:.2f} viewers; a pull above it {1e6 * per_pulled - floor:.1f} µs,"
             f" {(per_pulled - 1e-6 * floor) / per_sent:.2f} viewers"
         )
