@@ -14,7 +14,7 @@
  * turn before the GIL and lets go of the GIL before the turn, so neither
  * thread ever waits for one while holding the other.
  *
- * run(reader, epoll, wake_fd): the thread's body, until `wake_fd` is
+ * run(reader, epoll, wake_fd, turn, batch): the thread's body, until `wake_fd` is
  * readable or `reader._epoll` is no longer `epoll`; each datagram of a
  * socket in `reader.sockets` (fd -> (socket, protocol)) goes to
  * `protocol.datagram_received(data, addr)` as asyncio's datagram transport
@@ -31,8 +31,6 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 
-/* As reader.BATCH: datagrams read from one socket in one turn, at most. */
-#define BATCH 32
 #define MAX_EVENTS 64
 /* The largest UDP payload. */
 #define MAX_DATAGRAM 65536
@@ -114,14 +112,14 @@ static void failed(PyObject *reader) {
     Py_XDECREF(traceback);
 }
 
-/* Read up to BATCH datagrams of `fd` into its protocol; in the turn, with the GIL. */
-static void read_socket(PyObject *reader, PyObject *sockets, int fd, unsigned char *buffer) {
+/* Read up to `batch` datagrams of `fd` into its protocol; in the turn, with the GIL. */
+static void read_socket(PyObject *reader, PyObject *sockets, int fd, int batch, unsigned char *buffer) {
     PyObject *key = PyLong_FromLong(fd);
     if (key == NULL) {
         failed(reader);
         return;
     }
-    for (int i = 0; i < BATCH; i++) {
+    for (int i = 0; i < batch; i++) {
         PyObject *entry = PyDict_GetItemWithError(sockets, key); /* borrowed */
         if (entry == NULL || !PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 2)
             break; /* left the reader (a handler closed it) */
@@ -168,9 +166,9 @@ static int current(PyObject *reader, PyObject *epoll) {
 
 static PyObject *reader_run(PyObject *self, PyObject *args) {
     PyObject *reader, *epoll;
-    int wake_fd;
+    int wake_fd, batch;
     Turn *turn;
-    if (!PyArg_ParseTuple(args, "OOiO!", &reader, &epoll, &wake_fd, &TurnType, &turn))
+    if (!PyArg_ParseTuple(args, "OOiO!i", &reader, &epoll, &wake_fd, &TurnType, &turn, &batch))
         return NULL;
     int epoll_fd = PyObject_AsFileDescriptor(epoll);
     if (epoll_fd < 0)
@@ -202,7 +200,7 @@ static PyObject *reader_run(PyObject *self, PyObject *args) {
         PyObject *sockets = PyObject_GetAttr(reader, s_sockets);
         if (sockets != NULL && PyDict_Check(sockets)) {
             for (int i = 0; i < ready; i++)
-                read_socket(reader, sockets, events[i].data.fd, buffer);
+                read_socket(reader, sockets, events[i].data.fd, batch, buffer);
         }
         Py_XDECREF(sockets);
         PyObject *result = PyObject_CallMethodNoArgs(reader, s_wake_loop);
@@ -218,7 +216,7 @@ static PyObject *reader_run(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
-    {"run", reader_run, METH_VARARGS, "run(reader, epoll, wake_fd, turn): the reading thread's body"},
+    {"run", reader_run, METH_VARARGS, "run(reader, epoll, wake_fd, turn, batch): the reading thread's body"},
     {NULL, NULL, 0, NULL},
 };
 

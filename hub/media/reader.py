@@ -172,7 +172,7 @@ class Reader:
         asyncio.events._set_running_loop(self._loop)
         try:
             if self._compiled is not None:
-                self._compiled.run(self, epoll, wake, self._turn)
+                self._compiled.run(self, epoll, wake, self._turn, BATCH)
                 return
             while True:
                 ready = epoll.poll()
