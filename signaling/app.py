@@ -38,6 +38,7 @@ from .doors import Answer, door, ok
 from .heartbeat import Heartbeat
 from .keys import DATABASE, EVENT_INDEX, EVENT_SOCKETS, HEARTBEAT, KEYS, LAG, ROOMS, SETTINGS
 from .openapi import document
+from .pacing import Pacer, pacing_middleware
 from .pages import page, web_file
 from .problems import problems_middleware, quiet_malformed_requests
 
@@ -77,7 +78,9 @@ def make_app(
     lag_probe: LagProbe | None = None,
 ) -> web.Application:
     quiet_malformed_requests()
-    app = web.Application(middlewares=[problems_middleware], client_max_size=settings.max_sdp_bytes * 2)
+    app = web.Application(
+        middlewares=[pacing_middleware(Pacer()), problems_middleware], client_max_size=settings.max_sdp_bytes * 2
+    )
     app[ROOMS] = rooms
     index = app[EVENT_INDEX] = EventIndex(rooms.state, rooms.tree)
 
