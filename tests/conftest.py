@@ -139,10 +139,40 @@ class HubProcess:
                 self.proc.wait(5)
 
 
+#: Lines of each hub's log a failed test's report shows.
+LOG_TAIL = 40
+_TEST_STARTED = pytest.StashKey[float]()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[_TEST_STARTED] = time.time()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test's report ends with the tail of every hub log written
+    during it: CI keeps no files, and a hub's side is half of every failure."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    started = item.stash.get(_TEST_STARTED, None)
+    if report.when != "call" or not report.failed or started is None:
+        return
+    for log in sorted(_HUB_LOGS, key=lambda log: log.name):
+        with contextlib.suppress(OSError):
+            if log.stat().st_mtime >= started:
+                tail = log.read_text(errors="replace").splitlines()[-LOG_TAIL:]
+                report.sections.append((f"hub log {log}", "\n".join(tail)))
+
+
+#: The log of every hub process the tests started.
+_HUB_LOGS: list[Path] = []
+
+
 def start_hub(data: Path, *extra: str, env: dict[str, str] | None = None) -> HubProcess:
     port = free_port()
     data.mkdir(parents=True, exist_ok=True)
     log = data / f"hub-{port}.log"
+    _HUB_LOGS.append(log)
     proc = subprocess.Popen(
         [sys.executable, "-m", "hub", "serve", "--port", str(port), "--data", str(data), *extra],
         cwd=ROOT,
