@@ -34,4 +34,5 @@ fi
 .venv/bin/pip install -q -e ".[test]"
 .venv/bin/ruff check hub signaling recorder client tests bench
 # The tests start their own redis-server and hub processes on 127.0.0.1.
-exec .venv/bin/python -m pytest "$@"
+# The slowest tests are listed at the end: where to look when the run grows.
+exec .venv/bin/python -m pytest --durations=25 "$@"
