@@ -108,8 +108,7 @@ async def test_stalled_viewer_loses_only_its_own_frames(hub: HubProcess, http: a
             hub.url,
             "--token",
             token,
-            "--stream",
-            publisher.resource_id,
+            f"--stream={publisher.resource_id}",  # "=": an id may begin with "-" (token_urlsafe)
             "--seconds",
             "6",
             "--ice-address",
