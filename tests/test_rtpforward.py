@@ -22,8 +22,9 @@ from aiortc.rtp import RtpPacket
 from pylibsrtp import Policy, Session
 
 from client.bot import pattern_image
-from hub.media import forward
+from hub.media import forward, layers
 from hub.media.forward import TrackSink, TrackSource, _compiled_route, is_keyframe_start
+from hub.media.layers import LayerSwitch, SimulcastOffer, SimulcastSource
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
 H264 = RTCRtpCodecParameters(
@@ -271,6 +272,50 @@ async def test_viewer_that_skipped_packets_gets_a_contiguous_sequence(transport:
     await sink._retransmit((first + 2) & 0xFFFF)
     assert sink.sent[-1] == sink.sent[2]
     sink.close()
+    await sink.task  # type: ignore[attr-defined]
+
+
+@pytest.mark.usefixtures("forward_path")
+async def test_a_layer_whose_stream_restarts_goes_on_in_a_run_of_its_own(transport: RTCDtlsTransport):
+    """A relay pulled anew from another hub (or a publisher's new SSRC) restarts a layer's
+    stream: new SSRC, new numbers, new clock. A viewer on that layer, after a switch, got none of
+    it: the packets went out in the old run, where their numbers were old (a killed middle relay
+    left a simulcast viewer frozen). It goes on from the new stream's first keyframe, its numbers
+    and clock continuous."""
+    source = SimulcastSource(None, SimulcastOffer(("q", "f"), 10, None), 0.3)  # type: ignore[arg-type]
+    q, f = source.layer("q"), source.layer("f")
+    assert q is not None and f is not None
+
+    def send(layer: layers.Layer, ssrc: int, seq: int, payload: bytes) -> None:
+        packet = RtpPacket(payload_type=96, sequence_number=seq & 0xFFFF, timestamp=(seq * 3000) & 0xFFFFFFFF,
+                           ssrc=ssrc, payload=payload)  # fmt: skip
+        source._take(layer, packet, VP8)
+
+    send(q, 1000, 10, KEYFRAME)
+    send(f, 1001, 500, KEYFRAME)
+    switch = LayerSwitch(source, audio=False)
+    sink = await started_sink(switch, transport)  # type: ignore[arg-type]
+    switch._retarget(q)
+    send(q, 1000, 11, KEYFRAME)
+    send(q, 1000, 12, DELTA)
+    switch._retarget(f)  # a switch: from here on the viewer's packets are a run of the switch's own
+    send(f, 1001, 501, KEYFRAME)
+    send(f, 1001, 502, CONTINUATION)
+    before = len(sink.sent)
+    # f's stream restarts, its numbers behind the old ones: nothing until its first keyframe.
+    send(f, 2001, 30, DELTA)
+    assert len(sink.sent) == before
+    send(f, 2001, 31, KEYFRAME)
+    send(f, 2001, 32, DELTA)
+    out = [RtpPacket.parse(data) for data in sink.sent]
+    assert [p.payload for p in out] == [KEYFRAME, DELTA, KEYFRAME, CONTINUATION, KEYFRAME, DELTA]
+    first = out[0].sequence_number
+    assert [(p.sequence_number - first) & 0xFFFF for p in out] == [0, 1, 2, 3, 4, 5]
+    step = (out[4].timestamp - out[3].timestamp) & 0xFFFFFFFF
+    assert 0 < step < 90000  # the time that passed, not the new stream's own clock
+    assert (out[5].timestamp - out[4].timestamp) & 0xFFFFFFFF == 3000
+    assert switch.switches == 1  # a restart is no change of layer
+    switch.close()
     await sink.task  # type: ignore[attr-defined]
 
 

@@ -524,6 +524,8 @@ class LayerSwitch:
         self._offset = 0
         #: Counts the runs of packets after the first (0: as they came).
         self._run = 0
+        #: The SSRC of the current layer's packets in this run: another one is its stream restarted.
+        self._ssrc: int | None = None
         self._last: tuple[int, float] | None = None  # (outgoing timestamp, monotonic) of the newest packet
         #: The highest layer the viewer's link carries (None: no limit seen). A
         #: layer, not a position: positions change as layers pause and resume.
@@ -804,6 +806,14 @@ class LayerSwitch:
             self._switch(target, packet)
         elif self.current is None or packet.ssrc != self.current.ssrc:
             return
+        elif packet.ssrc != self._ssrc:
+            # The current layer's stream restarted (a relay pulled anew from another hub, a
+            # publisher's new SSRC): to the viewer a run of its own, from a keyframe. Sent in the
+            # old run's numbers, its first packets were dropped as old (or left a wide gap).
+            if not is_keyframe_start(self.mime_type, packet.payload):
+                self.current.request_keyframe()  # at most once per interval (TrackSource)
+                return
+            self._switch(self.current, packet)
         number = packet.sequence_number
         if self._newest is None or (number - self._newest) & 0xFFFF < 0x8000:
             self._newest, self._frame_done = number, bool(packet.marker)
@@ -826,19 +836,24 @@ class LayerSwitch:
             sink.push(packet, shared)
 
     def _switch(self, layer: Layer, packet: RtpPacket) -> None:
-        if self.current is not None:
+        """Send `layer` from `packet` (a keyframe's first) on: another layer, or the current one
+        after a hidden spell or a restart of its stream."""
+        restart = layer is self.current
+        if self.current is not None and not restart:
             self.current.sinks.discard(self)
         if self._last is not None:
-            # The new layer's clock has another origin: continue the outgoing
+            # The new run's clock has another origin: continue the outgoing
             # one by the time that passed since the last packet sent.
             last_ts, last_at = self._last
             elapsed = max(1, round((time.monotonic() - last_at) * (layer.codec.clockRate if layer.codec else 90000)))
             self._offset = (last_ts + elapsed - packet.timestamp) & 0xFFFFFFFF
             self._run += 1
-            self.switches += 1
-        self.current, self.target = layer, None
+            if not restart:
+                self.switches += 1
+        self.current, self.target, self._ssrc = layer, None, packet.ssrc
         self._newest = None
-        self._switched_at = time.monotonic()
+        if not restart:
+            self._switched_at = time.monotonic()
 
     def state(self) -> LayerState:
         return LayerState(
