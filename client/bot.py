@@ -31,7 +31,9 @@ from aiortc import (
     RTCRtpSender,
     RTCSessionDescription,
 )
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import RtpPacket
 from yarl import URL
 
 from hub.media.annexb import join_nal_units, split_nal_units
@@ -326,8 +328,29 @@ class _RecordingQueue(queue.Queue):  # type: ignore[type-arg]
         super().put(item, block, timeout)
 
 
+class _WholeFrames(JitterBuffer):
+    """aiortc's video jitter buffer, but a frame whose last packet (the marker) never came is
+    dropped, as libwebrtc drops it: aiortc hands on whatever it holds once the next timestamp
+    starts, so a stream cut mid-frame (an upstream hub killed) showed a frame nobody sent."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(capacity, is_video=True)
+        self._ended: collections.deque[int] = collections.deque(maxlen=64)  # timestamps with a marker
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        if packet.marker:
+            self._ended.append(packet.timestamp)
+        pli, frame = super().add(packet)
+        if frame is not None and frame.timestamp not in self._ended:
+            return pli, None
+        return pli, frame
+
+
 def record_receiver(receiver: RTCRtpReceiver, log: TrackLog, decode: bool) -> None:
     receiver._RTCRtpReceiver__decoder_queue = _RecordingQueue(log, decode)  # type: ignore[attr-defined]
+    buffer: JitterBuffer = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+    if buffer._is_video:
+        receiver._RTCRtpReceiver__jitter_buffer = _WholeFrames(buffer.capacity)  # type: ignore[attr-defined]
 
 
 # -- sessions -----------------------------------------------------------------

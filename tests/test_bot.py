@@ -1,10 +1,14 @@
-"""The Python client's file source: every packet of every track, as stored."""
+"""The Python client: its file source gives every packet of every track, as stored; its viewer
+records only whole frames."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import av
+from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport, RTCRtpReceiver
+from aiortc.jitterbuffer import JitterBuffer
+from aiortc.rtp import RtpPacket
 
 from client import bot
 
@@ -37,3 +41,25 @@ def test_file_tracks_yield_every_packet_of_both_streams(tmp_path: Path):
             else:
                 read[kind].append(bytes(packet))
     assert read == written
+
+
+async def test_the_viewer_drops_a_frame_cut_short():
+    """A stream cut mid-frame (its upstream hub killed) and restarted: aiortc's buffer hands on
+    the frame's head once the next frame starts; the viewer drops it, as a browser does."""
+    transport = RTCDtlsTransport(RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()])
+    receiver = RTCRtpReceiver("video", transport)
+    bot.record_receiver(receiver, bot.TrackLog("video"), decode=False)
+    ours: JitterBuffer = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+    stock = JitterBuffer(capacity=512, is_video=True)
+
+    def packets():  # frame 1 whole, frame 2 without its last packet, frame 3 whole, frame 4 begun
+        for seq, (timestamp, marker) in enumerate([(1, 0), (1, 1), (2, 0), (2, 0), (3, 0), (3, 1), (4, 0)]):
+            packet = RtpPacket(payload_type=96, sequence_number=seq, timestamp=timestamp * 3000, marker=marker)
+            packet._data = bytes([timestamp, seq])  # type: ignore[attr-defined]
+            yield packet
+
+    def frames(buffer: JitterBuffer) -> list[int]:
+        return [frame.timestamp // 3000 for _, frame in map(buffer.add, packets()) if frame is not None]
+
+    assert frames(stock) == [1, 2, 3]  # what aiortc alone would show
+    assert frames(ours) == [1, 3]
