@@ -836,8 +836,8 @@ class LayerSwitch:
             sink.push(packet, shared)
 
     def _switch(self, layer: Layer, packet: RtpPacket) -> None:
-        """Send `layer` from `packet` (a keyframe's first) on: another layer, or the current one
-        after a hidden spell or a restart of its stream."""
+        """Send `layer` from `packet` (a keyframe's first) on: a layer taken up (another one, or
+        any after a hidden spell), or the current one after its stream restarted."""
         restart = layer is self.current
         if self.current is not None and not restart:
             self.current.sinks.discard(self)
