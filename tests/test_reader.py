@@ -6,6 +6,7 @@ import asyncio
 import socket
 import threading
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -20,6 +21,14 @@ def body(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     else:
         monkeypatch.setattr(reader, "_reader", None)
     return str(request.param)
+
+
+@pytest.fixture(autouse=True)
+async def no_thread_left() -> AsyncIterator[None]:
+    """Each test's reader thread ends with its sockets, before the loop
+    closes (one that waited for its turn then would wait for good)."""
+    yield
+    await until(lambda: not reader_threads())
 
 
 class Recording(asyncio.DatagramProtocol):

@@ -28,7 +28,9 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/epoll.h>
+#include <time.h>
 #include <sys/socket.h>
 
 #define MAX_EVENTS 64
@@ -164,6 +166,25 @@ static int current(PyObject *reader, PyObject *epoll) {
     return now == epoll;
 }
 
+/* Take the turn (without the GIL); 0 if told to stop first. The loop that
+ * would give it may have closed meanwhile (its last socket left, which
+ * writes to `wake_fd`): so the wait looks at `wake_fd` every TURN_PATIENCE_NS. */
+#define TURN_PATIENCE_NS 100000000L
+static int take_turn(Turn *turn, int wake_fd) {
+    for (;;) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += TURN_PATIENCE_NS;
+        if (until.tv_nsec >= 1000000000L)
+            until.tv_sec++, until.tv_nsec -= 1000000000L;
+        if (pthread_mutex_timedlock(&turn->mutex, &until) == 0)
+            return 1;
+        struct pollfd wake = {.fd = wake_fd, .events = POLLIN};
+        if (poll(&wake, 1, 0) > 0)
+            return 0;
+    }
+}
+
 static PyObject *reader_run(PyObject *self, PyObject *args) {
     PyObject *reader, *epoll;
     int wake_fd, batch;
@@ -185,7 +206,7 @@ static PyObject *reader_run(PyObject *self, PyObject *args) {
         for (int i = 0; i < ready; i++)
             stop |= events[i].data.fd == wake_fd;
         if (ready >= 0 && !stop)
-            pthread_mutex_lock(&turn->mutex);
+            stop = !take_turn(turn, wake_fd);
         Py_END_ALLOW_THREADS
         if (ready < 0) {
             PyMem_RawFree(buffer);

@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 #: Datagrams read from one socket in one turn, at most: the loop's next
 #: iteration waits no longer than that for the thread.
 BATCH = 32
+#: Seconds between the thread's looks at whether it is to stop, while it
+#: waits for the turn (as _reader.c's TURN_PATIENCE_NS).
+TURN_PATIENCE = 0.1
 #: As asyncio's datagram transport reads (`max_size`).
 MAX_DATAGRAM = 256 * 1024
 #: The loop's attribute that holds its reader.
@@ -176,17 +179,28 @@ class Reader:
                 return
             while True:
                 ready = epoll.poll()
-                if epoll is not self._epoll:
+                if not self._take_turn(epoll):
                     return
-                with self._turn:
+                try:
                     if epoll is not self._epoll:
                         return
                     self._handle(ready, wake)
                     self._wake_loop()
+                finally:
+                    self._turn.release()
         finally:
             epoll.close()
             os.close(wake)
             os.close(wake_write)
+
+    def _take_turn(self, epoll: select.epoll) -> bool:
+        """Take the loop's turn; False if told to stop first. The loop that
+        would give it may have closed meanwhile (its last socket left), so
+        the wait looks again every TURN_PATIENCE seconds."""
+        while epoll is self._epoll:
+            if self._turn.acquire(timeout=TURN_PATIENCE):
+                return True
+        return False
 
     def _handle(self, ready: list[tuple[int, int]], wake: int) -> None:
         for fd, _ in ready:
