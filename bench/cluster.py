@@ -27,11 +27,11 @@ asyncio process that ignores its datagrams spends on each at P2's pulled
 packet rate (bench/wakeup.py), read by its loop and by hub.media.reader's
 thread, sent evenly and in bursts of a frame's packets (as a frame's come),
 and so what a pull costs above it. HUB_PULL_READER in the environment
-chooses how P2 reads its pulls (default "thread"; "loop" for the loop's
-own reading, to compare).
+chooses how P2 reads its pulls (default "lane"; to compare, "thread"
+without the door's express lane, "loop" for the loop's own reading).
 
     .venv/bin/python -m bench.cluster --relays 3,6,12 --seconds 15
-    HUB_PULL_READER=loop .venv/bin/python -m bench.cluster --relays 3,6,12 --seconds 15
+    HUB_PULL_READER=thread .venv/bin/python -m bench.cluster --relays 3,6,12 --seconds 15
 
 The report (a markdown table) goes to stdout, progress to stderr.
 """
@@ -219,15 +219,16 @@ async def run(viewers: int, seconds: float) -> None:
 PER_STREAM = (1, 2, 3)
 
 
-async def packet_counts(http: aiohttp.ClientSession, url: str) -> tuple[int, int]:
-    """(RTP packets received, RTP packets forwarded) by a hub process so far, from /metrics."""
+async def packet_counts(http: aiohttp.ClientSession, url: str) -> tuple[int, int, int]:
+    """(RTP packets received, RTP packets forwarded, of the received those
+    the express lane took) by a hub process so far, from /metrics."""
     async with http.get(f"{url}/metrics") as r:
         text = await r.text()
     values = {}
     for line in text.splitlines():
         name, _, value = line.partition(" ")
         values[name.removesuffix("_total")] = value
-    return int(float(values["hub_packets_received"])), int(float(values["hub_packets_forwarded"]))
+    return tuple(int(float(values[f"hub_packets_{name}"])) for name in ("received", "forwarded", "express"))  # type: ignore[return-value]
 
 
 @dataclass
@@ -240,6 +241,7 @@ class RelayPhase:
     cpu_seconds: float
     received: int
     forwarded: int
+    express: int
 
 
 async def relay_phase(
@@ -249,7 +251,7 @@ async def relay_phase(
     before, used, start = await packet_counts(http, p2), cpu_seconds(procs["P2"]), time.monotonic()
     cpu = await measure_all(procs, seconds)
     after, used, elapsed = await packet_counts(http, p2), cpu_seconds(procs["P2"]) - used, time.monotonic() - start
-    return RelayPhase(viewers, relays, cpu, elapsed, used, after[0] - before[0], after[1] - before[1])
+    return RelayPhase(viewers, relays, cpu, elapsed, used, *(a - b for a, b in zip(after, before, strict=True)))
 
 
 def slope(points: list[tuple[float, float]]) -> tuple[float, float]:
@@ -336,12 +338,16 @@ async def run_relays(pulls: list[int], seconds: float, reuse: Path | None) -> No
             }
 
     print_machine(started, f"{streams} streams on the origin, pulled by P2; window {seconds:g} s per phase")
-    print("| viewers on P2 | relays on P2 | origin CPU % | P2 CPU % | P2 packets/s in | P2 packets/s out |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(
+        "| viewers on P2 | relays on P2 | origin CPU % | P2 CPU % | P2 packets/s in | P2 packets/s out"
+        " | of those in, % the express lane took |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for ph in phases:
         print(
             f"| {ph.viewers} | {ph.relays} | {ph.cpu['origin']:.1f} | {ph.cpu['P2']:.1f} |"
             f" {ph.received / ph.seconds:.0f} | {ph.forwarded / ph.seconds:.0f} |"
+            f" {100 * ph.express / ph.received if ph.received else 0:.1f} |"
         )
     # Both figures are margins, each a slope on P2 alone: a pull's, CPU
     # against packets pulled over the phases without viewers (idle, then
@@ -375,11 +381,11 @@ async def run_relays(pulls: list[int], seconds: float, reuse: Path | None) -> No
         f" {1e6 * per_sent:.1f} µs of CPU per packet it is sent (largest distance {100 * view_worst:.2f}%)"
     )
     print(f"- so a relay costs P2 {per_pulled / per_sent:.2f} viewers (slopes); {pulled / per_sent:.2f} (less idle)")
-    mode = os.environ.get("HUB_PULL_READER", "thread")
+    mode = os.environ.get("HUB_PULL_READER", "lane")
     print(f"- P2 read its pulls with HUB_PULL_READER={mode}")
     for (n, thread), floor in floors.items():
         shape = "evenly" if n == 1 else f"in bursts of {n} (a frame's packets)"
-        reading = "by hub.media.reader's thread (HUB_PULL_READER=thread)" if thread else "by its loop (=loop)"
+        reading = "by hub.media.reader's thread" if thread else "by its loop"
         print(
             f"- the floor, same minutes: an asyncio process that ignores its datagrams, read {reading},"
             f" sent {shape} at {pulled_rate:.0f}/s, spends {floor:.1f} µs of CPU on each (bench/wakeup.py),"

@@ -80,11 +80,13 @@ class Settings(BaseSettings):
     #: (falls back to "python", with one log line, where it is not built);
     #: "python" does it viewer by viewer.
     forward: Literal["c", "python"] = "c"
-    #: Who reads a relay's pulled packets: "thread", a thread beside the
+    #: Who reads a relay's pulled packets: "lane", a thread beside the
     #: event loop (hub.media.reader, compiled where hub.media._reader is
-    #: built), which hands them to the loop's code in its turn; "loop", the
-    #: event loop itself, one wake-up of it per datagram.
-    pull_reader: Literal["thread", "loop"] = "thread"
+    #: built) that hands them to the door's express lane, which handles the
+    #: common packet in C and the rest through the loop's code, in its turn;
+    #: "thread", the same thread without the lane; "loop", the event loop
+    #: itself, one wake-up of it per datagram.
+    pull_reader: Literal["lane", "thread", "loop"] = "lane"
     #: Minimum seconds between keyframe requests sent to one publisher.
     keyframe_interval: float = 0.3
     #: Length of a recording segment; each is cut at a keyframe, so a kill

@@ -36,6 +36,7 @@ REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
 #: hub/media/counters.py field -> (metric name, help). Counters only grow while the process runs.
 MEDIA_COUNTERS = {
     "packets_received": ("hub_packets_received", "RTP packets received from publishers and pulled cameras"),
+    "packets_express": ("hub_packets_express", "Pulled RTP packets the express lane handled in C, of those received"),
     "packets_forwarded": ("hub_packets_forwarded", "RTP packets written to viewers' sockets"),
     "bytes_forwarded": ("hub_bytes_forwarded", "Bytes of the RTP packets written to viewers' sockets"),
     "packets_dropped": ("hub_packets_dropped", "Packets a viewer did not get: backlog full or waiting for a keyframe"),

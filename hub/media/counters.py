@@ -13,6 +13,9 @@ from dataclasses import dataclass
 class MediaCounters:
     #: RTP packets received from publishers (or fed by the hub's own cameras).
     packets_received: int = 0
+    #: Of those, packets of relays' pulls taken by the door's express lane
+    #: (hub.media.door.lane): handled in C, no Python run for them.
+    packets_express: int = 0
     #: RTP packets and their bytes written to viewers' sockets.
     packets_forwarded: int = 0
     bytes_forwarded: int = 0

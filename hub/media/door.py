@@ -94,7 +94,25 @@ _REMB = "_hub_on_remb"
 #: address of that session's libsrtp context, for `_fastrecv`.
 _RX_CONTEXT = "_hub_rx_context"
 
+#: Set on an `RTCRtpReceiver` by `take_rtp`: what its lane routes need.
+_EXPRESS = "_hub_express"
+#: Set on a StunProtocol by `lane`.
+_LANE = "_hub_lane"
+
 RtpHandler = Callable[[RtpPacket, int], None]
+#: ssrc -> (source, stats, nack, payload_type, codec, forward, outgoing_class)
+#: for `_fastrecv.Lane` (see there), or None.
+Express = Callable[[int], tuple[Any, ...] | None]
+#: HeaderExtensions' fields, in the order `_fastrecv.Lane.arm` takes their ids.
+_EXTENSION_FIELDS = (
+    "mid",
+    "repaired_rtp_stream_id",
+    "rtp_stream_id",
+    "abs_send_time",
+    "transmission_offset",
+    "audio_level",
+    "transport_sequence_number",
+)
 
 #: Seconds from the NTP epoch (1900) to the Unix epoch: arrival times are
 #: aiortc's `clock.current_ms()`, which builds two datetimes to get them
@@ -102,15 +120,36 @@ RtpHandler = Callable[[RtpPacket, int], None]
 _NTP_TO_UNIX = 2_208_988_800
 
 
-def take_rtp(receiver: RTCRtpReceiver, handler: RtpHandler) -> None:
+def take_rtp(receiver: RTCRtpReceiver, handler: RtpHandler, express: Express | None = None) -> None:
     """Hand the receiver's RTP packets to `handler(packet, arrival_time_ms)`
     as they arrive, instead of to its `_handle_rtp_packet` coroutine.
 
     `handler` runs inside the socket's `datagram_received`: it must not
     block. A peer connection takes this path only when every RTP receiver
     it has is taken (a plain aiortc receiver beside one keeps the queue).
+    `express(ssrc)` says what a socket's express lane (`lane`) needs to do
+    the handler's work itself for that stream, or None if it cannot.
     """
     setattr(receiver, _HANDLER, handler)
+    setattr(receiver, _EXPRESS, express)
+
+
+def lane(protocol: StunProtocol) -> Any:
+    """What is to take `protocol`'s datagrams instead of it: its express lane
+    (`_fastrecv.Lane`), or the protocol itself where that is not built.
+
+    For a socket read by hub.media.reader's thread (a relay's pull): each of
+    its packets arrives alone, on a process just woken for it, where the
+    Python of this module, aiortc's routing and the receiver's handler run
+    cold. The lane does all of that in C for the common packet - the next
+    of a stream the door has already routed once through Python (`_arm`) -
+    and hands it every other datagram untouched.
+    """
+    if _fastrecv is None:
+        return protocol
+    express = _fastrecv.Lane(protocol, _received_plain_rtp, RtpPacket, HeaderExtensions, COUNTERS)
+    setattr(protocol, _LANE, express)
+    return express
 
 
 def on_remb(sender: RTCRtpSender, callback: Callable[[int], None]) -> None:
@@ -214,7 +253,10 @@ def _guarded_datagram_received(self: StunProtocol, data: bytes, addr: tuple[Any,
     if pair is not None and first > 127:
         dtls = getattr(self.receiver, _DTLS, None)
         if dtls is not None and dtls._state is DtlsState.CONNECTED:
-            if (_received_rtcp if is_rtcp(data) else _received_rtp)(dtls, data, addr):
+            if is_rtcp(data):
+                if _received_rtcp(dtls, data, addr):
+                    return
+            elif _received_rtp(self, dtls, data, addr):
                 return
     # What aioice does with data, without first trying to parse it as
     # STUN: that costs a raised exception per media packet.
@@ -243,24 +285,58 @@ def _count_received(dtls: RTCDtlsTransport, data: bytes) -> None:
     dtls._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
 
 
-def _received_rtp(dtls: RTCDtlsTransport, data: bytes, addr: object) -> bool:
+def _received_rtp(protocol: StunProtocol, dtls: RTCDtlsTransport, data: bytes, addr: tuple[Any, ...]) -> bool:
     """What `RTCDtlsTransport._recv_next` does with an SRTP packet (SRTP is
     up), done now; False (nothing done) when it must take aiortc's queue."""
     router = dtls._rtp_router
     if not router.receivers or not all(hasattr(r, _HANDLER) for r in router.receivers):
         return False
     _count_received(dtls, data)
-    arrival_time_ms = int((time.time() + _NTP_TO_UNIX) * 1000)
     packet = _unprotected(dtls, data)
     if packet is None:  # aiortc drops these too, quietly
         return True
-    receiver = router.route_rtp(packet)
+    receiver = _routed(dtls, packet, addr)
+    lane = getattr(protocol, _LANE, None)
+    if receiver is not None and lane is not None:
+        _arm(lane, dtls, receiver, packet.ssrc, addr)
+    return True
+
+
+def _routed(dtls: RTCDtlsTransport, packet: RtpPacket, addr: object) -> RTCRtpReceiver | None:
+    """Hand a received RTP packet to its receiver's handler; which receiver that was."""
+    arrival_time_ms = int((time.time() + _NTP_TO_UNIX) * 1000)
+    receiver = dtls._rtp_router.route_rtp(packet)
     if receiver is not None:
         try:
             getattr(receiver, _HANDLER)(packet, arrival_time_ms)
         except Exception:
             refuse("failed in RTP handling", addr, exc_info=True)
-    return True
+    return receiver
+
+
+def _received_plain_rtp(dtls: RTCDtlsTransport, plain: bytes, addr: object) -> None:
+    """A packet a lane unprotected (and counted) but leaves to Python: parsed and routed here."""
+    try:
+        packet = RtpPacket.parse(plain, dtls._rtp_header_extensions_map)
+    except ValueError:
+        return
+    _routed(dtls, packet, addr)
+
+
+def _arm(lane: Any, dtls: RTCDtlsTransport, receiver: RTCRtpReceiver, ssrc: int, peer: tuple[Any, ...]) -> None:
+    """Let `lane` take the next packets of `ssrc` from `peer`, if the receiver's handler says how."""
+    session, context = getattr(dtls, _RX_CONTEXT)
+    if session is not dtls._rx_srtp:
+        return
+    if not lane.armed(peer, dtls, session):
+        ids = dtls._rtp_header_extensions_map._HeaderExtensionsMap__ids  # type: ignore[attr-defined]
+        numbers = tuple(getattr(ids, field) or 0 for field in _EXTENSION_FIELDS)
+        lane.arm(peer, dtls, session, context, DtlsState.CONNECTED, numbers)
+    if ssrc in lane.routes:
+        return
+    express: Express | None = getattr(receiver, _EXPRESS, None)
+    route = express(ssrc) if express is not None else None
+    lane.routes[ssrc] = None if route is None else (receiver, getattr(receiver, _HANDLER), *route)
 
 
 def _unprotected(dtls: RTCDtlsTransport, data: bytes) -> RtpPacket | None:

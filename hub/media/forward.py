@@ -310,7 +310,7 @@ class TrackSource:
             door.take_rtp(previous, lambda packet, arrival_time_ms: None)
         self._media_ssrc = None  # a keyframe request waits for the new run's first packet
         receiver._handle_rtp_packet = self._handle_rtp_packet  # type: ignore[method-assign]
-        door.take_rtp(receiver, self.receive)
+        door.take_rtp(receiver, self.receive, self._express)
 
     @property
     def mime_type(self) -> str:
@@ -381,6 +381,22 @@ class TrackSource:
         self.codec = codec
         self.forward(packet)
 
+    def _express(self, ssrc: int) -> tuple[Any, ...] | None:
+        """What a pull socket's express lane needs to do `receive`'s work
+        for `ssrc` in C (hub.media.door.lane; it checks what it depends on
+        before each packet): this class's own receive, on the compiled
+        send path (a packet with abs-send-time, for aiortc's bitrate
+        estimator, it leaves to `receive`)."""
+        r = self._receiver
+        codec = self.codec
+        if type(self) is not TrackSource or _compiled is None or r is None or codec is None or is_rtx(codec):
+            return None
+        stats = r._RTCRtpReceiver__remote_streams.get(ssrc)  # type: ignore[attr-defined]
+        nack = r._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
+        if stats is None or nack is None:
+            return None
+        return (self, stats, nack, codec.payloadType, codec, _compiled.forward, Outgoing)
+
     def forward(self, packet: RtpPacket) -> None:
         """Hand one packet to every sink; never awaits."""
         COUNTERS.packets_received += 1
@@ -393,6 +409,12 @@ class TrackSource:
         rest, decide, failed, packets, octets = _compiled.forward(tuple(self.sinks), packet, shared)
         COUNTERS.packets_forwarded += packets
         COUNTERS.bytes_forwarded += octets
+        self._forwarded(packet, shared, rest, decide, failed)
+
+    def _forwarded(
+        self, packet: RtpPacket, shared: Outgoing, rest: list[Sink], decide: list[TrackSink], failed: list[Sink]
+    ) -> None:
+        """What the compiled fan-out leaves to Python: sinks it could not take, and those it dropped."""
         for sink in failed:
             log.error("dropping a viewer whose send failed (its SRTP context or transport refused a packet)")
             sink.close()

@@ -33,6 +33,7 @@ import os
 import select
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 try:
@@ -53,30 +54,37 @@ MAX_DATAGRAM = 256 * 1024
 #: The loop's attribute that holds its reader.
 _READER = "_hub_reader"
 #: The settings HUB_PULL_READER takes: a thread beside the loop reads relays'
-#: pulls, or the loop does, as asyncio reads any socket.
-READ_MODES = ("thread", "loop")
-_mode = "thread"
+#: pulls, handing them to the handler `watch` is given ("lane") or to their
+#: protocol ("thread"), or the loop does, as asyncio reads any socket.
+READ_MODES = ("lane", "thread", "loop")
+_mode = "lane"
 
 
 def use_mode(mode: str) -> str:
-    """Read the sockets `watch` is given in a thread ("thread") or leave them
-    to the loop ("loop"); says what is on, and how the thread runs."""
+    """Read the sockets `watch` is given in a thread ("lane", "thread") or
+    leave them to the loop ("loop"); says what is on, and how the thread runs."""
     global _mode
     if mode not in READ_MODES:
         raise ValueError(f"the pull reader is one of {', '.join(READ_MODES)}")
     _mode = mode
     if mode == "loop":
         return "in the event loop"
-    return "in a thread beside the event loop" + (
-        " (compiled)" if _reader is not None else " (Python: _reader is not built)"
+    return (
+        "in a thread beside the event loop"
+        + (" (compiled)" if _reader is not None else " (Python: _reader is not built)")
+        + (", through the express lane" if mode == "lane" else "")
     )
 
 
-def watch(transport: asyncio.DatagramTransport) -> bool:
+def watch(transport: asyncio.DatagramTransport, handler: Callable[[Any], Any] | None = None) -> bool:
     """Read `transport`'s datagrams beside its loop from now on (called on
     the loop's thread); False if they stay the loop's to read: a closing
     transport, one of no socket of its own (TURN), mode "loop", a loop in debug mode,
-    whose checks refuse scheduling from another thread whatever the turn."""
+    whose checks refuse scheduling from another thread whatever the turn.
+
+    The datagrams go to the protocol's `datagram_received`, or, with
+    `handler` in mode "lane", to that of what `handler(protocol)` gives (one
+    that takes some of them itself and hands the protocol the rest)."""
     loop = asyncio.get_running_loop()
     if (
         _mode == "loop"
@@ -89,7 +97,8 @@ def watch(transport: asyncio.DatagramTransport) -> bool:
     if reader is None:
         reader = Reader(loop)
         setattr(loop, _READER, reader)
-    reader.watch(transport)
+    protocol = transport.get_protocol()
+    reader.watch(transport, protocol if handler is None or _mode != "lane" else handler(protocol))
     return True
 
 
@@ -132,7 +141,7 @@ class Reader:
             self._turn.acquire()
             self._first_timer = None
 
-    def watch(self, transport: asyncio.DatagramTransport) -> None:
+    def watch(self, transport: asyncio.DatagramTransport, handler: Any) -> None:
         sock: socket.socket = transport._sock  # type: ignore[attr-defined]
         protocol: Any = transport.get_protocol()
         fd = sock.fileno()
@@ -142,7 +151,7 @@ class Reader:
             self._start()
         assert self._epoll is not None
         self._loop._remove_reader(fd)
-        self.sockets[fd] = (sock, protocol)
+        self.sockets[fd] = (sock, handler)
         self._epoll.register(fd, select.EPOLLIN)
         lost = protocol.connection_lost
 
