@@ -13,7 +13,10 @@ receive path's cost: the door's direct path (hub.media.door.take_rtp), with
 SRTP unprotect and the RTP parse compiled (hub/media/_fastrecv.c) and with
 pylibsrtp and aiortc's parse (the compiled module switched off for the run),
 and, for comparison, aiortc's own path through aioice's queue (the direct
-path switched off for the run by removing the receiver's handler).
+path switched off for the run by removing the receiver's handler); for the
+pull, also through the door's express lane (the datagrams handed to the
+socket's `_fastrecv.Lane`, as hub.media.reader's thread hands them, the
+compiled send path on as in the hub).
 
     .venv/bin/python -m bench.receive            # about 20 s
     .venv/bin/python -m bench.receive --packets 5000
@@ -39,12 +42,14 @@ from bench.machine import machine  # noqa: E402
 from client.bot import NO_ICE_SERVERS  # noqa: E402
 from hub.media import door  # noqa: E402
 from hub.media.counters import COUNTERS  # noqa: E402
+from hub.media.forward import use_path  # noqa: E402
 from hub.media.ice import use_addresses  # noqa: E402
 from hub.media.router import Producer, Router  # noqa: E402
 
 PAYLOAD = bytes(1100)
 #: The receive paths measured, as the report names them.
 PATHS = {
+    "lane": "the door's express lane, the whole path in C (hub.media.door.lane; a pull's socket only)",
     "compiled": "the door's direct path, compiled unprotect + parse (hub/media/_fastrecv.c)",
     "direct": "the door's direct path, pylibsrtp + aiortc's parse",
     "aiortc": "aiortc's (aioice queue, DTLS task)",
@@ -79,6 +84,7 @@ async def per_packet(
     connection = receiver.transport.transport._connection
     pair = connection._nominated[1]
     protocol, addr = pair.protocol, pair.remote_addr
+    handler = getattr(protocol, door._LANE) if path == "lane" else protocol
     srtp = next(t.sender for t in far_pc.getTransceivers() if t.kind == "video").transport._tx_srtp
     payload_type = next(iter(receiver._RTCRtpReceiver__codecs))  # type: ignore[attr-defined]
     ssrc = next(_ssrcs)
@@ -94,11 +100,11 @@ async def per_packet(
     source = next(p for p in producers if p.pc is hub_pc).sources["video"]
     sinks = set(source.sinks)
     source.sinks.clear()
-    handler, compiled = getattr(receiver, door._HANDLER), door._fastrecv
+    taken, compiled = getattr(receiver, door._HANDLER), door._fastrecv
     direct = path != "aiortc"
     if not direct:
         delattr(receiver, door._HANDLER)
-    if path != "compiled":
+    if path not in ("compiled", "lane"):
         door._fastrecv = None
     try:
         # The loop alone: one turn per datagram, as when nothing arrives.
@@ -108,14 +114,14 @@ async def per_packet(
         empty = time.process_time() - start
         start, counted = time.process_time(), COUNTERS.packets_received
         for i, datagram in enumerate(datagrams, 1):
-            protocol.datagram_received(datagram, addr)
+            handler.datagram_received(datagram, addr)
             while COUNTERS.packets_received < counted + i:
                 await asyncio.sleep(0)
             if direct:
                 await asyncio.sleep(0)
         spent = time.process_time() - start
     finally:
-        setattr(receiver, door._HANDLER, handler)
+        setattr(receiver, door._HANDLER, taken)
         door._fastrecv = compiled
         source.sinks |= sinks
     if COUNTERS.packets_received != counted + packets:
@@ -140,6 +146,7 @@ async def connected(*pcs: RTCPeerConnection) -> None:
 
 async def run(packets: int, rounds: int) -> None:
     use_addresses(["127.0.0.1"])
+    use_path("c")  # as the hub runs: the lane takes a source's packets only on the compiled send path
     origin = Router(None, max_backlog=1 << 20, keyframe_interval=1.0, ice_servers=[], connect_timeout=10.0)
     # No viewer keeps the pull: it must not linger out while measured.
     relay = Router(None, 1 << 20, keyframe_interval=1.0, ice_servers=[], connect_timeout=10.0, relay_linger=3600)
@@ -162,8 +169,10 @@ async def run(packets: int, rounds: int) -> None:
         await connected(publisher, hosted.pc, pull.pc, upstream_pc)
         results: dict[tuple[str, str], list[float]] = {}
         for _ in range(rounds):
-            for path in [p for p in PATHS if p != "compiled" or door._fastrecv is not None]:
+            for path in [p for p in PATHS if p not in ("compiled", "lane") or door._fastrecv is not None]:
                 for name, hub_pc, far_pc in (("publisher", hosted.pc, publisher), ("pull", pull.pc, upstream_pc)):
+                    if path == "lane" and name != "pull":
+                        continue
                     results.setdefault((name, path), []).append(
                         await per_packet([hosted, pull], hub_pc, far_pc, packets, path)
                     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -125,14 +126,23 @@ async def pull(forward_path: str) -> AsyncIterator[Pull]:
         await until(lambda: not [t for t in threading.enumerate() if t.name == "hub-reader"])
 
 
-def send(pull: Pull, through_lane: bool) -> Any:
-    """A function that puts one RTP packet (seq, payload) on the pull's socket
-    as the origin would send it, through the lane or straight to the door."""
+def sender(pull: Pull, through_lane: bool) -> Any:
+    """A function that sends the pull's socket one datagram as the origin
+    would: from the origin's socket, read by the relay's reader thread and
+    handed to the lane; or, for the door, handed to the socket's protocol."""
     receiver = pull.pc.getTransceivers()[0].receiver
     pair = receiver.transport.transport._connection._nominated[1]
-    protocol, addr = pair.protocol, pair.remote_addr
-    lane = getattr(protocol, door._LANE)
-    handler = lane if through_lane else protocol
+    origin = pull.upstream.getTransceivers()[0].sender.transport.transport._connection._nominated[1]
+    if through_lane:
+        return lambda datagram: origin.protocol.transport.sendto(datagram, origin.remote_addr)
+    return lambda datagram: pair.protocol.datagram_received(datagram, pair.remote_addr)
+
+
+def send(pull: Pull, through_lane: bool) -> Any:
+    """A function that puts one RTP packet (seq, payload) on the pull's socket
+    as the origin would send it (`sender`)."""
+    receiver = pull.pc.getTransceivers()[0].receiver
+    put = sender(pull, through_lane)
     srtp = pull.upstream.getTransceivers()[0].sender.transport._tx_srtp
     payload_type = next(iter(receiver._RTCRtpReceiver__codecs))  # type: ignore[attr-defined]
     ssrc = next(_ssrcs)
@@ -140,7 +150,7 @@ def send(pull: Pull, through_lane: bool) -> Any:
     def one(seq: int, payload: bytes) -> None:
         packet = RtpPacket(payload_type=payload_type, sequence_number=seq, timestamp=seq * 3000, ssrc=ssrc)
         packet.payload = payload
-        handler.datagram_received(srtp.protect(packet.serialize()), addr)
+        put(srtp.protect(packet.serialize()))
 
     one.ssrc, one.payload_type = ssrc, payload_type  # type: ignore[attr-defined]
     one.receiver = receiver  # type: ignore[attr-defined]
@@ -193,27 +203,30 @@ async def test_the_lane_leaves_other_datagrams_to_the_door(pull: Pull) -> None:
     one = send(pull, through_lane=True)
     receiver = pull.pc.getTransceivers()[0].receiver
     pair = receiver.transport.transport._connection._nominated[1]
-    lane = getattr(pair.protocol, door._LANE)
-    refused = COUNTERS.datagrams_refused
-    express = COUNTERS.packets_express
+    entries = getattr(asyncio.get_running_loop(), reader._READER).sockets.values()
+    # The reader hands the socket's datagrams to the protocol's own lane.
+    assert [handler for _, handler in entries] == [getattr(pair.protocol, door._LANE)]
+    refused, express, received = COUNTERS.datagrams_refused, COUNTERS.packets_express, COUNTERS.packets_received
     for seq in range(10):
         one(seq, KEYFRAME if seq == 0 else DELTA)
+    await until(lambda: COUNTERS.packets_received == received + 10)
     assert COUNTERS.packets_express - express == (9 if pull.compiled else 0)
-    # Junk and a stranger's datagram: the door refuses them, the lane does not look.
-    lane.datagram_received(b"", pair.remote_addr)
-    lane.datagram_received(b"\x80" * 40, ("127.0.0.1", 9))
-    assert COUNTERS.datagrams_refused - refused == 2
+    # Junk, from the peer and from a stranger: the door refuses it.
+    origin = pull.upstream.getTransceivers()[0].sender.transport.transport._connection._nominated[1]
+    origin.protocol.transport._sock.sendto(b"", origin.remote_addr)  # asyncio's sendto sends no empty datagram
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+        stranger.sendto(b"\x80" * 40, origin.remote_addr)
+        await until(lambda: COUNTERS.datagrams_refused == refused + 2)
     # A packet whose SRTP tag is wrong is dropped, as aiortc drops it; the stream goes on.
     srtp = pull.upstream.getTransceivers()[0].sender.transport._tx_srtp
     packet = RtpPacket(payload_type=one.payload_type, sequence_number=10, timestamp=30000, ssrc=one.ssrc, payload=DELTA)
     forged = bytearray(srtp.protect(packet.serialize()))
     forged[-1] ^= 0xFF
-    before = COUNTERS.packets_received
-    lane.datagram_received(bytes(forged), pair.remote_addr)
-    assert COUNTERS.packets_received == before
+    sender(pull, through_lane=True)(bytes(forged))
     one(10, DELTA)
-    assert COUNTERS.packets_received == before + 1
     await until(lambda: len(pull.received) == 11)
+    assert COUNTERS.packets_received == received + 11
+    assert COUNTERS.packets_express - express == (10 if pull.compiled else 0)
 
 
 class Spy:
@@ -276,8 +289,7 @@ async def test_the_lane_reads_header_extensions_as_aiortc_does_and_leaves_it_the
         express = COUNTERS.packets_express
         one = send(pull, through_lane)
         srtp = pull.upstream.getTransceivers()[0].sender.transport._tx_srtp
-        pair = receiver.transport.transport._connection._nominated[1]
-        handler = getattr(pair.protocol, door._LANE) if through_lane else pair.protocol
+        put = sender(pull, through_lane)
         for seq in range(1, 80):
             packet = RtpPacket(payload_type=one.payload_type, sequence_number=seq, timestamp=seq * 3000, ssrc=one.ssrc)
             packet.payload = DELTA
@@ -295,8 +307,8 @@ async def test_the_lane_reads_header_extensions_as_aiortc_does_and_leaves_it_the
                 plain = bytes([plain[0] | 0x20]) + plain[1 : 16 + len(block)] + b"\x00\x00\x00\x04"
             else:
                 plain += DELTA
-            handler.datagram_received(srtp.protect(plain), pair.remote_addr)
-            await asyncio.sleep(0.001)
+            put(srtp.protect(plain))
+            await asyncio.sleep(0.002)
         return [{k: v for k, v in p.items() if k != "ssrc"} for p in spy.packets], COUNTERS.packets_express - express
 
     through_lane, taken = await run(True)

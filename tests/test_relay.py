@@ -57,6 +57,14 @@ async def health(http: aiohttp.ClientSession, hub: HubProcess) -> dict[str, Any]
         return dict(await r.json())
 
 
+async def counters(http: aiohttp.ClientSession, hub: HubProcess) -> dict[str, float]:
+    """The process's hub_* counters from /metrics, by name less _total."""
+    async with http.get(f"{hub.url}/metrics") as r:
+        lines = (await r.text()).splitlines()
+    pairs = (line.split(" ") for line in lines if line.startswith("hub_") and line.count(" ") == 1)
+    return {name.removesuffix("_total"): float(value) for name, value in pairs}
+
+
 async def delivered(publisher_track: bot.EncodedTrack, viewer: bot.Session, kind: str = "video") -> bot.Delivery:
     log = viewer.logs[kind]
     first_key = next(f for f in log.frames if f.keyframe or kind == "audio")
@@ -86,6 +94,9 @@ async def test_two_viewers_on_another_process_share_one_pull(cluster, http: aioh
             assert got.unknown == 0  # byte-identical: nothing re-encoded on either hop
             sound = await delivered(audio, viewer, "audio")
             assert sound.ratio >= 0.95 and sound.unknown == 0, sound
+        # b handled most pulled packets in C, through the door's express lane.
+        figures = await counters(http, b)
+        assert figures["hub_packets_express"] >= 0.9 * figures["hub_packets_received"] > 0, figures
 
         # A client that asks to go to the host gets the 307 it asked for.
         async with http.post(

@@ -192,7 +192,7 @@ static PyObject *fastrecv_receive(PyObject *self, PyObject *args) {
  * continuation in plain text.
  *
  * A route (routes[ssrc], set by the door):
- *   (receiver, handler, source, stats, nack, payload_type, codec, forward, outgoing_class)
+ *   (receiver, handler, source, stats, nack or None, payload_type, codec, forward, outgoing_class)
  * it holds while getattr(receiver, "_hub_take_rtp") is still `handler`. */
 
 enum { X_MID, X_RRID, X_RID, X_ABS, X_TOFFSET, X_LEVEL, X_TWCC, X_COUNT };
@@ -463,20 +463,27 @@ static int lane_take_route(Lane *self, PyObject *route, PyObject *datagram, PyOb
     if ((ok = attr_is(receiver, l_handler, handler)) <= 0)
         return ok;
     /* The next packet of the stream, none missing: the only case in which
-     * the statistics and the NACK generator do nothing but step on. */
+     * the statistics and the NACK generator (none for audio) do nothing but
+     * step on. */
     int seq = (raw[2] << 8) | raw[3];
     long long stats_max, nack_max;
-    if ((ok = get_int(stats, l_max_seq, &stats_max)) <= 0 || (ok = get_int(nack, l_max_seq, &nack_max)) <= 0)
+    if ((ok = get_int(stats, l_max_seq, &stats_max)) <= 0)
         return ok;
-    if (stats_max != nack_max || seq != ((nack_max + 1) & 0xFFFF))
+    if (seq != ((stats_max + 1) & 0xFFFF))
         return 0;
-    PyObject *missing = PyObject_GetAttr(nack, l_missing);
-    if (missing == NULL)
-        return -1;
-    Py_ssize_t lost = PyAnySet_Check(missing) ? PySet_GET_SIZE(missing) : -1;
-    Py_DECREF(missing);
-    if (lost != 0)
-        return 0;
+    if (nack != Py_None) {
+        if ((ok = get_int(nack, l_max_seq, &nack_max)) <= 0)
+            return ok;
+        if (nack_max != stats_max)
+            return 0;
+        PyObject *missing = PyObject_GetAttr(nack, l_missing);
+        if (missing == NULL)
+            return -1;
+        Py_ssize_t lost = PyAnySet_Check(missing) ? PySet_GET_SIZE(missing) : -1;
+        Py_DECREF(missing);
+        if (lost != 0)
+            return 0;
+    }
 
     /* Taken: from here on it is this packet's, as on the door's path. */
     if (add_int(self->dtls, l_rx_bytes, length) < 0 || add_int(self->dtls, l_rx_packets, 1) < 0)
@@ -507,7 +514,7 @@ static int lane_take_route(Lane *self, PyObject *route, PyObject *datagram, PyOb
     }
     unsigned long timestamp = ((unsigned long)data[4] << 24) | (data[5] << 16) | (data[6] << 8) | data[7];
     /* TrackSource.receive from StreamStatistics.add on, and its _deliver. */
-    if (add_statistics(stats, seq, stats_max, timestamp) < 0 || set_int(nack, l_max_seq, seq) < 0 ||
+    if (add_statistics(stats, seq, stats_max, timestamp) < 0 || (nack != Py_None && set_int(nack, l_max_seq, seq) < 0) ||
         set(source, l_media_ssrc, PyLong_FromUnsignedLong(ssrc)) < 0)
         return -1;
     PyObject *codec = PyTuple_GET_ITEM(route, 6);

@@ -100,7 +100,7 @@ _EXPRESS = "_hub_express"
 _LANE = "_hub_lane"
 
 RtpHandler = Callable[[RtpPacket, int], None]
-#: ssrc -> (source, stats, nack, payload_type, codec, forward, outgoing_class)
+#: ssrc -> (source, stats, nack or None, payload_type, codec, forward, outgoing_class)
 #: for `_fastrecv.Lane` (see there), or None.
 Express = Callable[[int], tuple[Any, ...] | None]
 #: HeaderExtensions' fields, in the order `_fastrecv.Lane.arm` takes their ids.

@@ -393,7 +393,7 @@ class TrackSource:
             return None
         stats = r._RTCRtpReceiver__remote_streams.get(ssrc)  # type: ignore[attr-defined]
         nack = r._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
-        if stats is None or nack is None:
+        if stats is None or (nack is None) != (self.kind == "audio"):  # aiortc keeps no NACK state for audio
             return None
         return (self, stats, nack, codec.payloadType, codec, _compiled.forward, Outgoing)
 

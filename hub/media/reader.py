@@ -97,8 +97,7 @@ def watch(transport: asyncio.DatagramTransport, handler: Callable[[Any], Any] | 
     if reader is None:
         reader = Reader(loop)
         setattr(loop, _READER, reader)
-    protocol = transport.get_protocol()
-    reader.watch(transport, protocol if handler is None or _mode != "lane" else handler(protocol))
+    reader.watch(transport, handler if _mode == "lane" else None)
     return True
 
 
@@ -141,17 +140,17 @@ class Reader:
             self._turn.acquire()
             self._first_timer = None
 
-    def watch(self, transport: asyncio.DatagramTransport, handler: Any) -> None:
+    def watch(self, transport: asyncio.DatagramTransport, handler: Callable[[Any], Any] | None) -> None:
         sock: socket.socket = transport._sock  # type: ignore[attr-defined]
         protocol: Any = transport.get_protocol()
         fd = sock.fileno()
         if fd in self.sockets:
-            return
+            return  # a bundled pull's transceivers share their sockets
         if self._epoll is None:
             self._start()
         assert self._epoll is not None
         self._loop._remove_reader(fd)
-        self.sockets[fd] = (sock, handler)
+        self.sockets[fd] = (sock, protocol if handler is None else handler(protocol))
         self._epoll.register(fd, select.EPOLLIN)
         lost = protocol.connection_lost
 
