@@ -354,31 +354,24 @@ static int add_statistics(PyObject *stats, int seq, long long max_seq, unsigned 
     return 0;
 }
 
-/* The fan-out, as TrackSource.forward does it on the compiled path. */
-static int lane_forward(Lane *self, PyObject *route, const unsigned char *data, int size, const struct header *h) {
+/* The fan-out, as TrackSource.forward does it on the compiled path; takes
+ * `extensions` (the packet's, read; NULL: it has none). */
+static int lane_forward(Lane *self, PyObject *route, const unsigned char *data, int size, const struct header *h,
+                        PyObject *extensions) {
     PyObject *source = PyTuple_GET_ITEM(route, 2), *forward = PyTuple_GET_ITEM(route, 7),
              *outgoing_class = PyTuple_GET_ITEM(route, 8);
     PyObject *sinks = PyObject_GetAttr(source, l_sinks);
-    if (sinks == NULL)
-        return -1;
-    Py_ssize_t count = PyObject_Size(sinks);
-    if (count <= 0) {
-        Py_DECREF(sinks);
-        return (int)count;
+    Py_ssize_t count = sinks == NULL ? -1 : PyObject_Size(sinks);
+    PyObject *viewers = count > 0 ? PySequence_Tuple(sinks) : NULL;
+    Py_XDECREF(sinks);
+    if (viewers == NULL) {
+        Py_XDECREF(extensions);
+        return count == 0 ? 0 : -1;
     }
-    PyObject *viewers = PySequence_Tuple(sinks);
-    Py_DECREF(sinks);
-    if (viewers == NULL)
-        return -1;
-    PyObject *extensions = lane_extensions(self, data, h), *packet = NULL, *shared = NULL, *result = NULL;
+    if (extensions == NULL)
+        extensions = lane_extensions(self, data, h); /* none in the packet: a fresh HeaderExtensions */
+    PyObject *packet = NULL, *shared = NULL, *result = NULL;
     int failed = -1;
-    if (extensions == NULL) {
-        if (PyErr_Occurred())
-            goto done;
-        /* Checked before anything was counted: cannot happen here. */
-        PyErr_SetString(PyExc_RuntimeError, "the lane took a packet whose extensions it cannot read");
-        goto done;
-    }
     packet = build_packet(data, size, h->cc, h->pos, h->padding_size, self->packet_class, extensions);
     if (packet == NULL)
         goto done;
@@ -495,15 +488,11 @@ static int lane_take_route(Lane *self, PyObject *route, PyObject *datagram, PyOb
     if (srtp_unprotect_fn((void *)(uintptr_t)self->context, data, &size) != 0 || size < RTP_HEADER ||
         parse_header(data, size, &h) < 0)
         return 1; /* refused, as aiortc does, quietly */
-    int readable = 1;
-    if (h.extension) {
-        PyObject *probe = lane_extensions(self, data, &h);
-        if (probe == NULL && PyErr_Occurred())
-            return -1;
-        readable = probe != NULL;
-        Py_XDECREF(probe);
-    }
-    if (!readable || size - h.pos - h.padding_size == 0) {
+    PyObject *extensions = NULL; /* read once here if there are any; lane_forward takes it */
+    if (h.extension && (extensions = lane_extensions(self, data, &h)) == NULL && PyErr_Occurred())
+        return -1;
+    if ((h.extension && extensions == NULL) || size - h.pos - h.padding_size == 0) {
+        Py_XDECREF(extensions);
         PyObject *plain = PyBytes_FromStringAndSize((const char *)data, size);
         PyObject *done = plain ? PyObject_CallFunctionObjArgs(self->continuation, self->dtls, plain, addr, NULL) : NULL;
         Py_XDECREF(plain);
@@ -514,15 +503,15 @@ static int lane_take_route(Lane *self, PyObject *route, PyObject *datagram, PyOb
     }
     unsigned long timestamp = ((unsigned long)data[4] << 24) | (data[5] << 16) | (data[6] << 8) | data[7];
     /* TrackSource.receive from StreamStatistics.add on, and its _deliver. */
-    if (add_statistics(stats, seq, stats_max, timestamp) < 0 || (nack != Py_None && set_int(nack, l_max_seq, seq) < 0) ||
-        set(source, l_media_ssrc, PyLong_FromUnsignedLong(ssrc)) < 0)
-        return -1;
     PyObject *codec = PyTuple_GET_ITEM(route, 6);
     Py_INCREF(codec);
-    if (set(source, l_codec, codec) < 0 || add_int(self->counters, l_packets_received, 1) < 0 ||
-        add_int(self->counters, l_packets_express, 1) < 0 || lane_forward(self, route, data, size, &h) < 0)
+    if (add_statistics(stats, seq, stats_max, timestamp) < 0 || (nack != Py_None && set_int(nack, l_max_seq, seq) < 0) ||
+        set(source, l_media_ssrc, PyLong_FromUnsignedLong(ssrc)) < 0 || set(source, l_codec, codec) < 0 ||
+        add_int(self->counters, l_packets_received, 1) < 0 || add_int(self->counters, l_packets_express, 1) < 0) {
+        Py_XDECREF(extensions);
         return -1;
-    return 1;
+    }
+    return lane_forward(self, route, data, size, &h, extensions) < 0 ? -1 : 1;
 }
 
 static int Lane_init(Lane *self, PyObject *args, PyObject *kwargs) {
