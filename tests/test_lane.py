@@ -23,6 +23,7 @@ import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.rtp import RtpPacket
 
+from bench.receive import LocalUpstream
 from client.bot import NO_ICE_SERVERS
 from hub.media import door, reader
 from hub.media.counters import COUNTERS
@@ -34,18 +35,6 @@ pytestmark = pytest.mark.skipif(door._fastrecv is None, reason="hub.media._fastr
 KEYFRAME = b"\x10" + bytes(range(200))  # VP8: S=1, partition 0, P=0
 DELTA = b"\x10\x01" + bytes(range(200))
 _ssrcs = iter(range(0x1A0E0000, 0x1A0EFFFF))
-
-
-class LocalUpstream:
-    def __init__(self, router: Router, stream_id: str) -> None:
-        self.router, self.stream_id = router, stream_id
-
-    async def exchange(self, offer: str) -> str:
-        _, answer = await self.router.view(self.stream_id, offer, "relay")
-        return answer
-
-    async def close(self) -> None:
-        pass
 
 
 async def connect(pc: RTCPeerConnection, answer: Any) -> None:
