@@ -20,10 +20,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection
 from aiortc.rtp import RtpPacket
 
-from bench.receive import LocalUpstream
+from bench.receive import LocalUpstream, connect
 from client.bot import NO_ICE_SERVERS
 from hub.media import door, reader
 from hub.media.counters import COUNTERS
@@ -35,12 +35,6 @@ pytestmark = pytest.mark.skipif(door._fastrecv is None, reason="hub.media._fastr
 KEYFRAME = b"\x10" + bytes(range(200))  # VP8: S=1, partition 0, P=0
 DELTA = b"\x10\x01" + bytes(range(200))
 _ssrcs = iter(range(0x1A0E0000, 0x1A0EFFFF))
-
-
-async def connect(pc: RTCPeerConnection, answer: Any) -> None:
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = await answer(pc.localDescription.sdp)
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
 
 
 async def until(condition: Any, timeout: float = 10.0) -> None:
