@@ -93,6 +93,26 @@ async def test_datagrams_reach_the_protocol_from_the_reader_thread_as_the_loop_s
         sender.close()
 
 
+async def test_each_datagram_comes_with_its_own_sender_s_address_on_a_shared_socket() -> None:
+    # The compiled thread keeps a socket's last source address made once:
+    # datagrams of two senders, interleaved, must not take each other's.
+    transport, protocol, first = await endpoint()
+    second = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    second.bind(("127.0.0.1", 0))
+    second.connect(transport.get_extra_info("sockname"))
+    assert reader.watch(transport)
+    try:
+        senders = [first, second, second, first, second, first, first]
+        for i, sender in enumerate(senders):
+            sender.send(b"%d" % i)
+            await until(lambda i=i: len(protocol.datagrams) == i + 1)  # type: ignore[misc]
+        assert [addr for _, addr in protocol.datagrams] == [s.getsockname() for s in senders]
+    finally:
+        transport.close()
+        first.close()
+        second.close()
+
+
 async def test_a_datagram_is_never_handled_beside_the_loop_s_own_code() -> None:
     transport, protocol, sender = await endpoint()
     reader.watch(transport)

@@ -98,6 +98,38 @@ static PyObject *address(const struct sockaddr_storage *from, socklen_t size) {
     return Py_BuildValue("(siII)", host, ntohs(six->sin6_port), ntohl(six->sin6_flowinfo), six->sin6_scope_id);
 }
 
+/* The last source address of each socket and its Python form: a pull's
+ * datagrams all come from one peer, so the tuple is made once, not per
+ * datagram, and the express lane's comparison with its armed peer finds
+ * the same object. A slot per fd modulo SOURCES; a clash only costs a remake. */
+#define SOURCES 256
+struct source {
+    int fd;
+    socklen_t size;
+    struct sockaddr_storage from;
+    PyObject *addr; /* NULL: empty */
+};
+
+static PyObject *cached_address(struct source *sources, int fd, const struct sockaddr_storage *from, socklen_t size) {
+    struct source *slot = &sources[fd % SOURCES];
+    if (slot->addr == NULL || slot->fd != fd || slot->size != size || memcmp(&slot->from, from, size) != 0) {
+        PyObject *addr = address(from, size);
+        if (addr == NULL)
+            return NULL;
+        Py_XSETREF(slot->addr, addr);
+        slot->fd = fd, slot->size = size;
+        memcpy(&slot->from, from, size);
+    }
+    Py_INCREF(slot->addr);
+    return slot->addr;
+}
+
+static void forget(struct source *sources) {
+    for (int i = 0; i < SOURCES; i++)
+        Py_XDECREF(sources[i].addr);
+    PyMem_RawFree(sources);
+}
+
 /* Hand an exception the handler raised to reader._handler_failed (which logs it). */
 static void failed(PyObject *reader) {
     PyObject *type, *value, *traceback;
@@ -115,7 +147,8 @@ static void failed(PyObject *reader) {
 }
 
 /* Read up to `batch` datagrams of `fd` into its protocol; in the turn, with the GIL. */
-static void read_socket(PyObject *reader, PyObject *sockets, int fd, int batch, unsigned char *buffer) {
+static void read_socket(PyObject *reader, PyObject *sockets, int fd, int batch, unsigned char *buffer,
+                        struct source *sources) {
     PyObject *key = PyLong_FromLong(fd);
     if (key == NULL) {
         failed(reader);
@@ -142,7 +175,7 @@ static void read_socket(PyObject *reader, PyObject *sockets, int fd, int batch, 
             break;
         }
         PyObject *data = PyBytes_FromStringAndSize((const char *)buffer, got);
-        PyObject *addr = data ? address(&from, size) : NULL;
+        PyObject *addr = data ? cached_address(sources, fd, &from, size) : NULL;
         PyObject *result = addr ? PyObject_CallMethodObjArgs(protocol, s_datagram_received, data, addr, NULL) : NULL;
         if (result == NULL)
             failed(reader);
@@ -195,8 +228,12 @@ static PyObject *reader_run(PyObject *self, PyObject *args) {
     if (epoll_fd < 0)
         return NULL;
     unsigned char *buffer = PyMem_RawMalloc(MAX_DATAGRAM);
-    if (buffer == NULL)
+    struct source *sources = PyMem_RawCalloc(SOURCES, sizeof *sources);
+    if (buffer == NULL || sources == NULL) {
+        PyMem_RawFree(buffer);
+        PyMem_RawFree(sources);
         return PyErr_NoMemory();
+    }
     struct epoll_event events[MAX_EVENTS];
     for (;;) {
         int ready, stop = 0;
@@ -210,6 +247,7 @@ static PyObject *reader_run(PyObject *self, PyObject *args) {
         Py_END_ALLOW_THREADS
         if (ready < 0) {
             PyMem_RawFree(buffer);
+            forget(sources);
             return PyErr_SetFromErrno(PyExc_OSError);
         }
         if (stop)
@@ -221,7 +259,7 @@ static PyObject *reader_run(PyObject *self, PyObject *args) {
         PyObject *sockets = PyObject_GetAttr(reader, s_sockets);
         if (sockets != NULL && PyDict_Check(sockets)) {
             for (int i = 0; i < ready; i++)
-                read_socket(reader, sockets, events[i].data.fd, batch, buffer);
+                read_socket(reader, sockets, events[i].data.fd, batch, buffer, sources);
         }
         Py_XDECREF(sockets);
         PyObject *result = PyObject_CallMethodNoArgs(reader, s_wake_loop);
@@ -233,6 +271,7 @@ static PyObject *reader_run(PyObject *self, PyObject *args) {
         Py_END_ALLOW_THREADS
     }
     PyMem_RawFree(buffer);
+    forget(sources);
     Py_RETURN_NONE;
 }
 
