@@ -13,8 +13,9 @@ from aioice.ice import StunProtocol
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.rtp import AnyRtcpPacket, RtcpPsfbPacket, RtcpRrPacket
 
+from bench.receive import LocalUpstream
 from client import bot
-from hub.media import ice
+from hub.media import forward, ice, reader
 from hub.media.router import Router
 from hub.media.temporal import TemporalFilter
 from hub.media.upkeep import Ticker, ticker
@@ -218,3 +219,47 @@ async def test_a_viewers_remb_reaches_its_filter_straight_from_the_socket() -> N
         await viewer.close()
         await publisher.close()
         await router.close()
+
+
+async def test_a_relay_pull_s_receiver_reports_come_at_the_viewers_pace_on_the_shared_tick(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # aiortc's receiver reports once a second on a timer of its own; a pull's
+    # (hub.media.relay) come every REPORT_INTERVAL, here shortened, at ticks.
+    monkeypatch.setattr(forward, "REPORT_INTERVAL", 3.0)
+    ice.use_addresses(["127.0.0.1"])
+    origin, _, publisher, viewer = in_process()
+    relay = Router(None, 1 << 20, keyframe_interval=1.0, ice_servers=[], connect_timeout=10.0, relay_linger=3600)
+    loop = asyncio.get_running_loop()
+    try:
+        stream, viewing = await publish_and_view(origin, publisher, viewer)
+        await relay.pull(stream.id, ["video"], lambda: LocalUpstream(origin, stream.id))
+        pull = relay._producers[stream.id].pc
+        upstream = next(c.pc for c in origin._producers[stream.id].consumers if c.id != viewing.id)
+        sender = next(t.sender for t in upstream.getTransceivers() if t.kind == "video")
+        pulled = next(t.receiver for t in pull.getTransceivers() if t.kind == "video")
+        clock = ticker()
+        reports: list[tuple[float, int]] = []  # (when, tick)
+        handle = sender._handle_rtcp_packet
+
+        async def seen(packet: AnyRtcpPacket) -> None:
+            if isinstance(packet, RtcpRrPacket):
+                reports.append((loop.time(), clock.ticks))
+                # What aiortc's loop would have said: the stream's highest sequence number.
+                streams = pulled._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
+                assert [r.ssrc for r in packet.reports] == list(streams)
+                assert packet.reports[0].highest_sequence <= next(iter(streams.values())).max_seq
+            await handle(packet)
+
+        sender._handle_rtcp_packet = seen  # type: ignore[method-assign]
+        await wait_until(lambda: len(reports) >= 3, timeout=30)
+        gaps = [b[0] - a[0] for a, b in zip(reports, reports[1:], strict=False)]
+        # [0.5, 1.5] of it, randomized, each at a tick: aiortc's come 0.5-1.5 s apart.
+        assert all(1.45 <= gap <= 5.1 for gap in gaps), gaps
+        assert len({tick for _, tick in reports}) == len(reports)
+    finally:
+        await viewer.close()
+        await publisher.close()
+        await relay.close()
+        await origin.close()
+        await wait_until(lambda: not reader.watched(asyncio.get_running_loop()), timeout=10)

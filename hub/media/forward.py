@@ -52,6 +52,8 @@ from aiortc.rtp import (
     AnyRtcpPacket,
     RtcpByePacket,
     RtcpPsfbPacket,
+    RtcpReceiverInfo,
+    RtcpRrPacket,
     RtcpSdesPacket,
     RtcpSenderInfo,
     RtcpSourceInfo,
@@ -590,12 +592,53 @@ class SeqMap:
 
 _NTP_EPOCH = 2208988800
 
-#: Seconds between a viewer's sender reports: RFC 3550 section 6.2's 5 s
-#: minimum (aiortc sends one a second), randomized over [0.5, 1.5] of it.
+#: Seconds between a viewer's sender reports, and a relay pull's receiver
+#: reports: RFC 3550 section 6.2's 5 s minimum (aiortc sends one a second),
+#: randomized over [0.5, 1.5] of it.
 REPORT_INTERVAL = 5.0
 #: The first reports after media starts come every second, as aiortc's do:
 #: a viewer needs them to line audio up with video soon after it joins.
 QUICK_REPORTS = 3
+
+
+def report_receptions_slowly(receiver: RTCRtpReceiver) -> None:
+    """Give `receiver` (a relay's pull: its sender is another hub, which
+    needs no loss report a second, NACK repairs its losses) the viewers'
+    report pace on the shared tick in place of aiortc's report a second at
+    a timer of its own. Before its `receive` starts the loop."""
+    receiver._run_rtcp = lambda: _receiver_reports(receiver)  # type: ignore[method-assign]
+
+
+async def _receiver_reports(r: RTCRtpReceiver) -> None:
+    """RTCRtpReceiver._run_rtcp's receiver reports, every REPORT_INTERVAL
+    (randomized) at the process's shared tick."""
+    r._RTCRtpReceiver__rtcp_started.set()  # type: ignore[attr-defined]
+    tick = ticker()
+    try:
+        while True:
+            await tick.sleep(REPORT_INTERVAL * (0.5 + random.random()))
+            lsr: dict[int, int] = r._RTCRtpReceiver__lsr  # type: ignore[attr-defined]
+            lsr_time: dict[int, float] = r._RTCRtpReceiver__lsr_time  # type: ignore[attr-defined]
+            reports = []
+            for ssrc, stream in r._RTCRtpReceiver__remote_streams.items():  # type: ignore[attr-defined]
+                delay = time.time() - lsr_time[ssrc] if ssrc in lsr else 0.0
+                reports.append(
+                    RtcpReceiverInfo(
+                        ssrc=ssrc,
+                        fraction_lost=stream.fraction_lost,
+                        packets_lost=stream.packets_lost,
+                        highest_sequence=stream.max_seq,
+                        jitter=stream.jitter,
+                        lsr=lsr.get(ssrc, 0),
+                        dlsr=int(delay * 65536) if 0 < delay < 65536 else 0,
+                    )
+                )
+            rtcp_ssrc = r._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
+            if rtcp_ssrc is not None and reports:
+                await r._send_rtcp(RtcpRrPacket(ssrc=rtcp_ssrc, reports=reports))
+    except asyncio.CancelledError:
+        pass
+    r._RTCRtpReceiver__rtcp_exited.set()  # type: ignore[attr-defined]
 
 
 @dataclass(slots=True)

@@ -29,7 +29,7 @@ from aioice.ice import StunProtocol
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 
 from hub.media import door, reader
-from hub.media.forward import TrackSource, offered_codecs
+from hub.media.forward import TrackSource, offered_codecs, report_receptions_slowly
 from hub.media.layers import MAX_LAYERS, PulledSimulcast, named_layers
 
 
@@ -95,7 +95,7 @@ async def open_pull(
         # were left on a transport it stops (on both ends).
         for kind in sorted(kinds, key=lambda kind: kind != "video"):
             for _ in range(MAX_LAYERS if kind == "video" else 1):
-                pc.addTransceiver(kind, direction="recvonly")
+                report_receptions_slowly(pc.addTransceiver(kind, direction="recvonly").receiver)
         offer = await pc.createOffer()
         # Gathers every candidate (no trickle).
         await pc.setLocalDescription(RTCSessionDescription(sdp=without_abs_send_time(offer.sdp), type="offer"))
