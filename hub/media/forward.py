@@ -605,7 +605,8 @@ def report_receptions_slowly(receiver: RTCRtpReceiver) -> None:
     """Give `receiver` (a relay's pull: its sender is another hub, which
     needs no loss report a second, NACK repairs its losses) the viewers'
     report pace on the shared tick in place of aiortc's report a second at
-    a timer of its own. Before its `receive` starts the loop."""
+    a timer of its own. Call it before the receiver's `receive`, which
+    starts the report loop."""
     receiver._run_rtcp = lambda: _receiver_reports(receiver)  # type: ignore[method-assign]
 
 
